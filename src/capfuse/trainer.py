@@ -1,0 +1,154 @@
+"""One trainer for every model kind: folds, resume, OOF and test logits, metrics, leaderboard.
+
+For fold k the model trains on the other folds and predicts the held-out fold (its OOF rows)
+and the test set. Each finished fold is written atomically with a ``done.json`` last, so an
+interrupted run skips completed folds; a change of config, data or folds starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from capfuse import config as cfglib
+from capfuse.decision import apply_threshold, fit_global_threshold
+from capfuse.metrics import mean_average_precision, mean_sample_f1
+from capfuse.models import MODELS
+from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
+from capfuse.utils.log import log
+from capfuse.utils.seed import seed_everything
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
+
+
+def logits_frame(ids, logits: np.ndarray, class_ids, extra: dict | None = None) -> pd.DataFrame:
+    """Class-named columns (the user's ids, as strings) so the files read on their own."""
+    df = pd.DataFrame({"ImageID": list(ids)})
+    for key, values in (extra or {}).items():
+        df[key] = values
+    cols = pd.DataFrame(logits.astype(np.float32), columns=[str(c) for c in class_ids])
+    return pd.concat([df, cols], axis=1)
+
+
+def read_logits(path: Path, ids, class_ids) -> np.ndarray:
+    """Logits aligned to ``ids``; a clear error if the file does not cover them exactly."""
+    df = pd.read_csv(path, dtype={"ImageID": str}, keep_default_na=False)
+    cols = [str(c) for c in class_ids]
+    missing_cols = [c for c in cols if c not in df.columns]
+    if missing_cols:
+        raise ValueError(f"{path}: missing class columns {missing_cols}")
+    if df["ImageID"].duplicated().any() and len(df) != len(ids):
+        raise ValueError(f"{path}: duplicate ImageIDs")
+    if len(df) == len(ids) and list(df["ImageID"]) == list(ids):
+        return df[cols].to_numpy(np.float32)
+    indexed = df.drop_duplicates("ImageID").set_index("ImageID")
+    absent = [i for i in ids if i not in indexed.index]
+    if absent:
+        raise ValueError(f"{path}: {len(absent)} ids missing, e.g. {absent[:5]}")
+    return indexed.loc[list(ids), cols].to_numpy(np.float32)
+
+
+def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
+    h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True, default=str).encode())
+    h.update(data_fp.encode())
+    h.update(np.asarray(folds, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def train_model(
+    name: str,
+    model_cfg: dict,
+    *,
+    out_dir: Path,
+    train_ids: list[str],
+    test_ids: list[str],
+    Y: np.ndarray,
+    folds: np.ndarray,
+    class_ids: list[int],
+    feats: dict,
+    data_fingerprint: str,
+) -> dict:
+    """Train ``name`` over all folds; returns its CV metrics (also written to metrics.json)."""
+    seed = int(model_cfg.get("seed", 42))
+    model = MODELS.create(model_cfg["kind"], cfg=model_cfg, seed=seed)
+    k = int(folds.max()) + 1
+    fp = _fingerprint(model_cfg, data_fingerprint, folds)
+    fp_file = out_dir / "fingerprint.json"
+    if out_dir.exists() and (not fp_file.exists() or read_json(fp_file).get("fingerprint") != fp):
+        log.info("%s: config, data or folds changed since the last run; starting over", name)
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(fp_file, {"fingerprint": fp})
+    write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
+
+    start = time.perf_counter()
+    oof = np.full((len(train_ids), len(class_ids)), np.nan, dtype=np.float32)
+    test_sum = np.zeros((len(test_ids), len(class_ids)), dtype=np.float64)
+    log_path = out_dir / "log.jsonl"
+    for fold in range(k):
+        fold_dir = out_dir / f"fold{fold}"
+        va = np.flatnonzero(folds == fold)
+        tr = np.flatnonzero(folds != fold)
+        if (fold_dir / "done.json").exists():
+            log.info("%s fold %d: done earlier, skipped", name, fold)
+        else:
+            seed_everything(seed + fold)
+            t0 = time.perf_counter()
+            result = model.fit_fold(feats, Y, tr, va)
+            write_npy(fold_dir / "val_logits.npy", result.val_logits)
+            write_npy(fold_dir / "test_logits.npy", result.test_logits)
+            val_pred = apply_threshold(sigmoid(result.val_logits), 0.5)
+            record = {
+                "fold": fold, "seed": seed + fold, "n_train": len(tr), "n_val": len(va),
+                "val_mean_f1@0.5": float(mean_sample_f1(Y[va], val_pred)),
+                "seconds": round(time.perf_counter() - t0, 2), **result.info,
+            }
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            write_json(fold_dir / "done.json", record)
+            log.info("%s fold %d: mean F1@0.5 %.4f (%.1f s)", name, fold, record["val_mean_f1@0.5"], record["seconds"])
+        oof[va] = np.load(fold_dir / "val_logits.npy")
+        test_sum += np.load(fold_dir / "test_logits.npy")
+    if np.isnan(oof).any():
+        raise RuntimeError(f"{name}: OOF logits do not cover every train row")
+
+    test_logits = (test_sum / k).astype(np.float32)
+    write_csv(out_dir / "oof_logits.csv", logits_frame(train_ids, oof, class_ids, {"fold": folds}))
+    write_csv(out_dir / "test_logits.csv", logits_frame(test_ids, test_logits, class_ids))
+
+    probs = sigmoid(oof)
+    threshold, best_f1 = fit_global_threshold(Y, probs)
+    metrics = {
+        "model": name,
+        "kind": model_cfg["kind"],
+        "needs_image": bool(model.needs_image),
+        "folds": k,
+        "seed": seed,
+        "cv_mean_f1": round(float(best_f1), 5),
+        "cv_mean_f1_at_0.5": round(float(mean_sample_f1(Y, apply_threshold(probs, 0.5))), 5),
+        "cv_map": round(float(mean_average_precision(Y, probs)), 5),
+        "threshold": round(float(threshold), 3),
+        "train_minutes": round((time.perf_counter() - start) / 60.0, 3),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def update_leaderboard(path: Path, metrics: dict) -> pd.DataFrame:
+    """One row per model, replaced when the model is retrained."""
+    cols = ["model", "cv_mean_f1", "cv_map", "threshold", "params", "file_mb", "ms_per_image", "train_minutes"]
+    row = {c: metrics.get(c) for c in cols}
+    board = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=cols)
+    board = board[board["model"] != metrics["model"]]
+    board = pd.concat([board, pd.DataFrame([row])], ignore_index=True) if len(board) else pd.DataFrame([row])
+    board = board.sort_values("cv_mean_f1", ascending=False).reset_index(drop=True)
+    write_csv(path, board)
+    return board
