@@ -31,10 +31,13 @@ class ImageEncoderSpec:
     size: int | None = None  # input size; None = the backbone's native size
     weights: str = "auto"
     batch_size: int = 64
+    # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
+    # torch: no export step (and the only choice on a GPU).
+    backend: str = "onnx"
 
     @classmethod
     def from_config(cls, cfg: dict) -> ImageEncoderSpec:
-        known = {"name", "size", "weights", "batch_size"}
+        known = {"name", "size", "weights", "batch_size", "backend"}
         unknown = set(cfg) - known
         if unknown:
             raise ValueError(f"unknown image encoder keys {sorted(unknown)}; known: {sorted(known)}")
@@ -51,6 +54,39 @@ def inputs_checksum(data_dir: Path, image_ids: list[str], image_ok: np.ndarray) 
             h.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+class _Runner:
+    """Runs the frozen backbone on normalised batches with the chosen backend."""
+
+    def __init__(self, model: torch.nn.Module, size: int, backend: str, export_dir: Path, tag: str) -> None:
+        self.model = model
+        self.session = None
+        if backend == "onnx":
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                log.warning("onnxruntime is not installed; embedding with torch instead")
+                return
+            onnx_path = export_dir / f"{tag}.onnx"
+            if not onnx_path.exists():
+                with atomic_path(onnx_path) as tmp:
+                    torch.onnx.export(
+                        model, (torch.zeros(2, 3, size, size),), str(tmp), input_names=["x"],
+                        output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                        opset_version=17, dynamo=False,
+                    )
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        elif backend != "torch":
+            raise ValueError(f"backend must be onnx or torch, got {backend!r}")
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        if self.session is not None:
+            return self.session.run(None, {"x": x.contiguous().numpy()})[0]
+        return self.model(x).float().numpy()
 
 
 def cache_file(cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str) -> Path:
@@ -87,6 +123,8 @@ def embed_images(
         log.info("feature cache stale (inputs changed): %s", path.name)
 
     dim = model.num_features
+    runner = _Runner(model, pre.size, spec.backend, cache_dir / "onnx",
+                     f"{spec.name}-{pre.size}px-{hashlib.sha256(source.encode()).hexdigest()[:10]}")
     out = np.zeros((len(image_ids), dim), dtype=np.float16)
     todo = np.flatnonzero(image_ok)
     batches = [todo[i : i + spec.batch_size] for i in range(0, len(todo), spec.batch_size)]
@@ -103,8 +141,7 @@ def embed_images(
         for i, rows in enumerate(progress(batches, f"embed {spec.name} {view}", quiet=quiet)):
             batch = pending.result()
             pending = pool.submit(load_batch, batches[i + 1]) if i + 1 < len(batches) else None
-            feats = model(to_tensor(batch, pre))
-            out[rows] = feats.float().numpy().astype(np.float16)
+            out[rows] = runner(to_tensor(batch, pre)).astype(np.float16)
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:

@@ -1,0 +1,1 @@
+"""Dataset loading, validation and the bundled demo dataset generator."""

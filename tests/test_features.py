@@ -1,0 +1,54 @@
+"""The image feature cache: reused when nothing changed, rebuilt when an image changes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from capfuse.features import ImageEncoderSpec, embed_images
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    ids = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "data" / f"{i}.jpg")
+        ids.append(f"{i}.jpg")
+    return tmp_path, ids
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cache_reuse_and_invalidation(folder, backend, monkeypatch):
+    data, ids = folder
+    ok = np.array([True] * 5 + [False])  # the last image is "unreadable": zero row, never opened
+    spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", batch_size=4, backend=backend)
+    feats, checksum = embed_images(data, ids, ok, spec, data / "cache", quiet=True)
+    assert feats.shape == (6, 1280) and feats.dtype == np.float16
+    assert np.abs(feats[:5]).sum(1).min() > 0 and not feats[5].any()
+
+    calls = []
+    import capfuse.features as features
+
+    real = features.load_array
+    monkeypatch.setattr(features, "load_array", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again, checksum2 = embed_images(data, ids, ok, spec, data / "cache", quiet=True)
+    assert calls == [] and checksum2 == checksum  # cache hit: no image decoded
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(feats))
+
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(data / "data" / "2.jpg")  # an input changes
+    changed, checksum3 = embed_images(data, ids, ok, spec, data / "cache", quiet=True)
+    assert len(calls) == 5 and checksum3 != checksum
+    assert not np.array_equal(np.asarray(changed[2]), np.asarray(feats[2]))
+    np.testing.assert_array_equal(np.asarray(changed[0]), np.asarray(feats[0]))
+
+
+def test_flip_view_is_cached_separately(folder):
+    data, ids = folder
+    spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", backend="torch")
+    ok = np.ones(len(ids), bool)
+    orig, _ = embed_images(data, ids, ok, spec, data / "cache", quiet=True)
+    flip, _ = embed_images(data, ids, ok, spec, data / "cache", view="hflip", quiet=True)
+    assert sorted(p.name for p in (data / "cache").glob("*.npy")) == [
+        "img-tf_efficientnet_lite0-64px-hflip.npy", "img-tf_efficientnet_lite0-64px-orig.npy"]
+    assert not np.array_equal(np.asarray(orig), np.asarray(flip))

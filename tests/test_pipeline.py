@@ -1,0 +1,76 @@
+"""One small end-to-end run of the real pipeline on the tiny demo dataset, through the CLI."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capfuse.cli import main
+from capfuse.data.demo import PRESETS, make_demo
+from capfuse.submission import check_submission, read_submission
+from capfuse.utils.io import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    data = root / "data" / "tiny"
+    make_demo(data, **PRESETS["tiny"], seed=0)
+    return root, data
+
+
+def run(root: Path, data: Path, *args: str) -> int:
+    return main([args[0], "--data", str(data), "--root", str(root), "--config", str(CONFIG), "--quiet", *args[1:]])
+
+
+@pytest.mark.slow
+def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
+    root, data = tiny
+    assert run(root, data, "all", "--set", "folds.k=3") == 0
+    out = capsys.readouterr().out
+    assert "CV mean F1 of the submitted pipeline" in out
+
+    test_ids = [line.split(",", 1)[0].strip() for line in (data / "test.csv").read_text().splitlines()[1:] if line.strip()]
+    classes = pd.read_csv(data / "classes.csv")["id"].tolist()
+    sub = read_submission(root / "submissions" / "tiny-latest.csv")
+    assert check_submission(sub, test_ids, classes) == []
+    manifest = read_json(root / "submissions" / "tiny-latest.json")
+    assert manifest["k"] == 3 and manifest["models"] and manifest["data_checksum"]
+    assert 0.0 < manifest["cv"]["mean_f1"] <= 1.0
+
+    # OOF files cover every train id exactly once, with the fold each was held out in.
+    folds = pd.read_csv(root / "folds" / "tiny.csv", dtype={"ImageID": str})
+    for model in ("img_lr", "cap_lr", "fused_lr"):
+        oof = pd.read_csv(root / "runs" / "tiny" / model / "oof_logits.csv", dtype={"ImageID": str})
+        assert sorted(oof["ImageID"]) == sorted(folds["ImageID"])
+        assert not oof["ImageID"].duplicated().any()
+        merged = oof.merge(folds, on="ImageID", suffixes=("", "_file"))
+        assert (merged["fold"] == merged["fold_file"]).all()
+    board = pd.read_csv(root / "runs" / "tiny" / "leaderboard.csv")
+    assert set(board["model"]) == {"img_lr", "cap_lr", "fused_lr"}
+
+    # A second run reuses every finished fold and gives the same logits.
+    before = np.load(root / "runs" / "tiny" / "fused_lr" / "fold0" / "val_logits.npy")
+    (root / "runs" / "tiny" / "fused_lr" / "fold2" / "done.json").unlink()  # as if fold 2 was interrupted
+    assert run(root, data, "train", "--set", "folds.k=3") == 0
+    log = [line for line in (root / "runs" / "tiny" / "fused_lr" / "log.jsonl").read_text().splitlines() if line]
+    assert [eval_fold(line) for line in log] == [0, 1, 2, 2]  # only fold 2 was trained again
+    np.testing.assert_array_equal(before, np.load(root / "runs" / "tiny" / "fused_lr" / "fold0" / "val_logits.npy"))
+
+
+def eval_fold(line: str) -> int:
+    import json
+
+    return json.loads(line)["fold"]
+
+
+@pytest.mark.slow
+def test_missing_folds_is_a_clear_error(tmp_path, caplog):
+    data = tmp_path / "data" / "tiny"
+    make_demo(data, **PRESETS["tiny"], seed=1)
+    assert run(tmp_path, data, "train") == 2
+    assert "make folds" in caplog.text
