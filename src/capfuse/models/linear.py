@@ -39,6 +39,8 @@ class LinearModel:
         if not self.inputs or set(self.inputs) - {"image", "caption"}:
             raise ValueError(f"linear model inputs must be a subset of [image, caption], got {self.inputs}")
         self.C = float(cfg.get("C", 1.0))
+        # Block weights set how hard the one shared L2 penalty pulls on each modality.
+        self.image_weight = float(cfg.get("image_weight", 1.0))
         self.caption_weight = float(cfg.get("caption_weight", 1.0))
         self.max_iter = int(cfg.get("max_iter", 300))
         self.seed = seed
@@ -51,11 +53,12 @@ class LinearModel:
         blocks_tr, blocks_other = [], [[] for _ in rows_other]
         if "image" in self.inputs:
             img_tr, img_test = feats["image_train"], feats["image_test"]
+            w = self.image_weight
             scaler = StandardScaler().fit(np.asarray(img_tr[rows_tr], dtype=np.float32))
-            blocks_tr.append(sp.csr_matrix(scaler.transform(np.asarray(img_tr[rows_tr], dtype=np.float32))))
+            blocks_tr.append(sp.csr_matrix(scaler.transform(np.asarray(img_tr[rows_tr], dtype=np.float32)) * w))
             for blocks, (source, rows) in zip(blocks_other, rows_other):
                 src = img_tr if source == "train" else img_test
-                blocks.append(sp.csr_matrix(scaler.transform(np.asarray(src[rows], dtype=np.float32))))
+                blocks.append(sp.csr_matrix(scaler.transform(np.asarray(src[rows], dtype=np.float32)) * w))
         if "caption" in self.inputs:
             w = self.caption_weight
             blocks_tr.append(feats["caption_train"][rows_tr] * w)
