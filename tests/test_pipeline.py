@@ -74,3 +74,23 @@ def test_missing_folds_is_a_clear_error(tmp_path, caplog):
     make_demo(data, **PRESETS["tiny"], seed=1)
     assert run(tmp_path, data, "train") == 2
     assert "make folds" in caplog.text
+
+
+@pytest.mark.slow
+def test_all_on_a_folder_with_every_fault(tmp_path):
+    from capfuse.data.faults import make_faulty_dataset
+
+    data = tmp_path / "data" / "faulty"
+    expected = make_faulty_dataset(data)
+    assert run(tmp_path, data, "all", "--set", "folds.k=3") == 0
+    sub = read_submission(tmp_path / "submissions" / "faulty-latest.csv")
+    test_ids = [ln.split(",", 1)[0].strip() for ln in (data / "test.csv").read_bytes().decode("utf-8-sig").splitlines()[1:] if ln.strip()]
+    assert list(sub["ImageID"]) == test_ids  # every test row, in order, unreadable images included
+    assert check_submission(sub, test_ids, pd.read_csv(data / "classes.csv")["id"].tolist()) == []
+    manifest = read_json(tmp_path / "submissions" / "faulty-latest.json")
+    assert manifest["image_fallback"]["model"] == "cap_lr"
+    assert sorted(manifest["image_fallback"]["rows"]) == sorted(expected["test"])
+    assert manifest["train_rows_quarantined"] == len(expected["train"])
+    folds = pd.read_csv(tmp_path / "folds" / "faulty.csv", dtype={"ImageID": str})
+    assert not set(folds["ImageID"]) & set(expected["train"]) - {"dup.jpg"}  # quarantined rows get no fold
+    assert (tmp_path / "runs" / "faulty" / "validation.txt").exists()

@@ -53,6 +53,31 @@ def choose_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
     return list(want)
 
 
+def _caption_fallback(ds, paths, trained: dict, rows: np.ndarray, binary: np.ndarray, min_labels: int,
+                      max_labels) -> dict:
+    """Predict test rows without a usable image from the best caption-only model, in place.
+
+    The model need not be in the blend: the blend's image models saw zeros for these rows, so
+    its scores there mean nothing. The caption model gets its own threshold, fitted on its own
+    OOF predictions. With no caption model trained, the class priors decide (top class only).
+    """
+    ids = [ds.test_ids[i] for i in np.flatnonzero(rows)]
+    caption_models = [m for m in trained if not trained[m]["needs_image"]]
+    if caption_models:
+        name = max(caption_models, key=lambda m: trained[m]["cv_mean_f1"])
+        oof = sigmoid(read_logits(paths.model_dir(name) / "oof_logits.csv", ds.train_ids, ds.class_ids))
+        test = sigmoid(read_logits(paths.model_dir(name) / "test_logits.csv", ds.test_ids, ds.class_ids))
+        t, _ = fit_global_threshold(ds.Y, oof, min_labels=min_labels, max_labels=max_labels)
+        binary[rows] = apply_threshold(test[rows], t, min_labels=min_labels, max_labels=max_labels)
+        info = {"model": name, "threshold": round(float(t), 4)}
+    else:
+        prior = np.broadcast_to(ds.Y.mean(0), (int(rows.sum()), ds.Y.shape[1]))
+        binary[rows] = apply_threshold(prior, 1.0, min_labels=max(1, min_labels), max_labels=max_labels)
+        info = {"model": "class priors", "threshold": None}
+    log.warning("%d test rows have no usable image; predicted from %s (listed in the manifest)", len(ids), info["model"])
+    return dict(info, rows=ids)
+
+
 def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None) -> dict:
     with stage("infer", paths.dataset):
         ds = load_dataset(paths, cfg, quiet=quiet)
@@ -67,22 +92,15 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
         oof_p = oof.mean(0)
         test_p = test.mean(0)
 
-        if not image_ok.all():
-            caption_only = [i for i, m in enumerate(names) if not trained[m]["needs_image"]]
-            if caption_only:
-                test_p[~image_ok] = test[caption_only][:, ~image_ok].mean(0)
-                how = f"caption-only model(s) {[names[i] for i in caption_only]}"
-            else:
-                test_p[~image_ok] = ds.Y.mean(0)
-                how = "class priors (no caption-only model in the blend)"
-            log.warning("%d test rows have no usable image; predicted from %s", int((~image_ok).sum()), how)
-
         rules = cfg.get("threshold", {})
         min_labels, max_labels = int(rules.get("min_labels", 1)), rules.get("max_labels")
         threshold, oof_f1 = fit_global_threshold(ds.Y, oof_p, min_labels=min_labels, max_labels=max_labels)
         oof_pred = apply_threshold(oof_p, threshold, min_labels=min_labels, max_labels=max_labels)
         cv = metric_summary(ds.Y, oof_pred, oof_p)
         binary = apply_threshold(test_p, threshold, min_labels=min_labels, max_labels=max_labels)
+        fallback = None
+        if not image_ok.all():
+            fallback = _caption_fallback(ds, paths, trained, ~image_ok, binary, min_labels, max_labels)
         sub = predictions_to_frame(ds.test_ids, binary, class_ids)
 
         manifest = {
@@ -102,6 +120,7 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
             "cv_note": "OOF mean F1 with the threshold fitted on the same OOF rows (in-sample for the threshold)",
             "test_rows": len(ds.test_ids),
             "test_rows_without_image": int((~image_ok).sum()),
+            "image_fallback": fallback,
             "train_rows_quarantined": int(len(ds.val.quarantine)),
         }
         written = write_submission(sub, ds.test_ids, class_ids, paths.submissions, paths.dataset, manifest,
