@@ -13,6 +13,7 @@ CONFIG  ?= configs/pipeline.yaml     ## pipeline (or single model) config
 STRICT  ?= 0                         ## 1: fail on bad train rows instead of quarantining them
 FORCE   ?= 0                         ## 1: rewrite an existing fold file
 ARGS    ?=                           ## extra CLI arguments, e.g. ARGS="--set folds.k=3"
+GPUS    ?= 1                         ## >1: `make train` runs under torchrun with DDP on that many GPUs
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
 
@@ -22,6 +23,7 @@ override CONFIG := $(strip $(CONFIG))
 override STRICT := $(strip $(STRICT))
 override FORCE  := $(strip $(FORCE))
 override VENV   := $(strip $(VENV))
+override GPUS   := $(strip $(GPUS))
 
 DATASET := $(notdir $(patsubst %/,%,$(DATA)))
 BIN     := $(VENV)/bin
@@ -66,7 +68,11 @@ folds: data ## write folds/<dataset>.csv (kept if it exists; FORCE=1 rewrites)
 	$(RUN) folds $(COMMON) $(if $(filter 1,$(FORCE)),--force)
 
 train: data ## train every model of CONFIG over every fold (runs/<dataset>/<model>/)
+ifeq ($(filter-out 0 1,$(GPUS)),)
 	$(RUN) train $(COMMON)
+else
+	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m capfuse.cli train $(COMMON)
+endif
 
 infer: data ## blend, threshold and write submissions/<dataset>-latest.csv with a manifest
 	$(RUN) infer $(COMMON)

@@ -122,6 +122,9 @@ def _dispatch(args) -> int:
         run_folds(paths, cfg, force=getattr(args, "force", False), quiet=quiet)
     if cmd in ("train", "all"):
         from capfuse.stages.train import run_train
+        from capfuse.utils.dist import init_distributed
+
+        init_distributed()  # a no-op unless launched by torchrun with several processes
 
         run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet)
     if cmd in ("infer", "all"):

@@ -22,6 +22,7 @@ from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
+from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.seed import seed_everything
 
 
@@ -82,12 +83,17 @@ def train_model(
     k = int(folds.max()) + 1
     fp = _fingerprint(model_cfg, data_fingerprint, folds)
     fp_file = out_dir / "fingerprint.json"
-    if out_dir.exists() and (not fp_file.exists() or read_json(fp_file).get("fingerprint") != fp):
-        log.info("%s: config, data or folds changed since the last run; starting over", name)
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(fp_file, {"fingerprint": fp})
-    write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
+    # Under torchrun every rank runs this function; only rank 0 touches the files.
+    rank, world = rank_world()
+    is_main = rank == 0
+    if is_main:
+        if out_dir.exists() and (not fp_file.exists() or read_json(fp_file).get("fingerprint") != fp):
+            log.info("%s: config, data or folds changed since the last run; starting over", name)
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(fp_file, {"fingerprint": fp})
+        write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
+    barrier()
 
     start = time.perf_counter()
     oof = np.full((len(train_ids), len(class_ids)), np.nan, dtype=np.float32)
@@ -99,24 +105,18 @@ def train_model(
         tr = np.flatnonzero(folds != fold)
         if (fold_dir / "done.json").exists():
             log.info("%s fold %d: done earlier, skipped", name, fold)
-        else:
+        elif is_main or getattr(model, "supports_ddp", False):
             seed_everything(seed + fold)
             t0 = time.perf_counter()
-            result = model.fit_fold(feats, Y, tr, va)
-            write_npy(fold_dir / "val_logits.npy", result.val_logits)
-            write_npy(fold_dir / "test_logits.npy", result.test_logits)
-            val_pred = apply_threshold(sigmoid(result.val_logits), 0.5)
-            record = {
-                "fold": fold, "seed": seed + fold, "n_train": len(tr), "n_val": len(va),
-                "val_mean_f1@0.5": float(mean_sample_f1(Y[va], val_pred)),
-                "seconds": round(time.perf_counter() - t0, 2), **result.info,
-            }
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            write_json(fold_dir / "done.json", record)
-            log.info("%s fold %d: mean F1@0.5 %.4f (%.1f s)", name, fold, record["val_mean_f1@0.5"], record["seconds"])
-        oof[va] = np.load(fold_dir / "val_logits.npy")
-        test_sum += np.load(fold_dir / "test_logits.npy")
+            result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir)
+            if is_main:
+                _write_fold(fold_dir, log_path, result, Y, tr, va, fold, seed, time.perf_counter() - t0, name)
+        barrier()  # other ranks wait for rank 0's files (or share its DDP training)
+        if is_main:
+            oof[va] = np.load(fold_dir / "val_logits.npy")
+            test_sum += np.load(fold_dir / "test_logits.npy")
+    if not is_main:
+        return {}
     if np.isnan(oof).any():
         raise RuntimeError(f"{name}: OOF logits do not cover every train row")
 
@@ -140,6 +140,22 @@ def train_model(
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, seed: int, seconds: float, name: str) -> None:
+    """Logits first, the log line next, ``done.json`` last: its presence means the fold is complete."""
+    write_npy(fold_dir / "val_logits.npy", result.val_logits)
+    write_npy(fold_dir / "test_logits.npy", result.test_logits)
+    val_pred = apply_threshold(sigmoid(result.val_logits), 0.5)
+    record = {
+        "fold": fold, "seed": seed + fold, "n_train": len(tr), "n_val": len(va),
+        "val_mean_f1@0.5": float(mean_sample_f1(Y[va], val_pred)),
+        "seconds": round(seconds, 2), **result.info,
+    }
+    with open(log_path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    write_json(fold_dir / "done.json", record)
+    log.info("%s fold %d: mean F1@0.5 %.4f (%.1f s)", name, fold, record["val_mean_f1@0.5"], record["seconds"])
 
 
 def update_leaderboard(path: Path, metrics: dict) -> pd.DataFrame:

@@ -5,4 +5,4 @@ from capfuse.registry import Registry
 MODELS = Registry("model kind")
 
 # Importing the modules registers their kinds.
-from capfuse.models import linear  # noqa: E402,F401
+from capfuse.models import linear, net  # noqa: E402,F401

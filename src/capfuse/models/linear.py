@@ -68,7 +68,7 @@ class LinearModel:
         stack = lambda b: sp.hstack(b).tocsr()  # noqa: E731
         return stack(blocks_tr), [stack(b) for b in blocks_other]
 
-    def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray) -> FoldOutput:
+    def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir=None) -> FoldOutput:
         n_test = feats["n_test"]
         X_tr, (X_va, X_te) = self._design(feats, tr, [("train", va), ("test", np.arange(n_test))])
         C = Y.shape[1]

@@ -50,7 +50,7 @@ class FeatureStore:
     def __init__(self, ds: Dataset, quiet: bool | None) -> None:
         self.ds = ds
         self.quiet = quiet
-        self._image: dict[ImageEncoderSpec, tuple[np.ndarray, str]] = {}
+        self._image: dict = {}
         self._caption: dict[str, tuple] = {}
 
     def image(self, spec: ImageEncoderSpec) -> tuple[np.ndarray, str]:
@@ -68,12 +68,72 @@ class FeatureStore:
             self._caption[key] = tfidf_features(list(v.train["Caption"]), list(v.test["Caption"]), **params)
         return self._caption[key]
 
+    def image_views(self, spec: ImageEncoderSpec, outputs: tuple[str, ...], views: tuple[str, ...]) -> dict:
+        """Pooled vectors and token grids of every row, for each test-time view."""
+        from capfuse.features import embed_image_features
+
+        key = (spec, outputs, views)
+        if key not in self._image:
+            v = self.ds.val
+            ids = self.ds.train_ids + self.ds.test_ids
+            ok = np.concatenate([np.ones(len(v.train), bool), v.test["image_ok"].to_numpy(bool)])
+            self._image[key] = {view: embed_image_features(self.ds.paths.data_dir, ids, ok, spec, self.ds.paths.cache,
+                                                           view=view, outputs=outputs, quiet=self.quiet)
+                                for view in views}
+        return self._image[key]
+
+    def caption_tokens(self, spec) -> dict:
+        from capfuse.text_features import embed_captions
+
+        key = ("tokens", spec)
+        if key not in self._caption:
+            v = self.ds.val
+            captions = list(v.train["Caption"]) + list(v.test["Caption"])
+            self._caption[key] = embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
+        return self._caption[key]
+
+    def for_net(self, model_cfg: dict, parts: list) -> dict:
+        """Feature views for the ``net`` kind in cached mode: rows are train then test."""
+        from capfuse.encoders.text import TextEncoderSpec
+
+        inputs = model_cfg.get("inputs", ["image", "caption"])
+        tta = model_cfg.get("train", {}).get("tta", True) or model_cfg.get("train", {}).get("flip_p", 0.5) > 0
+        views = ("orig", "hflip") if tta else ("orig",)
+        out: dict = {view: {} for view in views}
+        dims: dict = {}
+        if "image" in inputs:
+            spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", {"name": "tf_efficientnet_lite0"}))
+            img = self.image_views(spec, ("pooled", "tokens"), views)
+            for view in views:
+                out[view]["img_pooled"], out[view]["img_tokens"] = img[view]["pooled"], img[view]["tokens"]
+                parts.append(img[view]["checksum"])
+            dims["img_pooled"] = img["orig"]["pooled"].shape[1]
+            dims["img_tokens"] = img["orig"]["tokens"].shape[2]
+        if "caption" in inputs:
+            enc = dict(model_cfg.get("caption_encoder", {"name": "minilm"}))
+            cap = self.caption_tokens(TextEncoderSpec(**enc))
+            for view in views:  # captions do not flip
+                out[view].update(cap_pooled=cap["pooled"], cap_tokens=cap["tokens"], cap_mask=cap["mask"])
+            parts.append(cap["checksum"])
+            dims["cap_pooled"], dims["cap_tokens"] = cap["pooled"].shape[1], cap["tokens"].shape[2]
+        return {"views": out, "dims": dims}
+
     def for_model(self, model_cfg: dict) -> dict:
         n_train = len(self.ds.train_ids)
         feats: dict = {"n_test": len(self.ds.test_ids)}
         parts = [self.ds.train_ids, self.ds.test_ids, list(self.ds.val.train["Caption"]),
                  list(self.ds.val.test["Caption"]), self.ds.Y.tobytes()]
         inputs = model_cfg.get("inputs", ["image", "caption"])
+        if model_cfg["kind"] == "net" and not model_cfg.get("finetune", False):
+            feats.update(self.for_net(model_cfg, parts))
+            feats["fingerprint"] = _hash_text(*parts)
+            return feats
+        if model_cfg["kind"] == "net":
+            feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
+                         image_ok=np.concatenate([np.ones(n_train, bool), self.ds.val.test["image_ok"].to_numpy(bool)]),
+                         captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]))
+            feats["fingerprint"] = _hash_text(*parts)
+            return feats
         if "image" in inputs:
             spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", {"name": "tf_efficientnet_lite0"}))
             arr, checksum = self.image(spec)
@@ -105,8 +165,11 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
                     test_ids=ds.test_ids, Y=ds.Y, folds=folds, class_ids=ds.class_ids,
                     feats=feats, data_fingerprint=feats["fingerprint"],
                 )
+                if not metrics:
+                    continue  # a non-zero torchrun rank: rank 0 writes the artefacts
                 board = update_leaderboard(paths.runs / "leaderboard.csv", metrics)
                 log.info("%s: CV mean F1 %.4f (threshold %.2f), mAP %.4f", name, metrics["cv_mean_f1"],
                          metrics["threshold"], metrics["cv_map"])
-        log.info("leaderboard (%s):\n%s", paths.runs / "leaderboard.csv", board.to_string(index=False))
+        if board is not None:
+            log.info("leaderboard (%s):\n%s", paths.runs / "leaderboard.csv", board.to_string(index=False))
         return board

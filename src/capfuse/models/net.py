@@ -1,0 +1,288 @@
+"""The ``net`` model kind: torch heads and fusion models, trained fold by fold by one loop.
+
+Two modes share the loop (optimiser, schedule, early stopping, checkpoints, resume, flip TTA):
+
+* **cached** (the CPU path, the default): the backbones are frozen and their outputs were
+  computed once by the embed step (pooled vectors, token grids, caption tokens, for the
+  original and the flipped image). Only the head or fusion module trains, in seconds per
+  epoch on two cores. Flip augmentation comes free: each training sample draws one of the two
+  cached views.
+* **finetune** (``finetune: true``, meant for ``device: cuda``): the image backbone and the
+  caption encoder are part of the model and train end to end on decoded images, with
+  bf16/fp16 autocast, gradient accumulation, a cosine schedule with warm-up, layer-wise
+  learning rates, and several GPUs through torchrun/DDP (see ``capfuse.models.finetune``).
+
+Per fold: the best epoch by the held-out fold's mean F1 (at its best global threshold) is
+kept as ``best.safetensors``; ``last.pt`` holds the state to resume an interrupted fold; the
+OOF and test logits are the mean over the original and flipped views.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from capfuse.decision import fit_global_threshold
+from capfuse.models import MODELS
+from capfuse.models.linear import FoldOutput
+from capfuse.utils.io import atomic_path
+from capfuse.utils.log import log, progress
+
+FEATURE_KEYS = ("img_pooled", "img_tokens", "cap_pooled", "cap_tokens", "cap_mask")
+
+
+@dataclass
+class TrainSettings:
+    """The loop's knobs; every value is overridable from the model's YAML (``train:`` block)."""
+
+    epochs: int = 40  # an upper bound: early stopping usually ends a fold near epoch 10-20
+    batch_size: int = 64
+    lr: float = 1e-3  # heads on frozen features take a large step size
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.02  # cosine floor, as a fraction of lr
+    patience: int = 6  # epochs without a better held-out F1 before stopping
+    grad_clip: float = 1.0
+    accumulate: int = 1  # gradient accumulation steps (finetune mode, large effective batches)
+    flip_p: float = 0.5  # chance a training sample uses its flipped view
+    tta: bool = True  # average original and flipped views for OOF and test logits
+    eval_batch_size: int = 256
+    loss: dict = field(default_factory=lambda: {"name": "bce"})
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> TrainSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f"unknown train settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**cfg)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then cosine down to ``floor``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def _save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+
+
+def _save_torch(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def val_score(y: np.ndarray, logits: np.ndarray) -> float:
+    """Held-out mean F1 at the fold's best global threshold: what early stopping maximises."""
+    probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -40, 40)))
+    _, f1 = fit_global_threshold(y, probs)
+    return float(f1)
+
+
+class CachedViews:
+    """Cached feature arrays for all rows (train then test), one dict per view."""
+
+    def __init__(self, views: dict[str, dict[str, np.ndarray]]) -> None:
+        self.views = views
+
+    def batch(self, rows: np.ndarray, flip: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Gather ``rows``; where ``flip`` is True take the hflip view (image keys only)."""
+        orig = self.views["orig"]
+        out = {}
+        for key in FEATURE_KEYS:
+            if key not in orig:
+                continue
+            arr = np.asarray(orig[key][rows])
+            if flip is not None and flip.any() and key.startswith("img_") and "hflip" in self.views:
+                arr = arr.copy()
+                arr[flip] = np.asarray(self.views["hflip"][key][rows[flip]])
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            out[key] = t.bool() if key == "cap_mask" else t.float()
+        return out
+
+    def view_batch(self, view: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return self.batch(rows, np.ones(len(rows), bool) if view == "hflip" else None)
+
+
+@MODELS.register("net")
+class NetModel:
+    """Config keys: ``inputs``, ``image_head``, ``caption_head``, ``fusion`` (see capfuse.nn.fusion),
+    ``image_encoder``, ``caption_encoder``, ``train`` (TrainSettings), ``device``, ``finetune``."""
+
+    def __init__(self, cfg: dict, seed: int) -> None:
+        self.cfg = cfg
+        self.inputs = list(cfg.get("inputs", ["image", "caption"]))
+        self.settings = TrainSettings.from_config(cfg.get("train", {}))
+        self.seed = seed
+        self.device = torch.device(cfg.get("device", "cpu"))
+        self.finetune = bool(cfg.get("finetune", False))
+        self.light: dict = {}
+
+    @property
+    def needs_image(self) -> bool:
+        return "image" in self.inputs
+
+    @property
+    def supports_ddp(self) -> bool:
+        """Only end-to-end fine-tuning shards over ranks; heads on cached features train on rank 0."""
+        return self.finetune
+
+    # -- building ---------------------------------------------------------------------------
+
+    def build(self, dims: dict, num_classes: int, class_freq: np.ndarray) -> torch.nn.Module:
+        from capfuse.nn.fusion import build_net
+        from capfuse.nn.losses import LOSSES
+
+        loss_cfg = dict(self.settings.loss)
+        name = loss_cfg.pop("name", "bce")
+        if name == "weighted_bce":
+            loss_cfg["class_freq"] = class_freq
+        net = build_net(self.cfg, dims, num_classes)
+        net.loss_fn = LOSSES.create(name, **loss_cfg)
+        return net
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path) -> FoldOutput:
+        if self.finetune:
+            from capfuse.models.finetune import fit_fold_finetune
+
+            return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir)
+        from capfuse.nn.losses import class_frequencies
+
+        views = CachedViews(feats["views"])
+        n_train = len(Y)
+        test_rows = np.arange(n_train, n_train + feats["n_test"])
+        net = self.build(feats["dims"], Y.shape[1], class_frequencies(Y[tr])).to(self.device)
+
+        def forward_batch(batch: dict) -> dict:
+            return net({k: v.to(self.device) for k, v in batch.items()})
+
+        def predict(rows: np.ndarray) -> np.ndarray:
+            net.eval()
+            views_used = ("orig", "hflip") if self.settings.tta and "hflip" in feats["views"] else ("orig",)
+            out = np.zeros((len(rows), Y.shape[1]), np.float32)
+            with torch.inference_mode():
+                for view in views_used:
+                    for i in range(0, len(rows), self.settings.eval_batch_size):
+                        chunk = rows[i : i + self.settings.eval_batch_size]
+                        out[i : i + len(chunk)] += forward_batch(views.view_batch(view, chunk))["logits"].float().cpu().numpy()
+            return out / len(views_used)
+
+        def train_step(batch: dict, targets: torch.Tensor) -> float:
+            batch["targets"] = targets
+            loss = forward_batch(batch)["loss"]
+            loss.backward()
+            return float(loss.detach())
+
+        return self.loop(net, Y, tr, va, test_rows, fold_dir, predict=predict,
+                         make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step)
+
+    def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, *, predict, make_batch, train_step,
+             param_groups=None, scaler=None, rank: int = 0, world: int = 1) -> FoldOutput:
+        """Epochs with early stopping, checkpoints and resume; shared by both modes.
+
+        Under DDP every rank runs this loop on its own shard of each epoch's order; rank 0
+        evaluates and checkpoints, and broadcasts the held-out score so that all ranks take
+        the same early-stopping decision.
+        """
+        s = self.settings
+        is_main = rank == 0
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        groups = param_groups if param_groups is not None else [{"params": [p for p in net.parameters() if p.requires_grad]}]
+        opt = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
+        for g in opt.param_groups:
+            g.setdefault("lr_mult", 1.0)
+            g["initial_lr"] = s.lr * g["lr_mult"]
+        steps_per_epoch = max(1, math.ceil(len(tr) / s.batch_size / s.accumulate))
+        total = steps_per_epoch * s.epochs
+        warmup = int(round(s.warmup_epochs * steps_per_epoch))
+
+        start_epoch, best, best_epoch, bad, step = 0, -1.0, -1, 0, 0
+        last = fold_dir / "last.pt"
+        if last.exists():
+            state = torch.load(last, map_location="cpu", weights_only=True)
+            _unwrap(net).load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, best, best_epoch, bad, step = (state["epoch"] + 1, state["best"], state["best_epoch"],
+                                                        state["bad"], state["step"])
+            log.info("  resumed %s at epoch %d (best %.4f at epoch %d)", fold_dir.name, start_epoch, best, best_epoch)
+
+        t0 = time.perf_counter()
+        epoch = start_epoch - 1
+        for epoch in progress(range(start_epoch, s.epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
+            if bad >= s.patience:
+                break
+            # One generator per (seed, epoch): the order is reproducible and resumes identically.
+            rng = np.random.default_rng([self.seed, epoch])
+            order = tr[rng.permutation(len(tr))]
+            flips = rng.random(len(order)) < s.flip_p
+            if world > 1:  # equal, disjoint shards: DDP needs the same number of steps on every rank
+                keep = len(order) // world * world
+                order, flips = order[:keep][rank::world], flips[:keep][rank::world]
+            net.train()
+            losses = []
+            for b, i in enumerate(range(0, len(order), s.batch_size)):
+                rows = order[i : i + s.batch_size]
+                batch = make_batch(rows, flips[i : i + s.batch_size])
+                targets = torch.from_numpy(Y[rows].astype(np.float32))
+                losses.append(train_step(batch, targets))
+                if (b + 1) % s.accumulate == 0 or i + s.batch_size >= len(order):
+                    if scaler is not None:
+                        scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+                    if s.grad_clip:
+                        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], s.grad_clip)
+                    mult = cosine_with_warmup(step, total, warmup, s.min_lr_ratio)
+                    for g in opt.param_groups:
+                        g["lr"] = g["initial_lr"] * mult
+                    if scaler is not None:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    step += 1
+            score = val_score(Y[va], predict(va)) if is_main else 0.0
+            if world > 1:
+                shared = [score]
+                torch.distributed.broadcast_object_list(shared, src=0)
+                score = shared[0]
+            improved = score > best + 1e-5
+            if improved:
+                best, best_epoch, bad = score, epoch, 0
+                if is_main:
+                    _save_safetensors(fold_dir / "best.safetensors", _unwrap(net).state_dict())
+            else:
+                bad += 1
+            if is_main:
+                log.debug("  %s epoch %d: loss %.4f, held-out mean F1 %.4f%s", fold_dir.name, epoch,
+                          float(np.mean(losses)), score, " *" if improved else "")
+                _save_torch(last, {"model": _unwrap(net).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                                   "best": best, "best_epoch": best_epoch, "bad": bad, "step": step})
+
+        if world > 1:
+            torch.distributed.barrier()  # rank 0 has written best.safetensors
+        _unwrap(net).load_state_dict(load_file(str(fold_dir / "best.safetensors")))
+        empty = np.zeros((0, Y.shape[1]), np.float32)
+        val_logits = predict(va) if is_main else empty
+        test_logits = predict(test_rows) if is_main else empty
+        if is_main and last.exists():
+            os.remove(last)  # the fold is finished; best.safetensors is what later stages need
+        info = {"best_epoch": int(best_epoch), "epochs_run": int(epoch + 1), "best_val_mean_f1": round(float(best), 5),
+                "train_seconds": round(time.perf_counter() - t0, 1)}
+        return FoldOutput(val_logits, test_logits, info)
+
+
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    return net.module if hasattr(net, "module") else net
