@@ -18,6 +18,7 @@ import pandas as pd
 
 from capfuse import config as cfglib
 from capfuse.decision import apply_threshold, fit_global_threshold
+from capfuse.light import light_report
 from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
@@ -95,7 +96,6 @@ def train_model(
         write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
     barrier()
 
-    start = time.perf_counter()
     oof = np.full((len(train_ids), len(class_ids)), np.nan, dtype=np.float32)
     test_sum = np.zeros((len(test_ids), len(class_ids)), dtype=np.float64)
     log_path = out_dir / "log.jsonl"
@@ -136,7 +136,9 @@ def train_model(
         "cv_mean_f1_at_0.5": round(float(mean_sample_f1(Y, apply_threshold(probs, 0.5))), 5),
         "cv_map": round(float(mean_average_precision(Y, probs)), 5),
         "threshold": round(float(threshold), 3),
-        "train_minutes": round((time.perf_counter() - start) / 60.0, 3),
+        # Summed over the folds' own records, so a resumed run reports the whole training time.
+        "train_minutes": round(sum(read_json(out_dir / f"fold{f}" / "done.json")["seconds"] for f in range(k)) / 60.0, 3),
+        **light_report(model_cfg, *model.head_cost(feats, len(class_ids))),
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -68,6 +68,15 @@ class LinearModel:
         stack = lambda b: sp.hstack(b).tocsr()  # noqa: E731
         return stack(blocks_tr), [stack(b) for b in blocks_other]
 
+    def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
+        """(parameters, ms per image) of the classifier alone: one weight per feature and class."""
+        dim = 0
+        if "image" in self.inputs:
+            dim += feats["image_train"].shape[1]
+        if "caption" in self.inputs:
+            dim += feats["caption_train"].shape[1]
+        return (dim + 1) * num_classes, 0.0
+
     def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir=None) -> FoldOutput:
         n_test = feats["n_test"]
         X_tr, (X_va, X_te) = self._design(feats, tr, [("train", va), ("test", np.arange(n_test))])

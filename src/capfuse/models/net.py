@@ -152,6 +152,20 @@ class NetModel:
         net.loss_fn = LOSSES.create(name, **loss_cfg)
         return net
 
+    def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
+        """(parameters, ms per image) of the head/fusion module on cached-size inputs."""
+        from capfuse.light import _time_ms
+        from capfuse.nn.fusion import count_parameters
+
+        dims = feats.get("dims")
+        if dims is None:  # finetune mode: the encoders are counted by light_report
+            return 0, 0.0
+        net = self.build(dims, num_classes, np.full(num_classes, 0.1)).eval()
+        batch = CachedViews(feats["views"]).batch(np.arange(min(32, len(next(iter(feats["views"]["orig"].values()))))))
+        with torch.inference_mode():
+            ms = _time_ms(lambda: net(batch), len(next(iter(batch.values()))))
+        return count_parameters(net), ms
+
     # -- the loop -----------------------------------------------------------------------------
 
     def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path) -> FoldOutput:

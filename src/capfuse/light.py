@@ -1,0 +1,64 @@
+"""What "light" means in numbers (paper a): parameters, checkpoint size, inference ms per image.
+
+Measured for the whole predictor a user would deploy, encoders included: a frozen backbone
+still runs for every test image. Times are torch eager on this machine's CPU, batch 32, after
+a warm-up, so models compare on the same footing; the ONNX path of the embed step is faster.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+
+
+def _time_ms(fn, n_items: int, repeats: int = 3) -> float:
+    fn()  # warm-up: allocator, lazy init
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / n_items
+
+
+@lru_cache(maxsize=None)
+def image_encoder_cost(name: str, size: int) -> tuple[int, float]:
+    """(parameters, ms per image) of a timm backbone without its classifier."""
+    from capfuse.encoders.image import create_backbone
+
+    model, _ = create_backbone(name, weights="none", num_classes=0)
+    model = model.eval().to(memory_format=torch.channels_last)
+    x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ms = _time_ms(lambda: model(x), 32)
+    return sum(p.numel() for p in model.parameters()), ms
+
+
+@lru_cache(maxsize=None)
+def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
+    """(parameters, ms per caption) of a transformers encoder at ``max_len`` tokens."""
+    from capfuse.encoders.text import create_text_encoder
+
+    model, tokenizer, _ = create_text_encoder(name)
+    batch = tokenizer(["a man rides a horse past a red bus, near a bench"] * 32, padding="max_length",
+                      truncation=True, max_length=max_len, return_tensors="pt")
+    with torch.inference_mode():
+        ms = _time_ms(lambda: model(**batch), 32)
+    return sum(p.numel() for p in model.parameters()), ms
+
+
+def light_report(cfg: dict, head_params: int, head_ms: float = 0.0) -> dict:
+    """``params``, ``file_mb`` (fp32 weights) and ``ms_per_image`` of encoders + head."""
+    inputs = cfg.get("inputs", ["image", "caption"])
+    params, ms = head_params, head_ms
+    if "image" in inputs:
+        enc = cfg.get("image_encoder", {})
+        p, t = image_encoder_cost(enc.get("name", "tf_efficientnet_lite0"), int(enc.get("size", 224)))
+        params, ms = params + p, ms + t
+    if "caption" in inputs and cfg.get("kind") == "net":
+        enc = cfg.get("caption_encoder", {})
+        p, t = caption_encoder_cost(enc.get("name", "minilm"), int(enc.get("max_len", 32)))
+        params, ms = params + p, ms + t
+    return {"params": int(params), "file_mb": round(params * 4 / 2**20, 2), "ms_per_image": round(ms, 2)}
