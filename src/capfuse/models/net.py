@@ -231,13 +231,13 @@ class NetModel:
             opt.load_state_dict(state["optimizer"])
             start_epoch, best, best_epoch, bad, step = (state["epoch"] + 1, state["best"], state["best_epoch"],
                                                         state["bad"], state["step"])
+            torch.set_rng_state(state["torch_rng"])  # dropout continues as if never interrupted
             log.info("  resumed %s at epoch %d (best %.4f at epoch %d)", fold_dir.name, start_epoch, best, best_epoch)
 
         t0 = time.perf_counter()
-        epoch = start_epoch - 1
-        for epoch in progress(range(start_epoch, s.epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
-            if bad >= s.patience:
-                break
+        completed = start_epoch
+        first = start_epoch if bad < s.patience else s.epochs  # a resumed fold that had already stopped
+        for epoch in progress(range(first, s.epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
             # One generator per (seed, epoch): the order is reproducible and resumes identically.
             rng = np.random.default_rng([self.seed, epoch])
             order = tr[rng.permutation(len(tr))]
@@ -283,7 +283,11 @@ class NetModel:
                 log.debug("  %s epoch %d: loss %.4f, held-out mean F1 %.4f%s", fold_dir.name, epoch,
                           float(np.mean(losses)), score, " *" if improved else "")
                 _save_torch(last, {"model": _unwrap(net).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                                   "best": best, "best_epoch": best_epoch, "bad": bad, "step": step})
+                                   "best": best, "best_epoch": best_epoch, "bad": bad, "step": step,
+                                   "torch_rng": torch.get_rng_state()})
+            completed = epoch + 1
+            if bad >= s.patience:
+                break
 
         if world > 1:
             torch.distributed.barrier()  # rank 0 has written best.safetensors
@@ -293,7 +297,7 @@ class NetModel:
         test_logits = predict(test_rows) if is_main else empty
         if is_main and last.exists():
             os.remove(last)  # the fold is finished; best.safetensors is what later stages need
-        info = {"best_epoch": int(best_epoch), "epochs_run": int(epoch + 1), "best_val_mean_f1": round(float(best), 5),
+        info = {"best_epoch": int(best_epoch), "epochs_run": int(completed), "best_val_mean_f1": round(float(best), 5),
                 "train_seconds": round(time.perf_counter() - t0, 1)}
         return FoldOutput(val_logits, test_logits, info)
 

@@ -1,0 +1,1 @@
+"""Torch components of the ``net`` models: losses, heads and the fusion model, in registries."""

@@ -1,0 +1,169 @@
+"""The ``net`` trainer: learning, early stopping, checkpoints, exact resume, fine-tuning path."""
+
+import numpy as np
+import pytest
+import torch
+
+from capfuse.models.net import NetModel, cosine_with_warmup
+
+C = 5
+
+
+def synthetic(n: int = 240, n_test: int = 40, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Features that carry the labels (image tokens for some classes, caption for others)."""
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((n, C)) < 0.3).astype(np.uint8)
+    Y[Y.sum(1) == 0, 0] = 1
+    Yall = np.concatenate([Y, (rng.random((n_test, C)) < 0.3).astype(np.uint8)])
+    W_img, W_cap = rng.normal(size=(C, 16)), rng.normal(size=(C, 12))
+    W_img[3:] = 0  # classes 3, 4 are only in the caption
+    W_cap[:2] = 0  # classes 0, 1 only in the image
+    img_tokens = (Yall @ W_img)[:, None, :] + rng.normal(scale=0.8, size=(len(Yall), 4, 16))
+    cap_tokens = (Yall @ W_cap)[:, None, :] + rng.normal(scale=0.8, size=(len(Yall), 6, 12))
+    mask = np.ones((len(Yall), 6), bool)
+    mask[:, 4:] = False
+    orig = {"img_tokens": img_tokens.astype(np.float16), "img_pooled": img_tokens.mean(1).astype(np.float16),
+            "cap_tokens": cap_tokens.astype(np.float16), "cap_pooled": cap_tokens[:, :4].mean(1).astype(np.float16),
+            "cap_mask": mask.astype(np.uint8)}
+    flip = dict(orig, img_tokens=orig["img_tokens"][:, ::-1].copy())
+    feats = {"views": {"orig": orig, "hflip": flip}, "n_test": n_test,
+             "dims": {"img_pooled": 16, "img_tokens": 16, "cap_pooled": 12, "cap_tokens": 12}}
+    return feats, Y
+
+
+def config(**train) -> dict:
+    return {
+        "kind": "net", "inputs": ["image", "caption"],
+        "image_head": {"kind": "mlp", "hidden": 32, "dropout": 0.1},
+        "caption_head": {"kind": "attn", "hidden": 32, "dropout": 0.1},
+        "fusion": {"logit_fusion": True, "cross_attention": True, "residual": True, "d_model": 16, "heads": 2,
+                   "dropout": 0.1},
+        "train": {"epochs": 6, "batch_size": 32, "lr": 3e-3, "patience": 10, **train},
+    }
+
+
+def folds_of(n: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(n)
+    return idx[idx % 4 != 0], idx[idx % 4 == 0]
+
+
+def test_cosine_schedule():
+    assert cosine_with_warmup(0, 100, 10, 0.0) == pytest.approx(0.1)
+    assert cosine_with_warmup(10, 100, 10, 0.0) == pytest.approx(1.0)
+    assert cosine_with_warmup(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert 0.1 < cosine_with_warmup(55, 100, 10, 0.1) < 1.0
+
+
+def test_learns_and_writes_best_checkpoint(tmp_path):
+    from capfuse.metrics import mean_sample_f1
+
+    feats, Y = synthetic()
+    tr, va = folds_of(len(Y))
+    torch.manual_seed(0)
+    out = NetModel(config(), seed=1).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "fold0")
+    assert out.val_logits.shape == (len(va), C) and out.test_logits.shape == (40, C)
+    assert (tmp_path / "fold0" / "best.safetensors").exists()
+    assert not (tmp_path / "fold0" / "last.pt").exists()  # removed once the fold is finished
+    pred = (out.val_logits > 0).astype(np.uint8)
+    pred[pred.sum(1) == 0, out.val_logits[pred.sum(1) == 0].argmax(1)] = 1
+    assert mean_sample_f1(Y[va], pred) > 0.75
+    assert 0 <= out.info["best_epoch"] < out.info["epochs_run"] <= 6
+
+
+def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch):
+    import capfuse.models.net as net_mod
+
+    feats, Y = synthetic()
+    tr, va = folds_of(len(Y))
+    torch.manual_seed(0)
+    full = NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "a")
+
+    real = net_mod.val_score
+    calls = {"n": 0}
+
+    def crash_on_third(y, logits):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the machine stopped during epoch 2's evaluation
+        return real(y, logits)
+
+    monkeypatch.setattr(net_mod, "val_score", crash_on_third)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "b")
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    monkeypatch.setattr(net_mod, "val_score", real)
+    resumed = NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "b")
+    np.testing.assert_allclose(resumed.val_logits, full.val_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(resumed.test_logits, full.test_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    feats, Y = synthetic()
+    tr, va = folds_of(len(Y))
+    runs = []
+    for name in ("x", "y"):
+        torch.manual_seed(0)
+        runs.append(NetModel(config(epochs=2), seed=5).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / name).val_logits)
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_early_stopping_stops(tmp_path, monkeypatch):
+    import capfuse.models.net as net_mod
+
+    feats, Y = synthetic()
+    tr, va = folds_of(len(Y))
+    monkeypatch.setattr(net_mod, "val_score", lambda y, logits: 0.5)  # never improves after epoch 0
+    out = NetModel(config(epochs=30, patience=2), seed=0).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "f")
+    assert out.info["best_epoch"] == 0 and out.info["epochs_run"] == 3
+
+
+@pytest.mark.parametrize("loss", ["bce", "weighted_bce", "focal", "asl"])
+def test_every_loss_trains(tmp_path, loss):
+    feats, Y = synthetic(n=120)
+    tr, va = folds_of(len(Y))
+    out = NetModel(config(epochs=1, loss={"name": loss}), seed=0).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / loss)
+    assert np.isfinite(out.val_logits).all()
+
+
+def test_finetune_path_on_cpu_with_a_tiny_backbone(tmp_path):
+    """The GPU code path (encoders in the model, layer-wise LR, flip TTA on decoded images) on a CPU."""
+    from capfuse.data.demo import make_demo
+    from capfuse.data.validate import validate_dataset
+    from capfuse.models.finetune import FinetuneNet, layerwise_groups
+
+    data = tmp_path / "tiny"
+    make_demo(data, n_train=24, n_test=8, size=64, seed=0)
+    v = validate_dataset(data)
+    Y = v.classes.to_matrix(list(v.train["labels"]))
+    cfg = {
+        "kind": "net", "inputs": ["image", "caption"], "finetune": True, "device": "cpu",
+        "image_encoder": {"name": "mobilenetv2_050", "weights": "none", "size": 64, "grid": 2},
+        "caption_encoder": {"name": "minilm", "max_len": 16, "trainable": True},
+        "image_head": {"kind": "mlp", "hidden": 16}, "caption_head": {"kind": "mlp", "hidden": 16},
+        "fusion": {"logit_fusion": True, "cross_attention": True, "d_model": 16, "heads": 2},
+        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8},
+        "finetune_options": {"encoder_lr_mult": 0.1, "layer_decay": 0.5, "loader_threads": 2},
+    }
+    feats = {"data_dir": data, "ids": list(v.train["ImageID"]) + list(v.test["ImageID"]),
+             "image_ok": np.ones(32, bool), "captions": list(v.train["Caption"]) + list(v.test["Caption"]), "n_test": 8}
+    model = NetModel(cfg, seed=0)
+    tr, va = np.arange(16), np.arange(16, 24)
+    torch.manual_seed(0)  # fit_fold_finetune seeds with the model's seed before building
+    before = {k: p.detach().clone() for k, p in
+              FinetuneNet(cfg, Y.shape[1], lambda d: model.build(d, Y.shape[1], np.full(Y.shape[1], 0.2))).named_parameters()}
+    out = model.fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "fold0")
+    assert out.val_logits.shape == (8, Y.shape[1]) and out.test_logits.shape == (8, Y.shape[1])
+    from safetensors.torch import load_file
+
+    after = load_file(str(tmp_path / "fold0" / "best.safetensors"))
+    assert any(k.startswith("backbone.") for k in after) and any(k.startswith("text.") for k in after)
+    moved = [k for k in after if k.startswith("backbone.blocks") and k in before and not torch.equal(after[k], before[k])]
+    assert moved, "the backbone must train end to end"
+
+    net = FinetuneNet(cfg, Y.shape[1], lambda d: model.build(d, Y.shape[1], np.full(Y.shape[1], 0.2)))
+    groups = layerwise_groups(net, 0.1, 0.5)
+    mults = sorted(g["lr_mult"] for g in groups)
+    assert mults[-1] == 1.0 and mults[0] < 0.1 * 0.5 ** 3  # head at 1x, the stem far below
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
