@@ -50,5 +50,26 @@ def test_flip_view_is_cached_separately(folder):
     orig, _ = embed_images(data, ids, ok, spec, data / "cache", quiet=True)
     flip, _ = embed_images(data, ids, ok, spec, data / "cache", view="hflip", quiet=True)
     assert sorted(p.name for p in (data / "cache").glob("*.npy")) == [
-        "img-tf_efficientnet_lite0-64px-hflip.npy", "img-tf_efficientnet_lite0-64px-orig.npy"]
+        "img-tf_efficientnet_lite0-64px-hflip-pooled.npy", "img-tf_efficientnet_lite0-64px-orig-pooled.npy"]
     assert not np.array_equal(np.asarray(orig), np.asarray(flip))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_tokens_and_pooled_agree_and_extend_the_cache(folder, backend):
+    from capfuse.features import embed_image_features
+
+    data, ids = folder
+    spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", backend=backend, grid=2)
+    ok = np.ones(len(ids), bool)
+    ok[1] = False
+    cache = data / f"cache-{backend}"
+    pooled_only = embed_image_features(data, ids, ok, spec, cache, outputs=("pooled",), quiet=True)
+    both = embed_image_features(data, ids, ok, spec, cache, outputs=("pooled", "tokens"), quiet=True)
+    assert both["tokens"].shape == (len(ids), 4, 1280)
+    assert np.allclose(np.asarray(both["pooled"]), np.asarray(pooled_only["pooled"]), atol=1e-3)
+    # a 2x2 map pooled to 2x2 tokens: their mean is the pooled vector
+    tokens = np.asarray(both["tokens"], dtype=np.float32)
+    assert np.allclose(tokens.mean(1), np.asarray(both["pooled"], dtype=np.float32), atol=2e-2)
+    assert not tokens[1].any()  # an unreadable image is zeros, never dropped
+    again = embed_image_features(data, ids, ok, spec, cache, outputs=("tokens",), quiet=True)
+    assert again["checksum"] == both["checksum"]

@@ -34,10 +34,11 @@ class ImageEncoderSpec:
     # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
     # torch: no export step (and the only choice on a GPU).
     backend: str = "onnx"
+    grid: int = 4  # token grid side: the final feature map is average-pooled to grid x grid tokens
 
     @classmethod
     def from_config(cls, cfg: dict) -> ImageEncoderSpec:
-        known = {"name", "size", "weights", "batch_size", "backend"}
+        known = {"name", "size", "weights", "batch_size", "backend", "grid"}
         unknown = set(cfg) - known
         if unknown:
             raise ValueError(f"unknown image encoder keys {sorted(unknown)}; known: {sorted(known)}")
@@ -89,8 +90,39 @@ class _Runner:
         return self.model(x).float().numpy()
 
 
-def cache_file(cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str) -> Path:
-    return cache_dir / f"img-{spec.name}-{size}px-{view}.npy"
+class FeatureMap(torch.nn.Module):
+    """The backbone up to its final feature map ``[B, C, h, w]`` (before pooling and classifier)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def pool_outputs(fmap: np.ndarray, outputs: tuple[str, ...], grid: int) -> dict[str, np.ndarray]:
+    """Pooled vector (global mean) and/or a ``grid x grid`` token grid from feature maps.
+
+    Pooling happens here rather than in the exported graph because ONNX cannot express
+    adaptive pooling when the grid does not divide the map (a 7x7 map into 4x4 tokens).
+    """
+    t = torch.from_numpy(fmap)
+    out = {}
+    if "pooled" in outputs:
+        out["pooled"] = t.mean((2, 3)).numpy()
+    if "tokens" in outputs:
+        out["tokens"] = torch.nn.functional.adaptive_avg_pool2d(t, grid).flatten(2).transpose(1, 2).numpy()
+    return out
+
+
+OUTPUTS = ("pooled", "tokens")
+
+
+def cache_files(cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str) -> dict[str, Path]:
+    stem = f"img-{spec.name}-{size}px-{view}"
+    return {"pooled": cache_dir / f"{stem}-pooled.npy", "tokens": cache_dir / f"{stem}-tokens{spec.grid}.npy",
+            "meta": cache_dir / f"{stem}.json"}
 
 
 def embed_images(
@@ -104,34 +136,62 @@ def embed_images(
     quiet: bool | None = None,
 ) -> tuple[np.ndarray, str]:
     """Pooled features [N, D] (float16, memory-mapped; zeros where not ok) and their checksum."""
+    out = embed_image_features(data_dir, image_ids, image_ok, spec, cache_dir, view=view, outputs=("pooled",), quiet=quiet)
+    return out["pooled"], out["checksum"]
+
+
+def embed_image_features(
+    data_dir: Path,
+    image_ids: list[str],
+    image_ok: np.ndarray,
+    spec: ImageEncoderSpec,
+    cache_dir: Path,
+    *,
+    view: str = "orig",
+    outputs: tuple[str, ...] = OUTPUTS,
+    quiet: bool | None = None,
+) -> dict:
+    """``pooled`` [N, D] and/or ``tokens`` [N, grid*grid, D] (float16, memory-mapped) and ``checksum``.
+
+    Rows with ``image_ok`` False are zeros. Outputs already cached for the same inputs are
+    reused; asking for one that is missing recomputes all of them in one backbone pass.
+    """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if set(outputs) - set(OUTPUTS) or not outputs:
+        raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS}, got {outputs}")
     image_ok = np.asarray(image_ok, dtype=bool)
     model, source = create_backbone(spec.name, weights=spec.weights, num_classes=0)
     model = model.eval().to(memory_format=torch.channels_last)
     pre = preprocess_for(model, spec.size)
-    path = cache_file(cache_dir, spec, pre.size, view)
-    meta_path = path.with_suffix(".json")
+    files = cache_files(cache_dir, spec, pre.size, view)
     checksum = hashlib.sha256(
         f"{inputs_checksum(data_dir, image_ids, image_ok)}|{source}|{pre}".encode()
     ).hexdigest()
-    if path.exists() and meta_path.exists():
-        meta = read_json(meta_path)
+    have: tuple[str, ...] = ()
+    if files["meta"].exists():
+        meta = read_json(files["meta"])
         if meta.get("checksum") == checksum:
-            log.info("feature cache hit: %s", path.name)
-            return np.load(path, mmap_mode="r"), checksum
-        log.info("feature cache stale (inputs changed): %s", path.name)
+            have = tuple(o for o in meta.get("outputs", []) if files[o].exists())
+            if set(outputs) <= set(have):
+                log.info("feature cache hit: %s %s", files["meta"].stem, list(outputs))
+                return {o: np.load(files[o], mmap_mode="r") for o in outputs} | {"checksum": checksum}
+        else:
+            log.info("feature cache stale (inputs changed): %s", files["meta"].stem)
+            have = ()
+    todo_outputs = tuple(o for o in OUTPUTS if o in set(outputs) | set(have))
 
     dim = model.num_features
-    runner = _Runner(model, pre.size, spec.backend, cache_dir / "onnx",
-                     f"{spec.name}-{pre.size}px-{hashlib.sha256(source.encode()).hexdigest()[:10]}")
-    out = np.zeros((len(image_ids), dim), dtype=np.float16)
+    runner = _Runner(FeatureMap(model), pre.size, spec.backend, cache_dir / "onnx",
+                     f"{spec.name}-{pre.size}px-fmap-{hashlib.sha256(source.encode()).hexdigest()[:10]}")
+    arrays = {"pooled": np.zeros((len(image_ids), dim), dtype=np.float16)}
+    if "tokens" in todo_outputs:
+        arrays["tokens"] = np.zeros((len(image_ids), spec.grid * spec.grid, dim), dtype=np.float16)
     todo = np.flatnonzero(image_ok)
     batches = [todo[i : i + spec.batch_size] for i in range(0, len(todo), spec.batch_size)]
 
     def load_batch(rows: np.ndarray) -> np.ndarray:
-        arrays = [load_array(resolve_image_path(data_dir, image_ids[r]), pre.size) for r in rows]
-        batch = np.stack(arrays)
+        batch = np.stack([load_array(resolve_image_path(data_dir, image_ids[r]), pre.size) for r in rows])
         return batch[:, :, ::-1] if view == "hflip" else batch
 
     # Decode the next batch on a worker thread while the model runs on the current one:
@@ -141,15 +201,18 @@ def embed_images(
         for i, rows in enumerate(progress(batches, f"embed {spec.name} {view}", quiet=quiet)):
             batch = pending.result()
             pending = pool.submit(load_batch, batches[i + 1]) if i + 1 < len(batches) else None
-            out[rows] = runner(to_tensor(batch, pre)).astype(np.float16)
+            pooled = pool_outputs(runner(to_tensor(batch, pre)), todo_outputs, spec.grid)
+            for key, value in pooled.items():
+                arrays[key][rows] = value.astype(np.float16)
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, out)
-    write_json(meta_path, {
-        "encoder": spec.name, "weights": source, "size": pre.size, "view": view,
-        "rows": len(image_ids), "dim": dim, "checksum": checksum,
+    for key in todo_outputs:
+        with atomic_path(files[key]) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, arrays[key])
+    write_json(files["meta"], {  # written last: its checksum vouches for the arrays beside it
+        "encoder": spec.name, "weights": source, "size": pre.size, "view": view, "grid": spec.grid,
+        "outputs": list(todo_outputs), "rows": len(image_ids), "dim": dim, "checksum": checksum,
         "mean": pre.mean, "std": pre.std,
     })
-    log.info("wrote %s (%d × %d)", path, len(image_ids), dim)
-    return np.load(path, mmap_mode="r"), checksum
+    log.info("wrote %s %s (%d rows × %d)", files["meta"].stem, list(todo_outputs), len(image_ids), dim)
+    return {o: np.load(files[o], mmap_mode="r") for o in outputs} | {"checksum": checksum}
