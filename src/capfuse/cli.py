@@ -13,6 +13,7 @@ Paths, devices and flags are resolved here and passed down; nothing is computed 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def _context(args):
     if args.strict:
         cfg.setdefault("data", {})["strict"] = True
     quiet = True if args.quiet else quiet_default()
+    if quiet:
+        os.environ["CAPFUSE_QUIET"] = "1"  # progress bars deep in the library follow the flag too
     return paths, cfg, quiet
 
 
