@@ -37,7 +37,8 @@ class MultiLabelLoss(nn.Module):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
-    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def elementwise(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Per-entry loss; ``weight`` (0 = not counted) is there for losses that normalise over entries."""
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
@@ -46,12 +47,12 @@ class MultiLabelLoss(nn.Module):
         y = targets.float()
         if self.label_smoothing:
             y = y * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-        loss = self.elementwise(logits, y)
-        weight = torch.ones_like(loss)
+        weight = torch.ones_like(logits)
         if mask is not None:
             weight = weight * mask.float()
         if sample_weight is not None:
             weight = weight * sample_weight.float().unsqueeze(1)
+        loss = self.elementwise(logits, y, weight)
         # torch.where, not a product: a masked entry with an infinite loss must still add 0.
         loss = torch.where(weight > 0, loss * weight, torch.zeros_like(loss))
         return loss.sum() / weight.sum().clamp(min=1.0)
@@ -59,7 +60,7 @@ class MultiLabelLoss(nn.Module):
 
 @LOSSES.register("bce")
 class BCELoss(MultiLabelLoss):
-    def elementwise(self, logits, y):
+    def elementwise(self, logits, y, weight):
         return F.binary_cross_entropy_with_logits(logits, y, reduction="none")
 
 
@@ -77,7 +78,7 @@ class WeightedBCELoss(MultiLabelLoss):
         w = np.maximum(w / w.mean(), min_weight)
         self.register_buffer("class_weight", torch.tensor(w, dtype=torch.float32))
 
-    def elementwise(self, logits, y):
+    def elementwise(self, logits, y, weight):
         return F.binary_cross_entropy_with_logits(logits, y, reduction="none") * self.class_weight
 
 
@@ -87,7 +88,7 @@ class FocalLoss(MultiLabelLoss):
         super().__init__(label_smoothing)
         self.gamma, self.alpha = float(gamma), alpha
 
-    def elementwise(self, logits, y):
+    def elementwise(self, logits, y, weight):
         bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
         p = torch.sigmoid(logits)
         p_t = p * y + (1 - p) * (1 - y)
@@ -104,7 +105,7 @@ class AsymmetricLoss(MultiLabelLoss):
         super().__init__(label_smoothing)
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
 
-    def elementwise(self, logits, y):
+    def elementwise(self, logits, y, weight):
         p = torch.sigmoid(logits)
         log_pos = F.logsigmoid(logits)
         if self.clip > 0:
@@ -135,11 +136,12 @@ class TemperedBCELoss(MultiLabelLoss):
             raise ValueError("temperature must be positive")
         self.temperature, self.gamma = float(temperature), float(gamma)
 
-    def elementwise(self, logits, y):
+    def elementwise(self, logits, y, weight):
         z = logits / self.temperature
         bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
         with torch.no_grad():
             p = torch.sigmoid(z)
             hard = (1 - (p * y + (1 - p) * (1 - y))).pow(self.gamma)
-            hard = hard / hard.mean().clamp(min=1e-6)
+            counted = weight > 0
+            hard = hard / (hard[counted].mean() if counted.any() else hard.new_tensor(1.0)).clamp(min=1e-6)
         return hard * bce
