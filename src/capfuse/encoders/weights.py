@@ -82,3 +82,29 @@ def map_by_position(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> d
 
 def hub_disabled() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def package_dir(module: str) -> Path | None:
+    """The folder of an installed package, found without importing it (imports can be slow or noisy)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a TCP connection within ``timeout`` seconds.
+
+    Asked before any hub download: when the host cannot be resolved, huggingface_hub retries
+    for about 45 s per model before it gives up, which a quick probe turns into milliseconds.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False

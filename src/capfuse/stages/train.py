@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from capfuse import config as cfglib
-from capfuse.features import ImageEncoderSpec, embed_images
+from capfuse.features import ImageEncoderSpec
 from capfuse.stages.common import Dataset, load_dataset
 from capfuse.text import tfidf_features
 from capfuse.trainer import train_model, update_leaderboard
@@ -47,19 +47,24 @@ def _hash_text(*parts) -> str:
 class FeatureStore:
     """Builds each feature block once per run and shares it between models."""
 
-    def __init__(self, ds: Dataset, quiet: bool | None) -> None:
+    def __init__(self, ds: Dataset, quiet: bool | None, models: dict[str, dict] | None = None) -> None:
         self.ds = ds
         self.quiet = quiet
         self._image: dict = {}
         self._caption: dict[str, tuple] = {}
+        # Every output any model needs from an encoder, so one backbone pass serves them all.
+        self.wanted: dict[ImageEncoderSpec, set[str]] = {}
+        for model_cfg in (models or {}).values():
+            if "image" in model_cfg.get("inputs", ["image", "caption"]) and not model_cfg.get("finetune", False):
+                spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", {"name": "tf_efficientnet_lite0"}))
+                self.wanted.setdefault(spec, set()).update(("pooled", "tokens") if model_cfg["kind"] == "net" else ("pooled",))
+
+    def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(o for o in ("pooled", "tokens") if o in set(outputs) | self.wanted.get(spec, set()))
 
     def image(self, spec: ImageEncoderSpec) -> tuple[np.ndarray, str]:
-        if spec not in self._image:
-            v = self.ds.val
-            ids = self.ds.train_ids + self.ds.test_ids
-            ok = np.concatenate([np.ones(len(v.train), bool), v.test["image_ok"].to_numpy(bool)])
-            self._image[spec] = embed_images(self.ds.paths.data_dir, ids, ok, spec, self.ds.paths.cache, quiet=self.quiet)
-        return self._image[spec]
+        out = self.image_views(spec, ("pooled",), ("orig",))["orig"]
+        return out["pooled"], out["checksum"]
 
     def caption_tfidf(self, params: dict) -> tuple:
         key = repr(sorted(params.items()))
@@ -72,6 +77,7 @@ class FeatureStore:
         """Pooled vectors and token grids of every row, for each test-time view."""
         from capfuse.features import embed_image_features
 
+        outputs = self._outputs(spec, outputs)
         key = (spec, outputs, views)
         if key not in self._image:
             v = self.ds.val
@@ -155,7 +161,7 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
     with stage("train", f"{paths.dataset}: {', '.join(models)}"):
         ds = load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
-        store = FeatureStore(ds, quiet)
+        store = FeatureStore(ds, quiet, models)
         board = None
         for name, model_cfg in models.items():
             with stage(f"train {name}", model_cfg["kind"]):
