@@ -31,7 +31,7 @@ STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
 
-.PHONY: help venv data faulty validate folds train infer all test bench clean clean-all
+.PHONY: help venv data faulty validate folds embed train infer all test bench clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -66,6 +66,9 @@ validate: data ## check DATA and write runs/<dataset>/validation.{json,txt}
 
 folds: data ## write folds/<dataset>.csv (kept if it exists; FORCE=1 rewrites)
 	$(RUN) folds $(COMMON) $(if $(filter 1,$(FORCE)),--force)
+
+embed: data ## cache frozen-encoder features of CONFIG's models (runs/<dataset>/cache/); train does it too
+	$(RUN) embed $(COMMON)
 
 train: data ## train every model of CONFIG over every fold (runs/<dataset>/<model>/)
 ifeq ($(filter-out 0 1,$(GPUS)),)

@@ -73,3 +73,45 @@ def test_tokens_and_pooled_agree_and_extend_the_cache(folder, backend):
     assert not tokens[1].any()  # an unreadable image is zeros, never dropped
     again = embed_image_features(data, ids, ok, spec, cache, outputs=("tokens",), quiet=True)
     assert again["checksum"] == both["checksum"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_mid_map_feeds_the_top_stages_back_to_the_same_features(folder, backend):
+    """The cached input of the top stages, run through those stages, gives the cached pooled vector."""
+    import torch
+
+    from capfuse.encoders.image import BackboneTop, create_backbone
+    from capfuse.features import embed_image_features
+
+    data, ids = folder
+    spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", backend=backend, grid=2)
+    ok = np.ones(len(ids), bool)
+    ok[3] = False
+    cache = data / f"cache-mid-{backend}"
+    pooled = embed_image_features(data, ids, ok, spec, cache, outputs=("pooled",), quiet=True)
+    mid = embed_image_features(data, ids, ok, spec, cache, outputs=("mid1",), quiet=True)
+    assert mid["mid1"].shape == (len(ids), 192, 2, 2) and mid["mid1"].dtype == np.float16  # 64 px / 32
+    assert not np.asarray(mid["mid1"][3]).any()
+    assert mid["checksum"] == pooled["checksum"]
+    # Asking for mid1 kept the pooled vectors in the same pass: both are listed and reused.
+    again = embed_image_features(data, ids, ok, spec, cache, outputs=("pooled", "mid1"), quiet=True)
+    np.testing.assert_array_equal(np.asarray(again["pooled"]), np.asarray(pooled["pooled"]))
+
+    model, _ = create_backbone("tf_efficientnet_lite0", weights="package", num_classes=0)
+    top = BackboneTop(model, 1).eval()
+    with torch.inference_mode():
+        fmap = top(torch.from_numpy(np.asarray(mid["mid1"], np.float32)))
+    np.testing.assert_allclose(fmap.mean((2, 3)).numpy()[ok], np.asarray(pooled["pooled"], np.float32)[ok],
+                               atol=0.05, rtol=0.02)
+
+
+def test_top_stages_need_a_staged_backbone():
+    import timm
+
+    from capfuse.encoders.image import BackboneTop, create_backbone
+
+    model, _ = create_backbone("tf_efficientnet_lite0", weights="none")
+    with pytest.raises(ValueError, match="train_blocks must be in"):
+        BackboneTop(model, 7)
+    with pytest.raises(ValueError, match="not a timm EfficientNet-family model"):
+        BackboneTop(timm.create_model("resnet10t", pretrained=False), 1)

@@ -167,3 +167,42 @@ def test_finetune_path_on_cpu_with_a_tiny_backbone(tmp_path):
     mults = sorted(g["lr_mult"] for g in groups)
     assert mults[-1] == 1.0 and mults[0] < 0.1 * 0.5 ** 3  # head at 1x, the stem far below
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
+
+
+def test_top_stages_train_from_cached_mid_maps(tmp_path):
+    """``image_encoder.train_blocks``: the pretrained top stage trains (slower) under the head."""
+    from safetensors.torch import load_file
+
+    from capfuse.encoders.image import create_backbone
+
+    rng = np.random.default_rng(0)
+    n, n_test = 96, 16
+    Y = (rng.random((n, C)) < 0.3).astype(np.uint8)
+    Y[Y.sum(1) == 0, 0] = 1
+    pattern = rng.normal(size=(C, 192, 2, 2))
+    Yall = np.concatenate([Y, Y[:n_test]])
+    mid = np.einsum("nc,cdhw->ndhw", Yall, pattern) + rng.normal(scale=0.5, size=(n + n_test, 192, 2, 2))
+    orig = {"img_mid": mid.astype(np.float16)}
+    feats = {"views": {"orig": orig, "hflip": {"img_mid": orig["img_mid"][:, :, :, ::-1].copy()}},
+             "n_test": n_test, "dims": {"img_mid": 192}}
+    cfg = {"kind": "net", "inputs": ["image"], "image_head": {"kind": "mlp", "hidden": 32},
+           "image_encoder": {"name": "tf_efficientnet_lite0", "weights": "package", "train_blocks": 1, "grid": 2},
+           "finetune_options": {"encoder_lr_mult": 0.25},
+           "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3}}
+    model = NetModel(cfg, seed=0)
+    net = model.build(feats["dims"], C, np.full(C, 0.3))
+    groups = model.param_groups(net)
+    assert [g["lr_mult"] for g in groups] == [1.0, 0.25]
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    out = model.fit_fold(feats, Y, np.arange(72), np.arange(72, 96), fold_dir=tmp_path / "f")
+    assert out.val_logits.shape == (24, C) and np.isfinite(out.test_logits).all()
+
+    pretrained, _ = create_backbone("tf_efficientnet_lite0", weights="package", num_classes=0)
+    trained = load_file(str(tmp_path / "f" / "best.safetensors"))
+    conv = "top.blocks.0.0.conv_pw.weight"  # the first conv of the last stage
+    assert trained[conv].shape == pretrained.blocks[6][0].conv_pw.weight.shape
+    assert not torch.equal(trained[conv], pretrained.blocks[6][0].conv_pw.weight)  # it trained
+    # Close to the pretrained weights still: it started there, at a quarter of the head's rate.
+    assert torch.nn.functional.cosine_similarity(trained[conv].flatten(), pretrained.blocks[6][0].conv_pw.weight.flatten(), 0) > 0.9
+    # BatchNorm statistics stay the ImageNet ones (freeze_bn, the default).
+    assert torch.equal(trained["top.bn2.running_mean"], pretrained.bn2.running_mean)

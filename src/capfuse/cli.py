@@ -3,6 +3,7 @@
     capfuse data     --data data/demo [--preset default|tiny|large]
     capfuse validate --data DIR
     capfuse folds    --data DIR --config configs/pipeline.yaml [--force]
+    capfuse embed    --data DIR --config configs/pipeline.yaml [--only NAME ...]
     capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...]
     capfuse infer    --data DIR --config configs/pipeline.yaml
     capfuse all      --data DIR --config configs/pipeline.yaml
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("folds", help="write multilabel-stratified folds to folds/<dataset>.csv")
     _common(p)
     p.add_argument("--force", action="store_true", help="rewrite an existing fold file")
+
+    p = sub.add_parser("embed", help="cache the frozen encoders' features that the configured models read")
+    _common(p)
+    p.add_argument("--only", nargs="+", default=None, help="cache only what these models of the config read")
 
     p = sub.add_parser("train", help="train every configured model over every fold")
     _common(p)
@@ -118,6 +123,12 @@ def _dispatch(args) -> int:
         ds = load_dataset(paths, cfg, quiet=quiet)
         print((paths.runs / "validation.txt").read_text(encoding="utf-8"))
         log.info("usable train rows %d, quarantined %d, test rows %d", len(ds.val.train), len(ds.val.quarantine), len(ds.val.test))
+        return 0
+    if cmd == "embed":
+        from capfuse.stages.embed import run_embed
+
+        rows = run_embed(paths, cfg, Path(args.config), only=args.only, quiet=quiet)
+        print(f"{len(rows)} cached arrays in {paths.cache}, {sum(r['mb'] for r in rows):.1f} MB")
         return 0
     if cmd in ("folds", "all"):
         from capfuse.stages.folds import run_folds

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from capfuse.data.images import load_array, resolve_image_path
-from capfuse.encoders.image import create_backbone, preprocess_for, to_tensor
+from capfuse.encoders.image import create_backbone, feature_maps, preprocess_for, to_tensor
 from capfuse.utils.io import atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
 
@@ -39,10 +41,15 @@ class ImageEncoderSpec:
     @classmethod
     def from_config(cls, cfg: dict) -> ImageEncoderSpec:
         known = {"name", "size", "weights", "batch_size", "backend", "grid"}
-        unknown = set(cfg) - known
+        unknown = set(cfg) - known - MODEL_KEYS
         if unknown:
-            raise ValueError(f"unknown image encoder keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**cfg)
+            raise ValueError(f"unknown image encoder keys {sorted(unknown)}; known: {sorted(known | MODEL_KEYS)}")
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+
+# Image-encoder keys that the model reads (which top stages train, and how), not the cache:
+# models that differ only in them share one cached pass of the backbone.
+MODEL_KEYS = {"train_blocks", "freeze_bn"}
 
 
 def inputs_checksum(data_dir: Path, image_ids: list[str], image_ok: np.ndarray) -> str:
@@ -60,8 +67,10 @@ def inputs_checksum(data_dir: Path, image_ids: list[str], image_ok: np.ndarray) 
 class _Runner:
     """Runs the frozen backbone on normalised batches with the chosen backend."""
 
-    def __init__(self, model: torch.nn.Module, size: int, backend: str, export_dir: Path, tag: str) -> None:
+    def __init__(self, model: torch.nn.Module, size: int, backend: str, export_dir: Path, tag: str,
+                 n_outputs: int = 1) -> None:
         self.model = model
+        self.n_outputs = n_outputs
         self.session = None
         if backend == "onnx":
             try:
@@ -70,11 +79,12 @@ class _Runner:
                 log.warning("onnxruntime is not installed; embedding with torch instead")
                 return
             onnx_path = export_dir / f"{tag}.onnx"
+            names = [f"y{i}" for i in range(self.n_outputs)]
             if not onnx_path.exists():
                 with atomic_path(onnx_path) as tmp:
                     torch.onnx.export(
                         model, (torch.zeros(2, 3, size, size),), str(tmp), input_names=["x"],
-                        output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                        output_names=names, dynamic_axes={"x": {0: "n"}} | {y: {0: "n"} for y in names},
                         opset_version=17, dynamo=False,
                     )
             opts = ort.SessionOptions()
@@ -84,21 +94,32 @@ class _Runner:
         elif backend != "torch":
             raise ValueError(f"backend must be onnx or torch, got {backend!r}")
 
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
+    def __call__(self, x: torch.Tensor) -> np.ndarray | list[np.ndarray]:
+        """The output array, or a list of them when the model has several outputs."""
         if self.session is not None:
-            return self.session.run(None, {"x": x.contiguous().numpy()})[0]
-        return self.model(x).float().numpy()
+            out = self.session.run(None, {"x": x.contiguous().numpy()})
+        else:
+            y = self.model(x)
+            out = [t.float().numpy() for t in (y if isinstance(y, tuple) else (y,))]
+        return out if self.n_outputs > 1 else out[0]
 
 
 class FeatureMap(torch.nn.Module):
-    """The backbone up to its final feature map ``[B, C, h, w]`` (before pooling and classifier)."""
+    """The backbone up to its final feature map ``[B, C, h, w]``, plus the maps entering its top stages.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    ``mids`` lists stage counts ``n``: the map entering ``blocks[-n]`` is returned too, so that
+    the top ``n`` stages can be trained on a CPU from cached inputs.
+    """
+
+    def __init__(self, model: torch.nn.Module, mids: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.model = model
+        self.mids = tuple(mids)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
+    def forward(self, x: torch.Tensor):
+        if not self.mids:
+            return self.model.forward_features(x)
+        return tuple(feature_maps(self.model, x, self.mids))
 
 
 def pool_outputs(fmap: np.ndarray, outputs: tuple[str, ...], grid: int) -> dict[str, np.ndarray]:
@@ -116,13 +137,30 @@ def pool_outputs(fmap: np.ndarray, outputs: tuple[str, ...], grid: int) -> dict[
     return out
 
 
-OUTPUTS = ("pooled", "tokens")
+OUTPUTS = ("pooled", "tokens")  # plus "mid<n>": the map entering the top n stages, [N, C, h, w]
+_MID = re.compile(r"^mid([1-9][0-9]*)$")
 
 
-def cache_files(cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str) -> dict[str, Path]:
+def mid_output(n: int) -> str:
+    return f"mid{int(n)}"
+
+
+def _mid_levels(outputs) -> tuple[int, ...]:
+    return tuple(sorted(int(m.group(1)) for o in outputs if (m := _MID.match(o))))
+
+
+def _ordered(outputs) -> tuple[str, ...]:
+    """pooled, tokens, then mid maps from the highest stage down: one canonical order."""
+    outputs = set(outputs)
+    return tuple(o for o in OUTPUTS if o in outputs) + tuple(mid_output(n) for n in _mid_levels(outputs))
+
+
+def cache_files(cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str,
+                outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Path]:
     stem = f"img-{spec.name}-{size}px-{view}"
-    return {"pooled": cache_dir / f"{stem}-pooled.npy", "tokens": cache_dir / f"{stem}-tokens{spec.grid}.npy",
-            "meta": cache_dir / f"{stem}.json"}
+    files = {"pooled": cache_dir / f"{stem}-pooled.npy", "tokens": cache_dir / f"{stem}-tokens{spec.grid}.npy",
+             "meta": cache_dir / f"{stem}.json"}
+    return files | {mid_output(n): cache_dir / f"{stem}-mid{n}.npy" for n in _mid_levels(outputs)}
 
 
 def embed_images(
@@ -151,42 +189,56 @@ def embed_image_features(
     outputs: tuple[str, ...] = OUTPUTS,
     quiet: bool | None = None,
 ) -> dict:
-    """``pooled`` [N, D] and/or ``tokens`` [N, grid*grid, D] (float16, memory-mapped) and ``checksum``.
+    """``pooled`` [N, D], ``tokens`` [N, grid*grid, D] and/or ``mid<n>`` [N, C, h, w] (float16,
+    memory-mapped) and ``checksum``.
 
-    Rows with ``image_ok`` False are zeros. Outputs already cached for the same inputs are
-    reused; asking for one that is missing recomputes all of them in one backbone pass.
+    ``mid<n>`` is the feature map entering the backbone's top ``n`` stages: models that train
+    those stages on a CPU start from it. Rows with ``image_ok`` False are zeros. Outputs
+    already cached for the same inputs are reused; asking for one that is missing recomputes
+    it together with the cached ones in one backbone pass.
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-    if set(outputs) - set(OUTPUTS) or not outputs:
-        raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS}, got {outputs}")
+    bad = [o for o in outputs if o not in OUTPUTS and not _MID.match(o)]
+    if bad or not outputs:
+        raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS} and mid<n>, got {outputs}")
     image_ok = np.asarray(image_ok, dtype=bool)
     model, source = create_backbone(spec.name, weights=spec.weights, num_classes=0)
     model = model.eval().to(memory_format=torch.channels_last)
     pre = preprocess_for(model, spec.size)
-    files = cache_files(cache_dir, spec, pre.size, view)
     checksum = hashlib.sha256(
         f"{inputs_checksum(data_dir, image_ids, image_ok)}|{source}|{pre}".encode()
     ).hexdigest()
+    meta_file = cache_files(cache_dir, spec, pre.size, view)["meta"]
     have: tuple[str, ...] = ()
-    if files["meta"].exists():
-        meta = read_json(files["meta"])
+    if meta_file.exists():
+        meta = read_json(meta_file)
         if meta.get("checksum") == checksum:
-            have = tuple(o for o in meta.get("outputs", []) if files[o].exists())
+            listed = tuple(meta.get("outputs", []))
+            have = tuple(o for o in listed if cache_files(cache_dir, spec, pre.size, view, listed)[o].exists())
             if set(outputs) <= set(have):
-                log.info("feature cache hit: %s %s", files["meta"].stem, list(outputs))
+                files = cache_files(cache_dir, spec, pre.size, view, outputs)
+                log.info("feature cache hit: %s %s", meta_file.stem, list(outputs))
                 return {o: np.load(files[o], mmap_mode="r") for o in outputs} | {"checksum": checksum}
         else:
-            log.info("feature cache stale (inputs changed): %s", files["meta"].stem)
+            log.info("feature cache stale (inputs changed): %s", meta_file.stem)
             have = ()
-    todo_outputs = tuple(o for o in OUTPUTS if o in set(outputs) | set(have))
+    todo_outputs = _ordered(set(outputs) | set(have))
+    files = cache_files(cache_dir, spec, pre.size, view, todo_outputs)
+    mids = _mid_levels(todo_outputs)
+    n_blocks = len(getattr(model, "blocks", ()))
+    if mids and max(mids) >= n_blocks:
+        raise ValueError(f"{spec.name} has {n_blocks} stages; cannot cache the input of its top {max(mids)}")
 
     dim = model.num_features
-    runner = _Runner(FeatureMap(model), pre.size, spec.backend, cache_dir / "onnx",
-                     f"{spec.name}-{pre.size}px-fmap-{hashlib.sha256(source.encode()).hexdigest()[:10]}")
-    arrays = {"pooled": np.zeros((len(image_ids), dim), dtype=np.float16)}
-    if "tokens" in todo_outputs:
-        arrays["tokens"] = np.zeros((len(image_ids), spec.grid * spec.grid, dim), dtype=np.float16)
+    tag = "fmap" + "".join(f"-mid{n}" for n in mids)
+    runner = _Runner(FeatureMap(model, mids), pre.size, spec.backend, cache_dir / "onnx",
+                     f"{spec.name}-{pre.size}px-{tag}-{hashlib.sha256(source.encode()).hexdigest()[:10]}",
+                     n_outputs=len(mids) + 1)
+    shapes = {"pooled": (len(image_ids), dim), "tokens": (len(image_ids), spec.grid * spec.grid, dim)}
+    if mids:
+        probe = FeatureMap(model, mids)(torch.zeros(1, 3, pre.size, pre.size))
+        shapes |= {mid_output(n): (len(image_ids), *probe[i].shape[1:]) for i, n in enumerate(mids)}
     todo = np.flatnonzero(image_ok)
     batches = [todo[i : i + spec.batch_size] for i in range(0, len(todo), spec.batch_size)]
 
@@ -194,25 +246,35 @@ def embed_image_features(
         batch = np.stack([load_array(resolve_image_path(data_dir, image_ids[r]), pre.size) for r in rows])
         return batch[:, :, ::-1] if view == "hflip" else batch
 
-    # Decode the next batch on a worker thread while the model runs on the current one:
-    # PIL releases the GIL while decoding, so the two overlap.
-    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-        pending = pool.submit(load_batch, batches[0]) if batches else None
-        for i, rows in enumerate(progress(batches, f"embed {spec.name} {view}", quiet=quiet)):
-            batch = pending.result()
-            pending = pool.submit(load_batch, batches[i + 1]) if i + 1 < len(batches) else None
-            pooled = pool_outputs(runner(to_tensor(batch, pre)), todo_outputs, spec.grid)
-            for key, value in pooled.items():
-                arrays[key][rows] = value.astype(np.float16)
-
-    for key in todo_outputs:
-        with atomic_path(files[key]) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arrays[key])
-    write_json(files["meta"], {  # written last: its checksum vouches for the arrays beside it
+    # Drop the old sidecar first: if this run dies after replacing some arrays, an old sidecar
+    # would otherwise vouch for a mix of old and new files.
+    meta_file.unlink(missing_ok=True)
+    with ExitStack() as stack:
+        # Written straight into memory-mapped temporary files (rows of unreadable images stay
+        # zero): 40k images' intermediate maps are gigabytes that need not sit in RAM. Each
+        # file is renamed into place when the stack closes without an error.
+        arrays = {o: np.lib.format.open_memmap(stack.enter_context(atomic_path(files[o])), mode="w+",
+                                               dtype=np.float16, shape=shapes[o]) for o in todo_outputs}
+        # Decode the next batch on a worker thread while the model runs on the current one:
+        # PIL releases the GIL while decoding, so the two overlap.
+        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+            pending = pool.submit(load_batch, batches[0]) if batches else None
+            for i, rows in enumerate(progress(batches, f"embed {spec.name} {view}", quiet=quiet)):
+                batch = pending.result()
+                pending = pool.submit(load_batch, batches[i + 1]) if i + 1 < len(batches) else None
+                result = runner(to_tensor(batch, pre))
+                maps = result if mids else [result]
+                pooled = pool_outputs(maps[-1], todo_outputs, spec.grid)
+                pooled |= {mid_output(n): maps[j] for j, n in enumerate(mids)}
+                for key, value in pooled.items():
+                    arrays[key][rows] = value.astype(np.float16)
+        for arr in arrays.values():
+            arr.flush()
+        del arrays
+    write_json(meta_file, {  # written last: its checksum vouches for the arrays beside it
         "encoder": spec.name, "weights": source, "size": pre.size, "view": view, "grid": spec.grid,
         "outputs": list(todo_outputs), "rows": len(image_ids), "dim": dim, "checksum": checksum,
         "mean": pre.mean, "std": pre.std,
     })
-    log.info("wrote %s %s (%d rows × %d)", files["meta"].stem, list(todo_outputs), len(image_ids), dim)
+    log.info("wrote %s %s (%d rows × %d)", meta_file.stem, list(todo_outputs), len(image_ids), dim)
     return {o: np.load(files[o], mmap_mode="r") for o in outputs} | {"checksum": checksum}

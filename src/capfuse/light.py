@@ -38,7 +38,15 @@ def image_encoder_cost(name: str, size: int) -> tuple[int, float]:
 
 @lru_cache(maxsize=None)
 def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
-    """(parameters, ms per caption) of a transformers encoder at ``max_len`` tokens."""
+    """(parameters, ms per caption) of a transformers encoder at ``max_len`` tokens, or of GloVe.
+
+    GloVe's parameters are its whole 400k-word table, which is what a deployed model carries.
+    """
+    if name == "glove":
+        from capfuse.text_features import glove_features, glove_table
+
+        captions = ["a man rides a horse past a red bus, near a bench"] * 32
+        return int(glove_table()[0].size), _time_ms(lambda: glove_features(captions, max_len), 32)
     from capfuse.encoders.text import create_text_encoder
 
     model, tokenizer, _ = create_text_encoder(name)

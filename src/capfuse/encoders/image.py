@@ -86,3 +86,59 @@ def to_tensor(batch: np.ndarray, pre: Preprocess) -> torch.Tensor:
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def _check_staged(model: torch.nn.Module) -> None:
+    if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+        raise ValueError(
+            f"{type(model).__name__} is not a timm EfficientNet-family model (conv_stem, blocks, conv_head): "
+            "training its top stages from cached maps is not supported; use train_blocks: 0"
+        )
+
+
+def feature_maps(model: torch.nn.Module, x: torch.Tensor, mids: tuple[int, ...]) -> list[torch.Tensor]:
+    """The maps entering ``blocks[-n]`` for each ``n`` in ``mids`` (in that order), then the final map.
+
+    Follows timm's ``EfficientNet.forward_features`` (stem, stages, head conv) step by step, so
+    the final map equals ``model.forward_features(x)``.
+    """
+    _check_staged(model)
+    n_blocks = len(model.blocks)
+    taps = {n_blocks - n: n for n in mids}
+    found: dict[int, torch.Tensor] = {}
+    x = model.bn1(model.conv_stem(x))
+    for i, block in enumerate(model.blocks):
+        if i in taps:
+            found[taps[i]] = x
+        x = block(x)
+    return [found[n] for n in mids] + [model.bn2(model.conv_head(x))]
+
+
+class BackboneTop(torch.nn.Module):
+    """The top ``n`` stages and the head conv of a timm EfficientNet-family backbone.
+
+    Maps the cached input of ``blocks[-n]`` to the final feature map, with the pretrained
+    weights, so those layers can train on a CPU while everything below stays frozen and cached.
+    """
+
+    def __init__(self, model: torch.nn.Module, n: int, freeze_bn: bool = True) -> None:
+        super().__init__()
+        _check_staged(model)
+        if not 1 <= n < len(model.blocks):
+            raise ValueError(f"train_blocks must be in [1, {len(model.blocks) - 1}] for this backbone, got {n}")
+        self.blocks = torch.nn.Sequential(*list(model.blocks)[len(model.blocks) - n:])
+        self.conv_head, self.bn2 = model.conv_head, model.bn2
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_bn:
+            # A few thousand images per fold: the ImageNet running statistics are better
+            # estimates than any batch's, so BatchNorm keeps them (its affine still trains).
+            for m in self.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv_head(self.blocks(x)))

@@ -35,7 +35,7 @@ from capfuse.models.linear import FoldOutput
 from capfuse.utils.io import atomic_path
 from capfuse.utils.log import log, progress
 
-FEATURE_KEYS = ("img_pooled", "img_tokens", "cap_pooled", "cap_tokens", "cap_mask")
+FEATURE_KEYS = ("img_pooled", "img_tokens", "img_mid", "cap_pooled", "cap_tokens", "cap_mask")
 
 
 @dataclass
@@ -127,6 +127,8 @@ class NetModel:
         self.seed = seed
         self.device = torch.device(cfg.get("device", "cpu"))
         self.finetune = bool(cfg.get("finetune", False))
+        # Cached mode only: the backbone's top stages train from the cached map entering them.
+        self.train_blocks = 0 if self.finetune else int(cfg.get("image_encoder", {}).get("train_blocks", 0))
         self.light: dict = {}
 
     @property
@@ -148,9 +150,30 @@ class NetModel:
         name = loss_cfg.pop("name", "bce")
         if name == "weighted_bce":
             loss_cfg["class_freq"] = class_freq
+        loss_fn = LOSSES.create(name, **loss_cfg)
+        if self.train_blocks and "img_mid" in dims:
+            from capfuse.encoders.image import BackboneTop, create_backbone
+            from capfuse.nn.fusion import TopBlocksNet
+
+            enc = self.cfg.get("image_encoder", {})
+            backbone, _ = create_backbone(enc.get("name", "tf_efficientnet_lite0"), weights=enc.get("weights", "auto"),
+                                          num_classes=0)
+            top = BackboneTop(backbone, self.train_blocks, freeze_bn=bool(enc.get("freeze_bn", True)))
+            width = backbone.num_features
+            head = build_net(self.cfg, dims | {"img_pooled": width, "img_tokens": width}, num_classes)
+            head.loss_fn = loss_fn
+            return TopBlocksNet(top, head, grid=int(enc.get("grid", 4)))
         net = build_net(self.cfg, dims, num_classes)
-        net.loss_fn = LOSSES.create(name, **loss_cfg)
+        net.loss_fn = loss_fn
         return net
+
+    def param_groups(self, net: torch.nn.Module) -> list[dict] | None:
+        """Pretrained top stages move slower than the fresh head (``finetune_options.encoder_lr_mult``)."""
+        if not hasattr(net, "top"):
+            return None
+        mult = float(self.cfg.get("finetune_options", {}).get("encoder_lr_mult", 0.1))
+        return [{"params": list(net.head.parameters()), "lr_mult": 1.0},
+                {"params": list(net.top.parameters()), "lr_mult": mult}]
 
     def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
         """(parameters, ms per image) of the head/fusion module on cached-size inputs."""
@@ -163,6 +186,10 @@ class NetModel:
         net = self.build(dims, num_classes, np.full(num_classes, 0.1)).eval()
         batch = CachedViews(feats["views"]).batch(np.arange(min(32, len(next(iter(feats["views"]["orig"].values()))))))
         with torch.inference_mode():
+            if hasattr(net, "top"):
+                # The top stages belong to the backbone, which light_report counts whole; time
+                # and count only what sits on top of it.
+                batch, net = net.features(batch), net.head
             ms = _time_ms(lambda: net(batch), len(next(iter(batch.values()))))
         return count_parameters(net), ms
 
@@ -201,7 +228,8 @@ class NetModel:
             return float(loss.detach())
 
         return self.loop(net, Y, tr, va, test_rows, fold_dir, predict=predict,
-                         make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step)
+                         make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
+                         param_groups=self.param_groups(net))
 
     def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, *, predict, make_batch, train_step,
              param_groups=None, scaler=None, rank: int = 0, world: int = 1) -> FoldOutput:

@@ -130,5 +130,26 @@ class CapFuseNet(nn.Module):
         return out
 
 
+class TopBlocksNet(nn.Module):
+    """A backbone's pretrained top stages, trained on their cached input, under a head or fusion net.
+
+    The CPU path's middle ground between frozen features and full fine-tuning: the map entering
+    the top stages (``img_mid``) is cached once; the stages above it adapt to the task.
+    """
+
+    def __init__(self, top: nn.Module, head: CapFuseNet, grid: int = 4) -> None:
+        super().__init__()
+        self.top, self.head, self.grid = top, head, grid
+
+    def features(self, batch: dict) -> dict:
+        """The batch with ``img_pooled`` and ``img_tokens`` computed from ``img_mid``."""
+        fmap = self.top(batch["img_mid"])
+        tokens = nn.functional.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)
+        return {**batch, "img_pooled": fmap.mean((2, 3)), "img_tokens": tokens}
+
+    def forward(self, batch: dict) -> dict:
+        return self.head(self.features(batch))
+
+
 def build_net(cfg: dict, dims: dict, num_classes: int) -> CapFuseNet:
     return CapFuseNet(cfg, dims, num_classes)

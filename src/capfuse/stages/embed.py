@@ -1,0 +1,196 @@
+"""The embed stage: run every frozen encoder once and cache what the models of a config read.
+
+Per image and test-time view (original, horizontal flip): the pooled vector, a token grid of
+the final feature map and, for models that train a backbone's top stages on the CPU, the map
+entering those stages. Per caption: MiniLM token states (or GloVe vectors) and their mask.
+Caches live in ``runs/<dataset>/cache/`` and are keyed by encoder, size, view and a checksum
+of the inputs (see ``capfuse.features`` and ``capfuse.text_features``), so ``make train``
+finds them and a changed image or caption rebuilds only what it invalidates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from capfuse.features import ImageEncoderSpec, mid_output
+from capfuse.stages.common import Dataset, load_dataset
+from capfuse.text import tfidf_features
+from capfuse.utils.log import log, stage
+
+DEFAULT_IMAGE_ENCODER = {"name": "tf_efficientnet_lite0"}
+DEFAULT_CAPTION_ENCODER = {"name": "minilm"}
+
+
+def _hash_text(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode())
+    return h.hexdigest()
+
+
+def image_outputs(model_cfg: dict) -> tuple[str, ...]:
+    """What a model reads from the image cache: pooled vectors, token grids or a mid-level map."""
+    if model_cfg["kind"] != "net":
+        return ("pooled",)
+    n = int(model_cfg.get("image_encoder", {}).get("train_blocks", 0))
+    return (mid_output(n),) if n > 0 else ("pooled", "tokens")
+
+
+def uses_cache(model_cfg: dict) -> bool:
+    """End-to-end fine-tuning decodes images itself; every other model reads cached features."""
+    return not (model_cfg["kind"] == "net" and model_cfg.get("finetune", False))
+
+
+def flip_views(model_cfg: dict) -> tuple[str, ...]:
+    train = model_cfg.get("train", {})
+    if model_cfg["kind"] == "net" and (train.get("tta", True) or train.get("flip_p", 0.5) > 0):
+        return ("orig", "hflip")
+    return ("orig",)
+
+
+class FeatureStore:
+    """Builds each feature block once per run and shares it between models."""
+
+    def __init__(self, ds: Dataset, quiet: bool | None, models: dict[str, dict] | None = None) -> None:
+        self.ds = ds
+        self.quiet = quiet
+        self._image: dict = {}
+        self._caption: dict = {}
+        # Every output any model needs from an encoder, so one backbone pass serves them all.
+        self.wanted: dict[ImageEncoderSpec, set[str]] = {}
+        for model_cfg in (models or {}).values():
+            if "image" in model_cfg.get("inputs", ["image", "caption"]) and uses_cache(model_cfg):
+                spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+                self.wanted.setdefault(spec, set()).update(image_outputs(model_cfg))
+
+    def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(outputs) | self.wanted.get(spec, set())))
+
+    def image(self, spec: ImageEncoderSpec) -> tuple[np.ndarray, str]:
+        out = self.image_views(spec, ("pooled",), ("orig",))["orig"]
+        return out["pooled"], out["checksum"]
+
+    def caption_tfidf(self, params: dict) -> tuple:
+        key = ("tfidf", repr(sorted(params.items())))
+        if key not in self._caption:
+            v = self.ds.val
+            self._caption[key] = tfidf_features(list(v.train["Caption"]), list(v.test["Caption"]), **params)
+        return self._caption[key]
+
+    def image_views(self, spec: ImageEncoderSpec, outputs: tuple[str, ...], views: tuple[str, ...]) -> dict:
+        """The requested outputs of every row (train then test), for each test-time view."""
+        from capfuse.features import embed_image_features
+
+        outputs = self._outputs(spec, outputs)
+        key = (spec, outputs, views)
+        if key not in self._image:
+            v = self.ds.val
+            ids = self.ds.train_ids + self.ds.test_ids
+            ok = np.concatenate([np.ones(len(v.train), bool), v.test["image_ok"].to_numpy(bool)])
+            self._image[key] = {view: embed_image_features(self.ds.paths.data_dir, ids, ok, spec, self.ds.paths.cache,
+                                                           view=view, outputs=outputs, quiet=self.quiet)
+                                for view in views}
+        return self._image[key]
+
+    def caption_tokens(self, spec) -> dict:
+        """Token states, mask and pooled vectors of every caption (train then test)."""
+        from capfuse.text_features import GLOVE_PACKAGE, embed_captions, glove_features
+
+        key = ("tokens", spec)
+        if key not in self._caption:
+            v = self.ds.val
+            captions = list(v.train["Caption"]) + list(v.test["Caption"])
+            if spec.name == "glove":
+                # A table lookup: faster to redo than to cache.
+                pooled, tokens, mask = glove_features(captions, spec.max_len)
+                checksum = _hash_text("glove", GLOVE_PACKAGE, spec.max_len, captions)
+                self._caption[key] = {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": checksum}
+            else:
+                self._caption[key] = embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
+        return self._caption[key]
+
+    def for_net(self, model_cfg: dict, parts: list) -> dict:
+        """Feature views for the ``net`` kind in cached mode: rows are train then test."""
+        from capfuse.encoders.text import TextEncoderSpec
+
+        inputs = model_cfg.get("inputs", ["image", "caption"])
+        views = flip_views(model_cfg)
+        out: dict = {view: {} for view in views}
+        dims: dict = {}
+        if "image" in inputs:
+            spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+            wanted = image_outputs(model_cfg)
+            img = self.image_views(spec, wanted, views)
+            for view in views:
+                if wanted[0].startswith("mid"):
+                    out[view]["img_mid"] = img[view][wanted[0]]
+                else:
+                    out[view]["img_pooled"], out[view]["img_tokens"] = img[view]["pooled"], img[view]["tokens"]
+                parts.append(img[view]["checksum"])
+            if wanted[0].startswith("mid"):
+                dims["img_mid"] = img["orig"][wanted[0]].shape[1]
+            else:
+                dims["img_pooled"] = img["orig"]["pooled"].shape[1]
+                dims["img_tokens"] = img["orig"]["tokens"].shape[2]
+        if "caption" in inputs:
+            cap = self.caption_tokens(TextEncoderSpec(**model_cfg.get("caption_encoder", DEFAULT_CAPTION_ENCODER)))
+            for view in views:  # captions do not flip
+                out[view].update(cap_pooled=cap["pooled"], cap_tokens=cap["tokens"], cap_mask=cap["mask"])
+            parts.append(cap["checksum"])
+            dims["cap_pooled"], dims["cap_tokens"] = cap["pooled"].shape[1], cap["tokens"].shape[2]
+        return {"views": out, "dims": dims}
+
+    def for_model(self, model_cfg: dict) -> dict:
+        n_train = len(self.ds.train_ids)
+        feats: dict = {"n_test": len(self.ds.test_ids)}
+        parts = [self.ds.train_ids, self.ds.test_ids, list(self.ds.val.train["Caption"]),
+                 list(self.ds.val.test["Caption"]), self.ds.Y.tobytes()]
+        inputs = model_cfg.get("inputs", ["image", "caption"])
+        if model_cfg["kind"] == "net" and uses_cache(model_cfg):
+            feats.update(self.for_net(model_cfg, parts))
+        elif model_cfg["kind"] == "net":
+            feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
+                         image_ok=np.concatenate([np.ones(n_train, bool), self.ds.val.test["image_ok"].to_numpy(bool)]),
+                         captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]))
+        else:
+            if "image" in inputs:
+                spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+                arr, checksum = self.image(spec)
+                feats["image_train"], feats["image_test"] = arr[:n_train], arr[n_train:]
+                parts.append(checksum)
+            if "caption" in inputs:
+                feats["caption_train"], feats["caption_test"] = self.caption_tfidf(model_cfg.get("tfidf", {}))
+        feats["fingerprint"] = _hash_text(*parts)
+        return feats
+
+
+def run_embed(paths, cfg: dict, config_path: Path, *, only: list[str] | None = None,
+              quiet: bool | None = None) -> list[dict]:
+    """Cache the features of every model of ``cfg``; returns one row per cache file."""
+    from capfuse.stages.train import select_models
+
+    models = select_models(cfg, config_path, only)
+    with stage("embed", f"{paths.dataset}: {', '.join(models)}"):
+        ds = load_dataset(paths, cfg, quiet=quiet)
+        store = FeatureStore(ds, quiet, models)
+        for name, model_cfg in models.items():
+            if uses_cache(model_cfg):
+                store.for_model(model_cfg)
+            else:
+                log.info("%s fine-tunes end to end: nothing to cache", name)
+        rows = cache_listing(paths.cache)
+        for row in rows:
+            log.info("  %-60s %-22s %8.1f MB", row["file"], row["shape"], row["mb"])
+        return rows
+
+
+def cache_listing(cache_dir: Path) -> list[dict]:
+    """Every cached array: file name, shape and size."""
+    rows = []
+    for f in sorted(Path(cache_dir).glob("*.npy")):
+        arr = np.load(f, mmap_mode="r")
+        rows.append({"file": f.name, "shape": "x".join(map(str, arr.shape)), "mb": f.stat().st_size / 2**20})
+    return rows

@@ -1,0 +1,74 @@
+"""The embed stage caches what each configured model reads, once, and train finds it there."""
+
+import numpy as np
+import pytest
+import yaml
+
+from capfuse.cli import main
+from capfuse.data.demo import make_demo
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    data = root / "data" / "mini"
+    make_demo(data, n_train=40, n_test=12, size=64, seed=3)
+    models = root / "configs" / "models"
+    models.mkdir(parents=True)
+    base = {"kind": "net", "image_encoder": {"name": "tf_efficientnet_lite0", "size": 64, "grid": 2},
+            "caption_encoder": {"name": "minilm", "max_len": 16},
+            "image_head": {"kind": "mlp", "hidden": 16}, "caption_head": {"kind": "mlp", "hidden": 16},
+            "fusion": {"d_model": 16, "heads": 2}, "train": {"epochs": 2, "batch_size": 16}}
+    configs = {
+        "img": {**base, "inputs": ["image"]},
+        "img_top": {**base, "inputs": ["image"],
+                    "image_encoder": {**base["image_encoder"], "train_blocks": 1}},
+        "glove": {**base, "inputs": ["caption"], "caption_encoder": {"name": "glove", "max_len": 16},
+                  "caption_head": {"kind": "attn", "hidden": 16, "heads": 2, "queries": 2}},
+        "fusion": {**base, "inputs": ["image", "caption"]},
+    }
+    for name, cfg in configs.items():
+        (models / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    pipeline = root / "configs" / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({"models": list(configs), "folds": {"k": 2}}))
+    return root, data, pipeline
+
+
+def cli(root, data, pipeline, *args):
+    return main([args[0], "--data", str(data), "--root", str(root), "--config", str(pipeline), "--quiet", *args[1:]])
+
+
+@pytest.mark.slow
+def test_embed_caches_every_models_inputs_once(project, monkeypatch, capsys):
+    import capfuse.features as features
+
+    root, data, pipeline = project
+    decoded = []
+    real = features.load_array
+    monkeypatch.setattr(features, "load_array", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    assert cli(root, data, pipeline, "embed") == 0
+    cache = root / "runs" / "mini" / "cache"
+    names = sorted(p.name for p in cache.glob("*.npy"))
+    for view in ("orig", "hflip"):
+        # One backbone pass per view served the pooled vectors, the token grid and the mid map.
+        assert {f"img-tf_efficientnet_lite0-64px-{view}-{o}.npy" for o in ("pooled", "tokens2", "mid1")} <= set(names)
+    assert any(n.startswith("txt-minilm-16tok-all.") for n in names)
+    assert len(decoded) == 2 * 52  # every image once per view, no more
+    assert "cached arrays in" in capsys.readouterr().out
+
+    decoded.clear()
+    assert cli(root, data, pipeline, "folds") == 0
+    assert cli(root, data, pipeline, "train") == 0
+    assert decoded == []  # train read the cache: no image decoded again
+    board = (root / "runs" / "mini" / "leaderboard.csv").read_text()
+    assert all(m in board for m in ("img", "img_top", "glove", "fusion"))
+    for model in ("img_top", "glove"):
+        metrics = yaml.safe_load((root / "runs" / "mini" / model / "metrics.json").read_text())
+        assert 0.0 < metrics["cv_mean_f1"] <= 1.0 and metrics["params"] > 0
+
+
+@pytest.mark.slow
+def test_embed_only_some_models(project):
+    root, data, pipeline = project
+    assert cli(root, data, pipeline, "embed", "--only", "nope") == 2  # a clear error, not a crash
+    assert cli(root, data, pipeline, "embed", "--only", "glove") == 0
