@@ -115,3 +115,23 @@ def test_top_stages_need_a_staged_backbone():
         BackboneTop(model, 7)
     with pytest.raises(ValueError, match="not a timm EfficientNet-family model"):
         BackboneTop(timm.create_model("resnet10t", pretrained=False), 1)
+
+
+def test_both_backends_match_the_plain_timm_model(folder):
+    """The exported graph scales and normalises uint8 pixels itself; it must agree with timm."""
+    import torch
+
+    from capfuse.data.images import load_array
+    from capfuse.encoders.image import create_backbone, preprocess_for, to_tensor
+
+    data, ids = folder
+    ok = np.ones(len(ids), bool)
+    model, _ = create_backbone("tf_efficientnet_lite0", weights="package", num_classes=0)
+    pre = preprocess_for(model.eval(), 64)
+    x = to_tensor(np.stack([load_array(data / "data" / i, 64) for i in ids]), pre)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    for backend in ("torch", "onnx"):
+        spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", backend=backend)
+        got, _ = embed_images(data, ids, ok, spec, data / f"cache-{backend}", quiet=True)
+        np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=0.02, rtol=0.01)
