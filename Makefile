@@ -14,6 +14,7 @@ STRICT  ?= 0                         ## 1: fail on bad train rows instead of qua
 FORCE   ?= 0                         ## 1: rewrite an existing fold file
 ARGS    ?=                           ## extra CLI arguments, e.g. ARGS="--set folds.k=3"
 GPUS    ?= 1                         ## >1: `make train` runs under torchrun with DDP on that many GPUs
+STORAGE ?=                           ## Optuna RDB URL for the threshold study (default: sqlite in runs/<dataset>/ensemble/)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
 
@@ -24,6 +25,7 @@ override STRICT := $(strip $(STRICT))
 override FORCE  := $(strip $(FORCE))
 override VENV   := $(strip $(VENV))
 override GPUS   := $(strip $(GPUS))
+override STORAGE := $(strip $(STORAGE))
 
 DATASET := $(notdir $(patsubst %/,%,$(DATA)))
 BIN     := $(VENV)/bin
@@ -31,7 +33,7 @@ STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
 
-.PHONY: help venv data faulty validate folds embed train infer all test bench clean clean-all
+.PHONY: help venv data faulty validate folds embed train stack thresholds infer all test bench clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -77,8 +79,14 @@ else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m capfuse.cli train $(COMMON)
 endif
 
-infer: data ## blend, threshold and write submissions/<dataset>-latest.csv with a manifest
-	$(RUN) infer $(COMMON)
+stack: data ## blends and a LightGBM stacker on the OOF logits; keeps the best (runs/<dataset>/ensemble/)
+	$(RUN) stack $(COMMON)
+
+thresholds: data ## global and per-class Optuna thresholds on the kept OOF, in-sample and nested scores
+	$(RUN) thresholds $(COMMON) $(if $(STORAGE),--storage '$(STORAGE)')
+
+infer: data ## stack + thresholds + submissions/<dataset>-latest.csv with a manifest
+	$(RUN) infer $(COMMON) $(if $(STORAGE),--storage '$(STORAGE)')
 
 all: folds train infer ## folds + train + infer, end to end
 

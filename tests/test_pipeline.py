@@ -30,7 +30,7 @@ def run(root: Path, data: Path, *args: str) -> int:
 @pytest.mark.slow
 def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     root, data = tiny
-    assert run(root, data, "all", "--set", "folds.k=3") == 0
+    assert run(root, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60") == 0
     out = capsys.readouterr().out
     assert "CV mean F1 of the submitted pipeline" in out
 
@@ -40,7 +40,14 @@ def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     assert check_submission(sub, test_ids, classes) == []
     manifest = read_json(root / "submissions" / "tiny-latest.json")
     assert manifest["k"] == 3 and manifest["models"] and manifest["data_checksum"]
-    assert 0.0 < manifest["cv"]["mean_f1"] <= 1.0
+    assert 0.0 < manifest["cv"]["mean_f1"] <= 1.0 and 0.0 < manifest["cv_nested_mean_f1"] <= 1.0
+    assert "in-sample" in out and "nested" in out  # the final summary table
+    stacked = read_json(root / "runs" / "tiny" / "ensemble" / "stack.json")
+    assert manifest["second_level"]["kept"] == stacked["chosen"] in stacked["candidates"]
+    assert set(stacked["candidates"]) == {"best_single", "mean_blend", "weighted_blend", "stack"}
+    cut = read_json(root / "runs" / "tiny" / "ensemble" / "thresholds.json")
+    assert manifest["threshold"]["kind"] == cut["kind"] and len(cut["per_class"]["thresholds"]) == len(classes)
+    assert cut["trials"] > 0 and (root / "runs" / "tiny" / "ensemble" / "thresholds.db").exists()
 
     # OOF files cover every train id exactly once, with the fold each was held out in.
     folds = pd.read_csv(root / "folds" / "tiny.csv", dtype={"ImageID": str})
@@ -86,7 +93,7 @@ def test_all_on_a_folder_with_every_fault(tmp_path):
 
     data = tmp_path / "data" / "faulty"
     expected = make_faulty_dataset(data)
-    assert run(tmp_path, data, "all", "--set", "folds.k=3") == 0
+    assert run(tmp_path, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60") == 0
     sub = read_submission(tmp_path / "submissions" / "faulty-latest.csv")
     test_ids = [ln.split(",", 1)[0].strip() for ln in (data / "test.csv").read_bytes().decode("utf-8-sig").splitlines()[1:] if ln.strip()]
     assert list(sub["ImageID"]) == test_ids  # every test row, in order, unreadable images included

@@ -5,7 +5,9 @@
     capfuse folds    --data DIR --config configs/pipeline.yaml [--force]
     capfuse embed    --data DIR --config configs/pipeline.yaml [--only NAME ...]
     capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...]
-    capfuse infer    --data DIR --config configs/pipeline.yaml
+    capfuse stack    --data DIR --config configs/pipeline.yaml
+    capfuse thresholds --data DIR --config configs/pipeline.yaml [--storage URL]
+    capfuse infer    --data DIR --config configs/pipeline.yaml [--storage URL]
     capfuse all      --data DIR --config configs/pipeline.yaml
 
 Paths, devices and flags are resolved here and passed down; nothing is computed at import.
@@ -67,11 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--only", nargs="+", default=None, help="train only these models of the config")
 
-    p = sub.add_parser("infer", help="blend, threshold and write the submission")
+    storage_help = ("Optuna storage URL for the threshold study (default: sqlite under runs/<dataset>/ensemble/); "
+                    "workers pointing at one RDB URL tune one study together")
+    p = sub.add_parser("stack", help="blends and a LightGBM stacker on the base models' OOF logits; keep the best")
     _common(p)
+
+    p = sub.add_parser("thresholds", help="global and per-class (Optuna) thresholds, with nested-CV estimates")
+    _common(p)
+    p.add_argument("--storage", default=None, help=storage_help)
+
+    p = sub.add_parser("infer", help="stack, thresholds and the checked submission with its manifest")
+    _common(p)
+    p.add_argument("--storage", default=None, help=storage_help)
 
     p = sub.add_parser("all", help="folds, train and infer in one go")
     _common(p)
+    p.add_argument("--storage", default=None, help=storage_help)
     return parser
 
 
@@ -141,16 +154,23 @@ def _dispatch(args) -> int:
         init_distributed()  # a no-op unless launched by torchrun with several processes
 
         run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet)
+    if cmd == "stack":
+        from capfuse.stages.ensemble import run_stack
+
+        run_stack(paths, cfg, quiet=quiet)
+    if cmd == "thresholds":
+        from capfuse.stages.ensemble import run_thresholds
+
+        run_thresholds(paths, cfg, storage=args.storage, quiet=quiet)
     if cmd in ("infer", "all"):
         from capfuse.stages.infer import run_infer, summary_table
 
-        result = run_infer(paths, cfg, quiet=quiet)
-        table = summary_table(paths)
-        cv = result["manifest"]["cv"]
-        print("\nModels (out-of-fold, 5-fold CV unless the config says otherwise):")
-        print(table)
-        print(f"\nSubmission: {result['paths']['latest_csv'] if 'latest_csv' in result['paths'] else result['paths']}")
-        print(f"CV mean F1 of the submitted pipeline: {cv['mean_f1']:.4f}  (mAP {cv['map']:.4f})")
+        result = run_infer(paths, cfg, quiet=quiet, storage=args.storage)
+        m = result["manifest"]
+        print("\n" + summary_table(paths))
+        print(f"\nSubmission: {result['paths']['latest_csv']}  ({m['second_level']['kept']}, {m['threshold']['kind']} thresholds)")
+        print(f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
+              f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})")
     return 0
 
 

@@ -1,6 +1,7 @@
-"""The infer stage: base models' logits → blend → threshold → checked submission + manifest.
+"""The infer stage: base models' logits → stack or blend → thresholds → checked submission + manifest.
 
-Thresholds are fitted on out-of-fold predictions only. Test rows whose image could not be
+The second level and the thresholds are fitted on out-of-fold predictions only
+(``capfuse.stages.ensemble``). Test rows whose image could not be
 read are predicted by the caption models alone (or, with none, by the class priors), so no
 test row is ever dropped.
 """
@@ -18,6 +19,7 @@ from capfuse import __version__
 from capfuse.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import summary as metric_summary
 from capfuse.stages.common import load_dataset
+from capfuse.stages.ensemble import threshold_rule, trained_models
 from capfuse.submission import predictions_to_frame, write_submission
 from capfuse.trainer import read_logits, sigmoid
 from capfuse.utils.io import read_json, sha256_file
@@ -34,23 +36,6 @@ def git_commit(root: Path) -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def _trained_models(runs: Path) -> dict[str, dict]:
-    return {p.parent.name: read_json(p) for p in sorted(runs.glob("*/metrics.json"))}
-
-
-def choose_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
-    """``infer.models``: a list of model names, or ``best`` (the single best by CV mean F1)."""
-    want = cfg.get("infer", {}).get("models", "best")
-    if not trained:
-        raise FileNotFoundError("no trained model found: run `make train` first")
-    if want == "best":
-        return [max(trained, key=lambda m: trained[m]["cv_mean_f1"])]
-    missing = [m for m in want if m not in trained]
-    if missing:
-        raise FileNotFoundError(f"models {missing} are not trained yet: run `make train`")
-    return list(want)
 
 
 def _caption_fallback(ds, paths, trained: dict, rows: np.ndarray, binary: np.ndarray, min_labels: int,
@@ -78,31 +63,34 @@ def _caption_fallback(ds, paths, trained: dict, rows: np.ndarray, binary: np.nda
     return dict(info, rows=ids)
 
 
-def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None) -> dict:
-    with stage("infer", paths.dataset):
+def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None,
+              storage: str | None = None) -> dict:
+    """stack → thresholds → the checked submission and its manifest."""
+    from capfuse.stages.ensemble import ensemble_dir, read_probs, run_stack, run_thresholds, thresholds_vector
+
+    stacked = run_stack(paths, cfg, quiet=quiet)
+    cut = run_thresholds(paths, cfg, storage=storage, quiet=quiet)
+    with stage("submit", paths.dataset):
         ds = load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
-        trained = _trained_models(paths.runs)
-        names = choose_models(cfg, trained)
+        trained = trained_models(paths)
         class_ids = ds.class_ids
         image_ok = ds.val.test["image_ok"].to_numpy(bool)
+        out = ensemble_dir(paths)
+        oof_p = read_probs(out / "oof_probs.csv", ds.train_ids, class_ids)
+        test_p = read_probs(out / "test_probs.csv", ds.test_ids, class_ids)
 
-        oof = np.stack([sigmoid(read_logits(paths.model_dir(m) / "oof_logits.csv", ds.train_ids, class_ids)) for m in names])
-        test = np.stack([sigmoid(read_logits(paths.model_dir(m) / "test_logits.csv", ds.test_ids, class_ids)) for m in names])
-        oof_p = oof.mean(0)
-        test_p = test.mean(0)
-
-        rules = cfg.get("threshold", {})
-        min_labels, max_labels = int(rules.get("min_labels", 1)), rules.get("max_labels")
-        threshold, oof_f1 = fit_global_threshold(ds.Y, oof_p, min_labels=min_labels, max_labels=max_labels)
-        oof_pred = apply_threshold(oof_p, threshold, min_labels=min_labels, max_labels=max_labels)
+        rule = threshold_rule(cfg)
+        threshold = thresholds_vector(cut, class_ids)
+        oof_pred = apply_threshold(oof_p, threshold, **rule)
         cv = metric_summary(ds.Y, oof_pred, oof_p)
-        binary = apply_threshold(test_p, threshold, min_labels=min_labels, max_labels=max_labels)
+        binary = apply_threshold(test_p, threshold, **rule)
         fallback = None
         if not image_ok.all():
-            fallback = _caption_fallback(ds, paths, trained, ~image_ok, binary, min_labels, max_labels)
+            fallback = _caption_fallback(ds, paths, trained, ~image_ok, binary, rule["min_labels"], rule["max_labels"])
         sub = predictions_to_frame(ds.test_ids, binary, class_ids)
 
+        chosen = cut["kind"]
         manifest = {
             "capfuse_version": __version__,
             "git_commit": git_commit(paths.root),
@@ -112,12 +100,17 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
             "folds_file": str(paths.folds_file.relative_to(paths.root)) if paths.folds_file.is_relative_to(paths.root) else str(paths.folds_file),
             "folds_sha256": sha256_file(paths.folds_file),
             "k": int(folds.max()) + 1,
-            "models": {m: {k: trained[m].get(k) for k in ("kind", "seed", "cv_mean_f1", "cv_map")} for m in names},
-            "blend": "mean of probabilities",
-            "threshold": {"kind": "global", "value": round(float(threshold), 4), "min_labels": min_labels,
-                          "max_labels": max_labels},
+            "models": stacked["base_models"],
+            "second_level": {"kept": stacked["chosen"], "why": stacked["why"], "candidates": stacked["candidates"]},
+            "threshold": {"kind": chosen, "why": cut["why"], "global": cut["global"]["threshold"],
+                          "per_class": cut["per_class"]["thresholds"], **rule, "optuna_trials": cut["trials"],
+                          "study": cut["study"]},
             "cv": {k: round(float(v), 5) for k, v in cv.items()},
-            "cv_note": "OOF mean F1 with the threshold fitted on the same OOF rows (in-sample for the threshold)",
+            "cv_in_sample_mean_f1": cut[chosen]["in_sample"],
+            "cv_nested_mean_f1": cut[chosen]["nested"],
+            "cv_note": ("cv: OOF metrics of the submitted pipeline with thresholds fitted on the same OOF rows; "
+                        "cv_nested_mean_f1: thresholds tuned on K-1 folds and scored on the held-out one, "
+                        "over second-level OOF predictions that are themselves nested"),
             "test_rows": len(ds.test_ids),
             "test_rows_without_image": int((~image_ok).sum()),
             "image_fallback": fallback,
@@ -125,16 +118,31 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
         }
         written = write_submission(sub, ds.test_ids, class_ids, paths.submissions, paths.dataset, manifest,
                                    timestamp=timestamp)
-        log.info("models: %s; threshold %.3f", ", ".join(names), threshold)
-        log.info("CV mean F1 %.4f | micro F1 %.4f | macro F1 %.4f | mAP %.4f", cv["mean_f1"], cv["micro_f1"],
-                 cv["macro_f1"], cv["map"])
+        log.info("%s over %d base models, %s thresholds", stacked["chosen"], len(stacked["base_models"]), chosen)
+        log.info("CV mean F1 %.4f (nested %.4f) | micro F1 %.4f | macro F1 %.4f | mAP %.4f", cv["mean_f1"],
+                 manifest["cv_nested_mean_f1"], cv["micro_f1"], cv["macro_f1"], cv["map"])
         for key, path in written.items():
             log.info("wrote %s", path)
-        return {"manifest": manifest, "paths": {k: str(v) for k, v in written.items()}, "oof_f1": oof_f1}
+        return {"manifest": manifest, "paths": {k: str(v) for k, v in written.items()}}
 
 
 def summary_table(paths) -> str:
+    """The final summary: base models, second-level candidates, thresholds in-sample and nested."""
+    from capfuse.stages.ensemble import ensemble_dir
+
+    parts = []
     board = paths.runs / "leaderboard.csv"
-    if not board.exists():
-        return ""
-    return pd.read_csv(board).to_string(index=False)
+    if board.exists():
+        parts.append("Base models (out-of-fold, one global threshold fitted on the OOF rows):\n"
+                     + pd.read_csv(board).to_string(index=False))
+    out = ensemble_dir(paths)
+    if (out / "candidates.csv").exists():
+        parts.append("Second level (nested_mean_f1: global threshold fitted on the other folds):\n"
+                     + pd.read_csv(out / "candidates.csv").to_string(index=False))
+    if (out / "thresholds.json").exists():
+        t = read_json(out / "thresholds.json")
+        rows = [{"thresholds": kind, "in_sample": t[kind]["in_sample"], "nested": t[kind]["nested"],
+                 "gap": t[kind]["gap"], "used": t["kind"] == kind} for kind in ("global", "per_class")]
+        parts.append(f"Thresholds on {t.get('candidate')} (nested: tuned on K-1 folds, scored on the held-out one):\n"
+                     + pd.DataFrame(rows).to_string(index=False))
+    return "\n\n".join(parts)

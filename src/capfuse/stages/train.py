@@ -14,6 +14,11 @@ from capfuse.trainer import train_model, update_leaderboard
 from capfuse.utils.log import log, stage
 
 
+# Pipeline keys that do not flow into a model's config: the list itself, and settings of the
+# stages after training, which must not change a model's fingerprint (and retrain it).
+SECOND_LEVEL_KEYS = ("models", "infer", "inherit", "ensemble", "threshold")
+
+
 def model_configs(cfg: dict, config_path: Path) -> dict[str, dict]:
     """The models a pipeline config lists (``models: [name, ...]``), each resolved with its parents.
 
@@ -30,7 +35,7 @@ def model_configs(cfg: dict, config_path: Path) -> dict[str, dict]:
         path = cfglib.resolve_config_path(f"models/{name}", relative_to=config_path)
         model_cfg = cfglib.load_config(path)
         # Pipeline-wide settings (seed, data, threshold rules) flow down unless the model overrides them.
-        inherited = {k: v for k, v in cfg.items() if k not in ("models", "infer", "inherit")}
+        inherited = {k: v for k, v in cfg.items() if k not in SECOND_LEVEL_KEYS}
         out[name] = {**cfglib.deep_merge(inherited, model_cfg), "name": name}
     return out
 
