@@ -65,7 +65,9 @@ class F1Scorer:
     matrix, and a one-class sweep is O(N) per grid point.
     """
 
-    def __init__(self, y_true: np.ndarray, probs: np.ndarray, *, min_labels: int = 1, max_labels: int | None = None) -> None:
+    def __init__(
+        self, y_true: np.ndarray, probs: np.ndarray, *, min_labels: int = 1, max_labels: int | None = None
+    ) -> None:
         self.y = _as_binary("y_true", y_true)
         self.p = _probabilities(probs)
         if self.y.shape != self.p.shape:
@@ -75,7 +77,8 @@ class F1Scorer:
         self.lo, self.hi = _label_limits(self.p.shape[1], min_labels, max_labels)
         self.order = np.argsort(-self.p, axis=1, kind="stable")
         self.hits_sorted = np.take_along_axis(self.y, self.order, axis=1)
-        self.prefix_tp = np.concatenate([np.zeros((len(self.y), 1), np.int64), np.cumsum(self.hits_sorted, axis=1)], axis=1)
+        zero = np.zeros((len(self.y), 1), np.int64)
+        self.prefix_tp = np.concatenate([zero, np.cumsum(self.hits_sorted, axis=1)], axis=1)  # [N, C+1]
         self.n_true = self.y.sum(1)
 
     @property
@@ -212,9 +215,10 @@ def fit_class_thresholds(
     towards it, so rerunning with the same number does no new work. ``storage`` is an Optuna RDB
     URL such as ``sqlite:///runs/x/thresholds.db``; with it the study named ``study_name`` is
     created or resumed, and a study tuned on other data or another label rule is refused.
-    ``init`` (e.g. last run's thresholds) is tried as a second starting point.
+    ``init`` (e.g. last run's thresholds) is a second starting point of a new study.
     """
-    import optuna
+    import optuna  # here, not at module level: importing optuna costs about a second
+
 
     scorer = F1Scorer(y_true, probs, min_labels=min_labels, max_labels=max_labels)
     c = scorer.n_classes
@@ -241,7 +245,9 @@ def fit_class_thresholds(
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         # The sampler's seed is offset by the trials already done, so a resumed run neither
         # replays the first run's random start-up points nor depends on wall-clock randomness.
-        study.sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=min(10, max(n_trials // 10, 1)))
+        # Random start-up trials are capped at a tenth of the budget so short searches still model.
+        startup = min(10, max(n_trials // 10, 1))
+        study.sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=startup)
         if done == 0 and not study.get_trials(deepcopy=False):
             # The global threshold first: the best trial can then never score below it here.
             study.enqueue_trial(dict.fromkeys(names, g_t), skip_if_exists=True)
