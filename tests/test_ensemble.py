@@ -200,6 +200,9 @@ def test_stacker_beats_blending_when_classes_interact():
     blends = {"mean": mean_blend(probs), "per_class": nested_blend_oof(y, probs, folds, per_class=True)}
     ap_stack = average_precision_per_class(y, stacked)[2]
     assert ap_stack > 0.9
+    # Boosting from the blend still learns the interaction the blend cannot express.
+    from_blend = stack_oof_and_test(stack_features(logits), y, folds, None, FAST, base_probs=probs)[0]
+    assert average_precision_per_class(y, from_blend)[2] > 0.9
     for name, blend in blends.items():
         assert average_precision_per_class(y, blend)[2] < 0.65, name
         f1_blend = fit_class_thresholds(y, blend, n_trials=10).score
@@ -207,15 +210,19 @@ def test_stacker_beats_blending_when_classes_interact():
         assert f1_stack > f1_blend + 0.05, name
 
 
-def test_stacker_fold_predictions_ignore_their_own_fold_labels():
+@pytest.mark.parametrize("init", ["constant", "blend"])
+def test_stacker_fold_predictions_ignore_their_own_fold_labels(init):
     rng = np.random.default_rng(1)
     y, logits, folds = _xor_data(rng, 1000)
     X = stack_features(logits)
-    base = stack_oof(X, y, folds, FAST)
+    # Boosting from a blend: the blend's weights are part of the fold model, so they must not
+    # see fold k's labels either.
+    kw = {"base_probs": [sigmoid(z) for z in logits]} if init == "blend" else {}
+    base = stack_oof_and_test(X, y, folds, None, FAST, **kw)[0]
     y2 = y.copy()
     rows = np.flatnonzero(folds == 0)
     y2[rows] = y[rng.permutation(rows)]
-    moved = stack_oof(X, y2, folds, FAST)
+    moved = stack_oof_and_test(X, y2, folds, None, FAST, **kw)[0]
     np.testing.assert_array_equal(moved[folds == 0], base[folds == 0])
     assert not np.allclose(moved[folds != 0], base[folds != 0])  # the labels do matter elsewhere
 

@@ -109,6 +109,11 @@ def _check(X: np.ndarray, Y: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray,
     return X, y, f
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def stack_oof_and_test(
     X: np.ndarray,
     Y: np.ndarray,
@@ -117,11 +122,20 @@ def stack_oof_and_test(
     params: dict | None = None,
     *,
     num_rounds: int = DEFAULT_ROUNDS,
+    base_probs: Sequence[np.ndarray] | None = None,
+    base_probs_test: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Nested OOF probabilities ``[N, C]`` and, with ``X_test``, the fold models' mean test probabilities.
 
     One pass trains each (fold, class) model once and uses it for both outputs. The fold's
     LightGBM dataset is binned once and only its label changes from class to class.
+
+    With ``base_probs`` (every model's OOF probabilities, and ``base_probs_test`` beside them),
+    the trees boost from a weighted blend instead of from a constant: within fold k, blend
+    weights are fitted on the other folds' rows and the blend's logit is every row's initial
+    score, so the trees learn only the corrections (co-occurrence, disagreement) the blend
+    misses. On a few thousand rows this keeps the stacker from falling below the blend; the
+    blend is part of the fold-k model, so it never sees fold k's labels either.
     """
     import lightgbm as lgb  # here, not at module level: features and names need no LightGBM
 
@@ -131,29 +145,47 @@ def stack_oof_and_test(
         X_test = np.asarray(X_test, dtype=np.float32)
         if X_test.ndim != 2 or X_test.shape[1] != X.shape[1]:
             raise ValueError(f"X_test must be [rows, {X.shape[1]}], got shape {X_test.shape}")
+    if base_probs is not None and X_test is not None and base_probs_test is None:
+        raise ValueError("base_probs_test is needed with base_probs and X_test")
     n, c = y.shape
     ks = np.unique(f)
     oof = np.empty((n, c))
     test = np.zeros((len(X_test), c)) if X_test is not None else None
     for k in ks:
         tr, te = f != k, f == k
+        base = base_test = None
+        if base_probs is not None:
+            from capfuse.ensemble.blend import apply_weights, fit_weighted_blend
+
+            weights = fit_weighted_blend(y[tr], [p[tr] for p in base_probs])
+            base = _logit(apply_weights(base_probs, weights))
+            if X_test is not None:
+                base_test = _logit(apply_weights(base_probs_test, weights))
         ds = None
         for j in range(c):
             yj = y[tr, j]
             if yj.min() == yj.max():
-                prior = _prior(yj)
-                oof[te, j] = prior
+                # One label value in the training rows: nothing to learn; the blend (or the
+                # smoothed rate) is the prediction.
+                oof[te, j] = sigmoid(base[te, j]) if base is not None else _prior(yj)
                 if test is not None:
-                    test[:, j] += prior / len(ks)
+                    test[:, j] += (sigmoid(base_test[:, j]) if base is not None else _prior(yj)) / len(ks)
                 continue
             if ds is None:
                 ds = lgb.Dataset(X[tr], label=yj.astype(np.float32), params=prm, free_raw_data=False).construct()
             else:
                 ds.set_label(yj.astype(np.float32))
+            if base is not None:
+                ds.set_init_score(base[tr, j])
             booster = lgb.train(prm, ds, num_boost_round=num_rounds)
-            oof[te, j] = booster.predict(X[te])
-            if test is not None:
-                test[:, j] += booster.predict(X_test) / len(ks)
+            if base is None:
+                oof[te, j] = booster.predict(X[te])
+                if test is not None:
+                    test[:, j] += booster.predict(X_test) / len(ks)
+            else:  # predict() ignores the initial score: add it back on the raw scale
+                oof[te, j] = sigmoid(booster.predict(X[te], raw_score=True) + base[te, j])
+                if test is not None:
+                    test[:, j] += sigmoid(booster.predict(X_test, raw_score=True) + base_test[:, j]) / len(ks)
     return oof, test
 
 

@@ -114,12 +114,18 @@ def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, 
             out["weighted_blend"] = {"oof": nested_blend_oof(Y, oof_p, folds), "test": apply_weights(test_p, weights),
                                      "detail": {"weights": {n: round(float(w), 4) for n, w in zip(names, weights)}}}
         if "stack" in wanted:
+            from capfuse.ensemble.stack import DEFAULT_ROUNDS
+
             params = dict(ens.get("stack", {}))
-            rounds = int(params.pop("num_rounds", 150))
+            rounds = int(params.pop("num_rounds", DEFAULT_ROUNDS))
+            init = params.pop("init", "blend")
+            if init not in ("blend", "constant"):
+                raise ValueError(f"ensemble.stack.init must be blend or constant, got {init!r}")
+            base = {"base_probs": oof_p, "base_probs_test": test_p} if init == "blend" else {}
             oof_s, test_s = stack_oof_and_test(stack_features(oof_logits), Y, folds, stack_features(test_logits),
-                                               params, num_rounds=rounds)
+                                               params, num_rounds=rounds, **base)
             out["stack"] = {"oof": oof_s, "test": test_s,
-                            "detail": {"lightgbm": params or "defaults", "num_rounds": rounds,
+                            "detail": {"lightgbm": params or "defaults", "num_rounds": rounds, "init": init,
                                        "features": "every model's logits for every class, per-class mean and spread, "
                                                    "per-model max/sum/count of probabilities"}}
     for cand in out.values():
