@@ -30,7 +30,7 @@ def run(root: Path, data: Path, *args: str) -> int:
 @pytest.mark.slow
 def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     root, data = tiny
-    assert run(root, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60") == 0
+    assert run(root, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60", "--set", "ensemble.stack.num_threads=1") == 0
     out = capsys.readouterr().out
     assert "CV mean F1 of the submitted pipeline" in out
 
@@ -93,7 +93,7 @@ def test_all_on_a_folder_with_every_fault(tmp_path):
 
     data = tmp_path / "data" / "faulty"
     expected = make_faulty_dataset(data)
-    assert run(tmp_path, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60") == 0
+    assert run(tmp_path, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60", "--set", "ensemble.stack.num_threads=1") == 0
     sub = read_submission(tmp_path / "submissions" / "faulty-latest.csv")
     test_ids = [ln.split(",", 1)[0].strip() for ln in (data / "test.csv").read_bytes().decode("utf-8-sig").splitlines()[1:] if ln.strip()]
     assert list(sub["ImageID"]) == test_ids  # every test row, in order, unreadable images included

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import norm
 
 from capfuse.decision import apply_threshold, fit_global_threshold
-from capfuse.ensemble.blend import mean_blend
+from capfuse.ensemble.blend import mean_blend, nested_blend_oof
 from capfuse.ensemble.stack import stack_features, stack_oof_and_test, stack_params
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.metrics import mean_average_precision, mean_sample_f1
@@ -79,7 +79,10 @@ def bench_stack_thresholds(
     out["n_features"] = X.shape[1]
 
     t0 = time.perf_counter()
-    oof, test = stack_oof_and_test(X, y, folds, X_test, stack_params(num_threads=num_threads))
+    # As the stack stage runs it: boosting from a fold-local weighted blend.
+    oof, test = stack_oof_and_test(X, y, folds, X_test, stack_params(num_threads=num_threads),
+                                   base_probs=[sigmoid(a) for a in logits],
+                                   base_probs_test=[sigmoid(a) for a in logits_test])
     out["stack_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -88,6 +91,8 @@ def bench_stack_thresholds(
 
     blend, blend_test = mean_blend([sigmoid(a) for a in logits]), mean_blend([sigmoid(a) for a in logits_test])
     g_blend, f1_blend = fit_global_threshold(y, blend)
+    # The stacker's real rival in the stack stage: weights fitted on the other folds.
+    out["weighted_blend_oof_f1_global"] = fit_global_threshold(y, nested_blend_oof(y, [sigmoid(a) for a in logits], folds))[1]
     out.update(
         blend_oof_map=mean_average_precision(y, blend),
         blend_oof_f1_global=f1_blend,
