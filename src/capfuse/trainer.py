@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,17 @@ from capfuse.decision import apply_threshold, fit_global_threshold
 from capfuse.light import light_report
 from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
+from capfuse.pseudo import PseudoSettings, PseudoTargets, check_provenance, folds_sha, provenance, select
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
 from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.seed import seed_everything
+
+
+def pseudo_count(pseudo: PseudoTargets, value: int) -> list[int]:
+    """Kept entries per class whose target rounds to ``value`` (1: pseudo-positives, 0: negatives)."""
+    hit = (pseudo.targets >= 0.5) if value else (pseudo.targets < 0.5)
+    return ((pseudo.mask == 1) & hit).sum(0).astype(int).tolist()
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -65,6 +73,38 @@ def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class PseudoSource:
+    """Where a pseudo-label round takes its labels from: the previous round's run of the model."""
+
+    producer: str  # the previous round's model name, e.g. fusion_lite0 or fusion_lite0@r1
+    producer_dir: Path
+    settings: PseudoSettings
+    round: int
+
+    def fingerprint(self) -> str:
+        # The producer's own fingerprint: retraining it invalidates every later round.
+        return read_json(self.producer_dir / "fingerprint.json")["fingerprint"]
+
+
+def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, n_train: int,
+                   pool_ok: np.ndarray, folds_checksum: str) -> PseudoTargets:
+    """Fold ``fold``'s pseudo-labels: the previous round's fold-``fold`` test predictions, checked.
+
+    The prior that sets each class's cut-offs is the positive rate of the rows this fold trains
+    on (``tr``), the same rows the producer was trained on.
+    """
+    record = read_json(src.producer_dir / f"fold{fold}" / "done.json")
+    prov = provenance(src.round, fold, src.producer, record, folds_checksum)
+    check_provenance(prov, fold, folds_checksum)
+    logits = np.load(src.producer_dir / f"fold{fold}" / "test_logits.npy")
+    pool = np.flatnonzero(pool_ok)  # unreadable test images: zeros in, nothing to learn from
+    targets, mask, cuts = select(sigmoid(logits[pool]), Y[tr].mean(0), src.settings)
+    return PseudoTargets(rows=n_train + pool, targets=targets, mask=mask, weight=src.settings.weight,
+                         ramp_epochs=src.settings.ramp_epochs,
+                         info={**prov, "pool_rows": int(len(pool)), **{k: v.tolist() for k, v in cuts.items()}})
+
+
 def train_model(
     name: str,
     model_cfg: dict,
@@ -77,11 +117,21 @@ def train_model(
     class_ids: list[int],
     feats: dict,
     data_fingerprint: str,
+    pseudo_from: PseudoSource | None = None,
 ) -> dict:
-    """Train ``name`` over all folds; returns its CV metrics (also written to metrics.json)."""
+    """Train ``name`` over all folds; returns its CV metrics (also written to metrics.json).
+
+    With ``pseudo_from``, fold k also trains on the unlabelled pool labelled by the previous
+    round's fold-k model (checked by ``capfuse.pseudo.check_provenance`` before it is used).
+    """
     seed = int(model_cfg.get("seed", 42))
     model = MODELS.create(model_cfg["kind"], cfg=model_cfg, seed=seed)
+    if pseudo_from is not None and model_cfg["kind"] != "net":
+        raise ValueError(f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {model_cfg['kind']}")
     k = int(folds.max()) + 1
+    folds_checksum = folds_sha(folds)
+    if pseudo_from is not None:
+        data_fingerprint = f"{data_fingerprint}|pseudo:{pseudo_from.producer}:{pseudo_from.fingerprint()}"
     fp = _fingerprint(model_cfg, data_fingerprint, folds)
     fp_file = out_dir / "fingerprint.json"
     # Under torchrun every rank runs this function; only rank 0 touches the files.
@@ -108,8 +158,19 @@ def train_model(
         elif is_main or getattr(model, "supports_ddp", False):
             seed_everything(seed + fold)
             t0 = time.perf_counter()
-            result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir)
+            pseudo = None
+            if pseudo_from is not None:
+                pool_ok = feats.get("test_image_ok", np.ones(len(test_ids), bool))
+                pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum)
+                if is_main:
+                    write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": pseudo_count(pseudo, 1),
+                                                          "n_neg": pseudo_count(pseudo, 0)})
+                    write_npy(fold_dir / "pseudo_rows.npy", pseudo.rows)
+                    write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
+                    write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
+            result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **({"pseudo": pseudo} if pseudo else {}))
             if is_main:
+                result.info["folds_sha256"] = folds_checksum
                 _write_fold(fold_dir, log_path, result, Y, tr, va, fold, seed, time.perf_counter() - t0, name)
         barrier()  # other ranks wait for rank 0's files (or share its DDP training)
         if is_main:

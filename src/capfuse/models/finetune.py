@@ -109,7 +109,8 @@ def layerwise_groups(net: FinetuneNet, encoder_lr_mult: float, layer_decay: floa
     return [{"params": ps, "lr_mult": mult} for mult, ps in sorted(groups.items())]
 
 
-def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path) -> FoldOutput:
+def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path,
+                      pseudo=None) -> FoldOutput:
     cfg, s = model.cfg, model.settings
     device = model.device
     init_distributed()
@@ -168,8 +169,8 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    def train_step(batch: dict, targets: torch.Tensor) -> float:
-        batch["targets"] = targets.to(device)
+    def train_step(batch: dict, targets: dict) -> float:
+        batch.update({k: v.to(device) for k, v in targets.items()})
         with autocast():
             loss = train_net(batch)["loss"] / s.accumulate
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -191,6 +192,7 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     test_rows = np.arange(n_train, n_train + feats["n_test"])
     try:
         return model.loop(train_net, Y, tr, va, test_rows, fold_dir, predict=predict, make_batch=make_batch,
-                          train_step=train_step, param_groups=groups, scaler=scaler, rank=rank, world=world)
+                          train_step=train_step, param_groups=groups, scaler=scaler, rank=rank, world=world,
+                          pseudo=pseudo)
     finally:
         pool.shutdown()

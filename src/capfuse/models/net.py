@@ -195,11 +195,13 @@ class NetModel:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path) -> FoldOutput:
+    def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path,
+                 pseudo=None) -> FoldOutput:
+        """``pseudo`` (``capfuse.pseudo.PseudoTargets``) adds unlabelled pool rows with partial targets."""
         if self.finetune:
             from capfuse.models.finetune import fit_fold_finetune
 
-            return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir)
+            return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir, pseudo=pseudo)
         from capfuse.nn.losses import class_frequencies
 
         views = CachedViews(feats["views"])
@@ -221,18 +223,18 @@ class NetModel:
                         out[i : i + len(chunk)] += forward_batch(views.view_batch(view, chunk))["logits"].float().cpu().numpy()
             return out / len(views_used)
 
-        def train_step(batch: dict, targets: torch.Tensor) -> float:
-            batch["targets"] = targets
+        def train_step(batch: dict, targets: dict) -> float:
+            batch.update(targets)
             loss = forward_batch(batch)["loss"]
             loss.backward()
             return float(loss.detach())
 
         return self.loop(net, Y, tr, va, test_rows, fold_dir, predict=predict,
                          make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
-                         param_groups=self.param_groups(net))
+                         param_groups=self.param_groups(net), pseudo=pseudo)
 
     def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, *, predict, make_batch, train_step,
-             param_groups=None, scaler=None, rank: int = 0, world: int = 1) -> FoldOutput:
+             param_groups=None, scaler=None, rank: int = 0, world: int = 1, pseudo=None) -> FoldOutput:
         """Epochs with early stopping, checkpoints and resume; shared by both modes.
 
         Under DDP every rank runs this loop on its own shard of each epoch's order; rank 0
@@ -247,7 +249,26 @@ class NetModel:
         for g in opt.param_groups:
             g.setdefault("lr_mult", 1.0)
             g["initial_lr"] = s.lr * g["lr_mult"]
-        steps_per_epoch = max(1, math.ceil(len(tr) / s.batch_size / s.accumulate))
+        # Pseudo-labelled pool rows join the labelled ones in every epoch; their targets,
+        # masks and (ramped) weights come from ``pseudo``, keyed by feature row.
+        train_rows = tr if pseudo is None else np.concatenate([tr, pseudo.rows])
+        pseudo_at = {} if pseudo is None else {int(r): i for i, r in enumerate(pseudo.rows)}
+
+        def targets_for(rows: np.ndarray, epoch: int) -> dict:
+            if pseudo is None:
+                return {"targets": torch.from_numpy(Y[rows].astype(np.float32))}
+            is_pseudo = rows >= len(Y)
+            targets = np.zeros((len(rows), Y.shape[1]), np.float32)
+            mask = np.ones((len(rows), Y.shape[1]), np.float32)
+            weight = np.ones(len(rows), np.float32)
+            targets[~is_pseudo] = Y[rows[~is_pseudo]]
+            at = [pseudo_at[int(r)] for r in rows[is_pseudo]]
+            targets[is_pseudo], mask[is_pseudo] = pseudo.targets[at], pseudo.mask[at]
+            weight[is_pseudo] = pseudo.weight_at(epoch)
+            return {"targets": torch.from_numpy(targets), "target_mask": torch.from_numpy(mask),
+                    "sample_weight": torch.from_numpy(weight)}
+
+        steps_per_epoch = max(1, math.ceil(len(train_rows) / s.batch_size / s.accumulate))
         total = steps_per_epoch * s.epochs
         warmup = int(round(s.warmup_epochs * steps_per_epoch))
 
@@ -268,7 +289,7 @@ class NetModel:
         for epoch in progress(range(first, s.epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
             # One generator per (seed, epoch): the order is reproducible and resumes identically.
             rng = np.random.default_rng([self.seed, epoch])
-            order = tr[rng.permutation(len(tr))]
+            order = train_rows[rng.permutation(len(train_rows))]
             flips = rng.random(len(order)) < s.flip_p
             if world > 1:  # equal, disjoint shards: DDP needs the same number of steps on every rank
                 keep = len(order) // world * world
@@ -278,8 +299,7 @@ class NetModel:
             for b, i in enumerate(range(0, len(order), s.batch_size)):
                 rows = order[i : i + s.batch_size]
                 batch = make_batch(rows, flips[i : i + s.batch_size])
-                targets = torch.from_numpy(Y[rows].astype(np.float32))
-                losses.append(train_step(batch, targets))
+                losses.append(train_step(batch, targets_for(rows, epoch)))
                 if (b + 1) % s.accumulate == 0 or i + s.batch_size >= len(order):
                     if scaler is not None:
                         scaler.unscale_(opt)  # clip the true gradients, not the scaled ones

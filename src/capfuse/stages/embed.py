@@ -145,7 +145,8 @@ class FeatureStore:
 
     def for_model(self, model_cfg: dict) -> dict:
         n_train = len(self.ds.train_ids)
-        feats: dict = {"n_test": len(self.ds.test_ids)}
+        # Test rows with a usable image: the unlabelled pool that pseudo-label rounds may use.
+        feats: dict = {"n_test": len(self.ds.test_ids), "test_image_ok": self.ds.val.test["image_ok"].to_numpy(bool)}
         parts = [self.ds.train_ids, self.ds.test_ids, list(self.ds.val.train["Caption"]),
                  list(self.ds.val.test["Caption"]), self.ds.Y.tobytes()]
         inputs = model_cfg.get("inputs", ["image", "caption"])

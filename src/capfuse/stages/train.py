@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 
 from capfuse import config as cfglib
+from capfuse.pseudo import PseudoSettings, pseudo_quality
 from capfuse.stages.common import load_dataset
 from capfuse.stages.embed import FeatureStore
-from capfuse.trainer import train_model, update_leaderboard
+from capfuse.trainer import PseudoSource, train_model, update_leaderboard
+from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
 
@@ -61,16 +63,106 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
         for name, model_cfg in models.items():
             with stage(f"train {name}", model_cfg["kind"]):
                 feats = store.for_model(model_cfg)
-                metrics = train_model(
-                    name, model_cfg, out_dir=paths.model_dir(name), train_ids=ds.train_ids,
-                    test_ids=ds.test_ids, Y=ds.Y, folds=folds, class_ids=ds.class_ids,
-                    feats=feats, data_fingerprint=feats["fingerprint"],
-                )
+                common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds,
+                              class_ids=ds.class_ids, feats=feats, data_fingerprint=feats["fingerprint"])
+                # Round 0 is the plain model: its pseudo settings concern later rounds only and
+                # must not change its fingerprint.
+                plain = {k: v for k, v in model_cfg.items() if k != "pseudo"}
+                metrics = train_model(name, plain, out_dir=paths.model_dir(name), **common)
                 if not metrics:
                     continue  # a non-zero torchrun rank: rank 0 writes the artefacts
                 board = update_leaderboard(paths.runs / "leaderboard.csv", metrics)
                 log.info("%s: CV mean F1 %.4f (threshold %.2f), mAP %.4f", name, metrics["cv_mean_f1"],
                          metrics["threshold"], metrics["cv_map"])
+                settings = PseudoSettings.from_config(model_cfg.get("pseudo"))
+                if settings.rounds:
+                    board = pseudo_rounds(paths, ds, name, model_cfg, metrics, settings, common) or board
         if board is not None:
             log.info("leaderboard (%s):\n%s", paths.runs / "leaderboard.csv", board.to_string(index=False))
         return board
+
+
+def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings: PseudoSettings,
+                  common: dict) -> pd.DataFrame | None:
+    """Rounds 1..R of ``name``, each a model ``name@r<r>`` labelled by the round before it.
+
+    A round whose CV mean F1 does not beat the previous round's by more than ``min_gain`` ends
+    the rounds; ``runs/<dataset>/pseudo_rounds.csv`` records every round, per class.
+    """
+    truth = _pool_truth(paths, ds)
+    rows = [_round_rows(name, 0, metrics, None, None, 0, ds.class_ids, "labelled data only")]
+    prev_name, prev = name, metrics
+    board = None
+    for r in range(1, settings.rounds + 1):
+        rname = f"{name}@r{r}"
+        src = PseudoSource(prev_name, paths.model_dir(prev_name), settings, r)
+        with stage(f"train {rname}", f"pseudo-labels from {prev_name}"):
+            cur = train_model(rname, {**model_cfg, "name": rname, "pseudo_round": r}, out_dir=paths.model_dir(rname),
+                              pseudo_from=src, **common)
+        if not cur:
+            return None
+        board = update_leaderboard(paths.runs / "leaderboard.csv", cur)
+        gain = cur["cv_mean_f1"] - prev["cv_mean_f1"]
+        improved = gain > settings.min_gain
+        note = f"CV {gain:+.4f} vs round {r - 1}" + ("" if improved or r == settings.rounds else "; rounds stopped")
+        rows.append(_round_rows(rname, r, cur, paths.model_dir(rname), truth, len(ds.train_ids), ds.class_ids, note))
+        log.info("%s: CV mean F1 %.4f (%s)", rname, cur["cv_mean_f1"], note)
+        if not improved:
+            break
+        prev_name, prev = rname, cur
+    report = paths.runs / "pseudo_rounds.csv"
+    new = pd.concat(rows, ignore_index=True)
+    old = pd.read_csv(report) if report.exists() else None
+    if old is not None:
+        new = pd.concat([old[old["base_model"] != name], new], ignore_index=True)
+    write_csv(report, new)
+    return board
+
+
+def _pool_truth(paths, ds) -> np.ndarray | None:
+    """The demo's test labels, when the dataset has them: for the report only, never trained on."""
+    path = paths.data_dir / "test_labels.csv"
+    if not path.exists():
+        return None
+    labels = pd.read_csv(path, dtype={"ImageID": str, "Labels": str}, keep_default_na=False).set_index("ImageID")
+    missing = [i for i in ds.test_ids if i not in labels.index]
+    if missing:
+        log.warning("%s lacks %d test ids (e.g. %s): no pseudo-label precision in the report", path, len(missing), missing[:3])
+        return None
+    return ds.val.classes.to_matrix([[int(x) for x in labels.loc[i, "Labels"].split()] for i in ds.test_ids])
+
+
+def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, truth, n_train: int, class_ids,
+                note: str) -> pd.DataFrame:
+    """One row per class (and one for all classes) of one round: pseudo-labels, their quality, CV.
+
+    Every fold labels the same pool with its own producer; counts are the mean over folds, and
+    precision and recall pool the folds' entries.
+    """
+    base = {"base_model": model.split("@")[0], "model": model, "round": round_, "cv_mean_f1": metrics["cv_mean_f1"],
+            "cv_map": metrics["cv_map"], "note": note}
+    if run_dir is None:
+        return pd.DataFrame([{**base, "class": "all"}])
+    c = len(class_ids)
+    n_pos, n_neg, tp, n_true = np.zeros(c), np.zeros(c), np.zeros(c), np.zeros(c)
+    fold_files = sorted(run_dir.glob("fold*/pseudo_targets.npy"))
+    for f in fold_files:
+        targets, mask = np.load(f), np.load(f.with_name("pseudo_mask.npy"))
+        if truth is not None:
+            q = pseudo_quality(targets, mask, truth[np.load(f.with_name("pseudo_rows.npy")) - n_train])
+            tp, n_true = tp + q["tp"], n_true + q["n_true"]
+        n_pos += ((mask == 1) & (targets >= 0.5)).sum(0)
+        n_neg += ((mask == 1) & (targets < 0.5)).sum(0)
+    k = max(len(fold_files), 1)
+
+    def quality(sel) -> dict:
+        if truth is None:
+            return {}
+        pos, hit, true = n_pos[sel].sum(), tp[sel].sum(), n_true[sel].sum()
+        return {"precision": round(hit / pos, 4) if pos else None, "recall": round(hit / true, 4) if true else None}
+
+    out = [{**base, "class": cid, "pseudo_pos": round(n_pos[j] / k, 1), "pseudo_neg": round(n_neg[j] / k, 1),
+            **quality([j])} for j, cid in enumerate(class_ids)]
+    out.append({**base, "class": "all", "pseudo_pos": round(n_pos.sum() / k, 1), "pseudo_neg": round(n_neg.sum() / k, 1),
+                **quality(slice(None))})
+    return pd.DataFrame(out)

@@ -1,0 +1,151 @@
+"""Pseudo-label rounds without leakage: selection, provenance, and the ramp of the pseudo loss.
+
+Round r+1's fold-k model trains on the labelled rows of the other folds plus the unlabelled
+pool (the test images) labelled by round r's fold-k model. That model never saw fold k's
+labels, so fold k's OOF predictions stay honest. Every fold's pseudo-labels carry a provenance
+record (round, fold, producing model and the fold it held out, the fold file's checksum) that
+is checked before training: a producer that trained on fold k is refused.
+
+Selection follows paper (b): cut-offs per class, not one global cut. Class c expects about
+``prior_c * n_pool`` positives in the pool, with ``prior_c`` its rate in the producer's
+training rows; the ``pos_keep`` most confident of those become positives, the ``neg_keep``
+least likely of the expected negatives become negatives, and every entry in between is masked
+out of the loss (a partial label), not forced to 0 or 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ProvenanceError(RuntimeError):
+    """Pseudo-labels whose producer saw the labels of the fold they would train."""
+
+
+@dataclass(frozen=True)
+class PseudoSettings:
+    """The ``pseudo:`` block of a model config."""
+
+    rounds: int = 0  # 0: no pseudo-label rounds
+    pos_keep: float = 0.6  # share of each class's expected positives kept as positives (most confident first)
+    neg_keep: float = 0.9  # share of each class's expected negatives kept as negatives (least likely first)
+    soft: bool = False  # True: kept entries get the producer's probability as target, not 0/1
+    weight: float = 1.0  # the pseudo rows' loss weight once the ramp is complete
+    ramp_epochs: float = 5.0  # the weight grows linearly from ~0 to ``weight`` over these epochs
+    min_gain: float = 0.0  # a round must raise CV mean F1 by more than this, or the rounds stop
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> PseudoSettings:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown pseudo settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        s = cls(**cfg)
+        if s.rounds < 0 or not 0 < s.pos_keep <= 1 or not 0 < s.neg_keep <= 1 or s.weight < 0 or s.ramp_epochs < 0:
+            raise ValueError(f"pseudo settings out of range: {s}")
+        return s
+
+
+@dataclass
+class PseudoTargets:
+    """Targets for unlabelled rows: ``rows`` index the feature rows (train rows first, then the pool)."""
+
+    rows: np.ndarray  # [P] int
+    targets: np.ndarray  # [P, C] float32 (0/1, or probabilities when soft)
+    mask: np.ndarray  # [P, C] uint8: 1 = the entry counts in the loss
+    weight: float = 1.0
+    ramp_epochs: float = 5.0
+    info: dict = field(default_factory=dict)
+
+    def weight_at(self, epoch: int) -> float:
+        return self.weight * ramp(epoch, self.ramp_epochs)
+
+
+def ramp(epoch: int, ramp_epochs: float) -> float:
+    """Linear warm-up of the pseudo loss: (epoch + 1) / ramp_epochs, capped at 1.
+
+    Early epochs follow the clean labels; the pseudo-labels, which carry the producer's
+    mistakes, weigh in fully only once the model has a view of its own.
+    """
+    if ramp_epochs <= 0:
+        return 1.0
+    return min(1.0, (epoch + 1) / ramp_epochs)
+
+
+def select(probs: np.ndarray, prior: np.ndarray, settings: PseudoSettings) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Class-aware pseudo-labels for the pool: (targets [P, C], mask [P, C], cut-offs per class).
+
+    For class c with ``e = prior_c * P`` expected positives, the ``round(pos_keep * e)`` rows
+    scoring highest are positives and the ``round(neg_keep * (P - e))`` rows scoring lowest are
+    negatives; the rest are masked. A class then gets about as many pseudo-positives as its
+    prior says, whatever the calibration of the producer's scores for that class.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    n, c = p.shape
+    prior = np.clip(np.asarray(prior, dtype=np.float64), 0.0, 1.0)
+    targets = np.zeros((n, c), np.float32)
+    mask = np.zeros((n, c), np.uint8)
+    cut_pos, cut_neg = np.full(c, np.nan), np.full(c, np.nan)
+    for j in range(c):
+        order = np.argsort(-p[:, j], kind="stable")
+        expected = prior[j] * n
+        n_pos = int(round(settings.pos_keep * expected))
+        n_neg = int(round(settings.neg_keep * (n - expected)))
+        n_neg = min(n_neg, n - n_pos)  # never both positive and negative
+        pos, neg = order[:n_pos], order[n - n_neg:] if n_neg else order[:0]
+        targets[pos, j] = p[pos, j] if settings.soft else 1.0
+        targets[neg, j] = p[neg, j] if settings.soft else 0.0
+        mask[pos, j] = mask[neg, j] = 1
+        if n_pos:
+            cut_pos[j] = p[pos[-1], j]
+        if n_neg:
+            cut_neg[j] = p[neg[0], j]
+    return targets, mask, {"positive_cutoff": cut_pos, "negative_cutoff": cut_neg}
+
+
+def folds_sha(folds: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(folds, dtype=np.int64).tobytes()).hexdigest()
+
+
+def provenance(round_: int, fold: int, producer: str, producer_record: dict, folds_checksum: str) -> dict:
+    """The record written beside fold ``fold``'s pseudo-labels of round ``round_``."""
+    return {
+        "round": round_, "fold": fold, "producer": producer,
+        "producer_held_out_fold": producer_record.get("fold"),
+        "producer_folds_sha256": producer_record.get("folds_sha256"),
+        "folds_sha256": folds_checksum,
+    }
+
+
+def check_provenance(record: dict, fold: int, folds_checksum: str) -> None:
+    """Refuse pseudo-labels for fold ``fold`` unless their producer held out that very fold.
+
+    A producer that held out another fold trained on fold ``fold``'s labels, and its predictions
+    on the pool would carry them into the model whose OOF predictions fold ``fold`` scores.
+    """
+    where = f"round {record.get('round')} fold {fold} (producer {record.get('producer')})"
+    if record.get("fold") != fold:
+        raise ProvenanceError(f"{where}: pseudo-labels recorded for fold {record.get('fold')}, not {fold}")
+    if record.get("producer_held_out_fold") != fold:
+        raise ProvenanceError(
+            f"{where}: the producer held out fold {record.get('producer_held_out_fold')}, so it trained on "
+            f"fold {fold}'s labels; only the fold-{fold} model of the previous round may label for fold {fold}")
+    if record.get("producer_folds_sha256") != folds_checksum or record.get("folds_sha256") != folds_checksum:
+        raise ProvenanceError(f"{where}: the producer was trained on another fold file; retrain the rounds")
+
+
+def pseudo_quality(targets: np.ndarray, mask: np.ndarray, truth: np.ndarray) -> dict:
+    """Per class: kept positives and negatives, true positives among them, and true labels in the pool.
+
+    For the report only: ``truth`` is the demo's test_labels.csv, which no stage trains on.
+    """
+    pos = (mask == 1) & (targets >= 0.5)
+    return {
+        "n_pos": pos.sum(0).astype(int),
+        "n_neg": ((mask == 1) & (targets < 0.5)).sum(0).astype(int),
+        "tp": (pos & (truth == 1)).sum(0).astype(int),
+        "n_true": (truth == 1).sum(0).astype(int),
+    }

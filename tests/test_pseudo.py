@@ -1,0 +1,134 @@
+"""Pseudo-label rounds: class-aware selection, the ramp, masked entries, and the provenance check."""
+
+import numpy as np
+import pytest
+import torch
+
+from capfuse.models.net import NetModel
+from capfuse.pseudo import (
+    ProvenanceError,
+    PseudoSettings,
+    PseudoTargets,
+    check_provenance,
+    folds_sha,
+    provenance,
+    ramp,
+    select,
+)
+from capfuse.trainer import PseudoSource, pseudo_targets
+from capfuse.utils.io import write_json
+
+FOLDS = np.array([0, 1, 2, 0, 1, 2])
+SHA = folds_sha(FOLDS)
+
+
+def test_selection_follows_each_class_prior_and_masks_the_middle():
+    rng = np.random.default_rng(0)
+    n = 1000
+    # Class 0 is common with high scores, class 1 rare with scores that are all low (badly
+    # calibrated): one global cut would give class 1 no positive at all.
+    probs = np.stack([rng.uniform(0.3, 1.0, n), rng.uniform(0.0, 0.2, n)], axis=1)
+    prior = np.array([0.5, 0.04])
+    s = PseudoSettings(pos_keep=0.5, neg_keep=0.8)
+    targets, mask, cuts = select(probs, prior, s)
+    n_pos = ((mask == 1) & (targets == 1)).sum(0)
+    n_neg = ((mask == 1) & (targets == 0)).sum(0)
+    assert n_pos.tolist() == [250, 20]  # pos_keep x prior x n
+    assert n_neg.tolist() == [400, 768]  # neg_keep x (1 - prior) x n
+    # The kept positives are the most confident rows of their class, the negatives the least.
+    for j in range(2):
+        pos = probs[(mask[:, j] == 1) & (targets[:, j] == 1), j]
+        neg = probs[(mask[:, j] == 1) & (targets[:, j] == 0), j]
+        middle = probs[mask[:, j] == 0, j]
+        assert pos.min() >= middle.max() >= middle.min() >= neg.max()
+        assert cuts["positive_cutoff"][j] == pytest.approx(pos.min())
+    assert cuts["positive_cutoff"][1] < 0.2 < cuts["positive_cutoff"][0]  # class-aware, not one global cut
+
+
+def test_soft_targets_keep_the_producers_probabilities():
+    probs = np.array([[0.9], [0.6], [0.4], [0.05]])
+    targets, mask, _ = select(probs, np.array([0.5]), PseudoSettings(pos_keep=0.5, neg_keep=0.5, soft=True))
+    assert mask[:, 0].tolist() == [1, 0, 0, 1]
+    np.testing.assert_allclose(targets[[0, 3], 0], [0.9, 0.05], rtol=1e-6)
+
+
+def test_ramp_grows_linearly_then_holds():
+    assert [ramp(e, 4) for e in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert ramp(0, 0) == 1.0
+    p = PseudoTargets(rows=np.arange(2), targets=np.zeros((2, 1)), mask=np.ones((2, 1)), weight=0.5, ramp_epochs=2)
+    assert [p.weight_at(e) for e in range(3)] == [0.25, 0.5, 0.5]
+
+
+def test_provenance_accepts_only_the_producer_that_held_out_the_fold():
+    good = provenance(1, 2, "m", {"fold": 2, "folds_sha256": SHA}, SHA)
+    check_provenance(good, 2, SHA)
+    saw_it = provenance(1, 2, "m", {"fold": 0, "folds_sha256": SHA}, SHA)  # fold 0's model trained on fold 2
+    with pytest.raises(ProvenanceError, match="trained on fold 2's labels"):
+        check_provenance(saw_it, 2, SHA)
+    with pytest.raises(ProvenanceError, match="recorded for fold 2, not 1"):
+        check_provenance(good, 1, SHA)
+    other_folds = provenance(1, 2, "m", {"fold": 2, "folds_sha256": "x" * 64}, SHA)
+    with pytest.raises(ProvenanceError, match="another fold file"):
+        check_provenance(other_folds, 2, SHA)
+
+
+def test_trainer_refuses_pseudo_labels_from_a_model_that_saw_the_fold(tmp_path):
+    """Swap two folds' producers, as a bug in a round would: the check must catch it."""
+    producer = tmp_path / "m"
+    n_train, n_test, c = len(FOLDS), 4, 3
+    for k in range(3):
+        (producer / f"fold{k}").mkdir(parents=True)
+        np.save(producer / f"fold{k}" / "test_logits.npy", np.zeros((n_test, c), np.float32))
+        write_json(producer / f"fold{k}" / "done.json", {"fold": k, "folds_sha256": SHA})
+    src = PseudoSource("m", producer, PseudoSettings(rounds=1), 1)
+    Y = np.eye(c, dtype=np.uint8)[FOLDS]
+    ok = np.ones(n_test, bool)
+    p = pseudo_targets(src, 1, Y, np.flatnonzero(FOLDS != 1), n_train, ok, SHA)
+    assert p.rows.tolist() == [6, 7, 8, 9] and p.info["producer_held_out_fold"] == 1
+    (producer / "fold0" / "done.json").rename(tmp_path / "tmp.json")
+    (producer / "fold1" / "done.json").rename(producer / "fold0" / "done.json")
+    (tmp_path / "tmp.json").rename(producer / "fold1" / "done.json")
+    with pytest.raises(ProvenanceError, match="held out fold 0"):
+        pseudo_targets(src, 1, Y, np.flatnonzero(FOLDS != 1), n_train, ok, SHA)
+
+
+def _features(n: int, n_pool: int, c: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((n + n_pool, c)) < 0.4).astype(np.uint8)
+    x = Y @ rng.normal(size=(c, 8)) + rng.normal(scale=0.5, size=(n + n_pool, 8))
+    orig = {"img_pooled": x.astype(np.float16), "img_tokens": x[:, None, :].astype(np.float16)}
+    feats = {"views": {"orig": orig}, "n_test": n_pool, "dims": {"img_pooled": 8, "img_tokens": 8}}
+    return feats, Y[:n], Y[n:]
+
+
+def _model(epochs=2):
+    return NetModel({"kind": "net", "inputs": ["image"], "image_head": {"kind": "mlp", "hidden": 8, "dropout": 0.0},
+                     "train": {"epochs": epochs, "batch_size": 16, "patience": 10, "flip_p": 0.0, "tta": False}}, seed=0)
+
+
+def test_fully_masked_pseudo_rows_change_nothing(tmp_path):
+    """Masked entries add nothing to the loss or its gradient, whatever their targets say."""
+    feats, Y, _ = _features(48, 16)
+    tr, va = np.arange(36), np.arange(36, 48)
+    rows = 48 + np.arange(16)
+    runs = []
+    for name, value in (("a", 0.0), ("b", 1.0)):
+        pseudo = PseudoTargets(rows=rows, targets=np.full((16, 3), value, np.float32), mask=np.zeros((16, 3), np.uint8))
+        torch.manual_seed(0)
+        runs.append(_model().fit_fold(feats, Y, tr, va, fold_dir=tmp_path / name, pseudo=pseudo).val_logits)
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_unmasked_pseudo_rows_do_train(tmp_path):
+    feats, Y, pool_truth = _features(48, 64)
+    tr, va = np.arange(36), np.arange(36, 48)
+    outs = []
+    for name, targets in (("truth", pool_truth), ("flipped", 1 - pool_truth)):
+        pseudo = PseudoTargets(rows=48 + np.arange(64), targets=targets.astype(np.float32),
+                               mask=np.ones((64, 3), np.uint8), ramp_epochs=0)
+        torch.manual_seed(0)
+        outs.append(_model(epochs=4).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / name, pseudo=pseudo).val_logits)
+    assert not np.allclose(outs[0], outs[1])
+    # Right pseudo-labels help more than wrong ones on the held-out rows.
+    err = [np.abs((o > 0) - Y[va]).mean() for o in outs]
+    assert err[0] < err[1]
