@@ -88,13 +88,18 @@ class PseudoSource:
 
 
 def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, n_train: int,
-                   pool_ok: np.ndarray, folds_checksum: str) -> PseudoTargets:
+                   pool_ok: np.ndarray, folds_checksum: str, train_ids: list[str] | None = None) -> PseudoTargets:
     """Fold ``fold``'s pseudo-labels: the previous round's fold-``fold`` test predictions, checked.
 
     The prior that sets each class's cut-offs is the positive rate of the rows this fold trains
     on (``tr``), the same rows the producer was trained on.
     """
     record = read_json(src.producer_dir / f"fold{fold}" / "done.json")
+    if "folds_sha256" not in record and train_ids is not None and (src.producer_dir / "oof_logits.csv").exists():
+        # A run from before fold records carried the fold file's checksum: its OOF file says
+        # which fold held out each row, which is the same fact.
+        oof = pd.read_csv(src.producer_dir / "oof_logits.csv", dtype={"ImageID": str}, usecols=["ImageID", "fold"])
+        record = {**record, "folds_sha256": folds_sha(oof.set_index("ImageID").loc[list(train_ids), "fold"].to_numpy())}
     prov = provenance(src.round, fold, src.producer, record, folds_checksum)
     check_provenance(prov, fold, folds_checksum)
     logits = np.load(src.producer_dir / f"fold{fold}" / "test_logits.npy")
@@ -161,7 +166,7 @@ def train_model(
             pseudo = None
             if pseudo_from is not None:
                 pool_ok = feats.get("test_image_ok", np.ones(len(test_ids), bool))
-                pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum)
+                pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum, train_ids)
                 if is_main:
                     write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": pseudo_count(pseudo, 1),
                                                           "n_neg": pseudo_count(pseudo, 0)})
