@@ -72,3 +72,31 @@ def test_embed_only_some_models(project):
     root, data, pipeline = project
     assert cli(root, data, pipeline, "embed", "--only", "nope") == 2  # a clear error, not a crash
     assert cli(root, data, pipeline, "embed", "--only", "glove") == 0
+
+
+@pytest.mark.slow
+def test_label_ratio_mode_end_to_end(project):
+    """`capfuse ratios`: the same held-out rows at every share, pseudo-labels never from the fold."""
+    import pandas as pd
+
+    root, data, pipeline = project
+    cfg = yaml.safe_load(pipeline.read_text())
+    ratios = root / "configs" / "ratios.yaml"
+    ratios.write_text(yaml.safe_dump({**cfg, "ratios": {"percents": [25, 100], "models": ["img"], "pseudo_rounds": 1},
+                                      "pseudo": {"pos_keep": 0.5, "ramp_epochs": 1, "min_gain": -1.0}}))
+    assert cli(root, data, ratios, "folds") == 0
+    assert cli(root, data, ratios, "ratios") == 0
+    table = pd.read_csv(root / "runs" / "mini" / "label_ratios.csv")
+    assert table["percent"].tolist() == [25.0, 100.0]
+    # 25 % of 40 rows, plus a row back for any class the stratified draw left without a positive.
+    assert 10 <= table["labelled_rows"][0] <= 14 and table["labelled_rows"][1] == 40
+    assert table["cv_mean_f1_without"].between(0, 1).all() and table["cv_mean_f1_round1"].between(0, 1).all()
+    folds = pd.read_csv(root / "folds" / "mini.csv", dtype={"ImageID": str})["fold"].to_numpy()
+    run = root / "runs" / "mini" / "ratios" / "p25" / "img@r1"
+    for k in (0, 1):
+        rows = np.load(run / f"fold{k}" / "pseudo_rows.npy")
+        train_rows = rows[rows < len(folds)]
+        assert len(train_rows) and not (folds[train_rows] == k).any()  # never the scored fold's rows
+        assert (rows >= len(folds)).sum() == 12  # and every test image
+    oof = pd.read_csv(run / "oof_logits.csv")
+    assert len(oof) == len(folds)  # every train row is scored, labelled or not

@@ -132,3 +132,21 @@ def test_unmasked_pseudo_rows_do_train(tmp_path):
     # Right pseudo-labels help more than wrong ones on the held-out rows.
     err = [np.abs((o > 0) - Y[va]).mean() for o in outs]
     assert err[0] < err[1]
+
+
+def test_label_subset_is_stratified_and_keeps_every_class():
+    from capfuse.pseudo import label_subset
+
+    rng = np.random.default_rng(0)
+    Y = (rng.random((2000, 6)) < [0.6, 0.3, 0.1, 0.05, 0.01, 0.002]).astype(np.uint8)
+    Y[Y.sum(1) == 0, 0] = 1
+    for ratio in (0.05, 0.1, 0.2):
+        keep = label_subset(Y, ratio, seed=1)
+        assert abs(keep.sum() - ratio * len(Y)) <= 6
+        assert Y[keep].any(0).all()  # even the 0.2 % class, which 5 % of rows would likely miss
+        # Each common class keeps about `ratio` of its positives.
+        np.testing.assert_allclose(Y[keep, :3].sum(0) / Y[:, :3].sum(0), ratio, atol=0.03)
+    assert label_subset(Y, 1.0).all()
+    np.testing.assert_array_equal(label_subset(Y, 0.1, seed=3), label_subset(Y, 0.1, seed=3))
+    with pytest.raises(ValueError, match="label ratio"):
+        label_subset(Y, 0.0)

@@ -5,6 +5,7 @@
     capfuse folds    --data DIR --config configs/pipeline.yaml [--force]
     capfuse embed    --data DIR --config configs/pipeline.yaml [--only NAME ...]
     capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...]
+    capfuse ratios   --data DIR --config configs/pipeline.yaml
     capfuse stack    --data DIR --config configs/pipeline.yaml
     capfuse thresholds --data DIR --config configs/pipeline.yaml [--storage URL]
     capfuse infer    --data DIR --config configs/pipeline.yaml [--storage URL]
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train every configured model over every fold")
     _common(p)
     p.add_argument("--only", nargs="+", default=None, help="train only these models of the config")
+
+    p = sub.add_parser("ratios", help="label-ratio mode: CV at p %% of the labels, without and with pseudo-label rounds")
+    _common(p)
 
     storage_help = ("Optuna storage URL for the threshold study (default: sqlite under runs/<dataset>/ensemble/); "
                     "workers pointing at one RDB URL tune one study together")
@@ -154,6 +158,12 @@ def _dispatch(args) -> int:
         init_distributed()  # a no-op unless launched by torchrun with several processes
 
         run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet)
+    if cmd == "ratios":
+        from capfuse.stages.ratios import run_ratios
+
+        table = run_ratios(paths, cfg, Path(args.config), quiet=quiet)
+        print(table.to_string(index=False))
+        return 0
     if cmd == "stack":
         from capfuse.stages.ensemble import run_stack
 

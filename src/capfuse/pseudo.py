@@ -149,3 +149,28 @@ def pseudo_quality(targets: np.ndarray, mask: np.ndarray, truth: np.ndarray) -> 
         "tp": (pos & (truth == 1)).sum(0).astype(int),
         "n_true": (truth == 1).sum(0).astype(int),
     }
+
+
+def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
+    """Which train rows keep their labels in label-ratio mode (paper b): a stratified ``ratio``.
+
+    Multilabel-stratified (iterative stratification), so each class keeps about ``ratio`` of its
+    positives; a class that would lose all of them gets one row back, so every class present in
+    ``Y`` stays present when it can.
+    """
+    Y = np.asarray(Y)
+    n = len(Y)
+    if not 0 < ratio <= 1:
+        raise ValueError(f"label ratio must be in (0, 1], got {ratio}")
+    keep = np.zeros(n, bool)
+    if ratio >= 1 or round(ratio * n) >= n:
+        return ~keep
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=ratio, test_size=1 - ratio, random_state=seed)
+    rows, _ = next(split.split(np.zeros((n, 1)), Y))
+    keep[rows] = True
+    rng = np.random.default_rng(seed)
+    for c in np.flatnonzero(Y.any(0) & ~Y[keep].any(0)):
+        keep[rng.choice(np.flatnonzero(Y[:, c] == 1))] = True
+    return keep

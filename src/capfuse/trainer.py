@@ -22,7 +22,15 @@ from capfuse.decision import apply_threshold, fit_global_threshold
 from capfuse.light import light_report
 from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
-from capfuse.pseudo import PseudoSettings, PseudoTargets, check_provenance, folds_sha, provenance, select
+from capfuse.pseudo import (
+    ProvenanceError,
+    PseudoSettings,
+    PseudoTargets,
+    check_provenance,
+    folds_sha,
+    provenance,
+    select,
+)
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
 from capfuse.utils.dist import barrier, rank_world
@@ -88,7 +96,8 @@ class PseudoSource:
 
 
 def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, n_train: int,
-                   pool_ok: np.ndarray, folds_checksum: str, train_ids: list[str] | None = None) -> PseudoTargets:
+                   pool_ok: np.ndarray, folds_checksum: str, train_ids: list[str] | None = None,
+                   unlabelled: np.ndarray | None = None, folds: np.ndarray | None = None) -> PseudoTargets:
     """Fold ``fold``'s pseudo-labels: the previous round's fold-``fold`` test predictions, checked.
 
     The prior that sets each class's cut-offs is the positive rate of the rows this fold trains
@@ -104,8 +113,18 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
     check_provenance(prov, fold, folds_checksum)
     logits = np.load(src.producer_dir / f"fold{fold}" / "test_logits.npy")
     pool = np.flatnonzero(pool_ok)  # unreadable test images: zeros in, nothing to learn from
-    targets, mask, cuts = select(sigmoid(logits[pool]), Y[tr].mean(0), src.settings)
-    return PseudoTargets(rows=n_train + pool, targets=targets, mask=mask, weight=src.settings.weight,
+    rows, pool_logits = n_train + pool, logits[pool]
+    if unlabelled is not None and len(unlabelled):
+        # Label-ratio mode: the other folds' unlabelled train rows join the pool (never fold
+        # ``fold``'s own rows, which it is scored on). The producer predicted every unlabelled
+        # row, in ``unlabelled``'s order (``extra_logits.npy``).
+        extra = np.load(src.producer_dir / f"fold{fold}" / "extra_logits.npy")
+        if len(extra) != len(unlabelled):
+            raise ProvenanceError(f"{src.producer_dir}: its unlabelled rows differ from this run's; retrain the rounds")
+        keep = folds[unlabelled] != fold
+        rows, pool_logits = np.concatenate([unlabelled[keep], rows]), np.concatenate([extra[keep], pool_logits])
+    targets, mask, cuts = select(sigmoid(pool_logits), Y[tr].mean(0), src.settings)
+    return PseudoTargets(rows=rows, targets=targets, mask=mask, weight=src.settings.weight,
                          ramp_epochs=src.settings.ramp_epochs,
                          info={**prov, "pool_rows": int(len(pool)), **{k: v.tolist() for k, v in cuts.items()}})
 
@@ -123,6 +142,7 @@ def train_model(
     feats: dict,
     data_fingerprint: str,
     pseudo_from: PseudoSource | None = None,
+    labelled: np.ndarray | None = None,
 ) -> dict:
     """Train ``name`` over all folds; returns its CV metrics (also written to metrics.json).
 
@@ -135,6 +155,14 @@ def train_model(
         raise ValueError(f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {model_cfg['kind']}")
     k = int(folds.max()) + 1
     folds_checksum = folds_sha(folds)
+    # Label-ratio mode: only ``labelled`` train rows train; the others are predicted by every fold
+    # (``extra_logits.npy``) so that pseudo-label rounds can use them as unlabelled images.
+    labelled = np.ones(len(train_ids), bool) if labelled is None else np.asarray(labelled, bool)
+    unlabelled = np.flatnonzero(~labelled)
+    if len(unlabelled):
+        if model_cfg["kind"] != "net":
+            raise ValueError(f"{name}: label-ratio mode needs a net model; kind is {model_cfg['kind']}")
+        data_fingerprint = f"{data_fingerprint}|labelled:{hashlib.sha256(labelled.tobytes()).hexdigest()}"
     if pseudo_from is not None:
         data_fingerprint = f"{data_fingerprint}|pseudo:{pseudo_from.producer}:{pseudo_from.fingerprint()}"
     fp = _fingerprint(model_cfg, data_fingerprint, folds)
@@ -156,8 +184,8 @@ def train_model(
     log_path = out_dir / "log.jsonl"
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"
-        va = np.flatnonzero(folds == fold)
-        tr = np.flatnonzero(folds != fold)
+        va = np.flatnonzero(folds == fold)  # every row of the fold is scored, labelled for training or not
+        tr = np.flatnonzero((folds != fold) & labelled)
         if (fold_dir / "done.json").exists():
             log.info("%s fold %d: done earlier, skipped", name, fold)
         elif is_main or getattr(model, "supports_ddp", False):
@@ -166,14 +194,16 @@ def train_model(
             pseudo = None
             if pseudo_from is not None:
                 pool_ok = feats.get("test_image_ok", np.ones(len(test_ids), bool))
-                pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum, train_ids)
+                pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum, train_ids,
+                                        unlabelled=unlabelled, folds=folds)
                 if is_main:
                     write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": pseudo_count(pseudo, 1),
                                                           "n_neg": pseudo_count(pseudo, 0)})
                     write_npy(fold_dir / "pseudo_rows.npy", pseudo.rows)
                     write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
                     write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
-            result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **({"pseudo": pseudo} if pseudo else {}))
+            extra = ({"pseudo": pseudo} if pseudo else {}) | ({"extra_rows": unlabelled} if len(unlabelled) else {})
+            result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
             if is_main:
                 result.info["folds_sha256"] = folds_checksum
                 _write_fold(fold_dir, log_path, result, Y, tr, va, fold, seed, time.perf_counter() - t0, name)
@@ -214,6 +244,8 @@ def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, se
     """Logits first, the log line next, ``done.json`` last: its presence means the fold is complete."""
     write_npy(fold_dir / "val_logits.npy", result.val_logits)
     write_npy(fold_dir / "test_logits.npy", result.test_logits)
+    if result.extra_logits is not None:
+        write_npy(fold_dir / "extra_logits.npy", result.extra_logits)
     val_pred = apply_threshold(sigmoid(result.val_logits), 0.5)
     record = {
         "fold": fold, "seed": seed + fold, "n_train": len(tr), "n_val": len(va),

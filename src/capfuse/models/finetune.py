@@ -110,7 +110,7 @@ def layerwise_groups(net: FinetuneNet, encoder_lr_mult: float, layer_decay: floa
 
 
 def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path,
-                      pseudo=None) -> FoldOutput:
+                      pseudo=None, extra_rows: np.ndarray | None = None) -> FoldOutput:
     cfg, s = model.cfg, model.settings
     device = model.device
     init_distributed()
@@ -193,6 +193,6 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     try:
         return model.loop(train_net, Y, tr, va, test_rows, fold_dir, predict=predict, make_batch=make_batch,
                           train_step=train_step, param_groups=groups, scaler=scaler, rank=rank, world=world,
-                          pseudo=pseudo)
+                          pseudo=pseudo, extra_rows=extra_rows)
     finally:
         pool.shutdown()

@@ -22,6 +22,7 @@ class FoldOutput:
     val_logits: np.ndarray  # [n_val, C]
     test_logits: np.ndarray  # [n_test, C]
     info: dict
+    extra_logits: np.ndarray | None = None  # [n_extra, C]: unlabelled train rows (label-ratio mode)
 
 
 def _prior_logit(y: np.ndarray) -> float:

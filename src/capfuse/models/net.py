@@ -196,12 +196,13 @@ class NetModel:
     # -- the loop -----------------------------------------------------------------------------
 
     def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path,
-                 pseudo=None) -> FoldOutput:
-        """``pseudo`` (``capfuse.pseudo.PseudoTargets``) adds unlabelled pool rows with partial targets."""
+                 pseudo=None, extra_rows: np.ndarray | None = None) -> FoldOutput:
+        """``pseudo`` (``capfuse.pseudo.PseudoTargets``) adds unlabelled pool rows with partial targets;
+        ``extra_rows`` are predicted too (``extra_logits``): the unlabelled train rows of label-ratio mode."""
         if self.finetune:
             from capfuse.models.finetune import fit_fold_finetune
 
-            return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir, pseudo=pseudo)
+            return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir, pseudo=pseudo, extra_rows=extra_rows)
         from capfuse.nn.losses import class_frequencies
 
         views = CachedViews(feats["views"])
@@ -231,10 +232,11 @@ class NetModel:
 
         return self.loop(net, Y, tr, va, test_rows, fold_dir, predict=predict,
                          make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
-                         param_groups=self.param_groups(net), pseudo=pseudo)
+                         param_groups=self.param_groups(net), pseudo=pseudo, extra_rows=extra_rows)
 
     def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, *, predict, make_batch, train_step,
-             param_groups=None, scaler=None, rank: int = 0, world: int = 1, pseudo=None) -> FoldOutput:
+             param_groups=None, scaler=None, rank: int = 0, world: int = 1, pseudo=None,
+             extra_rows: np.ndarray | None = None) -> FoldOutput:
         """Epochs with early stopping, checkpoints and resume; shared by both modes.
 
         Under DDP every rank runs this loop on its own shard of each epoch's order; rank 0
@@ -257,7 +259,7 @@ class NetModel:
         def targets_for(rows: np.ndarray, epoch: int) -> dict:
             if pseudo is None:
                 return {"targets": torch.from_numpy(Y[rows].astype(np.float32))}
-            is_pseudo = rows >= len(Y)
+            is_pseudo = np.fromiter((int(r) in pseudo_at for r in rows), bool, len(rows))
             targets = np.zeros((len(rows), Y.shape[1]), np.float32)
             mask = np.ones((len(rows), Y.shape[1]), np.float32)
             weight = np.ones(len(rows), np.float32)
@@ -347,7 +349,8 @@ class NetModel:
             os.remove(last)  # the fold is finished; best.safetensors is what later stages need
         info = {"best_epoch": int(best_epoch), "epochs_run": int(completed), "best_val_mean_f1": round(float(best), 5),
                 "train_seconds": round(time.perf_counter() - t0, 1)}
-        return FoldOutput(val_logits, test_logits, info)
+        extra = predict(extra_rows) if is_main and extra_rows is not None and len(extra_rows) else None
+        return FoldOutput(val_logits, test_logits, info, extra)
 
 
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:

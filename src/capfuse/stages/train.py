@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from capfuse.utils.log import log, stage
 
 # Pipeline keys that do not flow into a model's config: the list itself, and settings of the
 # stages after training, which must not change a model's fingerprint (and retrain it).
-SECOND_LEVEL_KEYS = ("models", "infer", "inherit", "ensemble", "threshold")
+SECOND_LEVEL_KEYS = ("models", "infer", "inherit", "ensemble", "threshold", "ratios")
 
 
 def model_configs(cfg: dict, config_path: Path) -> dict[str, dict]:
@@ -76,51 +77,61 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
                          metrics["threshold"], metrics["cv_map"])
                 settings = PseudoSettings.from_config(model_cfg.get("pseudo"))
                 if settings.rounds:
-                    board = pseudo_rounds(paths, ds, name, model_cfg, metrics, settings, common) or board
+                    rounds_board, _ = pseudo_rounds(paths, ds, name, model_cfg, metrics, settings, common)
+                    board = rounds_board if rounds_board is not None else board
         if board is not None:
             log.info("leaderboard (%s):\n%s", paths.runs / "leaderboard.csv", board.to_string(index=False))
         return board
 
 
 def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings: PseudoSettings,
-                  common: dict) -> pd.DataFrame | None:
+                  common: dict, *, out_root: Path | None = None, labelled: np.ndarray | None = None,
+                  report: Path | None = None, leaderboard: bool = True) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """Rounds 1..R of ``name``, each a model ``name@r<r>`` labelled by the round before it.
 
     A round whose CV mean F1 does not beat the previous round's by more than ``min_gain`` ends
-    the rounds; ``runs/<dataset>/pseudo_rounds.csv`` records every round, per class.
+    the rounds. Returns (leaderboard, one report row per round and class), and writes the report
+    to ``report`` (default ``runs/<dataset>/pseudo_rounds.csv``). ``out_root`` and ``labelled``
+    serve label-ratio mode: runs live elsewhere and only some train rows keep their labels.
     """
+    out_root = out_root or paths.runs
+    report = report or paths.runs / "pseudo_rounds.csv"
     truth = _pool_truth(paths, ds)
-    rows = [_round_rows(name, 0, metrics, None, None, 0, ds.class_ids, "labelled data only")]
+    rows = [_round_rows(name, 0, metrics, None, None, ds.class_ids, "labelled data only")]
     prev_name, prev = name, metrics
     board = None
     for r in range(1, settings.rounds + 1):
         rname = f"{name}@r{r}"
-        src = PseudoSource(prev_name, paths.model_dir(prev_name), settings, r)
+        src = PseudoSource(prev_name, out_root / prev_name, settings, r)
         with stage(f"train {rname}", f"pseudo-labels from {prev_name}"):
-            cur = train_model(rname, {**model_cfg, "name": rname, "pseudo_round": r}, out_dir=paths.model_dir(rname),
-                              pseudo_from=src, **common)
+            round_cfg = {**model_cfg, "name": rname, "pseudo_round": r, "pseudo": dataclasses.asdict(settings)}
+            cur = train_model(rname, round_cfg, out_dir=out_root / rname,
+                              pseudo_from=src, labelled=labelled, **common)
         if not cur:
-            return None
-        board = update_leaderboard(paths.runs / "leaderboard.csv", cur)
+            return None, pd.DataFrame()
+        if leaderboard:
+            board = update_leaderboard(paths.runs / "leaderboard.csv", cur)
         gain = cur["cv_mean_f1"] - prev["cv_mean_f1"]
         improved = gain > settings.min_gain
         note = f"CV {gain:+.4f} vs round {r - 1}" + ("" if improved or r == settings.rounds else "; rounds stopped")
-        rows.append(_round_rows(rname, r, cur, paths.model_dir(rname), truth, len(ds.train_ids), ds.class_ids, note))
+        rows.append(_round_rows(rname, r, cur, out_root / rname, truth, ds.class_ids, note))
         log.info("%s: CV mean F1 %.4f (%s)", rname, cur["cv_mean_f1"], note)
         if not improved:
             break
         prev_name, prev = rname, cur
-    report = paths.runs / "pseudo_rounds.csv"
     new = pd.concat(rows, ignore_index=True)
     old = pd.read_csv(report) if report.exists() else None
     if old is not None:
         new = pd.concat([old[old["base_model"] != name], new], ignore_index=True)
     write_csv(report, new)
-    return board
+    return board, pd.concat(rows, ignore_index=True)
 
 
 def _pool_truth(paths, ds) -> np.ndarray | None:
-    """The demo's test labels, when the dataset has them: for the report only, never trained on."""
+    """True labels of every feature row (train, then test), for the report only, never trained on.
+
+    The test part comes from the demo's ``test_labels.csv``; without it there is no truth.
+    """
     path = paths.data_dir / "test_labels.csv"
     if not path.exists():
         return None
@@ -129,10 +140,11 @@ def _pool_truth(paths, ds) -> np.ndarray | None:
     if missing:
         log.warning("%s lacks %d test ids (e.g. %s): no pseudo-label precision in the report", path, len(missing), missing[:3])
         return None
-    return ds.val.classes.to_matrix([[int(x) for x in labels.loc[i, "Labels"].split()] for i in ds.test_ids])
+    test = ds.val.classes.to_matrix([[int(x) for x in labels.loc[i, "Labels"].split()] for i in ds.test_ids])
+    return np.concatenate([ds.Y, test])
 
 
-def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, truth, n_train: int, class_ids,
+def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, truth, class_ids,
                 note: str) -> pd.DataFrame:
     """One row per class (and one for all classes) of one round: pseudo-labels, their quality, CV.
 
@@ -149,7 +161,7 @@ def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, tr
     for f in fold_files:
         targets, mask = np.load(f), np.load(f.with_name("pseudo_mask.npy"))
         if truth is not None:
-            q = pseudo_quality(targets, mask, truth[np.load(f.with_name("pseudo_rows.npy")) - n_train])
+            q = pseudo_quality(targets, mask, truth[np.load(f.with_name("pseudo_rows.npy"))])
             tp, n_true = tp + q["tp"], n_true + q["n_true"]
         n_pos += ((mask == 1) & (targets >= 0.5)).sum(0)
         n_neg += ((mask == 1) & (targets < 0.5)).sum(0)

@@ -1,0 +1,75 @@
+"""Label-ratio mode (paper b's setting): keep p % of the training labels and treat the rest as unlabelled.
+
+For each p and model, the model trains on the labelled rows of the other folds only and is
+scored on every row of the held-out fold, the same rows at every p, so the numbers compare.
+Pseudo-label rounds then add the unlabelled rows of the other folds and the test images,
+labelled by the previous round's fold-k model (see ``capfuse.pseudo``). The result is
+``runs/<dataset>/label_ratios.csv``: CV mean F1 per p, without and with the rounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from capfuse.pseudo import PseudoSettings, label_subset
+from capfuse.stages.common import load_dataset
+from capfuse.stages.embed import FeatureStore
+from capfuse.stages.train import SECOND_LEVEL_KEYS, model_configs, pseudo_rounds
+from capfuse.trainer import train_model
+from capfuse.utils.io import write_csv
+from capfuse.utils.log import log, stage
+
+
+def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None) -> pd.DataFrame:
+    rcfg = cfg.get("ratios", {})
+    percents = [float(p) for p in rcfg.get("percents", [5, 10, 20, 100])]
+    names = list(rcfg.get("models", ["fusion_lite0"]))
+    models = model_configs({**{k: v for k, v in cfg.items() if k not in ("models", "ratios")}, "models": names},
+                           config_path)
+    seed = int(cfg.get("seed", 42))
+    with stage("ratios", f"{paths.dataset}: {', '.join(names)} at {percents} % of the labels"):
+        ds = load_dataset(paths, cfg, quiet=quiet)
+        folds = ds.folds()
+        store = FeatureStore(ds, quiet, models)
+        rows = []
+        for name, model_cfg in models.items():
+            feats = store.for_model(model_cfg)
+            common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds, class_ids=ds.class_ids,
+                          feats=feats, data_fingerprint=feats["fingerprint"])
+            settings = PseudoSettings.from_config({**model_cfg.get("pseudo", {}),
+                                                   "rounds": int(rcfg.get("pseudo_rounds", 2))})
+            plain = {k: v for k, v in model_cfg.items() if k not in ("pseudo", *SECOND_LEVEL_KEYS)} | {"name": name}
+            for p in percents:
+                labelled = label_subset(ds.Y, p / 100.0, seed)
+                root = paths.runs / "ratios" / f"p{p:g}"
+                with stage(f"ratio {p:g} %: {name}", f"{int(labelled.sum())} labelled train rows"):
+                    base = train_model(name, plain, out_dir=root / name, labelled=labelled, **common)
+                    if not base:
+                        continue  # a non-zero torchrun rank
+                    _, report = pseudo_rounds(paths, ds, name, plain, base, settings, common, out_root=root,
+                                              labelled=labelled, report=root / "pseudo_rounds.csv", leaderboard=False)
+                per_round = report[report["class"].astype(str) == "all"].sort_values("round")
+                best = per_round.loc[per_round["cv_mean_f1"].idxmax()]
+                rows.append({
+                    "percent": p, "model": name, "labelled_rows": int(labelled.sum()),
+                    "cv_mean_f1_without": base["cv_mean_f1"], "cv_map_without": base["cv_map"],
+                    "cv_mean_f1_round1": _round(per_round, 1), "cv_mean_f1_with": float(best["cv_mean_f1"]),
+                    "best_round": int(best["round"]), "rounds_run": int(per_round["round"].max()),
+                    "gain": round(float(best["cv_mean_f1"]) - base["cv_mean_f1"], 5),
+                    "pseudo_precision_round1": _round(per_round, 1, "precision"),
+                })
+                log.info("%g %% labels, %s: CV mean F1 %.4f without pseudo-labels, %.4f with (round %d)", p, name,
+                         base["cv_mean_f1"], best["cv_mean_f1"], best["round"])
+        table = pd.DataFrame(rows)
+        write_csv(paths.runs / "label_ratios.csv", table)
+        log.info("label ratios (%s):\n%s", paths.runs / "label_ratios.csv", table.to_string(index=False))
+        return table
+
+
+def _round(per_round: pd.DataFrame, r: int, column: str = "cv_mean_f1"):
+    hit = per_round[per_round["round"] == r]
+    if hit.empty or column not in hit or pd.isna(hit[column].iloc[0]):
+        return None
+    return float(hit[column].iloc[0])
