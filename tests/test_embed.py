@@ -100,3 +100,19 @@ def test_label_ratio_mode_end_to_end(project):
         assert (rows >= len(folds)).sum() == 12  # and every test image
     oof = pd.read_csv(run / "oof_logits.csv")
     assert len(oof) == len(folds)  # every train row is scored, labelled or not
+
+
+@pytest.mark.slow
+def test_stack_refuses_a_model_trained_on_other_folds(project, caplog):
+    """OOF logits made with another fold file saw the rows they predict: the stack stage says so."""
+    import pandas as pd
+
+    root, data, pipeline = project
+    assert cli(root, data, pipeline, "folds") == 0
+    assert cli(root, data, pipeline, "train", "--only", "img") == 0
+    oof_file = root / "runs" / "mini" / "img" / "oof_logits.csv"
+    oof = pd.read_csv(oof_file, dtype={"ImageID": str})
+    oof["fold"] = 1 - oof["fold"]  # as if trained with the folds swapped
+    oof.to_csv(oof_file, index=False)
+    assert cli(root, data, pipeline, "stack") == 2
+    assert "its folds differ from" in caplog.text and "img" in caplog.text
