@@ -242,12 +242,14 @@ def embed_image_features(
 
     dim = model.num_features
     tag = "u8-fmap" + "".join(f"-mid{n}" for n in mids)
-    runner = _Runner(FeatureMap(model, pre, mids), pre.size, spec.backend, cache_dir / "onnx",
+    fmap = FeatureMap(model, pre, mids)
+    runner = _Runner(fmap, pre.size, spec.backend, cache_dir / "onnx",
                      f"{spec.name}-{pre.size}px-{tag}-{hashlib.sha256(source.encode()).hexdigest()[:10]}",
                      n_outputs=len(mids) + 1)
     shapes = {"pooled": (len(image_ids), dim), "tokens": (len(image_ids), spec.grid * spec.grid, dim)}
     if mids:
-        probe = FeatureMap(model, pre, mids)(torch.zeros(1, pre.size, pre.size, 3, dtype=torch.uint8))
+        with torch.inference_mode():  # one image through the net gives each mid map's shape
+            probe = fmap(torch.zeros(1, pre.size, pre.size, 3, dtype=torch.uint8))
         shapes |= {mid_output(n): (len(image_ids), *probe[i].shape[1:]) for i, n in enumerate(mids)}
     todo = np.flatnonzero(image_ok)
     batches = [todo[i : i + spec.batch_size] for i in range(0, len(todo), spec.batch_size)]

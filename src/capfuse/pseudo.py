@@ -137,18 +137,24 @@ def check_provenance(record: dict, fold: int, folds_checksum: str) -> None:
         raise ProvenanceError(f"{where}: the producer was trained on another fold file; retrain the rounds")
 
 
+def kept_positives(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[P, C] bool: kept entries whose target rounds to 1 (soft targets included)."""
+    return (mask == 1) & (targets >= 0.5)
+
+
+def pseudo_counts(targets: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: kept pseudo-positives and kept pseudo-negatives."""
+    pos = kept_positives(targets, mask)
+    return pos.sum(0).astype(int), ((mask == 1) & ~pos).sum(0).astype(int)
+
+
 def pseudo_quality(targets: np.ndarray, mask: np.ndarray, truth: np.ndarray) -> dict:
-    """Per class: kept positives and negatives, true positives among them, and true labels in the pool.
+    """Per class: true positives among the kept pseudo-positives, and true labels in the pool.
 
     For the report only: ``truth`` is the demo's test_labels.csv, which no stage trains on.
     """
-    pos = (mask == 1) & (targets >= 0.5)
-    return {
-        "n_pos": pos.sum(0).astype(int),
-        "n_neg": ((mask == 1) & (targets < 0.5)).sum(0).astype(int),
-        "tp": (pos & (truth == 1)).sum(0).astype(int),
-        "n_true": (truth == 1).sum(0).astype(int),
-    }
+    return {"tp": (kept_positives(targets, mask) & (truth == 1)).sum(0).astype(int),
+            "n_true": (truth == 1).sum(0).astype(int)}
 
 
 def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:

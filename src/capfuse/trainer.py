@@ -29,18 +29,13 @@ from capfuse.pseudo import (
     check_provenance,
     folds_sha,
     provenance,
+    pseudo_counts,
     select,
 )
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
 from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.seed import seed_everything
-
-
-def pseudo_count(pseudo: PseudoTargets, value: int) -> list[int]:
-    """Kept entries per class whose target rounds to ``value`` (1: pseudo-positives, 0: negatives)."""
-    hit = (pseudo.targets >= 0.5) if value else (pseudo.targets < 0.5)
-    return ((pseudo.mask == 1) & hit).sum(0).astype(int).tolist()
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -56,22 +51,27 @@ def logits_frame(ids, logits: np.ndarray, class_ids, extra: dict | None = None) 
     return pd.concat([df, cols], axis=1)
 
 
-def read_logits(path: Path, ids, class_ids) -> np.ndarray:
-    """Logits aligned to ``ids``; a clear error if the file does not cover them exactly."""
+def read_aligned(path: Path, ids, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of a per-image CSV, one row per id of ``ids`` in that order; a clear error if
+    the file lacks a column or does not cover the ids exactly."""
     df = pd.read_csv(path, dtype={"ImageID": str}, keep_default_na=False)
-    cols = [str(c) for c in class_ids]
-    missing_cols = [c for c in cols if c not in df.columns]
+    missing_cols = [c for c in columns if c not in df.columns]
     if missing_cols:
-        raise ValueError(f"{path}: missing class columns {missing_cols}")
+        raise ValueError(f"{path}: missing columns {missing_cols}")
     if df["ImageID"].duplicated().any() and len(df) != len(ids):
         raise ValueError(f"{path}: duplicate ImageIDs")
     if len(df) == len(ids) and list(df["ImageID"]) == list(ids):
-        return df[cols].to_numpy(np.float32)
+        return df[columns].reset_index(drop=True)
     indexed = df.drop_duplicates("ImageID").set_index("ImageID")
     absent = [i for i in ids if i not in indexed.index]
     if absent:
         raise ValueError(f"{path}: {len(absent)} ids missing, e.g. {absent[:5]}")
-    return indexed.loc[list(ids), cols].to_numpy(np.float32)
+    return indexed.loc[list(ids), columns].reset_index(drop=True)
+
+
+def read_logits(path: Path, ids, class_ids) -> np.ndarray:
+    """Logits (class-named columns) aligned to ``ids``."""
+    return read_aligned(path, ids, [str(c) for c in class_ids]).to_numpy(np.float32)
 
 
 def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
@@ -197,8 +197,8 @@ def train_model(
                 pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum, train_ids,
                                         unlabelled=unlabelled, folds=folds)
                 if is_main:
-                    write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": pseudo_count(pseudo, 1),
-                                                          "n_neg": pseudo_count(pseudo, 0)})
+                    n_pos, n_neg = pseudo_counts(pseudo.targets, pseudo.mask)
+                    write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": n_pos.tolist(), "n_neg": n_neg.tolist()})
                     write_npy(fold_dir / "pseudo_rows.npy", pseudo.rows)
                     write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
                     write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)

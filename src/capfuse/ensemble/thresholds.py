@@ -294,6 +294,7 @@ def nested_threshold_score(
     n_trials: int = DEFAULT_TRIALS,
     seed: int = 0,
     passes: int = DEFAULT_PASSES,
+    full: ThresholdResult | None = None,
 ) -> dict:
     """Honest score of per-class (and global) thresholds by nested cross-validation.
 
@@ -313,7 +314,8 @@ def nested_threshold_score(
     rule = dict(min_labels=min_labels, max_labels=max_labels)
     tune = dict(rule, n_trials=n_trials, seed=seed, passes=passes)
 
-    full = fit_class_thresholds(y, p, **tune)
+    # ``full``: the caller's own fit on all rows (e.g. from its stored study), not tuned again.
+    full = full if full is not None else fit_class_thresholds(y, p, **tune)
     pred_class = np.zeros_like(y, dtype=np.uint8)
     pred_global = np.zeros_like(y, dtype=np.uint8)
     fold_t = np.empty((len(ks), y.shape[1]))

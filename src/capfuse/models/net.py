@@ -254,18 +254,20 @@ class NetModel:
         # Pseudo-labelled pool rows join the labelled ones in every epoch; their targets,
         # masks and (ramped) weights come from ``pseudo``, keyed by feature row.
         train_rows = tr if pseudo is None else np.concatenate([tr, pseudo.rows])
-        pseudo_at = {} if pseudo is None else {int(r): i for i, r in enumerate(pseudo.rows)}
+        if pseudo is not None:  # feature row -> its index in ``pseudo``, -1 for labelled rows
+            pseudo_at = np.full(max(len(Y), int(pseudo.rows.max(initial=0)) + 1), -1, np.int64)
+            pseudo_at[pseudo.rows] = np.arange(len(pseudo.rows))
 
         def targets_for(rows: np.ndarray, epoch: int) -> dict:
             if pseudo is None:
                 return {"targets": torch.from_numpy(Y[rows].astype(np.float32))}
-            is_pseudo = np.fromiter((int(r) in pseudo_at for r in rows), bool, len(rows))
+            at = pseudo_at[rows]
+            is_pseudo = at >= 0
             targets = np.zeros((len(rows), Y.shape[1]), np.float32)
             mask = np.ones((len(rows), Y.shape[1]), np.float32)
             weight = np.ones(len(rows), np.float32)
             targets[~is_pseudo] = Y[rows[~is_pseudo]]
-            at = [pseudo_at[int(r)] for r in rows[is_pseudo]]
-            targets[is_pseudo], mask[is_pseudo] = pseudo.targets[at], pseudo.mask[at]
+            targets[is_pseudo], mask[is_pseudo] = pseudo.targets[at[is_pseudo]], pseudo.mask[at[is_pseudo]]
             weight[is_pseudo] = pseudo.weight_at(epoch)
             return {"targets": torch.from_numpy(targets), "target_mask": torch.from_numpy(mask),
                     "sample_weight": torch.from_numpy(weight)}

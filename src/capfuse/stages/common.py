@@ -26,6 +26,14 @@ class Dataset:
         return list(self.val.test["ImageID"])
 
     @property
+    def image_ok(self) -> np.ndarray:
+        """One flag per feature row (train rows, then test rows): does it have a usable image?
+
+        Quarantine keeps unusable train rows out, so only test rows can be False.
+        """
+        return np.concatenate([np.ones(len(self.val.train), bool), self.val.test["image_ok"].to_numpy(bool)])
+
+    @property
     def class_ids(self) -> list[int]:
         return list(self.val.classes.ids)
 

@@ -87,9 +87,7 @@ class FeatureStore:
         outputs = self._outputs(spec, outputs)
         key = (spec, outputs, views)
         if key not in self._image:
-            v = self.ds.val
-            ids = self.ds.train_ids + self.ds.test_ids
-            ok = np.concatenate([np.ones(len(v.train), bool), v.test["image_ok"].to_numpy(bool)])
+            ids, ok = self.ds.train_ids + self.ds.test_ids, self.ds.image_ok
             self._image[key] = {view: embed_image_features(self.ds.paths.data_dir, ids, ok, spec, self.ds.paths.cache,
                                                            view=view, outputs=outputs, quiet=self.quiet)
                                 for view in views}
@@ -124,17 +122,15 @@ class FeatureStore:
             spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
             wanted = image_outputs(model_cfg)
             img = self.image_views(spec, wanted, views)
+            # Models that train the top stages read the mid map; the others read the final one.
+            keys = {"img_mid": wanted[0]} if wanted[0].startswith("mid") else {"img_pooled": "pooled",
+                                                                               "img_tokens": "tokens"}
             for view in views:
-                if wanted[0].startswith("mid"):
-                    out[view]["img_mid"] = img[view][wanted[0]]
-                else:
-                    out[view]["img_pooled"], out[view]["img_tokens"] = img[view]["pooled"], img[view]["tokens"]
+                out[view].update({key: img[view][name] for key, name in keys.items()})
                 parts.append(img[view]["checksum"])
-            if wanted[0].startswith("mid"):
-                dims["img_mid"] = img["orig"][wanted[0]].shape[1]
-            else:
-                dims["img_pooled"] = img["orig"]["pooled"].shape[1]
-                dims["img_tokens"] = img["orig"]["tokens"].shape[2]
+            orig = {key: img["orig"][name] for key, name in keys.items()}
+            # Channels of the mid map [N, C, h, w], width of pooled [N, D] and tokens [N, T, D].
+            dims.update({key: arr.shape[1] if key != "img_tokens" else arr.shape[2] for key, arr in orig.items()})
         if "caption" in inputs:
             cap = self.caption_tokens(TextEncoderSpec(**model_cfg.get("caption_encoder", DEFAULT_CAPTION_ENCODER)))
             for view in views:  # captions do not flip
@@ -154,7 +150,7 @@ class FeatureStore:
             feats.update(self.for_net(model_cfg, parts))
         elif model_cfg["kind"] == "net":
             feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
-                         image_ok=np.concatenate([np.ones(n_train, bool), self.ds.val.test["image_ok"].to_numpy(bool)]),
+                         image_ok=self.ds.image_ok,
                          captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]))
         else:
             if "image" in inputs:

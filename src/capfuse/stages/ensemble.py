@@ -28,7 +28,7 @@ import pandas as pd
 from capfuse.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.stages.common import Dataset, load_dataset
-from capfuse.trainer import logits_frame, read_logits, sigmoid
+from capfuse.trainer import logits_frame, read_aligned, read_logits, sigmoid
 from capfuse.utils.io import read_json, write_csv, write_json
 from capfuse.utils.log import log, stage
 
@@ -62,11 +62,12 @@ def load_base_logits(paths, ds: Dataset, names: list[str], folds: np.ndarray) ->
     oof, test = [], []
     for name in names:
         oof_file = paths.model_dir(name) / "oof_logits.csv"
+        cols = [str(c) for c in ds.class_ids]
+        frame = read_aligned(oof_file, ds.train_ids, [*cols, "fold"])
         # A model trained on another fold file would have seen the rows it now predicts.
-        recorded = pd.read_csv(oof_file, dtype={"ImageID": str}, usecols=["ImageID", "fold"]).set_index("ImageID")
-        if (recorded.loc[ds.train_ids, "fold"].to_numpy() != folds).any():
+        if (frame["fold"].to_numpy() != folds).any():
             raise ValueError(f"{oof_file}: its folds differ from {paths.folds_file}; retrain it with `make train`")
-        oof.append(read_logits(oof_file, ds.train_ids, ds.class_ids))
+        oof.append(frame[cols].to_numpy(np.float32))
         test.append(read_logits(paths.model_dir(name) / "test_logits.csv", ds.test_ids, ds.class_ids))
     return oof, test
 
@@ -105,7 +106,7 @@ def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, 
     best = max(singles, key=lambda n: singles[n]["cv_mean_f1"])
     if "best_single" in wanted:
         i = names.index(best)
-        out["best_single"] = {"oof": oof_p[i], "test": test_p[i], "detail": {"model": best}}
+        out["best_single"] = {"oof": oof_p[i], "test": test_p[i], "detail": {"model": best}, "score": singles[best]}
     if len(names) > 1:
         if "mean_blend" in wanted:
             out["mean_blend"] = {"oof": mean_blend(oof_p), "test": mean_blend(test_p), "detail": {"models": names}}
@@ -129,14 +130,18 @@ def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, 
                                        "features": "every model's logits for every class, per-class mean and spread, "
                                                    "per-model max/sum/count of probabilities"}}
     for cand in out.values():
-        cand["score"] = _score(Y, cand["oof"], folds, rule)
+        if "score" not in cand:
+            cand["score"] = _score(Y, cand["oof"], folds, rule)
     return out
 
 
-def run_stack(paths, cfg: dict, *, quiet: bool | None = None) -> dict:
-    """Write ``runs/<dataset>/ensemble/``: candidates.csv, oof_probs.csv, test_probs.csv, stack.json."""
+def run_stack(paths, cfg: dict, *, quiet: bool | None = None, ds: Dataset | None = None) -> dict:
+    """Write ``runs/<dataset>/ensemble/``: candidates.csv, oof_probs.csv, test_probs.csv, stack.json.
+
+    ``ds``: the dataset when the caller has loaded it already (``infer`` runs three stages on it).
+    """
     with stage("stack", paths.dataset):
-        ds = load_dataset(paths, cfg, quiet=quiet)
+        ds = ds or load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
         trained = trained_models(paths)
         names = choose_base_models(cfg, trained)
@@ -186,12 +191,13 @@ def read_probs(path: Path, ids: list[str], class_ids: list[int]) -> np.ndarray:
     return read_logits(path, ids, class_ids).astype(np.float64)
 
 
-def run_thresholds(paths, cfg: dict, *, storage: str | None = None, quiet: bool | None = None) -> dict:
+def run_thresholds(paths, cfg: dict, *, storage: str | None = None, quiet: bool | None = None,
+                   ds: Dataset | None = None) -> dict:
     """Tune global and per-class thresholds on the kept OOF probabilities; write thresholds.json."""
     from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 
     with stage("thresholds", paths.dataset):
-        ds = load_dataset(paths, cfg, quiet=quiet)
+        ds = ds or load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
         out = ensemble_dir(paths)
         probs = read_probs(out / "oof_probs.csv", ds.train_ids, ds.class_ids)
@@ -204,7 +210,7 @@ def run_thresholds(paths, cfg: dict, *, storage: str | None = None, quiet: bool 
         study_name = f"{paths.dataset}-{key}"
         result = fit_class_thresholds(ds.Y, probs, **rule, n_trials=trials, seed=seed, storage=storage,
                                       study_name=study_name)
-        nested = nested_threshold_score(ds.Y, probs, folds, **rule, n_trials=trials, seed=seed)
+        nested = nested_threshold_score(ds.Y, probs, folds, **rule, n_trials=trials, seed=seed, full=result)
         per_class = tcfg.get("per_class", "auto")
         use_class = per_class is True or (per_class == "auto" and nested["nested"] > nested["global_nested"])
         summary = {
@@ -219,7 +225,9 @@ def run_thresholds(paths, cfg: dict, *, storage: str | None = None, quiet: bool 
                           "in_sample": round(float(result.score), 5), "nested": round(float(nested["nested"]), 5),
                           "gap": round(float(result.score - nested["nested"]), 5)},
             "rule": rule, "trials": result.n_trials, "seed": seed, "study": study_name,
-            "storage": storage if not storage.startswith("sqlite:///") else f"sqlite:///{Path(storage[10:]).name}",
+            # A sqlite file is named, not located: the summary holds no path of this machine.
+            "storage": f"sqlite:///{Path(storage.removeprefix('sqlite:///')).name}" if storage.startswith("sqlite:///")
+            else storage,
             "candidate": read_json(out / "stack.json")["chosen"] if (out / "stack.json").exists() else None,
         }
         write_json(out / "thresholds.json", summary)

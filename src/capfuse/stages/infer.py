@@ -8,7 +8,6 @@ test row is ever dropped.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -68,10 +67,10 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
     """stack → thresholds → the checked submission and its manifest."""
     from capfuse.stages.ensemble import ensemble_dir, read_probs, run_stack, run_thresholds, thresholds_vector
 
-    stacked = run_stack(paths, cfg, quiet=quiet)
-    cut = run_thresholds(paths, cfg, storage=storage, quiet=quiet)
+    ds = load_dataset(paths, cfg, quiet=quiet)
+    stacked = run_stack(paths, cfg, quiet=quiet, ds=ds)
+    cut = run_thresholds(paths, cfg, storage=storage, quiet=quiet, ds=ds)
     with stage("submit", paths.dataset):
-        ds = load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
         trained = trained_models(paths)
         class_ids = ds.class_ids

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from capfuse import config as cfglib
-from capfuse.pseudo import PseudoSettings, pseudo_quality
+from capfuse.pseudo import PseudoSettings, pseudo_counts, pseudo_quality
 from capfuse.stages.common import load_dataset
 from capfuse.stages.embed import FeatureStore
 from capfuse.trainer import PseudoSource, train_model, update_leaderboard
@@ -163,8 +163,8 @@ def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, tr
         if truth is not None:
             q = pseudo_quality(targets, mask, truth[np.load(f.with_name("pseudo_rows.npy"))])
             tp, n_true = tp + q["tp"], n_true + q["n_true"]
-        n_pos += ((mask == 1) & (targets >= 0.5)).sum(0)
-        n_neg += ((mask == 1) & (targets < 0.5)).sum(0)
+        pos, neg = pseudo_counts(targets, mask)
+        n_pos, n_neg = n_pos + pos, n_neg + neg
     k = max(len(fold_files), 1)
 
     def quality(sel) -> dict:
