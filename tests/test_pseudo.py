@@ -11,8 +11,10 @@ from capfuse.pseudo import (
     PseudoTargets,
     check_provenance,
     folds_sha,
+    propagate,
     provenance,
     ramp,
+    rank_blend,
     select,
 )
 from capfuse.trainer import PseudoSource, pseudo_targets
@@ -150,3 +152,34 @@ def test_label_subset_is_stratified_and_keeps_every_class():
     np.testing.assert_array_equal(label_subset(Y, 0.1, seed=3), label_subset(Y, 0.1, seed=3))
     with pytest.raises(ValueError, match="label ratio"):
         label_subset(Y, 0.0)
+
+
+def _clusters(rng, n_per: int, centres: np.ndarray, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([c + noise * rng.standard_normal((n_per, centres.shape[1])) for c in centres])
+    return x, np.repeat(np.arange(len(centres)), n_per)
+
+
+def test_propagation_spreads_few_labels_along_the_data_and_only_from_its_seeds():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 3
+    x, cluster = _clusters(rng, 100, centres)
+    Y = np.eye(3)[cluster]
+    seeds = np.concatenate([rng.choice(np.flatnonzero(cluster == c), 2, replace=False) for c in range(3)])
+    scores = propagate(x, seeds, Y[seeds], k=8)
+    # Six labels are enough: every unlabelled row ranks its own cluster's class first.
+    rest = np.setdiff1d(np.arange(len(x)), seeds)
+    assert (scores[rest].argmax(1) == cluster[rest]).mean() > 0.97
+    # A class with no seed gets no score at all: the graph knows only the labels it is given.
+    no_class2 = seeds[cluster[seeds] != 2]
+    assert np.allclose(propagate(x, no_class2, Y[no_class2], k=8)[:, 2], 0.0)
+
+
+def test_rank_blend_orders_by_both_scores_and_select_keeps_the_producers_probabilities():
+    probs = np.array([[0.9], [0.8], [0.7], [0.1]])
+    graph = np.array([[0.0], [5.0], [4.0], [3.0]])  # another scale entirely
+    assert np.allclose(rank_blend(probs, graph, 0.0)[:, 0], [1, 2 / 3, 1 / 3, 0])
+    mixed = rank_blend(probs, graph, 0.5)
+    assert mixed[1, 0] > mixed[0, 0]  # row 1 is second for the producer and first for the graph
+    targets, mask, _ = select(probs, np.array([0.25]), PseudoSettings(pos_keep=1.0, neg_keep=0.34, soft=True), mixed)
+    assert mask[:, 0].tolist() == [0, 1, 0, 1]
+    assert targets[1, 0] == pytest.approx(0.8) and targets[3, 0] == pytest.approx(0.1)

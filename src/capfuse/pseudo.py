@@ -36,6 +36,8 @@ class PseudoSettings:
     weight: float = 1.0  # the pseudo rows' loss weight once the ramp is complete
     ramp_epochs: float = 5.0  # the weight grows linearly from ~0 to ``weight`` over these epochs
     min_gain: float = 0.0  # a round must raise CV mean F1 by more than this, or the rounds stop
+    graph: float = 0.0  # weight of label propagation over a kNN graph of the features in the ranking (0: off)
+    graph_k: int = 10  # neighbours per row in that graph
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> PseudoSettings:
@@ -44,7 +46,8 @@ class PseudoSettings:
         if unknown:
             raise ValueError(f"unknown pseudo settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         s = cls(**cfg)
-        if s.rounds < 0 or not 0 < s.pos_keep <= 1 or not 0 < s.neg_keep <= 1 or s.weight < 0 or s.ramp_epochs < 0:
+        if (s.rounds < 0 or not 0 < s.pos_keep <= 1 or not 0 < s.neg_keep <= 1 or s.weight < 0 or s.ramp_epochs < 0
+                or not 0 <= s.graph <= 1 or s.graph_k < 1):
             raise ValueError(f"pseudo settings out of range: {s}")
         return s
 
@@ -75,27 +78,31 @@ def ramp(epoch: int, ramp_epochs: float) -> float:
     return min(1.0, (epoch + 1) / ramp_epochs)
 
 
-def select(probs: np.ndarray, prior: np.ndarray, settings: PseudoSettings) -> tuple[np.ndarray, np.ndarray, dict]:
+def select(probs: np.ndarray, prior: np.ndarray, settings: PseudoSettings,
+           order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Class-aware pseudo-labels for the pool: (targets [P, C], mask [P, C], cut-offs per class).
 
     For class c with ``e = prior_c * P`` expected positives, the ``round(pos_keep * e)`` rows
     scoring highest are positives and the ``round(neg_keep * (P - e))`` rows scoring lowest are
     negatives; the rest are masked. A class then gets about as many pseudo-positives as its
-    prior says, whatever the calibration of the producer's scores for that class.
+    prior says, whatever the calibration of the producer's scores for that class. ``order``
+    (default: ``probs``) are the scores that rank the rows, e.g. a blend with the graph's;
+    soft targets and the reported cut-offs always come from ``probs``.
     """
     p = np.asarray(probs, dtype=np.float64)
+    o = p if order is None else np.asarray(order, dtype=np.float64)
     n, c = p.shape
     prior = np.clip(np.asarray(prior, dtype=np.float64), 0.0, 1.0)
     targets = np.zeros((n, c), np.float32)
     mask = np.zeros((n, c), np.uint8)
     cut_pos, cut_neg = np.full(c, np.nan), np.full(c, np.nan)
     for j in range(c):
-        order = np.argsort(-p[:, j], kind="stable")
+        order_j = np.argsort(-o[:, j], kind="stable")
         expected = prior[j] * n
         n_pos = int(round(settings.pos_keep * expected))
         n_neg = int(round(settings.neg_keep * (n - expected)))
         n_neg = min(n_neg, n - n_pos)  # never both positive and negative
-        pos, neg = order[:n_pos], order[n - n_neg:] if n_neg else order[:0]
+        pos, neg = order_j[:n_pos], order_j[n - n_neg:] if n_neg else order_j[:0]
         targets[pos, j] = p[pos, j] if settings.soft else 1.0
         targets[neg, j] = p[neg, j] if settings.soft else 0.0
         mask[pos, j] = mask[neg, j] = 1
@@ -180,3 +187,56 @@ def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
     for c in np.flatnonzero(Y.any(0) & ~Y[keep].any(0)):
         keep[rng.choice(np.flatnonzero(Y[:, c] == 1))] = True
     return keep
+
+
+def propagate(features: np.ndarray, labelled: np.ndarray, Y: np.ndarray, *, k: int = 10, alpha: float = 0.99,
+              gamma: float = 3.0, iters: int = 20) -> np.ndarray:
+    """Label propagation over a kNN graph of the rows (Iscen et al., 2019): scores [N, C].
+
+    ``features`` [N, D] holds every row of the graph (labelled rows and the pool); ``labelled``
+    indexes the rows whose labels ``Y`` [len(labelled), C] seed the diffusion. Each class's
+    seeds are scaled to sum to 1, so rare classes are not drowned by common ones. The scores of
+    a network and of the graph err differently (one generalises through its weights, the other
+    through neighbours in feature space), which is why blending them makes better pseudo-labels
+    than either, and why the graph needs no label beyond the ones the fold trains on.
+    """
+    from scipy import sparse
+
+    x = np.asarray(features, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = len(x)
+    k = min(k, n - 1)
+    nbr = np.empty((n, k), np.int64)
+    sim = np.empty((n, k), np.float32)
+    for start in range(0, n, 2048):  # chunks keep the similarity block small at 30k rows
+        s = x[start:start + 2048] @ x.T
+        np.fill_diagonal(s[:, start:start + 2048], -np.inf)
+        idx = np.argpartition(-s, k, axis=1)[:, :k]
+        nbr[start:start + len(s)] = idx
+        sim[start:start + len(s)] = np.take_along_axis(s, idx, axis=1)
+    w = sparse.csr_matrix((np.clip(sim, 0, None).ravel() ** gamma, (np.repeat(np.arange(n), k), nbr.ravel())),
+                          shape=(n, n))
+    w = w + w.T
+    d = np.asarray(w.sum(1)).ravel()
+    d = 1.0 / np.sqrt(np.maximum(d, 1e-12))
+    s = sparse.diags(d) @ w @ sparse.diags(d)
+    seeds = np.zeros((n, Y.shape[1]), np.float64)
+    seeds[labelled] = Y
+    seeds /= np.maximum(seeds.sum(0, keepdims=True), 1.0)
+    f = seeds.copy()
+    for _ in range(iters):
+        f = alpha * (s @ f) + (1 - alpha) * seeds
+    return f.astype(np.float32)
+
+
+def rank_blend(probs: np.ndarray, graph: np.ndarray, weight: float) -> np.ndarray:
+    """Per-class percentile ranks of the producer's and the graph's scores, mixed by ``weight``.
+
+    Selection only orders each class's scores, so ranks lose nothing and need no calibration
+    between two scores on unrelated scales.
+    """
+    def ranks(a: np.ndarray) -> np.ndarray:
+        r = np.argsort(np.argsort(a, axis=0, kind="stable"), axis=0, kind="stable")
+        return r / max(len(a) - 1, 1)
+
+    return (1 - weight) * ranks(probs) + weight * ranks(graph)

@@ -20,7 +20,7 @@ import pandas as pd
 from capfuse import config as cfglib
 from capfuse.decision import apply_threshold, fit_global_threshold
 from capfuse.light import light_report
-from capfuse.metrics import mean_average_precision, mean_sample_f1
+from capfuse.metrics import gap_at_k, mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
 from capfuse.pseudo import (
     ProvenanceError,
@@ -28,8 +28,10 @@ from capfuse.pseudo import (
     PseudoTargets,
     check_provenance,
     folds_sha,
+    propagate,
     provenance,
     pseudo_counts,
+    rank_blend,
     select,
 )
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
@@ -97,7 +99,8 @@ class PseudoSource:
 
 def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, n_train: int,
                    pool_ok: np.ndarray, folds_checksum: str, train_ids: list[str] | None = None,
-                   unlabelled: np.ndarray | None = None, folds: np.ndarray | None = None) -> PseudoTargets:
+                   unlabelled: np.ndarray | None = None, folds: np.ndarray | None = None,
+                   feats: dict | None = None) -> PseudoTargets:
     """Fold ``fold``'s pseudo-labels: the previous round's fold-``fold`` test predictions, checked.
 
     The prior that sets each class's cut-offs is the positive rate of the rows this fold trains
@@ -123,10 +126,31 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
             raise ProvenanceError(f"{src.producer_dir}: its unlabelled rows differ from this run's; retrain the rounds")
         keep = folds[unlabelled] != fold
         rows, pool_logits = np.concatenate([unlabelled[keep], rows]), np.concatenate([extra[keep], pool_logits])
-    targets, mask, cuts = select(sigmoid(pool_logits), Y[tr].mean(0), src.settings)
+    probs, order, info = sigmoid(pool_logits), None, {}
+    if src.settings.graph > 0:
+        x = graph_features(feats or {})
+        if x is None:
+            raise ValueError(f"pseudo.graph needs cached pooled features; {src.producer} has none")
+        # The graph holds this fold's training rows (its only seeds) and the pool; fold
+        # ``fold``'s rows are absent, so neither their labels nor their places steer it.
+        nodes = np.concatenate([tr, rows])
+        scores = propagate(x[nodes], np.arange(len(tr)), Y[tr], k=src.settings.graph_k)[len(tr):]
+        order = rank_blend(probs, scores, src.settings.graph)
+        info = {"graph": src.settings.graph, "graph_k": src.settings.graph_k}
+    targets, mask, cuts = select(probs, Y[tr].mean(0), src.settings, order)
     return PseudoTargets(rows=rows, targets=targets, mask=mask, weight=src.settings.weight,
                          ramp_epochs=src.settings.ramp_epochs,
-                         info={**prov, "pool_rows": int(len(pool)), **{k: v.tolist() for k, v in cuts.items()}})
+                         info={**prov, "pool_rows": int(len(pool)), **info, **{k: v.tolist() for k, v in cuts.items()}})
+
+
+def graph_features(feats: dict) -> np.ndarray | None:
+    """[N, D] rows for the label-propagation graph: the pooled image and caption vectors, each
+    L2-normalised so that neither modality dominates the distances; None without cached vectors."""
+    view = feats.get("views", {}).get("orig", {})
+    parts = [np.asarray(view[key], dtype=np.float32) for key in ("img_pooled", "cap_pooled") if key in view]
+    if not parts:
+        return None
+    return np.concatenate([a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in parts], axis=1)
 
 
 def train_model(
@@ -195,7 +219,7 @@ def train_model(
             if pseudo_from is not None:
                 pool_ok = feats.get("test_image_ok", np.ones(len(test_ids), bool))
                 pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum, train_ids,
-                                        unlabelled=unlabelled, folds=folds)
+                                        unlabelled=unlabelled, folds=folds, feats=feats)
                 if is_main:
                     n_pos, n_neg = pseudo_counts(pseudo.targets, pseudo.mask)
                     write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": n_pos.tolist(), "n_neg": n_neg.tolist()})
@@ -231,6 +255,9 @@ def train_model(
         "cv_mean_f1": round(float(best_f1), 5),
         "cv_mean_f1_at_0.5": round(float(mean_sample_f1(Y, apply_threshold(probs, 0.5))), 5),
         "cv_map": round(float(mean_average_precision(Y, probs)), 5),
+        # Paper (d)'s ranking metrics: GAP@10 pools each image's top 10, GAP every (image, class) pair.
+        "cv_gap_at_10": round(float(gap_at_k(Y, probs, 10)), 5),
+        "cv_gap": round(float(gap_at_k(Y, probs, None)), 5),
         "threshold": round(float(threshold), 3),
         # Summed over the folds' own records, so a resumed run reports the whole training time.
         "train_minutes": round(sum(read_json(out_dir / f"fold{f}" / "done.json")["seconds"] for f in range(k)) / 60.0, 3),
@@ -260,7 +287,7 @@ def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, se
 
 def update_leaderboard(path: Path, metrics: dict) -> pd.DataFrame:
     """One row per model, replaced when the model is retrained."""
-    cols = ["model", "cv_mean_f1", "cv_map", "threshold", "params", "file_mb", "ms_per_image", "train_minutes"]
+    cols = ["model", "cv_mean_f1", "cv_map", "cv_gap_at_10", "cv_gap", "threshold", "params", "file_mb", "ms_per_image", "train_minutes"]
     row = {c: metrics.get(c) for c in cols}
     board = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=cols)
     board = board[board["model"] != metrics["model"]]
