@@ -33,7 +33,7 @@ STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
 
-.PHONY: help venv data faulty validate folds embed train ratios stack thresholds infer all test bench clean clean-all
+.PHONY: help venv data faulty validate folds embed train ratios ablate stack thresholds infer all test bench clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -81,6 +81,9 @@ endif
 
 ratios: data ## label-ratio mode: runs/<dataset>/label_ratios.csv, CV at 5/10/20/100 % labels with and without pseudo-labels
 	$(RUN) ratios $(COMMON)
+
+ablate: folds train ## the ablation table: runs/<dataset>/ablation.{csv,md} (configs/ablation.yaml)
+	$(RUN) ablate --data $(DATA) --config configs/ablation.yaml $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
 
 stack: data ## blends and a LightGBM stacker on the OOF logits; keeps the best (runs/<dataset>/ensemble/)
 	$(RUN) stack $(COMMON)

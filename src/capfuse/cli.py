@@ -6,6 +6,7 @@
     capfuse embed    --data DIR --config configs/pipeline.yaml [--only NAME ...]
     capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...]
     capfuse ratios   --data DIR --config configs/pipeline.yaml
+    capfuse ablate   --data DIR --config configs/ablation.yaml
     capfuse stack    --data DIR --config configs/pipeline.yaml
     capfuse thresholds --data DIR --config configs/pipeline.yaml [--storage URL]
     capfuse infer    --data DIR --config configs/pipeline.yaml [--storage URL]
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ratios", help="label-ratio mode: CV at p %% of the labels, without and with pseudo-label rounds")
     _common(p)
+
+    p = sub.add_parser("ablate", help="train the ablation variants and write runs/<dataset>/ablation.{csv,md}")
+    _common(p)
+    p.set_defaults(config="configs/ablation.yaml")
 
     storage_help = ("Optuna storage URL for the threshold study (default: sqlite under runs/<dataset>/ensemble/); "
                     "workers pointing at one RDB URL tune one study together")
@@ -162,6 +167,12 @@ def _dispatch(args) -> int:
         from capfuse.stages.ratios import run_ratios
 
         table = run_ratios(paths, cfg, Path(args.config), quiet=quiet)
+        print(table.to_string(index=False))
+        return 0
+    if cmd == "ablate":
+        from capfuse.stages.ablate import run_ablate
+
+        table = run_ablate(paths, cfg, Path(args.config), quiet=quiet)
         print(table.to_string(index=False))
         return 0
     if cmd == "stack":

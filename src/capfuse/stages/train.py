@@ -19,7 +19,7 @@ from capfuse.utils.log import log, stage
 
 # Pipeline keys that do not flow into a model's config: the list itself, and settings of the
 # stages after training, which must not change a model's fingerprint (and retrain it).
-SECOND_LEVEL_KEYS = ("models", "infer", "inherit", "ensemble", "threshold", "ratios")
+SECOND_LEVEL_KEYS = ("models", "infer", "inherit", "ensemble", "threshold", "ratios", "ablation")
 
 
 def model_configs(cfg: dict, config_path: Path) -> dict[str, dict]:
@@ -86,13 +86,15 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
 
 def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings: PseudoSettings,
                   common: dict, *, out_root: Path | None = None, labelled: np.ndarray | None = None,
-                  report: Path | None = None, leaderboard: bool = True) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+                  report: Path | None = None, leaderboard: bool = True,
+                  producer_root: Path | None = None) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """Rounds 1..R of ``name``, each a model ``name@r<r>`` labelled by the round before it.
 
     A round whose CV mean F1 does not beat the previous round's by more than ``min_gain`` ends
     the rounds. Returns (leaderboard, one report row per round and class), and writes the report
     to ``report`` (default ``runs/<dataset>/pseudo_rounds.csv``). ``out_root`` and ``labelled``
     serve label-ratio mode: runs live elsewhere and only some train rows keep their labels.
+    ``producer_root`` holds round 0 when it lives elsewhere than the rounds (default ``out_root``).
     """
     out_root = out_root or paths.runs
     report = report or paths.runs / "pseudo_rounds.csv"
@@ -102,7 +104,7 @@ def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings
     board = None
     for r in range(1, settings.rounds + 1):
         rname = f"{name}@r{r}"
-        src = PseudoSource(prev_name, out_root / prev_name, settings, r)
+        src = PseudoSource(prev_name, ((producer_root or out_root) if r == 1 else out_root) / prev_name, settings, r)
         with stage(f"train {rname}", f"pseudo-labels from {prev_name}"):
             round_cfg = {**model_cfg, "name": rname, "pseudo_round": r, "pseudo": dataclasses.asdict(settings)}
             cur = train_model(rname, round_cfg, out_dir=out_root / rname,

@@ -1,0 +1,174 @@
+"""The ablation stage: what each component is worth, on the same data and folds, in one table.
+
+A variant is a model config (a registered one, or one derived from it by ``set`` overrides)
+trained over the same folds on the same cached features, or a pseudo-label round of one. The
+second-level rows (blends, the stacker, per-class thresholds) are computed on the pipeline's
+trained models exactly as ``make infer`` computes them, in memory, so the ablation never
+rewrites what a submission was made from.
+
+Variants identical to a pipeline model train (or are found already trained) in that model's
+own folder, so ``make all`` followed by ``make ablate`` trains only what is new; derived
+variants live in ``runs/<dataset>/ablation/`` where ``make stack`` does not look.
+
+Writes ``runs/<dataset>/ablation.csv`` and ``runs/<dataset>/ablation.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from capfuse import config as cfglib
+from capfuse.pseudo import PseudoSettings
+from capfuse.stages.common import load_dataset
+from capfuse.stages.embed import FeatureStore
+from capfuse.stages.train import SECOND_LEVEL_KEYS, pseudo_rounds
+from capfuse.trainer import train_model
+from capfuse.utils.io import read_json, write_csv, write_text
+from capfuse.utils.log import log, stage
+
+COLUMNS = ["variant", "group", "change", "score", "mean_f1", "map", "gap_at_10", "delta", "minutes"]
+
+
+def variant_configs(cfg: dict, config_path: Path) -> list[dict]:
+    """The ``ablation.variants`` list, each with its resolved model config (``model``)."""
+    spec = cfg.get("ablation") or {}
+    variants = spec.get("variants") or []
+    if not variants:
+        raise ValueError(f"{config_path}: `ablation.variants` lists no variant")
+    inherited = {k: v for k, v in cfg.items() if k not in SECOND_LEVEL_KEYS}
+    out, seen = [], set()
+    for i, v in enumerate(variants):
+        where = f"{config_path}: ablation.variants[{i}]"
+        if not isinstance(v, dict) or "name" not in v:
+            raise ValueError(f"{where}: each variant needs a `name`")
+        if v["name"] in seen:
+            raise ValueError(f"{where}: variant {v['name']!r} is listed twice")
+        seen.add(v["name"])
+        unknown = set(v) - {"name", "base", "group", "change", "set", "pseudo"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        base = v.get("base", v["name"])
+        path = cfglib.resolve_config_path(f"models/{base}", relative_to=config_path)
+        model = cfglib.deep_merge(inherited, cfglib.load_config(path))
+        derived = bool(v.get("set"))
+        if derived:
+            model = cfglib.deep_merge(model, v["set"])
+        # A variant that is exactly a registered model shares its run folder: trained once.
+        name = v["name"] if derived else base
+        # ``pseudo``: settings of pseudo-label rounds on top of the (base) model; the rounds are the variant.
+        pseudo = PseudoSettings.from_config({**model.get("pseudo", {}), **v["pseudo"]}) if v.get("pseudo") else None
+        if pseudo is not None and not pseudo.rounds:
+            raise ValueError(f"{where}: `pseudo` needs rounds >= 1")
+        out.append({"name": v["name"], "group": v.get("group", ""), "change": v.get("change", ""),
+                    "model": {**model, "name": name}, "shared": not derived, "pseudo": pseudo})
+    return out
+
+
+def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None) -> pd.DataFrame:
+    variants = variant_configs(cfg, config_path)
+    reference = (cfg.get("ablation") or {}).get("reference")
+    with stage("ablate", f"{paths.dataset}: {len(variants)} variants"):
+        ds = load_dataset(paths, cfg, quiet=quiet)
+        folds = ds.folds()
+        store = FeatureStore(ds, quiet, {v["name"]: v["model"] for v in variants})
+        root = paths.runs / "ablation"
+        rows, trained = [], {}
+        for v in variants:
+            model_cfg = {k: val for k, val in v["model"].items() if k != "pseudo"}
+            feats = store.for_model(model_cfg)
+            common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds,
+                          class_ids=ds.class_ids, feats=feats, data_fingerprint=feats["fingerprint"])
+            base_name = model_cfg["name"]
+            base_dir = paths.model_dir(base_name) if v["shared"] else root / base_name
+            with stage(f"ablate {v['name']}", v["change"]):
+                metrics = trained.get(base_name) or train_model(base_name, model_cfg, out_dir=base_dir, **common)
+                trained[base_name] = metrics
+                if v["pseudo"] is not None:
+                    # The rounds' producer is the variant's base model wherever it was trained;
+                    # the rounds themselves stay out of the pipeline's folders. The variant
+                    # scores its last round: a round that did not help is part of its cost.
+                    _, report = pseudo_rounds(paths, ds, base_name, model_cfg, metrics, v["pseudo"], common,
+                                              out_root=root, producer_root=base_dir.parent,
+                                              report=root / f"{v['name']}_rounds.csv", leaderboard=False)
+                    last = report[report["class"].astype(str) == "all"].sort_values("round").iloc[-1]
+                    metrics = read_json(root / str(last["model"]) / "metrics.json")
+            rows.append({"variant": v["name"], "group": v["group"], "change": v["change"], "score": "CV",
+                         "mean_f1": metrics["cv_mean_f1"], "map": metrics["cv_map"],
+                         "gap_at_10": metrics.get("cv_gap_at_10"), "minutes": metrics["train_minutes"]})
+        table = pd.DataFrame(rows)
+        ref = table.loc[table["variant"] == reference, "mean_f1"]
+        table["delta"] = (table["mean_f1"] - ref.iloc[0]).round(5) if len(ref) else np.nan
+        if (cfg.get("ablation") or {}).get("second_level", True):
+            table = pd.concat([table, second_level_rows(paths, ds, cfg)], ignore_index=True)
+        table = table[COLUMNS]
+        write_csv(paths.runs / "ablation.csv", table)
+        write_text(paths.runs / "ablation.md", markdown_table(table))
+        log.info("ablation (%s):\n%s", paths.runs / "ablation.csv", table.to_string(index=False))
+        return table
+
+
+def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
+    """Blends, the stacker and per-class thresholds on the pipeline's trained models (nested CV).
+
+    The same functions as ``make stack`` and ``make thresholds``, run in memory: each row's
+    score is nested (every fitted part, the global threshold included, fitted on other folds).
+    """
+    from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
+    from capfuse.stages.ensemble import (
+        build_candidates,
+        choose_base_models,
+        load_base_logits,
+        threshold_rule,
+        trained_models,
+    )
+
+    folds = ds.folds()
+    names = choose_base_models(cfg, trained_models(paths))
+    oof, test = load_base_logits(paths, ds, names, folds)
+    rule = threshold_rule(cfg)
+    t0 = time.perf_counter()
+    cands = build_candidates(ds.Y, oof, test, folds, names, cfg, rule)
+    minutes = (time.perf_counter() - t0) / 60
+    labels = {"best_single": "best single model", "mean_blend": "mean of the models' probabilities",
+              "weighted_blend": "log-loss weighted blend", "stack": "LightGBM stacker on every model's logits"}
+    from capfuse.metrics import gap_at_k
+
+    rows = []
+    for cand, c in cands.items():
+        detail = f" ({c['detail']['model']})" if cand == "best_single" else ""
+        rows.append({"variant": cand, "group": "second level", "change": labels[cand] + detail,
+                     "score": "nested CV", "mean_f1": c["score"]["nested_mean_f1"], "map": c["score"]["cv_map"],
+                     "gap_at_10": round(float(gap_at_k(ds.Y, c["oof"], 10)), 5), "minutes": round(minutes, 3)})
+    kept = max(cands, key=lambda k: (cands[k]["score"]["nested_mean_f1"], cands[k]["score"]["cv_mean_f1"]))
+    tcfg = cfg.get("threshold", {})
+    trials, seed = int(tcfg.get("trials", 300)), int(cfg.get("seed", 42))
+    t0 = time.perf_counter()
+    full = fit_class_thresholds(ds.Y, cands[kept]["oof"], **rule, n_trials=trials, seed=seed)
+    nested = nested_threshold_score(ds.Y, cands[kept]["oof"], folds, **rule, n_trials=trials, seed=seed, full=full)
+    minutes = (time.perf_counter() - t0) / 60
+    for kind, score in (("global_threshold", nested["global_nested"]), ("per_class_thresholds", nested["nested"])):
+        rows.append({"variant": kind, "group": "thresholds",
+                     "change": f"{kind.replace('_', ' ')} on the kept second level ({kept})",
+                     "score": "nested CV", "mean_f1": round(float(score), 5), "map": None, "gap_at_10": None,
+                     "minutes": round(minutes, 3)})
+    out = pd.DataFrame(rows)
+    single = out.loc[out["variant"] == "best_single", "mean_f1"]
+    out["delta"] = (out["mean_f1"] - single.iloc[0]).round(5) if len(single) else np.nan
+    return out
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The table as GitHub markdown, for the README and the report."""
+    cols = ["variant", "group", "change", "score", "mean_f1", "delta", "map", "gap_at_10", "minutes"]
+    head = "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|\n"
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    return head + "".join("| " + " | ".join(cell(r[c]) for c in cols) + " |\n" for _, r in table.iterrows())
