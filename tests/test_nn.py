@@ -1,5 +1,7 @@
 """Every registered loss and head, and every fusion switch, forward and backward on tiny inputs."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,31 @@ def test_full_net_fits_a_small_batch():
         loss.backward()
         opt.step()
     assert float(loss.detach()) < 0.3 * first
+
+
+def test_tempered_bce_is_bce_of_a_tempered_sigmoid_and_differs_from_bce():
+    logits, y = torch.randn(B, C), batch()["targets"]
+    bce = LOSSES.create("bce")
+    plain = LOSSES.create("tempered_bce", temperature=1.0, gamma=0.0)
+    assert torch.allclose(plain(logits, y), bce(logits, y), atol=1e-6)
+    assert torch.allclose(LOSSES.create("tempered_bce", temperature=0.25, gamma=0.0)(logits, y), bce(4 * logits, y),
+                          atol=1e-6)
+    assert not torch.allclose(LOSSES.create("tempered_bce")(logits, y), bce(logits, y), atol=1e-3)
+
+
+def _hard_over_easy(loss_fn) -> float:
+    """Gradient on a hard positive (logit -2) over that on an easy one (logit +2)."""
+    logits = torch.tensor([[-2.0, 2.0]], requires_grad=True)
+    loss_fn(logits, torch.ones(1, 2)).backward()
+    return float(logits.grad[0, 0].abs() / logits.grad[0, 1].abs())
+
+
+def test_tempered_bce_is_hardness_aware():
+    bce = _hard_over_easy(LOSSES.create("bce"))
+    # MuMIC (d): a lower temperature moves the gradient towards the hard entries ...
+    warm, cold = (_hard_over_easy(LOSSES.create("tempered_bce", temperature=t, gamma=0.0)) for t in (1.0, 0.5))
+    assert math.isclose(warm, bce, rel_tol=1e-5) and cold > 2 * warm
+    # ... and the (1 - p_t)^gamma weights move it further
+    assert _hard_over_easy(LOSSES.create("tempered_bce", temperature=0.5, gamma=1.0)) > 2 * cold
+    with pytest.raises(ValueError, match="temperature"):
+        LOSSES.create("tempered_bce", temperature=0.0)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from capfuse.decision import fit_global_threshold
 from capfuse.models import MODELS
 from capfuse.models.linear import FoldOutput
-from capfuse.utils.io import atomic_path
+from capfuse.utils.io import atomic_path, write_json
 from capfuse.utils.log import log, progress
 
 FEATURE_KEYS = ("img_pooled", "img_tokens", "img_mid", "cap_pooled", "cap_tokens", "cap_mask")
@@ -130,6 +130,10 @@ class NetModel:
         # Cached mode only: the backbone's top stages train from the cached map entering them.
         self.train_blocks = 0 if self.finetune else int(cfg.get("image_encoder", {}).get("train_blocks", 0))
         self.light: dict = {}
+        # What paper (b)'s parts need to build, set by ``prepare``: the class prompts' text
+        # embeddings (once per model) and the fold's class -> context map (once per fold).
+        self.build_extras: dict = {}
+        self._class_text: np.ndarray | None = None
 
     @property
     def needs_image(self) -> bool:
@@ -142,9 +146,56 @@ class NetModel:
 
     # -- building ---------------------------------------------------------------------------
 
+    def class_text(self, feats: dict, num_classes: int) -> np.ndarray:
+        """Embeddings ``[C, D]`` of the prompt "a photo of a {name}." per class, by the caption encoder.
+
+        Computed once per model (18 prompts, one encoder load) and handed to the net at build
+        time, never per batch. GloVe captions have no sentence encoder: MiniLM embeds the prompts.
+        """
+        if self._class_text is None:
+            from capfuse.encoders.text import create_text_encoder
+            from capfuse.text_features import label_text_embeddings
+
+            names = feats.get("class_names")
+            if names is None or len(names) != num_classes:
+                raise ValueError(f"fusion.label_query needs the {num_classes} class names in the features "
+                                 f"(feats['class_names'], from the dataset's classes.csv); got {names!r}")
+            enc = self.cfg.get("caption_encoder", {})
+            name = enc.get("name", "minilm")
+            model, tokenizer, _ = create_text_encoder("minilm" if name == "glove" else name, enc.get("weights", "auto"))
+            self._class_text = label_text_embeddings(list(names), model, tokenizer).astype(np.float32)
+        return self._class_text
+
+    def prepare(self, feats: dict, Y_train: np.ndarray, fold_dir: Path | None = None) -> None:
+        """Fill ``build_extras`` for a fold from its TRAINING rows' labels only, before ``build``.
+
+        The class -> context map is written to ``fold_dir/contexts.json`` for the report.
+        """
+        from capfuse.nn.contexts import cluster_contexts
+        from capfuse.nn.fusion import aux_settings, needs_class_text, uses_contexts
+
+        extras: dict = {}
+        if needs_class_text(self.cfg):
+            extras["class_text"] = self.class_text(feats, Y_train.shape[1])
+        if uses_contexts(self.cfg):
+            n_contexts = int(aux_settings(self.cfg.get("aux"))["n_contexts"])
+            cmap = cluster_contexts(Y_train, n_contexts, self.seed)
+            extras["context_map"] = cmap
+            if fold_dir is not None:
+                names = feats.get("class_names") or [str(i) for i in range(len(cmap))]
+                ids = feats.get("class_ids") or list(range(len(cmap)))
+                write_json(fold_dir / "contexts.json", {
+                    "n_contexts": n_contexts, "seed": self.seed, "train_rows": int(len(Y_train)),
+                    "contexts": [[{"id": ids[c], "name": names[c]} for c in np.flatnonzero(cmap == k)]
+                                 for k in range(n_contexts)],
+                    "class_context": {str(ids[c]): int(k) for c, k in enumerate(cmap)}})
+        self.build_extras = extras
+
     def build(self, dims: dict, num_classes: int, class_freq: np.ndarray) -> torch.nn.Module:
         from capfuse.nn.fusion import build_net
         from capfuse.nn.losses import LOSSES
+
+        extras = self.build_extras
 
         loss_cfg = dict(self.settings.loss)
         name = loss_cfg.pop("name", "bce")
@@ -160,10 +211,10 @@ class NetModel:
                                           num_classes=0)
             top = BackboneTop(backbone, self.train_blocks, freeze_bn=bool(enc.get("freeze_bn", True)))
             width = backbone.num_features
-            head = build_net(self.cfg, dims | {"img_pooled": width, "img_tokens": width}, num_classes)
+            head = build_net(self.cfg, dims | {"img_pooled": width, "img_tokens": width}, num_classes, **extras)
             head.loss_fn = loss_fn
             return TopBlocksNet(top, head, grid=int(enc.get("grid", 4)))
-        net = build_net(self.cfg, dims, num_classes)
+        net = build_net(self.cfg, dims, num_classes, **extras)
         net.loss_fn = loss_fn
         return net
 
@@ -180,9 +231,17 @@ class NetModel:
         from capfuse.light import _time_ms
         from capfuse.nn.fusion import count_parameters
 
+        from capfuse.nn.fusion import aux_settings, needs_class_text, uses_contexts
+
         dims = feats.get("dims")
         if dims is None:  # finetune mode: the encoders are counted by light_report
             return 0, 0.0
+        if needs_class_text(self.cfg) and "class_text" not in self.build_extras:
+            self.build_extras["class_text"] = self.class_text(feats, num_classes)
+        if uses_contexts(self.cfg) and "context_map" not in self.build_extras:
+            # Folds trained earlier (skipped now): any map of the same size costs the same.
+            n = int(aux_settings(self.cfg.get("aux"))["n_contexts"])
+            self.build_extras["context_map"] = np.arange(num_classes) % n
         net = self.build(dims, num_classes, np.full(num_classes, 0.1)).eval()
         batch = CachedViews(feats["views"]).batch(np.arange(min(32, len(next(iter(feats["views"]["orig"].values()))))))
         with torch.inference_mode():
@@ -199,6 +258,7 @@ class NetModel:
                  pseudo=None, extra_rows: np.ndarray | None = None) -> FoldOutput:
         """``pseudo`` (``capfuse.pseudo.PseudoTargets``) adds unlabelled pool rows with partial targets;
         ``extra_rows`` are predicted too (``extra_logits``): the unlabelled train rows of label-ratio mode."""
+        self.prepare(feats, Y[tr], fold_dir)  # from the fold's training rows only, before any build
         if self.finetune:
             from capfuse.models.finetune import fit_fold_finetune
 

@@ -10,6 +10,23 @@
   predicts it best;
 * with both fusion parts off and two inputs: early fusion (concatenated pooled features, one MLP).
 
+Paper (b)'s parts, each off unless its config says so:
+
+* ``fusion.label_query`` (``true`` or a mapping of ``LabelQueryHead``'s options, plus
+  ``caption_tokens``): one query per class, started from the class prompt's text embedding,
+  pools the image tokens (and the caption tokens) into a feature per label; its logits are
+  the tempered cosine to the class texts (``lq_logits``). With logit fusion on it is one more
+  branch of the weighting; otherwise it is the model's classifier. ``align_scores`` (each
+  label feature's cosine with its own text) are in the output for pseudo-labelling.
+* ``aux.align_weight``: the one-to-one alignment loss of the label features with the label
+  texts, over the positives (``aux.align_on: all`` adds the negatives), at temperature
+  ``aux.align_temperature``.
+* ``aux.context_weight`` > 0: the context auxiliary task: a linear head on the joint features
+  of every branch predicts which of ``aux.n_contexts`` co-occurrence contexts are present
+  (``capfuse.nn.contexts``); the class -> context map comes from the training rows' labels.
+
+Auxiliary losses are in ``out["aux_losses"]`` (unweighted) and, weighted, in ``out["loss"]``.
+
 ``forward(batch)`` returns a dict with ``logits`` (and each branch's logits), plus ``loss``
 when the batch holds ``targets`` and a loss was attached (``net.loss_fn``). Branch logits get
 an auxiliary loss (``fusion.aux_weight``) so that logit fusion weighs meaningful predictions.
@@ -20,7 +37,56 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from capfuse.nn.heads import HEADS, MLPHead, masked_mean
+from capfuse.nn.contexts import context_membership, context_targets
+from capfuse.nn.heads import HEADS, LabelQueryHead, MLPHead, masked_mean
+from capfuse.nn.losses import BCELoss, alignment_loss
+
+# Defaults of paper (b)'s parts; a model config overrides any of them. Off by default, so that a
+# config without them keeps its resolved form (and its run fingerprint).
+LABEL_QUERY_DEFAULTS = {"enabled": True, "caption_tokens": False, "d_model": 128, "heads": 4, "dropout": 0.1,
+                        "temperature": 0.1,  # MuMIC's tempered sigmoid: a cosine of 1 is a logit of 10
+                        "learn_temperature": True}
+AUX_DEFAULTS = {"align_weight": 0.1,  # the alignment steers the label features; classification leads
+                "align_temperature": 0.1,  # CLIP-like sharpness over ~20 class texts
+                "align_on": "positives",  # an absent object's feature pools background: nothing to align
+                "context_weight": 0.0,  # > 0 turns the context task on
+                "n_contexts": 4}  # ~18 COCO-like classes fall into a handful of scenes
+
+
+def label_query_settings(spec) -> dict | None:
+    """``fusion.label_query`` resolved: None when off; ``true`` or a mapping turns it on."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"fusion.label_query must be true, false or a mapping, got {spec!r}")
+    unknown = set(spec) - set(LABEL_QUERY_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown fusion.label_query keys {sorted(unknown)}; known: {sorted(LABEL_QUERY_DEFAULTS)}")
+    out = {**LABEL_QUERY_DEFAULTS, **spec}
+    return out if out["enabled"] else None
+
+
+def aux_settings(spec: dict | None) -> dict:
+    spec = dict(spec or {})
+    unknown = set(spec) - set(AUX_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown aux keys {sorted(unknown)}; known: {sorted(AUX_DEFAULTS)}")
+    out = {**AUX_DEFAULTS, **spec}
+    if out["align_on"] not in ("positives", "all"):
+        raise ValueError(f"aux.align_on must be 'positives' or 'all', got {out['align_on']!r}")
+    return out
+
+
+def needs_class_text(cfg: dict) -> bool:
+    """Does this model config need the class prompts' text embeddings (``class_text``) to build?"""
+    return label_query_settings(cfg.get("fusion", {}).get("label_query")) is not None
+
+
+def uses_contexts(cfg: dict) -> bool:
+    """Does this model config need a class -> context map (``context_map``) to build?"""
+    return float(aux_settings(cfg.get("aux")).get("context_weight", 0.0)) > 0
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -41,6 +107,8 @@ class CrossAttentionFusion(nn.Module):
                                   nn.Linear(d_model, num_classes))
 
     def forward(self, img_tokens, cap_tokens, cap_mask) -> torch.Tensor:
+        """The joint vector ``[B, 2 d_model]`` (pooled attended caption and image tokens); ``classify``
+        turns it into logits."""
         img = self.img_proj(img_tokens)
         cap = self.cap_proj(cap_tokens)
         pad = None if cap_mask is None else ~cap_mask
@@ -50,11 +118,17 @@ class CrossAttentionFusion(nn.Module):
             cap_att, img_att = cap_att + cap, img_att + img
         cap_vec = masked_mean(self.norm_cap(cap_att), cap_mask)
         img_vec = self.norm_img(img_att).mean(1)
-        return self.head(torch.cat([cap_vec, img_vec], dim=1))
+        return torch.cat([cap_vec, img_vec], dim=1)
+
+    def classify(self, joint: torch.Tensor) -> torch.Tensor:
+        return self.head(joint)
 
 
 class CapFuseNet(nn.Module):
-    def __init__(self, cfg: dict, dims: dict, num_classes: int) -> None:
+    """``class_text [C, D]``: the class prompts' embeddings (needed by ``fusion.label_query``);
+    ``context_map [C]``: each class's context (needed by ``aux.context_weight`` > 0)."""
+
+    def __init__(self, cfg: dict, dims: dict, num_classes: int, class_text=None, context_map=None) -> None:
         super().__init__()
         self.inputs = list(cfg.get("inputs", ["image", "caption"]))
         if not self.inputs or set(self.inputs) - {"image", "caption"}:
@@ -62,14 +136,18 @@ class CapFuseNet(nn.Module):
         fusion = {"logit_fusion": True, "cross_attention": True, "residual": True, "d_model": 256, "heads": 4,
                   "dropout": 0.1, "aux_weight": 0.2, **cfg.get("fusion", {})}
         both = len(self.inputs) == 2
+        lq = label_query_settings(fusion.get("label_query"))
+        self.aux = aux_settings(cfg.get("aux"))
         self.use_logit_fusion = both and bool(fusion["logit_fusion"])
-        self.use_xattn = both and bool(fusion["cross_attention"])
-        self.early = both and not self.use_logit_fusion and not self.use_xattn
+        # Without logit fusion to weigh it against other branches, the label-query head is the classifier.
+        self.lq_only = lq is not None and not self.use_logit_fusion
+        self.use_xattn = both and bool(fusion["cross_attention"]) and not self.lq_only
+        self.early = both and not self.use_logit_fusion and not self.use_xattn and not self.lq_only
         self.aux_weight = float(fusion["aux_weight"]) if self.use_logit_fusion else 0.0
         self.loss_fn: nn.Module | None = None
 
         self.image_head = self.caption_head = None
-        if not self.early and (not both or self.use_logit_fusion):
+        if not self.early and not self.lq_only and (not both or self.use_logit_fusion):
             if "image" in self.inputs:
                 self.image_head = self._head(cfg.get("image_head", {}), dims, "img", num_classes)
             if "caption" in self.inputs:
@@ -83,9 +161,41 @@ class CapFuseNet(nn.Module):
             spec = cfg.get("image_head", {})
             self.early_head = MLPHead(dims["img_pooled"] + dims["cap_pooled"], num_classes,
                                       int(spec.get("hidden", 512)), float(spec.get("dropout", 0.3)))
-        n_branches = (self.image_head is not None) + (self.caption_head is not None) + (self.xattn is not None)
+        self.label_query = None
+        if lq is not None:
+            if "image" not in self.inputs:
+                raise ValueError("fusion.label_query pools image tokens: the model's inputs must include image")
+            if class_text is None:
+                raise ValueError("fusion.label_query needs the class prompts' text embeddings (class_text)")
+            if len(class_text) != num_classes:
+                raise ValueError(f"class_text has {len(class_text)} rows for {num_classes} classes")
+            with_caption = bool(lq["caption_tokens"])
+            if with_caption and "caption" not in self.inputs:
+                raise ValueError("fusion.label_query.caption_tokens needs caption among the model's inputs")
+            self.label_query = LabelQueryHead(dims["img_tokens"], torch.as_tensor(class_text, dtype=torch.float32),
+                                              dims["cap_tokens"] if with_caption else None, int(lq["d_model"]),
+                                              int(lq["heads"]), float(lq["dropout"]), float(lq["temperature"]),
+                                              bool(lq["learn_temperature"]))
+        n_branches = ((self.image_head is not None) + (self.caption_head is not None) + (self.xattn is not None)
+                      + (self.label_query is not None))
         # Zeros: a softmax over equal scores starts every class at an even mix of the branches.
         self.branch_scores = nn.Parameter(torch.zeros(n_branches, num_classes)) if self.use_logit_fusion else None
+
+        self.context_head = None
+        if float(self.aux["context_weight"]) > 0:
+            if context_map is None:
+                raise ValueError("aux.context_weight > 0 needs the class -> context map of the training rows (context_map)")
+            context_map = torch.as_tensor(context_map, dtype=torch.long)
+            n_contexts = int(self.aux["n_contexts"])
+            if context_map.shape != (num_classes,) or int(context_map.min()) < 0 or int(context_map.max()) >= n_contexts:
+                raise ValueError(f"context_map must give each of {num_classes} classes a context in [0, {n_contexts})")
+            self.register_buffer("context_members", context_membership(context_map.numpy(), n_contexts))
+            width = sum(m.out_dim for m in (self.image_head, self.caption_head, self.early_head) if m is not None)
+            width += 2 * int(fusion["d_model"]) if self.xattn is not None else 0
+            width += int(lq["d_model"]) if self.label_query is not None else 0
+            # Linear on the joint features: the shared layers must carry the context, not this head.
+            self.context_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_contexts))
+            self.context_loss = BCELoss()
 
     @staticmethod
     def _head(spec: dict, dims: dict, prefix: str, num_classes: int) -> nn.Module:
@@ -95,37 +205,67 @@ class CapFuseNet(nn.Module):
         return cls(in_dim, num_classes, **spec)
 
     @staticmethod
-    def _run(head: nn.Module, batch: dict, prefix: str) -> torch.Tensor:
+    def _run(head: nn.Module, batch: dict, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         mask = batch.get("cap_mask") if prefix == "cap" else None
-        return head(batch.get(f"{prefix}_pooled"), batch.get(f"{prefix}_tokens"), mask)[1]
+        return head(batch.get(f"{prefix}_pooled"), batch.get(f"{prefix}_tokens"), mask)
 
     def forward(self, batch: dict) -> dict:
         out: dict = {}
-        branches = []
+        branches, joint = [], []  # branch logits; branch features (the context head reads them)
+        lq = None
         if self.early_head is not None:
-            out["logits"] = self.early_head(torch.cat([batch["img_pooled"], batch["cap_pooled"]], dim=1))[1]
+            h, out["logits"] = self.early_head(torch.cat([batch["img_pooled"], batch["cap_pooled"]], dim=1))
+            joint.append(h)
         else:
             if self.image_head is not None:
-                out["image_logits"] = self._run(self.image_head, batch, "img")
+                h, out["image_logits"] = self._run(self.image_head, batch, "img")
                 branches.append(out["image_logits"])
+                joint.append(h)
             if self.caption_head is not None:
-                out["caption_logits"] = self._run(self.caption_head, batch, "cap")
+                h, out["caption_logits"] = self._run(self.caption_head, batch, "cap")
                 branches.append(out["caption_logits"])
+                joint.append(h)
             if self.xattn is not None:
-                out["xattn_logits"] = self.xattn(batch["img_tokens"], batch["cap_tokens"], batch.get("cap_mask"))
+                h = self.xattn(batch["img_tokens"], batch["cap_tokens"], batch.get("cap_mask"))
+                out["xattn_logits"] = self.xattn.classify(h)
                 branches.append(out["xattn_logits"])
+                joint.append(h)
+            if self.label_query is not None:
+                lq = self.label_query(batch["img_tokens"], batch.get("cap_tokens"), batch.get("cap_mask"))
+                out["lq_logits"], out["align_scores"] = lq["logits"], lq["align"]
+                branches.append(out["lq_logits"])
+                joint.append(lq["features"].mean(1))
             if self.branch_scores is not None:
                 weights = torch.softmax(self.branch_scores, dim=0)  # [branches, C]
                 out["logits"] = (torch.stack(branches) * weights.unsqueeze(1)).sum(0)
             else:
                 out["logits"] = branches[0]
+        if self.context_head is not None:
+            out["context_logits"] = self.context_head(torch.cat(joint, dim=1))
         if "targets" in batch and self.loss_fn is not None:
-            mask, sw = batch.get("target_mask"), batch.get("sample_weight")
-            loss = self.loss_fn(out["logits"], batch["targets"], mask, sw)
+            targets, mask, sw = batch["targets"], batch.get("target_mask"), batch.get("sample_weight")
+            loss = self.loss_fn(out["logits"], targets, mask, sw)
             if self.aux_weight:
-                for key in ("image_logits", "caption_logits", "xattn_logits"):
+                for key in ("image_logits", "caption_logits", "xattn_logits", "lq_logits"):
                     if key in out:
-                        loss = loss + self.aux_weight * self.loss_fn(out[key], batch["targets"], mask, sw)
+                        loss = loss + self.aux_weight * self.loss_fn(out[key], targets, mask, sw)
+            aux = {}
+            if lq is not None and float(self.aux["align_weight"]) > 0:
+                weight = torch.ones_like(targets) if mask is None else mask.float()
+                if self.aux["align_on"] == "positives":
+                    weight = weight * (targets >= 0.5).float()
+                if sw is not None:
+                    weight = weight * sw.float().unsqueeze(1)
+                aux["align"] = (float(self.aux["align_weight"]),
+                                alignment_loss(lq["text_features"], self.label_query.class_text, weight,
+                                               float(self.aux["align_temperature"])))
+            if self.context_head is not None:
+                ctx, ctx_mask = context_targets(targets.float(), self.context_members, mask)
+                aux["context"] = (float(self.aux["context_weight"]),
+                                  self.context_loss(out["context_logits"], ctx, ctx_mask, sw))
+            for weight_, value in aux.values():
+                loss = loss + weight_ * value
+            out["aux_losses"] = {key: value for key, (_, value) in aux.items()}
             out["loss"] = loss
         return out
 
@@ -151,5 +291,5 @@ class TopBlocksNet(nn.Module):
         return self.head(self.features(batch))
 
 
-def build_net(cfg: dict, dims: dict, num_classes: int) -> CapFuseNet:
-    return CapFuseNet(cfg, dims, num_classes)
+def build_net(cfg: dict, dims: dict, num_classes: int, class_text=None, context_map=None) -> CapFuseNet:
+    return CapFuseNet(cfg, dims, num_classes, class_text=class_text, context_map=context_map)

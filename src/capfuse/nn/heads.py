@@ -4,9 +4,15 @@ Every head maps one modality to ``(features [B, hidden], logits [B, C])``: the f
 fusion, the logits are the branch's own prediction (logit fusion weighs them). Inputs pass
 through LayerNorm first because cached features arrive on very different scales (float16 CNN
 activations vs. transformer states).
+
+``LabelQueryHead`` (paper b) is not a branch head of this registry: it needs the class prompts'
+text embeddings and yields one feature per label; ``CapFuseNet`` builds it from
+``fusion.label_query``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -26,6 +32,7 @@ class MLPHead(nn.Module):
         super().__init__()
         self.body = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout))
         self.out = nn.Linear(hidden, num_classes)
+        self.out_dim = hidden  # width of the features it returns, for heads stacked on them
 
     def forward(self, pooled: torch.Tensor, tokens: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +59,7 @@ class AttnHead(nn.Module):
         self.body = nn.Sequential(nn.LayerNorm(hidden * (queries + 1)), nn.Linear(hidden * (queries + 1), hidden),
                                   nn.GELU(), nn.Dropout(dropout))
         self.out = nn.Linear(hidden, num_classes)
+        self.out_dim = hidden
 
     def forward(self, pooled: torch.Tensor | None, tokens: torch.Tensor,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,3 +76,67 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean(1)
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class LabelQueryHead(nn.Module):
+    """Paper (b)'s label-specific features: one query per class pools the image tokens.
+
+    Each class's query starts from the projection of its prompt's text embedding ("a photo of
+    a {name}."), attends to the image's token grid (and, with ``cap_dim``, the caption's tokens
+    as well), and yields a feature for that label alone. The feature is projected back into the
+    text space; the logit of class c is the scaled cosine between its feature and class c's text
+    embedding plus a per-class bias. The scale is MuMIC's (d) temperature, learned: a sigmoid of
+    ``cos / T``. ``forward`` returns a dict: ``features [B, C, d_model]``, ``text_features [B, C, D_text]``
+    (unit norm, for the alignment loss ``capfuse.nn.losses.alignment_loss``), ``align [B, C]`` (each
+    label feature's cosine with its own text: the alignment score) and ``logits [B, C]``.
+    """
+
+    def __init__(self, img_dim: int, class_text: torch.Tensor, cap_dim: int | None = None, d_model: int = 128,
+                 heads: int = 4, dropout: float = 0.1, temperature: float = 0.1, learn_temperature: bool = True) -> None:
+        super().__init__()
+        class_text = torch.as_tensor(class_text, dtype=torch.float32)
+        if class_text.ndim != 2:
+            raise ValueError(f"class_text must be [classes, dim], got shape {tuple(class_text.shape)}")
+        if temperature <= 0:
+            raise ValueError(f"label_query.temperature must be positive, got {temperature}")
+        n_classes, text_dim = class_text.shape
+        # Frozen targets of the alignment: unit-norm prompt embeddings.
+        self.register_buffer("class_text", nn.functional.normalize(class_text, dim=1))
+        self.query_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, d_model))
+        # Zero offsets: every query starts exactly at its projected prompt and may drift from it.
+        self.query_offset = nn.Parameter(torch.zeros(n_classes, d_model))
+        self.img_proj = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, d_model))
+        self.cap_proj = None if cap_dim is None else nn.Sequential(nn.LayerNorm(cap_dim), nn.Linear(cap_dim, d_model))
+        self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(2 * d_model, d_model))
+        self.norm_out = nn.LayerNorm(d_model)
+        self.to_text = nn.Linear(d_model, text_dim)
+        log_scale = torch.tensor(-math.log(temperature))
+        self.log_scale = nn.Parameter(log_scale) if learn_temperature else None
+        if not learn_temperature:
+            self.register_buffer("fixed_log_scale", log_scale)
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        log_scale = self.log_scale if self.log_scale is not None else self.fixed_log_scale
+        return log_scale.clamp(max=4.6052).exp()  # at most 100, CLIP's cap: beyond it training turns unstable
+
+    def forward(self, img_tokens: torch.Tensor, cap_tokens: torch.Tensor | None = None,
+                cap_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        keys = self.img_proj(img_tokens)
+        pad = None
+        if self.cap_proj is not None:
+            keys = torch.cat([keys, self.cap_proj(cap_tokens)], dim=1)
+            if cap_mask is not None:
+                img_pad = torch.zeros(keys.shape[0], img_tokens.shape[1], dtype=torch.bool, device=keys.device)
+                pad = torch.cat([img_pad, ~cap_mask], dim=1)
+        q = (self.query_proj(self.class_text) + self.query_offset).unsqueeze(0).expand(keys.shape[0], -1, -1)
+        att, _ = self.attn(q, keys, keys, key_padding_mask=pad, need_weights=False)
+        h = self.norm(q + att)
+        h = self.norm_out(h + self.ffn(h))  # [B, C, d_model]
+        z = nn.functional.normalize(self.to_text(h), dim=-1)  # [B, C, D_text]
+        cos = (z * self.class_text.unsqueeze(0)).sum(-1)  # each label's feature against its own text only
+        return {"features": h, "text_features": z, "align": cos, "logits": self.scale * cos + self.bias}

@@ -145,3 +145,24 @@ class TemperedBCELoss(MultiLabelLoss):
             counted = weight > 0
             hard = hard / (hard[counted].mean() if counted.any() else hard.new_tensor(1.0)).clamp(min=1e-6)
         return hard * bce
+
+
+def alignment_loss(label_text_feats: torch.Tensor, class_text: torch.Tensor, weight: torch.Tensor,
+                   temperature: float = 0.1) -> torch.Tensor:
+    """Paper (b)'s one-to-one semantic alignment of label-specific features with label texts.
+
+    ``label_text_feats [B, C, D]``: the feature class c's query pooled for each sample, in the
+    text space; ``class_text [C, D]``: the class prompts' embeddings. Each label feature is
+    scored against every class text (cosine / ``temperature``) and must pick its own class
+    (cross-entropy to index c), so label c's feature moves towards text c and away from the
+    other labels' texts. ``weight [B, C]`` says which (sample, label) entries count: usually
+    the positives, since an absent object's feature pools background and has nothing to align.
+    """
+    z = F.normalize(label_text_feats.float(), dim=-1)
+    t = F.normalize(class_text.float(), dim=-1)
+    scores = torch.einsum("bcd,kd->bck", z, t) / temperature  # [B, C, C]
+    b, c, _ = scores.shape
+    own = torch.arange(c, device=scores.device).expand(b, c)
+    ce = F.cross_entropy(scores.reshape(b * c, c), own.reshape(-1), reduction="none").reshape(b, c)
+    weight = weight.float()
+    return torch.where(weight > 0, ce * weight, torch.zeros_like(ce)).sum() / weight.sum().clamp(min=1.0)

@@ -160,6 +160,15 @@ class FeatureStore:
                 parts.append(checksum)
             if "caption" in inputs:
                 feats["caption_train"], feats["caption_test"] = self.caption_tfidf(model_cfg.get("tfidf", {}))
+        # Class ids and names: label-query heads embed the names as prompts, the context task
+        # reports its groups by name. Names count towards the fingerprint only for models that
+        # read them, so renaming a class retrains those models and no others.
+        feats.update(class_ids=list(self.ds.class_ids), class_names=list(self.ds.val.classes.names))
+        if model_cfg["kind"] == "net":
+            from capfuse.nn.fusion import needs_class_text
+
+            if needs_class_text(model_cfg):
+                parts.append(feats["class_names"])
         feats["fingerprint"] = _hash_text(*parts)
         return feats
 
