@@ -15,6 +15,7 @@ FORCE   ?= 0                         ## 1: rewrite an existing fold file
 ARGS    ?=                           ## extra CLI arguments, e.g. ARGS="--set folds.k=3"
 GPUS    ?= 1                         ## >1: `make train` runs under torchrun with DDP on that many GPUs
 STORAGE ?=                           ## Optuna RDB URL for the threshold study (default: sqlite in runs/<dataset>/ensemble/)
+UNLABELLED ?=                        ## extra folder of unlabelled images for pseudo-label rounds (`make unlabelled` writes a demo one)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
 
@@ -26,14 +27,15 @@ override FORCE  := $(strip $(FORCE))
 override VENV   := $(strip $(VENV))
 override GPUS   := $(strip $(GPUS))
 override STORAGE := $(strip $(STORAGE))
+override UNLABELLED := $(strip $(UNLABELLED))
 
 DATASET := $(notdir $(patsubst %/,%,$(DATA)))
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
-COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
+COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
 
-.PHONY: help venv data faulty validate folds embed train ratios ablate stack thresholds infer all test bench clean clean-all
+.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all test bench clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -59,6 +61,9 @@ data: $(STAMP) ## generate the bundled demo dataset in DATA (data/demo, or data/
 	  demo|tiny|large) $(RUN) data --data $(DATA) --preset $(if $(filter demo,$(DATASET)),default,$(DATASET)) ;; \
 	  *) test -f $(DATA)/train.csv || { echo "$(DATA)/train.csv not found: DATA must be a COMP5329-layout folder"; exit 2; } ;; \
 	esac
+
+unlabelled: $(STAMP) ## write data/demo-unlabelled: 1000 extra unlabelled demo images with captions (use with UNLABELLED=)
+	$(RUN) data --data data/demo --unlabelled 1000
 
 faulty: $(STAMP) ## generate data/faulty: a small dataset holding every data fault the validator handles
 	$(RUN) faulty --data data/faulty
@@ -103,7 +108,7 @@ bench: $(STAMP) ## speed benchmarks (see README)
 	$(BIN)/python -m capfuse.bench $(ARGS)
 
 clean: ## remove run artefacts of DATA (runs/<dataset>/) and generated demo data
-	rm -rf runs/$(DATASET) data/demo data/tiny data/faulty
+	rm -rf runs/$(DATASET) data/demo data/demo-unlabelled data/tiny data/faulty
 
 clean-all: clean ## also remove the virtual environment and every run
 	rm -rf runs $(VENV)

@@ -116,3 +116,69 @@ def test_stack_refuses_a_model_trained_on_other_folds(project, caplog):
     oof.to_csv(oof_file, index=False)
     assert cli(root, data, pipeline, "stack") == 2
     assert "its folds differ from" in caplog.text and "img" in caplog.text
+
+
+@pytest.mark.slow
+def test_an_unlabelled_folder_joins_the_pool_of_models_with_rounds(project, tmp_path):
+    """`data.unlabelled`: its rows are embedded apart, predicted, pseudo-labelled and reported."""
+    import pandas as pd
+
+    from capfuse.data.demo import make_unlabelled
+
+    root, data, pipeline = project
+    extra = tmp_path / "extra"
+    make_unlabelled(extra, 10, size=64, seed=3, captions=True)
+    # One listed image is missing: it leaves the pool with a warning, the run goes on.
+    with open(extra / "unlabelled.csv", "a") as fh:
+        fh.write("gone.jpg,a dog on a bench\n")
+    cfg = yaml.safe_load(pipeline.read_text())
+    cfg_path = root / "configs" / "extra.yaml"
+    cfg_path.write_text(yaml.safe_dump({**cfg, "models": ["img", "fusion"], "data": {"unlabelled": str(extra)},
+                                        "pseudo": {"rounds": 1, "ramp_epochs": 1, "min_gain": -1.0}}))
+    assert cli(root, data, cfg_path, "folds") == 0
+    assert cli(root, data, cfg_path, "train", "--only", "fusion") == 0
+    n_train, n_test = 40, 12
+    run = root / "runs" / "mini" / "fusion@r1"
+    for k in (0, 1):
+        rows = np.load(run / f"fold{k}" / "pseudo_rows.npy")
+        assert (rows >= n_train + n_test).sum() == 10  # every usable folder image, none twice
+        assert rows.max() == n_train + n_test + 9
+    producer = root / "runs" / "mini" / "fusion" / "fold0" / "extra_logits.npy"
+    assert np.load(producer).shape == (10, 18)  # round 0 predicted the folder for round 1
+    assert (root / "runs" / "mini" / "cache" / "unlabelled").is_dir()  # cached apart from train/test
+    report = pd.read_csv(root / "runs" / "mini" / "pseudo_rounds.csv")
+    r1 = report[(report["model"] == "fusion@r1") & (report["class"] == "all")].iloc[0]
+    assert 0 <= r1["precision"] <= 1  # scored against test_labels.csv and unlabelled_labels.csv
+
+    # Without captions too: the empty caption is a row like any other.
+    bare = tmp_path / "bare"
+    make_unlabelled(bare, 6, size=64, seed=4, captions=False)
+    cfg_path.write_text(yaml.safe_dump({**cfg, "models": ["fusion"], "data": {"unlabelled": str(bare)},
+                                        "pseudo": {"rounds": 1, "ramp_epochs": 1, "min_gain": -1.0}}))
+    assert cli(root, data, cfg_path, "train") == 0
+    assert (np.load(run / "fold0" / "pseudo_rows.npy") >= n_train + n_test).sum() == 6
+
+
+def test_unlabelled_folder_errors_name_the_file_and_line(tmp_path):
+    from capfuse.data.problems import DataError
+    from capfuse.data.unlabelled import load_unlabelled
+
+    folder = tmp_path / "u"
+    (folder / "data").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(folder / "data" / "a.jpg")
+    (folder / "unlabelled.csv").write_text("ImageID,Caption\na.jpg,a cat, on a mat\n7.jpg,a dog\n")
+    with pytest.raises(DataError, match=r"unlabelled.csv line 3: ImageID '7.jpg' is also a train or test id"):
+        load_unlabelled(folder, {"7.jpg"})
+    (folder / "unlabelled.csv").write_text("ImageID,Caption\na.jpg,x\na.jpg,y\n")
+    with pytest.raises(DataError, match=r"line 3: ImageID 'a.jpg' is listed twice"):
+        load_unlabelled(folder, set())
+    (folder / "unlabelled.csv").write_text("ImageID,Caption\n../a.jpg,x\n")
+    with pytest.raises(DataError, match=r"line 2: .*outside"):
+        load_unlabelled(folder, set())
+    (folder / "unlabelled.csv").write_text("ImageID,Caption\na.jpg,\"a cat, on a mat\"\n")
+    table = load_unlabelled(folder, set())
+    assert table["Caption"].tolist() == ["a cat, on a mat"]
+    (folder / "unlabelled.csv").unlink()  # no csv: every image of data/, no captions
+    assert load_unlabelled(folder, set())[["ImageID", "Caption"]].values.tolist() == [["a.jpg", ""]]

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size preset (default: tiny for a folder named 'tiny', else default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--unlabelled", type=int, default=0, metavar="N",
+                   help="also write N unlabelled images to <data>-unlabelled/ for pseudo-label rounds")
+    p.add_argument("--no-captions", action="store_true", help="the unlabelled images come without captions")
     p.add_argument("--log-level", default="INFO")
 
     p = sub.add_parser("faulty", help="generate a small dataset that holds every data fault the validator knows")
@@ -130,6 +133,18 @@ def _dispatch(args) -> int:
         preset = args.preset or ("tiny" if Path(args.data).name == "tiny" else "default")
         info = make_demo(args.data, seed=args.seed, force=args.force, **PRESETS[preset])
         log.info("demo dataset (%s) in %s: %s", preset, args.data, {k: info[k] for k in info if k != "class_counts"} if isinstance(info, dict) else info)
+        if args.unlabelled:
+            from capfuse.data.demo import make_unlabelled
+
+            out = Path(f"{str(args.data).rstrip('/')}-unlabelled")
+            if (out / "unlabelled_labels.csv").exists() and not args.force:
+                log.info("unlabelled folder %s exists; kept (--force rewrites it)", out)
+            else:
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+                log.info("unlabelled folder: %s", make_unlabelled(out, args.unlabelled, size=PRESETS[preset]["size"],
+                                                                 seed=args.seed, captions=not args.no_captions))
         return 0
     if cmd == "faulty":
         from capfuse.data.faults import make_faulty_dataset

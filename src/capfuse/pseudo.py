@@ -160,8 +160,10 @@ def pseudo_quality(targets: np.ndarray, mask: np.ndarray, truth: np.ndarray) -> 
 
     For the report only: ``truth`` is the demo's test_labels.csv, which no stage trains on.
     """
-    return {"tp": (kept_positives(targets, mask) & (truth == 1)).sum(0).astype(int),
-            "n_true": (truth == 1).sum(0).astype(int)}
+    known = truth >= 0  # -1: a row whose label nobody knows (e.g. an unlabelled folder without labels)
+    kept = kept_positives(targets, mask) & known
+    return {"tp": (kept & (truth == 1)).sum(0).astype(int), "n_true": (truth == 1).sum(0).astype(int),
+            "n_kept": kept.sum(0).astype(int)}
 
 
 def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:

@@ -77,6 +77,11 @@ def read_logits(path: Path, ids, class_ids) -> np.ndarray:
 
 
 def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
+    # The unlabelled folder's path is not the model's business: the rows it adds are in
+    # ``data_fp`` (ids, captions, image checksums) for the models that read them, and a model
+    # without pseudo-label rounds must not retrain because a folder was named.
+    data = {k: v for k, v in (model_cfg.get("data") or {}).items() if k != "unlabelled"}
+    model_cfg = {**model_cfg, "data": data} if "data" in model_cfg else model_cfg
     h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True, default=str).encode())
     h.update(data_fp.encode())
     h.update(np.asarray(folds, dtype=np.int64).tobytes())
@@ -119,12 +124,14 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
     rows, pool_logits = n_train + pool, logits[pool]
     if unlabelled is not None and len(unlabelled):
         # Label-ratio mode: the other folds' unlabelled train rows join the pool (never fold
-        # ``fold``'s own rows, which it is scored on). The producer predicted every unlabelled
-        # row, in ``unlabelled``'s order (``extra_logits.npy``).
+        # ``fold``'s own rows, which it is scored on), and so do the rows of an unlabelled
+        # folder. The producer predicted every one, in ``unlabelled``'s order (``extra_logits.npy``).
         extra = np.load(src.producer_dir / f"fold{fold}" / "extra_logits.npy")
         if len(extra) != len(unlabelled):
             raise ProvenanceError(f"{src.producer_dir}: its unlabelled rows differ from this run's; retrain the rounds")
-        keep = folds[unlabelled] != fold
+        keep = np.ones(len(unlabelled), bool)
+        in_train = unlabelled < n_train  # rows of the extra folder belong to no fold
+        keep[in_train] = folds[unlabelled[in_train]] != fold
         rows, pool_logits = np.concatenate([unlabelled[keep], rows]), np.concatenate([extra[keep], pool_logits])
     probs, order, info = sigmoid(pool_logits), None, {}
     if src.settings.graph > 0:
@@ -187,6 +194,9 @@ def train_model(
         if model_cfg["kind"] != "net":
             raise ValueError(f"{name}: label-ratio mode needs a net model; kind is {model_cfg['kind']}")
         data_fingerprint = f"{data_fingerprint}|labelled:{hashlib.sha256(labelled.tobytes()).hexdigest()}"
+    # The rows of an extra unlabelled folder (``data.unlabelled``) sit after the test rows and
+    # are predicted like the unlabelled train rows, for the next round to label.
+    unlabelled = np.concatenate([unlabelled, np.asarray(feats.get("extra_pool_rows", []), dtype=np.int64)])
     if pseudo_from is not None:
         data_fingerprint = f"{data_fingerprint}|pseudo:{pseudo_from.producer}:{pseudo_from.fingerprint()}"
     fp = _fingerprint(model_cfg, data_fingerprint, folds)

@@ -75,7 +75,7 @@ CLASSES: list[tuple[int, str]] = [
 CLASS_ID: dict[str, int] = {name: cid for cid, name in CLASSES}
 CLASS_NAMES: list[str] = [name for _, name in CLASSES]
 
-SPLIT_CODE = {"train": 0, "test": 1}
+SPLIT_CODE = {"train": 0, "test": 1, "unlabelled": 2}
 STAMP_NAME = ".demo.json"
 MAX_LABELS = 5  # COCO images restricted to these classes rarely carry more; keeps captions short
 # The first FORCED_PER_CLASS * 18 train images each carry one class by turn, so that even the
@@ -1195,6 +1195,44 @@ def make_demo(
             shutil.rmtree(tmp, ignore_errors=True)
     summary = dict(summary, skipped=False, seconds=round(time.perf_counter() - start, 2), workers=workers)
     return summary
+
+
+def make_unlabelled(out_dir: str | os.PathLike, n: int, size: int = 256, seed: int = 0, captions: bool = True,
+                    workers: int | None = None) -> dict:
+    """An extra folder of ``n`` unlabelled images for pseudo-label rounds (``data.unlabelled``).
+
+    Layout: ``data/u<i>.jpg`` and ``unlabelled.csv`` (``ImageID`` and, with ``captions``, a
+    ``Caption`` column). The labels go to ``unlabelled_labels.csv``, which only the pseudo-label
+    report reads, like the demo's ``test_labels.csv``. Rows come from their own seed stream,
+    so the train and test sets of the same seed do not change. Written to a temporary folder
+    and renamed into place.
+    """
+    if n < 1:
+        raise ValueError(f"need n >= 1 unlabelled images, got {n}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists; remove it first")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "data").mkdir(parents=True)
+        tasks = [(seed, "unlabelled", i, size, str(tmp / "data" / f"u{i}.jpg")) for i in range(n)]
+        workers = max(1, int(workers or os.cpu_count() or 1))
+        with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, n)) as pool:
+            results = pool.map(_work, tasks, chunksize=max(1, min(32, n // (4 * workers))))
+        ids = [f"u{i}.jpg" for i in range(n)]
+        if captions:
+            write_text(tmp / "unlabelled.csv", "ImageID,Caption\n" + "".join(f"{i},{c}\n" for i, (_, c) in zip(ids, results)))
+        else:
+            write_text(tmp / "unlabelled.csv", "ImageID\n" + "".join(f"{i}\n" for i in ids))
+        write_text(tmp / "unlabelled_labels.csv", "ImageID,Labels\n"
+                   + "".join(f"{i},{' '.join(map(str, lab))}\n" for i, (lab, _) in zip(ids, results)))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"n": n, "captions": captions, "folder": str(out)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

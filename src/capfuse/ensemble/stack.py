@@ -19,6 +19,7 @@ import numpy as np
 
 from capfuse.metrics import _as_binary
 from capfuse.trainer import sigmoid
+from capfuse.utils.log import progress
 
 # Small, regularised, deterministic: the stacker's inputs are already strong scores, so a few
 # shallow trees add the cross-class corrections and anything bigger learns the OOF noise. Sized so
@@ -151,7 +152,7 @@ def stack_oof_and_test(
     ks = np.unique(f)
     oof = np.empty((n, c))
     test = np.zeros((len(X_test), c)) if X_test is not None else None
-    for k in ks:
+    for k in progress(ks, "stacker folds"):
         tr, te = f != k, f == k
         base = base_test = None
         if base_probs is not None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from capfuse.decision import _label_limits, _probabilities, apply_threshold, default_grid, fit_global_threshold
 from capfuse.metrics import _as_binary, mean_sample_f1
+from capfuse.utils.log import progress, quiet_default
 
 # A few hundred trials is where TPE stops finding gains over the coordinate polish on an 18-class
 # OOF of 30,000 rows; more only fits the OOF noise (see nested_threshold_score's gap).
@@ -261,6 +262,7 @@ def fit_class_thresholds(
             study.optimize(
                 objective,
                 n_trials=n_trials - done,
+                show_progress_bar=not quiet_default(),
                 # Other workers on the same storage add trials too; stop when the total is reached.
                 callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))],
             )
@@ -320,7 +322,7 @@ def nested_threshold_score(
     pred_global = np.zeros_like(y, dtype=np.uint8)
     fold_t = np.empty((len(ks), y.shape[1]))
     fold_g = np.empty(len(ks))
-    for i, k in enumerate(ks):
+    for i, k in enumerate(progress(ks, "nested thresholds")):
         tr, te = f != k, f == k
         res = fit_class_thresholds(y[tr], p[tr], **tune)
         fold_t[i], fold_g[i] = res.thresholds, res.global_threshold

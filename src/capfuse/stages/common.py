@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from capfuse.data.validate import ValidationResult, load_validated
 from capfuse.folds import read_folds
@@ -16,6 +18,9 @@ class Dataset:
     paths: Paths
     val: ValidationResult
     Y: np.ndarray  # [n_train, C] uint8, columns in class-id order
+    # ``data.unlabelled``: usable rows of an extra unlabelled folder (ImageID, Caption), or None.
+    extra: pd.DataFrame | None = None
+    extra_dir: Path | None = None
 
     @property
     def train_ids(self) -> list[str]:
@@ -55,4 +60,11 @@ def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Datas
         progress=not quiet if quiet is not None else False,
     )
     Y = val.classes.to_matrix(list(val.train["labels"]))
-    return Dataset(paths=paths, val=val, Y=Y)
+    extra, extra_dir = None, None
+    if data_cfg.get("unlabelled"):
+        from capfuse.data.unlabelled import load_unlabelled
+
+        extra_dir = Path(data_cfg["unlabelled"])
+        known = set(val.train["ImageID"]) | set(val.test["ImageID"])
+        extra = load_unlabelled(extra_dir, known, workers=int(data_cfg.get("workers", 2)))
+    return Dataset(paths=paths, val=val, Y=Y, extra=extra, extra_dir=extra_dir)

@@ -139,7 +139,51 @@ class FeatureStore:
             dims["cap_pooled"], dims["cap_tokens"] = cap["pooled"].shape[1], cap["tokens"].shape[2]
         return {"views": out, "dims": dims}
 
-    def for_model(self, model_cfg: dict) -> dict:
+    def extra_rows(self, model_cfg: dict, feats: dict, parts: list) -> None:
+        """Append the unlabelled folder's rows after the test rows of every cached view.
+
+        Their features are cached apart (``cache/unlabelled/``, key ``unlabelled``), so naming
+        a folder never recomputes the train and test features.
+        """
+        from capfuse.encoders.text import TextEncoderSpec
+        from capfuse.features import embed_image_features
+        from capfuse.text_features import embed_captions, glove_features
+
+        extra, folder = self.ds.extra, self.ds.extra_dir
+        ids, captions = list(extra["ImageID"]), list(extra["Caption"])
+        inputs = model_cfg.get("inputs", ["image", "caption"])
+        views = feats["views"]
+        if "image" in inputs:
+            spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+            names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(model_cfg)[0]}
+            for view in views:
+                keys = [k for k in views[view] if k in names]
+                got = embed_image_features(folder, ids, np.ones(len(ids), bool), spec, self.ds.paths.cache / "unlabelled",
+                                           view=view, outputs=self._outputs(spec, tuple(names[k] for k in keys)),
+                                           quiet=self.quiet)
+                for k in keys:
+                    views[view][k] = np.concatenate([views[view][k], got[names[k]]])
+                parts.append(got["checksum"])
+        if "caption" in inputs:
+            spec = TextEncoderSpec(**model_cfg.get("caption_encoder", DEFAULT_CAPTION_ENCODER))
+            if spec.name == "glove":
+                pooled, tokens, mask = glove_features(captions, spec.max_len)
+                cap = {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": _hash_text("glove-extra", captions)}
+            else:
+                cap = embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
+            # Captions do not flip: one concatenation serves every view.
+            joined = {k: np.concatenate([views["orig"][k], cap[name]])
+                      for k, name in (("cap_pooled", "pooled"), ("cap_tokens", "tokens"), ("cap_mask", "mask"))}
+            for view in views:
+                views[view].update(joined)
+            parts.append(cap["checksum"])
+        first = len(self.ds.train_ids) + len(self.ds.test_ids)
+        feats["extra_pool_rows"] = np.arange(first, first + len(ids))
+        parts.extend([ids, captions])
+
+    def for_model(self, model_cfg: dict, with_extra: bool = False) -> dict:
+        """What ``model_cfg`` reads, for every row: train, test and, ``with_extra`` (models with
+        pseudo-label rounds), the rows of the unlabelled folder (``data.unlabelled``)."""
         n_train = len(self.ds.train_ids)
         # Test rows with a usable image: the unlabelled pool that pseudo-label rounds may use.
         feats: dict = {"n_test": len(self.ds.test_ids), "test_image_ok": self.ds.val.test["image_ok"].to_numpy(bool)}
@@ -148,6 +192,8 @@ class FeatureStore:
         inputs = model_cfg.get("inputs", ["image", "caption"])
         if model_cfg["kind"] == "net" and uses_cache(model_cfg):
             feats.update(self.for_net(model_cfg, parts))
+            if with_extra and self.ds.extra is not None:
+                self.extra_rows(model_cfg, feats, parts)
         elif model_cfg["kind"] == "net":
             feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
                          image_ok=self.ds.image_ok,

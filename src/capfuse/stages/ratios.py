@@ -35,7 +35,7 @@ def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         store = FeatureStore(ds, quiet, models)
         rows = []
         for name, model_cfg in models.items():
-            feats = store.for_model(model_cfg)
+            feats = store.for_model(model_cfg, with_extra=True)  # an unlabelled folder joins the pool
             common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds, class_ids=ds.class_ids,
                           feats=feats, data_fingerprint=feats["fingerprint"])
             settings = PseudoSettings.from_config({**model_cfg.get("pseudo", {}),

@@ -63,7 +63,9 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
         board = None
         for name, model_cfg in models.items():
             with stage(f"train {name}", model_cfg["kind"]):
-                feats = store.for_model(model_cfg)
+                settings = PseudoSettings.from_config(model_cfg.get("pseudo"))
+                # The unlabelled folder's rows join only models with rounds: the others never use them.
+                feats = store.for_model(model_cfg, with_extra=settings.rounds > 0)
                 common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds,
                               class_ids=ds.class_ids, feats=feats, data_fingerprint=feats["fingerprint"])
                 # Round 0 is the plain model: its pseudo settings concern later rounds only and
@@ -75,7 +77,6 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
                 board = update_leaderboard(paths.runs / "leaderboard.csv", metrics)
                 log.info("%s: CV mean F1 %.4f (threshold %.2f), mAP %.4f", name, metrics["cv_mean_f1"],
                          metrics["threshold"], metrics["cv_map"])
-                settings = PseudoSettings.from_config(model_cfg.get("pseudo"))
                 if settings.rounds:
                     rounds_board, _ = pseudo_rounds(paths, ds, name, model_cfg, metrics, settings, common)
                     board = rounds_board if rounds_board is not None else board
@@ -130,20 +131,28 @@ def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings
 
 
 def _pool_truth(paths, ds) -> np.ndarray | None:
-    """True labels of every feature row (train, then test), for the report only, never trained on.
+    """True labels of every feature row (train, test, unlabelled folder), for the report only.
 
-    The test part comes from the demo's ``test_labels.csv``; without it there is no truth.
+    The test part comes from the demo's ``test_labels.csv`` and the folder's from its
+    ``unlabelled_labels.csv``; no stage trains on either. Rows without a known label are -1.
     """
-    path = paths.data_dir / "test_labels.csv"
-    if not path.exists():
-        return None
-    labels = pd.read_csv(path, dtype={"ImageID": str, "Labels": str}, keep_default_na=False).set_index("ImageID")
-    missing = [i for i in ds.test_ids if i not in labels.index]
-    if missing:
-        log.warning("%s lacks %d test ids (e.g. %s): no pseudo-label precision in the report", path, len(missing), missing[:3])
-        return None
-    test = ds.val.classes.to_matrix([[int(x) for x in labels.loc[i, "Labels"].split()] for i in ds.test_ids])
-    return np.concatenate([ds.Y, test])
+    def read(path, ids) -> np.ndarray:
+        out = np.full((len(ids), len(ds.class_ids)), -1, np.int8)
+        if not path.exists():
+            return out
+        labels = pd.read_csv(path, dtype={"ImageID": str, "Labels": str}, keep_default_na=False).set_index("ImageID")
+        known = [i for i, image_id in enumerate(ids) if image_id in labels.index]
+        if len(known) < len(ids):
+            log.warning("%s lacks %d of %d ids: no pseudo-label precision for them", path, len(ids) - len(known), len(ids))
+        if known:
+            out[known] = ds.val.classes.to_matrix([[int(x) for x in labels.loc[ids[i], "Labels"].split()] for i in known])
+        return out
+
+    parts = [ds.Y.astype(np.int8), read(paths.data_dir / "test_labels.csv", ds.test_ids)]
+    if ds.extra is not None:
+        parts.append(read(ds.extra_dir / "unlabelled_labels.csv", list(ds.extra["ImageID"])))
+    truth = np.concatenate(parts)
+    return truth if (truth[len(ds.Y):] >= 0).any() else None
 
 
 def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, truth, class_ids,
@@ -158,13 +167,13 @@ def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, tr
     if run_dir is None:
         return pd.DataFrame([{**base, "class": "all"}])
     c = len(class_ids)
-    n_pos, n_neg, tp, n_true = np.zeros(c), np.zeros(c), np.zeros(c), np.zeros(c)
+    n_pos, n_neg, tp, n_true, n_kept = (np.zeros(c) for _ in range(5))
     fold_files = sorted(run_dir.glob("fold*/pseudo_targets.npy"))
     for f in fold_files:
         targets, mask = np.load(f), np.load(f.with_name("pseudo_mask.npy"))
         if truth is not None:
             q = pseudo_quality(targets, mask, truth[np.load(f.with_name("pseudo_rows.npy"))])
-            tp, n_true = tp + q["tp"], n_true + q["n_true"]
+            tp, n_true, n_kept = tp + q["tp"], n_true + q["n_true"], n_kept + q["n_kept"]
         pos, neg = pseudo_counts(targets, mask)
         n_pos, n_neg = n_pos + pos, n_neg + neg
     k = max(len(fold_files), 1)
@@ -172,7 +181,8 @@ def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, tr
     def quality(sel) -> dict:
         if truth is None:
             return {}
-        pos, hit, true = n_pos[sel].sum(), tp[sel].sum(), n_true[sel].sum()
+        # Precision over the kept positives whose truth is known; recall over the known positives.
+        pos, hit, true = n_kept[sel].sum(), tp[sel].sum(), n_true[sel].sum()
         return {"precision": round(hit / pos, 4) if pos else None, "recall": round(hit / true, 4) if true else None}
 
     out = [{**base, "class": cid, "pseudo_pos": round(n_pos[j] / k, 1), "pseudo_neg": round(n_neg[j] / k, 1),
