@@ -31,9 +31,9 @@ def test_the_repo_ablation_config_resolves_every_variant():
     cfg_path = REPO / "configs" / "ablation.yaml"
     variants = variant_configs(load_config(cfg_path), cfg_path)
     names = [v["name"] for v in variants]
-    assert {"img_net", "cap_net", "fusion_lite0", "loss_tempered", "pseudo_round"} <= set(names)
+    assert {"img_net", "cap_net", "fusion_lite0", "fusion_tsig", "fusion_lq", "fusion_ctx", "pseudo_round"} <= set(names)
     by_name = {v["name"]: v for v in variants}
-    assert by_name["loss_tempered"]["model"]["train"]["loss"]["name"] == "tempered_bce"
+    assert by_name["fusion_tsig"]["model"]["train"]["loss"]["name"] == "tempered_bce"
     assert by_name["fusion_concat"]["model"]["fusion"]["cross_attention"] is False
     # A variant that is exactly a pipeline model shares its run; a derived one gets its own name.
     assert by_name["fusion_lite0"]["shared"] and by_name["fusion_lite0"]["model"]["name"] == "fusion_lite0"
