@@ -105,7 +105,7 @@ test: $(STAMP) ## run the test suite (tiny datasets, tiny models)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) ## speed benchmarks (see README)
-	$(BIN)/python -m capfuse.bench $(ARGS)
+	$(RUN) bench $(ARGS)
 
 clean: ## remove run artefacts of DATA (runs/<dataset>/) and generated demo data
 	rm -rf runs/$(DATASET) data/demo data/demo-unlabelled data/tiny data/faulty

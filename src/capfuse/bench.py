@@ -71,7 +71,7 @@ def bench_embed(n: int, name: str, size: int, batch_size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="capfuse.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="capfuse bench", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--encoder", default="tf_efficientnet_lite0")
     parser.add_argument("--size", type=int, default=224)

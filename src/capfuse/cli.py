@@ -1,6 +1,6 @@
 """``capfuse``: one command whose subcommands mirror the Make targets.
 
-    capfuse data     --data data/demo [--preset default|tiny|large]
+    capfuse data     --data data/demo [--preset default|tiny|large] [--unlabelled N [--no-captions]]
     capfuse validate --data DIR
     capfuse folds    --data DIR --config configs/pipeline.yaml [--force]
     capfuse embed    --data DIR --config configs/pipeline.yaml [--only NAME ...]
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write N unlabelled images to <data>-unlabelled/ for pseudo-label rounds")
     p.add_argument("--no-captions", action="store_true", help="the unlabelled images come without captions")
     p.add_argument("--log-level", default="INFO")
+
+    # Listed for --help only: main() hands `capfuse bench ...` to capfuse.bench, options and all.
+    sub.add_parser("bench", help="speed benchmarks: embedding throughput, stacking + thresholds at 30k rows "
+                                 "(`capfuse bench --help`)", add_help=False)
 
     p = sub.add_parser("faulty", help="generate a small dataset that holds every data fault the validator knows")
     p.add_argument("--data", default="data/faulty")
@@ -114,6 +118,12 @@ def _context(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from capfuse.bench import main as bench_main
+
+        setup_logging("INFO")
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     from capfuse.data.problems import DataError
