@@ -57,6 +57,7 @@ LQ = {"d_model": 16, "heads": 2, "dropout": 0.0}
 VARIANTS = {
     "lq_branch": {"fusion": {"label_query": LQ}},
     "lq_branch_captions": {"fusion": {"label_query": {**LQ, "caption_tokens": True}}},
+    "lq_branch_own_projection": {"fusion": {"label_query": {**LQ, "caption_tokens": True, "share_projection": False}}},
     "lq_only": {"fusion": {"logit_fusion": False, "label_query": LQ}},
     "lq_only_image": {"inputs": ["image"], "fusion": {"label_query": {**LQ, "learn_temperature": False}}},
     "lq_align_all": {"fusion": {"label_query": LQ}, "aux": {"align_on": "all"}},
@@ -322,3 +323,17 @@ def test_bad_component_settings_are_named():
     with pytest.raises(ValueError, match="context_map"):
         build_net({"aux": {"context_weight": 0.2}}, DIMS, C)
     assert count_parameters(net_of({"fusion": {"label_query": LQ}})) > count_parameters(net_of({}))
+
+
+def test_label_queries_share_the_cross_attention_projection():
+    shared = net_of({"fusion": {"label_query": {**LQ, "caption_tokens": True}}})
+    own = net_of({"fusion": {"label_query": {**LQ, "caption_tokens": True, "share_projection": False}}})
+    assert shared.lq_shared and not own.lq_shared
+    assert count_parameters(own) - count_parameters(shared) == (count_parameters(own.label_query.img_proj)
+                                                              + count_parameters(own.label_query.cap_proj))
+    # the alignment loss alone reaches the shared projection
+    shared.aux_weight = 0.0
+    out = shared(batch())
+    out["aux_losses"]["align"].backward()
+    assert shared.xattn.img_proj[1].weight.grad.abs().sum() > 0
+    assert shared.xattn.cap_proj[1].weight.grad.abs().sum() > 0

@@ -15,7 +15,8 @@ Paper (b)'s parts, each off unless its config says so:
 * ``fusion.label_query`` (``true`` or a mapping of ``LabelQueryHead``'s options, plus
   ``caption_tokens``): one query per class, started from the class prompt's text embedding,
   pools the image tokens (and the caption tokens) into a feature per label; its logits are
-  the tempered cosine to the class texts (``lq_logits``). With logit fusion on it is one more
+  the tempered cosine to the class texts (``lq_logits``); it reads the cross-attention's
+  projected tokens when both exist (``share_projection``). With logit fusion on it is one more
   branch of the weighting; otherwise it is the model's classifier. ``align_scores`` (each
   label feature's cosine with its own text) are in the output for pseudo-labelling.
 * ``aux.align_weight``: the one-to-one alignment loss of the label features with the label
@@ -44,6 +45,9 @@ from capfuse.nn.losses import BCELoss, alignment_loss
 # Defaults of paper (b)'s parts; a model config overrides any of them. Off by default, so that a
 # config without them keeps its resolved form (and its run fingerprint).
 LABEL_QUERY_DEFAULTS = {"enabled": True, "caption_tokens": False, "d_model": 128, "heads": 4, "dropout": 0.1,
+                        # Read the cross-attention's projected tokens (same d_model) instead of projecting
+                        # again: projecting 16 x 1280 image tokens is most of a CPU training step.
+                        "share_projection": True,
                         "temperature": 0.1,  # MuMIC's tempered sigmoid: a cosine of 1 is a logit of 10
                         "learn_temperature": True}
 AUX_DEFAULTS = {"align_weight": 0.1,  # the alignment steers the label features; classification leads
@@ -106,11 +110,14 @@ class CrossAttentionFusion(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.GELU(), nn.Dropout(dropout),
                                   nn.Linear(d_model, num_classes))
 
-    def forward(self, img_tokens, cap_tokens, cap_mask) -> torch.Tensor:
+    def project(self, img_tokens, cap_tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both modalities' tokens in the ``d_model`` space (the label-query head may share them)."""
+        return self.img_proj(img_tokens), self.cap_proj(cap_tokens)
+
+    def forward(self, img_tokens, cap_tokens, cap_mask, projected: bool = False) -> torch.Tensor:
         """The joint vector ``[B, 2 d_model]`` (pooled attended caption and image tokens); ``classify``
-        turns it into logits."""
-        img = self.img_proj(img_tokens)
-        cap = self.cap_proj(cap_tokens)
+        turns it into logits. ``projected``: the tokens already went through ``project``."""
+        img, cap = (img_tokens, cap_tokens) if projected else self.project(img_tokens, cap_tokens)
         pad = None if cap_mask is None else ~cap_mask
         cap_att, _ = self.cap_to_img(cap, img, img, need_weights=False)  # words look at regions
         img_att, _ = self.img_to_cap(img, cap, cap, key_padding_mask=pad, need_weights=False)  # regions look at words
@@ -162,6 +169,7 @@ class CapFuseNet(nn.Module):
             self.early_head = MLPHead(dims["img_pooled"] + dims["cap_pooled"], num_classes,
                                       int(spec.get("hidden", 512)), float(spec.get("dropout", 0.3)))
         self.label_query = None
+        self.lq_shared = False
         if lq is not None:
             if "image" not in self.inputs:
                 raise ValueError("fusion.label_query pools image tokens: the model's inputs must include image")
@@ -172,10 +180,12 @@ class CapFuseNet(nn.Module):
             with_caption = bool(lq["caption_tokens"])
             if with_caption and "caption" not in self.inputs:
                 raise ValueError("fusion.label_query.caption_tokens needs caption among the model's inputs")
+            self.lq_shared = (bool(lq["share_projection"]) and self.xattn is not None
+                              and int(lq["d_model"]) == int(fusion["d_model"]))
             self.label_query = LabelQueryHead(dims["img_tokens"], torch.as_tensor(class_text, dtype=torch.float32),
                                               dims["cap_tokens"] if with_caption else None, int(lq["d_model"]),
                                               int(lq["heads"]), float(lq["dropout"]), float(lq["temperature"]),
-                                              bool(lq["learn_temperature"]))
+                                              bool(lq["learn_temperature"]), project_inputs=not self.lq_shared)
         n_branches = ((self.image_head is not None) + (self.caption_head is not None) + (self.xattn is not None)
                       + (self.label_query is not None))
         # Zeros: a softmax over equal scores starts every class at an even mix of the branches.
@@ -225,13 +235,17 @@ class CapFuseNet(nn.Module):
                 h, out["caption_logits"] = self._run(self.caption_head, batch, "cap")
                 branches.append(out["caption_logits"])
                 joint.append(h)
+            tokens = (batch.get("img_tokens"), batch.get("cap_tokens"))
             if self.xattn is not None:
-                h = self.xattn(batch["img_tokens"], batch["cap_tokens"], batch.get("cap_mask"))
+                projected = self.xattn.project(*tokens)
+                h = self.xattn(*projected, batch.get("cap_mask"), projected=True)
                 out["xattn_logits"] = self.xattn.classify(h)
                 branches.append(out["xattn_logits"])
                 joint.append(h)
+                if self.label_query is not None and self.lq_shared:
+                    tokens = projected
             if self.label_query is not None:
-                lq = self.label_query(batch["img_tokens"], batch.get("cap_tokens"), batch.get("cap_mask"))
+                lq = self.label_query(*tokens, batch.get("cap_mask"))
                 out["lq_logits"], out["align_scores"] = lq["logits"], lq["align"]
                 branches.append(out["lq_logits"])
                 joint.append(lq["features"].mean(1))

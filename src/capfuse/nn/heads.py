@@ -92,7 +92,8 @@ class LabelQueryHead(nn.Module):
     """
 
     def __init__(self, img_dim: int, class_text: torch.Tensor, cap_dim: int | None = None, d_model: int = 128,
-                 heads: int = 4, dropout: float = 0.1, temperature: float = 0.1, learn_temperature: bool = True) -> None:
+                 heads: int = 4, dropout: float = 0.1, temperature: float = 0.1, learn_temperature: bool = True,
+                 project_inputs: bool = True) -> None:
         super().__init__()
         class_text = torch.as_tensor(class_text, dtype=torch.float32)
         if class_text.ndim != 2:
@@ -105,8 +106,12 @@ class LabelQueryHead(nn.Module):
         self.query_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, d_model))
         # Zero offsets: every query starts exactly at its projected prompt and may drift from it.
         self.query_offset = nn.Parameter(torch.zeros(n_classes, d_model))
-        self.img_proj = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, d_model))
-        self.cap_proj = None if cap_dim is None else nn.Sequential(nn.LayerNorm(cap_dim), nn.Linear(cap_dim, d_model))
+        # project_inputs=False: the tokens arrive already in d_model (another module projected them).
+        self.use_captions = cap_dim is not None
+        self.img_proj = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, d_model)) if project_inputs else nn.Identity()
+        self.cap_proj = None
+        if self.use_captions:
+            self.cap_proj = nn.Sequential(nn.LayerNorm(cap_dim), nn.Linear(cap_dim, d_model)) if project_inputs else nn.Identity()
         self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Dropout(dropout),
@@ -128,7 +133,7 @@ class LabelQueryHead(nn.Module):
                 cap_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         keys = self.img_proj(img_tokens)
         pad = None
-        if self.cap_proj is not None:
+        if self.use_captions:
             keys = torch.cat([keys, self.cap_proj(cap_tokens)], dim=1)
             if cap_mask is not None:
                 img_pad = torch.zeros(keys.shape[0], img_tokens.shape[1], dtype=torch.bool, device=keys.device)
