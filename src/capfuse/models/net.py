@@ -196,7 +196,6 @@ class NetModel:
         from capfuse.nn.losses import LOSSES
 
         extras = self.build_extras
-
         loss_cfg = dict(self.settings.loss)
         name = loss_cfg.pop("name", "bce")
         if name == "weighted_bce":
@@ -229,9 +228,7 @@ class NetModel:
     def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
         """(parameters, ms per image) of the head/fusion module on cached-size inputs."""
         from capfuse.light import _time_ms
-        from capfuse.nn.fusion import count_parameters
-
-        from capfuse.nn.fusion import aux_settings, needs_class_text, uses_contexts
+        from capfuse.nn.fusion import aux_settings, count_parameters, needs_class_text, uses_contexts
 
         dims = feats.get("dims")
         if dims is None:  # finetune mode: the encoders are counted by light_report
