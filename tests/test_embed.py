@@ -182,3 +182,22 @@ def test_unlabelled_folder_errors_name_the_file_and_line(tmp_path):
     assert table["Caption"].tolist() == ["a cat, on a mat"]
     (folder / "unlabelled.csv").unlink()  # no csv: every image of data/, no captions
     assert load_unlabelled(folder, set())[["ImageID", "Caption"]].values.tolist() == [["a.jpg", ""]]
+
+
+@pytest.mark.slow
+def test_label_query_alignment_scores_drive_a_pseudo_label_round(project):
+    root, data, pipeline = project
+    cfg = yaml.safe_load(pipeline.read_text())
+    models = root / "configs" / "models"
+    lq = yaml.safe_load((models / "fusion.yaml").read_text())
+    lq["fusion"] = {**lq["fusion"], "label_query": {"d_model": 16, "heads": 2}}
+    (models / "lq.yaml").write_text(yaml.safe_dump(lq))
+    cfg_path = root / "configs" / "align.yaml"
+    cfg_path.write_text(yaml.safe_dump({**cfg, "models": ["lq"],
+                                        "pseudo": {"rounds": 1, "scores": "align", "min_gain": -1.0}}))
+    assert cli(root, data, cfg_path, "folds") == 0
+    assert cli(root, data, cfg_path, "train") == 0
+    run = root / "runs" / "mini"
+    assert np.load(run / "lq" / "fold0" / "test_align.npy").shape == (12, 18)
+    info = yaml.safe_load((run / "lq@r1" / "fold0" / "pseudo.json").read_text())
+    assert info["scores"] == "align" and info["producer"] == "lq"

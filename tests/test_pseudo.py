@@ -183,3 +183,30 @@ def test_rank_blend_orders_by_both_scores_and_select_keeps_the_producers_probabi
     targets, mask, _ = select(probs, np.array([0.25]), PseudoSettings(pos_keep=1.0, neg_keep=0.34, soft=True), mixed)
     assert mask[:, 0].tolist() == [0, 1, 0, 1]
     assert targets[1, 0] == pytest.approx(0.8) and targets[3, 0] == pytest.approx(0.1)
+
+
+def test_alignment_scores_rank_the_pool_when_asked(tmp_path):
+    """``pseudo.scores: align``: the producer's alignment scores order the pool, its logits give the targets."""
+    producer = tmp_path / "lq"
+    fold_dir = producer / "fold0"
+    fold_dir.mkdir(parents=True)
+    write_json(producer / "fingerprint.json", {"fingerprint": "x"})
+    write_json(fold_dir / "done.json", {"fold": 0, "folds_sha256": SHA})
+    logits = np.array([[3.0], [2.0], [1.0], [-3.0]], np.float32)  # ranks the pool 0, 1, 2, 3
+    align = np.array([[0.1], [0.2], [0.9], [0.0]], np.float32)  # ranks it 2, 1, 0, 3
+    np.save(fold_dir / "test_logits.npy", logits)
+    Y = np.array([[1], [0], [1], [0], [1], [0]], np.uint8)
+    tr = np.flatnonzero(FOLDS != 0)
+    settings = dict(pos_keep=0.5, neg_keep=0.5, soft=True)
+    src = PseudoSource("lq", producer, PseudoSettings(**settings, scores="align"), 1)
+    with pytest.raises(ValueError, match="label-query"):
+        pseudo_targets(src, 0, Y, tr, len(FOLDS), np.ones(4, bool), SHA)
+    np.save(fold_dir / "test_align.npy", align)
+    by_align = pseudo_targets(src, 0, Y, tr, len(FOLDS), np.ones(4, bool), SHA)
+    by_logits = pseudo_targets(PseudoSource("lq", producer, PseudoSettings(**settings), 1), 0, Y, tr, len(FOLDS),
+                               np.ones(4, bool), SHA)
+    # Prior 0.5 of 4 rows: one positive kept. The logits pick row 0, the alignment row 2.
+    pos = lambda t: np.flatnonzero((t.mask[:, 0] == 1) & (t.targets[:, 0] >= 0.5))  # noqa: E731
+    assert pos(by_logits).tolist() == [0] and pos(by_align).tolist() == [2]
+    assert by_align.targets[2, 0] == pytest.approx(1 / (1 + np.exp(-1.0)))  # the producer's probability
+    assert by_align.info["scores"] == "align"

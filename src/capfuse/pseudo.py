@@ -38,6 +38,7 @@ class PseudoSettings:
     min_gain: float = 0.0  # a round must raise CV mean F1 by more than this, or the rounds stop
     graph: float = 0.0  # weight of label propagation over a kNN graph of the features in the ranking (0: off)
     graph_k: int = 10  # neighbours per row in that graph
+    scores: str = "logits"  # what ranks the pool: the producer's logits, or "align" (label-query alignment scores)
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> PseudoSettings:
@@ -47,7 +48,7 @@ class PseudoSettings:
             raise ValueError(f"unknown pseudo settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         s = cls(**cfg)
         if (s.rounds < 0 or not 0 < s.pos_keep <= 1 or not 0 < s.neg_keep <= 1 or s.weight < 0 or s.ramp_epochs < 0
-                or not 0 <= s.graph <= 1 or s.graph_k < 1):
+                or not 0 <= s.graph <= 1 or s.graph_k < 1 or s.scores not in ("logits", "align")):
             raise ValueError(f"pseudo settings out of range: {s}")
         return s
 

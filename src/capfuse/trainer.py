@@ -119,9 +119,19 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
         record = {**record, "folds_sha256": folds_sha(oof.set_index("ImageID").loc[list(train_ids), "fold"].to_numpy())}
     prov = provenance(src.round, fold, src.producer, record, folds_checksum)
     check_provenance(prov, fold, folds_checksum)
-    logits = np.load(src.producer_dir / f"fold{fold}" / "test_logits.npy")
+    fold_dir = src.producer_dir / f"fold{fold}"
+    logits = np.load(fold_dir / "test_logits.npy")
+    align = None
+    if src.settings.scores == "align":
+        # Paper (b): the label-query head's alignment scores rank the pool; the producer's
+        # probabilities still give the soft targets and the cut-offs reported.
+        if not (fold_dir / "test_align.npy").exists():
+            raise ValueError(f"pseudo.scores: align needs a producer with a label-query head "
+                             f"(fusion.label_query); {fold_dir} has no test_align.npy")
+        align = np.load(fold_dir / "test_align.npy")
     pool = np.flatnonzero(pool_ok)  # unreadable test images: zeros in, nothing to learn from
     rows, pool_logits = n_train + pool, logits[pool]
+    pool_align = align[pool] if align is not None else None
     if unlabelled is not None and len(unlabelled):
         # Label-ratio mode: the other folds' unlabelled train rows join the pool (never fold
         # ``fold``'s own rows, which it is scored on), and so do the rows of an unlabelled
@@ -133,7 +143,10 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
         in_train = unlabelled < n_train  # rows of the extra folder belong to no fold
         keep[in_train] = folds[unlabelled[in_train]] != fold
         rows, pool_logits = np.concatenate([unlabelled[keep], rows]), np.concatenate([extra[keep], pool_logits])
-    probs, order, info = sigmoid(pool_logits), None, {}
+        if pool_align is not None:
+            pool_align = np.concatenate([np.load(fold_dir / "extra_align.npy")[keep], pool_align])
+    probs, info = sigmoid(pool_logits), {"scores": src.settings.scores}
+    order = pool_align
     if src.settings.graph > 0:
         x = graph_features(feats or {})
         if x is None:
@@ -142,8 +155,8 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
         # ``fold``'s rows are absent, so neither their labels nor their places steer it.
         nodes = np.concatenate([tr, rows])
         scores = propagate(x[nodes], np.arange(len(tr)), Y[tr], k=src.settings.graph_k)[len(tr):]
-        order = rank_blend(probs, scores, src.settings.graph)
-        info = {"graph": src.settings.graph, "graph_k": src.settings.graph_k}
+        order = rank_blend(probs if order is None else order, scores, src.settings.graph)
+        info.update(graph=src.settings.graph, graph_k=src.settings.graph_k)
     targets, mask, cuts = select(probs, Y[tr].mean(0), src.settings, order)
     return PseudoTargets(rows=rows, targets=targets, mask=mask, weight=src.settings.weight,
                          ramp_epochs=src.settings.ramp_epochs,
@@ -283,6 +296,8 @@ def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, se
     write_npy(fold_dir / "test_logits.npy", result.test_logits)
     if result.extra_logits is not None:
         write_npy(fold_dir / "extra_logits.npy", result.extra_logits)
+    for part, scores in (result.align or {}).items():
+        write_npy(fold_dir / f"{part}_align.npy", scores)
     val_pred = apply_threshold(sigmoid(result.val_logits), 0.5)
     record = {
         "fold": fold, "seed": seed + fold, "n_train": len(tr), "n_val": len(va),

@@ -270,7 +270,7 @@ class NetModel:
         def forward_batch(batch: dict) -> dict:
             return net({k: v.to(self.device) for k, v in batch.items()})
 
-        def predict(rows: np.ndarray) -> np.ndarray:
+        def predict(rows: np.ndarray, key: str = "logits") -> np.ndarray:
             net.eval()
             views_used = ("orig", "hflip") if self.settings.tta and "hflip" in feats["views"] else ("orig",)
             out = np.zeros((len(rows), Y.shape[1]), np.float32)
@@ -278,7 +278,7 @@ class NetModel:
                 for view in views_used:
                     for i in range(0, len(rows), self.settings.eval_batch_size):
                         chunk = rows[i : i + self.settings.eval_batch_size]
-                        out[i : i + len(chunk)] += forward_batch(views.view_batch(view, chunk))["logits"].float().cpu().numpy()
+                        out[i : i + len(chunk)] += forward_batch(views.view_batch(view, chunk))[key].float().cpu().numpy()
             return out / len(views_used)
 
         def train_step(batch: dict, targets: dict) -> float:
@@ -287,9 +287,18 @@ class NetModel:
             loss.backward()
             return float(loss.detach())
 
-        return self.loop(net, Y, tr, va, test_rows, fold_dir, predict=predict,
-                         make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
-                         param_groups=self.param_groups(net), pseudo=pseudo, extra_rows=extra_rows)
+        result = self.loop(net, Y, tr, va, test_rows, fold_dir, predict=predict,
+                           make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
+                           param_groups=self.param_groups(net), pseudo=pseudo, extra_rows=extra_rows)
+        from capfuse.nn.fusion import needs_class_text
+
+        if needs_class_text(self.cfg) and result.test_logits.size:
+            # The loop ends on the best checkpoint: its alignment scores of the unlabelled pool
+            # are what a later round may rank its pseudo-labels by.
+            result.align = {"test": predict(test_rows, "align_scores")}
+            if extra_rows is not None and len(extra_rows):
+                result.align["extra"] = predict(extra_rows, "align_scores")
+        return result
 
     def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, *, predict, make_batch, train_step,
              param_groups=None, scaler=None, rank: int = 0, world: int = 1, pseudo=None,
