@@ -112,3 +112,20 @@ clean: ## remove run artefacts of DATA (runs/<dataset>/) and generated demo data
 
 clean-all: clean ## also remove the virtual environment and every run
 	rm -rf runs $(VENV)
+
+# -- open vocabulary (paper c) and embeddings (paper d) ------------------------------------------
+QUERY ?=                             ## make search: a text query, e.g. QUERY="a dog on a bus"
+IMAGE ?=                             ## make search: an ImageID of DATA or an image file
+ZSCOMMON := --data $(DATA) --config configs/zeroshot.yaml $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
+
+.PHONY: zeroshot embeddings search
+
+zeroshot: folds ## open vocabulary: N classes held out, runs/<dataset>/zeroshot.csv (ZSL/GZSL vs random), runs/<dataset>/zeroshot/
+	$(RUN) zeroshot $(ZSCOMMON)   # retrain a run that is up to date: ARGS=--force
+
+embeddings: zeroshot ## export image embeddings + ids of the zero-shot space to runs/<dataset>/embeddings/
+	$(RUN) embeddings $(ZSCOMMON)
+
+search: zeroshot ## nearest images to QUERY="a dog on a bus" or IMAGE=<ImageID or file>
+	@test -n "$(strip $(QUERY)$(IMAGE))" || { echo 'give QUERY="some text" or IMAGE=<ImageID or file>'; exit 2; }
+	$(RUN) search $(ZSCOMMON) $(if $(strip $(QUERY)),--text "$(strip $(QUERY))",--image "$(strip $(IMAGE))")

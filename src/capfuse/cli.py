@@ -11,6 +11,10 @@
     capfuse thresholds --data DIR --config configs/pipeline.yaml [--storage URL]
     capfuse infer    --data DIR --config configs/pipeline.yaml [--storage URL]
     capfuse all      --data DIR --config configs/pipeline.yaml
+    capfuse zeroshot --data DIR [--config configs/zeroshot.yaml] [--force]
+    capfuse zeroshot-score --images DIR --labels "cat,dog,red bus" [--model runs/<dataset>/zeroshot] [--out CSV]
+    capfuse embeddings --data DIR [--model zeroshot|backbone]
+    capfuse search   --data DIR (--image ID_OR_PATH | --text "a dog on a bus") [--k 8]
 
 Paths, devices and flags are resolved here and passed down; nothing is computed at import.
 """
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", help="folds, train and infer in one go")
     _common(p)
     p.add_argument("--storage", default=None, help=storage_help)
+    _add_zeroshot_commands(sub)
     return parser
 
 
@@ -163,6 +168,8 @@ def _dispatch(args) -> int:
         log.info("faulty dataset written to %s", args.data)
         return 0
 
+    if cmd in ZEROSHOT_COMMANDS:
+        return _zeroshot_dispatch(args)
     paths, cfg, quiet = _context(args)
     if cmd == "validate":
         from capfuse.stages.common import load_dataset
@@ -217,6 +224,74 @@ def _dispatch(args) -> int:
         print(f"\nSubmission: {result['paths']['latest_csv']}  ({m['second_level']['kept']}, {m['threshold']['kind']} thresholds)")
         print(f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
               f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})")
+    return 0
+
+
+# -- open vocabulary (paper c) and embeddings (paper d) ------------------------------------------
+ZEROSHOT_CONFIG = "configs/zeroshot.yaml"
+ZEROSHOT_COMMANDS = ("zeroshot", "zeroshot-score", "embeddings", "search")
+
+
+def _add_zeroshot_commands(sub) -> None:
+    p = sub.add_parser("zeroshot", help="unseen-class evaluation (ZSL/GZSL vs random): runs/<dataset>/zeroshot.csv, "
+                                        "and the projector in runs/<dataset>/zeroshot/")
+    _common(p)
+    p.set_defaults(config=ZEROSHOT_CONFIG)
+    p.add_argument("--force", action="store_true", help="retrain even when the run is up to date")
+
+    p = sub.add_parser("zeroshot-score", help="score any label names on any folder of images")
+    p.add_argument("--images", required=True, help="folder of image files")
+    p.add_argument("--labels", required=True, help='comma-separated label names, e.g. "cat,dog,red bus"')
+    p.add_argument("--model", default=None,
+                   help="zero-shot model folder (default: runs/<dataset>/zeroshot of --data under --root)")
+    p.add_argument("--data", default="data/demo", help="dataset whose model to use when --model is not given")
+    p.add_argument("--root", default=".")
+    p.add_argument("--top", type=int, default=5, help="labels printed per image (default: 5)")
+    p.add_argument("--out", default=None, help="write every score to this CSV")
+    p.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser("embeddings", help="export image embeddings (array + ids) to runs/<dataset>/embeddings/")
+    _common(p)
+    p.set_defaults(config=ZEROSHOT_CONFIG)
+    p.add_argument("--model", default="zeroshot", choices=["zeroshot", "backbone"],
+                   help="zeroshot: the caption-aligned space (text and image queries); "
+                        "backbone: the frozen encoder's pooled vectors (image queries)")
+
+    p = sub.add_parser("search", help="nearest images to an image (id or file) or to a text query")
+    _common(p)
+    p.set_defaults(config=ZEROSHOT_CONFIG)
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", help="an ImageID of the dataset or an image file")
+    query.add_argument("--text", help='a text query, e.g. "a dog on a bus"')
+    p.add_argument("--k", type=int, default=8, help="neighbours to print (default: 8)")
+    p.add_argument("--model", default="zeroshot", choices=["zeroshot", "backbone"])
+
+
+def _zeroshot_dispatch(args) -> int:
+    if args.command == "zeroshot-score":
+        from capfuse.paths import Paths
+        from capfuse.stages.zeroshot import model_dir, run_zeroshot_score
+
+        folder = Path(args.model) if args.model else model_dir(Paths(Path(args.data), Path(args.root).resolve()))
+        run_zeroshot_score(folder, Path(args.images), args.labels.split(","), top=args.top,
+                           out=Path(args.out) if args.out else None)
+        return 0
+    paths, cfg, quiet = _context(args)
+    if args.command == "zeroshot":
+        from capfuse.stages.zeroshot import run_zeroshot
+
+        table = run_zeroshot(paths, cfg, force=args.force, quiet=quiet)
+        print(table.to_string(index=False, float_format="%.4f"))
+    elif args.command == "embeddings":
+        from capfuse.stages.embeddings import run_embeddings
+
+        out = run_embeddings(paths, cfg, model=args.model, quiet=quiet)
+        print(f"{out['rows']} embeddings of dimension {out['dim']}: {out['array']} and {out['ids']}")
+    else:
+        from capfuse.stages.embeddings import run_search
+
+        hits = run_search(paths, cfg, image=args.image, text=args.text, k=args.k, model=args.model, quiet=quiet)
+        print(hits.to_string(index=False, float_format="%.3f"))
     return 0
 
 

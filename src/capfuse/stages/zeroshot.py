@@ -1,0 +1,219 @@
+"""The zeroshot stage (paper c): held-out classes, ZSL/GZSL scores, and the deployed projector.
+
+``run_zeroshot`` holds N classes out as unseen: their labels never reach training, their
+captions do (a caption is the teacher, not a label). For every evaluation fold of
+``folds/<dataset>.csv`` a projector is trained on the other folds' train rows and on the test
+rows (captions only) and embeds the held-out fold's images, which it never saw in any form.
+Scores on those images go to ``runs/<dataset>/zeroshot.csv`` beside a seeded random scorer and
+two references that read the held-out image's caption (this task has one at test time too).
+A final projector, trained on every row and every class's labels, is saved to
+``runs/<dataset>/zeroshot/`` for ``capfuse zeroshot-score``, ``embeddings`` and ``search``.
+
+``run_zeroshot_score`` scores any user-given label names on any folder of images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from capfuse.paths import Paths
+from capfuse.stages.common import Dataset, load_dataset
+from capfuse.utils.io import read_json, sha256_file, write_csv, write_text
+from capfuse.utils.log import log, stage
+from capfuse.zeroshot import (
+    META_FILE,
+    ImageFeatures,
+    ZeroShotSettings,
+    embed_image_files,
+    embed_rows,
+    list_images,
+    load_model,
+    pick_unseen,
+    prompt_embeddings,
+    random_metrics,
+    results_table,
+    save_model,
+    text_encoder,
+    train_projection,
+    zeroshot_metrics,
+)
+
+# Bump when training or evaluation changes what a run produces, so stale runs are redone.
+STAGE_VERSION = 1
+
+
+def model_dir(paths: Paths) -> Path:
+    return paths.runs / "zeroshot"
+
+
+def load_features(ds: Dataset, settings: ZeroShotSettings, *, quiet: bool | None = None) -> tuple[ImageFeatures, list[str]]:
+    """Every row's (train then test) cached image features and caption vectors, and their checksums.
+
+    Read from the feature store (``runs/<dataset>/cache``): images already embedded for the
+    models are not embedded again.
+    """
+    from capfuse.encoders.text import TextEncoderSpec
+    from capfuse.features import ImageEncoderSpec
+    from capfuse.stages.embed import FeatureStore
+
+    store = FeatureStore(ds, quiet)
+    spec = ImageEncoderSpec.from_config(settings.image_encoder)
+    outputs = ("pooled", "tokens") if settings.tokens else ("pooled",)
+    views = ("orig", "hflip") if settings.flip or settings.tta else ("orig",)
+    img = store.image_views(spec, outputs, views)
+    cap = store.caption_tokens(TextEncoderSpec(**settings.caption_encoder))
+    caption = np.asarray(cap["pooled"], np.float32)
+    caption /= np.linalg.norm(caption, axis=1, keepdims=True).clip(min=1e-12)
+    feats = ImageFeatures(pooled={v: img[v]["pooled"] for v in views},
+                          tokens={v: img[v]["tokens"] for v in views} if settings.tokens else None,
+                          caption=caption)
+    return feats, [img[v]["checksum"] for v in views] + [cap["checksum"]]
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode() if not isinstance(part, bytes) else part)
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | None = None) -> pd.DataFrame:
+    """Evaluate on held-out folds, write ``zeroshot.csv``, save the deployed projector; returns the table."""
+    settings = ZeroShotSettings.from_config(cfg)
+    seed = int(cfg.get("seed", 42))
+    out_csv, folder = paths.runs / "zeroshot.csv", model_dir(paths)
+    with stage("zeroshot", paths.dataset):
+        start = time.perf_counter()
+        ds = load_dataset(paths, cfg, quiet=quiet)
+        folds = ds.folds()
+        names, Y = list(ds.val.classes.names), ds.Y
+        feats, checksums = load_features(ds, settings, quiet=quiet)
+        unseen = pick_unseen(Y, names, settings.unseen, min_positives=settings.min_positives, seed=seed)
+        seen = [c for c in range(len(names)) if c not in unseen]
+        fingerprint = _fingerprint(STAGE_VERSION, settings.to_dict(), seed, checksums, sha256_file(paths.folds_file),
+                                   names, Y.tobytes())
+        meta_file = folder / META_FILE
+        if not force and out_csv.exists() and meta_file.exists() and read_json(meta_file).get("fingerprint") == fingerprint:
+            log.info("zeroshot is up to date (%s); --force retrains", meta_file)
+            table = pd.read_csv(out_csv)
+            log.info("\n%s", table.to_string(index=False, float_format="%.4f"))
+            return table
+        log.info("unseen classes (labels held out of training): %s", ", ".join(names[c] for c in unseen))
+        text = prompt_embeddings(names, settings.prompts, text_encoder(settings.caption_encoder))
+
+        n_train = len(ds.train_ids)
+        test_rows = n_train + np.flatnonzero(ds.image_ok[n_train:])
+        eval_folds = sorted(set(folds.tolist())) if settings.eval_folds == "all" else [int(k) for k in settings.eval_folds]
+        emb = np.full((n_train, text.shape[1]), np.nan, np.float32)
+        logs = []
+        for k in eval_folds:
+            held = np.flatnonzero(folds == k)
+            if not len(held):
+                raise ValueError(f"zeroshot.eval.eval_folds: fold {k} has no rows in {paths.folds_file}")
+            rows = np.concatenate([np.flatnonzero(folds != k), test_rows])
+            labelled = rows < n_train
+            # Only the seen columns are handed over: the unseen labels cannot reach training.
+            labels = np.zeros((len(rows), len(seen)), np.float32)
+            labels[labelled] = Y[np.ix_(rows[labelled], seen)]
+            net, history = train_projection(feats, rows, settings, seed=seed + k, labels=labels, labelled=labelled,
+                                            label_text=text[seen])
+            emb[held] = embed_rows(net, feats, held, tta=settings.tta)
+            logs.append({"fold": k, "train_rows": int(len(rows)), "eval_rows": int(len(held)), "history": history})
+            log.info("zeroshot fold %d: %d training rows, %d held out, final loss %.3f", k, len(rows), len(held),
+                     history[-1]["loss"])
+        rows_eval = np.flatnonzero(np.isfinite(emb[:, 0]))
+        Ye = Y[rows_eval]
+        image_scores = emb[rows_eval] @ text.T
+        caption_scores = feats.caption[rows_eval] @ text.T
+        results = {
+            "image": zeroshot_metrics(Ye, image_scores, unseen),
+            # References: the held-out image's own caption against the prompts, and both averaged.
+            "caption": zeroshot_metrics(Ye, caption_scores, unseen),
+            "image+caption": zeroshot_metrics(Ye, (image_scores + caption_scores) / 2, unseen),
+            "random": random_metrics(Ye, unseen, settings.random_seeds, seed),
+        }
+        table = results_table(results)
+        per_class = _per_class(Ye, {"image": image_scores, "caption": caption_scores}, names, unseen)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_csv(folder / "per_class.csv", per_class)
+        write_csv(out_csv, table)
+        log.info("zero-shot on %d held-out images, unseen: %s\n%s", len(rows_eval), ", ".join(names[c] for c in unseen),
+                 table.to_string(index=False, float_format="%.4f"))
+
+        # The deployed projector: every row, every class's labels (no class is held out any more).
+        rows = np.concatenate([np.arange(n_train), test_rows])
+        labelled = rows < n_train
+        labels = np.zeros((len(rows), len(names)), np.float32)
+        labels[labelled] = Y[rows[labelled]]
+        net, history = train_projection(feats, rows, settings, seed=seed, labels=labels, labelled=labelled,
+                                         label_text=text)
+        minutes = (time.perf_counter() - start) / 60
+        write_text(folder / "log.jsonl", "".join(json.dumps(r) + "\n" for r in logs + [{"fold": "all", "history": history}]))
+        save_model(folder, net, {
+            "dataset": paths.dataset, "fingerprint": fingerprint, "seed": seed, "settings": settings.to_dict(),
+            "img_dim": int(next(iter(feats.pooled.values())).shape[1]), "text_dim": int(text.shape[1]),
+            "image_encoder": settings.image_encoder, "caption_encoder": settings.caption_encoder,
+            "classes": {"ids": list(ds.class_ids), "names": names},
+            "evaluation": {"unseen": [names[c] for c in unseen], "folds": eval_folds, "images": int(len(rows_eval))},
+            "trained_on": {"rows": int(len(rows)), "labelled_rows": int(labelled.sum()), "label_classes": names},
+            "minutes": round(minutes, 2),
+        })
+        log.info("wrote %s and %s (%.1f min)", out_csv, folder, minutes)
+        return table
+
+
+def _per_class(Y: np.ndarray, scores: dict[str, np.ndarray], names: list[str], unseen: list[int]) -> pd.DataFrame:
+    """Each class's AP over the held-out images (GZSL ranking of images per class) per scorer."""
+    from capfuse.metrics import average_precision_per_class
+
+    out = pd.DataFrame({"class": names, "unseen": [c in unseen for c in range(len(names))],
+                        "support": Y.sum(0).astype(int)})
+    for name, s in scores.items():
+        out[f"ap_{name}"] = average_precision_per_class(Y, s)
+    return out
+
+
+def run_zeroshot_score(model_folder: Path, images: Path, labels: list[str], *, top: int = 5,
+                       out: Path | None = None) -> pd.DataFrame:
+    """Score label names on every image of a folder with a saved projector.
+
+    Returns one row per image file (``image`` then one column per label, cosine similarity);
+    a file that cannot be decoded is reported and gets empty scores.
+    """
+    labels = [lab.strip() for lab in labels if lab.strip()]
+    if not labels:
+        raise ValueError("give at least one label name, e.g. --labels \"cat,dog,red bus\"")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"label names repeat: {labels}")
+    net, meta = load_model(model_folder)
+    settings = ZeroShotSettings.from_config({"zeroshot": meta["settings"]})
+    files = list_images(images)
+    if not files:
+        raise FileNotFoundError(f"{images} holds no image files ({', '.join(('jpg', 'png', '...'))})")
+    views = ("orig", "hflip") if settings.tta else ("orig",)
+    feats, ok, problems = embed_image_files(files, meta["image_encoder"], views=views)
+    for p in problems:
+        log.warning("not scored: %s", p)
+    emb = embed_rows(net, feats, np.arange(len(ok)), tta=settings.tta)
+    text = prompt_embeddings(labels, settings.prompts, text_encoder(meta["caption_encoder"]))
+    scores = np.full((len(files), len(labels)), np.nan, np.float32)
+    scores[ok] = emb @ text.T
+    table = pd.DataFrame(scores, columns=labels)
+    table.insert(0, "image", [f.name for f in files])
+    if out is not None:
+        write_csv(out, table, float_format="%.5f")
+    k = max(1, min(int(top), len(labels)))
+    for name, row in zip(table["image"], scores):
+        if np.isnan(row).all():
+            print(f"{name}: (unreadable)")
+            continue
+        best = np.argsort(-row, kind="stable")[:k]
+        print(f"{name}: " + ", ".join(f"{labels[j]} {row[j]:.3f}" for j in best))
+    return table
