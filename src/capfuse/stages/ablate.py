@@ -6,9 +6,9 @@ second-level rows (blends, the stacker, per-class thresholds) are computed on th
 trained models exactly as ``make infer`` computes them, in memory, so the ablation never
 rewrites what a submission was made from.
 
-Variants identical to a pipeline model train (or are found already trained) in that model's
-own folder, so ``make all`` followed by ``make ablate`` trains only what is new; derived
-variants live in ``runs/<dataset>/ablation/`` where ``make stack`` does not look.
+Variants identical to one of the pipeline's models train (or are found already trained) in that
+model's own folder, so ``make all`` followed by ``make ablate`` trains only what is new; every
+other variant lives in ``runs/<dataset>/ablation/``, where ``make stack`` does not look.
 
 Writes ``runs/<dataset>/ablation.csv`` and ``runs/<dataset>/ablation.md``.
 """
@@ -40,6 +40,7 @@ def variant_configs(cfg: dict, config_path: Path) -> list[dict]:
     if not variants:
         raise ValueError(f"{config_path}: `ablation.variants` lists no variant")
     inherited = {k: v for k, v in cfg.items() if k not in SECOND_LEVEL_KEYS}
+    pipeline_models = set(cfg.get("models") or [])
     out, seen = [], set()
     for i, v in enumerate(variants):
         where = f"{config_path}: ablation.variants[{i}]"
@@ -57,14 +58,16 @@ def variant_configs(cfg: dict, config_path: Path) -> list[dict]:
         derived = bool(v.get("set"))
         if derived:
             model = cfglib.deep_merge(model, v["set"])
-        # A variant that is exactly a registered model shares its run folder: trained once.
+        # A variant that is exactly one of the pipeline's models shares its run folder (trained
+        # once); any other lives under ablation/, out of the stack stage's `models: all`.
+        shared = not derived and base in pipeline_models
         name = v["name"] if derived else base
         # ``pseudo``: settings of pseudo-label rounds on top of the (base) model; the rounds are the variant.
         pseudo = PseudoSettings.from_config({**model.get("pseudo", {}), **v["pseudo"]}) if v.get("pseudo") else None
         if pseudo is not None and not pseudo.rounds:
             raise ValueError(f"{where}: `pseudo` needs rounds >= 1")
         out.append({"name": v["name"], "group": v.get("group", ""), "change": v.get("change", ""),
-                    "model": {**model, "name": name}, "shared": not derived, "pseudo": pseudo})
+                    "model": {**model, "name": name}, "shared": shared, "pseudo": pseudo})
     return out
 
 
