@@ -101,7 +101,19 @@ infer: data ## stack + thresholds + submissions/<dataset>-latest.csv with a mani
 
 all: folds train infer ## folds + train + infer, end to end
 
-test: $(STAMP) ## run the test suite (tiny datasets, tiny models)
+.PHONY: report
+report: data ## self-contained HTML run report: runs/<dataset>/report/index.html (after `make all`)
+	$(RUN) report $(COMMON)
+
+test: $(STAMP) ## run the test suite (tiny datasets, tiny models; as root, installs chromium for the report's browser test)
+	@# The report test renders the page in headless Chromium; install it where we can (root + apt).
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (apt) for the report's browser test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	    || echo "chromium could not be installed: the browser test skips (and fails when CI=true)"; \
+	fi
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) ## speed benchmarks (see README)

@@ -15,6 +15,7 @@
     capfuse zeroshot-score --images DIR --labels "cat,dog,red bus" [--model runs/<dataset>/zeroshot] [--out CSV]
     capfuse embeddings --data DIR [--model zeroshot|backbone]
     capfuse search   --data DIR (--image ID_OR_PATH | --text "a dog on a bus") [--k 8]
+    capfuse report   --data DIR --config configs/pipeline.yaml
 
 Paths, devices and flags are resolved here and passed down; nothing is computed at import.
 """
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="stack, thresholds and the checked submission with its manifest")
     _common(p)
     p.add_argument("--storage", default=None, help=storage_help)
+
+    p = sub.add_parser("report", help="write the self-contained HTML run report runs/<dataset>/report/index.html")
+    _common(p)
 
     p = sub.add_parser("all", help="folds, train and infer in one go")
     _common(p)
@@ -215,6 +219,11 @@ def _dispatch(args) -> int:
         from capfuse.stages.ensemble import run_thresholds
 
         run_thresholds(paths, cfg, storage=args.storage, quiet=quiet)
+    if cmd == "report":
+        from capfuse.stages.report import run_report
+
+        print(f"Report: {run_report(paths, cfg, quiet=quiet)}")
+        return 0
     if cmd in ("infer", "all"):
         from capfuse.stages.infer import run_infer, summary_table
 

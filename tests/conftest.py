@@ -1,0 +1,76 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE = REPO / "configs" / "pipeline.yaml"
+
+# A reduced pipeline: two fast base models (one per modality) over 3 folds, a short threshold
+# study. It writes every artefact the report and the notebooks read, in about half a minute.
+TINY_RUN_ARGS = ("--set", "folds.k=3", "--set", "threshold.trials=20", "--set", "ensemble.stack.num_threads=1",
+                 "--set", "models=[cap_lr,img_lr]")
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    root: Path  # project folder holding folds/, runs/, submissions/
+    data: Path  # the tiny dataset, root/data/tiny
+    config: Path
+
+    def copy(self, dest: Path) -> TinyRun:
+        """A private copy to change artefacts in without touching the shared run."""
+        shutil.copytree(self.root, dest, symlinks=True)
+        return TinyRun(dest, dest / self.data.relative_to(self.root), self.config)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """One finished run of ``capfuse all`` on the tiny dataset, made once per session.
+
+    Treat it as read-only; use ``tiny_run.copy(tmp_path)`` to add or remove artefacts.
+    """
+    from capfuse.cli import main
+    from capfuse.data.demo import PRESETS, make_demo
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    data = root / "data" / "tiny"
+    make_demo(data, **PRESETS["tiny"], seed=0)
+    code = main(["all", "--data", str(data), "--root", str(root), "--config", str(PIPELINE), "--quiet", *TINY_RUN_ARGS])
+    assert code == 0, "the tiny pipeline run failed; see the log above"
+    return TinyRun(root, data, PIPELINE)
+
+
+def write_optional_tables(runs: Path) -> None:
+    """Small ablation, pseudo-round and label-ratio tables in the stages' formats, so that every
+    report section and notebook has something to show without running those (slow) stages."""
+    (runs / "ablation.csv").write_text(
+        "variant,group,change,score,mean_f1,delta,map,gap_at_10,minutes,seed_note\n"
+        "fusion_lite0,reference,the reference model,CV,0.82,0.0,0.835,0.88,1.43,a\n"
+        "no_cross_attention,fusion,cross-attention off,CV,0.81,-0.01,0.83,0.87,1.2,b\n"
+        "bce,loss,plain BCE,CV,0.812,-0.008,0.83,0.87,1.4,c\n"
+        "weighted_blend,second level,log-loss weighted blend,nested CV,0.826,0.006,0.84,0.89,0.2,d\n"
+        "per_class_thresholds,thresholds,per-class thresholds,nested CV,0.824,0.0,,,0.1,e\n", encoding="utf-8")
+    (runs / "pseudo_rounds.csv").write_text(
+        "base_model,model,round,cv_mean_f1,cv_map,note,class,pseudo_pos,pseudo_neg,precision,recall\n"
+        "fusion_lite0,fusion_lite0,0,0.80,0.82,labelled data only,all,,,,\n"
+        "fusion_lite0,fusion_lite0@r1,1,0.81,0.83,CV +0.0100 vs round 0,1,30.0,400.0,0.9,0.8\n"
+        "fusion_lite0,fusion_lite0@r1,1,0.81,0.83,CV +0.0100 vs round 0,all,120.0,5000.0,0.88,0.7\n", encoding="utf-8")
+    (runs / "label_ratios.csv").write_text(
+        "percent,model,labelled_rows,cv_mean_f1_without,cv_map_without,cv_mean_f1_round1,cv_mean_f1_with,best_round,"
+        "rounds_run,gain,pseudo_precision_round1\n"
+        "10.0,fusion_lite0,8,0.50,0.45,0.52,0.52,1,2,0.02,0.7\n"
+        "100.0,fusion_lite0,80,0.60,0.55,0.61,0.61,1,2,0.01,0.9\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_run_full(tiny_run, tmp_path_factory) -> TinyRun:
+    """A copy of ``tiny_run`` that also holds ablation, pseudo-round and label-ratio tables."""
+    run = tiny_run.copy(tmp_path_factory.mktemp("tiny_run_full") / "project")
+    write_optional_tables(run.root / "runs" / "tiny")
+    return run
