@@ -99,7 +99,7 @@ def test_clip_loss_by_hand():
 def test_settings_from_config_and_errors():
     cfg = yaml.safe_load((REPO / "configs" / "zeroshot.yaml").read_text())
     s = ZeroShotSettings.from_config(cfg)
-    assert s.kind == "mlp" and s.tokens and s.label_weight == 0.5 and len(s.prompts) == 4
+    assert s.kind == "linear" and not s.tokens and s.label_weight == 0.5 and len(s.prompts) == 4
     with pytest.raises(ValueError, match="unknown zeroshot keys"):
         ZeroShotSettings.from_config({"zeroshot": {"projector": {"knd": "mlp"}}})
     with pytest.raises(ValueError, match="kind"):

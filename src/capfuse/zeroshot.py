@@ -56,10 +56,10 @@ class ZeroShotSettings:
     unseen: int | list = 6
     min_positives: int = 20
     prompts: tuple[str, ...] = PROMPTS
-    kind: str = "mlp"
+    kind: str = "linear"
     hidden: int = 512
     dropout: float = 0.1
-    tokens: bool = True
+    tokens: bool = False
     temperature: float = 0.07
     learn_temperature: bool = True
     label_weight: float = 0.5
@@ -243,7 +243,6 @@ class ImageFeatures:
             tokens = np.empty((len(rows), *t.shape[1:]), np.float32)
         for view in np.unique(views):
             sel = np.flatnonzero(views == view)
-            # Memory-mapped fancy indexing wants sorted rows; the order is restored by ``sel``.
             pooled[sel] = self.pooled[view][rows[sel]]
             if tokens is not None:
                 tokens[sel] = self.tokens[view][rows[sel]]
@@ -255,7 +254,7 @@ class ImageFeatures:
 
 def train_projection(feats: ImageFeatures, rows: np.ndarray, settings: ZeroShotSettings, *, seed: int,
                      labels: np.ndarray | None = None, labelled: np.ndarray | None = None,
-                     label_text: np.ndarray | None = None, log_every: int = 0) -> tuple[ZeroShotNet, list[dict]]:
+                     label_text: np.ndarray | None = None) -> tuple[ZeroShotNet, list[dict]]:
     """Train a ``ZeroShotNet`` on ``rows`` of ``feats``; returns it (eval mode) and per-epoch logs.
 
     ``labels [len(rows), S]`` and ``labelled [len(rows)]`` feed the label term with the columns
@@ -290,8 +289,7 @@ def train_projection(feats: ImageFeatures, rows: np.ndarray, settings: ZeroShotS
                 continue
             r = rows[pos]
             batch = feats.batch(r, rng.choice(views, size=len(r)))
-            cap = caption[r]
-            batch["caption"] = torch.from_numpy(cap)
+            batch["caption"] = torch.from_numpy(caption[r])
             if use_labels:
                 batch["labels"] = torch.from_numpy(np.asarray(labels[pos], np.float32))
                 batch["labelled"] = torch.from_numpy(np.asarray(labelled[pos], bool))
@@ -480,23 +478,30 @@ def embed_image_files(files: Sequence[Path], spec_cfg: dict, *, views: Sequence[
     model, _ = create_backbone(spec.name, weights=spec.weights, num_classes=0)
     pre = preprocess_for(model.eval(), spec.size)
     fmap = FeatureMap(model, pre).eval()
-    arrays, problems = [], []
-    for f in files:
-        try:
-            arrays.append(load_array(f, pre.size))
-        except Exception as exc:  # undecodable, truncated, not an image: reported, not fatal
-            problems.append(f"{f}: {type(exc).__name__}: {exc}")
-            arrays.append(None)
-    ok = [i for i, a in enumerate(arrays) if a is not None]
-    pooled = {v: np.zeros((len(ok), model.num_features), np.float32) for v in views}
-    tokens = {v: np.zeros((len(ok), spec.grid * spec.grid, model.num_features), np.float32) for v in views}
-    for start in range(0, len(ok), batch_size):
-        idx = ok[start : start + batch_size]
-        x = np.stack([arrays[i] for i in idx])
+    dim, n_tokens = model.num_features, spec.grid * spec.grid
+    pooled_parts: dict[str, list] = {v: [] for v in views}
+    tokens_parts: dict[str, list] = {v: [] for v in views}
+    ok, problems = [], []
+    for start in range(0, len(files), batch_size):  # decoded batch by batch: a big folder never sits in RAM
+        arrays = []
+        for i in range(start, min(start + batch_size, len(files))):
+            try:
+                arrays.append(load_array(files[i], pre.size))
+                ok.append(i)
+            except Exception as exc:  # undecodable, truncated, not an image: reported, not fatal
+                problems.append(f"{files[i]}: {type(exc).__name__}: {exc}")
+        if not arrays:
+            continue
+        x = np.stack(arrays)
         for view in views:
             xv = np.ascontiguousarray(x[:, :, ::-1]) if view == "hflip" else x
             out = pool_outputs(fmap(torch.from_numpy(xv)).float().numpy(), ("pooled", "tokens"), spec.grid)
-            # Stored as the cache stores them, so that both paths feed the projector identical inputs.
-            pooled[view][start : start + len(idx)] = out["pooled"].astype(np.float16)
-            tokens[view][start : start + len(idx)] = out["tokens"].astype(np.float16)
-    return ImageFeatures(pooled=pooled, tokens=tokens), ok, problems
+            # Rounded as the cache stores them, so that both paths feed the projector identical inputs.
+            pooled_parts[view].append(out["pooled"].astype(np.float16))
+            tokens_parts[view].append(out["tokens"].astype(np.float16))
+
+    def join(parts: list, shape: tuple) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros((0, *shape), np.float16)
+
+    return ImageFeatures(pooled={v: join(pooled_parts[v], (dim,)) for v in views},
+                         tokens={v: join(tokens_parts[v], (n_tokens, dim)) for v in views}), ok, problems
