@@ -132,8 +132,9 @@ ZSCOMMON := --data $(DATA) --config configs/zeroshot.yaml $(if $(filter 1,$(STRI
 
 .PHONY: zeroshot embeddings search
 
+# An up-to-date run (same config, data, folds) is not redone; ARGS=--force retrains it.
 zeroshot: folds ## open vocabulary: N classes held out, runs/<dataset>/zeroshot.csv (ZSL/GZSL vs random), runs/<dataset>/zeroshot/
-	$(RUN) zeroshot $(ZSCOMMON)   # retrain a run that is up to date: ARGS=--force
+	$(RUN) zeroshot $(ZSCOMMON)
 
 embeddings: zeroshot ## export image embeddings + ids of the zero-shot space to runs/<dataset>/embeddings/
 	$(RUN) embeddings $(ZSCOMMON)
