@@ -11,6 +11,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -30,9 +31,9 @@ section { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; paddi
 h2 { color: #24364b; border-bottom: 2px solid #e9eef4; padding-bottom: 4px; }
 h3 { color: #444; font-size: 15px; margin-bottom: 6px; }
 table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
-th, td { border-bottom: 1px solid #e6e6e6; padding: 3px 8px; text-align: right; }
+th, td { border-bottom: 1px solid #e6e6e6; padding: 3px 8px; text-align: left; }
 th { background: #f2f4f7; }
-td:first-child, th:first-child { text-align: left; }
+.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 10px 0; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .note { color: #555; font-size: 13px; }
@@ -89,8 +90,23 @@ def figure(fig: Figure | None, alt: str) -> str:
 
 
 def table(df: pd.DataFrame, digits: int = 4, index: bool = False) -> str:
-    """A DataFrame as an HTML table (escaped), floats rounded to ``digits``."""
-    return df.to_html(index=index, border=0, na_rep="–", float_format=lambda v: f"{v:.{digits}f}", escape=True)
+    """A DataFrame as an HTML table (escaped): numbers right-aligned, floats to ``digits``,
+    text left-aligned, missing values as a dash."""
+    if index:
+        df = df.reset_index()
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+
+    def cell(v) -> str:
+        if v is None or (np.isscalar(v) and pd.isna(v)):
+            return "–"
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.{digits}f}"
+        return html.escape(str(v))
+
+    head = "".join(f'<th class="{"num" if n else "txt"}">{html.escape(str(c))}</th>' for c, n in zip(df.columns, numeric))
+    rows = "".join("<tr>" + "".join(f'<td class="{"num" if n else "txt"}">{cell(v)}</td>' for v, n in zip(r, numeric))
+                   + "</tr>\n" for r in df.itertuples(index=False, name=None))
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
 
 
 def pre(s: str) -> str:

@@ -54,22 +54,22 @@ def class_frequency_plot(freq: pd.DataFrame, title: str = "Train rows per class"
 
 
 def heatmap(matrix: pd.DataFrame, title: str, *, fmt: str = "{:.0f}", cmap: str = "Blues",
-            xlabel: str = "", ylabel: str = "", vmax: float | None = None) -> Figure:
+            xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float | None = None) -> Figure:
     """A labelled heatmap with each cell's value written in it (NaN cells left blank)."""
     n_rows, n_cols = matrix.shape
     fig = figure(max(0.42 * n_cols + 3.2, 6.0), 0.38 * n_rows + 2.0)
     ax = fig.add_subplot()
     values = matrix.to_numpy(dtype=float)
-    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=vmax)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
     ax.set_xticks(range(n_cols), matrix.columns, rotation=90, fontsize=7)
     ax.set_yticks(range(n_rows), matrix.index, fontsize=7)
-    top = np.nanmax(values) if np.isfinite(values).any() else 1.0
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]
             if np.isfinite(v) and v != 0:
+                r, g, b, _ = im.cmap(im.norm(v))  # white text on dark cells, whatever the colour map
                 ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=5.5,
-                        color="white" if v > 0.6 * (vmax or top) else "black")
+                        color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -135,7 +135,9 @@ def image_grid(items: Sequence[dict], title: str, columns: int = 4, side: int = 
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(item["title"], fontsize=8)
-        ax.set_xlabel("\n".join(textwrap.wrap(item["text"], wrap)[:7]), fontsize=7, loc="left")
+        # Each line of the text (caption, truth, prediction) is wrapped on its own.
+        lines = [w for part in item["text"].split("\n") for w in (textwrap.wrap(part, wrap) or [""])]
+        ax.set_xlabel("\n".join(lines[:8]), fontsize=7, loc="left")
     fig.suptitle(title)
     return fig
 
@@ -239,9 +241,12 @@ def fold_balance_plot(balance: pd.DataFrame) -> Figure:
     folds = [c for c in balance.columns if str(c).startswith("fold ")]
     share = balance[folds].div(balance["total"].where(balance["total"] > 0), axis=0)
     share.index = [f"{i} {n}" for i, n in zip(balance.index, balance["name"])]
+    ideal = 1 / max(len(folds), 1)
+    # Colours centred on the ideal share, so that only the folds that deviate stand out.
+    spread = max(float(np.nanmax(np.abs(share.to_numpy(dtype=float) - ideal), initial=0.0)), 0.02)
     # Folds as rows: k is small and the classes many, so the figure stays wide and short.
-    return heatmap(share.T, f"Share of each class's positives per fold (ideal {1 / max(len(folds), 1):.2f})",
-                   fmt="{:.2f}", cmap="Greens", vmax=1.0)
+    return heatmap(share.T, f"Share of each class's positives per fold (ideal {ideal:.2f}; red: more, blue: fewer)",
+                   fmt="{:.2f}", cmap="RdBu_r", vmin=ideal - spread, vmax=ideal + spread)
 
 
 def stacking_plot(table: pd.DataFrame) -> Figure:
@@ -303,7 +308,8 @@ ABLATION_METRICS = (("mean_f1", "CV mean F1"), ("map", "CV mAP"), ("gap_at_10", 
 
 def ablation_plot(table: pd.DataFrame) -> Figure:
     """One panel per metric of ``ablation.csv`` that has values (mean F1, mAP, GAP@10, minutes),
-    one bar per variant coloured by its group. Columns beyond these are ignored."""
+    one bar per variant coloured by its group; a dashed line marks the ``reference`` group's
+    score. Columns beyond these are ignored."""
     if "variant" not in table or "mean_f1" not in table:
         raise ValueError(f"an ablation table needs the columns variant and mean_f1, got {list(table.columns)}")
     metrics = [(c, label) for c, label in ABLATION_METRICS
@@ -320,6 +326,10 @@ def ablation_plot(table: pd.DataFrame) -> Figure:
         bars = ax.barh(y, np.nan_to_num(values), color=colours)
         _bar_labels(ax, [b for b, v in zip(bars, values) if np.isfinite(v)], "{:.2f}" if col == "minutes" else "{:.3f}")
         finite = values[np.isfinite(values)]
+        ref = t.loc[t["group"].astype(str) == "reference", col] if "group" in t else pd.Series(dtype=float)
+        ref = pd.to_numeric(ref, errors="coerce").dropna()
+        if col != "minutes" and len(ref):
+            ax.axvline(float(ref.iloc[0]), color="black", ls="--", lw=0.8)  # the reference variant's score
         if col != "minutes" and finite.size:
             ax.set_xlim(max(0.0, finite.min() - 0.05), min(1.0, finite.max() + 0.06))
         ax.set_title(label, fontsize=9)
