@@ -39,7 +39,7 @@ def test_the_repo_ablation_config_resolves_every_variant():
     assert by_name["fusion_lite0"]["shared"] and by_name["fusion_lite0"]["model"]["name"] == "fusion_lite0"
     assert not by_name["loss_bce"]["shared"] and by_name["loss_bce"]["model"]["name"] == "loss_bce"
     # A registered config outside the pipeline's list must not land where `make stack` takes every model.
-    assert not by_name["fusion_lq"]["shared"] and by_name["fusion_lq"]["model"]["name"] == "fusion_lq"
+    assert not by_name["fusion_ctx"]["shared"] and by_name["fusion_ctx"]["model"]["name"] == "fusion_ctx"
     assert by_name["pseudo_round"]["pseudo"].rounds == 1 and by_name["pseudo_round"]["model"]["name"] == "fusion_lite0"
     # The ablation block never reaches a model config: it would change every fingerprint.
     assert all("ablation" not in v["model"] for v in variants)
