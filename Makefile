@@ -44,7 +44,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (make VAR=value):"
-	@grep -hE '^[A-Z]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z]+) +\?= *([^#]*)## (.*)/  \1|\2|\3/' | awk -F'|' '{printf "  %-10s %-26s %s\n", $$1, $$2, $$3}'
+	@grep -hE '^[A-Z]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z]+) +\?= *([^#]*)## (.*)/  \1|\2|\3/' | awk -F'|' '{gsub(/^ +| +$$/, "", $$2); printf "%-14s %-26s %s\n", $$1, $$2, $$3}'
 
 $(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
