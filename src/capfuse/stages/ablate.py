@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from capfuse import config as cfglib
+from capfuse.metrics import gap_at_k
 from capfuse.pseudo import PseudoSettings
 from capfuse.stages.common import load_dataset
 from capfuse.stages.embed import FeatureStore
@@ -138,8 +139,6 @@ def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
     minutes = (time.perf_counter() - t0) / 60
     labels = {"best_single": "best single model", "mean_blend": "mean of the models' probabilities",
               "weighted_blend": "log-loss weighted blend", "stack": "LightGBM stacker on every model's logits"}
-    from capfuse.metrics import gap_at_k
-
     rows = []
     for cand, c in cands.items():
         detail = f" ({c['detail']['model']})" if cand == "best_single" else ""
