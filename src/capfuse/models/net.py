@@ -12,9 +12,18 @@ Two modes share the loop (optimiser, schedule, early stopping, checkpoints, resu
   bf16/fp16 autocast, gradient accumulation, a cosine schedule with warm-up, layer-wise
   learning rates, and several GPUs through torchrun/DDP (see ``capfuse.models.finetune``).
 
-Per fold: the best epoch by the held-out fold's mean F1 (at its best global threshold) is
-kept as ``best.safetensors``; ``last.pt`` holds the state to resume an interrupted fold; the
-OOF and test logits are the mean over the original and flipped views.
+Per fold, the stopping point is chosen without the held-out fold's labels (``train.early_stop``):
+
+* ``inner`` (the default): a multilabel-stratified ``inner_frac`` of the fold's labelled
+  TRAINING rows is set aside; the epoch with the best mean F1 on those rows is kept as
+  ``best.safetensors`` and predicts the held-out fold and the test set.
+* ``refit``: the same inner split finds the epoch count, then a fresh model trains on all of
+  the fold's training rows for that many epochs (twice the cost).
+* ``none``: every epoch of ``train.epochs`` runs and the last one is kept.
+
+The held-out fold is predicted once, at the end, so its labels never steer its own logits (a
+test shuffles them and checks the logits do not move). ``last.pt`` holds the state to resume an
+interrupted fold; the OOF and test logits are the mean over the original and flipped views.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from capfuse.decision import fit_global_threshold
 from capfuse.models import MODELS
 from capfuse.models.linear import FoldOutput
-from capfuse.utils.io import atomic_path, write_json
+from capfuse.utils.io import atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
 
 FEATURE_KEYS = ("img_pooled", "img_tokens", "img_mid", "cap_pooled", "cap_tokens", "cap_mask")
@@ -48,7 +57,11 @@ class TrainSettings:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.02  # cosine floor, as a fraction of lr
-    patience: int = 6  # epochs without a better held-out F1 before stopping
+    patience: int = 6  # epochs without a better stopping-set F1 before stopping
+    # How the stopping point is chosen without the held-out fold (see the module docstring):
+    # inner matched refit's CV on the demo at half the cost (README, "Honest out-of-fold").
+    early_stop: str = "inner"
+    inner_frac: float = 0.15  # share of the fold's training rows that only judge epochs
     grad_clip: float = 1.0
     accumulate: int = 1  # gradient accumulation steps (finetune mode, large effective batches)
     flip_p: float = 0.5  # chance a training sample uses its flipped view
@@ -62,7 +75,33 @@ class TrainSettings:
         unknown = set(cfg) - known
         if unknown:
             raise ValueError(f"unknown train settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**cfg)
+        out = cls(**cfg)
+        if out.early_stop not in EARLY_STOP:
+            raise ValueError(f"train.early_stop must be one of {list(EARLY_STOP)}, got {out.early_stop!r}")
+        if out.early_stop != "none" and not 0.0 < out.inner_frac < 0.5:
+            raise ValueError(f"train.inner_frac must lie in (0, 0.5), got {out.inner_frac}")
+        return out
+
+
+EARLY_STOP = ("inner", "refit", "none")
+
+
+def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, stopping rows) of ``tr``: a multilabel-stratified ``frac`` judges the epochs.
+
+    Only ``Y[tr]`` is read, so the held-out fold's labels cannot move the split; rows keep
+    their order so that the epoch permutations stay reproducible.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    tr = np.asarray(tr)
+    n_stop = int(round(frac * len(tr)))
+    if n_stop < 1 or n_stop >= len(tr):
+        raise ValueError(f"train.inner_frac {frac} of {len(tr)} training rows leaves no rows to fit or to stop on")
+    split = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_stop, train_size=len(tr) - n_stop,
+                                             random_state=seed)
+    fit, stop = next(split.split(np.zeros(len(tr)), Y[tr]))
+    return tr[np.sort(fit)], tr[np.sort(stop)]
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> float:
@@ -259,6 +298,10 @@ class NetModel:
         if self.finetune:
             from capfuse.models.finetune import fit_fold_finetune
 
+            if self.settings.early_stop == "refit":
+                raise ValueError(f"{self.cfg.get('name', 'this model')}: train.early_stop: refit retrains cached "
+                                 "heads; fine-tuning stops on the inner split (early_stop: inner)")
+
             return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir, pseudo=pseudo, extra_rows=extra_rows)
         from capfuse.nn.losses import class_frequencies
 
@@ -287,9 +330,25 @@ class NetModel:
             loss.backward()
             return float(loss.detach())
 
-        result = self.loop(net, Y, tr, va, test_rows, fold_dir, predict=predict,
-                           make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
-                           param_groups=self.param_groups(net), pseudo=pseudo, extra_rows=extra_rows)
+        loop = dict(predict=predict, make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
+                    pseudo=pseudo)
+        fixed = None
+        if self.settings.early_stop == "refit":
+            # Pass 1 on the inner split finds the epoch count; its record makes a resumed fold
+            # skip it. Pass 2 starts from the fold's seed again, so a resume changes nothing.
+            record = fold_dir / "inner" / "stop.json"
+            if not record.exists():
+                none = np.zeros(0, np.int64)
+                first = self.loop(net, Y, tr, none, none, fold_dir / "inner", param_groups=self.param_groups(net),
+                                  **loop)
+                write_json(record, first.info)
+            fixed = int(read_json(record)["best_epoch"]) + 1
+            torch.manual_seed(torch.initial_seed())
+            net = self.build(feats["dims"], Y.shape[1], class_frequencies(Y[tr])).to(self.device)
+        result = self.loop(net, Y, tr, va, test_rows, fold_dir, param_groups=self.param_groups(net),
+                           extra_rows=extra_rows, fixed_epochs=fixed, **loop)
+        if fixed is not None:
+            result.info["inner"] = read_json(fold_dir / "inner" / "stop.json")
         from capfuse.nn.fusion import needs_class_text
 
         if needs_class_text(self.cfg) and result.test_logits.size:
@@ -302,16 +361,23 @@ class NetModel:
 
     def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, *, predict, make_batch, train_step,
              param_groups=None, scaler=None, rank: int = 0, world: int = 1, pseudo=None,
-             extra_rows: np.ndarray | None = None) -> FoldOutput:
-        """Epochs with early stopping, checkpoints and resume; shared by both modes.
+             extra_rows: np.ndarray | None = None, fixed_epochs: int | None = None) -> FoldOutput:
+        """Epochs with early stopping on an inner split of ``tr``, checkpoints and resume; shared by
+        both modes. ``va`` (the held-out fold) is predicted once, after the last epoch.
 
-        Under DDP every rank runs this loop on its own shard of each epoch's order; rank 0
-        evaluates and checkpoints, and broadcasts the held-out score so that all ranks take
-        the same early-stopping decision.
+        ``fixed_epochs`` trains exactly that many epochs on all of ``tr`` and keeps the last
+        (the second pass of ``early_stop: refit``); ``early_stop: none`` does the same for
+        ``train.epochs``. Under DDP every rank runs this loop on its own shard of each epoch's
+        order; rank 0 scores the stopping rows and checkpoints, and broadcasts the score so that
+        all ranks take the same early-stopping decision.
         """
         s = self.settings
         is_main = rank == 0
         fold_dir.mkdir(parents=True, exist_ok=True)
+        stopping = fixed_epochs is None and s.early_stop != "none"
+        # Every rank draws the same split: it depends on the training rows' labels and the seed only.
+        fit_rows, stop_rows = inner_split(Y, tr, s.inner_frac, self.seed) if stopping else (np.asarray(tr), None)
+        n_epochs = s.epochs if fixed_epochs is None else int(fixed_epochs)
         groups = param_groups if param_groups is not None else [{"params": [p for p in net.parameters() if p.requires_grad]}]
         opt = torch.optim.AdamW(groups, lr=s.lr, weight_decay=s.weight_decay)
         for g in opt.param_groups:
@@ -319,7 +385,7 @@ class NetModel:
             g["initial_lr"] = s.lr * g["lr_mult"]
         # Pseudo-labelled pool rows join the labelled ones in every epoch; their targets,
         # masks and (ramped) weights come from ``pseudo``, keyed by feature row.
-        train_rows = tr if pseudo is None else np.concatenate([tr, pseudo.rows])
+        train_rows = fit_rows if pseudo is None else np.concatenate([fit_rows, pseudo.rows])
         if pseudo is not None:  # feature row -> its index in ``pseudo``, -1 for labelled rows
             pseudo_at = np.full(max(len(Y), int(pseudo.rows.max(initial=0)) + 1), -1, np.int64)
             pseudo_at[pseudo.rows] = np.arange(len(pseudo.rows))
@@ -339,6 +405,8 @@ class NetModel:
                     "sample_weight": torch.from_numpy(weight)}
 
         steps_per_epoch = max(1, math.ceil(len(train_rows) / s.batch_size / s.accumulate))
+        # The schedule always spans ``train.epochs``: a refit for E epochs follows the same
+        # learning-rate curve as the inner run that chose E.
         total = steps_per_epoch * s.epochs
         warmup = int(round(s.warmup_epochs * steps_per_epoch))
 
@@ -355,8 +423,8 @@ class NetModel:
 
         t0 = time.perf_counter()
         completed = start_epoch
-        first = start_epoch if bad < s.patience else s.epochs  # a resumed fold that had already stopped
-        for epoch in progress(range(first, s.epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
+        first = start_epoch if bad < s.patience else n_epochs  # a resumed fold that had already stopped
+        for epoch in progress(range(first, n_epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
             # One generator per (seed, epoch): the order is reproducible and resumes identically.
             rng = np.random.default_rng([self.seed, epoch])
             order = train_rows[rng.permutation(len(train_rows))]
@@ -385,20 +453,23 @@ class NetModel:
                         opt.step()
                     opt.zero_grad(set_to_none=True)
                     step += 1
-            score = val_score(Y[va], predict(va)) if is_main else 0.0
-            if world > 1:
-                shared = [score]
-                torch.distributed.broadcast_object_list(shared, src=0)
-                score = shared[0]
-            improved = score > best + 1e-5
+            if stop_rows is None:  # no stopping rows: the last epoch is the model
+                score, improved = float("nan"), epoch == n_epochs - 1
+            else:
+                score = val_score(Y[stop_rows], predict(stop_rows)) if is_main else 0.0
+                if world > 1:
+                    shared = [score]
+                    torch.distributed.broadcast_object_list(shared, src=0)
+                    score = shared[0]
+                improved = score > best + 1e-5
             if improved:
                 best, best_epoch, bad = score, epoch, 0
                 if is_main:
                     _save_safetensors(fold_dir / "best.safetensors", _unwrap(net).state_dict())
-            else:
+            elif stop_rows is not None:
                 bad += 1
             if is_main:
-                log.debug("  %s epoch %d: loss %.4f, held-out mean F1 %.4f%s", fold_dir.name, epoch,
+                log.debug("  %s epoch %d: loss %.4f, stopping-set mean F1 %.4f%s", fold_dir.name, epoch,
                           float(np.mean(losses)), score, " *" if improved else "")
                 _save_torch(last, {"model": _unwrap(net).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                                    "best": best, "best_epoch": best_epoch, "bad": bad, "step": step,
@@ -411,12 +482,17 @@ class NetModel:
             torch.distributed.barrier()  # rank 0 has written best.safetensors
         _unwrap(net).load_state_dict(load_file(str(fold_dir / "best.safetensors")))
         empty = np.zeros((0, Y.shape[1]), np.float32)
-        val_logits = predict(va) if is_main else empty
-        test_logits = predict(test_rows) if is_main else empty
+        # The first and only time the held-out rows meet the model: after every choice is made.
+        val_logits = predict(va) if is_main and len(va) else empty
+        test_logits = predict(test_rows) if is_main and len(test_rows) else empty
         if is_main and last.exists():
             os.remove(last)  # the fold is finished; best.safetensors is what later stages need
-        info = {"best_epoch": int(best_epoch), "epochs_run": int(completed), "best_val_mean_f1": round(float(best), 5),
+        info = {"early_stop": s.early_stop if fixed_epochs is None else "refit", "best_epoch": int(best_epoch),
+                "epochs_run": int(completed), "n_fit": int(len(fit_rows)),
+                "n_stop": int(0 if stop_rows is None else len(stop_rows)),
                 "train_seconds": round(time.perf_counter() - t0, 1)}
+        if stop_rows is not None:
+            info["best_stop_mean_f1"] = round(float(best), 5)
         extra = predict(extra_rows) if is_main and extra_rows is not None and len(extra_rows) else None
         return FoldOutput(val_logits, test_logits, info, extra)
 

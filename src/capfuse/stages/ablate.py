@@ -10,7 +10,8 @@ Variants identical to one of the pipeline's models train (or are found already t
 model's own folder, so ``make all`` followed by ``make ablate`` trains only what is new; every
 other variant lives in ``runs/<dataset>/ablation/``, where ``make stack`` does not look.
 
-Writes ``runs/<dataset>/ablation.csv`` and ``runs/<dataset>/ablation.md``.
+Writes ``runs/<dataset>/ablation.csv`` and ``runs/<dataset>/ablation.md`` (``ablation.output``
+renames them for a side study such as ``configs/early_stop.yaml``).
 """
 
 from __future__ import annotations
@@ -109,9 +110,14 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         if (cfg.get("ablation") or {}).get("second_level", True):
             table = pd.concat([table, second_level_rows(paths, ds, cfg)], ignore_index=True)
         table = table[COLUMNS]
-        write_csv(paths.runs / "ablation.csv", table)
-        write_text(paths.runs / "ablation.md", markdown_table(table))
-        log.info("ablation (%s):\n%s", paths.runs / "ablation.csv", table.to_string(index=False))
+        # ``ablation.output`` names the table, so a side study (configs/early_stop.yaml) keeps
+        # the main ablation table intact.
+        out = str((cfg.get("ablation") or {}).get("output", "ablation"))
+        if not out.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"{config_path}: ablation.output must be a plain file name, got {out!r}")
+        write_csv(paths.runs / f"{out}.csv", table)
+        write_text(paths.runs / f"{out}.md", markdown_table(table))
+        log.info("%s (%s):\n%s", out, paths.runs / f"{out}.csv", table.to_string(index=False))
         return table
 
 

@@ -18,7 +18,7 @@ from capfuse import __version__
 from capfuse.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import summary as metric_summary
 from capfuse.stages.common import load_dataset
-from capfuse.stages.ensemble import threshold_rule, trained_models
+from capfuse.stages.ensemble import pipeline_models, threshold_rule, trained_models
 from capfuse.submission import predictions_to_frame, write_submission
 from capfuse.trainer import read_logits, sigmoid
 from capfuse.utils.io import read_json, sha256_file
@@ -62,6 +62,29 @@ def _caption_fallback(ds, paths, trained: dict, rows: np.ndarray, binary: np.nda
     return dict(info, rows=ids)
 
 
+# What each figure of the manifest is, and exactly which choices are nested (made without the
+# labels of the rows they are scored on) and which are not.
+CV_NOTE = {
+    "cv": "OOF metrics of the submitted pipeline, thresholds fitted on the same OOF rows (in-sample)",
+    "cv_nested_mean_f1": "every row scored by parts fitted without its fold's labels (nested)",
+    "nested": [
+        "base models: fold k's OOF logits come from a model trained on the other folds; net models stop at "
+        "the best epoch on a stratified inner split of those folds' training rows (train.early_stop), never "
+        "on fold k",
+        "pseudo-label rounds: fold k's student learns from pseudo-labels of the fold-k producer, which never saw "
+        "fold k; class cut-offs use the training rows' priors",
+        "second level: blend weights and the LightGBM stacker for fold k are fitted on the other folds' OOF rows",
+        "thresholds: the global and per-class thresholds scored on fold k are tuned on the other K-1 folds",
+    ],
+    "not_nested": [
+        "the choice among second-level candidates and between global and per-class thresholds: the best "
+        "nested score among a handful of options, so it is slightly optimistic",
+        "when pseudo-label rounds stop (pseudo.min_gain compares CV across rounds)",
+        "configs and hyperparameters, chosen by people looking at CV figures",
+    ],
+}
+
+
 def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None,
               storage: str | None = None) -> dict:
     """stack → thresholds → the checked submission and its manifest."""
@@ -72,7 +95,11 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
     cut = run_thresholds(paths, cfg, storage=storage, quiet=quiet, ds=ds)
     with stage("submit", paths.dataset):
         folds = ds.folds()
+        # The caption fallback draws from this config's models and those it stacks, never from
+        # whatever else another config left in runs/<dataset>/.
         trained = trained_models(paths)
+        own = set(pipeline_models(cfg, trained)) | set(stacked["base_models"])
+        trained = {m: metrics for m, metrics in trained.items() if m in own}
         class_ids = ds.class_ids
         image_ok = ds.val.test["image_ok"].to_numpy(bool)
         out = ensemble_dir(paths)
@@ -107,9 +134,7 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
             "cv": {k: round(float(v), 5) for k, v in cv.items()},
             "cv_in_sample_mean_f1": cut[chosen]["in_sample"],
             "cv_nested_mean_f1": cut[chosen]["nested"],
-            "cv_note": ("cv: OOF metrics of the submitted pipeline with thresholds fitted on the same OOF rows; "
-                        "cv_nested_mean_f1: thresholds tuned on K-1 folds and scored on the held-out one, "
-                        "over second-level OOF predictions that are themselves nested"),
+            "cv_note": CV_NOTE,
             "test_rows": len(ds.test_ids),
             "test_rows_without_image": int((~image_ok).sum()),
             "image_fallback": fallback,
