@@ -2,8 +2,8 @@
 
 Each cache entry is a float16 ``.npy`` (memory-mapped on read) plus a JSON sidecar. The file
 name carries the encoder, the input size and the test-time view; the sidecar carries a
-checksum of the inputs (image ids, file sizes and mtimes, weights source), so a second run
-reuses the array and a changed image invalidates it.
+checksum of the inputs (image ids, each file's stat key, the weights and where they came
+from), so a second run reuses the array and a changed image invalidates it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch
 
 from capfuse.data.images import load_array, resolve_image_path
 from capfuse.encoders.image import Preprocess, create_backbone, feature_maps, preprocess_for
-from capfuse.utils.io import atomic_path, read_json, write_json
+from capfuse.encoders.weights import state_dict_sha256
+from capfuse.utils.io import allocate_npy, atomic_path, read_json, stat_key, write_json
 from capfuse.utils.log import log, progress
 
 VIEWS = ("orig", "hflip")
@@ -58,8 +59,7 @@ def inputs_checksum(data_dir: Path, image_ids: list[str], image_ok: np.ndarray) 
     for image_id, ok in zip(image_ids, image_ok):
         h.update(image_id.encode("utf-8", "surrogateescape"))
         if ok:
-            st = os.stat(resolve_image_path(data_dir, image_id))
-            h.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f":{stat_key(os.stat(resolve_image_path(data_dir, image_id)))}".encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -216,8 +216,12 @@ def embed_image_features(
     model, source = create_backbone(spec.name, weights=spec.weights, num_classes=0)
     model = model.eval().to(memory_format=torch.channels_last)
     pre = preprocess_for(model, spec.size)
+    # The weights' own checksum, not only their file's name: a new file under the old name
+    # must not be served the old features. Random weights ("none") differ on every call and
+    # are only ever a test's, so they keep one key.
+    weights_key = source if source == "none" else f"{source}@{state_dict_sha256(model)}"
     checksum = hashlib.sha256(
-        f"{inputs_checksum(data_dir, image_ids, image_ok)}|{source}|{pre}".encode()
+        f"{inputs_checksum(data_dir, image_ids, image_ok)}|{weights_key}|{pre}".encode()
     ).hexdigest()
     meta_file = cache_files(cache_dir, spec, pre.size, view)["meta"]
     have: tuple[str, ...] = ()
@@ -243,9 +247,10 @@ def embed_image_features(
     dim = model.num_features
     tag = "u8-fmap" + "".join(f"-mid{n}" for n in mids)
     fmap = FeatureMap(model, pre, mids)
+    # Keyed by the exported module's tensors (weights and normalisation), so an export is
+    # reused only for exactly the weights it came from.
     runner = _Runner(fmap, pre.size, spec.backend, cache_dir / "onnx",
-                     f"{spec.name}-{pre.size}px-{tag}-{hashlib.sha256(source.encode()).hexdigest()[:10]}",
-                     n_outputs=len(mids) + 1)
+                     f"{spec.name}-{pre.size}px-{tag}-{state_dict_sha256(fmap)[:16]}", n_outputs=len(mids) + 1)
     shapes = {"pooled": (len(image_ids), dim), "tokens": (len(image_ids), spec.grid * spec.grid, dim)}
     if mids:
         with torch.inference_mode():  # one image through the net gives each mid map's shape
@@ -263,10 +268,12 @@ def embed_image_features(
     meta_file.unlink(missing_ok=True)
     with ExitStack() as stack:
         # Written straight into memory-mapped temporary files (rows of unreadable images stay
-        # zero): 40k images' intermediate maps are gigabytes that need not sit in RAM. Each
-        # file is renamed into place when the stack closes without an error.
-        arrays = {o: np.lib.format.open_memmap(stack.enter_context(atomic_path(files[o])), mode="w+",
-                                               dtype=np.float16, shape=shapes[o]) for o in todo_outputs}
+        # zero): 40k images' intermediate maps are gigabytes that need not sit in RAM. Their
+        # disk space is reserved before any image is decoded, so a full disk is an error now,
+        # not a SIGBUS an hour in. Each file is renamed into place when the stack closes
+        # without an error.
+        arrays = {o: allocate_npy(stack.enter_context(atomic_path(files[o])), np.float16, shapes[o])
+                  for o in todo_outputs}
         # Decode the next batch on a worker thread while the model runs on the current one:
         # PIL releases the GIL while decoding, so the two overlap.
         with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():

@@ -22,7 +22,7 @@ import numpy as np
 
 from capfuse.encoders.text import TextEncoderSpec, create_text_encoder, encode, text_encoder_sources
 from capfuse.encoders.weights import WeightsNotFound, package_dir
-from capfuse.utils.io import atomic_path, read_json, write_json
+from capfuse.utils.io import allocate_npy, atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
 
 PARTS = ("tokens", "mask", "pooled")
@@ -94,9 +94,10 @@ def embed_captions(captions: list[str], spec: TextEncoderSpec, cache_dir: Path, 
               "pooled": ((n, dim), np.float16)}
     with ExitStack() as stack:
         # Written straight into memory-mapped temporary files: 40k captions' token states are
-        # ~1 GB, which need not sit in RAM. Each file is renamed into place when the stack closes.
-        out = {p: np.lib.format.open_memmap(stack.enter_context(atomic_path(files[p])), mode="w+",
-                                            dtype=dtype, shape=shape) for p, (shape, dtype) in shapes.items()}
+        # ~1 GB, which need not sit in RAM. Their disk space is reserved first (a full disk is
+        # an error, not a SIGBUS). Each file is renamed into place when the stack closes.
+        out = {p: allocate_npy(stack.enter_context(atomic_path(files[p])), dtype, shape)
+               for p, (shape, dtype) in shapes.items()}
         for rows in progress(batches, f"embed captions {spec.name}", quiet=quiet):
             tokens, mask, pooled = encode(model, tokenizer, [captions[r] for r in rows], length)
             out["tokens"][rows], out["mask"][rows], out["pooled"][rows] = tokens, mask, pooled

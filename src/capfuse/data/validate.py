@@ -62,7 +62,8 @@ def _check_images(data_dir: Path, ids: list[str], workers: int, cache_file: Path
         path = resolve_image_path(data_dir, image_id)
         try:
             st = os.stat(path)
-            key = [st.st_size, st.st_mtime_ns]
+            # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a) changes them.
+            key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         except OSError:
             key = None
         hit = cache.get(image_id)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from capfuse.encoders.weights import WeightsNotFound, hub_disabled, hub_reachable, package_dir
+from capfuse.utils.io import stat_key
 
 WEIGHTS = ("auto", "package", "hub")
 
@@ -70,11 +71,10 @@ def packaged_text_folder(name: str) -> Path | None:
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    """Names, sizes and mtimes of a folder's files: a re-saved model gets a new fingerprint."""
+    """Names and stat keys of a folder's files: a re-saved or replaced model gets a new fingerprint."""
     h = hashlib.sha256()
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.name}:{stat_key(f.stat())}\n".encode())
     return h.hexdigest()[:12]
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from capfuse.features import ImageEncoderSpec, mid_output
+from capfuse.features import ImageEncoderSpec, inputs_checksum, mid_output
 from capfuse.stages.common import Dataset, load_dataset
 from capfuse.text import tfidf_features
+from capfuse.utils.io import remove_stale_tmp
 from capfuse.utils.log import log, stage
 
 DEFAULT_IMAGE_ENCODER = {"name": "tf_efficientnet_lite0"}
@@ -57,6 +58,9 @@ class FeatureStore:
     def __init__(self, ds: Dataset, quiet: bool | None, models: dict[str, dict] | None = None) -> None:
         self.ds = ds
         self.quiet = quiet
+        # Every stage that embeds builds a store first: the arrays a killed run was writing
+        # (gigabytes, memory-mapped) go before new ones claim the disk.
+        remove_stale_tmp(ds.paths.cache)
         self._image: dict = {}
         self._caption: dict = {}
         # Every output any model needs from an encoder, so one backbone pass serves them all.
@@ -198,6 +202,10 @@ class FeatureStore:
             feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
                          image_ok=self.ds.image_ok,
                          captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]))
+            if "image" in inputs:
+                # Fine-tuning decodes the images itself, so no feature checksum speaks for them:
+                # their stat keys do, and a replaced image retrains the model.
+                parts.append(inputs_checksum(self.ds.paths.data_dir, feats["ids"], feats["image_ok"]))
         else:
             if "image" in inputs:
                 spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))

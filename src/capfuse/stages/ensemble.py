@@ -29,7 +29,7 @@ from capfuse.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.stages.common import Dataset, load_dataset
 from capfuse.trainer import logits_frame, read_aligned, read_logits, sigmoid
-from capfuse.utils.io import read_json, write_csv, write_json
+from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json
 from capfuse.utils.log import log, stage
 
 CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
@@ -141,6 +141,7 @@ def run_stack(paths, cfg: dict, *, quiet: bool | None = None, ds: Dataset | None
     ``ds``: the dataset when the caller has loaded it already (``infer`` runs three stages on it).
     """
     with stage("stack", paths.dataset):
+        remove_stale_tmp(ensemble_dir(paths))  # what a killed stack or thresholds run left
         ds = ds or load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
         trained = trained_models(paths)
@@ -197,6 +198,7 @@ def run_thresholds(paths, cfg: dict, *, storage: str | None = None, quiet: bool 
     from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 
     with stage("thresholds", paths.dataset):
+        remove_stale_tmp(ensemble_dir(paths))
         ds = ds or load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
         out = ensemble_dir(paths)
