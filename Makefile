@@ -119,8 +119,18 @@ test: $(STAMP) ## run the test suite (tiny datasets, tiny models; as root, insta
 bench: $(STAMP) ## speed benchmarks (see README)
 	$(RUN) bench $(ARGS)
 
+# DATA reaches the shell through the environment, never pasted into the command line: an
+# empty, `.`, `..` or spaced name would otherwise make `rm -rf runs/$(DATASET)` remove every
+# run, the project, or a stranger's folder.
+clean: export CLEAN_DATASET := $(DATASET)
+clean: export CLEAN_DATA := $(DATA)
 clean: ## remove run artefacts of DATA (runs/<dataset>/) and generated demo data
-	rm -rf runs/$(DATASET) data/demo data/demo-unlabelled data/tiny data/faulty
+	@if [[ ! "$$CLEAN_DATASET" =~ ^[A-Za-z0-9_.@-]+$$ || "$$CLEAN_DATASET" == . || "$$CLEAN_DATASET" == .. ]]; then \
+	  echo "make clean: DATA=\"$$CLEAN_DATA\" gives the dataset name \"$$CLEAN_DATASET\", which is not a plain name" \
+	       "(letters, digits, _ . @ -; not . or ..); nothing removed" >&2; \
+	  exit 2; \
+	fi
+	rm -rf -- "runs/$$CLEAN_DATASET" data/demo data/demo-unlabelled data/tiny data/faulty
 
 clean-all: clean ## also remove the virtual environment and every run
 	rm -rf runs $(VENV)

@@ -41,6 +41,8 @@ def _common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set folds.k=3 (repeatable)")
     p.add_argument("--strict", action="store_true", help="fail on any bad train row instead of quarantining it")
+    p.add_argument("--wait", action="store_true",
+                   help="when another run holds runs/<dataset>/.lock, wait for it instead of stopping")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (default when CI=true)")
     p.add_argument("--log-level", default="INFO")
 
@@ -118,6 +120,10 @@ def _context(args):
 
     paths = Paths(data_dir=Path(args.data), root=Path(args.root).resolve())
     cfg = load_config(args.config, args.overrides) if hasattr(args, "config") else {}
+    if "kind" in cfg and not cfg.get("name"):
+        # A model config given directly is a one-model pipeline named after its file, as the
+        # train stage names it; the stack stage needs that name to know the pipeline's model.
+        cfg["name"] = Path(args.config).stem
     if args.strict:
         cfg.setdefault("data", {})["strict"] = True
     quiet = True if args.quiet else quiet_default()
@@ -137,11 +143,35 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     from capfuse.data.problems import DataError
 
+    from capfuse.utils.lock import RunLocked
+
     try:
         return _dispatch(args)
-    except (DataError, ConfigError, FileNotFoundError, ValueError) as exc:
+    except (DataError, ConfigError, FileNotFoundError, ValueError, RunLocked) as exc:
         log.error("%s", exc)
         return 2
+
+
+def _locked(paths, args):
+    """``runs/<dataset>/.lock`` for the whole command: every command that resolves a dataset
+    writes into ``runs/<dataset>/`` (the validation report at least), so each one holds it, and
+    ``make all``, several capfuse commands in a row, takes and releases it once per command.
+
+    A second run stops by default rather than waiting: two runs on one dataset are most often a
+    mistake (a second terminal, a forgotten background job), and a silent wait would hide it and
+    then redo the work; ``--wait`` queues deliberately.
+
+    Under torchrun every rank runs this command; rank 0 holds the lock for the whole job (it
+    alone writes run folders), and the other ranks must not wait on their own job's lock.
+    When rank 0 stops because another run holds it, torchrun stops the other ranks.
+    """
+    import contextlib
+
+    from capfuse.utils.lock import dataset_lock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return dataset_lock(paths.runs, wait=args.wait, what=f"capfuse {args.command} --data {args.data}")
 
 
 def _dispatch(args) -> int:
@@ -156,12 +186,19 @@ def _dispatch(args) -> int:
             from capfuse.data.demo import make_unlabelled
 
             out = Path(f"{str(args.data).rstrip('/')}-unlabelled")
-            if (out / "unlabelled_labels.csv").exists() and not args.force:
+            # make_unlabelled renames a finished folder into place, so unlabelled_labels.csv
+            # marks one it wrote; any other folder there is someone else's and stays.
+            ours = (out / "unlabelled_labels.csv").is_file() and not out.is_symlink()
+            if ours and not args.force:
                 log.info("unlabelled folder %s exists; kept (--force rewrites it)", out)
+            elif out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
+                raise ValueError(f"{out} exists and was not written by `capfuse data --unlabelled` (it has no "
+                                 "unlabelled_labels.csv); it is not replaced: move it away first")
             else:
                 import shutil
 
-                shutil.rmtree(out, ignore_errors=True)
+                if ours:
+                    shutil.rmtree(out)
                 log.info("unlabelled folder: %s", make_unlabelled(out, args.unlabelled, size=PRESETS[preset]["size"],
                                                                  seed=args.seed, captions=not args.no_captions))
         return 0
@@ -175,6 +212,11 @@ def _dispatch(args) -> int:
     if cmd in ZEROSHOT_COMMANDS:
         return _zeroshot_dispatch(args)
     paths, cfg, quiet = _context(args)
+    with _locked(paths, args):
+        return _stage(cmd, args, paths, cfg, quiet)
+
+
+def _stage(cmd: str, args, paths, cfg: dict, quiet: bool) -> int:
     if cmd == "validate":
         from capfuse.stages.common import load_dataset
 
@@ -286,6 +328,11 @@ def _zeroshot_dispatch(args) -> int:
                            out=Path(args.out) if args.out else None)
         return 0
     paths, cfg, quiet = _context(args)
+    with _locked(paths, args):
+        return _zeroshot_stage(args, paths, cfg, quiet)
+
+
+def _zeroshot_stage(args, paths, cfg: dict, quiet: bool) -> int:
     if args.command == "zeroshot":
         from capfuse.stages.zeroshot import run_zeroshot
 

@@ -2,14 +2,15 @@
 
 For fold k the model trains on the other folds and predicts the held-out fold (its OOF rows)
 and the test set. Each finished fold is written atomically with a ``done.json`` last, so an
-interrupted run skips completed folds; a change of config, data or folds starts over.
+interrupted run skips completed folds; a change of config, data or folds starts over. A fold's
+``done.json`` carries the fingerprint it was trained under, and only a fold of the run's own
+fingerprint is skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from capfuse.pseudo import (
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
 from capfuse.utils.dist import barrier, rank_world
+from capfuse.utils.runs import FINGERPRINT_FILE, check_inside, check_name, fingerprint_record, read_fingerprint, remove_run
 from capfuse.utils.seed import seed_everything
 
 
@@ -213,16 +215,20 @@ def train_model(
     if pseudo_from is not None:
         data_fingerprint = f"{data_fingerprint}|pseudo:{pseudo_from.producer}:{pseudo_from.fingerprint()}"
     fp = _fingerprint(model_cfg, data_fingerprint, folds)
-    fp_file = out_dir / "fingerprint.json"
+    # The run folder is named after a plain name and lies where its parent says, symlinks
+    # resolved: it is written into and, on a change, removed.
+    check_name(name, "model name")
+    check_name(out_dir.name, "run folder name")
+    check_inside(out_dir, out_dir.parent)
     # Under torchrun every rank runs this function; only rank 0 touches the files.
     rank, world = rank_world()
     is_main = rank == 0
     if is_main:
-        if out_dir.exists() and (not fp_file.exists() or read_json(fp_file).get("fingerprint") != fp):
+        if out_dir.exists() and read_fingerprint(out_dir) != fp and not _empty_dir(out_dir):
             log.info("%s: config, data or folds changed since the last run; starting over", name)
-            shutil.rmtree(out_dir)
+            remove_run(out_dir, out_dir.parent)  # refuses a folder without our fingerprint.json
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(fp_file, {"fingerprint": fp})
+        write_json(out_dir / FINGERPRINT_FILE, fingerprint_record(fp))
         write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
     barrier()
 
@@ -233,7 +239,17 @@ def train_model(
         fold_dir = out_dir / f"fold{fold}"
         va = np.flatnonzero(folds == fold)  # every row of the fold is scored, labelled for training or not
         tr = np.flatnonzero((folds != fold) & labelled)
-        if (fold_dir / "done.json").exists():
+        done = _fold_fingerprint(fold_dir)
+        if done is not None and done != fp:
+            # A fold of another config, data or folds (or from before done.json recorded its
+            # fingerprint) is not this run's result: it is trained again, its done.json removed
+            # first so that an interruption cannot leave it looking finished.
+            log.info("%s fold %d: its done.json was written under another fingerprint; training it again", name, fold)
+            barrier()  # every rank has read it before rank 0 removes it
+            if is_main:
+                (fold_dir / "done.json").unlink()
+            done = None
+        if done == fp:
             log.info("%s fold %d: done earlier, skipped", name, fold)
         elif is_main or getattr(model, "supports_ddp", False):
             seed_everything(seed + fold)
@@ -253,7 +269,7 @@ def train_model(
             result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
             if is_main:
                 result.info["folds_sha256"] = folds_checksum
-                _write_fold(fold_dir, log_path, result, Y, tr, va, fold, seed, time.perf_counter() - t0, name)
+                _write_fold(fold_dir, log_path, result, Y, tr, va, fold, seed, time.perf_counter() - t0, name, fp)
         barrier()  # other ranks wait for rank 0's files (or share its DDP training)
         if is_main:
             oof[va] = np.load(fold_dir / "val_logits.npy")
@@ -290,8 +306,24 @@ def train_model(
     return metrics
 
 
-def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, seed: int, seconds: float, name: str) -> None:
-    """Logits first, the log line next, ``done.json`` last: its presence means the fold is complete."""
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def _fold_fingerprint(fold_dir: Path) -> str | None:
+    """The fingerprint a finished fold was trained under: "" for a done.json without one
+    (written before it was recorded), None when the fold is not finished."""
+    try:
+        record = read_json(fold_dir / "done.json")
+    except FileNotFoundError:
+        return None
+    return str(record.get("fingerprint", "")) if isinstance(record, dict) else ""
+
+
+def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, seed: int, seconds: float, name: str,
+                fingerprint: str) -> None:
+    """Logits first, the log line next, ``done.json`` last: its presence means the fold is complete,
+    and its ``fingerprint`` says under which config, data and folds."""
     write_npy(fold_dir / "val_logits.npy", result.val_logits)
     write_npy(fold_dir / "test_logits.npy", result.test_logits)
     if result.extra_logits is not None:
@@ -302,7 +334,7 @@ def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, se
     record = {
         "fold": fold, "seed": seed + fold, "n_train": len(tr), "n_val": len(va),
         "val_mean_f1@0.5": float(mean_sample_f1(Y[va], val_pred)),
-        "seconds": round(seconds, 2), **result.info,
+        "seconds": round(seconds, 2), **result.info, "fingerprint": fingerprint,
     }
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json
 from capfuse.utils.log import log, stage
 
 CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
+ROUND = re.compile(r"r[1-9][0-9]*")  # the suffix of a pseudo-label round's name, name@r<k>
 
 
 def ensemble_dir(paths) -> Path:
@@ -44,17 +46,49 @@ def trained_models(paths) -> dict[str, dict]:
     return {p.parent.name: read_json(p) for p in sorted(paths.runs.glob("*/metrics.json"))}
 
 
+def config_models(cfg: dict) -> list[str]:
+    """The models a config trains: those it lists (``models:``), or the one model a model config is."""
+    if "kind" in cfg:
+        return [cfg["name"]] if cfg.get("name") else []
+    return list(cfg.get("models") or [])
+
+
+def pipeline_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
+    """The config's own models found in ``trained``, with the pseudo-label rounds ``name@r<k>``
+    the train stage made of them.
+
+    ``runs/<dataset>/`` also holds whatever other configs trained there before; those are not
+    this pipeline's, and a submission must not depend on what happens to lie in the folder.
+    """
+    names = config_models(cfg)
+    rounds = [m for m in trained if m.partition("@")[0] in names and ROUND.fullmatch(m.partition("@")[2])]
+    return sorted({*(m for m in names if m in trained), *rounds})
+
+
 def choose_base_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
-    """``ensemble.models``: ``all`` (every trained model) or a list of names."""
+    """``ensemble.models``: ``all`` (the config's own models and their pseudo-label rounds) or a
+    list of names. Other trained models in the folder are listed in the log and left out."""
     want = cfg.get("ensemble", {}).get("models", "all")
     if not trained:
         raise FileNotFoundError("no trained model found: run `make train` first")
     if want == "all":
-        return sorted(trained)
-    missing = [m for m in want if m not in trained]
+        listed = config_models(cfg)
+        if not listed:
+            raise ValueError("the config names no models (`models: [name, ...]`), so `ensemble.models: all` "
+                             "has nothing to stack; list the models to stack in `ensemble.models`")
+        names = pipeline_models(cfg, trained)
+    elif isinstance(want, list):
+        listed = names = list(want)
+    else:
+        raise ValueError(f"ensemble.models must be `all` or a list of model names, got {want!r}")
+    missing = [m for m in listed if m not in trained]
     if missing:
         raise FileNotFoundError(f"models {missing} are not trained yet: run `make train`")
-    return list(want)
+    ignored = sorted(set(trained) - set(names))
+    if ignored:
+        log.info("trained models left out of the second level, not being this config's (name them in "
+                 "ensemble.models to stack them): %s", ", ".join(ignored))
+    return names
 
 
 def load_base_logits(paths, ds: Dataset, names: list[str], folds: np.ndarray) -> tuple[list, list]:
