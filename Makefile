@@ -26,7 +26,12 @@ override STRICT := $(strip $(STRICT))
 override FORCE  := $(strip $(FORCE))
 override VENV   := $(strip $(VENV))
 override GPUS   := $(strip $(GPUS))
-override STORAGE := $(strip $(STORAGE))
+# STORAGE (it may hold a password), QUERY and IMAGE reach the program through the environment
+# as "$$VAR", never pasted into a recipe: quotes, `$(...)` or backticks in them would be run by
+# the shell, and make would echo the password. $(value) takes the text as given, so make does
+# not expand a `$(...)` in it either.
+override STORAGE := $(value STORAGE)
+export STORAGE
 override UNLABELLED := $(strip $(UNLABELLED))
 
 DATASET := $(notdir $(patsubst %/,%,$(DATA)))
@@ -94,10 +99,10 @@ stack: data ## blends and a LightGBM stacker on the OOF logits; keeps the best (
 	$(RUN) stack $(COMMON)
 
 thresholds: data ## global and per-class Optuna thresholds on the kept OOF, in-sample and nested scores
-	$(RUN) thresholds $(COMMON) $(if $(STORAGE),--storage '$(STORAGE)')
+	$(RUN) thresholds $(COMMON) $${STORAGE:+--storage "$$STORAGE"}
 
 infer: data ## stack + thresholds + submissions/<dataset>-latest.csv with a manifest
-	$(RUN) infer $(COMMON) $(if $(STORAGE),--storage '$(STORAGE)')
+	$(RUN) infer $(COMMON) $${STORAGE:+--storage "$$STORAGE"}
 
 all: folds train infer ## folds + train + infer, end to end
 
@@ -138,6 +143,9 @@ clean-all: clean ## also remove the virtual environment and every run
 # -- open vocabulary (paper c) and embeddings (paper d) ------------------------------------------
 QUERY ?=                             ## make search: a text query, e.g. QUERY="a dog on a bus"
 IMAGE ?=                             ## make search: an ImageID of DATA or an image file
+override QUERY := $(value QUERY)
+override IMAGE := $(value IMAGE)
+export QUERY IMAGE
 ZSCOMMON := --data $(DATA) --config configs/zeroshot.yaml $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
 
 .PHONY: zeroshot embeddings search
@@ -150,5 +158,8 @@ embeddings: zeroshot ## export image embeddings + ids of the zero-shot space to 
 	$(RUN) embeddings $(ZSCOMMON)
 
 search: zeroshot ## nearest images to QUERY="a dog on a bus" or IMAGE=<ImageID or file>
-	@test -n "$(strip $(QUERY)$(IMAGE))" || { echo 'give QUERY="some text" or IMAGE=<ImageID or file>'; exit 2; }
-	$(RUN) search $(ZSCOMMON) $(if $(strip $(QUERY)),--text "$(strip $(QUERY))",--image "$(strip $(IMAGE))")
+	@if [[ "$$QUERY" == *[![:space:]]* ]]; then set -- --text "$$QUERY"; \
+	elif [[ "$$IMAGE" == *[![:space:]]* ]]; then set -- --image "$$IMAGE"; \
+	else echo 'give QUERY="some text" or IMAGE=<ImageID or file>'; exit 2; fi; \
+	echo "$(RUN) search $(ZSCOMMON) $$1 '$$2'"; \
+	$(RUN) search $(ZSCOMMON) "$$@"

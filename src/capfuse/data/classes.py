@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capfuse.data.csvio import split_lines
 from capfuse.data.problems import DataError
 
 
@@ -70,7 +71,7 @@ class ClassSet:
 def read_classes_csv(path: str | Path) -> dict[int, str]:
     """``id,name`` rows; a bad row is an error naming the line, since names drive text methods."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = split_lines(path.read_bytes().decode("utf-8-sig"))  # a lone \r stays inside its name
     if not lines or [h.strip().lower() for h in lines[0].split(",")] != ["id", "name"]:
         raise DataError(f"{path}:1: bad header {lines[0] if lines else ''!r}; expected 'id,name'")
     out: dict[int, str] = {}

@@ -1,10 +1,14 @@
-"""Reader for the COMP5329 CSV layout, which a standard CSV parser gets wrong.
+r"""Reader for the COMP5329 CSV layout, which a standard CSV parser gets wrong.
 
 The Caption field is not quoted and holds commas and bare double quotes, so a row is split on
 its first comma (test) or its first two commas (train) and everything after is the caption.
 Real files also arrive with a UTF-8 BOM, CRLF line ends, blank trailing lines, stray spaces
 around fields and labels, and now and then bytes that are not UTF-8; all of these are read,
 and each row that cannot be read is reported with its line number rather than dropped silently.
+
+Only ``\n`` and ``\r\n`` end a row. A caption may hold a lone ``\r`` (or a form feed, a
+vertical tab, U+2028...), which ``str.splitlines`` and Python's universal newlines would turn
+into extra rows that shift every line number after them.
 """
 
 from __future__ import annotations
@@ -16,8 +20,14 @@ from pathlib import Path
 from capfuse.data.problems import DataError, Problem
 
 HEADERS = {"train": ("ImageID", "Labels", "Caption"), "test": ("ImageID", "Caption")}
-_LINE_BREAK = re.compile(r"\r\n|\n|\r")
+_LINE_BREAK = re.compile(r"\r?\n")
 _FULLY_QUOTED = re.compile(r'"((?:[^"]|"")*)"')
+
+
+def split_lines(text: str) -> list[str]:
+    r"""``text`` split on ``\n`` and ``\r\n`` only (see the module docstring); a trailing line end
+    leaves a last empty line, as blank lines do."""
+    return _LINE_BREAK.split(text)
 
 
 @dataclass
@@ -38,7 +48,7 @@ def _decode(raw: bytes, name: str) -> tuple[list[str], list[Problem]]:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     lines, problems = [], []
-    for i, chunk in enumerate(_LINE_BREAK.split(raw.decode("latin-1")), start=1):
+    for i, chunk in enumerate(split_lines(raw.decode("latin-1")), start=1):
         data = chunk.encode("latin-1")
         try:
             lines.append(data.decode("utf-8"))
@@ -98,6 +108,10 @@ def read_split(path: str | Path, split: str) -> tuple[list[Row], list[Problem]]:
     expected = HEADERS[split]
     header = tuple(_unquote(h.strip()) for h in lines[first].split(","))
     if tuple(h.lower() for h in header) != tuple(h.lower() for h in expected):
+        if "\r" in lines[first]:
+            raise DataError(f"{name}:{first + 1}: the lines end in a bare carriage return (\\r, old Mac line ends); "
+                            "only \\n or \\r\\n end a row, since a lone \\r can sit inside a caption: convert the "
+                            "file to \\n line ends (e.g. `tr '\\r' '\\n'`)")
         raise DataError(f"{name}:{first + 1}: bad header {','.join(header)!r}; expected {','.join(expected)!r}")
 
     n_fields = len(expected)

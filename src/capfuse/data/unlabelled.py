@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from capfuse.data.images import UnsafePathError, check_image, resolve_image_path
+from capfuse.data.csvio import split_lines
+from capfuse.data.images import DEFAULT_MAX_PIXELS, UnsafePathError, check_image, resolve_image_path
 from capfuse.data.problems import DataError
 from capfuse.utils.log import log
 
@@ -33,8 +34,8 @@ def read_unlabelled_csv(path: Path) -> pd.DataFrame:
     Captions in this layout carry unquoted commas, so the line is split once, not parsed as
     CSV; surrounding double quotes are removed and doubled ones unescaped.
     """
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if not lines:
+    lines = split_lines(path.read_bytes().decode("utf-8-sig"))  # a lone \r stays in its caption
+    if not lines or lines == [""]:
         raise DataError(f"{path}: empty file; expected a header `ImageID` or `ImageID,Caption`")
     header = [h.strip() for h in lines[0].split(",", 1)]
     if header[0] != "ImageID" or (len(header) == 2 and header[1] != "Caption"):
@@ -51,7 +52,8 @@ def read_unlabelled_csv(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ImageID", "Caption", "line"])
 
 
-def load_unlabelled(folder: str | Path, known_ids: set[str], workers: int = 2) -> pd.DataFrame:
+def load_unlabelled(folder: str | Path, known_ids: set[str], workers: int = 2,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     """The usable rows of ``folder``: ImageID, Caption, image_ok (always True here), line."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -82,7 +84,7 @@ def load_unlabelled(folder: str | Path, known_ids: set[str], workers: int = 2) -
         except UnsafePathError as exc:
             raise DataError(f"{where(r)}: {exc}") from None
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        verdicts = list(pool.map(check_image, paths))
+        verdicts = list(pool.map(lambda p: check_image(p, max_pixels=max_pixels), paths))
     ok = [v[0] for v in verdicts]
     for r, (good, findings) in zip(table.itertuples(), verdicts):
         if not good:

@@ -2,8 +2,8 @@
 
 Policy:
 
-* an unusable **train** row (bad labels, no labels, missing or broken image, unsafe ImageID,
-  duplicate ImageID) is quarantined and listed in the report; ``strict=True`` fails instead;
+* an unusable **train** row (bad labels, no labels, missing or broken image, an image over
+  ``data.max_pixels``, unsafe ImageID, duplicate ImageID) is quarantined and listed in the report; ``strict=True`` fails instead;
 * a **test** row is never dropped: when its image cannot be read it keeps its place, is
   flagged (``image_ok = False``) and is predicted from its caption;
 * repairs (BOM, CRLF, stray spaces, mode conversion, EXIF rotation, PNG bytes behind ``.jpg``)
@@ -26,13 +26,13 @@ import pandas as pd
 
 from capfuse.data.classes import ClassSet
 from capfuse.data.csvio import Row, read_split
-from capfuse.data.images import UnsafePathError, check_image, resolve_image_path
+from capfuse.data.images import DEFAULT_MAX_PIXELS, UnsafePathError, check_image, resolve_image_path
 from capfuse.data.problems import DataError, Problem
 from capfuse.utils.io import read_json, write_json, write_text
 from capfuse.utils.log import log, progress
 
 # Bump when check_image's verdicts change meaning, so that cached verdicts are redone.
-CHECK_VERSION = 1
+CHECK_VERSION = 2  # 2: image_too_large
 REPORT_EXAMPLES = 200  # problems listed in the readable report (the JSON has all of them)
 
 
@@ -48,12 +48,13 @@ class ValidationResult:
 
 
 def _check_images(data_dir: Path, ids: list[str], workers: int, cache_file: Path | None,
-                  show: bool) -> dict[str, tuple[bool, list]]:
+                  show: bool, max_pixels: int) -> dict[str, tuple[bool, list]]:
     cache: dict = {}
     if cache_file is not None and cache_file.exists():
         try:
             stored = read_json(cache_file)
-            if stored.get("version") == CHECK_VERSION:
+            # A verdict holds for the pixel limit it was made under; another limit redoes them.
+            if stored.get("version") == CHECK_VERSION and stored.get("max_pixels") == max_pixels:
                 cache = stored["images"]
         except (ValueError, KeyError):
             cache = {}  # a damaged cache is only a slower run
@@ -69,7 +70,7 @@ def _check_images(data_dir: Path, ids: list[str], workers: int, cache_file: Path
         hit = cache.get(image_id)
         if hit is not None and key is not None and hit["key"] == key:
             return image_id, hit
-        ok, findings = check_image(path)
+        ok, findings = check_image(path, max_pixels=max_pixels)
         return image_id, {"key": key, "ok": ok, "findings": [list(f) for f in findings]}
 
     verdicts: dict[str, dict] = {}
@@ -77,13 +78,13 @@ def _check_images(data_dir: Path, ids: list[str], workers: int, cache_file: Path
         for image_id, verdict in progress(pool.map(one, ids), "check images", total=len(ids), quiet=not show):
             verdicts[image_id] = verdict
     if cache_file is not None:
-        write_json(cache_file, {"version": CHECK_VERSION,
+        write_json(cache_file, {"version": CHECK_VERSION, "max_pixels": max_pixels,
                                 "images": {k: v for k, v in verdicts.items() if v["key"] is not None}})
     return {k: (v["ok"], [tuple(f) for f in v["findings"]]) for k, v in verdicts.items()}
 
 
 def validate_dataset(data_dir: str | Path, *, strict: bool = False, workers: int = 2, progress_bar: bool = False,
-                     cache_dir: str | Path | None = None) -> ValidationResult:
+                     cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ValidationResult:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: dataset folder not found (expected train.csv, test.csv and data/ inside; "
@@ -127,7 +128,7 @@ def validate_dataset(data_dir: str | Path, *, strict: bool = False, workers: int
 
     ids = sorted({r.image_id for r in train_rows + test_rows if r.image_id and safe.get(r.image_id)})
     cache_file = Path(cache_dir) / "image_checks.json" if cache_dir is not None else None
-    verdicts = _check_images(data_dir, ids, workers, cache_file, progress_bar)
+    verdicts = _check_images(data_dir, ids, workers, cache_file, progress_bar, int(max_pixels))
     for split, rows in (("train", train_rows), ("test", test_rows)):
         name = str(data_dir / f"{split}.csv")
         for row in rows:
@@ -219,9 +220,10 @@ def write_validation_report(result: ValidationResult, out_dir: str | Path) -> tu
 
 
 def load_validated(data_dir: str | Path, out_dir: str | Path, *, strict: bool = False, workers: int = 2,
-                   progress: bool = False) -> ValidationResult:
+                   progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> ValidationResult:
     """Validate, write ``validation.json`` / ``validation.txt`` to ``out_dir``, log the gist."""
-    result = validate_dataset(data_dir, strict=strict, workers=workers, progress_bar=progress, cache_dir=out_dir)
+    result = validate_dataset(data_dir, strict=strict, workers=workers, progress_bar=progress, cache_dir=out_dir,
+                              max_pixels=max_pixels)
     write_validation_report(result, out_dir)
     s = result.summary
     log.info("data %s: %d train rows usable, %d quarantined; %d test rows (%d without a usable image)",

@@ -25,7 +25,7 @@ import numpy as np
 
 from capfuse.decision import _label_limits, _probabilities, apply_threshold, default_grid, fit_global_threshold
 from capfuse.metrics import _as_binary, mean_sample_f1
-from capfuse.utils.log import progress, quiet_default
+from capfuse.utils.log import interactive, mask_url, progress, quiet_default
 
 # A few hundred trials is where TPE stops finding gains over the coordinate polish on an 18-class
 # OOF of 30,000 rows; more only fits the OOF noise (see nested_threshold_score's gap).
@@ -231,17 +231,26 @@ def fit_class_thresholds(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial drowns the logs
     try:
-        study = optuna.create_study(
-            storage=storage, study_name=study_name, direction="maximize", load_if_exists=storage is not None
-        )
+        try:
+            study = optuna.create_study(
+                storage=storage, study_name=study_name, direction="maximize", load_if_exists=storage is not None
+            )
+        except Exception as exc:
+            if storage is None:
+                raise
+            # The driver's message can quote the URL; `from None` keeps the original, password
+            # and all, out of the traceback too. Its lines are joined: one line in the log.
+            reason = " ".join(line.strip() for line in mask_url(storage, within=str(exc)).splitlines())
+            raise ValueError(f"threshold study storage {mask_url(storage)}: cannot open it: "
+                             f"{type(exc).__name__}: {reason}") from None
         fp = _fingerprint(scorer.y, scorer.p, scorer.lo, scorer.hi)
         stored = study.user_attrs.get("fingerprint")
         if stored is None:
             study.set_user_attr("fingerprint", fp)
         elif stored != fp:
             raise ValueError(
-                f"study {study_name!r} in {storage} was tuned on other probabilities, labels or label limits; "
-                "use a new study_name"
+                f"study {study_name!r} in {mask_url(storage)} was tuned on other probabilities, labels or label "
+                "limits; use a new study_name"
             )
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         # The sampler's seed is offset by the trials already done, so a resumed run neither
@@ -262,7 +271,8 @@ def fit_class_thresholds(
             study.optimize(
                 objective,
                 n_trials=n_trials - done,
-                show_progress_bar=not quiet_default(),
+                # Optuna's bar has no redraw interval to set: shown live only, never into a log file.
+                show_progress_bar=not quiet_default() and interactive(),
                 # Other workers on the same storage add trials too; stop when the total is reached.
                 callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))],
             )

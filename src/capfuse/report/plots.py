@@ -4,6 +4,9 @@
 Figures are built with the object-oriented API (``Figure``, never ``pyplot``), so no global
 figure state builds up across a report and no GUI backend is ever needed; ``figure_png``
 renders one with Agg.
+
+Every string that comes from data or a user (captions, class names, ImageIDs, model, variant
+and group names, titles that hold them) goes through ``literal`` before matplotlib sees it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ from matplotlib.figure import Figure
 
 COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
            "#64B5CD"]
+
+
+def literal(text) -> str:
+    """``text`` as matplotlib draws it letter for letter.
+
+    Two dollar signs make matplotlib parse the text between them as math: a caption such as
+    ``$\\frac{1}{$`` then fails the whole report, and ``costs $5 or $6`` loses its dollars. An
+    escaped dollar is drawn as a plain one. Escaping (rather than ``parse_math=False``) also
+    reaches the texts matplotlib makes itself: tick labels, categorical axes and legend entries.
+    """
+    return str(text).replace("$", r"\$")
 
 
 def figure(width: float, height: float) -> Figure:
@@ -45,11 +59,11 @@ def class_frequency_plot(freq: pd.DataFrame, title: str = "Train rows per class"
     """Horizontal bars of ``class_frequencies``, most frequent on top."""
     fig = figure(7, 0.25 * len(freq) + 1.2)
     ax = fig.add_subplot()
-    bars = ax.barh([f"{i} {n}" for i, n in zip(freq["id"], freq["name"])], freq["count"], color=COLOURS[0])
+    bars = ax.barh([literal(f"{i} {n}") for i, n in zip(freq["id"], freq["name"])], freq["count"], color=COLOURS[0])
     _bar_labels(ax, bars, "{:.0f}")
     ax.invert_yaxis()
     ax.set_xlabel("rows with the class")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     return fig
 
 
@@ -61,8 +75,8 @@ def heatmap(matrix: pd.DataFrame, title: str, *, fmt: str = "{:.0f}", cmap: str 
     ax = fig.add_subplot()
     values = matrix.to_numpy(dtype=float)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(n_cols), matrix.columns, rotation=90, fontsize=7)
-    ax.set_yticks(range(n_rows), matrix.index, fontsize=7)
+    ax.set_xticks(range(n_cols), [literal(c) for c in matrix.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(n_rows), [literal(r) for r in matrix.index], fontsize=7)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]
@@ -70,9 +84,9 @@ def heatmap(matrix: pd.DataFrame, title: str, *, fmt: str = "{:.0f}", cmap: str 
                 r, g, b, _ = im.cmap(im.norm(v))  # white text on dark cells, whatever the colour map
                 ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=5.5,
                         color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_xlabel(literal(xlabel))
+    ax.set_ylabel(literal(ylabel))
+    ax.set_title(literal(title))
     fig.colorbar(im, ax=ax, shrink=0.7)
     return fig
 
@@ -85,7 +99,7 @@ def caption_length_plot(lengths: pd.DataFrame) -> Figure:
     bins = np.arange(0, top + 2) - 0.5
     for i, (split, part) in enumerate(lengths.groupby("split", sort=False)):
         ax.hist(part["words"], bins=bins, alpha=0.55, density=True, color=COLOURS[i],
-                label=f"{split} (mean {part['words'].mean():.1f} words)")
+                label=literal(f"{split} (mean {part['words'].mean():.1f} words)"))
     ax.set_xlabel("words per caption")
     ax.set_ylabel("share of captions")
     ax.set_title("Caption lengths")
@@ -97,11 +111,11 @@ def bar_table_plot(table: pd.DataFrame, label: str, value: str, title: str, xlab
     """Horizontal bars of one column of a table (e.g. the most frequent words)."""
     fig = figure(7, 0.25 * len(table) + 1.2)
     ax = fig.add_subplot()
-    bars = ax.barh(table[label].astype(str), table[value], color=COLOURS[2])
+    bars = ax.barh([literal(v) for v in table[label]], table[value], color=COLOURS[2])
     _bar_labels(ax, bars, "{:.0f}")
     ax.invert_yaxis()
-    ax.set_xlabel(xlabel or value)
-    ax.set_title(title)
+    ax.set_xlabel(literal(xlabel or value))
+    ax.set_title(literal(title))
     return fig
 
 
@@ -114,7 +128,11 @@ def thumbnail(path: Path, side: int = 192) -> np.ndarray | None:
     try:
         with Image.open(path) as im:
             im.draft("RGB", (side, side))
-            im = to_rgb(ImageOps.exif_transpose(im))
+            im = ImageOps.exif_transpose(im)
+            # The thumbnail's own size, so that a 16-bit image is shrunk before its float copy.
+            scale = min(1.0, side / max(im.width, im.height, 1))
+            fit = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            im = to_rgb(im, shrink_to=fit)
             im.thumbnail((side, side))
             return np.asarray(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -134,11 +152,11 @@ def image_grid(items: Sequence[dict], title: str, columns: int = 4, side: int = 
             ax.imshow(img)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(item["title"], fontsize=8)
+        ax.set_title(literal(item["title"]), fontsize=8)
         # Each line of the text (caption, truth, prediction) is wrapped on its own.
         lines = [w for part in item["text"].split("\n") for w in (textwrap.wrap(part, wrap) or [""])]
-        ax.set_xlabel("\n".join(lines[:8]), fontsize=7, loc="left")
-    fig.suptitle(title)
+        ax.set_xlabel(literal("\n".join(lines[:8])), fontsize=7, loc="left")
+    fig.suptitle(literal(title))
     return fig
 
 
@@ -162,14 +180,14 @@ def per_class_f1_plot(table: pd.DataFrame, title: str = "Per-class F1 and AP (ou
     fig = figure(7.5, 0.3 * len(t) + 1.4)
     ax = fig.add_subplot()
     y = np.arange(len(t))
-    labels = [f"{i} {n} (n={s})" for i, n, s in zip(t["id"], t["name"], t["support"])]
+    labels = [literal(f"{i} {n} (n={s})") for i, n, s in zip(t["id"], t["name"], t["support"])]
     bars = ax.barh(y - 0.2, t["f1"], height=0.4, color=COLOURS[0], label="F1")
     ax.barh(y + 0.2, t["ap"], height=0.4, color=COLOURS[1], alpha=0.7, label="AP")
     _bar_labels(ax, bars, "{:.2f}")
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("score")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     ax.legend(loc="lower right")
     return fig
 
@@ -183,10 +201,10 @@ def threshold_curve_plot(curve: pd.DataFrame, marks: dict[str, float] | None = N
     ax.scatter([best["threshold"]], [best["mean_f1"]], color=COLOURS[3], zorder=3,
                label=f"best on the grid: {best['threshold']:.2f} → {best['mean_f1']:.4f}")
     for i, (name, t) in enumerate((marks or {}).items()):
-        ax.axvline(t, color=COLOURS[(i + 2) % len(COLOURS)], ls="--", lw=1, label=f"{name}: {t:.3f}")
+        ax.axvline(t, color=COLOURS[(i + 2) % len(COLOURS)], ls="--", lw=1, label=literal(f"{name}: {t:.3f}"))
     ax.set_xlabel("threshold (probability)")
     ax.set_ylabel("mean F1 over samples")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -209,11 +227,11 @@ def class_threshold_plot(curves: pd.DataFrame, chosen: Sequence[float] | float |
         ax.plot(x, y, color=COLOURS[0], lw=1.3)
         if cut is not None:
             ax.axvline(cut[k], color=COLOURS[3], ls="--", lw=0.9)
-        ax.set_title(str(curves.columns[k]), fontsize=7)
+        ax.set_title(literal(curves.columns[k]), fontsize=7)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(literal(title), fontsize=10)
     return fig
 
 
@@ -227,7 +245,7 @@ def leaderboard_plot(board: pd.DataFrame) -> Figure:
     if "cv_map" in b:
         ax.barh(y - 0.2, b["cv_map"], height=0.4, color=COLOURS[1], alpha=0.7, label="CV mAP")
     _bar_labels(ax, bars)
-    ax.set_yticks(y, b["model"], fontsize=8)
+    ax.set_yticks(y, [literal(m) for m in b["model"]], fontsize=8)
     lo = float(np.nanmin(b[[c for c in ("cv_mean_f1", "cv_map") if c in b]].to_numpy(dtype=float)))
     ax.set_xlim(max(0.0, lo - 0.1), 1.0)
     ax.set_xlabel("out-of-fold score")
@@ -258,7 +276,7 @@ def stacking_plot(table: pd.DataFrame) -> Figure:
     ax.barh(y + 0.2, t["cv_mean_f1"], height=0.4, color=COLOURS[7], label="in-sample")
     bars = ax.barh(y - 0.2, t["nested_mean_f1"], height=0.4, color=COLOURS[0], label="nested (honest)")
     _bar_labels(ax, bars, "{:.4f}")
-    ax.set_yticks(y, [f"{c} (kept)" if k else c for c, k in zip(t["candidate"], t["kept"])], fontsize=8)
+    ax.set_yticks(y, [literal(f"{c} (kept)" if k else c) for c, k in zip(t["candidate"], t["kept"])], fontsize=8)
     lo = float(np.nanmin(t[["cv_mean_f1", "nested_mean_f1"]].to_numpy(dtype=float)))
     ax.set_xlim(max(0.0, lo - 0.05), 1.0)
     ax.set_xlabel("CV mean F1 over samples")
@@ -272,7 +290,7 @@ def pseudo_rounds_plot(summary: pd.DataFrame) -> Figure:
     fig = figure(6, 3.2)
     ax = fig.add_subplot()
     for i, (name, part) in enumerate(summary.groupby("base_model")):
-        ax.plot(part["round"], part["cv_mean_f1"], marker="o", color=COLOURS[i % len(COLOURS)], label=str(name))
+        ax.plot(part["round"], part["cv_mean_f1"], marker="o", color=COLOURS[i % len(COLOURS)], label=literal(name))
     ax.set_xlabel("round (0: labelled data only)")
     ax.set_ylabel("CV mean F1")
     ax.set_title("Pseudo-label rounds")
@@ -289,10 +307,10 @@ def label_ratios_plot(ratios: pd.DataFrame) -> Figure:
     for i, (name, part) in enumerate(ratios.groupby("model")):
         part = part.sort_values("percent")
         ax.plot(part["percent"], part["cv_mean_f1_without"], marker="o", ls="--", color=COLOURS[i % len(COLOURS)],
-                label=f"{name}: labelled only")
+                label=literal(f"{name}: labelled only"))
         if "cv_mean_f1_with" in part:
             ax.plot(part["percent"], part["cv_mean_f1_with"], marker="s", color=COLOURS[i % len(COLOURS)],
-                    label=f"{name}: best pseudo round")
+                    label=literal(f"{name}: best pseudo round"))
     ax.set_xscale("log")
     ax.set_xticks(sorted(ratios["percent"].unique()), [f"{p:g} %" for p in sorted(ratios["percent"].unique())])
     ax.set_xlabel("share of train labels kept")
@@ -334,11 +352,11 @@ def ablation_plot(table: pd.DataFrame) -> Figure:
             ax.set_xlim(max(0.0, finite.min() - 0.05), min(1.0, finite.max() + 0.06))
         ax.set_title(label, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, t["variant"].astype(str), fontsize=8)
+    axes[0].set_yticks(y, [literal(v) for v in t["variant"]], fontsize=8)
     if len(groups) > 1 or groups != [""]:
         from matplotlib.patches import Patch
 
-        fig.legend(handles=[Patch(color=colour[g], label=g or "(none)") for g in groups], loc="outside lower center",
+        fig.legend(handles=[Patch(color=colour[g], label=literal(g or "(none)")) for g in groups], loc="outside lower center",
                    ncols=min(len(groups), 5), fontsize=8)
     fig.suptitle("Ablation")
     return fig
@@ -351,7 +369,7 @@ def submission_plot(per_class: pd.DataFrame, sub_rows: pd.Series, train_rows: pd
     y = np.arange(len(per_class))
     ax.barh(y - 0.2, per_class["predicted_share"], height=0.4, color=COLOURS[0], label="submission")
     ax.barh(y + 0.2, per_class["train_prior"], height=0.4, color=COLOURS[7], label="train prior")
-    ax.set_yticks(y, [f"{i} {n}" for i, n in zip(per_class["id"], per_class["name"])], fontsize=7)
+    ax.set_yticks(y, [literal(f"{i} {n}") for i, n in zip(per_class["id"], per_class["name"])], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("share of rows with the class")
     ax.set_title("Label frequency: submission vs train")

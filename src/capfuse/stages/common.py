@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from capfuse.data.images import DEFAULT_MAX_PIXELS
 from capfuse.data.validate import ValidationResult, load_validated
 from capfuse.folds import read_folds
 from capfuse.paths import Paths
@@ -58,6 +59,7 @@ def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Datas
         strict=bool(data_cfg.get("strict", False)),
         workers=int(data_cfg.get("workers", 2)),
         progress=not quiet if quiet is not None else False,
+        max_pixels=int(data_cfg.get("max_pixels", DEFAULT_MAX_PIXELS)),
     )
     Y = val.classes.to_matrix(list(val.train["labels"]))
     extra, extra_dir = None, None
@@ -66,5 +68,6 @@ def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Datas
 
         extra_dir = Path(data_cfg["unlabelled"])
         known = set(val.train["ImageID"]) | set(val.test["ImageID"])
-        extra = load_unlabelled(extra_dir, known, workers=int(data_cfg.get("workers", 2)))
+        extra = load_unlabelled(extra_dir, known, workers=int(data_cfg.get("workers", 2)),
+                                max_pixels=int(data_cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
     return Dataset(paths=paths, val=val, Y=Y, extra=extra, extra_dir=extra_dir)

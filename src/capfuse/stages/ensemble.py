@@ -31,7 +31,7 @@ from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.stages.common import Dataset, load_dataset
 from capfuse.trainer import logits_frame, read_aligned, read_logits, sigmoid
 from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json
-from capfuse.utils.log import log, stage
+from capfuse.utils.log import log, mask_url, stage
 
 CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
 ROUND = re.compile(r"r[1-9][0-9]*")  # the suffix of a pseudo-label round's name, name@r<k>
@@ -261,9 +261,10 @@ def run_thresholds(paths, cfg: dict, *, storage: str | None = None, quiet: bool 
                           "in_sample": round(float(result.score), 5), "nested": round(float(nested["nested"]), 5),
                           "gap": round(float(result.score - nested["nested"]), 5)},
             "rule": rule, "trials": result.n_trials, "seed": seed, "study": study_name,
-            # A sqlite file is named, not located: the summary holds no path of this machine.
+            # A sqlite file is named, not located: the summary holds no path of this machine;
+            # another URL is kept without its password.
             "storage": f"sqlite:///{Path(storage.removeprefix('sqlite:///')).name}" if storage.startswith("sqlite:///")
-            else storage,
+            else mask_url(storage),
             "candidate": read_json(out / "stack.json")["chosen"] if (out / "stack.json").exists() else None,
         }
         write_json(out / "thresholds.json", summary)
