@@ -235,6 +235,9 @@ def test_an_image_over_the_pixel_limit_is_refused_without_decoding(tmp_path, mon
     assert not ok and [f[:2] for f in findings] == [("error", "image_too_large")]
     assert "60 Mpx" in findings[0][2] and "max_pixels" in findings[0][2]
     assert decoded == []  # the size comes from the header; the pixels are never read
+    with pytest.raises(ValueError, match=r"big\.png: .*max_pixels"):  # loaders of unvalidated folders refuse it too
+        load_array(big, 32, max_pixels=50_000_000)
+    assert decoded == []  # the size comes from the header; the pixels are never read
     assert check_image(big, max_pixels=70_000_000)[0]  # the limit is a setting
     huge = _png(tmp_path / "huge.png", 20_000, 10_000)  # 200 Mpx: Pillow's own bomb error
     ok, findings = check_image(huge)
@@ -408,6 +411,8 @@ def test_make_variables_reach_the_program_verbatim(target, fake_run, tmp_path):
     argv = json.loads(record.read_text())
     assert argv[0] == target and argv[argv.index(flag) + 1] == value
     assert list(markers.iterdir()) == []  # nothing in the value ran, in the shell or in make
+    if var == "STORAGE":  # make echoes the recipe: a password must not be in it
+        assert value not in done.stdout + done.stderr
 
 
 def test_make_search_by_image_and_without_a_query(fake_run, tmp_path):

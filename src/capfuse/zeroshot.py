@@ -470,7 +470,7 @@ def embed_image_files(files: Sequence[Path], spec_cfg: dict, *, views: Sequence[
     of the files that decode, their positions in ``files`` and a list of problems
     (``file: reason``) for those that do not.
     """
-    from capfuse.data.images import load_array
+    from capfuse.data.images import DEFAULT_MAX_PIXELS, load_array
     from capfuse.encoders.image import create_backbone, preprocess_for
     from capfuse.features import FeatureMap, ImageEncoderSpec, pool_outputs
 
@@ -486,7 +486,8 @@ def embed_image_files(files: Sequence[Path], spec_cfg: dict, *, views: Sequence[
         arrays = []
         for i in range(start, min(start + batch_size, len(files))):
             try:
-                arrays.append(load_array(files[i], pre.size))
+                # Files of any folder, never validated: a bomb is refused from its header here.
+                arrays.append(load_array(files[i], pre.size, max_pixels=DEFAULT_MAX_PIXELS))
                 ok.append(i)
             except Exception as exc:  # undecodable, truncated, not an image: reported, not fatal
                 problems.append(f"{files[i]}: {type(exc).__name__}: {exc}")

@@ -52,7 +52,7 @@ def mask_url(url: str, within: str | None = None) -> str:
 
 def interactive() -> bool:
     """Whether bars are seen live: standard error is a terminal, or tqdm draws notebook widgets."""
-    if tqdm.__module__.startswith("tqdm.notebook"):
+    if any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__):  # tqdm.auto chose widgets
         return True
     try:
         return sys.stderr is not None and sys.stderr.isatty()
