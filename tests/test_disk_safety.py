@@ -111,7 +111,7 @@ def project(tmp_path_factory):
     (models / "cap.yaml").write_text(yaml.safe_dump({"kind": "linear", "inputs": ["caption"], "C": 1.0}))
     (models / "img.yaml").write_text(yaml.safe_dump({
         "kind": "linear", "inputs": ["image"], "C": 0.01,
-        "image_encoder": {"name": "tf_efficientnet_lite0", "size": 64, "weights": "package", "backend": "torch"}}))
+        "image_encoder": {"name": "tf_efficientnet_lite0", "size": 32, "weights": "package", "backend": "torch"}}))
     pipeline = root / "configs" / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({"models": ["cap", "img"], "folds": {"k": 3}, "threshold": {"trials": 5},
                                         "ensemble": {"stack": {"num_threads": 1}}}))
@@ -129,8 +129,8 @@ def _cli(project, command: str) -> None:
 def test_each_stage_removes_the_stale_tmp_files_of_the_folder_it_writes(project, caplog):
     runs = project[0] / "runs" / "mini"
     _cli(project, "folds")
-    cache = [_old(runs / "cache" / ".img-x-64px-orig-pooled.npy.k1ll3d.tmp", 2 << 20),
-             _old(runs / "cache" / "unlabelled" / ".img-x-64px-orig-tokens4.npy.k1ll3d.tmp", 1000)]
+    cache = [_old(runs / "cache" / ".img-x-32px-orig-pooled.npy.k1ll3d.tmp", 2 << 20),
+             _old(runs / "cache" / "unlabelled" / ".img-x-32px-orig-tokens4.npy.k1ll3d.tmp", 1000)]
     with caplog.at_level(logging.INFO, logger="capfuse"):
         _cli(project, "embed")
     assert not any(p.exists() for p in cache)

@@ -29,7 +29,7 @@ from capfuse.stages.common import load_dataset
 from capfuse.stages.embed import FeatureStore
 from capfuse.stages.train import SECOND_LEVEL_KEYS, pseudo_rounds
 from capfuse.trainer import train_model
-from capfuse.utils.io import read_json, write_csv, write_text
+from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_text
 from capfuse.utils.log import log, stage
 
 COLUMNS = ["variant", "group", "change", "score", "mean_f1", "map", "gap_at_10", "delta", "minutes"]
@@ -90,6 +90,7 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
             base_name = model_cfg["name"]
             base_dir = paths.model_dir(base_name) if v["shared"] else root / base_name
             with stage(f"ablate {v['name']}", v["change"]):
+                remove_stale_tmp(base_dir)  # what a killed run of this variant left
                 metrics = trained.get(base_name) or train_model(base_name, model_cfg, out_dir=base_dir, **common)
                 trained[base_name] = metrics
                 if v["pseudo"] is not None:
