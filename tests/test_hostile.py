@@ -123,7 +123,8 @@ def test_report_renders_with_math_text_in_captions_and_class_names(tiny_run, tmp
     train = run.data / "train.csv"
     rows = train.read_text(encoding="utf-8").splitlines()
     train.write_text("\n".join([rows[0]] + [f"{r} {DOLLARS} {BROKEN_MATH}" for r in rows[1:]]) + "\n", encoding="utf-8")
-    assert main(["report", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet"]) == 0
+    args = ["--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet"]
+    assert main(["report", *args]) == 0
     page = (run.root / "runs" / "tiny" / "report" / "index.html").read_text(encoding="utf-8")
     assert "$\\frac{1}{$" in page  # the class names reach the page's tables too, escaped for HTML only
 
@@ -218,7 +219,8 @@ def _png(path: Path, width: int, height: int, bit_depth: int = 8, colour: int = 
         parts.append(z.compress(row))
     parts.append(z.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
 
 
@@ -253,7 +255,8 @@ def test_a_bomb_in_train_is_quarantined_and_in_test_is_flagged(tmp_path):
     (data / "train.csv").write_text("ImageID,Labels,Caption\nok.jpg,1,a red square\nbomb.png,2,nothing\n")
     (data / "test.csv").write_text("ImageID,Caption\nok.jpg,again\nbomb_test.png,a caption\n")
     result = validate_dataset(data, max_pixels=100_000)  # 200 000 px images against a 100 000 px limit
-    assert list(result.quarantine["ImageID"]) == ["bomb.png"] and list(result.quarantine["codes"]) == ["image_too_large"]
+    assert list(result.quarantine["ImageID"]) == ["bomb.png"]
+    assert list(result.quarantine["codes"]) == ["image_too_large"]
     assert list(result.test["image_ok"]) == [True, False]
     assert result.summary["errors"] == {"image_too_large": 2}
     # A cached verdict does not outlive a change of the limit.

@@ -3,7 +3,8 @@
 Policy:
 
 * an unusable **train** row (bad labels, no labels, missing or broken image, an image over
-  ``data.max_pixels``, unsafe ImageID, duplicate ImageID) is quarantined and listed in the report; ``strict=True`` fails instead;
+  ``data.max_pixels``, unsafe ImageID, duplicate ImageID) is quarantined and listed in the
+  report; ``strict=True`` fails instead;
 * a **test** row is never dropped: when its image cannot be read it keeps its place, is
   flagged (``image_ok = False``) and is predicted from its caption;
 * repairs (BOM, CRLF, stray spaces, mode conversion, EXIF rotation, PNG bytes behind ``.jpg``)

@@ -356,8 +356,8 @@ def ablation_plot(table: pd.DataFrame) -> Figure:
     if len(groups) > 1 or groups != [""]:
         from matplotlib.patches import Patch
 
-        fig.legend(handles=[Patch(color=colour[g], label=literal(g or "(none)")) for g in groups], loc="outside lower center",
-                   ncols=min(len(groups), 5), fontsize=8)
+        fig.legend(handles=[Patch(color=colour[g], label=literal(g or "(none)")) for g in groups],
+                   loc="outside lower center", ncols=min(len(groups), 5), fontsize=8)
     fig.suptitle("Ablation")
     return fig
 
