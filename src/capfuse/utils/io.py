@@ -69,8 +69,9 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
 
 
 def _fsync(path: Path) -> None:
-    # Read-only is enough: fsync flushes the file's pages whichever descriptor asks.
-    fd = os.open(path, os.O_RDONLY)
+    # Read-only is enough on POSIX (fsync flushes the file's pages whichever descriptor asks);
+    # Windows flushes only through a descriptor open for writing.
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -108,11 +109,12 @@ _UMASK_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _swapped_umask() -> int:
-    # The only portable way to read the umask is to set it and put it back. While it is 0, a
-    # file another thread creates would be world-writable, so this happens once (on first
-    # use, under a lock) and the answer is kept; a later os.umask call is not seen here.
+    # The only portable way to read the umask is to set another one and put it back; a file
+    # another thread creates in between gets the one set. 0o077 makes that the safe side
+    # (private, where 0 would make it world-writable), and reading it once, at first use and
+    # under a lock, keeps the window to one moment; a later os.umask call is not seen here.
     with _UMASK_LOCK:
-        mask = os.umask(0o077)  # the safe side, should another thread create a file meanwhile
+        mask = os.umask(0o077)
         os.umask(mask)
     return mask
 
