@@ -142,8 +142,11 @@ def test_inner_split_is_stratified_reproducible_and_inside_the_training_rows():
     np.testing.assert_allclose(Y[stop].mean(0), Y[tr].mean(0), atol=0.03)  # every class in proportion
     fit2, stop2 = inner_split(Y, tr, 0.15, seed=4)
     np.testing.assert_array_equal(stop, stop2)
+    for n in range(2, 12):  # a handful of rows (label-ratio mode on a tiny set) still splits
+        fit, stop = inner_split(Y, tr[:n], 0.15, seed=4)
+        assert len(stop) >= 1 and len(fit) + len(stop) == n
     with pytest.raises(ValueError, match="inner_frac"):
-        inner_split(Y, tr[:3], 0.15, seed=4)
+        inner_split(Y, tr[:1], 0.15, seed=4)
 
 
 def test_unknown_early_stop_mode_is_refused():

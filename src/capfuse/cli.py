@@ -143,11 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     from capfuse.data.problems import DataError
 
+    from capfuse.utils.io import DiskFullError
     from capfuse.utils.lock import RunLocked
 
     try:
         return _dispatch(args)
-    except (DataError, ConfigError, FileNotFoundError, ValueError, RunLocked) as exc:
+    except (DataError, ConfigError, FileNotFoundError, ValueError, RunLocked, DiskFullError) as exc:
         log.error("%s", exc)
         return 2
 
@@ -205,6 +206,16 @@ def _dispatch(args) -> int:
     if cmd == "faulty":
         from capfuse.data.faults import make_faulty_dataset
 
+        out = Path(args.data)
+        # make_faulty_dataset replaces its folder wholesale: only one it wrote (its test.csv
+        # starts with the BOM and the spaced header no one else writes) or an empty one.
+        try:
+            ours = not out.is_symlink() and (out / "test.csv").read_bytes().startswith(b"\xef\xbb\xbfImageID , Caption")
+        except OSError:
+            ours = False
+        if out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(f"{out} exists and is not a dataset written by `capfuse faulty`; it is not replaced: "
+                             "move it away or pick another --data")
         make_faulty_dataset(args.data)
         log.info("faulty dataset written to %s", args.data)
         return 0

@@ -95,12 +95,16 @@ def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
     tr = np.asarray(tr)
-    n_stop = int(round(frac * len(tr)))
-    if n_stop < 1 or n_stop >= len(tr):
-        raise ValueError(f"train.inner_frac {frac} of {len(tr)} training rows leaves no rows to fit or to stop on")
+    if len(tr) < 2:
+        raise ValueError(f"train.inner_frac {frac}: {len(tr)} training rows leave no rows to fit or to stop on")
+    n_stop = max(1, int(round(frac * len(tr))))
     split = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_stop, train_size=len(tr) - n_stop,
                                              random_state=seed)
     fit, stop = next(split.split(np.zeros(len(tr)), Y[tr]))
+    if len(stop) != n_stop:
+        # iterstrat can return an empty side for a handful of rows: a seeded plain draw then.
+        stop = np.random.default_rng(seed).choice(len(tr), n_stop, replace=False)
+        fit = np.setdiff1d(np.arange(len(tr)), stop)
     return tr[np.sort(fit)], tr[np.sort(stop)]
 
 
