@@ -101,8 +101,9 @@ def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[
     split = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_stop, train_size=len(tr) - n_stop,
                                              random_state=seed)
     fit, stop = next(split.split(np.zeros(len(tr)), Y[tr]))
-    if len(stop) != n_stop:
-        # iterstrat can return an empty side for a handful of rows: a seeded plain draw then.
+    if not len(stop) or not len(fit):
+        # iterstrat can return an empty side for a handful of rows (and a few rows more or less
+        # than asked otherwise, which is fine): a seeded plain draw then.
         stop = np.random.default_rng(seed).choice(len(tr), n_stop, replace=False)
         fit = np.setdiff1d(np.arange(len(tr)), stop)
     return tr[np.sort(fit)], tr[np.sort(stop)]
