@@ -355,9 +355,11 @@ def test_other_trained_models_join_when_named():
     assert choose_base_models(cfg, TRAINED) == ["img_lr", "old_model"]
 
 
-def test_all_needs_every_model_of_the_config_trained():
-    with pytest.raises(FileNotFoundError, match="fusion_lq"):
-        choose_base_models({"models": ["img_lr", "fusion_lq"]}, TRAINED)
+def test_a_partly_trained_config_stacks_its_trained_part_and_says_so(caplog):
+    assert choose_base_models({"models": ["img_lr", "fusion_lq"]}, TRAINED) == ["img_lr", "img_lr@r1", "img_lr@r2"]
+    assert "fusion_lq" in caplog.text and "not trained yet" in caplog.text
+    with pytest.raises(FileNotFoundError, match="make train"):
+        choose_base_models({"models": ["fusion_lq"]}, TRAINED)  # not one of them trained: nothing of ours to stack
 
 
 def test_a_model_left_in_the_runs_folder_stays_out_of_the_submission(tiny_run, tmp_path):
@@ -422,3 +424,16 @@ def test_capfuse_data_keeps_a_foreign_folder_where_the_unlabelled_one_goes(tmp_p
     (foreign / "precious.txt").write_text("keep")
     assert main(["data", "--data", str(tmp_path / "tiny"), "--unlabelled", "4"]) == 2
     assert (foreign / "precious.txt").read_text() == "keep" and "not written by" in caplog.text
+
+
+def test_capfuse_faulty_keeps_a_foreign_folder_and_replaces_its_own(tmp_path, caplog):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "test.csv").write_text("ImageID,Caption\n1.jpg,a cat\n")
+    assert main(["faulty", "--data", str(foreign)]) == 2
+    assert (foreign / "test.csv").read_text() == "ImageID,Caption\n1.jpg,a cat\n" and "not replaced" in caplog.text
+    faulty = tmp_path / "faulty"
+    assert main(["faulty", "--data", str(faulty)]) == 0
+    (faulty / "extra.txt").write_text("left by a run")
+    assert main(["faulty", "--data", str(faulty)]) == 0  # its own folder is rewritten
+    assert not (faulty / "extra.txt").exists()

@@ -77,13 +77,19 @@ def choose_base_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
             raise ValueError("the config names no models (`models: [name, ...]`), so `ensemble.models: all` "
                              "has nothing to stack; list the models to stack in `ensemble.models`")
         names = pipeline_models(cfg, trained)
+        missing = [m for m in listed if m not in trained]
+        if not names:
+            raise FileNotFoundError(f"none of the config's models {listed} is trained yet: run `make train`")
+        if missing:
+            # As `train --only` leaves it: the trained part of the pipeline is stacked, and said.
+            log.warning("models %s of the config are not trained yet (`make train`); stacking without them", missing)
     elif isinstance(want, list):
-        listed = names = list(want)
+        names = list(want)
+        missing = [m for m in names if m not in trained]
+        if missing:
+            raise FileNotFoundError(f"models {missing} are not trained yet: run `make train`")
     else:
         raise ValueError(f"ensemble.models must be `all` or a list of model names, got {want!r}")
-    missing = [m for m in listed if m not in trained]
-    if missing:
-        raise FileNotFoundError(f"models {missing} are not trained yet: run `make train`")
     ignored = sorted(set(trained) - set(names))
     if ignored:
         log.info("trained models left out of the second level, not being this config's (name them in "
