@@ -15,6 +15,7 @@ FORCE   ?= 0                         ## 1: rewrite an existing fold file
 ARGS    ?=                           ## extra CLI arguments, e.g. ARGS="--set folds.k=3"
 GPUS    ?= 1                         ## >1: `make train` runs under torchrun with DDP on that many GPUs
 STORAGE ?=                           ## Optuna RDB URL for the threshold study (default: sqlite in runs/<dataset>/ensemble/)
+ABLATION ?= configs/ablation.yaml   ## make ablate: the variants (configs/early_stop.yaml: the stopping rules)
 UNLABELLED ?=                        ## extra folder of unlabelled images for pseudo-label rounds (`make unlabelled` writes a demo one)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
@@ -33,6 +34,7 @@ override GPUS   := $(strip $(GPUS))
 override STORAGE := $(value STORAGE)
 export STORAGE
 override UNLABELLED := $(strip $(UNLABELLED))
+override ABLATION := $(strip $(ABLATION))
 
 DATASET := $(notdir $(patsubst %/,%,$(DATA)))
 BIN     := $(VENV)/bin
@@ -93,7 +95,7 @@ ratios: data ## label-ratio mode: runs/<dataset>/label_ratios.csv, CV at 5/10/20
 	$(RUN) ratios $(COMMON)
 
 ablate: folds train ## the ablation table: runs/<dataset>/ablation.{csv,md} (configs/ablation.yaml)
-	$(RUN) ablate --data $(DATA) --config configs/ablation.yaml $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
+	$(RUN) ablate --data $(DATA) --config $(ABLATION) $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
 
 stack: data ## blends and a LightGBM stacker on the OOF logits; keeps the best (runs/<dataset>/ensemble/)
 	$(RUN) stack $(COMMON)
