@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,80 +40,11 @@ from safetensors.torch import load_file, save_file
 from capfuse.decision import fit_global_threshold
 from capfuse.models import MODELS
 from capfuse.models.linear import FoldOutput
+from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split  # noqa: F401 (re-exported)
 from capfuse.utils.io import atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
 
 FEATURE_KEYS = ("img_pooled", "img_tokens", "img_mid", "cap_pooled", "cap_tokens", "cap_mask")
-
-
-@dataclass
-class TrainSettings:
-    """The loop's knobs; every value is overridable from the model's YAML (``train:`` block)."""
-
-    epochs: int = 40  # an upper bound: early stopping usually ends a fold near epoch 10-20
-    batch_size: int = 64
-    lr: float = 1e-3  # heads on frozen features take a large step size
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.02  # cosine floor, as a fraction of lr
-    patience: int = 6  # epochs without a better stopping-set F1 before stopping
-    # How the stopping point is chosen without the held-out fold (see the module docstring):
-    # inner matched refit's CV on the demo at half the cost (README, "Honest out-of-fold").
-    early_stop: str = "inner"
-    inner_frac: float = 0.15  # share of the fold's training rows that only judge epochs
-    grad_clip: float = 1.0
-    accumulate: int = 1  # gradient accumulation steps (finetune mode, large effective batches)
-    flip_p: float = 0.5  # chance a training sample uses its flipped view
-    tta: bool = True  # average original and flipped views for OOF and test logits
-    eval_batch_size: int = 256
-    loss: dict = field(default_factory=lambda: {"name": "bce"})
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> TrainSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown train settings {sorted(unknown)}; known: {sorted(known)}")
-        out = cls(**cfg)
-        if out.early_stop not in EARLY_STOP:
-            raise ValueError(f"train.early_stop must be one of {list(EARLY_STOP)}, got {out.early_stop!r}")
-        if out.early_stop != "none" and not 0.0 < out.inner_frac < 0.5:
-            raise ValueError(f"train.inner_frac must lie in (0, 0.5), got {out.inner_frac}")
-        return out
-
-
-EARLY_STOP = ("inner", "refit", "none")
-
-
-def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, stopping rows) of ``tr``: a multilabel-stratified ``frac`` judges the epochs.
-
-    Only ``Y[tr]`` is read, so the held-out fold's labels cannot move the split; rows keep
-    their order so that the epoch permutations stay reproducible.
-    """
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
-    tr = np.asarray(tr)
-    if len(tr) < 2:
-        raise ValueError(f"train.inner_frac {frac}: {len(tr)} training rows leave no rows to fit or to stop on")
-    n_stop = max(1, int(round(frac * len(tr))))
-    split = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_stop, train_size=len(tr) - n_stop,
-                                             random_state=seed)
-    fit, stop = next(split.split(np.zeros(len(tr)), Y[tr]))
-    if not len(stop) or not len(fit):
-        # iterstrat can return an empty side for a handful of rows (and a few rows more or less
-        # than asked otherwise, which is fine): a seeded plain draw then.
-        stop = np.random.default_rng(seed).choice(len(tr), n_stop, replace=False)
-        fit = np.setdiff1d(np.arange(len(tr)), stop)
-    return tr[np.sort(fit)], tr[np.sort(stop)]
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> float:
-    """Multiplier of the base learning rate: linear warm-up, then cosine down to ``floor``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
 
 
 def _save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
