@@ -74,6 +74,7 @@ CONFIGS = {
     "net_inner": net_cfg(),
     "net_refit": net_cfg(train={"early_stop": "refit"}),
     "net_no_stop": net_cfg(train={"early_stop": "none", "epochs": 3}),
+    "net_stop_on_loss": net_cfg(train={"stop_metric": "loss"}),
     "fusion_label_query": net_cfg(fusion={"label_query": {"enabled": True}}, aux={"align_weight": 0.1}),
     "fusion_contexts": net_cfg(aux={"context_weight": 0.2, "n_contexts": 2}),
 }
@@ -163,3 +164,17 @@ def test_refit_trains_the_inner_epoch_count_on_all_training_rows(tmp_path):
     inner = out.info["inner"]
     assert out.info["epochs_run"] == inner["best_epoch"] + 1
     assert out.info["n_fit"] == inner["n_fit"] + inner["n_stop"] == int((folds != 0).sum())
+
+
+def test_the_loss_stopping_score_is_minus_the_mean_binary_cross_entropy():
+    from sklearn.metrics import log_loss
+
+    from capfuse.models.net import val_score
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((30, 4)) < 0.3).astype(np.uint8)
+    logits = rng.normal(scale=2.0, size=(30, 4)).astype(np.float32)
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    expected = -np.mean([log_loss(y[:, c], p[:, c], labels=[0, 1]) for c in range(4)])
+    assert val_score(y, logits, "loss") == pytest.approx(expected, rel=1e-6)
+    assert val_score(y, 20.0 * (2.0 * y - 1.0), "loss") > val_score(y, logits, "loss")  # confident and right wins

@@ -81,11 +81,11 @@ def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch):
     real = net_mod.val_score
     calls = {"n": 0}
 
-    def crash_on_third(y, logits):
+    def crash_on_third(y, logits, metric="f1"):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # as if the machine stopped during epoch 2's evaluation
-        return real(y, logits)
+        return real(y, logits, metric)
 
     monkeypatch.setattr(net_mod, "val_score", crash_on_third)
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def test_early_stopping_stops(tmp_path, monkeypatch):
 
     feats, Y = synthetic()
     tr, va = folds_of(len(Y))
-    monkeypatch.setattr(net_mod, "val_score", lambda y, logits: 0.5)  # never improves after epoch 0
+    monkeypatch.setattr(net_mod, "val_score", lambda y, logits, metric="f1": 0.5)  # never improves after epoch 0
     out = NetModel(config(epochs=30, patience=2), seed=0).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "f")
     assert out.info["best_epoch"] == 0 and out.info["epochs_run"] == 3
 

@@ -57,8 +57,13 @@ def _save_torch(path: Path, obj: dict) -> None:
         torch.save(obj, tmp)
 
 
-def val_score(y: np.ndarray, logits: np.ndarray) -> float:
-    """Held-out mean F1 at the fold's best global threshold: what early stopping maximises."""
+def val_score(y: np.ndarray, logits: np.ndarray, metric: str = "f1") -> float:
+    """The stopping rows' score that early stopping maximises: mean F1 at their best global
+    threshold (``f1``), or minus their mean binary cross-entropy (``loss``), which varies less
+    from epoch to epoch when only a few dozen rows judge (low label ratios)."""
+    if metric == "loss":
+        x = np.clip(logits.astype(np.float64), -40, 40)
+        return float(-np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
     probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -40, 40)))
     _, f1 = fit_global_threshold(y, probs)
     return float(f1)
@@ -391,7 +396,7 @@ class NetModel:
             if stop_rows is None:  # no stopping rows: the last epoch is the model
                 score, improved = float("nan"), epoch == n_epochs - 1
             else:
-                score = val_score(Y[stop_rows], predict(stop_rows)) if is_main else 0.0
+                score = val_score(Y[stop_rows], predict(stop_rows), s.stop_metric) if is_main else 0.0
                 if world > 1:
                     shared = [score]
                     torch.distributed.broadcast_object_list(shared, src=0)

@@ -28,6 +28,7 @@ class TrainSettings:
     # demo at twice the cost (README, "Honest out-of-fold predictions").
     early_stop: str = "inner"
     inner_frac: float = 0.15  # share of the fold's training rows that only judge epochs
+    stop_metric: str = "f1"  # what the stopping rows judge by: mean F1 (the target), or `loss` (smoother)
     grad_clip: float = 1.0
     accumulate: int = 1  # gradient accumulation steps (finetune mode, large effective batches)
     flip_p: float = 0.5  # chance a training sample uses its flipped view
@@ -44,6 +45,8 @@ class TrainSettings:
         out = cls(**cfg)
         if out.early_stop not in EARLY_STOP:
             raise ValueError(f"train.early_stop must be one of {list(EARLY_STOP)}, got {out.early_stop!r}")
+        if out.stop_metric not in ("f1", "loss"):
+            raise ValueError(f"train.stop_metric must be 'f1' or 'loss', got {out.stop_metric!r}")
         if out.early_stop != "none" and not 0.0 < out.inner_frac < 0.5:
             raise ValueError(f"train.inner_frac must lie in (0, 0.5), got {out.inner_frac}")
         return out
