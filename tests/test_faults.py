@@ -34,7 +34,7 @@ ARGS = ["--config", str(PIPELINE), "--quiet", "--set", "folds.k=3", "--set", "th
         "--set", "train.epochs=4"]
 
 DRIVER = '''
-import errno, fnmatch, os, signal, sys
+import errno, fnmatch, os, signal, sys, time
 pattern, nth = os.environ.get("KILL_AT"), int(os.environ.get("KILL_NTH", "1"))
 real_replace, seen = os.replace, [0]
 
@@ -43,6 +43,10 @@ def replace(src, dst, *args, **kwargs):
         seen[0] += 1
         if seen[0] == nth:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a power cut
+    if os.environ.get("PAUSE_AT") and fnmatch.fnmatch(str(dst), os.environ["PAUSE_AT"]):
+        release = os.environ["PAUSE_UNTIL"]  # a long stage, as long as the test wants it
+        while not os.path.exists(release):
+            time.sleep(0.05)
     return real_replace(src, dst, *args, **kwargs)
 
 os.replace = replace
@@ -127,21 +131,28 @@ def test_killed_runs_resume_to_a_byte_identical_submission(reference, tmp_path):
     assert not list((root / "runs").rglob(".*.tmp"))
 
 
-def test_two_concurrent_runs_never_mix_their_outputs(reference, tmp_path):
-    ref_root, ref_sub = reference
-    root = fresh_copy(ref_root, tmp_path)
-    code, out = capfuse(root, "folds", "--data", "data/tiny", *ARGS)
-    assert code == 0, out
-    first = capfuse(root, "train", "--data", "data/tiny", *ARGS, wait=False)
-    lock = root / "runs" / "tiny" / ".lock"
-    deadline = time.time() + 120
-    while not (lock.exists() and lock.read_text().startswith(str(first.pid))):
-        assert first.poll() is None and time.time() < deadline, "the first run never took the dataset lock"
-        time.sleep(0.1)
-    code, out = capfuse(root, "train", "--data", "data/tiny", *ARGS)
-    assert code != 0 and f"PID {first.pid}" in out, out
+def test_two_concurrent_runs_never_mix_their_outputs(reference):
+    # In the reference project itself (it ends as it began): one model is trained again while a
+    # second run starts on the same dataset.
+    root, ref_sub = reference
+    shutil.rmtree(root / "runs" / "tiny" / "cap_net")
+    release = root / "release"
+    first = capfuse(root, "train", "--data", "data/tiny", *ARGS, wait=False,
+                    env={"PAUSE_AT": "*/runs/tiny/cap_net/fold0/last.pt", "PAUSE_UNTIL": str(release)})
+    try:
+        lock = root / "runs" / "tiny" / ".lock"
+        deadline = time.time() + 300
+        while not (root / "runs" / "tiny" / "cap_net" / "fold0").exists():  # the first run is mid-training
+            assert first.poll() is None and time.time() < deadline, first.communicate()[0]
+            time.sleep(0.1)
+        assert lock.read_text().startswith(f"{first.pid}\n")
+        code, out = capfuse(root, "train", "--data", "data/tiny", *ARGS)
+        assert code == 2 and f"PID {first.pid}" in out, out
+    finally:
+        release.touch()
     out_first, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out_first
+    release.unlink()
     code, out = capfuse(root, "infer", "--data", "data/tiny", *ARGS)
     assert code == 0, out
     assert (root / "submissions" / "tiny-latest.csv").read_bytes() == ref_sub

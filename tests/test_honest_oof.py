@@ -18,7 +18,7 @@ from capfuse.models.net import NetModel, inner_split
 from capfuse.pseudo import PseudoSettings
 from capfuse.trainer import PseudoSource, train_model
 
-C, N, N_TEST, K = 4, 160, 48, 4
+C, N, N_TEST, K = 4, 120, 32, 3
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +62,7 @@ def net_cfg(**over) -> dict:
            "image_head": {"kind": "mlp", "hidden": 16, "dropout": 0.1},
            "caption_head": {"kind": "mlp", "hidden": 16, "dropout": 0.1},
            "fusion": {"logit_fusion": True, "cross_attention": False, "d_model": 8, "heads": 2},
-           "train": {"epochs": 5, "batch_size": 32, "lr": 3e-3, "patience": 2, "tta": True}}
+           "train": {"epochs": 4, "batch_size": 32, "lr": 3e-3, "patience": 2, "tta": True}}
     for key, value in over.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
@@ -159,7 +159,7 @@ def test_unknown_early_stop_mode_is_refused():
 
 def test_refit_trains_the_inner_epoch_count_on_all_training_rows(tmp_path):
     feats, Y, folds = dataset()
-    out = NetModel(net_cfg(train={"early_stop": "refit", "epochs": 6}), seed=3).fit_fold(
+    out = NetModel(net_cfg(train={"early_stop": "refit", "epochs": 4}), seed=3).fit_fold(
         feats, Y, np.flatnonzero(folds != 0), np.flatnonzero(folds == 0), fold_dir=tmp_path / "fold0")
     inner = out.info["inner"]
     assert out.info["epochs_run"] == inner["best_epoch"] + 1
