@@ -35,7 +35,7 @@ from capfuse.pseudo import (
     rank_blend,
     select,
 )
-from capfuse.utils.io import read_json, write_csv, write_json, write_npy, write_text
+from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
 from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.runs import FINGERPRINT_FILE, check_inside, check_name, fingerprint_record, read_fingerprint, remove_run
@@ -224,6 +224,9 @@ def train_model(
     rank, world = rank_world()
     is_main = rank == 0
     if is_main:
+        # The run folder is this function's to write, so what a killed run of it left goes here,
+        # whichever stage (train, pseudo rounds, ratios, ablate) called it.
+        remove_stale_tmp(out_dir)
         if out_dir.exists() and read_fingerprint(out_dir) != fp and not _empty_dir(out_dir):
             log.info("%s: config, data or folds changed since the last run; starting over", name)
             remove_run(out_dir, out_dir.parent)  # refuses a folder without our fingerprint.json

@@ -272,7 +272,7 @@ class NetModel:
 
         loop = dict(predict=predict, make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step,
                     pseudo=pseudo)
-        fixed = None
+        fixed, inner = None, None
         if self.settings.early_stop == "refit":
             # Pass 1 on the inner split finds the epoch count; its record makes a resumed fold
             # skip it. Pass 2 starts from the fold's seed again, so a resume changes nothing.
@@ -282,13 +282,14 @@ class NetModel:
                 first = self.loop(net, Y, tr, none, none, fold_dir / "inner", param_groups=self.param_groups(net),
                                   **loop)
                 write_json(record, first.info)
-            fixed = int(read_json(record)["best_epoch"]) + 1
+            inner = read_json(record)
+            fixed = int(inner["best_epoch"]) + 1
             torch.manual_seed(torch.initial_seed())
             net = self.build(feats["dims"], Y.shape[1], class_frequencies(Y[tr])).to(self.device)
         result = self.loop(net, Y, tr, va, test_rows, fold_dir, param_groups=self.param_groups(net),
                            extra_rows=extra_rows, fixed_epochs=fixed, **loop)
-        if fixed is not None:
-            result.info["inner"] = read_json(fold_dir / "inner" / "stop.json")
+        if inner is not None:
+            result.info["inner"] = inner
         from capfuse.nn.fusion import needs_class_text
 
         if needs_class_text(self.cfg) and result.test_logits.size:

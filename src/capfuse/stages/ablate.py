@@ -29,8 +29,9 @@ from capfuse.stages.common import load_dataset
 from capfuse.stages.embed import FeatureStore
 from capfuse.stages.train import SECOND_LEVEL_KEYS, pseudo_rounds
 from capfuse.trainer import train_model
-from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_text
+from capfuse.utils.io import read_json, write_csv, write_text
 from capfuse.utils.log import log, stage
+from capfuse.utils.runs import check_name
 
 COLUMNS = ["variant", "group", "change", "score", "mean_f1", "map", "gap_at_10", "delta", "minutes"]
 
@@ -90,7 +91,6 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
             base_name = model_cfg["name"]
             base_dir = paths.model_dir(base_name) if v["shared"] else root / base_name
             with stage(f"ablate {v['name']}", v["change"]):
-                remove_stale_tmp(base_dir)  # what a killed run of this variant left
                 metrics = trained.get(base_name) or train_model(base_name, model_cfg, out_dir=base_dir, **common)
                 trained[base_name] = metrics
                 if v["pseudo"] is not None:
@@ -113,9 +113,7 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         table = table[COLUMNS]
         # ``ablation.output`` names the table, so a side study (configs/early_stop.yaml) keeps
         # the main ablation table intact.
-        out = str((cfg.get("ablation") or {}).get("output", "ablation"))
-        if not out.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"{config_path}: ablation.output must be a plain file name, got {out!r}")
+        out = check_name((cfg.get("ablation") or {}).get("output", "ablation"), f"{config_path}: ablation.output")
         write_csv(paths.runs / f"{out}.csv", table)
         write_text(paths.runs / f"{out}.md", markdown_table(table))
         log.info("%s (%s):\n%s", out, paths.runs / f"{out}.csv", table.to_string(index=False))

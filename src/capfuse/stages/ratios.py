@@ -18,7 +18,7 @@ from capfuse.stages.common import load_dataset
 from capfuse.stages.embed import FeatureStore
 from capfuse.stages.train import SECOND_LEVEL_KEYS, model_configs, pseudo_rounds
 from capfuse.trainer import train_model
-from capfuse.utils.io import remove_stale_tmp, write_csv
+from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
 
@@ -45,7 +45,6 @@ def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
                 labelled = label_subset(ds.Y, p / 100.0, seed)
                 root = paths.runs / "ratios" / f"p{p:g}"
                 with stage(f"ratio {p:g} %: {name}", f"{int(labelled.sum())} labelled train rows"):
-                    remove_stale_tmp(root / name)  # what a killed run of this share left
                     base = train_model(name, plain, out_dir=root / name, labelled=labelled, **common)
                     if not base:
                         continue  # a non-zero torchrun rank

@@ -13,7 +13,7 @@ from capfuse.pseudo import PseudoSettings, pseudo_counts, pseudo_quality
 from capfuse.stages.common import load_dataset
 from capfuse.stages.embed import FeatureStore
 from capfuse.trainer import PseudoSource, train_model, update_leaderboard
-from capfuse.utils.io import remove_stale_tmp, write_csv
+from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
 
@@ -71,7 +71,6 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
                 # Round 0 is the plain model: its pseudo settings concern later rounds only and
                 # must not change its fingerprint.
                 plain = {k: v for k, v in model_cfg.items() if k != "pseudo"}
-                remove_stale_tmp(paths.model_dir(name))  # what a killed run of this model left
                 metrics = train_model(name, plain, out_dir=paths.model_dir(name), **common)
                 if not metrics:
                     continue  # a non-zero torchrun rank: rank 0 writes the artefacts
@@ -109,7 +108,6 @@ def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings
         src = PseudoSource(prev_name, ((producer_root or out_root) if r == 1 else out_root) / prev_name, settings, r)
         with stage(f"train {rname}", f"pseudo-labels from {prev_name}"):
             round_cfg = {**model_cfg, "name": rname, "pseudo_round": r, "pseudo": dataclasses.asdict(settings)}
-            remove_stale_tmp(out_root / rname)
             cur = train_model(rname, round_cfg, out_dir=out_root / rname,
                               pseudo_from=src, labelled=labelled, **common)
         if not cur:
