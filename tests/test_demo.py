@@ -16,7 +16,6 @@ from capfuse.data.demo import (
     PRESETS,
     STAMP_NAME,
     generate_sample,
-    main,
     make_demo,
     sample_labels,
 )
@@ -177,14 +176,3 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError):
         make_demo(out, **TINY, seed=0)
     assert (out / "train.csv").read_text() == "ImageID,Labels,Caption\n"
-
-
-def test_cli(tmp_path, capsys):
-    out = tmp_path / "cli"
-    assert main(["--out", str(out), "--preset", "tiny", "--n-train", "20", "--n-test", "6", "--workers", "1"]) == 0
-    assert len(read_train_rows(out)) == 20 and len(read_test_rows(out)) == 6
-    with Image.open(out / "data" / "25.jpg") as im:
-        assert im.size == (TINY["size"], TINY["size"])
-    assert "written" in capsys.readouterr().out
-    assert main(["--out", str(out), "--preset", "tiny", "--n-train", "20", "--n-test", "6"]) == 0
-    assert "kept" in capsys.readouterr().out

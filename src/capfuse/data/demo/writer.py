@@ -1,0 +1,185 @@
+"""One sample from its seed, and the dataset on disk.
+
+Every sample is drawn from its own generator seeded by ``(seed, split, index)``
+(``generate_sample``), so the output is byte-identical whatever the number of worker
+processes. ``make_demo`` writes the train and test sets in the COMP5329 layout into a
+temporary sibling folder and renames it into place; a stamp file (``STAMP_NAME``) records the
+parameters and ``GENERATOR_VERSION``, so a second call with the same ones is a no-op (``make
+data`` is idempotent). ``make_unlabelled`` writes an extra unlabelled folder from its own seed
+stream for pseudo-label rounds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from capfuse.data.demo.captions import make_caption
+from capfuse.data.demo.drawing import render_scene
+from capfuse.data.demo.objects import RENDER
+from capfuse.data.demo.scenes import (
+    CLASS_ID,
+    CLASS_NAMES,
+    CLASSES,
+    GENERATOR_VERSION,
+    SPLIT_CODE,
+    forced_class,
+    sample_labels,
+)
+from capfuse.utils.io import read_json, write_json, write_text
+
+STAMP_NAME = ".demo.json"
+
+
+def generate_sample(seed: int, split: str, index: int, size: int) -> tuple[Image.Image, list[int], str]:
+    """Sample ``index`` of ``split``: image, label ids (ascending), caption. Pure in its arguments."""
+    rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
+    scene, labels = sample_labels(rng, forced_class(split, index))
+    img, info = render_scene(rng, scene, labels, size)
+    caption = make_caption(rng, scene, info)
+    return img, sorted(CLASS_ID[c] for c in labels), caption
+
+
+def _work(task: tuple[int, str, int, int, str]) -> tuple[list[int], str]:
+    seed, split, index, size, path = task
+    img, labels, caption = generate_sample(seed, split, index, size)
+    img.save(path, "JPEG", quality=RENDER["jpeg_quality"])
+    return labels, caption
+
+
+def _params(n_train: int, n_test: int, size: int, seed: int) -> dict[str, int]:
+    return dict(generator_version=GENERATOR_VERSION, n_train=n_train, n_test=n_test, size=size, seed=seed)
+
+
+def _summary(params: dict, train_labels: list[list[int]], captions: list[str], seconds: float) -> dict:
+    counts = {name: 0 for name in CLASS_NAMES}
+    id_to_name = {cid: name for cid, name in CLASSES}
+    for labels in train_labels:
+        for cid in labels:
+            counts[id_to_name[cid]] += 1
+    n = max(1, len(train_labels))
+    return dict(
+        **params,
+        class_counts=counts,
+        class_freq={k: round(v / n, 4) for k, v in counts.items()},
+        mean_labels=round(sum(len(x) for x in train_labels) / n, 3),
+        captions_with_comma=sum("," in c for c in captions),
+        captions_with_quote=sum('"' in c for c in captions),
+        seconds=round(seconds, 2),
+    )
+
+
+def make_demo(
+    out_dir: str | os.PathLike,
+    n_train: int = 2000,
+    n_test: int = 800,
+    size: int = 256,
+    seed: int = 0,
+    workers: int | None = None,
+    force: bool = False,
+) -> dict:
+    """Write the demo dataset into ``out_dir`` (COMP5329 layout) and return a summary.
+
+    A stamp (``.demo.json``) records the parameters; when it matches, nothing is regenerated
+    (``skipped`` is True in the summary) unless ``force``. A folder that exists without a stamp
+    is not ours, so it is never overwritten unless ``force``.
+    """
+    if n_train < 1 or n_test < 0 or size < 16 or seed < 0:
+        raise ValueError(f"need n_train >= 1, n_test >= 0, size >= 16, seed >= 0 (got {n_train}, {n_test}, {size}, {seed})")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    params = _params(n_train, n_test, size, seed)
+    stamp = out / STAMP_NAME
+    if out.exists() and not force:
+        if stamp.exists():
+            saved = read_json(stamp)
+            if saved.get("params") == params:
+                summary = dict(saved["summary"], skipped=True, seconds=round(time.perf_counter() - start, 3))
+                return summary
+        elif any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and was not made by the demo generator; pass force=True to replace it")
+
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        (tmp / "data").mkdir(parents=True)
+        tasks = [(seed, "train", i, size, str(tmp / "data" / f"{i}.jpg")) for i in range(n_train)]
+        tasks += [(seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg")) for i in range(n_test)]
+        if workers == 1 or len(tasks) < 16:
+            results = [_work(t) for t in tasks]
+        else:
+            # Each task seeds its own generator, so the pool's scheduling cannot change a byte.
+            with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, len(tasks))) as pool:
+                results = pool.map(_work, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers))))
+        train, test = results[:n_train], results[n_train:]
+        ids_test = [f"{n_train + i}.jpg" for i in range(n_test)]
+        write_text(tmp / "train.csv", "ImageID,Labels,Caption\n"
+                   + "".join(f"{i}.jpg,{' '.join(map(str, lab))},{cap}\n" for i, (lab, cap) in enumerate(train)))
+        write_text(tmp / "test.csv", "ImageID,Caption\n"
+                   + "".join(f"{iid},{cap}\n" for iid, (_, cap) in zip(ids_test, test)))
+        write_text(tmp / "test_labels.csv", "ImageID,Labels\n"
+                   + "".join(f"{iid},{' '.join(map(str, lab))}\n" for iid, (lab, _) in zip(ids_test, test)))
+        write_text(tmp / "classes.csv", "id,name\n" + "".join(f"{cid},{name}\n" for cid, name in CLASSES))
+        summary = _summary(params, [lab for lab, _ in train], [c for _, c in results], time.perf_counter() - start)
+        write_json(tmp / STAMP_NAME, {"params": params, "summary": summary})
+        # Swap in: the old folder (if any) is moved aside first because a directory rename
+        # cannot replace a non-empty directory.
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    summary = dict(summary, skipped=False, seconds=round(time.perf_counter() - start, 2), workers=workers)
+    return summary
+
+
+def make_unlabelled(out_dir: str | os.PathLike, n: int, size: int = 256, seed: int = 0, captions: bool = True,
+                    workers: int | None = None) -> dict:
+    """An extra folder of ``n`` unlabelled images for pseudo-label rounds (``data.unlabelled``).
+
+    Layout: ``data/u<i>.jpg`` and ``unlabelled.csv`` (``ImageID`` and, with ``captions``, a
+    ``Caption`` column). The labels go to ``unlabelled_labels.csv``, which only the pseudo-label
+    report reads, like the demo's ``test_labels.csv``. Rows come from their own seed stream,
+    so the train and test sets of the same seed do not change. Written to a temporary folder
+    and renamed into place.
+    """
+    if n < 1:
+        raise ValueError(f"need n >= 1 unlabelled images, got {n}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists; remove it first")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "data").mkdir(parents=True)
+        tasks = [(seed, "unlabelled", i, size, str(tmp / "data" / f"u{i}.jpg")) for i in range(n)]
+        workers = max(1, int(workers or os.cpu_count() or 1))
+        with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, n)) as pool:
+            results = pool.map(_work, tasks, chunksize=max(1, min(32, n // (4 * workers))))
+        ids = [f"u{i}.jpg" for i in range(n)]
+        if captions:
+            write_text(tmp / "unlabelled.csv", "ImageID,Caption\n" + "".join(f"{i},{c}\n" for i, (_, c) in zip(ids, results)))
+        else:
+            write_text(tmp / "unlabelled.csv", "ImageID\n" + "".join(f"{i}\n" for i in ids))
+        write_text(tmp / "unlabelled_labels.csv", "ImageID,Labels\n"
+                   + "".join(f"{i},{' '.join(map(str, lab))}\n" for i, (lab, _) in zip(ids, results)))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"n": n, "captions": captions, "folder": str(out)}
