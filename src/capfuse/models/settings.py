@@ -1,58 +1,18 @@
 """What the ``net`` loop is told: its settings, its learning-rate schedule and its stopping split.
 
 Kept apart from the loop so that the rules a fold trains by (how many epochs, which rows judge
-them, how the learning rate moves) read on one page.
+them, how the learning rate moves) read on one page. The settings themselves (``TrainSettings``,
+the ``train:`` block) live with every other config block in ``capfuse.config.schema``, the one
+home of their defaults; they are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass
-class TrainSettings:
-    """The loop's knobs; every value is overridable from the model's YAML (``train:`` block)."""
-
-    epochs: int = 40  # an upper bound: early stopping usually ends a fold near epoch 10-20
-    batch_size: int = 64
-    lr: float = 1e-3  # heads on frozen features take a large step size
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.02  # cosine floor, as a fraction of lr
-    patience: int = 6  # epochs without a better stopping-set F1 before stopping
-    # How the stopping point is chosen without the held-out fold (capfuse.models.net says more):
-    # inner is the cheapest rule that keeps the fold blind; refit paid 0.2-0.9 points on the
-    # demo at twice the cost (README, "Honest out-of-fold predictions").
-    early_stop: str = "inner"
-    inner_frac: float = 0.15  # share of the fold's training rows that only judge epochs
-    stop_metric: str = "f1"  # what the stopping rows judge by: mean F1 (the target), or `loss` (smoother)
-    grad_clip: float = 1.0
-    accumulate: int = 1  # gradient accumulation steps (finetune mode, large effective batches)
-    flip_p: float = 0.5  # chance a training sample uses its flipped view
-    tta: bool = True  # average original and flipped views for OOF and test logits
-    eval_batch_size: int = 256
-    loss: dict = field(default_factory=lambda: {"name": "bce"})
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> TrainSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown train settings {sorted(unknown)}; known: {sorted(known)}")
-        out = cls(**cfg)
-        if out.early_stop not in EARLY_STOP:
-            raise ValueError(f"train.early_stop must be one of {list(EARLY_STOP)}, got {out.early_stop!r}")
-        if out.stop_metric not in ("f1", "loss"):
-            raise ValueError(f"train.stop_metric must be 'f1' or 'loss', got {out.stop_metric!r}")
-        if out.early_stop != "none" and not 0.0 < out.inner_frac < 0.5:
-            raise ValueError(f"train.inner_frac must lie in (0, 0.5), got {out.inner_frac}")
-        return out
-
-
-EARLY_STOP = ("inner", "refit", "none")
+from capfuse.config.schema import EARLY_STOP, TrainSettings  # noqa: F401 (re-exported)
 
 
 def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

