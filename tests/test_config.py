@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from capfuse.config import ConfigError, apply_override, load_config
-from capfuse.registry import Registry
+from capfuse.utils.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_inheritance_loop_and_missing_parent_are_clear_errors(tmp_path):
 
 
 def test_shipped_configs_resolve():
-    from capfuse.stages.train import model_configs
+    from capfuse.training.selection import model_configs
 
     path = REPO / "configs" / "pipeline.yaml"
     models = model_configs(load_config(path), path)

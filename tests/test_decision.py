@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from capfuse.decision import apply_threshold, fit_global_threshold, threshold_curve
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold, threshold_curve
 from capfuse.metrics import mean_sample_f1
 
 P = np.array([

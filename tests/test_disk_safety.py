@@ -161,7 +161,7 @@ def _no_space(fd, offset, length):
 
 
 def test_a_full_disk_is_a_clear_error_before_the_image_arrays_are_mapped(tmp_path, monkeypatch):
-    from capfuse.features import ImageEncoderSpec, embed_image_features
+    from capfuse.features.image import ImageEncoderSpec, embed_image_features
 
     ids = _images(tmp_path, 4)
     monkeypatch.setattr(os, "posix_fallocate", _no_space)
@@ -179,7 +179,7 @@ def test_a_full_disk_is_a_clear_error_before_the_image_arrays_are_mapped(tmp_pat
 
 def test_a_full_disk_is_a_clear_error_for_the_caption_arrays(tmp_path, monkeypatch):
     from capfuse.encoders.text import TextEncoderSpec
-    from capfuse.text_features import embed_captions
+    from capfuse.features.text import embed_captions
 
     monkeypatch.setattr(os, "posix_fallocate", _no_space)
     with pytest.raises(OSError, match=r"txt-minilm-8tok-all\.tokens\.npy.*needs .* free"):
@@ -225,7 +225,7 @@ def test_a_really_full_disk_is_a_python_error_not_sigbus(tmp_path, tiny_tmpfs):
         import sys
         from pathlib import Path
         import numpy as np
-        from capfuse.features import ImageEncoderSpec, embed_image_features
+        from capfuse.features.image import ImageEncoderSpec, embed_image_features
         spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=32, weights="none", backend="torch", grid=4)
         try:
             embed_image_features(Path({str(tmp_path)!r}), {ids!r}, np.ones({len(ids)}, bool), spec,
@@ -334,7 +334,7 @@ def test_umask_without_proc_is_read_once_and_restored(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["cp -p", "rsync -a"])
 def test_image_features_checksum_sees_a_replaced_image(tmp_path, in_place):
-    from capfuse.features import inputs_checksum
+    from capfuse.features.image import inputs_checksum
 
     ids = _images(tmp_path, 3, fmt="BMP")  # BMP: same size on disk for any pixels
     ok = np.ones(3, bool)
@@ -379,7 +379,7 @@ def test_caption_encoder_folder_fingerprint_sees_a_replaced_weights_file(tmp_pat
 def test_new_weights_under_the_same_name_are_re_exported_and_re_embedded(tmp_path, monkeypatch):
     import torch
 
-    import capfuse.features as features
+    import capfuse.features.image as features
     from capfuse.encoders.image import create_backbone
 
     ids = _images(tmp_path, 4)
@@ -395,7 +395,7 @@ def test_new_weights_under_the_same_name_are_re_exported_and_re_embedded(tmp_pat
                 p.mul_(0.5)
         return model, source
 
-    monkeypatch.setattr(features, "create_backbone", new_weights)
+    monkeypatch.setattr(features, "build_image", new_weights)
     second = features.embed_images(tmp_path, ids, ok, spec, tmp_path / "cache", quiet=True)
     assert second[1] != first[1]  # the features are not served from the old weights' cache
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2  # nor from the old export
@@ -408,8 +408,8 @@ def test_new_weights_under_the_same_name_are_re_exported_and_re_embedded(tmp_pat
 
 def test_finetune_fingerprint_sees_a_replaced_image(project):
     from capfuse.paths import Paths
-    from capfuse.stages.common import load_dataset
-    from capfuse.stages.embed import FeatureStore
+    from capfuse.data.dataset import load_dataset
+    from capfuse.features.store import FeatureStore
 
     root, data, _ = project
     ds = load_dataset(Paths(data_dir=data, root=root), {}, quiet=True)

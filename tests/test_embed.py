@@ -40,7 +40,7 @@ def cli(root, data, pipeline, *args):
 
 @pytest.mark.slow
 def test_embed_caches_every_models_inputs_once(project, monkeypatch, capsys):
-    import capfuse.features as features
+    import capfuse.features.image as features
 
     root, data, pipeline = project
     decoded = []

@@ -139,7 +139,7 @@ def test_zeroshot_score_any_folder(project, tmp_path, capsys):
 
 
 def test_image_files_outside_the_cache_match_it(tmp_path):
-    from capfuse.features import ImageEncoderSpec, embed_image_features
+    from capfuse.features.image import ImageEncoderSpec, embed_image_features
     from capfuse.zeroshot import embed_image_files
 
     data = tmp_path / "data" / "one"

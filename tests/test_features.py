@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capfuse.features import ImageEncoderSpec, embed_images
+from capfuse.features.image import ImageEncoderSpec, embed_images
 
 
 @pytest.fixture()
@@ -28,7 +28,7 @@ def test_cache_reuse_and_invalidation(folder, backend, monkeypatch):
     assert np.abs(feats[:5]).sum(1).min() > 0 and not feats[5].any()
 
     calls = []
-    import capfuse.features as features
+    import capfuse.features.image as features
 
     real = features.load_array
     monkeypatch.setattr(features, "load_array", lambda *a, **k: calls.append(a) or real(*a, **k))
@@ -56,7 +56,7 @@ def test_flip_view_is_cached_separately(folder):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_tokens_and_pooled_agree_and_extend_the_cache(folder, backend):
-    from capfuse.features import embed_image_features
+    from capfuse.features.image import embed_image_features
 
     data, ids = folder
     spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", backend=backend, grid=2)
@@ -81,7 +81,7 @@ def test_mid_map_feeds_the_top_stages_back_to_the_same_features(folder, backend)
     import torch
 
     from capfuse.encoders.image import BackboneTop, create_backbone
-    from capfuse.features import embed_image_features
+    from capfuse.features.image import embed_image_features
 
     data, ids = folder
     spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", backend=backend, grid=2)

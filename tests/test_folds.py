@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capfuse.folds import FoldsError, fold_class_counts, make_folds, rare_classes, read_folds, write_folds
+from capfuse.data.folds import FoldsError, fold_class_counts, make_folds, rare_classes, read_folds, write_folds
 
 K = 5
 CLASS_IDS = [1, 2, 3, 4, 5, 6, 7, 19]

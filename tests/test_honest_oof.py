@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import capfuse.trainer as trainer_mod
+import capfuse.training.cv as trainer_mod
 from capfuse.models.net import NetModel, inner_split
-from capfuse.pseudo import PseudoSettings
-from capfuse.trainer import PseudoSource, train_model
+from capfuse.training.pseudo import PseudoSettings
+from capfuse.training.pseudo import PseudoSource
+from capfuse.training.cv import train_model
 
 C, N, N_TEST, K = 4, 120, 32, 3
 

@@ -268,7 +268,7 @@ def test_a_bomb_in_train_is_quarantined_and_in_test_is_flagged(tmp_path):
 def test_the_pixel_limit_comes_from_the_config(tmp_path):
     from capfuse.config import load_config
     from capfuse.paths import Paths
-    from capfuse.stages.common import load_dataset
+    from capfuse.data.dataset import load_dataset
 
     cfg = load_config(REPO / "configs" / "pipeline.yaml")
     assert 10_000_000 <= cfg["data"]["max_pixels"] < Image.MAX_IMAGE_PIXELS

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import capfuse.trainer as trainer_mod
+import capfuse.training.cv as trainer_mod
 from capfuse.cli import main
 from capfuse.paths import Paths
-from capfuse.stages.ensemble import choose_base_models
-from capfuse.trainer import train_model
+from capfuse.ensemble.second_level import choose_base_models
+from capfuse.training.cv import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "configs" / "pipeline.yaml"
@@ -239,7 +239,7 @@ ZS = str(REPO / "configs" / "zeroshot.yaml")
 # Every command that resolves a dataset writes into runs/<dataset>/ (the validation report at
 # least), with the stage function it runs first.
 WRITING = {
-    "validate": ("capfuse.stages.common.load_dataset", []),
+    "validate": ("capfuse.data.dataset.load_dataset", []),
     "folds": ("capfuse.stages.folds.run_folds", []),
     "all": ("capfuse.stages.folds.run_folds", []),
     "embed": ("capfuse.stages.embed.run_embed", []),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from capfuse.models.net import NetModel
-from capfuse.pseudo import (
+from capfuse.training.pseudo import (
     ProvenanceError,
     PseudoSettings,
     PseudoTargets,
@@ -17,7 +17,7 @@ from capfuse.pseudo import (
     rank_blend,
     select,
 )
-from capfuse.trainer import PseudoSource, pseudo_targets
+from capfuse.training.pseudo import PseudoSource, pseudo_targets
 from capfuse.utils.io import write_json
 
 FOLDS = np.array([0, 1, 2, 0, 1, 2])
@@ -137,7 +137,7 @@ def test_unmasked_pseudo_rows_do_train(tmp_path):
 
 
 def test_label_subset_is_stratified_and_keeps_every_class():
-    from capfuse.pseudo import label_subset
+    from capfuse.training.pseudo import label_subset
 
     rng = np.random.default_rng(0)
     Y = (rng.random((2000, 6)) < [0.6, 0.3, 0.1, 0.05, 0.01, 0.002]).astype(np.uint8)

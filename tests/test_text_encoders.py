@@ -7,7 +7,9 @@ import socket
 import numpy as np
 import pytest
 
-import capfuse.text_features as tf
+import capfuse.encoders.glove as glove
+import capfuse.encoders.text as te
+import capfuse.features.text as tf
 from capfuse.encoders import text as text_mod
 from capfuse.encoders.text import TextEncoderSpec, create_text_encoder, encode, text_encoder_sources
 from capfuse.encoders.weights import WeightsNotFound
@@ -110,8 +112,8 @@ def test_caption_cache_reuse_order_and_invalidation(tmp_path, monkeypatch, minil
                 "a cat", "people"]
     spec = TextEncoderSpec(max_len=16, batch_size=2)  # length-sorted batches mix the input order
     calls = []
-    real_encode, real_create = tf.encode, tf.create_text_encoder
-    monkeypatch.setattr(tf, "create_text_encoder", lambda *a, **k: calls.append("load") or real_create(*a, **k))
+    real_encode, real_create = tf.encode, tf.build_caption
+    monkeypatch.setattr(tf, "build_caption", lambda *a, **k: calls.append("load") or real_create(*a, **k))
     monkeypatch.setattr(tf, "encode", lambda *a, **k: calls.append("encode") or real_encode(*a, **k))
 
     first = tf.embed_captions(captions, spec, tmp_path, key="all", quiet=True)
@@ -139,17 +141,17 @@ def test_caption_cache_reuse_order_and_invalidation(tmp_path, monkeypatch, minil
 
 
 def test_glove_table_and_neighbours():
-    vectors, index = tf.glove_table()
+    vectors, index = glove.glove_table()
     assert vectors.shape == (400000, 50) and vectors.dtype == np.float32 and index["the"] == 0
     dog, cat, bus = (vectors[index[w]] for w in ("dog", "cat", "bus"))
     assert cos(dog, cat) > cos(dog, bus) + 0.2
-    assert tf.glove_table() is tf.glove_table()  # loaded once
+    assert glove.glove_table() is glove.glove_table()  # loaded once
 
 
 def test_glove_features_pool_known_words_and_zero_unknown():
-    vectors, index = tf.glove_table()
+    vectors, index = glove.glove_table()
     long = " ".join(["dog"] * 20 + ["cat"] * 20)
-    pooled, tokens, mask = tf.glove_features(["A Dog, a cat!", "zzqxv qqzzk", "", long])
+    pooled, tokens, mask = glove.glove_features(["A Dog, a cat!", "zzqxv qqzzk", "", long])
     assert pooled.dtype == np.float32 and tokens.dtype == np.float16 and tokens.shape == (4, 32, 50)
     words = [vectors[index[w]] for w in ("a", "dog", "a", "cat")]
     np.testing.assert_allclose(pooled[0], np.mean(words, 0), atol=1e-6)
@@ -163,7 +165,7 @@ def test_glove_features_pool_known_words_and_zero_unknown():
 
 def test_label_text_embeddings_match_captions(minilm):
     model, tokenizer, _ = minilm
-    labels = tf.label_text_embeddings(["dog", "bus", "traffic_light"], model, tokenizer)
+    labels = te.label_text_embeddings(["dog", "bus", "traffic_light"], model, tokenizer)
     assert labels.shape == (3, 384) and labels.dtype == np.float32
     _, _, caption = encode(model, tokenizer, ["a puppy playing on the grass"], 32)
     assert cos(caption[0], labels[0]) > cos(caption[0], labels[1])

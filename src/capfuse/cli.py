@@ -23,11 +23,19 @@ Paths, devices and flags are resolved here and passed down; nothing is computed 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from capfuse.config import ConfigError, load_config
+from capfuse.data.problems import DataError
+from capfuse.paths import Paths
+from capfuse.utils.io import DiskFullError
+from capfuse.utils.lock import RunLocked, dataset_lock
 from capfuse.utils.log import log, quiet_default, setup_logging
 
 DEFAULT_CONFIG = "configs/pipeline.yaml"
@@ -62,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-captions", action="store_true", help="the unlabelled images come without captions")
     p.add_argument("--log-level", default="INFO")
 
-    # Listed for --help only: main() hands `capfuse bench ...` to capfuse.bench, options and all.
+    # Listed for --help only: main() hands `capfuse bench ...` to capfuse.stages.bench, options and all.
     sub.add_parser("bench", help="speed benchmarks: embedding throughput, stacking + thresholds at 30k rows "
                                  "(`capfuse bench --help`)", add_help=False)
 
@@ -116,8 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _context(args):
-    from capfuse.paths import Paths
-
     paths = Paths(data_dir=Path(args.data), root=Path(args.root).resolve())
     cfg = load_config(args.config, args.overrides) if hasattr(args, "config") else {}
     if "kind" in cfg and not cfg.get("name"):
@@ -132,20 +138,53 @@ def _context(args):
     return paths, cfg, quiet
 
 
+# Command → the stage's CLI wrapper, as "module:function". Stage modules import torch, timm,
+# transformers and LightGBM (20 s on a cold 2-core machine), so a command imports its stage when
+# it runs: `capfuse --help` and `capfuse data` never pay for the others.
+@dataclass(frozen=True)
+class Command:
+    handler: str  # "module:function"; called as f(args, paths, cfg, quiet), or f(args) without a dataset
+    dataset: bool = True  # resolves --data/--config and holds runs/<dataset>/.lock while it runs
+
+
+COMMANDS: dict[str, Command] = {
+    "data": Command("capfuse.stages.data:cli_data", dataset=False),
+    "faulty": Command("capfuse.stages.data:cli_faulty", dataset=False),
+    "validate": Command("capfuse.stages.validate:cli"),
+    "folds": Command("capfuse.stages.folds:cli"),
+    "embed": Command("capfuse.stages.embed:cli"),
+    "train": Command("capfuse.stages.train:cli"),
+    "ratios": Command("capfuse.stages.ratios:cli"),
+    "ablate": Command("capfuse.stages.ablate:cli"),
+    "stack": Command("capfuse.stages.ensemble:cli_stack"),
+    "thresholds": Command("capfuse.stages.ensemble:cli_thresholds"),
+    "infer": Command("capfuse.stages.infer:cli"),
+    "report": Command("capfuse.stages.report:cli"),
+    "zeroshot": Command("capfuse.stages.zeroshot:cli"),
+    "zeroshot-score": Command("capfuse.stages.zeroshot:cli_score", dataset=False),
+    "embeddings": Command("capfuse.stages.embeddings:cli_embeddings"),
+    "search": Command("capfuse.stages.embeddings:cli_search"),
+}
+# Commands that run several stages in one process, under one lock, in this order.
+SEQUENCES: dict[str, tuple[str, ...]] = {"all": ("folds", "train", "infer")}
+
+
+def _handler(name: str) -> Callable[..., int]:
+    module, function = COMMANDS[name].handler.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        from capfuse.bench import main as bench_main
+        # `capfuse bench` has its own options (capfuse.stages.bench); imported here for the same
+        # reason as the stages of COMMANDS.
+        from capfuse.stages.bench import main as bench_main
 
         setup_logging("INFO")
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from capfuse.data.problems import DataError
-
-    from capfuse.utils.io import DiskFullError
-    from capfuse.utils.lock import RunLocked
-
     try:
         return _dispatch(args)
     except (DataError, ConfigError, FileNotFoundError, ValueError, RunLocked, DiskFullError) as exc:
@@ -166,132 +205,26 @@ def _locked(paths, args):
     alone writes run folders), and the other ranks must not wait on their own job's lock.
     When rank 0 stops because another run holds it, torchrun stops the other ranks.
     """
-    import contextlib
-
-    from capfuse.utils.lock import dataset_lock
-
     if int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
     return dataset_lock(paths.runs, wait=args.wait, what=f"capfuse {args.command} --data {args.data}")
 
 
 def _dispatch(args) -> int:
-    cmd = args.command
-    if cmd == "data":
-        from capfuse.data.demo import PRESETS, make_demo
-
-        preset = args.preset or ("tiny" if Path(args.data).name == "tiny" else "default")
-        info = make_demo(args.data, seed=args.seed, force=args.force, **PRESETS[preset])
-        log.info("demo dataset (%s) in %s: %s", preset, args.data, {k: info[k] for k in info if k != "class_counts"} if isinstance(info, dict) else info)
-        if args.unlabelled:
-            from capfuse.data.demo import make_unlabelled
-
-            out = Path(f"{str(args.data).rstrip('/')}-unlabelled")
-            # make_unlabelled renames a finished folder into place, so unlabelled_labels.csv
-            # marks one it wrote; any other folder there is someone else's and stays.
-            ours = (out / "unlabelled_labels.csv").is_file() and not out.is_symlink()
-            if ours and not args.force:
-                log.info("unlabelled folder %s exists; kept (--force rewrites it)", out)
-            elif out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
-                raise ValueError(f"{out} exists and was not written by `capfuse data --unlabelled` (it has no "
-                                 "unlabelled_labels.csv); it is not replaced: move it away first")
-            else:
-                import shutil
-
-                if ours:
-                    shutil.rmtree(out)
-                log.info("unlabelled folder: %s", make_unlabelled(out, args.unlabelled, size=PRESETS[preset]["size"],
-                                                                 seed=args.seed, captions=not args.no_captions))
-        return 0
-    if cmd == "faulty":
-        from capfuse.data.faults import make_faulty_dataset
-
-        out = Path(args.data)
-        # make_faulty_dataset replaces its folder wholesale: only one it wrote (its test.csv
-        # starts with the BOM and the spaced header no one else writes) or an empty one.
-        try:
-            ours = not out.is_symlink() and (out / "test.csv").read_bytes().startswith(b"\xef\xbb\xbfImageID , Caption")
-        except OSError:
-            ours = False
-        if out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out} exists and is not a dataset written by `capfuse faulty`; it is not replaced: "
-                             "move it away or pick another --data")
-        make_faulty_dataset(args.data)
-        log.info("faulty dataset written to %s", args.data)
-        return 0
-
-    if cmd in ZEROSHOT_COMMANDS:
-        return _zeroshot_dispatch(args)
+    steps = SEQUENCES.get(args.command, (args.command,))
+    if not COMMANDS[steps[0]].dataset:
+        return _handler(steps[0])(args)
     paths, cfg, quiet = _context(args)
     with _locked(paths, args):
-        return _stage(cmd, args, paths, cfg, quiet)
-
-
-def _stage(cmd: str, args, paths, cfg: dict, quiet: bool) -> int:
-    if cmd == "validate":
-        from capfuse.stages.common import load_dataset
-
-        ds = load_dataset(paths, cfg, quiet=quiet)
-        print((paths.runs / "validation.txt").read_text(encoding="utf-8"))
-        log.info("usable train rows %d, quarantined %d, test rows %d", len(ds.val.train), len(ds.val.quarantine), len(ds.val.test))
-        return 0
-    if cmd == "embed":
-        from capfuse.stages.embed import run_embed
-
-        rows = run_embed(paths, cfg, Path(args.config), only=args.only, quiet=quiet)
-        print(f"{len(rows)} cached arrays in {paths.cache}, {sum(r['mb'] for r in rows):.1f} MB")
-        return 0
-    if cmd in ("folds", "all"):
-        from capfuse.stages.folds import run_folds
-
-        run_folds(paths, cfg, force=getattr(args, "force", False), quiet=quiet)
-    if cmd in ("train", "all"):
-        from capfuse.stages.train import run_train
-        from capfuse.utils.dist import init_distributed
-
-        init_distributed()  # a no-op unless launched by torchrun with several processes
-
-        run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet)
-    if cmd == "ratios":
-        from capfuse.stages.ratios import run_ratios
-
-        table = run_ratios(paths, cfg, Path(args.config), quiet=quiet)
-        print(table.to_string(index=False))
-        return 0
-    if cmd == "ablate":
-        from capfuse.stages.ablate import run_ablate
-
-        table = run_ablate(paths, cfg, Path(args.config), quiet=quiet)
-        print(table.to_string(index=False))
-        return 0
-    if cmd == "stack":
-        from capfuse.stages.ensemble import run_stack
-
-        run_stack(paths, cfg, quiet=quiet)
-    if cmd == "thresholds":
-        from capfuse.stages.ensemble import run_thresholds
-
-        run_thresholds(paths, cfg, storage=args.storage, quiet=quiet)
-    if cmd == "report":
-        from capfuse.stages.report import run_report
-
-        print(f"Report: {run_report(paths, cfg, quiet=quiet)}")
-        return 0
-    if cmd in ("infer", "all"):
-        from capfuse.stages.infer import run_infer, summary_table
-
-        result = run_infer(paths, cfg, quiet=quiet, storage=args.storage)
-        m = result["manifest"]
-        print("\n" + summary_table(paths))
-        print(f"\nSubmission: {result['paths']['latest_csv']}  ({m['second_level']['kept']}, {m['threshold']['kind']} thresholds)")
-        print(f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
-              f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})")
+        for step in steps:
+            code = _handler(step)(args, paths, cfg, quiet)
+            if code:
+                return code
     return 0
 
 
 # -- open vocabulary (paper c) and embeddings (paper d) ------------------------------------------
 ZEROSHOT_CONFIG = "configs/zeroshot.yaml"
-ZEROSHOT_COMMANDS = ("zeroshot", "zeroshot-score", "embeddings", "search")
 
 
 def _add_zeroshot_commands(sub) -> None:
@@ -327,39 +260,6 @@ def _add_zeroshot_commands(sub) -> None:
     query.add_argument("--text", help='a text query, e.g. "a dog on a bus"')
     p.add_argument("--k", type=int, default=8, help="neighbours to print (default: 8)")
     p.add_argument("--model", default="zeroshot", choices=["zeroshot", "backbone"])
-
-
-def _zeroshot_dispatch(args) -> int:
-    if args.command == "zeroshot-score":
-        from capfuse.paths import Paths
-        from capfuse.stages.zeroshot import model_dir, run_zeroshot_score
-
-        folder = Path(args.model) if args.model else model_dir(Paths(Path(args.data), Path(args.root).resolve()))
-        run_zeroshot_score(folder, Path(args.images), args.labels.split(","), top=args.top,
-                           out=Path(args.out) if args.out else None)
-        return 0
-    paths, cfg, quiet = _context(args)
-    with _locked(paths, args):
-        return _zeroshot_stage(args, paths, cfg, quiet)
-
-
-def _zeroshot_stage(args, paths, cfg: dict, quiet: bool) -> int:
-    if args.command == "zeroshot":
-        from capfuse.stages.zeroshot import run_zeroshot
-
-        table = run_zeroshot(paths, cfg, force=args.force, quiet=quiet)
-        print(table.to_string(index=False, float_format="%.4f"))
-    elif args.command == "embeddings":
-        from capfuse.stages.embeddings import run_embeddings
-
-        out = run_embeddings(paths, cfg, model=args.model, quiet=quiet)
-        print(f"{out['rows']} embeddings of dimension {out['dim']}: {out['array']} and {out['ids']}")
-    else:
-        from capfuse.stages.embeddings import run_search
-
-        hits = run_search(paths, cfg, image=args.image, text=args.text, k=args.k, model=args.model, quiet=quiet)
-        print(hits.to_string(index=False, float_format="%.3f"))
-    return 0
 
 
 if __name__ == "__main__":

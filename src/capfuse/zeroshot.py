@@ -465,14 +465,14 @@ def embed_image_files(files: Sequence[Path], spec_cfg: dict, *, views: Sequence[
                       batch_size: int = 16) -> tuple[ImageFeatures, list[int], list[str]]:
     """Pooled vectors and token grids of image files, as the feature cache computes them.
 
-    Same backbone, weights, input size, normalisation and pooling as ``capfuse.features`` (eager
+    Same backbone, weights, input size, normalisation and pooling as ``capfuse.features.image`` (eager
     torch instead of ONNX Runtime: the same numbers to float16 precision). Returns the features
     of the files that decode, their positions in ``files`` and a list of problems
     (``file: reason``) for those that do not.
     """
     from capfuse.data.images import DEFAULT_MAX_PIXELS, load_array
     from capfuse.encoders.image import create_backbone, preprocess_for
-    from capfuse.features import FeatureMap, ImageEncoderSpec, pool_outputs
+    from capfuse.features.image import FeatureMap, ImageEncoderSpec, pool_outputs
 
     spec = ImageEncoderSpec.from_config(spec_cfg)
     model, _ = create_backbone(spec.name, weights=spec.weights, num_classes=0)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from capfuse.data.classes import ClassSet
-from capfuse.data.csvio import Row, read_split
+from capfuse.data.csvio import read_split
 from capfuse.data.images import DEFAULT_MAX_PIXELS, UnsafePathError, check_image, resolve_image_path
 from capfuse.data.problems import DataError, Problem
 from capfuse.utils.io import read_json, write_json, write_text

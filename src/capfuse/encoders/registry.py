@@ -21,8 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from capfuse.encoders.glove import GLOVE_PACKAGE, glove_features
+from capfuse.encoders.image import create_backbone
+from capfuse.encoders.text import create_text_encoder
 from capfuse.encoders.weights import PACKAGED
-from capfuse.registry import Registry
+from capfuse.nn.pooling import masked_mean
+from capfuse.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,10 @@ class EncoderEntry:
     modality: str  # "image" or "caption"
     build: Callable[..., nn.Module]  # build(weights="auto") -> module
     trainable: bool = True  # False: a fixed lookup table (GloVe), nothing to fine-tune
+    # Table encoders: ``lookup(captions, max_len) -> (pooled, tokens, mask)``. Their features
+    # are looked up each run (faster than a cache), keyed by ``source`` (the package they ship in).
+    lookup: Callable[[list[str], int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    source: str | None = None
 
 
 ENCODERS = Registry("encoder")
@@ -48,8 +56,7 @@ class TransformerCaptionEncoder(nn.Module):
                                return_tensors="pt").to(device)
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].bool()
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return hidden, mask, (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return hidden, mask, masked_mean(hidden, mask)
 
 
 class GloveCaptionEncoder(nn.Module):
@@ -60,8 +67,6 @@ class GloveCaptionEncoder(nn.Module):
         self.max_len = max_len
 
     def forward(self, captions: list[str]):
-        from capfuse.text_features import glove_features
-
         pooled, tokens, mask = glove_features(list(captions), self.max_len)
         return (torch.from_numpy(tokens.astype(np.float32)), torch.from_numpy(mask.astype(bool)),
                 torch.from_numpy(pooled))
@@ -69,21 +74,46 @@ class GloveCaptionEncoder(nn.Module):
 
 def _image(name: str) -> EncoderEntry:
     def build(weights: str = "auto") -> nn.Module:
-        from capfuse.encoders.image import create_backbone
-
-        return create_backbone(name, weights=weights, num_classes=0)[0]
+        return build_image(name, weights=weights)[0]
 
     return EncoderEntry("image", build)
 
 
-def _minilm(weights: str = "auto") -> nn.Module:
-    from capfuse.encoders.text import create_text_encoder
+def _transformer(name: str) -> EncoderEntry:
+    def build(weights: str = "auto") -> nn.Module:
+        model, tokenizer, _ = create_text_encoder(name, weights=weights)
+        return TransformerCaptionEncoder(model, tokenizer)
 
-    model, tokenizer, _ = create_text_encoder("minilm", weights=weights)
-    return TransformerCaptionEncoder(model, tokenizer)
+    return EncoderEntry("caption", build)
+
+
+def build_image(name: str, *, weights: str = "auto", num_classes: int = 0, **kwargs) -> tuple[nn.Module, str]:
+    """(backbone, weights source) for ``image_encoder.name``: a registered (packaged) backbone or
+    any timm name; the one way the pipeline builds an image encoder."""
+    return create_backbone(name, weights=weights, num_classes=num_classes, **kwargs)
+
+
+def build_caption(name: str, *, weights: str = "auto"):
+    """(model, tokenizer, weights source) of a transformers caption encoder: an alias, a folder
+    or a hub id. Table encoders have no model: ask ``caption_entry(name).lookup`` first."""
+    entry = caption_entry(name)
+    if entry.lookup is not None:
+        raise ValueError(f"caption encoder {name!r} is a lookup table: it has no transformer to build")
+    return create_text_encoder(name, weights=weights)
+
+
+def caption_entry(name: str) -> EncoderEntry:
+    """The registered caption encoder ``name``, or a transformers one (hub id or local folder)."""
+    if name in ENCODERS:
+        entry = ENCODERS.get(name)
+        if entry.modality != "caption":
+            raise ValueError(f"{name!r} is an image encoder; caption_encoder.name needs a caption encoder")
+        return entry
+    return _transformer(name)
 
 
 for _name in PACKAGED:
     ENCODERS.register(_name)(_image(_name))
-ENCODERS.register("minilm")(EncoderEntry("caption", _minilm))
-ENCODERS.register("glove")(EncoderEntry("caption", lambda weights="auto": GloveCaptionEncoder(), trainable=False))
+ENCODERS.register("minilm")(_transformer("minilm"))
+ENCODERS.register("glove")(EncoderEntry("caption", lambda weights="auto": GloveCaptionEncoder(), trainable=False,
+                                        lookup=glove_features, source=GLOVE_PACKAGE))

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from capfuse.encoders.weights import WeightsNotFound, hub_disabled, hub_reachable, package_dir
+from capfuse.nn.pooling import masked_mean
 from capfuse.utils.io import stat_key
 
 WEIGHTS = ("auto", "package", "hub")
+LABEL_PROMPT = "a photo of a {name}."  # CLIP's prompt: a label reads like a caption
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,16 @@ def encode(model, tokenizer, captions: list[str], max_len: int) -> tuple[np.ndar
         hidden = model(**batch).last_hidden_state.float()
     mask = batch["attention_mask"].bool()
     m = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    pooled = masked_mean(hidden, mask)
     length = hidden.shape[1]
     tokens = np.zeros((len(captions), max_len, dim), np.float32)
     tokens[:, :length] = (hidden * m).cpu().numpy()  # padded positions stay zero
     full_mask = np.zeros((len(captions), max_len), bool)
     full_mask[:, :length] = mask.cpu().numpy()
     return tokens, full_mask, pooled.cpu().numpy()
+
+
+def label_text_embeddings(names: list[str], model, tokenizer) -> np.ndarray:
+    """Pooled embeddings float32 [C, D] of "a photo of a {name}." for each class name."""
+    prompts = [LABEL_PROMPT.format(name=name.replace("_", " ")) for name in names]
+    return encode(model, tokenizer, prompts, max_len=32)[2]

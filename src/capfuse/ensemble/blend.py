@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import minimize
 
-from capfuse.decision import _probabilities
+from capfuse.ensemble.decision import _probabilities
 from capfuse.metrics import _as_binary
 
 # Probabilities are clipped this far from 0 and 1 inside the log-loss so that one confidently

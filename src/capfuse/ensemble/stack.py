@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from capfuse.ensemble.blend import apply_weights, fit_weighted_blend
 from capfuse.metrics import _as_binary
-from capfuse.trainer import sigmoid
 from capfuse.utils.log import progress
+from capfuse.utils.numeric import sigmoid
 
 # Small, regularised, deterministic: the stacker's inputs are already strong scores, so a few
 # shallow trees add the cross-class corrections and anything bigger learns the OOF noise. Sized so
@@ -156,8 +157,6 @@ def stack_oof_and_test(
         tr, te = f != k, f == k
         base = base_test = None
         if base_probs is not None:
-            from capfuse.ensemble.blend import apply_weights, fit_weighted_blend
-
             weights = fit_weighted_blend(y[tr], [p[tr] for p in base_probs])
             base = _logit(apply_weights(base_probs, weights))
             if X_test is not None:

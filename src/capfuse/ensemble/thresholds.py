@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capfuse.decision import _label_limits, _probabilities, apply_threshold, default_grid, fit_global_threshold
+from capfuse.ensemble.decision import (
+    _label_limits,
+    _probabilities,
+    apply_threshold,
+    default_grid,
+    fit_global_threshold,
+)
 from capfuse.metrics import _as_binary, mean_sample_f1
 from capfuse.utils.log import interactive, mask_url, progress, quiet_default
 

@@ -1,6 +1,6 @@
 """Model kinds, registered by name; a model config's ``kind`` picks one."""
 
-from capfuse.registry import Registry
+from capfuse.utils.registry import Registry
 
 MODELS = Registry("model kind")
 

@@ -27,8 +27,11 @@ import torch
 from torch import nn
 
 from capfuse.data.images import load_array, resolve_image_path
-from capfuse.encoders.image import create_backbone, preprocess_for
-from capfuse.models.linear import FoldOutput
+from capfuse.encoders.image import preprocess_for
+from capfuse.encoders.registry import build_caption, build_image
+from capfuse.models.base import FoldOutput
+from capfuse.nn.losses import class_frequencies
+from capfuse.nn.pooling import masked_mean
 from capfuse.utils.dist import init_distributed, rank_world
 
 
@@ -44,14 +47,12 @@ class FinetuneNet(nn.Module):
         self.text = None
         if "image" in inputs:
             enc = cfg.get("image_encoder", {"name": "tf_efficientnet_lite0"})
-            self.backbone, self.weights_source = create_backbone(enc["name"], weights=enc.get("weights", "auto"), num_classes=0)
+            self.backbone, self.weights_source = build_image(enc["name"], weights=enc.get("weights", "auto"))
             dims["img_pooled"] = dims["img_tokens"] = self.backbone.num_features
             self.pre = preprocess_for(self.backbone, enc.get("size"))
         if "caption" in inputs:
-            from capfuse.encoders.text import create_text_encoder
-
             enc = cfg.get("caption_encoder", {"name": "minilm"})
-            self.text, self.tokenizer, _ = create_text_encoder(enc.get("name", "minilm"), weights=enc.get("weights", "auto"))
+            self.text, self.tokenizer, _ = build_caption(enc.get("name", "minilm"), weights=enc.get("weights", "auto"))
             self.text.train()
             dims["cap_pooled"] = dims["cap_tokens"] = self.text.config.hidden_size
             if not enc.get("trainable", True):
@@ -67,8 +68,7 @@ class FinetuneNet(nn.Module):
         if self.text is not None:
             mask = batch["attention_mask"].bool()
             hidden = self.text(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            feats.update(cap_tokens=hidden, cap_mask=mask, cap_pooled=(hidden * m).sum(1) / m.sum(1).clamp(min=1))
+            feats.update(cap_tokens=hidden, cap_mask=mask, cap_pooled=masked_mean(hidden, mask))
         if "targets" in batch:
             feats["targets"] = batch["targets"]
         return self.head(feats)
@@ -117,8 +117,6 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     rank, world = rank_world()
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-    from capfuse.nn.losses import class_frequencies
 
     torch.manual_seed(model.seed)
     net = FinetuneNet(cfg, Y.shape[1], lambda dims: model.build(dims, Y.shape[1], class_frequencies(Y[tr]))).to(device)

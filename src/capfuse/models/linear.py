@@ -7,25 +7,13 @@ honest, and it is the bar every later model has to clear.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from capfuse.models import MODELS
-
-
-@dataclass
-class FoldOutput:
-    val_logits: np.ndarray  # [n_val, C]
-    test_logits: np.ndarray  # [n_test, C]
-    info: dict
-    extra_logits: np.ndarray | None = None  # [n_extra, C]: unlabelled train rows (label-ratio mode)
-    # Paper (b)'s alignment scores of the label-query head for the test and extra rows, which
-    # pseudo-label rounds may rank by (``pseudo.scores: align``): {"test": [n_test, C], "extra": ...}.
-    align: dict | None = None
+from capfuse.models.base import FoldOutput
 
 
 def _prior_logit(y: np.ndarray) -> float:

@@ -37,12 +37,28 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from capfuse.decision import fit_global_threshold
+from capfuse.encoders.cost import _time_ms
+from capfuse.encoders.image import BackboneTop
+from capfuse.encoders.registry import build_caption, build_image, caption_entry
+from capfuse.encoders.text import label_text_embeddings
+from capfuse.ensemble.decision import fit_global_threshold
 from capfuse.models import MODELS
-from capfuse.models.linear import FoldOutput
+from capfuse.models.base import FoldOutput
+from capfuse.models.finetune import fit_fold_finetune
 from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split  # noqa: F401 (re-exported)
+from capfuse.nn.contexts import cluster_contexts
+from capfuse.nn.fusion import (
+    TopBlocksNet,
+    aux_settings,
+    build_net,
+    count_parameters,
+    needs_class_text,
+    uses_contexts,
+)
+from capfuse.nn.losses import LOSSES, class_frequencies
 from capfuse.utils.io import atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
+from capfuse.utils.numeric import sigmoid
 
 FEATURE_KEYS = ("img_pooled", "img_tokens", "img_mid", "cap_pooled", "cap_tokens", "cap_mask")
 
@@ -64,7 +80,7 @@ def val_score(y: np.ndarray, logits: np.ndarray, metric: str = "f1") -> float:
     if metric == "loss":
         x = np.clip(logits.astype(np.float64), -40, 40)
         return float(-np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
-    probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -40, 40)))
+    probs = sigmoid(logits)
     _, f1 = fit_global_threshold(y, probs)
     return float(f1)
 
@@ -132,16 +148,15 @@ class NetModel:
         time, never per batch. GloVe captions have no sentence encoder: MiniLM embeds the prompts.
         """
         if self._class_text is None:
-            from capfuse.encoders.text import create_text_encoder
-            from capfuse.text_features import label_text_embeddings
-
             names = feats.get("class_names")
             if names is None or len(names) != num_classes:
                 raise ValueError(f"fusion.label_query needs the {num_classes} class names in the features "
                                  f"(feats['class_names'], from the dataset's classes.csv); got {names!r}")
             enc = self.cfg.get("caption_encoder", {})
             name = enc.get("name", "minilm")
-            model, tokenizer, _ = create_text_encoder("minilm" if name == "glove" else name, enc.get("weights", "auto"))
+            # A table encoder (GloVe) has no sentence model for the prompts: MiniLM embeds them.
+            prompt_encoder = "minilm" if caption_entry(name).lookup is not None else name
+            model, tokenizer, _ = build_caption(prompt_encoder, weights=enc.get("weights", "auto"))
             self._class_text = label_text_embeddings(list(names), model, tokenizer).astype(np.float32)
         return self._class_text
 
@@ -150,9 +165,6 @@ class NetModel:
 
         The class -> context map is written to ``fold_dir/contexts.json`` for the report.
         """
-        from capfuse.nn.contexts import cluster_contexts
-        from capfuse.nn.fusion import aux_settings, needs_class_text, uses_contexts
-
         extras: dict = {}
         if needs_class_text(self.cfg):
             extras["class_text"] = self.class_text(feats, Y_train.shape[1])
@@ -171,9 +183,6 @@ class NetModel:
         self.build_extras = extras
 
     def build(self, dims: dict, num_classes: int, class_freq: np.ndarray) -> torch.nn.Module:
-        from capfuse.nn.fusion import build_net
-        from capfuse.nn.losses import LOSSES
-
         extras = self.build_extras
         loss_cfg = dict(self.settings.loss)
         name = loss_cfg.pop("name", "bce")
@@ -181,12 +190,8 @@ class NetModel:
             loss_cfg["class_freq"] = class_freq
         loss_fn = LOSSES.create(name, **loss_cfg)
         if self.train_blocks and "img_mid" in dims:
-            from capfuse.encoders.image import BackboneTop, create_backbone
-            from capfuse.nn.fusion import TopBlocksNet
-
             enc = self.cfg.get("image_encoder", {})
-            backbone, _ = create_backbone(enc.get("name", "tf_efficientnet_lite0"), weights=enc.get("weights", "auto"),
-                                          num_classes=0)
+            backbone, _ = build_image(enc.get("name", "tf_efficientnet_lite0"), weights=enc.get("weights", "auto"))
             top = BackboneTop(backbone, self.train_blocks, freeze_bn=bool(enc.get("freeze_bn", True)))
             width = backbone.num_features
             head = build_net(self.cfg, dims | {"img_pooled": width, "img_tokens": width}, num_classes, **extras)
@@ -206,9 +211,6 @@ class NetModel:
 
     def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
         """(parameters, ms per image) of the head/fusion module on cached-size inputs."""
-        from capfuse.light import _time_ms
-        from capfuse.nn.fusion import aux_settings, count_parameters, needs_class_text, uses_contexts
-
         dims = feats.get("dims")
         if dims is None:  # finetune mode: the encoders are counted by light_report
             return 0, 0.0
@@ -232,19 +234,15 @@ class NetModel:
 
     def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path,
                  pseudo=None, extra_rows: np.ndarray | None = None) -> FoldOutput:
-        """``pseudo`` (``capfuse.pseudo.PseudoTargets``) adds unlabelled pool rows with partial targets;
+        """``pseudo`` (``capfuse.training.pseudo.PseudoTargets``) adds unlabelled pool rows with partial targets;
         ``extra_rows`` are predicted too (``extra_logits``): the unlabelled train rows of label-ratio mode."""
         self.prepare(feats, Y[tr], fold_dir)  # from the fold's training rows only, before any build
         if self.finetune:
-            from capfuse.models.finetune import fit_fold_finetune
-
             if self.settings.early_stop == "refit":
                 raise ValueError(f"{self.cfg.get('name', 'this model')}: train.early_stop: refit retrains cached "
                                  "heads; fine-tuning stops on the inner split (early_stop: inner)")
 
             return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir, pseudo=pseudo, extra_rows=extra_rows)
-        from capfuse.nn.losses import class_frequencies
-
         views = CachedViews(feats["views"])
         n_train = len(Y)
         test_rows = np.arange(n_train, n_train + feats["n_test"])
@@ -290,8 +288,6 @@ class NetModel:
                            extra_rows=extra_rows, fixed_epochs=fixed, **loop)
         if inner is not None:
             result.info["inner"] = inner
-        from capfuse.nn.fusion import needs_class_text
-
         if needs_class_text(self.cfg) and result.test_logits.size:
             # The loop ends on the best checkpoint: its alignment scores of the unlabelled pool
             # are what a later round may rank its pseudo-labels by.

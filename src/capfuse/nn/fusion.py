@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from capfuse.nn.contexts import context_membership, context_targets
-from capfuse.nn.heads import HEADS, LabelQueryHead, MLPHead, masked_mean
+from capfuse.nn.heads import HEADS, LabelQueryHead, MLPHead
+from capfuse.nn.pooling import masked_mean
 from capfuse.nn.losses import BCELoss, alignment_loss
 
 # Defaults of paper (b)'s parts; a model config overrides any of them. Off by default, so that a

@@ -17,7 +17,8 @@ import math
 import torch
 from torch import nn
 
-from capfuse.registry import Registry
+from capfuse.nn.pooling import masked_mean
+from capfuse.utils.registry import Registry
 
 HEADS = Registry("head")
 
@@ -69,13 +70,6 @@ class AttnHead(nn.Module):
         mean = masked_mean(x, mask)
         h = self.body(torch.cat([attended.flatten(1), mean], dim=1))
         return h, self.out(h)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return x.mean(1)
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 class LabelQueryHead(nn.Module):

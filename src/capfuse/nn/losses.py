@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from capfuse.registry import Registry
+from capfuse.utils.registry import Registry
 
 LOSSES = Registry("loss")
 

@@ -21,6 +21,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from capfuse.data.images import to_rgb
+
 COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
            "#64B5CD"]
 
@@ -122,8 +124,6 @@ def bar_table_plot(table: pd.DataFrame, label: str, value: str, title: str, xlab
 def thumbnail(path: Path, side: int = 192) -> np.ndarray | None:
     """An upright RGB thumbnail (aspect kept) of an image, or None if it cannot be read."""
     from PIL import Image, ImageOps
-
-    from capfuse.data.images import to_rgb
 
     try:
         with Image.open(path) as im:

@@ -16,11 +16,20 @@ import numpy as np
 import pandas as pd
 
 from capfuse.config import load_config
-from capfuse.decision import apply_threshold
+from capfuse.data.dataset import Dataset, load_dataset
+from capfuse.data.images import resolve_image_path
+from capfuse.data.logits import read_aligned
+from capfuse.ensemble.decision import apply_threshold
+from capfuse.ensemble.second_level import (
+    ensemble_dir,
+    read_probs,
+    threshold_rule,
+    thresholds_vector,
+)
 from capfuse.paths import Paths
-from capfuse.stages.common import Dataset, load_dataset
-from capfuse.trainer import read_aligned, sigmoid
+from capfuse.submission import read_submission
 from capfuse.utils.io import read_json
+from capfuse.utils.numeric import sigmoid
 
 DEFAULT_CONFIG = "configs/pipeline.yaml"
 
@@ -77,13 +86,9 @@ class Run:
 
     @property
     def rule(self) -> dict:
-        from capfuse.stages.ensemble import threshold_rule
-
         return threshold_rule(self.cfg)
 
     def image_path(self, image_id: str) -> Path:
-        from capfuse.data.images import resolve_image_path
-
         return resolve_image_path(self.paths.data_dir, image_id)
 
     def label_names(self, row: np.ndarray) -> list[str]:
@@ -118,8 +123,6 @@ class Run:
         """
         if "kept" in self._cache:
             return self._cache["kept"]
-        from capfuse.stages.ensemble import ensemble_dir, read_probs, thresholds_vector
-
         out = ensemble_dir(self.paths)
         stack, cut = self.stack_summary(), self.thresholds()
         if (out / "oof_probs.csv").exists() and stack is not None:
@@ -174,8 +177,6 @@ class Run:
 
     def submission(self) -> tuple[pd.DataFrame, dict] | None:
         """``submissions/<dataset>-latest.csv`` and its manifest, or None before ``make infer``."""
-        from capfuse.submission import read_submission
-
         csv = self.paths.submissions / f"{self.dataset}-latest.csv"
         meta = csv.with_suffix(".json")
         if not csv.exists():

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from capfuse.decision import apply_threshold
+from capfuse.data.folds import fold_class_counts
+from capfuse.ensemble.decision import apply_threshold
 from capfuse.metrics import mean_sample_f1
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -77,8 +78,6 @@ def fold_balance(folds: np.ndarray, Y: np.ndarray, class_ids: Sequence[int], nam
     ``spread`` is (largest − smallest fold count) / the mean fold count: 0 for a perfectly even
     split, and the number to look at for stratification problems.
     """
-    from capfuse.folds import fold_class_counts
-
     table = fold_class_counts(pd.DataFrame({"fold": np.asarray(folds)}), np.asarray(Y), class_ids).T
     per_fold = table.drop(columns="total")
     mean = per_fold.mean(axis=1)

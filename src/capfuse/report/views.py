@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from capfuse.metrics import mean_sample_f1
 from capfuse.metrics import per_class_table as _per_class_table
 from capfuse.report import plots, tables
 from capfuse.report.run import Run
@@ -100,7 +101,6 @@ def per_class(run: Run, model: str | None = None) -> pd.DataFrame:
 
 
 def per_class_figure(run: Run, model: str | None = None) -> Figure:
-    oof = run.oof(model)
     title = "Per-class F1 and AP (out of fold)" if model is None else f"Per-class F1 and AP: {model} (out of fold)"
     return plots.per_class_f1_plot(per_class(run, model), title)
 
@@ -209,8 +209,6 @@ def submission(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, Figure] | None:
         info["test rows predicted without their image"] = manifest["test_rows_without_image"]
     truth = run.test_truth()
     if truth is not None and list(sub["ImageID"]) == run.ds.test_ids:
-        from capfuse.metrics import mean_sample_f1
-
         pred = np.zeros_like(truth)
         index = {c: j for j, c in enumerate(run.class_ids)}
         for r, labels in enumerate(sub["Labels"]):

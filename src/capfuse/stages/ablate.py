@@ -23,12 +23,21 @@ import numpy as np
 import pandas as pd
 
 from capfuse import config as cfglib
+from capfuse.data.dataset import load_dataset
+from capfuse.ensemble.second_level import (
+    build_candidates,
+    choose_base_models,
+    load_base_logits,
+    threshold_rule,
+    trained_models,
+)
+from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
+from capfuse.features.store import FeatureStore
 from capfuse.metrics import gap_at_k
-from capfuse.pseudo import PseudoSettings
-from capfuse.stages.common import load_dataset
-from capfuse.stages.embed import FeatureStore
-from capfuse.stages.train import SECOND_LEVEL_KEYS, pseudo_rounds
-from capfuse.trainer import train_model
+from capfuse.training.cv import train_model
+from capfuse.training.pseudo import PseudoSettings
+from capfuse.training.rounds import pseudo_rounds
+from capfuse.training.selection import SECOND_LEVEL_KEYS
 from capfuse.utils.io import read_json, write_csv, write_text
 from capfuse.utils.log import log, stage
 from capfuse.utils.runs import check_name
@@ -126,15 +135,6 @@ def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
     The same functions as ``make stack`` and ``make thresholds``, run in memory: each row's
     score is nested (every fitted part, the global threshold included, fitted on other folds).
     """
-    from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
-    from capfuse.stages.ensemble import (
-        build_candidates,
-        choose_base_models,
-        load_base_logits,
-        threshold_rule,
-        trained_models,
-    )
-
     folds = ds.folds()
     names = choose_base_models(cfg, trained_models(paths))
     oof, test = load_base_logits(paths, ds, names, folds)
@@ -179,3 +179,8 @@ def markdown_table(table: pd.DataFrame) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     return head + "".join("| " + " | ".join(cell(r[c]) for c in cols) + " |\n" for _, r in table.iterrows())
+
+
+def cli(args, paths, cfg: dict, quiet: bool) -> int:
+    print(run_ablate(paths, cfg, Path(args.config), quiet=quiet).to_string(index=False))
+    return 0

@@ -15,7 +15,7 @@ import pandas as pd
 
 from capfuse.embeddings import SPACES, export_files, nearest, normalise, read_embeddings, write_embeddings
 from capfuse.paths import Paths
-from capfuse.stages.common import load_dataset
+from capfuse.data.dataset import load_dataset
 from capfuse.utils.io import read_json
 from capfuse.utils.log import log, stage
 
@@ -105,3 +105,15 @@ def run_search(paths: Paths, cfg: dict, *, image: str | None = None, text: str |
     hits.insert(0, "rank", np.arange(1, len(rows) + 1))
     hits.insert(3, "cosine", sims)
     return hits
+
+
+def cli_embeddings(args, paths, cfg: dict, quiet: bool) -> int:
+    out = run_embeddings(paths, cfg, model=args.model, quiet=quiet)
+    print(f"{out['rows']} embeddings of dimension {out['dim']}: {out['array']} and {out['ids']}")
+    return 0
+
+
+def cli_search(args, paths, cfg: dict, quiet: bool) -> int:
+    hits = run_search(paths, cfg, image=args.image, text=args.text, k=args.k, model=args.model, quiet=quiet)
+    print(hits.to_string(index=False, float_format="%.3f"))
+    return 0

@@ -6,11 +6,10 @@ stacker and thresholds can be fitted on them without leaking.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from capfuse.folds import fold_class_counts, make_folds, rare_classes, read_folds, write_folds
-from capfuse.stages.common import load_dataset
+from capfuse.data.folds import fold_class_counts, make_folds, rare_classes, read_folds, write_folds
+from capfuse.data.dataset import load_dataset
 from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
@@ -39,3 +38,8 @@ def run_folds(paths, cfg: dict, *, force: bool = False, quiet: bool | None = Non
         if rare:
             log.warning("classes rarer than K=%d: %s; some folds have no positive for them", k, rare)
         return df
+
+
+def cli(args, paths, cfg: dict, quiet: bool) -> int:
+    run_folds(paths, cfg, force=getattr(args, "force", False), quiet=quiet)
+    return 0

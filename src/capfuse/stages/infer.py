@@ -1,7 +1,7 @@
 """The infer stage: base models' logits → stack or blend → thresholds → checked submission + manifest.
 
 The second level and the thresholds are fitted on out-of-fold predictions only
-(``capfuse.stages.ensemble``). Test rows whose image could not be
+(``capfuse.ensemble.second_level``). Test rows whose image could not be
 read are predicted by the caption models alone (or, with none, by the class priors), so no
 test row is ever dropped.
 """
@@ -15,12 +15,22 @@ import numpy as np
 import pandas as pd
 
 from capfuse import __version__
-from capfuse.decision import apply_threshold, fit_global_threshold
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import summary as metric_summary
-from capfuse.stages.common import load_dataset
-from capfuse.stages.ensemble import pipeline_models, threshold_rule, trained_models
+from capfuse.data.dataset import load_dataset
+from capfuse.ensemble.second_level import (
+    ensemble_dir,
+    fit_stack,
+    fit_thresholds,
+    pipeline_models,
+    read_probs,
+    threshold_rule,
+    thresholds_vector,
+    trained_models,
+)
 from capfuse.submission import predictions_to_frame, write_submission
-from capfuse.trainer import read_logits, sigmoid
+from capfuse.data.logits import read_logits
+from capfuse.utils.numeric import sigmoid
 from capfuse.utils.io import read_json, sha256_file
 from capfuse.utils.log import log, stage
 
@@ -88,11 +98,9 @@ CV_NOTE = {
 def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None,
               storage: str | None = None) -> dict:
     """stack → thresholds → the checked submission and its manifest."""
-    from capfuse.stages.ensemble import ensemble_dir, read_probs, run_stack, run_thresholds, thresholds_vector
-
     ds = load_dataset(paths, cfg, quiet=quiet)
-    stacked = run_stack(paths, cfg, quiet=quiet, ds=ds)
-    cut = run_thresholds(paths, cfg, storage=storage, quiet=quiet, ds=ds)
+    stacked = fit_stack(paths, cfg, ds)
+    cut = fit_thresholds(paths, cfg, ds, storage=storage)
     with stage("submit", paths.dataset):
         folds = ds.folds()
         # The caption fallback draws from this config's models and those it stacks, never from
@@ -152,8 +160,6 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
 
 def summary_table(paths) -> str:
     """The final summary: base models, second-level candidates, thresholds in-sample and nested."""
-    from capfuse.stages.ensemble import ensemble_dir
-
     parts = []
     board = paths.runs / "leaderboard.csv"
     if board.exists():
@@ -170,3 +176,13 @@ def summary_table(paths) -> str:
         parts.append(f"Thresholds on {t.get('candidate')} (nested: tuned on K-1 folds, scored on the held-out one):\n"
                      + pd.DataFrame(rows).to_string(index=False))
     return "\n\n".join(parts)
+
+
+def cli(args, paths, cfg: dict, quiet: bool) -> int:
+    result = run_infer(paths, cfg, quiet=quiet, storage=args.storage)
+    m = result["manifest"]
+    print("\n" + summary_table(paths))
+    print(f"\nSubmission: {result['paths']['latest_csv']}  ({m['second_level']['kept']}, {m['threshold']['kind']} thresholds)")
+    print(f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
+          f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})")
+    return 0

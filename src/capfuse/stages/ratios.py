@@ -3,7 +3,7 @@
 For each p and model, the model trains on the labelled rows of the other folds only and is
 scored on every row of the held-out fold, the same rows at every p, so the numbers compare.
 Pseudo-label rounds then add the unlabelled rows of the other folds and the test images,
-labelled by the previous round's fold-k model (see ``capfuse.pseudo``). The result is
+labelled by the previous round's fold-k model (see ``capfuse.training.pseudo``). The result is
 ``runs/<dataset>/label_ratios.csv``: CV mean F1 per p, without and with the rounds.
 """
 
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from capfuse.pseudo import PseudoSettings, label_subset
-from capfuse.stages.common import load_dataset
-from capfuse.stages.embed import FeatureStore
-from capfuse.stages.train import SECOND_LEVEL_KEYS, model_configs, pseudo_rounds
-from capfuse.trainer import train_model
+from capfuse.training.pseudo import PseudoSettings, label_subset
+from capfuse.data.dataset import load_dataset
+from capfuse.features.store import FeatureStore
+from capfuse.training.selection import SECOND_LEVEL_KEYS, model_configs
+from capfuse.training.rounds import pseudo_rounds
+from capfuse.training.cv import train_model
 from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
@@ -73,3 +74,8 @@ def _round(per_round: pd.DataFrame, r: int, column: str = "cv_mean_f1"):
     if hit.empty or column not in hit or pd.isna(hit[column].iloc[0]):
         return None
     return float(hit[column].iloc[0])
+
+
+def cli(args, paths, cfg: dict, quiet: bool) -> int:
+    print(run_ratios(paths, cfg, Path(args.config), quiet=quiet).to_string(index=False))
+    return 0

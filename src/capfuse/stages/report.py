@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from capfuse.data.dataset import load_dataset
 from capfuse.paths import Paths
+from capfuse.report.run import Run
+from capfuse.report.sections import build_html
 from capfuse.utils.io import write_text
 from capfuse.utils.log import log, stage
 
@@ -18,10 +21,6 @@ def report_path(paths: Paths) -> Path:
 
 
 def run_report(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Path:
-    from capfuse.report.run import Run
-    from capfuse.report.sections import build_html
-    from capfuse.stages.common import load_dataset
-
     with stage("report", paths.dataset):
         run = Run(paths=paths, cfg=cfg, ds=load_dataset(paths, cfg, quiet=quiet))
         # build_html checks the required artefacts before plotting anything: a clear error
@@ -29,3 +28,8 @@ def run_report(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Path:
         out = write_text(report_path(paths), build_html(run))
         log.info("wrote %s (%.0f kB)", out, out.stat().st_size / 1024)
         return out
+
+
+def cli(args, paths, cfg: dict, quiet: bool) -> int:
+    print(f"Report: {run_report(paths, cfg, quiet=quiet)}")
+    return 0

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from capfuse.paths import Paths
-from capfuse.stages.common import Dataset, load_dataset
+from capfuse.data.dataset import Dataset, load_dataset
 from capfuse.utils.io import read_json, sha256_file, write_csv, write_text
 from capfuse.utils.log import log, stage
 from capfuse.zeroshot import (
@@ -59,8 +59,8 @@ def load_features(ds: Dataset, settings: ZeroShotSettings, *, quiet: bool | None
     models are not embedded again.
     """
     from capfuse.encoders.text import TextEncoderSpec
-    from capfuse.features import ImageEncoderSpec
-    from capfuse.stages.embed import FeatureStore
+    from capfuse.features.image import ImageEncoderSpec
+    from capfuse.features.store import FeatureStore
 
     store = FeatureStore(ds, quiet)
     spec = ImageEncoderSpec.from_config(settings.image_encoder)
@@ -217,3 +217,17 @@ def run_zeroshot_score(model_folder: Path, images: Path, labels: list[str], *, t
         best = np.argsort(-row, kind="stable")[:k]
         print(f"{name}: " + ", ".join(f"{labels[j]} {row[j]:.3f}" for j in best))
     return table
+
+
+def cli(args, paths, cfg: dict, quiet: bool) -> int:
+    table = run_zeroshot(paths, cfg, force=args.force, quiet=quiet)
+    print(table.to_string(index=False, float_format="%.4f"))
+    return 0
+
+
+def cli_score(args) -> int:
+    """``capfuse zeroshot-score``: needs no dataset, only a saved projector and a folder of images."""
+    folder = Path(args.model) if args.model else model_dir(Paths(Path(args.data), Path(args.root).resolve()))
+    run_zeroshot_score(folder, Path(args.images), args.labels.split(","), top=args.top,
+                       out=Path(args.out) if args.out else None)
+    return 0

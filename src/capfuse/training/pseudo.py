@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from capfuse.utils.io import read_json
+from capfuse.utils.numeric import sigmoid
 
 
 class ProvenanceError(RuntimeError):
@@ -243,3 +248,88 @@ def rank_blend(probs: np.ndarray, graph: np.ndarray, weight: float) -> np.ndarra
         return r / max(len(a) - 1, 1)
 
     return (1 - weight) * ranks(probs) + weight * ranks(graph)
+
+
+@dataclass(frozen=True)
+class PseudoSource:
+    """Where a pseudo-label round takes its labels from: the previous round's run of the model."""
+
+    producer: str  # the previous round's model name, e.g. fusion_lite0 or fusion_lite0@r1
+    producer_dir: Path
+    settings: PseudoSettings
+    round: int
+
+    def fingerprint(self) -> str:
+        # The producer's own fingerprint: retraining it invalidates every later round.
+        return read_json(self.producer_dir / "fingerprint.json")["fingerprint"]
+
+
+def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, n_train: int,
+                   pool_ok: np.ndarray, folds_checksum: str, train_ids: list[str] | None = None,
+                   unlabelled: np.ndarray | None = None, folds: np.ndarray | None = None,
+                   feats: dict | None = None) -> PseudoTargets:
+    """Fold ``fold``'s pseudo-labels: the previous round's fold-``fold`` test predictions, checked.
+
+    The prior that sets each class's cut-offs is the positive rate of the rows this fold trains
+    on (``tr``), the same rows the producer was trained on.
+    """
+    record = read_json(src.producer_dir / f"fold{fold}" / "done.json")
+    if "folds_sha256" not in record and train_ids is not None and (src.producer_dir / "oof_logits.csv").exists():
+        # A run from before fold records carried the fold file's checksum: its OOF file says
+        # which fold held out each row, which is the same fact.
+        oof = pd.read_csv(src.producer_dir / "oof_logits.csv", dtype={"ImageID": str}, usecols=["ImageID", "fold"])
+        record = {**record, "folds_sha256": folds_sha(oof.set_index("ImageID").loc[list(train_ids), "fold"].to_numpy())}
+    prov = provenance(src.round, fold, src.producer, record, folds_checksum)
+    check_provenance(prov, fold, folds_checksum)
+    fold_dir = src.producer_dir / f"fold{fold}"
+    logits = np.load(fold_dir / "test_logits.npy")
+    align = None
+    if src.settings.scores == "align":
+        # Paper (b): the label-query head's alignment scores rank the pool; the producer's
+        # probabilities still give the soft targets and the cut-offs reported.
+        if not (fold_dir / "test_align.npy").exists():
+            raise ValueError(f"pseudo.scores: align needs a producer with a label-query head "
+                             f"(fusion.label_query); {fold_dir} has no test_align.npy")
+        align = np.load(fold_dir / "test_align.npy")
+    pool = np.flatnonzero(pool_ok)  # unreadable test images: zeros in, nothing to learn from
+    rows, pool_logits = n_train + pool, logits[pool]
+    pool_align = align[pool] if align is not None else None
+    if unlabelled is not None and len(unlabelled):
+        # Label-ratio mode: the other folds' unlabelled train rows join the pool (never fold
+        # ``fold``'s own rows, which it is scored on), and so do the rows of an unlabelled
+        # folder. The producer predicted every one, in ``unlabelled``'s order (``extra_logits.npy``).
+        extra = np.load(src.producer_dir / f"fold{fold}" / "extra_logits.npy")
+        if len(extra) != len(unlabelled):
+            raise ProvenanceError(f"{src.producer_dir}: its unlabelled rows differ from this run's; retrain the rounds")
+        keep = np.ones(len(unlabelled), bool)
+        in_train = unlabelled < n_train  # rows of the extra folder belong to no fold
+        keep[in_train] = folds[unlabelled[in_train]] != fold
+        rows, pool_logits = np.concatenate([unlabelled[keep], rows]), np.concatenate([extra[keep], pool_logits])
+        if pool_align is not None:
+            pool_align = np.concatenate([np.load(fold_dir / "extra_align.npy")[keep], pool_align])
+    probs, info = sigmoid(pool_logits), {"scores": src.settings.scores}
+    order = pool_align
+    if src.settings.graph > 0:
+        x = graph_features(feats or {})
+        if x is None:
+            raise ValueError(f"pseudo.graph needs cached pooled features; {src.producer} has none")
+        # The graph holds this fold's training rows (its only seeds) and the pool; fold
+        # ``fold``'s rows are absent, so neither their labels nor their places steer it.
+        nodes = np.concatenate([tr, rows])
+        scores = propagate(x[nodes], np.arange(len(tr)), Y[tr], k=src.settings.graph_k)[len(tr):]
+        order = rank_blend(probs if order is None else order, scores, src.settings.graph)
+        info.update(graph=src.settings.graph, graph_k=src.settings.graph_k)
+    targets, mask, cuts = select(probs, Y[tr].mean(0), src.settings, order)
+    return PseudoTargets(rows=rows, targets=targets, mask=mask, weight=src.settings.weight,
+                         ramp_epochs=src.settings.ramp_epochs,
+                         info={**prov, "pool_rows": int(len(pool)), **info, **{k: v.tolist() for k, v in cuts.items()}})
+
+
+def graph_features(feats: dict) -> np.ndarray | None:
+    """[N, D] rows for the label-propagation graph: the pooled image and caption vectors, each
+    L2-normalised so that neither modality dominates the distances; None without cached vectors."""
+    view = feats.get("views", {}).get("orig", {})
+    parts = [np.asarray(view[key], dtype=np.float32) for key in ("img_pooled", "cap_pooled") if key in view]
+    if not parts:
+        return None
+    return np.concatenate([a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in parts], axis=1)

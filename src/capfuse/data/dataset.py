@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from capfuse.data.folds import read_folds
 from capfuse.data.images import DEFAULT_MAX_PIXELS
+from capfuse.data.unlabelled import load_unlabelled
 from capfuse.data.validate import ValidationResult, load_validated
-from capfuse.folds import read_folds
 from capfuse.paths import Paths
 
 
@@ -64,8 +65,6 @@ def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Datas
     Y = val.classes.to_matrix(list(val.train["labels"]))
     extra, extra_dir = None, None
     if data_cfg.get("unlabelled"):
-        from capfuse.data.unlabelled import load_unlabelled
-
         extra_dir = Path(data_cfg["unlabelled"])
         known = set(val.train["ImageID"]) | set(val.test["ImageID"])
         extra = load_unlabelled(extra_dir, known, workers=int(data_cfg.get("workers", 2)),

@@ -12,70 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from capfuse import config as cfglib
-from capfuse.decision import apply_threshold, fit_global_threshold
-from capfuse.light import light_report
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
+from capfuse.encoders.cost import light_report
 from capfuse.metrics import gap_at_k, mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
-from capfuse.pseudo import (
-    ProvenanceError,
-    PseudoSettings,
-    PseudoTargets,
-    check_provenance,
-    folds_sha,
-    propagate,
-    provenance,
-    pseudo_counts,
-    rank_blend,
-    select,
-)
+from capfuse.data.logits import logits_frame
+from capfuse.training.pseudo import PseudoSource, folds_sha, pseudo_counts, pseudo_targets
 from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
 from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.runs import FINGERPRINT_FILE, check_inside, check_name, fingerprint_record, read_fingerprint, remove_run
+from capfuse.utils.numeric import sigmoid
 from capfuse.utils.seed import seed_everything
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
-
-
-def logits_frame(ids, logits: np.ndarray, class_ids, extra: dict | None = None) -> pd.DataFrame:
-    """Class-named columns (the user's ids, as strings) so the files read on their own."""
-    df = pd.DataFrame({"ImageID": list(ids)})
-    for key, values in (extra or {}).items():
-        df[key] = values
-    cols = pd.DataFrame(logits.astype(np.float32), columns=[str(c) for c in class_ids])
-    return pd.concat([df, cols], axis=1)
-
-
-def read_aligned(path: Path, ids, columns: list[str]) -> pd.DataFrame:
-    """``columns`` of a per-image CSV, one row per id of ``ids`` in that order; a clear error if
-    the file lacks a column or does not cover the ids exactly."""
-    df = pd.read_csv(path, dtype={"ImageID": str}, keep_default_na=False)
-    missing_cols = [c for c in columns if c not in df.columns]
-    if missing_cols:
-        raise ValueError(f"{path}: missing columns {missing_cols}")
-    if df["ImageID"].duplicated().any() and len(df) != len(ids):
-        raise ValueError(f"{path}: duplicate ImageIDs")
-    if len(df) == len(ids) and list(df["ImageID"]) == list(ids):
-        return df[columns].reset_index(drop=True)
-    indexed = df.drop_duplicates("ImageID").set_index("ImageID")
-    absent = [i for i in ids if i not in indexed.index]
-    if absent:
-        raise ValueError(f"{path}: {len(absent)} ids missing, e.g. {absent[:5]}")
-    return indexed.loc[list(ids), columns].reset_index(drop=True)
-
-
-def read_logits(path: Path, ids, class_ids) -> np.ndarray:
-    """Logits (class-named columns) aligned to ``ids``."""
-    return read_aligned(path, ids, [str(c) for c in class_ids]).to_numpy(np.float32)
 
 
 def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
@@ -88,91 +41,6 @@ def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
     h.update(data_fp.encode())
     h.update(np.asarray(folds, dtype=np.int64).tobytes())
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class PseudoSource:
-    """Where a pseudo-label round takes its labels from: the previous round's run of the model."""
-
-    producer: str  # the previous round's model name, e.g. fusion_lite0 or fusion_lite0@r1
-    producer_dir: Path
-    settings: PseudoSettings
-    round: int
-
-    def fingerprint(self) -> str:
-        # The producer's own fingerprint: retraining it invalidates every later round.
-        return read_json(self.producer_dir / "fingerprint.json")["fingerprint"]
-
-
-def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, n_train: int,
-                   pool_ok: np.ndarray, folds_checksum: str, train_ids: list[str] | None = None,
-                   unlabelled: np.ndarray | None = None, folds: np.ndarray | None = None,
-                   feats: dict | None = None) -> PseudoTargets:
-    """Fold ``fold``'s pseudo-labels: the previous round's fold-``fold`` test predictions, checked.
-
-    The prior that sets each class's cut-offs is the positive rate of the rows this fold trains
-    on (``tr``), the same rows the producer was trained on.
-    """
-    record = read_json(src.producer_dir / f"fold{fold}" / "done.json")
-    if "folds_sha256" not in record and train_ids is not None and (src.producer_dir / "oof_logits.csv").exists():
-        # A run from before fold records carried the fold file's checksum: its OOF file says
-        # which fold held out each row, which is the same fact.
-        oof = pd.read_csv(src.producer_dir / "oof_logits.csv", dtype={"ImageID": str}, usecols=["ImageID", "fold"])
-        record = {**record, "folds_sha256": folds_sha(oof.set_index("ImageID").loc[list(train_ids), "fold"].to_numpy())}
-    prov = provenance(src.round, fold, src.producer, record, folds_checksum)
-    check_provenance(prov, fold, folds_checksum)
-    fold_dir = src.producer_dir / f"fold{fold}"
-    logits = np.load(fold_dir / "test_logits.npy")
-    align = None
-    if src.settings.scores == "align":
-        # Paper (b): the label-query head's alignment scores rank the pool; the producer's
-        # probabilities still give the soft targets and the cut-offs reported.
-        if not (fold_dir / "test_align.npy").exists():
-            raise ValueError(f"pseudo.scores: align needs a producer with a label-query head "
-                             f"(fusion.label_query); {fold_dir} has no test_align.npy")
-        align = np.load(fold_dir / "test_align.npy")
-    pool = np.flatnonzero(pool_ok)  # unreadable test images: zeros in, nothing to learn from
-    rows, pool_logits = n_train + pool, logits[pool]
-    pool_align = align[pool] if align is not None else None
-    if unlabelled is not None and len(unlabelled):
-        # Label-ratio mode: the other folds' unlabelled train rows join the pool (never fold
-        # ``fold``'s own rows, which it is scored on), and so do the rows of an unlabelled
-        # folder. The producer predicted every one, in ``unlabelled``'s order (``extra_logits.npy``).
-        extra = np.load(src.producer_dir / f"fold{fold}" / "extra_logits.npy")
-        if len(extra) != len(unlabelled):
-            raise ProvenanceError(f"{src.producer_dir}: its unlabelled rows differ from this run's; retrain the rounds")
-        keep = np.ones(len(unlabelled), bool)
-        in_train = unlabelled < n_train  # rows of the extra folder belong to no fold
-        keep[in_train] = folds[unlabelled[in_train]] != fold
-        rows, pool_logits = np.concatenate([unlabelled[keep], rows]), np.concatenate([extra[keep], pool_logits])
-        if pool_align is not None:
-            pool_align = np.concatenate([np.load(fold_dir / "extra_align.npy")[keep], pool_align])
-    probs, info = sigmoid(pool_logits), {"scores": src.settings.scores}
-    order = pool_align
-    if src.settings.graph > 0:
-        x = graph_features(feats or {})
-        if x is None:
-            raise ValueError(f"pseudo.graph needs cached pooled features; {src.producer} has none")
-        # The graph holds this fold's training rows (its only seeds) and the pool; fold
-        # ``fold``'s rows are absent, so neither their labels nor their places steer it.
-        nodes = np.concatenate([tr, rows])
-        scores = propagate(x[nodes], np.arange(len(tr)), Y[tr], k=src.settings.graph_k)[len(tr):]
-        order = rank_blend(probs if order is None else order, scores, src.settings.graph)
-        info.update(graph=src.settings.graph, graph_k=src.settings.graph_k)
-    targets, mask, cuts = select(probs, Y[tr].mean(0), src.settings, order)
-    return PseudoTargets(rows=rows, targets=targets, mask=mask, weight=src.settings.weight,
-                         ramp_epochs=src.settings.ramp_epochs,
-                         info={**prov, "pool_rows": int(len(pool)), **info, **{k: v.tolist() for k, v in cuts.items()}})
-
-
-def graph_features(feats: dict) -> np.ndarray | None:
-    """[N, D] rows for the label-propagation graph: the pooled image and caption vectors, each
-    L2-normalised so that neither modality dominates the distances; None without cached vectors."""
-    view = feats.get("views", {}).get("orig", {})
-    parts = [np.asarray(view[key], dtype=np.float32) for key in ("img_pooled", "cap_pooled") if key in view]
-    if not parts:
-        return None
-    return np.concatenate([a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in parts], axis=1)
 
 
 def train_model(
@@ -193,7 +61,7 @@ def train_model(
     """Train ``name`` over all folds; returns its CV metrics (also written to metrics.json).
 
     With ``pseudo_from``, fold k also trains on the unlabelled pool labelled by the previous
-    round's fold-k model (checked by ``capfuse.pseudo.check_provenance`` before it is used).
+    round's fold-k model (checked by ``capfuse.training.pseudo.check_provenance`` before it is used).
     """
     seed = int(model_cfg.get("seed", 42))
     model = MODELS.create(model_cfg["kind"], cfg=model_cfg, seed=seed)
@@ -343,15 +211,3 @@ def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, se
         fh.write(json.dumps(record) + "\n")
     write_json(fold_dir / "done.json", record)
     log.info("%s fold %d: mean F1@0.5 %.4f (%.1f s)", name, fold, record["val_mean_f1@0.5"], record["seconds"])
-
-
-def update_leaderboard(path: Path, metrics: dict) -> pd.DataFrame:
-    """One row per model, replaced when the model is retrained."""
-    cols = ["model", "cv_mean_f1", "cv_map", "cv_gap_at_10", "cv_gap", "threshold", "params", "file_mb", "ms_per_image", "train_minutes"]
-    row = {c: metrics.get(c) for c in cols}
-    board = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=cols)
-    board = board[board["model"] != metrics["model"]]
-    board = pd.concat([board, pd.DataFrame([row])], ignore_index=True) if len(board) else pd.DataFrame([row])
-    board = board.sort_values("cv_mean_f1", ascending=False).reset_index(drop=True)
-    write_csv(path, board)
-    return board

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from capfuse.data.images import load_array, resolve_image_path
-from capfuse.encoders.image import Preprocess, create_backbone, feature_maps, preprocess_for
+from capfuse.encoders.image import Preprocess, feature_maps, preprocess_for
+from capfuse.encoders.registry import build_image
 from capfuse.encoders.weights import state_dict_sha256
 from capfuse.utils.io import allocate_npy, atomic_path, read_json, stat_key, write_json
 from capfuse.utils.log import log, progress
@@ -213,7 +214,7 @@ def embed_image_features(
     if bad or not outputs:
         raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS} and mid<n>, got {outputs}")
     image_ok = np.asarray(image_ok, dtype=bool)
-    model, source = create_backbone(spec.name, weights=spec.weights, num_classes=0)
+    model, source = build_image(spec.name, weights=spec.weights)
     model = model.eval().to(memory_format=torch.channels_last)
     pre = preprocess_for(model, spec.size)
     # The weights' own checksum, not only their file's name: a new file under the old name

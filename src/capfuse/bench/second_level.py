@@ -14,12 +14,12 @@ import time
 import numpy as np
 from scipy.stats import norm
 
-from capfuse.decision import apply_threshold, fit_global_threshold
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.ensemble.blend import mean_blend, nested_blend_oof
 from capfuse.ensemble.stack import stack_features, stack_oof_and_test, stack_params
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.metrics import mean_average_precision, mean_sample_f1
-from capfuse.trainer import sigmoid
+from capfuse.utils.numeric import sigmoid
 
 
 def synthetic_labels(n: int, n_classes: int, rng: np.random.Generator, n_factors: int = 4) -> np.ndarray:

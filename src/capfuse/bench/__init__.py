@@ -1,0 +1,1 @@
+"""Speed measurements behind ``make bench``: embedding throughput and the second level at size."""

@@ -1,0 +1,286 @@
+"""The second level over a run folder: base models' OOF logits → the best candidate → cut-offs.
+
+``stack`` reads every base model's ``oof_logits.csv`` and ``test_logits.csv`` (never images,
+captions or base checkpoints) and builds four candidates on the same folds:
+
+* ``best_single``: the base model with the best OOF mean F1;
+* ``mean_blend``: the plain mean of all models' probabilities (nothing fitted);
+* ``weighted_blend``: non-negative weights fitted on OOF, judged on its nested OOF (fold k's rows
+  use weights fitted on the other folds);
+* ``stack``: LightGBM per class over every model's logits for every class, nested the same way.
+
+Each is scored by OOF mean F1 at its own best global threshold; the best is kept and the file
+says which and why. ``thresholds`` then tunes per-class cut-offs with Optuna on the kept OOF
+probabilities, compares them with one global threshold, and estimates both honestly by nested
+CV (tune on K-1 folds, score on the held-out one). Per-class thresholds are used only when their
+nested score beats the global one's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from capfuse.data.dataset import Dataset
+from capfuse.data.logits import logits_frame, read_aligned, read_logits
+from capfuse.ensemble.blend import (
+    apply_weights,
+    fit_weighted_blend,
+    mean_blend,
+    nested_blend_oof,
+)
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
+from capfuse.ensemble.stack import DEFAULT_ROUNDS, stack_features, stack_oof_and_test
+from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
+from capfuse.metrics import mean_average_precision, mean_sample_f1
+from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json
+from capfuse.utils.log import log, mask_url, stage
+from capfuse.utils.numeric import sigmoid
+
+CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
+ROUND = re.compile(r"r[1-9][0-9]*")  # the suffix of a pseudo-label round's name, name@r<k>
+
+
+def ensemble_dir(paths) -> Path:
+    return paths.runs / "ensemble"
+
+
+def trained_models(paths) -> dict[str, dict]:
+    """``metrics.json`` of every model trained for this dataset, by name."""
+    return {p.parent.name: read_json(p) for p in sorted(paths.runs.glob("*/metrics.json"))}
+
+
+def config_models(cfg: dict) -> list[str]:
+    """The models a config trains: those it lists (``models:``), or the one model a model config is."""
+    if "kind" in cfg:
+        return [cfg["name"]] if cfg.get("name") else []
+    return list(cfg.get("models") or [])
+
+
+def pipeline_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
+    """The config's own models found in ``trained``, with the pseudo-label rounds ``name@r<k>``
+    the train stage made of them.
+
+    ``runs/<dataset>/`` also holds whatever other configs trained there before; those are not
+    this pipeline's, and a submission must not depend on what happens to lie in the folder.
+    """
+    names = config_models(cfg)
+    rounds = [m for m in trained if m.partition("@")[0] in names and ROUND.fullmatch(m.partition("@")[2])]
+    return sorted({*(m for m in names if m in trained), *rounds})
+
+
+def choose_base_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
+    """``ensemble.models``: ``all`` (the config's own models and their pseudo-label rounds) or a
+    list of names. Other trained models in the folder are listed in the log and left out."""
+    want = cfg.get("ensemble", {}).get("models", "all")
+    if not trained:
+        raise FileNotFoundError("no trained model found: run `make train` first")
+    if want == "all":
+        listed = config_models(cfg)
+        if not listed:
+            raise ValueError("the config names no models (`models: [name, ...]`), so `ensemble.models: all` "
+                             "has nothing to stack; list the models to stack in `ensemble.models`")
+        names = pipeline_models(cfg, trained)
+        missing = [m for m in listed if m not in trained]
+        if not names:
+            raise FileNotFoundError(f"none of the config's models {listed} is trained yet: run `make train`")
+        if missing:
+            # As `train --only` leaves it: the trained part of the pipeline is stacked, and said.
+            log.warning("models %s of the config are not trained yet (`make train`); stacking without them", missing)
+    elif isinstance(want, list):
+        names = list(want)
+        missing = [m for m in names if m not in trained]
+        if missing:
+            raise FileNotFoundError(f"models {missing} are not trained yet: run `make train`")
+    else:
+        raise ValueError(f"ensemble.models must be `all` or a list of model names, got {want!r}")
+    ignored = sorted(set(trained) - set(names))
+    if ignored:
+        log.info("trained models left out of the second level, not being this config's (name them in "
+                 "ensemble.models to stack them): %s", ", ".join(ignored))
+    return names
+
+
+def load_base_logits(paths, ds: Dataset, names: list[str], folds: np.ndarray) -> tuple[list, list]:
+    """Every model's OOF and test logits, aligned to the dataset's ids, checked against the folds."""
+    oof, test = [], []
+    for name in names:
+        oof_file = paths.model_dir(name) / "oof_logits.csv"
+        cols = [str(c) for c in ds.class_ids]
+        frame = read_aligned(oof_file, ds.train_ids, [*cols, "fold"])
+        # A model trained on another fold file would have seen the rows it now predicts.
+        if (frame["fold"].to_numpy() != folds).any():
+            raise ValueError(f"{oof_file}: its folds differ from {paths.folds_file}; retrain it with `make train`")
+        oof.append(frame[cols].to_numpy(np.float32))
+        test.append(read_logits(paths.model_dir(name) / "test_logits.csv", ds.test_ids, ds.class_ids))
+    return oof, test
+
+
+def nested_global_f1(Y: np.ndarray, probs: np.ndarray, folds: np.ndarray, rule: dict) -> float:
+    """Mean F1 with one global threshold fitted on the other folds and applied to each held-out fold."""
+    pred = np.zeros_like(Y, dtype=np.uint8)
+    for k in np.unique(folds):
+        tr, te = folds != k, folds == k
+        t, _ = fit_global_threshold(Y[tr], probs[tr], **rule)
+        pred[te] = apply_threshold(probs[te], t, **rule)
+    return float(mean_sample_f1(Y, pred))
+
+
+def _score(Y: np.ndarray, probs: np.ndarray, folds: np.ndarray, rule: dict) -> dict:
+    threshold, f1 = fit_global_threshold(Y, probs, **rule)
+    return {"cv_mean_f1": round(float(f1), 5), "nested_mean_f1": round(nested_global_f1(Y, probs, folds, rule), 5),
+            "cv_map": round(float(mean_average_precision(Y, probs)), 5), "threshold": round(float(threshold), 4)}
+
+
+def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, names: list[str], cfg: dict,
+                     rule: dict) -> dict[str, dict]:
+    """Each candidate's honest OOF probabilities, test probabilities, score and how it was made."""
+
+    ens = cfg.get("ensemble", {})
+    wanted = ens.get("candidates", list(CANDIDATES))
+    unknown = sorted(set(wanted) - set(CANDIDATES))
+    if unknown:
+        raise ValueError(f"unknown ensemble candidates {unknown}; known: {list(CANDIDATES)}")
+    oof_p = [sigmoid(z) for z in oof_logits]
+    test_p = [sigmoid(z) for z in test_logits]
+    out: dict[str, dict] = {}
+    singles = {n: _score(Y, p, folds, rule) for n, p in zip(names, oof_p)}
+    best = max(singles, key=lambda n: singles[n]["cv_mean_f1"])
+    if "best_single" in wanted:
+        i = names.index(best)
+        out["best_single"] = {"oof": oof_p[i], "test": test_p[i], "detail": {"model": best}, "score": singles[best]}
+    if len(names) > 1:
+        if "mean_blend" in wanted:
+            out["mean_blend"] = {"oof": mean_blend(oof_p), "test": mean_blend(test_p), "detail": {"models": names}}
+        if "weighted_blend" in wanted:
+            weights = fit_weighted_blend(Y, oof_p)
+            out["weighted_blend"] = {"oof": nested_blend_oof(Y, oof_p, folds), "test": apply_weights(test_p, weights),
+                                     "detail": {"weights": {n: round(float(w), 4) for n, w in zip(names, weights)}}}
+        if "stack" in wanted:
+            params = dict(ens.get("stack", {}))
+            rounds = int(params.pop("num_rounds", DEFAULT_ROUNDS))
+            init = params.pop("init", "blend")
+            if init not in ("blend", "constant"):
+                raise ValueError(f"ensemble.stack.init must be blend or constant, got {init!r}")
+            base = {"base_probs": oof_p, "base_probs_test": test_p} if init == "blend" else {}
+            oof_s, test_s = stack_oof_and_test(stack_features(oof_logits), Y, folds, stack_features(test_logits),
+                                               params, num_rounds=rounds, **base)
+            out["stack"] = {"oof": oof_s, "test": test_s,
+                            "detail": {"lightgbm": params or "defaults", "num_rounds": rounds, "init": init,
+                                       "features": "every model's logits for every class, per-class mean and spread, "
+                                                   "per-model max/sum/count of probabilities"}}
+    for cand in out.values():
+        if "score" not in cand:
+            cand["score"] = _score(Y, cand["oof"], folds, rule)
+    return out
+
+
+def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
+    """Write ``runs/<dataset>/ensemble/``: candidates.csv, oof_probs.csv, test_probs.csv, stack.json."""
+    with stage("stack", paths.dataset):
+        remove_stale_tmp(ensemble_dir(paths))  # what a killed stack or thresholds run left
+        folds = ds.folds()
+        trained = trained_models(paths)
+        names = choose_base_models(cfg, trained)
+        oof_logits, test_logits = load_base_logits(paths, ds, names, folds)
+        rule = threshold_rule(cfg)
+        cands = build_candidates(ds.Y, oof_logits, test_logits, folds, names, cfg, rule)
+        # Judged by the nested score: the global threshold too is fitted on other folds than it
+        # is scored on, so a candidate cannot win by fitting its own OOF noise.
+        chosen = max(cands, key=lambda c: (cands[c]["score"]["nested_mean_f1"], cands[c]["score"]["cv_mean_f1"]))
+        table = pd.DataFrame([{"candidate": c, **v["score"], "chosen": c == chosen} for c, v in cands.items()])
+        table = table.sort_values("nested_mean_f1", ascending=False).reset_index(drop=True)
+        runner_up = table[table["candidate"] != chosen].head(1)
+        why = (f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score']['nested_mean_f1']:.4f}"
+               + (f" vs {runner_up['nested_mean_f1'].iloc[0]:.4f} for {runner_up['candidate'].iloc[0]}" if len(runner_up) else "")
+               + "); fitted candidates are scored on their nested OOF, so none saw the labels it is scored on")
+        out = ensemble_dir(paths)
+        write_csv(out / "candidates.csv", table)
+        write_csv(out / "oof_probs.csv", logits_frame(ds.train_ids, cands[chosen]["oof"], ds.class_ids, {"fold": folds}))
+        write_csv(out / "test_probs.csv", logits_frame(ds.test_ids, cands[chosen]["test"], ds.class_ids))
+        summary = {
+            "chosen": chosen, "why": why, "base_models": {n: {k: trained[n].get(k) for k in ("kind", "seed", "cv_mean_f1")}
+                                                          for n in names},
+            "candidates": {c: {**v["score"], **v["detail"]} for c, v in cands.items()},
+            "inputs_sha256": _inputs_hash(oof_logits, test_logits, folds, names),
+        }
+        write_json(out / "stack.json", summary)
+        log.info("second level (%d base models):\n%s", len(names), table.to_string(index=False))
+        log.info("kept %s: %s", chosen, why)
+        return summary
+
+
+def _inputs_hash(oof_logits, test_logits, folds, names) -> str:
+    h = hashlib.sha256(json.dumps(names).encode())
+    for arr in (*oof_logits, *test_logits, folds):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def threshold_rule(cfg: dict) -> dict:
+    rules = cfg.get("threshold", {})
+    return {"min_labels": int(rules.get("min_labels", 1)), "max_labels": rules.get("max_labels")}
+
+
+def read_probs(path: Path, ids: list[str], class_ids: list[int]) -> np.ndarray:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run `make stack` (or `make infer`) first")
+    return read_logits(path, ids, class_ids).astype(np.float64)
+
+
+def fit_thresholds(paths, cfg: dict, ds: Dataset, *, storage: str | None = None) -> dict:
+    """Tune global and per-class thresholds on the kept OOF probabilities; write thresholds.json."""
+    with stage("thresholds", paths.dataset):
+        remove_stale_tmp(ensemble_dir(paths))
+        folds = ds.folds()
+        out = ensemble_dir(paths)
+        probs = read_probs(out / "oof_probs.csv", ds.train_ids, ds.class_ids)
+        rule = threshold_rule(cfg)
+        tcfg = cfg.get("threshold", {})
+        trials, seed = int(tcfg.get("trials", 300)), int(cfg.get("seed", 42))
+        storage = storage or tcfg.get("storage") or f"sqlite:///{(out / 'thresholds.db').resolve()}"
+        # One study per input: the same OOF probabilities and rule resume it; new ones start another.
+        key = hashlib.sha256(probs.tobytes() + ds.Y.tobytes() + json.dumps(rule).encode()).hexdigest()[:16]
+        study_name = f"{paths.dataset}-{key}"
+        result = fit_class_thresholds(ds.Y, probs, **rule, n_trials=trials, seed=seed, storage=storage,
+                                      study_name=study_name)
+        nested = nested_threshold_score(ds.Y, probs, folds, **rule, n_trials=trials, seed=seed, full=result)
+        per_class = tcfg.get("per_class", "auto")
+        use_class = per_class is True or (per_class == "auto" and nested["nested"] > nested["global_nested"])
+        summary = {
+            "kind": "per_class" if use_class else "global",
+            "why": (f"nested mean F1 {nested['nested']:.4f} per class vs {nested['global_nested']:.4f} global"
+                    + ("" if per_class == "auto" else f" (threshold.per_class: {per_class})")),
+            "global": {"threshold": round(float(result.global_threshold), 4),
+                       "in_sample": round(float(nested["global_in_sample"]), 5),
+                       "nested": round(float(nested["global_nested"]), 5),
+                       "gap": round(float(nested["global_gap"]), 5)},
+            "per_class": {"thresholds": {str(c): round(float(t), 4) for c, t in zip(ds.class_ids, result.thresholds)},
+                          "in_sample": round(float(result.score), 5), "nested": round(float(nested["nested"]), 5),
+                          "gap": round(float(result.score - nested["nested"]), 5)},
+            "rule": rule, "trials": result.n_trials, "seed": seed, "study": study_name,
+            # A sqlite file is named, not located: the summary holds no path of this machine;
+            # another URL is kept without its password.
+            "storage": f"sqlite:///{Path(storage.removeprefix('sqlite:///')).name}" if storage.startswith("sqlite:///")
+            else mask_url(storage),
+            "candidate": read_json(out / "stack.json")["chosen"] if (out / "stack.json").exists() else None,
+        }
+        write_json(out / "thresholds.json", summary)
+        g, c = summary["global"], summary["per_class"]
+        log.info("global threshold %.3f: in-sample %.4f, nested %.4f (gap %+.4f)", g["threshold"], g["in_sample"],
+                 g["nested"], g["gap"])
+        log.info("per-class thresholds: in-sample %.4f, nested %.4f (gap %+.4f); %d Optuna trials in %s",
+                 c["in_sample"], c["nested"], c["gap"], result.n_trials, summary["storage"])
+        log.info("using %s thresholds: %s", summary["kind"], summary["why"])
+        return summary
+
+
+def thresholds_vector(summary: dict, class_ids: list[int]) -> np.ndarray | float:
+    if summary["kind"] == "global":
+        return float(summary["global"]["threshold"])
+    return np.array([summary["per_class"]["thresholds"][str(c)] for c in class_ids])

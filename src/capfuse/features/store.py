@@ -1,0 +1,229 @@
+"""The feature store: every frozen encoder run once, and what each model of a config reads.
+
+Per image and test-time view (original, horizontal flip): the pooled vector, a token grid of
+the final feature map and, for models that train a backbone's top stages on the CPU, the map
+entering those stages. Per caption: MiniLM token states (or GloVe vectors) and their mask.
+Caches live in ``runs/<dataset>/cache/`` and are keyed by encoder, size, view and a checksum
+of the inputs (see ``capfuse.features.image`` and ``capfuse.features.text``), so ``make train``
+finds them and a changed image or caption rebuilds only what it invalidates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from capfuse.data.dataset import Dataset
+from capfuse.encoders.registry import caption_entry
+from capfuse.encoders.text import TextEncoderSpec
+from capfuse.features.image import ImageEncoderSpec, embed_image_features, inputs_checksum, mid_output
+from capfuse.features.text import embed_captions
+from capfuse.features.tfidf import tfidf_features
+from capfuse.utils.io import remove_stale_tmp
+from capfuse.nn.fusion import needs_class_text
+
+DEFAULT_IMAGE_ENCODER = {"name": "tf_efficientnet_lite0"}
+DEFAULT_CAPTION_ENCODER = {"name": "minilm"}
+
+
+def _hash_text(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode())
+    return h.hexdigest()
+
+
+def image_outputs(model_cfg: dict) -> tuple[str, ...]:
+    """What a model reads from the image cache: pooled vectors, token grids or a mid-level map."""
+    if model_cfg["kind"] != "net":
+        return ("pooled",)
+    n = int(model_cfg.get("image_encoder", {}).get("train_blocks", 0))
+    return (mid_output(n),) if n > 0 else ("pooled", "tokens")
+
+
+def uses_cache(model_cfg: dict) -> bool:
+    """End-to-end fine-tuning decodes images itself; every other model reads cached features."""
+    return not (model_cfg["kind"] == "net" and model_cfg.get("finetune", False))
+
+
+def flip_views(model_cfg: dict) -> tuple[str, ...]:
+    train = model_cfg.get("train", {})
+    if model_cfg["kind"] == "net" and (train.get("tta", True) or train.get("flip_p", 0.5) > 0):
+        return ("orig", "hflip")
+    return ("orig",)
+
+
+class FeatureStore:
+    """Builds each feature block once per run and shares it between models."""
+
+    def __init__(self, ds: Dataset, quiet: bool | None, models: dict[str, dict] | None = None) -> None:
+        self.ds = ds
+        self.quiet = quiet
+        # Every stage that embeds builds a store first: the arrays a killed run was writing
+        # (gigabytes, memory-mapped) go before new ones claim the disk.
+        remove_stale_tmp(ds.paths.cache)
+        self._image: dict = {}
+        self._caption: dict = {}
+        # Every output any model needs from an encoder, so one backbone pass serves them all.
+        self.wanted: dict[ImageEncoderSpec, set[str]] = {}
+        for model_cfg in (models or {}).values():
+            if "image" in model_cfg.get("inputs", ["image", "caption"]) and uses_cache(model_cfg):
+                spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+                self.wanted.setdefault(spec, set()).update(image_outputs(model_cfg))
+
+    def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(outputs) | self.wanted.get(spec, set())))
+
+    def image(self, spec: ImageEncoderSpec) -> tuple[np.ndarray, str]:
+        out = self.image_views(spec, ("pooled",), ("orig",))["orig"]
+        return out["pooled"], out["checksum"]
+
+    def caption_tfidf(self, params: dict) -> tuple:
+        key = ("tfidf", repr(sorted(params.items())))
+        if key not in self._caption:
+            v = self.ds.val
+            self._caption[key] = tfidf_features(list(v.train["Caption"]), list(v.test["Caption"]), **params)
+        return self._caption[key]
+
+    def image_views(self, spec: ImageEncoderSpec, outputs: tuple[str, ...], views: tuple[str, ...]) -> dict:
+        """The requested outputs of every row (train then test), for each test-time view."""
+        outputs = self._outputs(spec, outputs)
+        key = (spec, outputs, views)
+        if key not in self._image:
+            ids, ok = self.ds.train_ids + self.ds.test_ids, self.ds.image_ok
+            self._image[key] = {view: embed_image_features(self.ds.paths.data_dir, ids, ok, spec, self.ds.paths.cache,
+                                                           view=view, outputs=outputs, quiet=self.quiet)
+                                for view in views}
+        return self._image[key]
+
+    def caption_tokens(self, spec) -> dict:
+        """Token states, mask and pooled vectors of every caption (train then test)."""
+        key = ("tokens", spec)
+        if key not in self._caption:
+            v = self.ds.val
+            captions = list(v.train["Caption"]) + list(v.test["Caption"])
+            entry = caption_entry(spec.name)
+            if entry.lookup is not None:
+                # A table lookup: faster to redo than to cache.
+                pooled, tokens, mask = entry.lookup(captions, spec.max_len)
+                checksum = _hash_text(spec.name, entry.source, spec.max_len, captions)
+                self._caption[key] = {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": checksum}
+            else:
+                self._caption[key] = embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
+        return self._caption[key]
+
+    def for_net(self, model_cfg: dict, parts: list) -> dict:
+        """Feature views for the ``net`` kind in cached mode: rows are train then test."""
+        inputs = model_cfg.get("inputs", ["image", "caption"])
+        views = flip_views(model_cfg)
+        out: dict = {view: {} for view in views}
+        dims: dict = {}
+        if "image" in inputs:
+            spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+            wanted = image_outputs(model_cfg)
+            img = self.image_views(spec, wanted, views)
+            # Models that train the top stages read the mid map; the others read the final one.
+            keys = {"img_mid": wanted[0]} if wanted[0].startswith("mid") else {"img_pooled": "pooled",
+                                                                               "img_tokens": "tokens"}
+            for view in views:
+                out[view].update({key: img[view][name] for key, name in keys.items()})
+                parts.append(img[view]["checksum"])
+            orig = {key: img["orig"][name] for key, name in keys.items()}
+            # Channels of the mid map [N, C, h, w], width of pooled [N, D] and tokens [N, T, D].
+            dims.update({key: arr.shape[1] if key != "img_tokens" else arr.shape[2] for key, arr in orig.items()})
+        if "caption" in inputs:
+            cap = self.caption_tokens(TextEncoderSpec(**model_cfg.get("caption_encoder", DEFAULT_CAPTION_ENCODER)))
+            for view in views:  # captions do not flip
+                out[view].update(cap_pooled=cap["pooled"], cap_tokens=cap["tokens"], cap_mask=cap["mask"])
+            parts.append(cap["checksum"])
+            dims["cap_pooled"], dims["cap_tokens"] = cap["pooled"].shape[1], cap["tokens"].shape[2]
+        return {"views": out, "dims": dims}
+
+    def extra_rows(self, model_cfg: dict, feats: dict, parts: list) -> None:
+        """Append the unlabelled folder's rows after the test rows of every cached view.
+
+        Their features are cached apart (``cache/unlabelled/``, key ``unlabelled``), so naming
+        a folder never recomputes the train and test features.
+        """
+        extra, folder = self.ds.extra, self.ds.extra_dir
+        ids, captions = list(extra["ImageID"]), list(extra["Caption"])
+        inputs = model_cfg.get("inputs", ["image", "caption"])
+        views = feats["views"]
+        if "image" in inputs:
+            spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+            names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(model_cfg)[0]}
+            for view in views:
+                keys = [k for k in views[view] if k in names]
+                got = embed_image_features(folder, ids, np.ones(len(ids), bool), spec, self.ds.paths.cache / "unlabelled",
+                                           view=view, outputs=self._outputs(spec, tuple(names[k] for k in keys)),
+                                           quiet=self.quiet)
+                for k in keys:
+                    views[view][k] = np.concatenate([views[view][k], got[names[k]]])
+                parts.append(got["checksum"])
+        if "caption" in inputs:
+            spec = TextEncoderSpec(**model_cfg.get("caption_encoder", DEFAULT_CAPTION_ENCODER))
+            entry = caption_entry(spec.name)
+            if entry.lookup is not None:
+                pooled, tokens, mask = entry.lookup(captions, spec.max_len)
+                cap = {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": _hash_text(f"{spec.name}-extra", captions)}
+            else:
+                cap = embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
+            # Captions do not flip: one concatenation serves every view.
+            joined = {k: np.concatenate([views["orig"][k], cap[name]])
+                      for k, name in (("cap_pooled", "pooled"), ("cap_tokens", "tokens"), ("cap_mask", "mask"))}
+            for view in views:
+                views[view].update(joined)
+            parts.append(cap["checksum"])
+        first = len(self.ds.train_ids) + len(self.ds.test_ids)
+        feats["extra_pool_rows"] = np.arange(first, first + len(ids))
+        parts.extend([ids, captions])
+
+    def for_model(self, model_cfg: dict, with_extra: bool = False) -> dict:
+        """What ``model_cfg`` reads, for every row: train, test and, ``with_extra`` (models with
+        pseudo-label rounds), the rows of the unlabelled folder (``data.unlabelled``)."""
+        n_train = len(self.ds.train_ids)
+        # Test rows with a usable image: the unlabelled pool that pseudo-label rounds may use.
+        feats: dict = {"n_test": len(self.ds.test_ids), "test_image_ok": self.ds.val.test["image_ok"].to_numpy(bool)}
+        parts = [self.ds.train_ids, self.ds.test_ids, list(self.ds.val.train["Caption"]),
+                 list(self.ds.val.test["Caption"]), self.ds.Y.tobytes()]
+        inputs = model_cfg.get("inputs", ["image", "caption"])
+        if model_cfg["kind"] == "net" and uses_cache(model_cfg):
+            feats.update(self.for_net(model_cfg, parts))
+            if with_extra and self.ds.extra is not None:
+                self.extra_rows(model_cfg, feats, parts)
+        elif model_cfg["kind"] == "net":
+            feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
+                         image_ok=self.ds.image_ok,
+                         captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]))
+            if "image" in inputs:
+                # Fine-tuning decodes the images itself, so no feature checksum speaks for them:
+                # their stat keys do, and a replaced image retrains the model.
+                parts.append(inputs_checksum(self.ds.paths.data_dir, feats["ids"], feats["image_ok"]))
+        else:
+            if "image" in inputs:
+                spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
+                arr, checksum = self.image(spec)
+                feats["image_train"], feats["image_test"] = arr[:n_train], arr[n_train:]
+                parts.append(checksum)
+            if "caption" in inputs:
+                feats["caption_train"], feats["caption_test"] = self.caption_tfidf(model_cfg.get("tfidf", {}))
+        # Class ids and names: label-query heads embed the names as prompts, the context task
+        # reports its groups by name. Names count towards the fingerprint only for models that
+        # read them, so renaming a class retrains those models and no others.
+        feats.update(class_ids=list(self.ds.class_ids), class_names=list(self.ds.val.classes.names))
+        if model_cfg["kind"] == "net":
+            if needs_class_text(model_cfg):
+                parts.append(feats["class_names"])
+        feats["fingerprint"] = _hash_text(*parts)
+        return feats
+
+
+def cache_listing(cache_dir: Path) -> list[dict]:
+    """Every cached array: file name, shape and size."""
+    rows = []
+    for f in sorted(Path(cache_dir).glob("*.npy")):
+        arr = np.load(f, mmap_mode="r")
+        rows.append({"file": f.name, "shape": "x".join(map(str, arr.shape)), "mb": f.stat().st_size / 2**20})
+    return rows
