@@ -214,10 +214,13 @@ def _dispatch(args) -> int:
     steps = SEQUENCES.get(args.command, (args.command,))
     if not COMMANDS[steps[0]].dataset:
         return _handler(steps[0])(args)
+    # The stages first: the components they build (losses, heads, ...) register their parameters
+    # with the config schema, so the config is checked against them as it loads.
+    handlers = [_handler(step) for step in steps]
     paths, cfg, quiet = _context(args)
     with _locked(paths, args):
-        for step in steps:
-            code = _handler(step)(args, paths, cfg, quiet)
+        for handler in handlers:
+            code = handler(args, paths, cfg, quiet)
             if code:
                 return code
     return 0

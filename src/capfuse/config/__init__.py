@@ -11,6 +11,7 @@ from capfuse.config.load import (
     get,
     load_config,
     load_with_sources,
+    record_sources,
     resolve_config_path,
 )
 from capfuse.config.schema import (
@@ -25,26 +26,30 @@ from capfuse.config.schema import (
     FusionSettings,
     HeadSettings,
     ImageEncoderSettings,
+    ImageEncoderSpec,
     LabelQuerySettings,
     LinearModelSettings,
     LossSettings,
     ModelSettings,
     NetModelSettings,
     PipelineSettings,
+    PseudoSettings,
     RatiosSettings,
+    TextEncoderSpec,
     ThresholdSettings,
     TrainSettings,
+    register_components,
+    register_parameters,
     resolve,
     resolve_model,
-    resolve_zeroshot,
     validate,
 )
 
 __all__ = [
-    "INHERIT_KEY", "ConfigError", "apply_override", "deep_merge", "dump", "get", "load_config", "load_with_sources",
+    "INHERIT_KEY", "ConfigError", "apply_override", "deep_merge", "dump", "get", "load_config", "load_with_sources", "record_sources",
     "resolve_config_path", "AblationSettings", "AblationVariant", "AuxSettings", "CaptionEncoderSettings",
     "DataSettings", "EnsembleSettings", "FinetuneOptions", "FoldsSettings", "FusionSettings", "HeadSettings",
-    "ImageEncoderSettings", "LabelQuerySettings", "LinearModelSettings", "LossSettings", "ModelSettings",
-    "NetModelSettings", "PipelineSettings", "RatiosSettings", "ThresholdSettings", "TrainSettings", "resolve",
-    "resolve_model", "resolve_zeroshot", "validate",
+    "ImageEncoderSettings", "ImageEncoderSpec", "LabelQuerySettings", "LinearModelSettings", "LossSettings", "ModelSettings",
+    "NetModelSettings", "PipelineSettings", "PseudoSettings", "RatiosSettings", "TextEncoderSpec", "ThresholdSettings", "TrainSettings", "resolve",
+    "resolve_model", "register_components", "register_parameters", "validate",
 ]

@@ -19,15 +19,10 @@ from typing import Any
 
 import yaml
 
+from capfuse.config.errors import ConfigError, Sources, source_of  # noqa: F401 (re-exported)
+from capfuse.config.schema import validate as check_config
+
 INHERIT_KEY = "inherit"
-
-# Where each key of a merged config came from: the key's path (dict keys, list indices) -> a file
-# path or "--set a.b=value". A path without an entry inherits the entry of its nearest parent.
-Sources = dict[tuple, str]
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -46,15 +41,6 @@ def record_sources(value: Any, path: tuple, origin: str, sources: Sources) -> No
     if isinstance(value, dict):
         for key, sub in value.items():
             record_sources(sub, path + (key,), origin, sources)
-
-
-def source_of(sources: Sources | None, path: tuple, default: str = "<config>") -> str:
-    """The origin of ``path``: its own entry, else that of the nearest parent that has one."""
-    for end in range(len(path), 0, -1):
-        hit = (sources or {}).get(tuple(path[:end]))
-        if hit is not None:
-            return hit
-    return default
 
 
 def _config_root(path: Path) -> Path:
@@ -133,9 +119,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, validat
     """
     cfg, sources = load_with_sources(path, overrides)
     if validate:
-        from capfuse.config.schema import validate as check
-
-        check(cfg, sources, source=str(path))
+        check_config(cfg, sources, source=str(path))
     return cfg
 
 

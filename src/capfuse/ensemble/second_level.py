@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from capfuse.config.schema import CANDIDATES, register_parameters, resolve
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import logits_frame, read_aligned, read_logits
 from capfuse.ensemble.blend import (
@@ -35,14 +36,18 @@ from capfuse.ensemble.blend import (
     nested_blend_oof,
 )
 from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
-from capfuse.ensemble.stack import DEFAULT_ROUNDS, stack_features, stack_oof_and_test
+from capfuse.ensemble.stack import DEFAULT_PARAMS, DEFAULT_ROUNDS, stack_features, stack_oof_and_test
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.metrics import mean_average_precision, mean_sample_f1
 from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json
 from capfuse.utils.log import log, mask_url, stage
 from capfuse.utils.numeric import sigmoid
 
-CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
+# ``ensemble.stack``: the stacker's LightGBM parameters (defaults: DEFAULT_PARAMS), its number of
+# rounds (DEFAULT_ROUNDS) and how it starts (``init``: blend or constant); the config is checked
+# against these names. ``ensemble.candidates`` choose among CANDIDATES (capfuse.config.schema).
+register_parameters("ensemble.stack", [*DEFAULT_PARAMS, "num_rounds", "init"])
+
 ROUND = re.compile(r"r[1-9][0-9]*")  # the suffix of a pseudo-label round's name, name@r<k>
 
 
@@ -57,9 +62,10 @@ def trained_models(paths) -> dict[str, dict]:
 
 def config_models(cfg: dict) -> list[str]:
     """The models a config trains: those it lists (``models:``), or the one model a model config is."""
+    top = resolve(cfg)
     if "kind" in cfg:
-        return [cfg["name"]] if cfg.get("name") else []
-    return list(cfg.get("models") or [])
+        return [top.name] if top.name else []
+    return list(top.models)
 
 
 def pipeline_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
@@ -77,7 +83,7 @@ def pipeline_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
 def choose_base_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
     """``ensemble.models``: ``all`` (the config's own models and their pseudo-label rounds) or a
     list of names. Other trained models in the folder are listed in the log and left out."""
-    want = cfg.get("ensemble", {}).get("models", "all")
+    want = resolve(cfg).ensemble.models
     if not trained:
         raise FileNotFoundError("no trained model found: run `make train` first")
     if want == "all":
@@ -92,7 +98,7 @@ def choose_base_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
         if missing:
             # As `train --only` leaves it: the trained part of the pipeline is stacked, and said.
             log.warning("models %s of the config are not trained yet (`make train`); stacking without them", missing)
-    elif isinstance(want, list):
+    elif isinstance(want, (list, tuple)):
         names = list(want)
         missing = [m for m in names if m not in trained]
         if missing:
@@ -141,8 +147,8 @@ def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, 
                      rule: dict) -> dict[str, dict]:
     """Each candidate's honest OOF probabilities, test probabilities, score and how it was made."""
 
-    ens = cfg.get("ensemble", {})
-    wanted = ens.get("candidates", list(CANDIDATES))
+    ens = resolve(cfg).ensemble
+    wanted = ens.candidates
     unknown = sorted(set(wanted) - set(CANDIDATES))
     if unknown:
         raise ValueError(f"unknown ensemble candidates {unknown}; known: {list(CANDIDATES)}")
@@ -162,7 +168,7 @@ def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, 
             out["weighted_blend"] = {"oof": nested_blend_oof(Y, oof_p, folds), "test": apply_weights(test_p, weights),
                                      "detail": {"weights": {n: round(float(w), 4) for n, w in zip(names, weights)}}}
         if "stack" in wanted:
-            params = dict(ens.get("stack", {}))
+            params = dict(ens.stack)
             rounds = int(params.pop("num_rounds", DEFAULT_ROUNDS))
             init = params.pop("init", "blend")
             if init not in ("blend", "constant"):
@@ -223,8 +229,8 @@ def _inputs_hash(oof_logits, test_logits, folds, names) -> str:
 
 
 def threshold_rule(cfg: dict) -> dict:
-    rules = cfg.get("threshold", {})
-    return {"min_labels": int(rules.get("min_labels", 1)), "max_labels": rules.get("max_labels")}
+    rules = resolve(cfg).threshold
+    return {"min_labels": rules.min_labels, "max_labels": rules.max_labels}
 
 
 def read_probs(path: Path, ids: list[str], class_ids: list[int]) -> np.ndarray:
@@ -241,16 +247,17 @@ def fit_thresholds(paths, cfg: dict, ds: Dataset, *, storage: str | None = None)
         out = ensemble_dir(paths)
         probs = read_probs(out / "oof_probs.csv", ds.train_ids, ds.class_ids)
         rule = threshold_rule(cfg)
-        tcfg = cfg.get("threshold", {})
-        trials, seed = int(tcfg.get("trials", 300)), int(cfg.get("seed", 42))
-        storage = storage or tcfg.get("storage") or f"sqlite:///{(out / 'thresholds.db').resolve()}"
+        top = resolve(cfg)
+        tcfg = top.threshold
+        trials, seed = tcfg.trials, top.seed
+        storage = storage or tcfg.storage or f"sqlite:///{(out / 'thresholds.db').resolve()}"
         # One study per input: the same OOF probabilities and rule resume it; new ones start another.
         key = hashlib.sha256(probs.tobytes() + ds.Y.tobytes() + json.dumps(rule).encode()).hexdigest()[:16]
         study_name = f"{paths.dataset}-{key}"
         result = fit_class_thresholds(ds.Y, probs, **rule, n_trials=trials, seed=seed, storage=storage,
                                       study_name=study_name)
         nested = nested_threshold_score(ds.Y, probs, folds, **rule, n_trials=trials, seed=seed, full=result)
-        per_class = tcfg.get("per_class", "auto")
+        per_class = tcfg.per_class
         use_class = per_class is True or (per_class == "auto" and nested["nested"] > nested["global_nested"])
         summary = {
             "kind": "per_class" if use_class else "global",

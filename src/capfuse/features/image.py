@@ -13,12 +13,12 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from capfuse.config.schema import IMAGE_MODEL_KEYS, ImageEncoderSpec  # noqa: F401 (re-exported)
 from capfuse.data.images import load_array, resolve_image_path
 from capfuse.encoders.image import Preprocess, feature_maps, preprocess_for
 from capfuse.encoders.registry import build_image
@@ -29,29 +29,8 @@ from capfuse.utils.log import log, progress
 VIEWS = ("orig", "hflip")
 
 
-@dataclass(frozen=True)
-class ImageEncoderSpec:
-    name: str  # timm model name
-    size: int | None = None  # input size; None = the backbone's native size
-    weights: str = "auto"
-    batch_size: int = 16  # ONNX Runtime on 2 cores: 16 → 105 images/s, 64 → 95 (make bench)
-    # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
-    # torch: no export step (and the only choice on a GPU).
-    backend: str = "onnx"
-    grid: int = 4  # token grid side: the final feature map is average-pooled to grid x grid tokens
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> ImageEncoderSpec:
-        known = {"name", "size", "weights", "batch_size", "backend", "grid"}
-        unknown = set(cfg) - known - MODEL_KEYS
-        if unknown:
-            raise ValueError(f"unknown image encoder keys {sorted(unknown)}; known: {sorted(known | MODEL_KEYS)}")
-        return cls(**{k: v for k, v in cfg.items() if k in known})
-
-
-# Image-encoder keys that the model reads (which top stages train, and how), not the cache:
-# models that differ only in them share one cached pass of the backbone.
-MODEL_KEYS = {"train_blocks", "freeze_bn"}
+# The cache's key is the ``image_encoder:`` block's cache part: one home for its defaults.
+MODEL_KEYS = set(IMAGE_MODEL_KEYS)
 
 
 def inputs_checksum(data_dir: Path, image_ids: list[str], image_ok: np.ndarray) -> str:

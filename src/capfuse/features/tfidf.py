@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from capfuse.config.schema import component_params, register_parameters
+
 
 def tfidf_features(
     train_captions: Sequence[str],
@@ -32,3 +34,7 @@ def tfidf_features(
     )
     vec.fit(list(train_captions) + list(test_captions))
     return vec.transform(train_captions).tocsr(), vec.transform(test_captions).tocsr()
+
+
+# A model config's ``tfidf:`` block gives these keyword arguments (their defaults are above).
+register_parameters("tfidf", component_params(tfidf_features))

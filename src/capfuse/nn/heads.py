@@ -17,10 +17,12 @@ import math
 import torch
 from torch import nn
 
+from capfuse.config.schema import register_components
 from capfuse.nn.pooling import masked_mean
 from capfuse.utils.registry import Registry
 
 HEADS = Registry("head")
+register_components("head", HEADS)  # a config's image_head/caption_head is checked against the chosen head's parameters
 
 
 @HEADS.register("mlp")

@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from capfuse.config.schema import register_components
 from capfuse.utils.registry import Registry
 
 LOSSES = Registry("loss")
+register_components("loss", LOSSES)  # a config's train.loss is checked against the chosen loss's parameters
 
 
 def class_frequencies(Y: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ renames them for a side study such as ``configs/early_stop.yaml``).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,46 +47,55 @@ COLUMNS = ["variant", "group", "change", "score", "mean_f1", "map", "gap_at_10",
 
 
 def variant_configs(cfg: dict, config_path: Path) -> list[dict]:
-    """The ``ablation.variants`` list, each with its resolved model config (``model``)."""
-    spec = cfg.get("ablation") or {}
-    variants = spec.get("variants") or []
+    """The ``ablation.variants`` list, each with its resolved model config (``model``).
+
+    A derived variant's model (its base's file with the variant's ``set`` merged in) is checked
+    as a whole against its kind: an unknown key names the base's file or the variant's ``set``.
+    (Keys of the variant itself were checked when the ablation config loaded.)
+    """
+    top = cfglib.resolve(cfg)
+    variants = top.ablation.variants
     if not variants:
         raise ValueError(f"{config_path}: `ablation.variants` lists no variant")
     inherited = {k: v for k, v in cfg.items() if k not in SECOND_LEVEL_KEYS}
-    pipeline_models = set(cfg.get("models") or [])
+    pipeline_models = set(top.models)
     out, seen = [], set()
     for i, v in enumerate(variants):
         where = f"{config_path}: ablation.variants[{i}]"
-        if not isinstance(v, dict) or "name" not in v:
+        if not v.name:
             raise ValueError(f"{where}: each variant needs a `name`")
-        if v["name"] in seen:
-            raise ValueError(f"{where}: variant {v['name']!r} is listed twice")
-        seen.add(v["name"])
-        unknown = set(v) - {"name", "base", "group", "change", "set", "pseudo"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        base = v.get("base", v["name"])
+        if v.name in seen:
+            raise ValueError(f"{where}: variant {v.name!r} is listed twice")
+        seen.add(v.name)
+        base = v.base or v.name
         path = cfglib.resolve_config_path(f"models/{base}", relative_to=config_path)
-        model = cfglib.deep_merge(inherited, cfglib.load_config(path))
-        derived = bool(v.get("set"))
+        base_cfg, sources = cfglib.load_with_sources(path)
+        derived = bool(v.set)
         if derived:
-            model = cfglib.deep_merge(model, v["set"])
+            base_cfg = cfglib.deep_merge(base_cfg, v.set)
+            for key, value in v.set.items():
+                cfglib.record_sources(value, (key,), f"{where}.set", sources)
+        cfglib.validate(base_cfg, sources, source=str(path))
+        model = cfglib.deep_merge(inherited, base_cfg)
         # A variant that is exactly one of the pipeline's models shares its run folder (trained
         # once); any other lives under ablation/, out of the stack stage's `models: all`.
         shared = not derived and base in pipeline_models
-        name = v["name"] if derived else base
+        name = v.name if derived else base
         # ``pseudo``: settings of pseudo-label rounds on top of the (base) model; the rounds are the variant.
-        pseudo = PseudoSettings.from_config({**model.get("pseudo", {}), **v["pseudo"]}) if v.get("pseudo") else None
-        if pseudo is not None and not pseudo.rounds:
-            raise ValueError(f"{where}: `pseudo` needs rounds >= 1")
-        out.append({"name": v["name"], "group": v.get("group", ""), "change": v.get("change", ""),
+        pseudo = None
+        if v.pseudo:
+            pseudo = PseudoSettings.from_config({**asdict(cfglib.resolve_model(model).pseudo), **v.pseudo})
+            if not pseudo.rounds:
+                raise ValueError(f"{where}: `pseudo` needs rounds >= 1")
+        out.append({"name": v.name, "group": v.group, "change": v.change,
                     "model": {**model, "name": name}, "shared": shared, "pseudo": pseudo})
     return out
 
 
 def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None) -> pd.DataFrame:
     variants = variant_configs(cfg, config_path)
-    reference = (cfg.get("ablation") or {}).get("reference")
+    spec = cfglib.resolve(cfg).ablation
+    reference = spec.reference
     with stage("ablate", f"{paths.dataset}: {len(variants)} variants"):
         ds = load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
@@ -117,12 +127,12 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         table = pd.DataFrame(rows)
         ref = table.loc[table["variant"] == reference, "mean_f1"]
         table["delta"] = (table["mean_f1"] - ref.iloc[0]).round(5) if len(ref) else np.nan
-        if (cfg.get("ablation") or {}).get("second_level", True):
+        if spec.second_level:
             table = pd.concat([table, second_level_rows(paths, ds, cfg)], ignore_index=True)
         table = table[COLUMNS]
         # ``ablation.output`` names the table, so a side study (configs/early_stop.yaml) keeps
         # the main ablation table intact.
-        out = check_name((cfg.get("ablation") or {}).get("output", "ablation"), f"{config_path}: ablation.output")
+        out = check_name(spec.output, f"{config_path}: ablation.output")
         write_csv(paths.runs / f"{out}.csv", table)
         write_text(paths.runs / f"{out}.md", markdown_table(table))
         log.info("%s (%s):\n%s", out, paths.runs / f"{out}.csv", table.to_string(index=False))
@@ -151,8 +161,8 @@ def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
                      "score": "nested CV", "mean_f1": c["score"]["nested_mean_f1"], "map": c["score"]["cv_map"],
                      "gap_at_10": round(float(gap_at_k(ds.Y, c["oof"], 10)), 5), "minutes": round(minutes, 3)})
     kept = max(cands, key=lambda k: (cands[k]["score"]["nested_mean_f1"], cands[k]["score"]["cv_mean_f1"]))
-    tcfg = cfg.get("threshold", {})
-    trials, seed = int(tcfg.get("trials", 300)), int(cfg.get("seed", 42))
+    top = cfglib.resolve(cfg)
+    trials, seed = top.threshold.trials, top.seed
     t0 = time.perf_counter()
     full = fit_class_thresholds(ds.Y, cands[kept]["oof"], **rule, n_trials=trials, seed=seed)
     nested = nested_threshold_score(ds.Y, cands[kept]["oof"], folds, **rule, n_trials=trials, seed=seed, full=full)

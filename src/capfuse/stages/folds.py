@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from capfuse.data.folds import fold_class_counts, make_folds, rare_classes, read_folds, write_folds
+from capfuse.config.schema import resolve
 from capfuse.data.dataset import load_dataset
+from capfuse.data.folds import fold_class_counts, make_folds, rare_classes, read_folds, write_folds
 from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
 
 def run_folds(paths, cfg: dict, *, force: bool = False, quiet: bool | None = None) -> pd.DataFrame:
-    k = int(cfg.get("folds", {}).get("k", 5))
-    seed = int(cfg.get("folds", {}).get("seed", 42))
+    folds_cfg = resolve(cfg).folds
+    k, seed = folds_cfg.k, folds_cfg.seed
     with stage("folds", f"{paths.dataset}, k={k}, seed={seed}"):
         ds = load_dataset(paths, cfg, quiet=quiet)
         target = paths.folds_file

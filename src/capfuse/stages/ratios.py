@@ -9,27 +9,30 @@ labelled by the previous round's fold-k model (see ``capfuse.training.pseudo``).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from capfuse.training.pseudo import PseudoSettings, label_subset
+from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import load_dataset
 from capfuse.features.store import FeatureStore
-from capfuse.training.selection import SECOND_LEVEL_KEYS, model_configs
-from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.cv import train_model
+from capfuse.training.pseudo import PseudoSettings, label_subset
+from capfuse.training.rounds import pseudo_rounds
+from capfuse.training.selection import SECOND_LEVEL_KEYS, model_configs
 from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
 
 def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None) -> pd.DataFrame:
-    rcfg = cfg.get("ratios", {})
-    percents = [float(p) for p in rcfg.get("percents", [5, 10, 20, 100])]
-    names = list(rcfg.get("models", ["fusion_lite0"]))
+    top = resolve(cfg)
+    rcfg = top.ratios
+    percents = list(rcfg.percents)
+    names = list(rcfg.models)
     models = model_configs({**{k: v for k, v in cfg.items() if k not in ("models", "ratios")}, "models": names},
                            config_path)
-    seed = int(cfg.get("seed", 42))
+    seed = top.seed
     with stage("ratios", f"{paths.dataset}: {', '.join(names)} at {percents} % of the labels"):
         ds = load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
@@ -39,8 +42,8 @@ def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
             feats = store.for_model(model_cfg, with_extra=True)  # an unlabelled folder joins the pool
             common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds, class_ids=ds.class_ids,
                           feats=feats, data_fingerprint=feats["fingerprint"])
-            settings = PseudoSettings.from_config({**model_cfg.get("pseudo", {}),
-                                                   "rounds": int(rcfg.get("pseudo_rounds", 2))})
+            settings = PseudoSettings.from_config({**asdict(resolve_model(model_cfg).pseudo),
+                                                   "rounds": rcfg.pseudo_rounds})
             plain = {k: v for k, v in model_cfg.items() if k not in ("pseudo", *SECOND_LEVEL_KEYS)} | {"name": name}
             for p in percents:
                 labelled = label_subset(ds.Y, p / 100.0, seed)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from capfuse.config.schema import resolve_model
 from capfuse.data.dataset import load_dataset
 from capfuse.features.store import FeatureStore
 from capfuse.training.cv import train_model
 from capfuse.training.leaderboard import update_leaderboard
-from capfuse.training.pseudo import PseudoSettings
 from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.selection import select_models
 from capfuse.utils.dist import init_distributed
@@ -26,7 +26,7 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
         board = None
         for name, model_cfg in models.items():
             with stage(f"train {name}", model_cfg["kind"]):
-                settings = PseudoSettings.from_config(model_cfg.get("pseudo"))
+                settings = resolve_model(model_cfg).pseudo
                 # The unlabelled folder's rows join only models with rounds: the others never use them.
                 feats = store.for_model(model_cfg, with_extra=settings.rounds > 0)
                 common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds,

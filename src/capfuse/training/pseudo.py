@@ -24,38 +24,11 @@ import pandas as pd
 
 from capfuse.utils.io import read_json
 from capfuse.utils.numeric import sigmoid
+from capfuse.config.schema import PseudoSettings  # noqa: F401 (the pseudo: block; re-exported)
 
 
 class ProvenanceError(RuntimeError):
     """Pseudo-labels whose producer saw the labels of the fold they would train."""
-
-
-@dataclass(frozen=True)
-class PseudoSettings:
-    """The ``pseudo:`` block of a model config."""
-
-    rounds: int = 0  # 0: no pseudo-label rounds
-    pos_keep: float = 0.6  # share of each class's expected positives kept as positives (most confident first)
-    neg_keep: float = 0.9  # share of each class's expected negatives kept as negatives (least likely first)
-    soft: bool = False  # True: kept entries get the producer's probability as target, not 0/1
-    weight: float = 1.0  # the pseudo rows' loss weight once the ramp is complete
-    ramp_epochs: float = 5.0  # the weight grows linearly from ~0 to ``weight`` over these epochs
-    min_gain: float = 0.0  # a round must raise CV mean F1 by more than this, or the rounds stop
-    graph: float = 0.0  # weight of label propagation over a kNN graph of the features in the ranking (0: off)
-    graph_k: int = 10  # neighbours per row in that graph
-    scores: str = "logits"  # what ranks the pool: the producer's logits, or "align" (label-query alignment scores)
-
-    @classmethod
-    def from_config(cls, cfg: dict | None) -> PseudoSettings:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown pseudo settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        s = cls(**cfg)
-        if (s.rounds < 0 or not 0 < s.pos_keep <= 1 or not 0 < s.neg_keep <= 1 or s.weight < 0 or s.ramp_epochs < 0
-                or not 0 <= s.graph <= 1 or s.graph_k < 1 or s.scores not in ("logits", "align")):
-            raise ValueError(f"pseudo settings out of range: {s}")
-        return s
 
 
 @dataclass

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from capfuse import config as cfglib
 
-
 # Pipeline keys that do not flow into a model's config: the list itself, and settings of the
 # stages after training, which must not change a model's fingerprint (and retrain it).
 SECOND_LEVEL_KEYS = ("models", "infer", "inherit", "ensemble", "threshold", "ratios", "ablation")
@@ -22,10 +21,11 @@ def model_configs(cfg: dict, config_path: Path) -> dict[str, dict]:
 
     A model config given directly (it has a ``kind``) is a one-model pipeline.
     """
+    top = cfglib.resolve(cfg)
     if "kind" in cfg:
-        name = cfg.get("name") or config_path.stem
+        name = top.name or config_path.stem
         return {name: {**cfg, "name": name}}
-    names = cfg.get("models") or []
+    names = top.models
     if not names:
         raise ValueError(f"{config_path}: lists no models (expected `models: [name, ...]`)")
     out = {}
