@@ -8,7 +8,9 @@ import yaml
 
 from capfuse.cli import main
 from capfuse.data.demo import make_demo
-from capfuse.embeddings import nearest, read_embeddings, write_embeddings
+from capfuse.features.image import ImageEncoderSpec, embed_image_features
+from capfuse.zeroshot.inputs import embed_image_files
+from capfuse.zeroshot.search import nearest, read_embeddings, write_embeddings
 
 
 def test_export_round_trips_ids_and_normalises(tmp_path):
@@ -139,9 +141,6 @@ def test_zeroshot_score_any_folder(project, tmp_path, capsys):
 
 
 def test_image_files_outside_the_cache_match_it(tmp_path):
-    from capfuse.features.image import ImageEncoderSpec, embed_image_features
-    from capfuse.zeroshot import embed_image_files
-
     data = tmp_path / "data" / "one"
     make_demo(data, n_train=20, n_test=4, size=64, seed=4)
     ids = [f"{i}.jpg" for i in range(6)]

@@ -10,20 +10,15 @@ import pytest
 import torch
 import yaml
 
+import capfuse.encoders.text as text_encoders
 from capfuse.cli import main
 from capfuse.data.demo import make_demo
-from capfuse.zeroshot import (
-    ImageFeatures,
-    ZeroShotNet,
-    ZeroShotSettings,
-    clip_loss,
-    embed_rows,
-    pick_unseen,
-    prompt_embeddings,
-    random_metrics,
-    train_projection,
-    zeroshot_metrics,
-)
+from capfuse.encoders.text import label_text_embeddings
+from capfuse.zeroshot.evaluate import pick_unseen, random_metrics, zeroshot_metrics
+from capfuse.zeroshot.inputs import ImageFeatures
+from capfuse.zeroshot.model import ZeroShotNet, clip_loss
+from capfuse.zeroshot.settings import ZeroShotSettings
+from capfuse.zeroshot.train import embed_rows, train_projection
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,16 +166,25 @@ def test_unseen_classes_scored_well_above_random_on_a_synthetic_problem():
         assert model[setting]["map"] > rnd[setting]["map"] + 0.2, (model, rnd)
 
 
-def test_prompt_embeddings_average_the_templates():
+def test_prompt_embeddings_average_the_templates(monkeypatch):
     calls = []
 
-    def fake_encode(texts):
-        calls.extend(texts)
-        return np.array([[1.0, 0.0] if "cat" in t else [0.0, 1.0] for t in texts]) * np.arange(1, len(texts) + 1)[:, None]
+    def fake_encode(model, tokenizer, texts, max_len):
+        calls.append(list(texts))
+        start = sum(map(len, calls[:-1]))
+        pooled = np.array([[1.0, 0.0] if "cat" in t else [0.0, 1.0] for t in texts], np.float32)
+        return None, None, pooled * np.arange(start + 1, start + len(texts) + 1, dtype=np.float32)[:, None]
 
-    out = prompt_embeddings(["cat", "red_bus"], ("a {name}.", "{name}"), fake_encode)
-    assert calls == ["a cat.", "cat", "a red bus.", "red bus"]  # underscores read as spaces
+    monkeypatch.setattr(text_encoders, "encode", fake_encode)
+    out = label_text_embeddings(["cat", "red_bus"], None, None, prompts=("a {name}.", "{name}"), batch_size=3,
+                                unit=True)
+    assert calls == [["a cat.", "cat", "a red bus."], ["red bus"]]  # underscores read as spaces; batches of 3
     np.testing.assert_allclose(out, [[1, 0], [0, 1]], atol=1e-6)
+    # The default: the one CLIP prompt, the raw pooled vector, every name in one batch.
+    calls.clear()
+    raw = label_text_embeddings(["cat", "red_bus"], None, None)
+    assert calls == [["a photo of a cat.", "a photo of a red bus."]]
+    np.testing.assert_array_equal(raw, [[1, 0], [0, 2]])
 
 
 # -- the stage: unseen labels never reach training; the CSV; the up-to-date check ---------------

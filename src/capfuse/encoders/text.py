@@ -100,7 +100,7 @@ def create_text_encoder(name: str = "minilm", weights: str = "auto"):
     Raises ``WeightsNotFound`` naming the package to install (or the offline choices) when no
     source works.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (transformers takes seconds to import; specs and cache keys need none of it)
 
     failures = []
     for src in text_encoder_sources(name, weights):
@@ -160,7 +160,29 @@ def encode(model, tokenizer, captions: list[str], max_len: int) -> tuple[np.ndar
     return tokens, full_mask, pooled.cpu().numpy()
 
 
-def label_text_embeddings(names: list[str], model, tokenizer) -> np.ndarray:
-    """Pooled embeddings float32 [C, D] of "a photo of a {name}." for each class name."""
-    prompts = [LABEL_PROMPT.format(name=name.replace("_", " ")) for name in names]
-    return encode(model, tokenizer, prompts, max_len=32)[2]
+def label_text_embeddings(names: list[str], model, tokenizer, *, prompts: tuple[str, ...] = (LABEL_PROMPT,),
+                          max_len: int = 32, batch_size: int | None = None, unit: bool = False) -> np.ndarray:
+    """Pooled embeddings float32 [C, D] of each class name read into ``prompts``: the one way
+    class names become text vectors. Underscores in a name read as spaces.
+
+    The default (the label-query models): CLIP's "a photo of a {name}.", the raw pooled vector.
+    Zero-shot scoring passes several templates with ``unit``: each template's vector is
+    L2-normalised, the templates are averaged per name and the mean is normalised again, so every
+    template counts the same and a dot product is a cosine. ``batch_size`` encodes that many
+    texts at a time (default: all at once).
+    """
+    if not prompts:
+        raise ValueError("label_text_embeddings needs at least one prompt template")
+    spoken = [name.replace("_", " ") for name in names]
+    texts = [template.format(name=name) for name in spoken for template in prompts]
+    step = batch_size or len(texts)
+    if 0 < step < len(texts):
+        pooled = np.concatenate([encode(model, tokenizer, texts[i : i + step], max_len)[2]
+                                 for i in range(0, len(texts), step)])
+    else:
+        pooled = encode(model, tokenizer, texts, max_len)[2]
+    vecs = pooled.reshape(len(spoken), len(prompts), pooled.shape[-1])
+    if unit:
+        vecs = vecs / np.linalg.norm(vecs, axis=-1, keepdims=True).clip(min=1e-12)
+    mean = vecs[:, 0] if len(prompts) == 1 else vecs.mean(1)
+    return mean / np.linalg.norm(mean, axis=-1, keepdims=True).clip(min=1e-12) if unit else mean

@@ -13,22 +13,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from capfuse.embeddings import SPACES, export_files, nearest, normalise, read_embeddings, write_embeddings
-from capfuse.paths import Paths
 from capfuse.data.dataset import load_dataset
+from capfuse.paths import Paths
 from capfuse.utils.io import read_json
 from capfuse.utils.log import log, stage
-
-
-def embeddings_dir(paths: Paths) -> Path:
-    return paths.runs / "embeddings"
+from capfuse.zeroshot.inputs import embed_image_files, load_features
+from capfuse.zeroshot.io import META_FILE, load_model, model_dir
+from capfuse.zeroshot.search import (
+    SPACES,
+    embeddings_dir,
+    export_files,
+    nearest,
+    normalise,
+    read_embeddings,
+    write_embeddings,
+)
+from capfuse.zeroshot.settings import ZeroShotSettings
+from capfuse.zeroshot.text import CaptionSpace
+from capfuse.zeroshot.train import embed_rows
 
 
 def run_embeddings(paths: Paths, cfg: dict, *, model: str = "zeroshot", quiet: bool | None = None) -> dict:
     """Write ``runs/<dataset>/embeddings/<model>.{npy,json}`` and ``<model>_ids.csv``."""
-    from capfuse.stages.zeroshot import load_features, model_dir
-    from capfuse.zeroshot import ZeroShotSettings, embed_rows, load_model
-
     if model not in SPACES:
         raise ValueError(f"--model must be one of {sorted(SPACES)}, got {model!r}")
     with stage("embeddings", f"{paths.dataset}: {model}"):
@@ -63,9 +69,6 @@ def run_search(paths: Paths, cfg: dict, *, image: str | None = None, text: str |
     A missing export, or one older than the projector, is made first (``run_embeddings``). Returns ``rank, ImageID, split,
     cosine, Caption``.
     """
-    from capfuse.stages.zeroshot import model_dir
-    from capfuse.zeroshot import META_FILE, ZeroShotSettings, embed_image_files, embed_rows, load_model, text_encoder
-
     if (image is None) == (text is None):
         raise ValueError("search needs exactly one of an image (id or file) and a text query")
     folder = embeddings_dir(paths)
@@ -81,7 +84,7 @@ def run_search(paths: Paths, cfg: dict, *, image: str | None = None, text: str |
             raise ValueError(f"the {model} embeddings are image features: text queries need --model zeroshot")
         net_meta = load_model(model_dir(paths))[1] if model == "zeroshot" else meta
         # The raw query, not a prompt template: a query reads like a caption already.
-        query = text_encoder(net_meta["caption_encoder"])([text])[0]
+        query = CaptionSpace.load(net_meta["caption_encoder"]).texts([text])[0]
     elif image in set(ids["ImageID"]):
         query = np.asarray(vectors[int(np.flatnonzero(ids["ImageID"].to_numpy() == image)[0])])
     elif Path(image).is_file():

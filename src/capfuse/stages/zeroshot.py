@@ -22,58 +22,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from capfuse.data.dataset import load_dataset
 from capfuse.paths import Paths
-from capfuse.data.dataset import Dataset, load_dataset
 from capfuse.utils.io import read_json, sha256_file, write_csv, write_text
 from capfuse.utils.log import log, stage
-from capfuse.zeroshot import (
-    META_FILE,
-    ImageFeatures,
-    ZeroShotSettings,
-    embed_image_files,
-    embed_rows,
-    list_images,
-    load_model,
-    pick_unseen,
-    prompt_embeddings,
-    random_metrics,
-    results_table,
-    save_model,
-    text_encoder,
-    train_projection,
-    zeroshot_metrics,
-)
+from capfuse.zeroshot.evaluate import per_class_ap, pick_unseen, random_metrics, results_table, zeroshot_metrics
+from capfuse.zeroshot.inputs import embed_image_files, list_images, load_features
+from capfuse.zeroshot.io import META_FILE, load_model, model_dir, save_model
+from capfuse.zeroshot.settings import ZeroShotSettings
+from capfuse.zeroshot.text import CaptionSpace
+from capfuse.zeroshot.train import embed_rows, train_projection
 
 # Bump when training or evaluation changes what a run produces, so stale runs are redone.
 STAGE_VERSION = 1
-
-
-def model_dir(paths: Paths) -> Path:
-    return paths.runs / "zeroshot"
-
-
-def load_features(ds: Dataset, settings: ZeroShotSettings, *, quiet: bool | None = None) -> tuple[ImageFeatures, list[str]]:
-    """Every row's (train then test) cached image features and caption vectors, and their checksums.
-
-    Read from the feature store (``runs/<dataset>/cache``): images already embedded for the
-    models are not embedded again.
-    """
-    from capfuse.encoders.text import TextEncoderSpec
-    from capfuse.features.image import ImageEncoderSpec
-    from capfuse.features.store import FeatureStore
-
-    store = FeatureStore(ds, quiet)
-    spec = ImageEncoderSpec.from_config(settings.image_encoder)
-    outputs = ("pooled", "tokens") if settings.tokens else ("pooled",)
-    views = ("orig", "hflip") if settings.flip or settings.tta else ("orig",)
-    img = store.image_views(spec, outputs, views)
-    cap = store.caption_tokens(TextEncoderSpec(**settings.caption_encoder))
-    caption = np.asarray(cap["pooled"], np.float32)
-    caption /= np.linalg.norm(caption, axis=1, keepdims=True).clip(min=1e-12)
-    feats = ImageFeatures(pooled={v: img[v]["pooled"] for v in views},
-                          tokens={v: img[v]["tokens"] for v in views} if settings.tokens else None,
-                          caption=caption)
-    return feats, [img[v]["checksum"] for v in views] + [cap["checksum"]]
 
 
 def _fingerprint(*parts) -> str:
@@ -106,7 +67,7 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
             log.info("\n%s", table.to_string(index=False, float_format="%.4f"))
             return table
         log.info("unseen classes (labels held out of training): %s", ", ".join(names[c] for c in unseen))
-        text = prompt_embeddings(names, settings.prompts, text_encoder(settings.caption_encoder))
+        text = CaptionSpace.load(settings.caption_encoder).labels(names, settings.prompts)
 
         n_train = len(ds.train_ids)
         test_rows = n_train + np.flatnonzero(ds.image_ok[n_train:])
@@ -140,7 +101,7 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
             "random": random_metrics(Ye, unseen, settings.random_seeds, seed),
         }
         table = results_table(results)
-        per_class = _per_class(Ye, {"image": image_scores, "caption": caption_scores}, names, unseen)
+        per_class = per_class_ap(Ye, {"image": image_scores, "caption": caption_scores}, names, unseen)
         folder.mkdir(parents=True, exist_ok=True)
         write_csv(folder / "per_class.csv", per_class)
         write_csv(out_csv, table)
@@ -169,17 +130,6 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
         return table
 
 
-def _per_class(Y: np.ndarray, scores: dict[str, np.ndarray], names: list[str], unseen: list[int]) -> pd.DataFrame:
-    """Each class's AP over the held-out images (GZSL ranking of images per class) per scorer."""
-    from capfuse.metrics import average_precision_per_class
-
-    out = pd.DataFrame({"class": names, "unseen": [c in unseen for c in range(len(names))],
-                        "support": Y.sum(0).astype(int)})
-    for name, s in scores.items():
-        out[f"ap_{name}"] = average_precision_per_class(Y, s)
-    return out
-
-
 def run_zeroshot_score(model_folder: Path, images: Path, labels: list[str], *, top: int = 5,
                        out: Path | None = None) -> pd.DataFrame:
     """Score label names on every image of a folder with a saved projector.
@@ -202,7 +152,7 @@ def run_zeroshot_score(model_folder: Path, images: Path, labels: list[str], *, t
     for p in problems:
         log.warning("not scored: %s", p)
     emb = embed_rows(net, feats, np.arange(len(ok)), tta=settings.tta)
-    text = prompt_embeddings(labels, settings.prompts, text_encoder(meta["caption_encoder"]))
+    text = CaptionSpace.load(meta["caption_encoder"]).labels(labels, settings.prompts)
     scores = np.full((len(files), len(labels)), np.nan, np.float32)
     scores[ok] = emb @ text.T
     table = pd.DataFrame(scores, columns=labels)

@@ -14,9 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from capfuse.paths import Paths
 from capfuse.utils.io import read_json, write_csv, write_json, write_npy
 
 SPACES = {"zeroshot": "text", "backbone": "image"}  # which queries an export answers
+
+
+def embeddings_dir(paths: Paths) -> Path:
+    """Where a data set's exports live."""
+    return paths.runs / "embeddings"
 
 
 def export_files(folder: Path, name: str) -> dict[str, Path]:
