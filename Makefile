@@ -42,7 +42,7 @@ STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
 
-.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all test bench clean clean-all
+.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all test lint format checksums bench clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -112,7 +112,19 @@ all: folds train infer ## folds + train + infer, end to end
 report: data ## self-contained HTML run report: runs/<dataset>/report/index.html (after `make all`)
 	$(RUN) report $(COMMON)
 
-test: $(STAMP) ## run the test suite (tiny datasets, tiny models; as root, installs chromium for the report's browser test)
+# Sources the linters read: the package, its tests and nothing generated.
+LINTED := src tests
+
+lint: $(STAMP) ## ruff (lint + format check) and the import contracts of pyproject.toml (layers, no stage imports another, no cycle)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
+
+format: $(STAMP) ## rewrite src/ and tests/ in the house format (ruff format, import order and safe fixes)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
+test: lint ## lint, then the test suite (tiny datasets, tiny models; as root, installs chromium for the report's browser test)
 	@# The report test renders the page in headless Chromium; install it where we can (root + apt).
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing chromium (apt) for the report's browser test"; \
@@ -122,6 +134,16 @@ test: $(STAMP) ## run the test suite (tiny datasets, tiny models; as root, insta
 	    || echo "chromium could not be installed: the browser test skips (and fails when CI=true)"; \
 	fi
 	$(BIN)/python -m pytest -q
+
+# What a refactor must leave byte-identical: every model's OOF and test logits, the second
+# level's probabilities, the submission, and the leaderboard less its two timing columns.
+checksums: $(STAMP) ## sha256 of a finished run's outputs (after `make all`): compare two commits' runs
+	@cd runs/$(DATASET) && sha256sum -- */oof_logits.csv */test_logits.csv ensemble/oof_probs.csv ensemble/test_probs.csv | sort -k2
+	@sha256sum -- submissions/$(DATASET)-latest.csv
+	@$(BIN)/python -c "import hashlib, sys, pandas as pd; \
+	  board = pd.read_csv(sys.argv[1]).drop(columns=['ms_per_image', 'train_minutes']); \
+	  print(hashlib.sha256(board.to_csv(index=False).encode()).hexdigest(), ' leaderboard.csv less ms_per_image, train_minutes')" \
+	  runs/$(DATASET)/leaderboard.csv
 
 bench: $(STAMP) ## speed benchmarks (see README)
 	$(RUN) bench $(ARGS)

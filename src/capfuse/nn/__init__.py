@@ -1,1 +1,5 @@
-"""Torch components of the ``net`` models: losses, heads and the fusion model, in registries."""
+"""Torch components of the ``net`` models: heads, losses, the fusion model, contexts, pooling.
+
+Heads and losses are registered by name (``HEADS``, ``LOSSES``); ``fusion.build_net`` builds a
+model from a config, with every part switchable for ablation.
+"""

@@ -1,1 +1,1 @@
-"""Small helpers shared by every stage: atomic file writes, logging, seeding."""
+"""Helpers every layer shares: atomic writes, logging, locks, run folders, seeding, DDP, registries."""
