@@ -365,6 +365,10 @@ class AuxSettings:
     context_weight: float = 0.0  # > 0 turns the context task on
     n_contexts: int = 4  # ~18 COCO-like classes fall into a handful of scenes
 
+    def __post_init__(self) -> None:
+        if self.align_on not in ("positives", "all"):
+            raise ValueError(f"aux.align_on must be 'positives' or 'all', got {self.align_on!r}")
+
 
 @dataclass(frozen=True)
 class FinetuneOptions:

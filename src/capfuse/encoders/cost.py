@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import torch
 
+from capfuse.config.schema import ModelSettings, resolve_model
 from capfuse.encoders.glove import glove_table
 from capfuse.encoders.registry import build_caption, build_image, caption_entry
 
@@ -55,16 +56,16 @@ def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), ms
 
 
-def light_report(cfg: dict, head_params: int, head_ms: float = 0.0) -> dict:
+def light_report(cfg: dict | ModelSettings, head_params: int, head_ms: float = 0.0) -> dict:
     """``params``, ``file_mb`` (fp32 weights) and ``ms_per_image`` of encoders + head."""
-    inputs = cfg.get("inputs", ["image", "caption"])
+    settings = resolve_model(cfg)
     params, ms = head_params, head_ms
-    if "image" in inputs:
-        enc = cfg.get("image_encoder", {})
-        p, t = image_encoder_cost(enc.get("name", "tf_efficientnet_lite0"), int(enc.get("size", 224)))
+    if "image" in settings.inputs:
+        enc = settings.image_encoder
+        p, t = image_encoder_cost(enc.name, enc.size)
         params, ms = params + p, ms + t
-    if "caption" in inputs and cfg.get("kind") == "net":
-        enc = cfg.get("caption_encoder", {})
-        p, t = caption_encoder_cost(enc.get("name", "minilm"), int(enc.get("max_len", 32)))
+    if "caption" in settings.inputs and settings.kind == "net":
+        enc = settings.caption_encoder
+        p, t = caption_encoder_cost(enc.name, enc.max_len)
         params, ms = params + p, ms + t
     return {"params": int(params), "file_mb": round(params * 4 / 2**20, 2), "ms_per_image": round(ms, 2)}

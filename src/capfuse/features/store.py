@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from capfuse.config.schema import ModelSettings, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.encoders.registry import caption_entry
-from capfuse.encoders.text import TextEncoderSpec
 from capfuse.features.image import ImageEncoderSpec, embed_image_features, inputs_checksum, mid_output
 from capfuse.features.text import embed_captions
 from capfuse.features.tfidf import tfidf_features
-from capfuse.utils.io import remove_stale_tmp
 from capfuse.nn.fusion import needs_class_text
+from capfuse.utils.io import remove_stale_tmp
 
-DEFAULT_IMAGE_ENCODER = {"name": "tf_efficientnet_lite0"}
-DEFAULT_CAPTION_ENCODER = {"name": "minilm"}
+# Every function here takes a model config (a dict) or its resolved settings (ModelSettings);
+# the encoders' defaults are the schema's (capfuse.config.schema).
 
 
 def _hash_text(*parts) -> str:
@@ -35,22 +35,24 @@ def _hash_text(*parts) -> str:
     return h.hexdigest()
 
 
-def image_outputs(model_cfg: dict) -> tuple[str, ...]:
+def image_outputs(model_cfg: dict | ModelSettings) -> tuple[str, ...]:
     """What a model reads from the image cache: pooled vectors, token grids or a mid-level map."""
-    if model_cfg["kind"] != "net":
+    m = resolve_model(model_cfg)
+    if m.kind != "net":
         return ("pooled",)
-    n = int(model_cfg.get("image_encoder", {}).get("train_blocks", 0))
+    n = m.image_encoder.train_blocks
     return (mid_output(n),) if n > 0 else ("pooled", "tokens")
 
 
-def uses_cache(model_cfg: dict) -> bool:
+def uses_cache(model_cfg: dict | ModelSettings) -> bool:
     """End-to-end fine-tuning decodes images itself; every other model reads cached features."""
-    return not (model_cfg["kind"] == "net" and model_cfg.get("finetune", False))
+    m = resolve_model(model_cfg)
+    return not (m.kind == "net" and m.finetune)
 
 
-def flip_views(model_cfg: dict) -> tuple[str, ...]:
-    train = model_cfg.get("train", {})
-    if model_cfg["kind"] == "net" and (train.get("tta", True) or train.get("flip_p", 0.5) > 0):
+def flip_views(model_cfg: dict | ModelSettings) -> tuple[str, ...]:
+    m = resolve_model(model_cfg)
+    if m.kind == "net" and (m.train.tta or m.train.flip_p > 0):
         return ("orig", "hflip")
     return ("orig",)
 
@@ -58,7 +60,7 @@ def flip_views(model_cfg: dict) -> tuple[str, ...]:
 class FeatureStore:
     """Builds each feature block once per run and shares it between models."""
 
-    def __init__(self, ds: Dataset, quiet: bool | None, models: dict[str, dict] | None = None) -> None:
+    def __init__(self, ds: Dataset, quiet: bool | None, models: dict[str, dict | ModelSettings] | None = None) -> None:
         self.ds = ds
         self.quiet = quiet
         # Every stage that embeds builds a store first: the arrays a killed run was writing
@@ -69,9 +71,9 @@ class FeatureStore:
         # Every output any model needs from an encoder, so one backbone pass serves them all.
         self.wanted: dict[ImageEncoderSpec, set[str]] = {}
         for model_cfg in (models or {}).values():
-            if "image" in model_cfg.get("inputs", ["image", "caption"]) and uses_cache(model_cfg):
-                spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
-                self.wanted.setdefault(spec, set()).update(image_outputs(model_cfg))
+            m = resolve_model(model_cfg)
+            if "image" in m.inputs and uses_cache(m):
+                self.wanted.setdefault(m.image_encoder.cache_spec(), set()).update(image_outputs(m))
 
     def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(outputs) | self.wanted.get(spec, set())))
@@ -114,15 +116,16 @@ class FeatureStore:
                 self._caption[key] = embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
         return self._caption[key]
 
-    def for_net(self, model_cfg: dict, parts: list) -> dict:
+    def for_net(self, model_cfg: dict | ModelSettings, parts: list) -> dict:
         """Feature views for the ``net`` kind in cached mode: rows are train then test."""
-        inputs = model_cfg.get("inputs", ["image", "caption"])
-        views = flip_views(model_cfg)
+        m = resolve_model(model_cfg)
+        inputs = m.inputs
+        views = flip_views(m)
         out: dict = {view: {} for view in views}
         dims: dict = {}
         if "image" in inputs:
-            spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
-            wanted = image_outputs(model_cfg)
+            spec = m.image_encoder.cache_spec()
+            wanted = image_outputs(m)
             img = self.image_views(spec, wanted, views)
             # Models that train the top stages read the mid map; the others read the final one.
             keys = {"img_mid": wanted[0]} if wanted[0].startswith("mid") else {"img_pooled": "pooled",
@@ -134,14 +137,14 @@ class FeatureStore:
             # Channels of the mid map [N, C, h, w], width of pooled [N, D] and tokens [N, T, D].
             dims.update({key: arr.shape[1] if key != "img_tokens" else arr.shape[2] for key, arr in orig.items()})
         if "caption" in inputs:
-            cap = self.caption_tokens(TextEncoderSpec(**model_cfg.get("caption_encoder", DEFAULT_CAPTION_ENCODER)))
+            cap = self.caption_tokens(m.caption_encoder)
             for view in views:  # captions do not flip
                 out[view].update(cap_pooled=cap["pooled"], cap_tokens=cap["tokens"], cap_mask=cap["mask"])
             parts.append(cap["checksum"])
             dims["cap_pooled"], dims["cap_tokens"] = cap["pooled"].shape[1], cap["tokens"].shape[2]
         return {"views": out, "dims": dims}
 
-    def extra_rows(self, model_cfg: dict, feats: dict, parts: list) -> None:
+    def extra_rows(self, model_cfg: dict | ModelSettings, feats: dict, parts: list) -> None:
         """Append the unlabelled folder's rows after the test rows of every cached view.
 
         Their features are cached apart (``cache/unlabelled/``, key ``unlabelled``), so naming
@@ -149,11 +152,12 @@ class FeatureStore:
         """
         extra, folder = self.ds.extra, self.ds.extra_dir
         ids, captions = list(extra["ImageID"]), list(extra["Caption"])
-        inputs = model_cfg.get("inputs", ["image", "caption"])
+        m = resolve_model(model_cfg)
+        inputs = m.inputs
         views = feats["views"]
         if "image" in inputs:
-            spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
-            names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(model_cfg)[0]}
+            spec = m.image_encoder.cache_spec()
+            names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(m)[0]}
             for view in views:
                 keys = [k for k in views[view] if k in names]
                 got = embed_image_features(folder, ids, np.ones(len(ids), bool), spec, self.ds.paths.cache / "unlabelled",
@@ -163,7 +167,7 @@ class FeatureStore:
                     views[view][k] = np.concatenate([views[view][k], got[names[k]]])
                 parts.append(got["checksum"])
         if "caption" in inputs:
-            spec = TextEncoderSpec(**model_cfg.get("caption_encoder", DEFAULT_CAPTION_ENCODER))
+            spec = m.caption_encoder
             entry = caption_entry(spec.name)
             if entry.lookup is not None:
                 pooled, tokens, mask = entry.lookup(captions, spec.max_len)
@@ -180,7 +184,7 @@ class FeatureStore:
         feats["extra_pool_rows"] = np.arange(first, first + len(ids))
         parts.extend([ids, captions])
 
-    def for_model(self, model_cfg: dict, with_extra: bool = False) -> dict:
+    def for_model(self, model_cfg: dict | ModelSettings, with_extra: bool = False) -> dict:
         """What ``model_cfg`` reads, for every row: train, test and, ``with_extra`` (models with
         pseudo-label rounds), the rows of the unlabelled folder (``data.unlabelled``)."""
         n_train = len(self.ds.train_ids)
@@ -188,12 +192,13 @@ class FeatureStore:
         feats: dict = {"n_test": len(self.ds.test_ids), "test_image_ok": self.ds.val.test["image_ok"].to_numpy(bool)}
         parts = [self.ds.train_ids, self.ds.test_ids, list(self.ds.val.train["Caption"]),
                  list(self.ds.val.test["Caption"]), self.ds.Y.tobytes()]
-        inputs = model_cfg.get("inputs", ["image", "caption"])
-        if model_cfg["kind"] == "net" and uses_cache(model_cfg):
-            feats.update(self.for_net(model_cfg, parts))
+        m = resolve_model(model_cfg)
+        inputs = m.inputs
+        if m.kind == "net" and uses_cache(m):
+            feats.update(self.for_net(m, parts))
             if with_extra and self.ds.extra is not None:
-                self.extra_rows(model_cfg, feats, parts)
-        elif model_cfg["kind"] == "net":
+                self.extra_rows(m, feats, parts)
+        elif m.kind == "net":
             feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
                          image_ok=self.ds.image_ok,
                          captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]))
@@ -203,18 +208,17 @@ class FeatureStore:
                 parts.append(inputs_checksum(self.ds.paths.data_dir, feats["ids"], feats["image_ok"]))
         else:
             if "image" in inputs:
-                spec = ImageEncoderSpec.from_config(model_cfg.get("image_encoder", DEFAULT_IMAGE_ENCODER))
-                arr, checksum = self.image(spec)
+                arr, checksum = self.image(m.image_encoder.cache_spec())
                 feats["image_train"], feats["image_test"] = arr[:n_train], arr[n_train:]
                 parts.append(checksum)
             if "caption" in inputs:
-                feats["caption_train"], feats["caption_test"] = self.caption_tfidf(model_cfg.get("tfidf", {}))
+                feats["caption_train"], feats["caption_test"] = self.caption_tfidf(m.tfidf)
         # Class ids and names: label-query heads embed the names as prompts, the context task
         # reports its groups by name. Names count towards the fingerprint only for models that
         # read them, so renaming a class retrains those models and no others.
         feats.update(class_ids=list(self.ds.class_ids), class_names=list(self.ds.val.classes.names))
-        if model_cfg["kind"] == "net":
-            if needs_class_text(model_cfg):
+        if m.kind == "net":
+            if needs_class_text(m):
                 parts.append(feats["class_names"])
         feats["fingerprint"] = _hash_text(*parts)
         return feats

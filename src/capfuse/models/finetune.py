@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from capfuse.config.schema import NetModelSettings, resolve_model
 from capfuse.data.images import load_array, resolve_image_path
 from capfuse.encoders.image import preprocess_for
 from capfuse.encoders.registry import build_caption, build_image
@@ -38,24 +39,24 @@ from capfuse.utils.dist import init_distributed, rank_world
 class FinetuneNet(nn.Module):
     """Encoders that produce the cached path's feature keys, then the same head/fusion net."""
 
-    def __init__(self, cfg: dict, num_classes: int, build_head) -> None:
+    def __init__(self, cfg: dict | NetModelSettings, num_classes: int, build_head) -> None:
         super().__init__()
-        inputs = cfg.get("inputs", ["image", "caption"])
-        self.grid = int(cfg.get("image_encoder", {}).get("grid", 4))
+        settings = resolve_model(cfg, check=True, kind="net")
+        self.grid = settings.image_encoder.grid
         dims = {}
         self.backbone = None
         self.text = None
-        if "image" in inputs:
-            enc = cfg.get("image_encoder", {"name": "tf_efficientnet_lite0"})
-            self.backbone, self.weights_source = build_image(enc["name"], weights=enc.get("weights", "auto"))
+        if "image" in settings.inputs:
+            enc = settings.image_encoder
+            self.backbone, self.weights_source = build_image(enc.name, weights=enc.weights)
             dims["img_pooled"] = dims["img_tokens"] = self.backbone.num_features
-            self.pre = preprocess_for(self.backbone, enc.get("size"))
-        if "caption" in inputs:
-            enc = cfg.get("caption_encoder", {"name": "minilm"})
-            self.text, self.tokenizer, _ = build_caption(enc.get("name", "minilm"), weights=enc.get("weights", "auto"))
+            self.pre = preprocess_for(self.backbone, enc.size)
+        if "caption" in settings.inputs:
+            enc = settings.caption_encoder
+            self.text, self.tokenizer, _ = build_caption(enc.name, weights=enc.weights)
             self.text.train()
             dims["cap_pooled"] = dims["cap_tokens"] = self.text.config.hidden_size
-            if not enc.get("trainable", True):
+            if not enc.trainable:
                 self.text.requires_grad_(False)
         self.head = build_head(dims)
 
@@ -111,7 +112,7 @@ def layerwise_groups(net: FinetuneNet, encoder_lr_mult: float, layer_decay: floa
 
 def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path,
                       pseudo=None, extra_rows: np.ndarray | None = None) -> FoldOutput:
-    cfg, s = model.cfg, model.settings
+    cfg, s = model.config, model.settings
     device = model.device
     init_distributed()
     rank, world = rank_world()
@@ -122,15 +123,15 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     net = FinetuneNet(cfg, Y.shape[1], lambda dims: model.build(dims, Y.shape[1], class_frequencies(Y[tr]))).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    ft = cfg.get("finetune_options", {})
-    groups = layerwise_groups(net, float(ft.get("encoder_lr_mult", 0.1)), float(ft.get("layer_decay", 0.8)))
+    ft = cfg.finetune_options
+    groups = layerwise_groups(net, ft.encoder_lr_mult, ft.layer_decay)
     train_net: nn.Module = net
     if world > 1:
         train_net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
     amp_dtype = None
-    if device.type == "cuda" and ft.get("amp", True):
+    if device.type == "cuda" and ft.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
@@ -140,10 +141,10 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     std = torch.tensor(net.pre.std).view(1, 3, 1, 1) if net.backbone is not None else None
     tokens = None
     if net.text is not None:
-        max_len = int(cfg.get("caption_encoder", {}).get("max_len", 32))
+        max_len = cfg.caption_encoder.max_len
         tokens = net.tokenizer(feats["captions"], padding="max_length", truncation=True, max_length=max_len,
                                return_tensors="pt")
-    pool = ThreadPoolExecutor(max_workers=max(1, int(ft.get("loader_threads", os.cpu_count() or 1))))
+    pool = ThreadPoolExecutor(max_workers=max(1, ft.loader_threads))
 
     def load(row: int) -> np.ndarray:
         if not ok[row]:

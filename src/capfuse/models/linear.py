@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from capfuse.config.schema import LinearModelSettings, resolve_model
 from capfuse.models import MODELS
 from capfuse.models.base import FoldOutput
 
@@ -24,17 +25,20 @@ def _prior_logit(y: np.ndarray) -> float:
 
 @MODELS.register("linear")
 class LinearModel:
-    """``inputs``: any of "image", "caption"; ``C``: inverse regularisation per modality block."""
+    """Built from ``LinearModelSettings`` (capfuse.config.schema): ``inputs``, any of "image",
+    "caption"; ``C``, the inverse regularisation shared by the modality blocks, and their weights.
+    A config dict (built in code) is checked and resolved first."""
 
-    def __init__(self, cfg: dict, seed: int) -> None:
-        self.inputs = list(cfg.get("inputs", ["image", "caption"]))
+    def __init__(self, cfg: dict | LinearModelSettings, seed: int) -> None:
+        settings = resolve_model(cfg, check=True, kind="linear")
+        self.inputs = list(settings.inputs)
         if not self.inputs or set(self.inputs) - {"image", "caption"}:
             raise ValueError(f"linear model inputs must be a subset of [image, caption], got {self.inputs}")
-        self.C = float(cfg.get("C", 1.0))
+        self.C = settings.C
         # Block weights set how hard the one shared L2 penalty pulls on each modality.
-        self.image_weight = float(cfg.get("image_weight", 1.0))
-        self.caption_weight = float(cfg.get("caption_weight", 1.0))
-        self.max_iter = int(cfg.get("max_iter", 300))
+        self.image_weight = settings.image_weight
+        self.caption_weight = settings.caption_weight
+        self.max_iter = settings.max_iter
         self.seed = seed
 
     @property

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from capfuse.config.schema import NetModelSettings
 from capfuse.encoders.cost import _time_ms
 from capfuse.encoders.image import BackboneTop
 from capfuse.encoders.registry import build_caption, build_image, caption_entry
@@ -47,14 +48,7 @@ from capfuse.models.base import FoldOutput
 from capfuse.models.finetune import fit_fold_finetune
 from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split  # noqa: F401 (re-exported)
 from capfuse.nn.contexts import cluster_contexts
-from capfuse.nn.fusion import (
-    TopBlocksNet,
-    aux_settings,
-    build_net,
-    count_parameters,
-    needs_class_text,
-    uses_contexts,
-)
+from capfuse.nn.fusion import TopBlocksNet, build_net, count_parameters, needs_class_text, net_settings, uses_contexts
 from capfuse.nn.losses import LOSSES, class_frequencies
 from capfuse.utils.io import atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
@@ -112,18 +106,20 @@ class CachedViews:
 
 @MODELS.register("net")
 class NetModel:
-    """Config keys: ``inputs``, ``image_head``, ``caption_head``, ``fusion`` (see capfuse.nn.fusion),
-    ``image_encoder``, ``caption_encoder``, ``train`` (TrainSettings), ``device``, ``finetune``."""
+    """Built from ``NetModelSettings`` (capfuse.config.schema): ``inputs``, ``image_head``,
+    ``caption_head``, ``fusion``, ``aux``, ``image_encoder``, ``caption_encoder``, ``train``
+    (TrainSettings), ``finetune_options``, ``device``, ``finetune``. A config dict (built in
+    code) is checked and resolved first."""
 
-    def __init__(self, cfg: dict, seed: int) -> None:
-        self.cfg = cfg
-        self.inputs = list(cfg.get("inputs", ["image", "caption"]))
-        self.settings = TrainSettings.from_config(cfg.get("train", {}))
+    def __init__(self, cfg: dict | NetModelSettings, seed: int) -> None:
+        self.config = net_settings(cfg)
+        self.inputs = list(self.config.inputs)
+        self.settings = self.config.train
         self.seed = seed
-        self.device = torch.device(cfg.get("device", "cpu"))
-        self.finetune = bool(cfg.get("finetune", False))
+        self.device = torch.device(self.config.device)
+        self.finetune = self.config.finetune
         # Cached mode only: the backbone's top stages train from the cached map entering them.
-        self.train_blocks = 0 if self.finetune else int(cfg.get("image_encoder", {}).get("train_blocks", 0))
+        self.train_blocks = 0 if self.finetune else self.config.image_encoder.train_blocks
         self.light: dict = {}
         # What paper (b)'s parts need to build, set by ``prepare``: the class prompts' text
         # embeddings (once per model) and the fold's class -> context map (once per fold).
@@ -152,11 +148,10 @@ class NetModel:
             if names is None or len(names) != num_classes:
                 raise ValueError(f"fusion.label_query needs the {num_classes} class names in the features "
                                  f"(feats['class_names'], from the dataset's classes.csv); got {names!r}")
-            enc = self.cfg.get("caption_encoder", {})
-            name = enc.get("name", "minilm")
+            enc = self.config.caption_encoder
             # A table encoder (GloVe) has no sentence model for the prompts: MiniLM embeds them.
-            prompt_encoder = "minilm" if caption_entry(name).lookup is not None else name
-            model, tokenizer, _ = build_caption(prompt_encoder, weights=enc.get("weights", "auto"))
+            prompt_encoder = "minilm" if caption_entry(enc.name).lookup is not None else enc.name
+            model, tokenizer, _ = build_caption(prompt_encoder, weights=enc.weights)
             self._class_text = label_text_embeddings(list(names), model, tokenizer).astype(np.float32)
         return self._class_text
 
@@ -166,10 +161,10 @@ class NetModel:
         The class -> context map is written to ``fold_dir/contexts.json`` for the report.
         """
         extras: dict = {}
-        if needs_class_text(self.cfg):
+        if needs_class_text(self.config):
             extras["class_text"] = self.class_text(feats, Y_train.shape[1])
-        if uses_contexts(self.cfg):
-            n_contexts = int(aux_settings(self.cfg.get("aux"))["n_contexts"])
+        if uses_contexts(self.config):
+            n_contexts = self.config.aux.n_contexts
             cmap = cluster_contexts(Y_train, n_contexts, self.seed)
             extras["context_map"] = cmap
             if fold_dir is not None:
@@ -184,20 +179,20 @@ class NetModel:
 
     def build(self, dims: dict, num_classes: int, class_freq: np.ndarray) -> torch.nn.Module:
         extras = self.build_extras
-        loss_cfg = dict(self.settings.loss)
-        name = loss_cfg.pop("name", "bce")
-        if name == "weighted_bce":
-            loss_cfg["class_freq"] = class_freq
-        loss_fn = LOSSES.create(name, **loss_cfg)
+        loss = self.settings.loss_settings
+        options = dict(loss.options)
+        if loss.name == "weighted_bce":
+            options["class_freq"] = class_freq
+        loss_fn = LOSSES.create(loss.name, **options)
         if self.train_blocks and "img_mid" in dims:
-            enc = self.cfg.get("image_encoder", {})
-            backbone, _ = build_image(enc.get("name", "tf_efficientnet_lite0"), weights=enc.get("weights", "auto"))
-            top = BackboneTop(backbone, self.train_blocks, freeze_bn=bool(enc.get("freeze_bn", True)))
+            enc = self.config.image_encoder
+            backbone, _ = build_image(enc.name, weights=enc.weights)
+            top = BackboneTop(backbone, self.train_blocks, freeze_bn=enc.freeze_bn)
             width = backbone.num_features
-            head = build_net(self.cfg, dims | {"img_pooled": width, "img_tokens": width}, num_classes, **extras)
+            head = build_net(self.config, dims | {"img_pooled": width, "img_tokens": width}, num_classes, **extras)
             head.loss_fn = loss_fn
-            return TopBlocksNet(top, head, grid=int(enc.get("grid", 4)))
-        net = build_net(self.cfg, dims, num_classes, **extras)
+            return TopBlocksNet(top, head, grid=enc.grid)
+        net = build_net(self.config, dims, num_classes, **extras)
         net.loss_fn = loss_fn
         return net
 
@@ -205,7 +200,7 @@ class NetModel:
         """Pretrained top stages move slower than the fresh head (``finetune_options.encoder_lr_mult``)."""
         if not hasattr(net, "top"):
             return None
-        mult = float(self.cfg.get("finetune_options", {}).get("encoder_lr_mult", 0.1))
+        mult = self.config.finetune_options.encoder_lr_mult
         return [{"params": list(net.head.parameters()), "lr_mult": 1.0},
                 {"params": list(net.top.parameters()), "lr_mult": mult}]
 
@@ -214,11 +209,11 @@ class NetModel:
         dims = feats.get("dims")
         if dims is None:  # finetune mode: the encoders are counted by light_report
             return 0, 0.0
-        if needs_class_text(self.cfg) and "class_text" not in self.build_extras:
+        if needs_class_text(self.config) and "class_text" not in self.build_extras:
             self.build_extras["class_text"] = self.class_text(feats, num_classes)
-        if uses_contexts(self.cfg) and "context_map" not in self.build_extras:
+        if uses_contexts(self.config) and "context_map" not in self.build_extras:
             # Folds trained earlier (skipped now): any map of the same size costs the same.
-            n = int(aux_settings(self.cfg.get("aux"))["n_contexts"])
+            n = self.config.aux.n_contexts
             self.build_extras["context_map"] = np.arange(num_classes) % n
         net = self.build(dims, num_classes, np.full(num_classes, 0.1)).eval()
         batch = CachedViews(feats["views"]).batch(np.arange(min(32, len(next(iter(feats["views"]["orig"].values()))))))
@@ -239,7 +234,7 @@ class NetModel:
         self.prepare(feats, Y[tr], fold_dir)  # from the fold's training rows only, before any build
         if self.finetune:
             if self.settings.early_stop == "refit":
-                raise ValueError(f"{self.cfg.get('name', 'this model')}: train.early_stop: refit retrains cached "
+                raise ValueError(f"{self.config.name or 'this model'}: train.early_stop: refit retrains cached "
                                  "heads; fine-tuning stops on the inner split (early_stop: inner)")
 
             return fit_fold_finetune(self, feats, Y, tr, va, fold_dir=fold_dir, pseudo=pseudo, extra_rows=extra_rows)
@@ -288,7 +283,7 @@ class NetModel:
                            extra_rows=extra_rows, fixed_epochs=fixed, **loop)
         if inner is not None:
             result.info["inner"] = inner
-        if needs_class_text(self.cfg) and result.test_logits.size:
+        if needs_class_text(self.config) and result.test_logits.size:
             # The loop ends on the best checkpoint: its alignment scores of the unlabelled pool
             # are what a later round may rank its pseudo-labels by.
             result.align = {"test": predict(test_rows, "align_scores")}

@@ -38,60 +38,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from capfuse.config.schema import HeadSettings, NetModelSettings, resolve_model
 from capfuse.nn.contexts import context_membership, context_targets
 from capfuse.nn.heads import HEADS, LabelQueryHead, MLPHead
-from capfuse.nn.pooling import masked_mean
 from capfuse.nn.losses import BCELoss, alignment_loss
+from capfuse.nn.pooling import masked_mean
 
-# Defaults of paper (b)'s parts; a model config overrides any of them. Off by default, so that a
-# config without them keeps its resolved form (and its run fingerprint).
-LABEL_QUERY_DEFAULTS = {"enabled": True, "caption_tokens": False, "d_model": 128, "heads": 4, "dropout": 0.1,
-                        # Read the cross-attention's projected tokens (same d_model) instead of projecting
-                        # again: projecting 16 x 1280 image tokens is most of a CPU training step.
-                        "share_projection": True,
-                        "temperature": 0.1,  # MuMIC's tempered sigmoid: a cosine of 1 is a logit of 10
-                        "learn_temperature": True}
-AUX_DEFAULTS = {"align_weight": 0.1,  # the alignment steers the label features; classification leads
-                "align_temperature": 0.1,  # CLIP-like sharpness over ~20 class texts
-                "align_on": "positives",  # an absent object's feature pools background: nothing to align
-                "context_weight": 0.0,  # > 0 turns the context task on
-                "n_contexts": 4}  # ~18 COCO-like classes fall into a handful of scenes
+# Every setting (and its default) is a field of capfuse.config.schema.NetModelSettings: fusion,
+# fusion.label_query (LabelQuerySettings), aux (AuxSettings), image_head/caption_head. Paper (b)'s
+# parts are off by default, so a config without them keeps its resolved form (and its run
+# fingerprint).
 
 
-def label_query_settings(spec) -> dict | None:
-    """``fusion.label_query`` resolved: None when off; ``true`` or a mapping turns it on."""
-    if spec is None or spec is False:
-        return None
-    if spec is True:
-        spec = {}
-    if not isinstance(spec, dict):
-        raise ValueError(f"fusion.label_query must be true, false or a mapping, got {spec!r}")
-    unknown = set(spec) - set(LABEL_QUERY_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown fusion.label_query keys {sorted(unknown)}; known: {sorted(LABEL_QUERY_DEFAULTS)}")
-    out = {**LABEL_QUERY_DEFAULTS, **spec}
-    return out if out["enabled"] else None
+def net_settings(cfg: dict | NetModelSettings) -> NetModelSettings:
+    """A net model's settings; a config dict (built in code: not checked as it loaded) is checked first."""
+    return resolve_model(cfg, check=True, kind="net")
 
 
-def aux_settings(spec: dict | None) -> dict:
-    spec = dict(spec or {})
-    unknown = set(spec) - set(AUX_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown aux keys {sorted(unknown)}; known: {sorted(AUX_DEFAULTS)}")
-    out = {**AUX_DEFAULTS, **spec}
-    if out["align_on"] not in ("positives", "all"):
-        raise ValueError(f"aux.align_on must be 'positives' or 'all', got {out['align_on']!r}")
-    return out
-
-
-def needs_class_text(cfg: dict) -> bool:
+def needs_class_text(cfg: dict | NetModelSettings) -> bool:
     """Does this model config need the class prompts' text embeddings (``class_text``) to build?"""
-    return label_query_settings(cfg.get("fusion", {}).get("label_query")) is not None
+    return resolve_model(cfg, kind="net").fusion.label_query is not None
 
 
-def uses_contexts(cfg: dict) -> bool:
+def uses_contexts(cfg: dict | NetModelSettings) -> bool:
     """Does this model config need a class -> context map (``context_map``) to build?"""
-    return float(aux_settings(cfg.get("aux")).get("context_weight", 0.0)) > 0
+    return resolve_model(cfg, kind="net").aux.context_weight > 0
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -136,39 +107,39 @@ class CapFuseNet(nn.Module):
     """``class_text [C, D]``: the class prompts' embeddings (needed by ``fusion.label_query``);
     ``context_map [C]``: each class's context (needed by ``aux.context_weight`` > 0)."""
 
-    def __init__(self, cfg: dict, dims: dict, num_classes: int, class_text=None, context_map=None) -> None:
+    def __init__(self, cfg: dict | NetModelSettings, dims: dict, num_classes: int, class_text=None,
+                 context_map=None) -> None:
         super().__init__()
-        self.inputs = list(cfg.get("inputs", ["image", "caption"]))
+        settings = net_settings(cfg)
+        self.inputs = list(settings.inputs)
         if not self.inputs or set(self.inputs) - {"image", "caption"}:
             raise ValueError(f"net inputs must be a non-empty subset of [image, caption], got {self.inputs}")
-        fusion = {"logit_fusion": True, "cross_attention": True, "residual": True, "d_model": 256, "heads": 4,
-                  "dropout": 0.1, "aux_weight": 0.2, **cfg.get("fusion", {})}
+        fusion = settings.fusion
         both = len(self.inputs) == 2
-        lq = label_query_settings(fusion.get("label_query"))
-        self.aux = aux_settings(cfg.get("aux"))
-        self.use_logit_fusion = both and bool(fusion["logit_fusion"])
+        lq = fusion.label_query
+        self.aux = settings.aux
+        self.use_logit_fusion = both and fusion.logit_fusion
         # Without logit fusion to weigh it against other branches, the label-query head is the classifier.
         self.lq_only = lq is not None and not self.use_logit_fusion
-        self.use_xattn = both and bool(fusion["cross_attention"]) and not self.lq_only
+        self.use_xattn = both and fusion.cross_attention and not self.lq_only
         self.early = both and not self.use_logit_fusion and not self.use_xattn and not self.lq_only
-        self.aux_weight = float(fusion["aux_weight"]) if self.use_logit_fusion else 0.0
+        self.aux_weight = fusion.aux_weight if self.use_logit_fusion else 0.0
         self.loss_fn: nn.Module | None = None
 
         self.image_head = self.caption_head = None
         if not self.early and not self.lq_only and (not both or self.use_logit_fusion):
             if "image" in self.inputs:
-                self.image_head = self._head(cfg.get("image_head", {}), dims, "img", num_classes)
+                self.image_head = self._head(settings.image_head, dims, "img", num_classes)
             if "caption" in self.inputs:
-                self.caption_head = self._head(cfg.get("caption_head", {}), dims, "cap", num_classes)
+                self.caption_head = self._head(settings.caption_head, dims, "cap", num_classes)
         self.xattn = None
         if self.use_xattn:
-            self.xattn = CrossAttentionFusion(dims["img_tokens"], dims["cap_tokens"], num_classes, int(fusion["d_model"]),
-                                              int(fusion["heads"]), float(fusion["dropout"]), bool(fusion["residual"]))
+            self.xattn = CrossAttentionFusion(dims["img_tokens"], dims["cap_tokens"], num_classes, fusion.d_model,
+                                              fusion.heads, fusion.dropout, fusion.residual)
         self.early_head = None
         if self.early:
-            spec = cfg.get("image_head", {})
-            self.early_head = MLPHead(dims["img_pooled"] + dims["cap_pooled"], num_classes,
-                                      int(spec.get("hidden", 512)), float(spec.get("dropout", 0.3)))
+            spec = settings.image_head
+            self.early_head = MLPHead(dims["img_pooled"] + dims["cap_pooled"], num_classes, spec.hidden, spec.dropout)
         self.label_query = None
         self.lq_shared = False
         if lq is not None:
@@ -178,42 +149,40 @@ class CapFuseNet(nn.Module):
                 raise ValueError("fusion.label_query needs the class prompts' text embeddings (class_text)")
             if len(class_text) != num_classes:
                 raise ValueError(f"class_text has {len(class_text)} rows for {num_classes} classes")
-            with_caption = bool(lq["caption_tokens"])
+            with_caption = lq.caption_tokens
             if with_caption and "caption" not in self.inputs:
                 raise ValueError("fusion.label_query.caption_tokens needs caption among the model's inputs")
-            self.lq_shared = (bool(lq["share_projection"]) and self.xattn is not None
-                              and int(lq["d_model"]) == int(fusion["d_model"]))
+            self.lq_shared = lq.share_projection and self.xattn is not None and lq.d_model == fusion.d_model
             self.label_query = LabelQueryHead(dims["img_tokens"], torch.as_tensor(class_text, dtype=torch.float32),
-                                              dims["cap_tokens"] if with_caption else None, int(lq["d_model"]),
-                                              int(lq["heads"]), float(lq["dropout"]), float(lq["temperature"]),
-                                              bool(lq["learn_temperature"]), project_inputs=not self.lq_shared)
+                                              dims["cap_tokens"] if with_caption else None, lq.d_model, lq.heads,
+                                              lq.dropout, lq.temperature, lq.learn_temperature,
+                                              project_inputs=not self.lq_shared)
         n_branches = ((self.image_head is not None) + (self.caption_head is not None) + (self.xattn is not None)
                       + (self.label_query is not None))
         # Zeros: a softmax over equal scores starts every class at an even mix of the branches.
         self.branch_scores = nn.Parameter(torch.zeros(n_branches, num_classes)) if self.use_logit_fusion else None
 
         self.context_head = None
-        if float(self.aux["context_weight"]) > 0:
+        if self.aux.context_weight > 0:
             if context_map is None:
                 raise ValueError("aux.context_weight > 0 needs the class -> context map of the training rows (context_map)")
             context_map = torch.as_tensor(context_map, dtype=torch.long)
-            n_contexts = int(self.aux["n_contexts"])
+            n_contexts = self.aux.n_contexts
             if context_map.shape != (num_classes,) or int(context_map.min()) < 0 or int(context_map.max()) >= n_contexts:
                 raise ValueError(f"context_map must give each of {num_classes} classes a context in [0, {n_contexts})")
             self.register_buffer("context_members", context_membership(context_map.numpy(), n_contexts))
             width = sum(m.out_dim for m in (self.image_head, self.caption_head, self.early_head) if m is not None)
-            width += 2 * int(fusion["d_model"]) if self.xattn is not None else 0
-            width += int(lq["d_model"]) if self.label_query is not None else 0
+            width += 2 * fusion.d_model if self.xattn is not None else 0
+            width += lq.d_model if self.label_query is not None else 0
             # Linear on the joint features: the shared layers must carry the context, not this head.
             self.context_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_contexts))
             self.context_loss = BCELoss()
 
     @staticmethod
-    def _head(spec: dict, dims: dict, prefix: str, num_classes: int) -> nn.Module:
-        spec = {"kind": "mlp", **spec}
-        cls = HEADS.get(spec.pop("kind"))
+    def _head(spec: HeadSettings, dims: dict, prefix: str, num_classes: int) -> nn.Module:
+        cls = HEADS.get(spec.kind)
         in_dim = dims[f"{prefix}_tokens"] if cls.uses_tokens else dims[f"{prefix}_pooled"]
-        return cls(in_dim, num_classes, **spec)
+        return cls(in_dim, num_classes, **spec.kwargs())
 
     @staticmethod
     def _run(head: nn.Module, batch: dict, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,18 +234,18 @@ class CapFuseNet(nn.Module):
                     if key in out:
                         loss = loss + self.aux_weight * self.loss_fn(out[key], targets, mask, sw)
             aux = {}
-            if lq is not None and float(self.aux["align_weight"]) > 0:
+            if lq is not None and self.aux.align_weight > 0:
                 weight = torch.ones_like(targets) if mask is None else mask.float()
-                if self.aux["align_on"] == "positives":
+                if self.aux.align_on == "positives":
                     weight = weight * (targets >= 0.5).float()
                 if sw is not None:
                     weight = weight * sw.float().unsqueeze(1)
-                aux["align"] = (float(self.aux["align_weight"]),
+                aux["align"] = (self.aux.align_weight,
                                 alignment_loss(lq["text_features"], self.label_query.class_text, weight,
-                                               float(self.aux["align_temperature"])))
+                                               self.aux.align_temperature))
             if self.context_head is not None:
                 ctx, ctx_mask = context_targets(targets.float(), self.context_members, mask)
-                aux["context"] = (float(self.aux["context_weight"]),
+                aux["context"] = (self.aux.context_weight,
                                   self.context_loss(out["context_logits"], ctx, ctx_mask, sw))
             for weight_, value in aux.values():
                 loss = loss + weight_ * value
@@ -306,5 +275,5 @@ class TopBlocksNet(nn.Module):
         return self.head(self.features(batch))
 
 
-def build_net(cfg: dict, dims: dict, num_classes: int, class_text=None, context_map=None) -> CapFuseNet:
+def build_net(cfg: dict | NetModelSettings, dims: dict, num_classes: int, class_text=None, context_map=None) -> CapFuseNet:
     return CapFuseNet(cfg, dims, num_classes, class_text=class_text, context_map=context_map)

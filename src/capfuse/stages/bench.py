@@ -16,15 +16,17 @@ import torch
 
 from capfuse.bench.embedding import bench_embed
 from capfuse.bench.second_level import bench_stack_thresholds
+from capfuse.config.schema import ImageEncoderSpec
 from capfuse.utils.log import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="capfuse bench", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--encoder", default="tf_efficientnet_lite0")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
+    # The image_encoder block's defaults: the backbone, size and batch the pipeline embeds with.
+    parser.add_argument("--encoder", default=ImageEncoderSpec.name)
+    parser.add_argument("--size", type=int, default=ImageEncoderSpec.size)
+    parser.add_argument("--batch-size", type=int, default=ImageEncoderSpec.batch_size)
     parser.add_argument("--only", choices=["embed", "stack"], default=None, help="run one benchmark only")
     parser.add_argument("--rows", type=int, default=30000, help="OOF rows for the stack benchmark")
     parser.add_argument("--models", type=int, default=10, help="base models for the stack benchmark")

@@ -17,17 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from capfuse import config as cfglib
-from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
+from capfuse.data.logits import logits_frame
 from capfuse.encoders.cost import light_report
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import gap_at_k, mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
-from capfuse.data.logits import logits_frame
 from capfuse.training.pseudo import PseudoSource, folds_sha, pseudo_counts, pseudo_targets
+from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_npy, write_text
 from capfuse.utils.log import log
-from capfuse.utils.dist import barrier, rank_world
-from capfuse.utils.runs import FINGERPRINT_FILE, check_inside, check_name, fingerprint_record, read_fingerprint, remove_run
 from capfuse.utils.numeric import sigmoid
+from capfuse.utils.runs import (
+    FINGERPRINT_FILE,
+    check_inside,
+    check_name,
+    fingerprint_record,
+    read_fingerprint,
+    remove_run,
+)
 from capfuse.utils.seed import seed_everything
 
 
@@ -63,10 +70,13 @@ def train_model(
     With ``pseudo_from``, fold k also trains on the unlabelled pool labelled by the previous
     round's fold-k model (checked by ``capfuse.training.pseudo.check_provenance`` before it is used).
     """
-    seed = int(model_cfg.get("seed", 42))
-    model = MODELS.create(model_cfg["kind"], cfg=model_cfg, seed=seed)
-    if pseudo_from is not None and model_cfg["kind"] != "net":
-        raise ValueError(f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {model_cfg['kind']}")
+    # Resolved once, here, and handed down; the dict itself stays as it is: it is what the run
+    # folder's fingerprint and config.yaml hold.
+    settings = cfglib.resolve_model(model_cfg)
+    seed = settings.seed
+    model = MODELS.create(settings.kind, cfg=settings, seed=seed)
+    if pseudo_from is not None and settings.kind != "net":
+        raise ValueError(f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {settings.kind}")
     k = int(folds.max()) + 1
     folds_checksum = folds_sha(folds)
     # Label-ratio mode: only ``labelled`` train rows train; the others are predicted by every fold
@@ -74,8 +84,8 @@ def train_model(
     labelled = np.ones(len(train_ids), bool) if labelled is None else np.asarray(labelled, bool)
     unlabelled = np.flatnonzero(~labelled)
     if len(unlabelled):
-        if model_cfg["kind"] != "net":
-            raise ValueError(f"{name}: label-ratio mode needs a net model; kind is {model_cfg['kind']}")
+        if settings.kind != "net":
+            raise ValueError(f"{name}: label-ratio mode needs a net model; kind is {settings.kind}")
         data_fingerprint = f"{data_fingerprint}|labelled:{hashlib.sha256(labelled.tobytes()).hexdigest()}"
     # The rows of an extra unlabelled folder (``data.unlabelled``) sit after the test rows and
     # are predicted like the unlabelled train rows, for the next round to label.
@@ -158,7 +168,7 @@ def train_model(
     threshold, best_f1 = fit_global_threshold(Y, probs)
     metrics = {
         "model": name,
-        "kind": model_cfg["kind"],
+        "kind": settings.kind,
         "needs_image": bool(model.needs_image),
         "folds": k,
         "seed": seed,
@@ -171,7 +181,7 @@ def train_model(
         "threshold": round(float(threshold), 3),
         # Summed over the folds' own records, so a resumed run reports the whole training time.
         "train_minutes": round(sum(read_json(out_dir / f"fold{f}" / "done.json")["seconds"] for f in range(k)) / 60.0, 3),
-        **light_report(model_cfg, *model.head_cost(feats, len(class_ids))),
+        **light_report(settings, *model.head_cost(feats, len(class_ids))),
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics
