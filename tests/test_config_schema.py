@@ -22,7 +22,8 @@ from capfuse.config import (
     resolve_model,
     validate,
 )
-from capfuse.config.schema import ZEROSHOT_GROUPS, ZEROSHOT_KEYS, defaults
+from capfuse.config.check import ZEROSHOT_GROUPS, ZEROSHOT_KEYS
+from capfuse.config.schema import defaults
 from capfuse.zeroshot import ZeroShotSettings
 
 REPO = Path(__file__).resolve().parents[1]

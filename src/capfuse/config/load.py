@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from capfuse.config.check import validate as check_config
 from capfuse.config.errors import ConfigError, Sources, source_of  # noqa: F401 (re-exported)
-from capfuse.config.schema import validate as check_config
 
 INHERIT_KEY = "inherit"
 

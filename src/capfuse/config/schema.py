@@ -1,14 +1,15 @@
-"""Every config block as a frozen dataclass, the check that a config names only real keys, and
-the functions that resolve a loaded config into those dataclasses.
+"""Every config block as a frozen dataclass, with its default: the one home of the defaults.
+
+Why this module is long: it gathers every block of every config, each field with its default
+and the reason for it, on one page; split up, it would scatter what it exists to gather.
 
 Where the defaults live, and why there
 --------------------------------------
-Every default is a dataclass field in this module (or, for a block whose dataclass already had
-a home, in that dataclass: ``PseudoSettings``, ``ZeroShotSettings``), and nowhere else. The
-parameters of a *component* chosen by name (a loss under ``train.loss``, a head under
-``image_head``/``caption_head``, the TF-IDF vectoriser under ``tfidf``, the LightGBM stacker
-under ``ensemble.stack``) are that component's own keyword arguments: the check reads them from
-its signature, and their defaults stay in the signature.
+Every default is a dataclass field in this module (``ZeroShotSettings``, which lives with the
+zeroshot package, holds its own), and nowhere else. The parameters of a *component* chosen by
+name (a loss under ``train.loss``, a head under ``image_head``/``caption_head``, the TF-IDF
+vectoriser under ``tfidf``, the LightGBM stacker under ``ensemble.stack``) are that component's
+own keyword arguments, and their defaults stay in its signature.
 
 Not the YAML alone, because a config does not always pass through the YAML that documents a
 default: a model config given directly skips ``configs/default.yaml``, and tests and notebooks
@@ -21,79 +22,27 @@ agree, so the two cannot drift apart.
 Where the code used to default otherwise than the YAML (``caption_encoder.max_len`` 32 in code
 and 24 in net_base; the train loop's epochs, batch size, learning rate, patience and loss;
 ``fusion.d_model``; the heads' ``hidden``; ``finetune_options.loader_threads``;
-``ratios.models``), the YAML value is the one every shipped config ran with, and it is the
-default here.
+``ratios.models``; ``image_encoder.size``), the YAML value is the one every shipped config ran
+with, and it is the default here.
 
-Checking and resolving are two steps. ``validate`` runs on every config ``load_config``
-returns: an unknown key at any depth (a misspelling, a key at the wrong level, a parameter the
-chosen loss or head does not take) is a ``ConfigError`` naming the dotted key, the file or
-``--set`` override that brought it, and the closest valid key. ``resolve`` and
-``resolve_model`` turn a checked config into the dataclasses; they read only the keys they know
-and never write into the dict.
+``capfuse.config.check`` checks a config against these classes (``validate``: unknown keys,
+named with their file and the closest valid key); ``resolve`` and ``resolve_model`` below turn a
+checked config into them, reading only the keys they know and never writing into the dict.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from capfuse.config.errors import ConfigError, Sources, source_of
+from capfuse.config.errors import ConfigError
 
 
 def block(cls: type) -> Any:
     """A nested block: a mapping checked and resolved as the dataclass ``cls``."""
     return field(default_factory=cls, metadata={"block": cls})
-
-
-# -- components chosen by name (registry-driven blocks) -------------------------------------------
-# Losses and heads are chosen by name, the TF-IDF vectoriser and the stacker take parameters; all
-# of them are defined in layers above this one. Each of those modules registers its catalogue
-# here when it is imported, so the check reads the chosen component's parameters without the
-# config layer importing the layers above it. Until a catalogue is registered (a command that
-# never loads that layer, such as `capfuse folds`), the parameters of that block go unchecked;
-# every command that builds the component has loaded its module before it reads the config.
-_REGISTRIES: dict[str, Any] = {}  # "loss", "head" -> a capfuse.utils.registry.Registry
-_PARAMETERS: dict[str, list[str]] = {}  # "tfidf", "ensemble.stack" -> parameter names
-
-
-def register_components(kind: str, registry) -> None:
-    """Components of ``kind`` ("loss", "head") chosen by name from ``registry``; a config may give
-    the keyword arguments of the chosen one's factory (``component_params``)."""
-    _REGISTRIES[kind] = registry
-
-
-def register_parameters(block: str, names: Iterable[str]) -> None:
-    """The parameters a config may give under ``block`` ("tfidf", "ensemble.stack")."""
-    _PARAMETERS[block] = list(names)
-
-
-def component_params(factory: Callable) -> list[str]:
-    """A component's config parameters: its keyword arguments that have a default. Arguments
-    without one (a head's ``in_dim``, ``weighted_bce``'s ``class_freq``) are supplied by the code."""
-    out = []
-    for name, p in inspect.signature(factory).parameters.items():
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty:
-            out.append(name)
-    return out
-
-
-def _check_component(ck: _Checker, value, path: tuple, kind: str, key: str, default: str) -> None:
-    """A block ``{<key>: <name>, <its parameters>}`` whose name picks a component of ``kind``."""
-    registry = _REGISTRIES.get(kind)
-    if not ck.mapping(value, path) or registry is None:
-        return
-    name = value.get(key, default)
-    if ck.choice(name, registry.names(), path + (key,), kind):
-        ck.keys(value, path, [key, *component_params(registry.get(name))], what=f"parameter of the {name!r} {kind}")
-
-
-def _check_parameters(ck: _Checker, value, path: tuple, block: str, what: str) -> None:
-    if ck.mapping(value, path) and block in _PARAMETERS:
-        ck.keys(value, path, _PARAMETERS[block], what=what)
 
 
 # -- the blocks ----------------------------------------------------------------------------------
@@ -134,10 +83,6 @@ class ThresholdSettings:
 CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
 
 
-def _check_stack(ck: _Checker, value, path: tuple) -> None:
-    _check_parameters(ck, value, path, "ensemble.stack", "stacker parameter")
-
-
 @dataclass(frozen=True)
 class EnsembleSettings:
     """``ensemble:``: which trained models feed the second level, and which candidates compete."""
@@ -146,7 +91,7 @@ class EnsembleSettings:
     candidates: tuple[str, ...] = CANDIDATES
     # LightGBM parameters of the stacker (defaults: capfuse.ensemble.stack.DEFAULT_PARAMS), plus
     # ``num_rounds`` and ``init`` (blend or constant).
-    stack: Mapping = field(default_factory=dict, metadata={"check": _check_stack})
+    stack: Mapping = field(default_factory=dict, metadata={"check": "stack"})
 
 
 @dataclass(frozen=True)
@@ -214,10 +159,6 @@ class CaptionEncoderSettings:
 TextEncoderSpec = CaptionEncoderSettings
 
 
-def _check_head(ck: _Checker, value, path: tuple) -> None:
-    _check_component(ck, value, path, "head", "kind", HeadSettings.kind)
-
-
 @dataclass(frozen=True)
 class HeadSettings:
     """``image_head:`` / ``caption_head:``: a branch head chosen by ``kind`` (capfuse.nn.heads).
@@ -255,10 +196,6 @@ class LossSettings:
         return cls(name=cfg.pop("name", cls.name), options=cfg)
 
 
-def _check_loss(ck: _Checker, value, path: tuple) -> None:
-    _check_component(ck, value, path, "loss", "name", LossSettings.name)
-
-
 EARLY_STOP = ("inner", "refit", "none")
 
 
@@ -285,7 +222,7 @@ class TrainSettings:
     tta: bool = True  # average original and flipped views for OOF and test logits
     eval_batch_size: int = 256
     # paper (a): log-inverse-frequency class weights; a mapping ``{name: <loss>, <its parameters>}``
-    loss: dict = field(default_factory=lambda: {"name": "weighted_bce"}, metadata={"check": _check_loss})
+    loss: dict = field(default_factory=lambda: {"name": "weighted_bce"}, metadata={"check": "loss"})
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
@@ -323,15 +260,6 @@ class LabelQuerySettings:
     learn_temperature: bool = True
 
 
-def _check_label_query(ck: _Checker, value, path: tuple) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if not isinstance(value, Mapping):
-        ck.error(path, f"'{_dotted(path)}' must be true, false or a mapping, got {value!r}")
-        return
-    ck.block(value, LabelQuerySettings, path)
-
-
 def _resolve_label_query(value) -> LabelQuerySettings | None:
     """None when off; ``true`` or a mapping (without ``enabled: false``) turns it on."""
     if value is None or value is False:
@@ -352,7 +280,7 @@ class FusionSettings:
     dropout: float = 0.1
     aux_weight: float = 0.2  # branch logits' own loss, so that logit fusion weighs meaningful predictions
     label_query: LabelQuerySettings | None = field(
-        default=None, metadata={"check": _check_label_query, "resolve": _resolve_label_query})
+        default=None, metadata={"check": "label_query", "resolve": _resolve_label_query})
 
 
 @dataclass(frozen=True)
@@ -408,11 +336,6 @@ class PseudoSettings:
         return s
 
 
-def _check_pseudo_partial(ck: _Checker, value, path: tuple) -> None:
-    if value is not None and ck.mapping(value, path):
-        ck.block(value, PseudoSettings, path)
-
-
 @dataclass(frozen=True)
 class ModelSettings:
     """What every model kind reads. Pipeline-wide keys (seed, data, folds, pseudo) flow into each
@@ -427,10 +350,6 @@ class ModelSettings:
     image_encoder: ImageEncoderSettings = block(ImageEncoderSettings)
 
 
-def _check_tfidf(ck: _Checker, value, path: tuple) -> None:
-    _check_parameters(ck, value, path, "tfidf", "TF-IDF parameter")
-
-
 @dataclass(frozen=True)
 class LinearModelSettings(ModelSettings):
     """``kind: linear``: one-vs-rest logistic regression on cached image features and TF-IDF."""
@@ -440,7 +359,7 @@ class LinearModelSettings(ModelSettings):
     image_weight: float = 1.0  # block weights: how hard that one penalty pulls on each modality
     caption_weight: float = 1.0
     max_iter: int = 300
-    tfidf: Mapping = field(default_factory=dict, metadata={"check": _check_tfidf})  # capfuse.features.tfidf
+    tfidf: Mapping = field(default_factory=dict, metadata={"check": "tfidf"})  # capfuse.features.tfidf
 
 
 @dataclass(frozen=True)
@@ -451,9 +370,9 @@ class NetModelSettings(ModelSettings):
     device: str = "cpu"  # heads on cached features: a GPU would idle; finetune configs use cuda
     finetune: bool = False  # true: backbone and caption encoder train end to end
     caption_encoder: CaptionEncoderSettings = block(CaptionEncoderSettings)
-    image_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": _check_head,
+    image_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": "head",
                                                                              "resolve": HeadSettings.from_config})
-    caption_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": _check_head,
+    caption_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": "head",
                                                                                "resolve": HeadSettings.from_config})
     fusion: FusionSettings = block(FusionSettings)
     aux: AuxSettings = block(AuxSettings)
@@ -464,20 +383,6 @@ class NetModelSettings(ModelSettings):
 MODEL_KINDS: dict[str, type[ModelSettings]] = {"linear": LinearModelSettings, "net": NetModelSettings}
 
 
-def _check_variants(ck: _Checker, value, path: tuple) -> None:
-    if not isinstance(value, (list, tuple)):
-        ck.error(path, f"'{_dotted(path)}' must be a list of variants, got {type(value).__name__}")
-        return
-    for i, v in enumerate(value):
-        if ck.mapping(v, path + (i,)):
-            ck.block(v, AblationVariant, path + (i,))
-
-
-def _check_partial_config(ck: _Checker, value, path: tuple) -> None:
-    if ck.mapping(value, path):
-        _check_config(ck, value, path)
-
-
 @dataclass(frozen=True)
 class AblationVariant:
     """One row of ``ablation.variants``: a model config, or one derived from ``base`` by ``set``."""
@@ -486,8 +391,8 @@ class AblationVariant:
     base: str | None = None  # the registered model config it starts from (default: ``name``)
     group: str = ""
     change: str = ""
-    set: Mapping = field(default_factory=dict, metadata={"check": _check_partial_config})  # merged into the base
-    pseudo: Mapping | None = field(default=None, metadata={"check": _check_pseudo_partial})  # pseudo-label rounds on it
+    set: Mapping = field(default_factory=dict, metadata={"check": "partial_config"})  # merged into the base
+    pseudo: Mapping | None = field(default=None, metadata={"check": "pseudo_partial"})  # pseudo-label rounds on it
 
 
 @dataclass(frozen=True)
@@ -497,7 +402,7 @@ class AblationSettings:
     reference: str | None = None  # ``delta`` is each variant's CV mean F1 minus this one's
     second_level: bool = True  # blends, stacker and threshold rows
     output: str = "ablation"  # runs/<dataset>/<output>.{csv,md}
-    variants: tuple[AblationVariant, ...] = field(default=(), metadata={"check": _check_variants,
+    variants: tuple[AblationVariant, ...] = field(default=(), metadata={"check": "variants",
                                                                         "resolve": lambda v: tuple(
                                                                             _build(AblationVariant, x) for x in v or ())})
 
@@ -518,165 +423,7 @@ class PipelineSettings:
     ablation: AblationSettings = block(AblationSettings)
 
 
-# ``zeroshot:`` is ``ZeroShotSettings`` (capfuse.zeroshot, its home and that of its defaults),
-# one flat dataclass; the config groups its fields as below. The keys are listed here because the
-# config layer cannot import the zeroshot package above it; tests/test_config_schema.py asserts
-# that they are exactly ZeroShotSettings' fields.
-ZEROSHOT_KEYS = ("image_encoder", "caption_encoder", "unseen", "min_positives", "prompts")
-ZEROSHOT_GROUPS = {
-    "projector": ("kind", "hidden", "dropout", "tokens"),
-    "loss": ("temperature", "learn_temperature", "label_weight", "label_loss"),
-    "train": ("epochs", "batch_size", "lr", "weight_decay", "flip", "tta"),
-    "eval": ("eval_folds", "random_seeds"),
-}
-_ZEROSHOT_NESTED = {"image_encoder": ImageEncoderSettings, "caption_encoder": CaptionEncoderSettings}
-
-
-def _check_zeroshot(ck: _Checker, value, path: tuple) -> None:
-    if not ck.mapping(value, path):
-        return
-    hints = {name: f"{group}.{name}" for group, names in ZEROSHOT_GROUPS.items() for name in names}
-    ck.keys(value, path, [*ZEROSHOT_KEYS, *ZEROSHOT_GROUPS], hints=hints)
-    for key, sub in value.items():
-        if key in _ZEROSHOT_NESTED:
-            ck.block(sub, _ZEROSHOT_NESTED[key], path + (key,))
-        elif key in ZEROSHOT_GROUPS and ck.mapping(sub, path + (key,)):
-            ck.keys(sub, path + (key,), ZEROSHOT_GROUPS[key])
-            if key == "loss" and "label_loss" in sub:
-                _check_loss(ck, sub["label_loss"], path + (key, "label_loss"))
-
-
-# -- the check -----------------------------------------------------------------------------------
-
 # Names people reach for, and the key that means it (offered when one of them is misspelt).
-ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "max_length": "max_len",
-           "num_heads": "heads", "n_heads": "heads", "n_folds": "k", "num_folds": "k", "hidden_dim": "hidden"}
-
-
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def closest(key: str, valid: list[str]) -> str | None:
-    """The valid key nearest to ``key`` (difflib), a common synonym mapped to its key included."""
-    candidates = {v: v for v in valid}
-    candidates.update({alias: target for alias, target in ALIASES.items() if target in candidates})
-    best = difflib.get_close_matches(str(key), list(candidates), n=1, cutoff=0.0)
-    return candidates[best[0]] if best else None
-
-
-class _Checker:
-    def __init__(self, sources: Sources | None, default: str) -> None:
-        self.sources, self.default = sources, default
-        self.errors: list[str] = []
-
-    def where(self, path: tuple) -> str:
-        return source_of(self.sources, path, self.default)
-
-    def error(self, path: tuple, message: str) -> None:
-        self.errors.append(f"{self.where(path)}: {message}")
-
-    def mapping(self, value, path: tuple) -> bool:
-        if value is None:
-            return False  # an empty block: its defaults
-        if not isinstance(value, Mapping):
-            self.error(path, f"'{_dotted(path)}' must be a mapping, got {type(value).__name__} {value!r}")
-            return False
-        return True
-
-    def choice(self, value, valid: list[str], path: tuple, what: str) -> bool:
-        if value in valid:
-            return True
-        self.error(path, f"unknown {what} {value!r} at '{_dotted(path)}': did you mean {closest(value, valid)!r}? "
-                         f"(known: {', '.join(valid)})")
-        return False
-
-    def keys(self, value: Mapping, path: tuple, valid: list[str], *, what: str = "key",
-             hints: Mapping[str, str] | None = None) -> None:
-        for key in value:
-            if key in valid:
-                continue
-            if hints and key in hints:
-                best = hints[key]
-            else:
-                best = closest(key, valid)
-            mean = f"did you mean '{_dotted(path + (best,))}'?" if best else "nothing is valid there"
-            self.error(path + (key,), f"unknown {what} '{_dotted(path + (key,))}': {mean} "
-                                      f"(valid under '{_dotted(path) or 'the top level'}': {', '.join(sorted(valid))})")
-
-    def block(self, value, cls: type, path: tuple) -> None:
-        if not self.mapping(value, path):
-            return
-        by_name = {f.name: f for f in fields(cls)}
-        hints = {}
-        for f in by_name.values():
-            if "block" in f.metadata:
-                hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(f.metadata["block"])})
-        self.keys(value, path, list(by_name), hints=hints)
-        for key, sub in value.items():
-            f = by_name.get(key)
-            if f is None:
-                continue
-            if "check" in f.metadata:
-                f.metadata["check"](self, sub, path + (key,))
-            elif "block" in f.metadata:
-                self.block(sub, f.metadata["block"], path + (key,))
-
-
-def _model_fields(kind: str | None) -> dict[str, dataclasses.Field]:
-    classes = [MODEL_KINDS[kind]] if kind in MODEL_KINDS else list(MODEL_KINDS.values())
-    return {f.name: f for cls in classes for f in fields(cls)}
-
-
-def _check_config(ck: _Checker, cfg: Mapping, path: tuple) -> None:
-    """A whole config (or a partial one merged into a model, such as a variant's ``set``).
-
-    With ``kind``, the model keys are that kind's; without it (a pipeline), any kind's model keys
-    are allowed: they flow down to the pipeline's models as their defaults.
-    """
-    kind = cfg.get("kind")
-    if kind is not None and not ck.choice(kind, list(MODEL_KINDS), path + ("kind",), "model kind"):
-        kind = None
-    top = {f.name: f for f in fields(PipelineSettings)}
-    model = _model_fields(kind)
-    valid = {**model, **top, "zeroshot": None}
-    hints = {}
-    for f in (*top.values(), *model.values()):
-        if "block" in f.metadata:
-            hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(f.metadata["block"])})
-    hints.pop("kind", None)
-    other_kinds = {name: k for k, cls in MODEL_KINDS.items() for name in (f.name for f in fields(cls))
-                   if name not in valid}
-    for key in cfg:
-        if key in other_kinds:
-            ck.error(path + (key,), f"'{_dotted(path + (key,))}' is a key of {other_kinds[key]} models, "
-                                    f"not of kind {kind!r}")
-    ck.keys({k: v for k, v in cfg.items() if k not in other_kinds}, path, list(valid),
-            hints={k: v for k, v in hints.items() if k not in valid})
-    for key, sub in cfg.items():
-        f = valid.get(key, False)
-        if key == "zeroshot":
-            _check_zeroshot(ck, sub, path + (key,))
-        elif f:
-            if "check" in f.metadata:
-                f.metadata["check"](ck, sub, path + (key,))
-            elif "block" in f.metadata:
-                ck.block(sub, f.metadata["block"], path + (key,))
-
-
-def validate(cfg: Mapping, sources: Sources | None = None, *, source: str = "<config>") -> None:
-    """Raise ``ConfigError`` listing every unknown key of ``cfg`` (at any depth), each with the
-    file or ``--set`` override that brought it (``sources``, else ``source``) and the closest
-    valid key. Registry-driven blocks are checked against the chosen component's parameters."""
-    ck = _Checker(sources, source)
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"{source}: a config must be a mapping, got {type(cfg).__name__}")
-    _check_config(ck, cfg, ())
-    if ck.errors:
-        raise ConfigError("\n".join(ck.errors))
 
 
 # -- resolving -----------------------------------------------------------------------------------
@@ -727,21 +474,15 @@ def resolve(cfg: Mapping) -> PipelineSettings:
     return _build(PipelineSettings, cfg)
 
 
-def resolve_model(cfg: Mapping | ModelSettings, *, check: bool = False,
-                  kind: str | None = None) -> LinearModelSettings | NetModelSettings:
+def resolve_model(cfg: Mapping | ModelSettings, *, kind: str | None = None) -> LinearModelSettings | NetModelSettings:
     """A model config (``kind: linear`` or ``net``) as its kind's settings; settings pass through.
-
-    ``kind`` is the kind of a config that does not say (a net built in code). ``check`` first
-    validates ``cfg``, for configs built in code rather than loaded (``load_config`` checks those).
-    """
+    ``kind`` is the kind of a config that does not say (a net built in code)."""
     if isinstance(cfg, ModelSettings):
         return cfg
     if kind is not None and "kind" not in cfg:
         cfg = {"kind": kind, **cfg}
     if cfg.get("kind") not in MODEL_KINDS:
         raise ConfigError(f"model kind must be one of {list(MODEL_KINDS)}, got {cfg.get('kind')!r}")
-    if check:
-        validate(cfg, source="model config")
     return _build(MODEL_KINDS[cfg["kind"]], cfg)
 
 

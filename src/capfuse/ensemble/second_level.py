@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from capfuse.config.schema import CANDIDATES, register_parameters, resolve
+from capfuse.config.check import register_parameters
+from capfuse.config.schema import CANDIDATES, resolve
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import logits_frame, read_aligned, read_logits
 from capfuse.ensemble.blend import (

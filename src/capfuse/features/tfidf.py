@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from capfuse.config.schema import component_params, register_parameters
+from capfuse.config.check import component_params, register_parameters
 
 
 def tfidf_features(

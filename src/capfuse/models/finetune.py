@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from capfuse.config.schema import NetModelSettings, resolve_model
+from capfuse.config.check import resolve_checked
+from capfuse.config.schema import NetModelSettings
 from capfuse.data.images import load_array, resolve_image_path
 from capfuse.encoders.image import preprocess_for
 from capfuse.encoders.registry import build_caption, build_image
@@ -41,7 +42,7 @@ class FinetuneNet(nn.Module):
 
     def __init__(self, cfg: dict | NetModelSettings, num_classes: int, build_head) -> None:
         super().__init__()
-        settings = resolve_model(cfg, check=True, kind="net")
+        settings = resolve_checked(cfg, kind="net")
         self.grid = settings.image_encoder.grid
         dims = {}
         self.backbone = None

@@ -12,7 +12,8 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from capfuse.config.schema import LinearModelSettings, resolve_model
+from capfuse.config.check import resolve_checked
+from capfuse.config.schema import LinearModelSettings
 from capfuse.models import MODELS
 from capfuse.models.base import FoldOutput
 
@@ -30,7 +31,7 @@ class LinearModel:
     A config dict (built in code) is checked and resolved first."""
 
     def __init__(self, cfg: dict | LinearModelSettings, seed: int) -> None:
-        settings = resolve_model(cfg, check=True, kind="linear")
+        settings = resolve_checked(cfg, kind="linear")
         self.inputs = list(settings.inputs)
         if not self.inputs or set(self.inputs) - {"image", "caption"}:
             raise ValueError(f"linear model inputs must be a subset of [image, caption], got {self.inputs}")

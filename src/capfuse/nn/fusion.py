@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from capfuse.config.check import resolve_checked
 from capfuse.config.schema import HeadSettings, NetModelSettings, resolve_model
 from capfuse.nn.contexts import context_membership, context_targets
 from capfuse.nn.heads import HEADS, LabelQueryHead, MLPHead
@@ -52,7 +53,7 @@ from capfuse.nn.pooling import masked_mean
 
 def net_settings(cfg: dict | NetModelSettings) -> NetModelSettings:
     """A net model's settings; a config dict (built in code: not checked as it loaded) is checked first."""
-    return resolve_model(cfg, check=True, kind="net")
+    return resolve_checked(cfg, kind="net")
 
 
 def needs_class_text(cfg: dict | NetModelSettings) -> bool:

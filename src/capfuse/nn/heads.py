@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from capfuse.config.schema import register_components
+from capfuse.config.check import register_components
 from capfuse.nn.pooling import masked_mean
 from capfuse.utils.registry import Registry
 

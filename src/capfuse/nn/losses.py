@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from capfuse.config.schema import register_components
+from capfuse.config.check import register_components
 from capfuse.utils.registry import Registry
 
 LOSSES = Registry("loss")
