@@ -239,7 +239,7 @@ ZS = str(REPO / "configs" / "zeroshot.yaml")
 # Every command that resolves a dataset writes into runs/<dataset>/ (the validation report at
 # least), with the stage function it runs first.
 WRITING = {
-    "validate": ("capfuse.data.dataset.load_dataset", []),
+    "validate": ("capfuse.stages.validate.load_dataset", []),
     "folds": ("capfuse.stages.folds.run_folds", []),
     "all": ("capfuse.stages.folds.run_folds", []),
     "embed": ("capfuse.stages.embed.run_embed", []),

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         # `capfuse bench` has its own options (capfuse.stages.bench); imported here for the same
         # reason as the stages of COMMANDS.
-        from capfuse.stages.bench import main as bench_main
+        from capfuse.stages.bench import main as bench_main  # noqa: PLC0415 (a stage, imported when its command runs)
 
         setup_logging("INFO")
         return bench_main(argv[1:])

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from PIL import Image
 
@@ -34,8 +35,6 @@ def make_bench_images(folder: Path, n: int, size=(640, 480), seed: int = 0) -> l
 
 
 def naive_timm_loop(folder: Path, ids: list[str], name: str, batch_size: int) -> float:
-    import timm
-
 
     model, _ = build_image(name, weights="package", num_classes=0)
     model.eval()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from capfuse.utils.io import write_csv
 
@@ -49,7 +50,6 @@ def make_folds(image_ids: Sequence[str], Y: np.ndarray, k: int = 5, seed: int = 
     Deterministic for a given ``seed``: the splitter shuffles with it (``shuffle=True`` is what
     makes ``random_state`` take effect) and also breaks its internal ties with it.
     """
-    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
     ids = [str(i) for i in image_ids]
     if isinstance(k, bool) or int(k) != k or k < 2:

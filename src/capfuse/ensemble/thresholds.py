@@ -224,7 +224,7 @@ def fit_class_thresholds(
     created or resumed, and a study tuned on other data or another label rule is refused.
     ``init`` (e.g. last run's thresholds) is a second starting point of a new study.
     """
-    import optuna  # here, not at module level: importing optuna costs about a second
+    import optuna  # noqa: PLC0415 (importing optuna costs about a second)
 
 
     scorer = F1Scorer(y_true, probs, min_labels=min_labels, max_labels=max_labels)

@@ -54,7 +54,7 @@ class _Runner:
         self.session = None
         if backend == "onnx":
             try:
-                import onnxruntime as ort
+                import onnxruntime as ort  # noqa: PLC0415 (the ONNX backend is optional: a missing runtime falls back to torch)
             except ImportError:
                 log.warning("onnxruntime is not installed; embedding with torch instead")
                 return

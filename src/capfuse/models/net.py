@@ -42,19 +42,16 @@ from capfuse.encoders.cost import _time_ms
 from capfuse.encoders.image import BackboneTop
 from capfuse.encoders.registry import build_caption, build_image, caption_entry
 from capfuse.encoders.text import label_text_embeddings
-from capfuse.ensemble.decision import fit_global_threshold
 from capfuse.models import MODELS
 from capfuse.models.base import FoldOutput
+from capfuse.models.cached import CachedViews
 from capfuse.models.finetune import fit_fold_finetune
-from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split  # noqa: F401 (re-exported)
+from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split, val_score  # noqa: F401 (re-exported)
 from capfuse.nn.contexts import cluster_contexts
 from capfuse.nn.fusion import TopBlocksNet, build_net, count_parameters, needs_class_text, net_settings, uses_contexts
 from capfuse.nn.losses import LOSSES, class_frequencies
 from capfuse.utils.io import atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
-from capfuse.utils.numeric import sigmoid
-
-FEATURE_KEYS = ("img_pooled", "img_tokens", "img_mid", "cap_pooled", "cap_tokens", "cap_mask")
 
 
 def _save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -65,43 +62,6 @@ def _save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
 def _save_torch(path: Path, obj: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def val_score(y: np.ndarray, logits: np.ndarray, metric: str = "f1") -> float:
-    """The stopping rows' score that early stopping maximises: mean F1 at their best global
-    threshold (``f1``), or minus their mean binary cross-entropy (``loss``), which varies less
-    from epoch to epoch when only a few dozen rows judge (low label ratios)."""
-    if metric == "loss":
-        x = np.clip(logits.astype(np.float64), -40, 40)
-        return float(-np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
-    probs = sigmoid(logits)
-    _, f1 = fit_global_threshold(y, probs)
-    return float(f1)
-
-
-class CachedViews:
-    """Cached feature arrays for all rows (train then test), one dict per view."""
-
-    def __init__(self, views: dict[str, dict[str, np.ndarray]]) -> None:
-        self.views = views
-
-    def batch(self, rows: np.ndarray, flip: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """Gather ``rows``; where ``flip`` is True take the hflip view (image keys only)."""
-        orig = self.views["orig"]
-        out = {}
-        for key in FEATURE_KEYS:
-            if key not in orig:
-                continue
-            arr = np.asarray(orig[key][rows])
-            if flip is not None and flip.any() and key.startswith("img_") and "hflip" in self.views:
-                arr = arr.copy()
-                arr[flip] = np.asarray(self.views["hflip"][key][rows[flip]])
-            t = torch.from_numpy(np.ascontiguousarray(arr))
-            out[key] = t.bool() if key == "cap_mask" else t.float()
-        return out
-
-    def view_batch(self, view: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        return self.batch(rows, np.ones(len(rows), bool) if view == "hflip" else None)
 
 
 @MODELS.register("net")

@@ -1,4 +1,4 @@
-"""What the ``net`` loop is told: its settings, its learning-rate schedule and its stopping split.
+"""What the ``net`` loop is told: its settings, its learning-rate schedule, its stopping split and score.
 
 Kept apart from the loop so that the rules a fold trains by (how many epochs, which rows judge
 them, how the learning rate moves) read on one page. The settings themselves (``TrainSettings``,
@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from capfuse.config.schema import EARLY_STOP, TrainSettings  # noqa: F401 (re-exported)
+from capfuse.ensemble.decision import fit_global_threshold
+from capfuse.utils.numeric import sigmoid
 
 
 def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +24,6 @@ def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[
     Only ``Y[tr]`` is read, so the held-out fold's labels cannot move the split; rows keep
     their order so that the epoch permutations stay reproducible.
     """
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
     tr = np.asarray(tr)
     if len(tr) < 2:
@@ -44,3 +46,15 @@ def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> floa
         return (step + 1) / warmup
     progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def val_score(y: np.ndarray, logits: np.ndarray, metric: str = "f1") -> float:
+    """The stopping rows' score that early stopping maximises: mean F1 at their best global
+    threshold (``f1``), or minus their mean binary cross-entropy (``loss``), which varies less
+    from epoch to epoch when only a few dozen rows judge (low label ratios)."""
+    if metric == "loss":
+        x = np.clip(logits.astype(np.float64), -40, 40)
+        return float(-np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
+    probs = sigmoid(logits)
+    _, f1 = fit_global_threshold(y, probs)
+    return float(f1)

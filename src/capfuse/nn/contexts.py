@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.cluster import SpectralClustering
 
 
 def cooccurrence_affinity(Y: np.ndarray, eps: float = 1e-3) -> np.ndarray:
@@ -39,7 +40,6 @@ def cluster_contexts(Y_train: np.ndarray, n_contexts: int, seed: int) -> np.ndar
 
     Contexts are numbered by their first class, so the same grouping always reads the same.
     """
-    from sklearn.cluster import SpectralClustering
 
     Y_train = np.asarray(Y_train)
     n_classes = Y_train.shape[1]

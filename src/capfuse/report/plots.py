@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image, ImageOps
 
 from capfuse.data.images import to_rgb
 
@@ -123,7 +125,6 @@ def bar_table_plot(table: pd.DataFrame, label: str, value: str, title: str, xlab
 
 def thumbnail(path: Path, side: int = 192) -> np.ndarray | None:
     """An upright RGB thumbnail (aspect kept) of an image, or None if it cannot be read."""
-    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
@@ -354,8 +355,6 @@ def ablation_plot(table: pd.DataFrame) -> Figure:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [literal(v) for v in t["variant"]], fontsize=8)
     if len(groups) > 1 or groups != [""]:
-        from matplotlib.patches import Patch
-
         fig.legend(handles=[Patch(color=colour[g], label=literal(g or "(none)")) for g in groups],
                    loc="outside lower center", ncols=min(len(groups), 5), fontsize=8)
     fig.suptitle("Ablation")

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+from scipy import sparse
 
+from capfuse.config.schema import PseudoSettings  # noqa: F401 (the pseudo: block; re-exported)
 from capfuse.utils.io import read_json
 from capfuse.utils.numeric import sigmoid
-from capfuse.config.schema import PseudoSettings  # noqa: F401 (the pseudo: block; re-exported)
 
 
 class ProvenanceError(RuntimeError):
@@ -159,8 +161,6 @@ def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
     keep = np.zeros(n, bool)
     if ratio >= 1 or round(ratio * n) >= n:
         return ~keep
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
     split = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=ratio, test_size=1 - ratio, random_state=seed)
     rows, _ = next(split.split(np.zeros((n, 1)), Y))
     keep[rows] = True
@@ -181,7 +181,6 @@ def propagate(features: np.ndarray, labelled: np.ndarray, Y: np.ndarray, *, k: i
     through neighbours in feature space), which is why blending them makes better pseudo-labels
     than either, and why the graph needs no label beyond the ones the fold trains on.
     """
-    from scipy import sparse
 
     x = np.asarray(features, dtype=np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
