@@ -22,8 +22,15 @@ def _configs(tmp: Path, variants: list[dict]) -> Path:
     for name in ("default.yaml", "pipeline.yaml"):
         (cfg_dir / name).symlink_to(REPO / "configs" / name)
     path = cfg_dir / "ablation.yaml"
-    path.write_text(yaml.safe_dump({"inherit": "pipeline", "models": ["img_net", "cap_net"],
-                                    "ablation": {"reference": "cap_net", "variants": variants}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inherit": "pipeline",
+                "models": ["img_net", "cap_net"],
+                "ablation": {"reference": "cap_net", "variants": variants},
+            }
+        )
+    )
     return path
 
 
@@ -31,7 +38,9 @@ def test_the_repo_ablation_config_resolves_every_variant():
     cfg_path = REPO / "configs" / "ablation.yaml"
     variants = variant_configs(load_config(cfg_path), cfg_path)
     names = [v["name"] for v in variants]
-    assert {"img_net", "cap_net", "fusion_lite0", "fusion_tsig", "fusion_lq", "fusion_ctx", "pseudo_round"} <= set(names)
+    assert {"img_net", "cap_net", "fusion_lite0", "fusion_tsig", "fusion_lq", "fusion_ctx", "pseudo_round"} <= set(
+        names
+    )
     by_name = {v["name"]: v for v in variants}
     assert by_name["fusion_tsig"]["model"]["train"]["loss"]["name"] == "tempered_bce"
     assert by_name["fusion_concat"]["model"]["fusion"]["cross_attention"] is False
@@ -58,24 +67,52 @@ def test_bad_variants_are_named(tmp_path):
 def test_ablate_writes_one_table_and_leaves_the_pipeline_alone(tmp_path):
     data = tmp_path / "data" / "tiny"
     make_demo(data, **PRESETS["tiny"], seed=0)
-    cfg = _configs(tmp_path, [
-        {"name": "cap_net", "group": "reference", "change": "caption MLP"},
-        {"name": "cap_bce", "base": "cap_net", "group": "loss", "change": "plain BCE",
-         "set": {"train": {"loss": {"name": "bce"}, "epochs": 3}}},
-        {"name": "cap_pseudo", "base": "cap_net", "group": "semi-supervised", "change": "one round",
-         "pseudo": {"rounds": 1, "graph": 0.5, "graph_k": 5}},
-    ])
+    cfg = _configs(
+        tmp_path,
+        [
+            {"name": "cap_net", "group": "reference", "change": "caption MLP"},
+            {
+                "name": "cap_bce",
+                "base": "cap_net",
+                "group": "loss",
+                "change": "plain BCE",
+                "set": {"train": {"loss": {"name": "bce"}, "epochs": 3}},
+            },
+            {
+                "name": "cap_pseudo",
+                "base": "cap_net",
+                "group": "semi-supervised",
+                "change": "one round",
+                "pseudo": {"rounds": 1, "graph": 0.5, "graph_k": 5},
+            },
+        ],
+    )
     common = ["--data", str(data), "--root", str(tmp_path), "--quiet", "--set", "folds.k=3"]
     assert main(["folds", *common, "--config", str(cfg)]) == 0
     assert main(["train", *common, "--config", str(cfg)]) == 0  # img_net and cap_net, as `make ablate` does
     before = (tmp_path / "runs" / "tiny" / "cap_net" / "oof_logits.csv").read_bytes()
-    assert main(["ablate", *common, "--config", str(cfg), "--set", "threshold.trials=20",
-                 "--set", "ensemble.stack.num_threads=1"]) == 0
+    assert (
+        main(
+            [
+                "ablate",
+                *common,
+                "--config",
+                str(cfg),
+                "--set",
+                "threshold.trials=20",
+                "--set",
+                "ensemble.stack.num_threads=1",
+            ]
+        )
+        == 0
+    )
 
     runs = tmp_path / "runs" / "tiny"
     table = pd.read_csv(runs / "ablation.csv")
     assert list(table["variant"][:3]) == ["cap_net", "cap_bce", "cap_pseudo"]
-    assert {"best_single", "weighted_blend", "stack", "global_threshold", "per_class_thresholds"} <= set(table["variant"])
+    assert {"best_single", "weighted_blend", "stack", "global_threshold", "per_class_thresholds"} <= set(
+        table["variant"]
+    )
     ref = table.set_index("variant")
     assert ref.loc["cap_net", "delta"] == 0.0
     assert ref.loc["cap_bce", "delta"] == pytest.approx(ref.loc["cap_bce", "mean_f1"] - ref.loc["cap_net", "mean_f1"])
@@ -87,6 +124,8 @@ def test_ablate_writes_one_table_and_leaves_the_pipeline_alone(tmp_path):
     assert (runs / "ablation" / "cap_net@r1" / "metrics.json").exists()
     assert not (runs / "cap_bce").exists() and not (runs / "cap_net@r1").exists()
     assert not (runs / "ensemble").exists()  # in memory: no submission artefact rewritten
-    assert ref.loc["cap_pseudo", "mean_f1"] == pd.read_json(runs / "ablation" / "cap_net@r1" / "metrics.json",
-                                                            typ="series")["cv_mean_f1"]
+    assert (
+        ref.loc["cap_pseudo", "mean_f1"]
+        == pd.read_json(runs / "ablation" / "cap_net@r1" / "metrics.json", typ="series")["cv_mean_f1"]
+    )
     assert "| cap_bce | loss |" in (runs / "ablation.md").read_text()

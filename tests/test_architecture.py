@@ -31,8 +31,9 @@ def _lint_imports() -> str | None:
 
 @pytest.mark.skipif(_lint_imports() is None, reason="import-linter is not installed")
 def test_import_contracts_are_kept():
-    done = subprocess.run([_lint_imports(), "--config", str(REPO / "pyproject.toml")], cwd=REPO,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [_lint_imports(), "--config", str(REPO / "pyproject.toml")], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "BROKEN" not in done.stdout and "0 broken" in done.stdout
 
@@ -41,7 +42,7 @@ def test_the_contracts_name_every_package():
     """A new package must take a place in the layers, or the contract would not cover it."""
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     start = text.index("layers = [")
-    layers = text[start:text.index("]", start)]
+    layers = text[start : text.index("]", start)]
     named = {name.strip().strip('"') for line in layers.splitlines()[1:] for name in line.strip(' ",').split("|")}
     named.discard("")
     ours = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
@@ -59,7 +60,8 @@ def test_modules_are_small_or_say_why(path):
     if n_lines > MAX_LINES:
         assert any(line.startswith(LONG_REASON) for line in doc.splitlines()), (
             f"{path.relative_to(REPO)} has {n_lines} lines (> {MAX_LINES}): split it by what changes together, "
-            f"or give the reason in its docstring on a line starting {LONG_REASON!r}")
+            f"or give the reason in its docstring on a line starting {LONG_REASON!r}"
+        )
 
 
 def test_every_command_has_a_handler_that_exists():

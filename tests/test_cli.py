@@ -25,8 +25,9 @@ def test_every_make_target_that_runs_capfuse_is_a_subcommand():
     assert not missing, f"Make runs capfuse subcommands the CLI lacks: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("command", ["validate", "folds", "embed", "train", "ratios", "ablate", "stack",
-                                     "thresholds", "infer", "all"])
+@pytest.mark.parametrize(
+    "command", ["validate", "folds", "embed", "train", "ratios", "ablate", "stack", "thresholds", "infer", "all"]
+)
 def test_stage_subcommands_take_data_and_config(command):
     args = build_parser().parse_args([command, "--data", "somewhere/mine", "--config", "my.yaml"])
     assert args.data == "somewhere/mine" and args.config == "my.yaml"

@@ -62,10 +62,14 @@ VARIANTS = {
     "lq_only_image": {"inputs": ["image"], "fusion": {"label_query": {**LQ, "learn_temperature": False}}},
     "lq_align_all": {"fusion": {"label_query": LQ}, "aux": {"align_on": "all"}},
     "context": {"aux": {"context_weight": 0.5, "n_contexts": 3}},
-    "context_early": {"fusion": {"logit_fusion": False, "cross_attention": False},
-                      "aux": {"context_weight": 0.5, "n_contexts": 3}},
-    "lq_context": {"fusion": {"label_query": {**LQ, "caption_tokens": True}},
-                   "aux": {"context_weight": 0.5, "n_contexts": 3}},
+    "context_early": {
+        "fusion": {"logit_fusion": False, "cross_attention": False},
+        "aux": {"context_weight": 0.5, "n_contexts": 3},
+    },
+    "lq_context": {
+        "fusion": {"label_query": {**LQ, "caption_tokens": True}},
+        "aux": {"context_weight": 0.5, "n_contexts": 3},
+    },
 }
 
 
@@ -148,7 +152,9 @@ def test_alignment_loss_is_minimal_when_each_label_feature_is_its_own_text():
     for angle in np.linspace(-1.0, 1.0, 21):
         if abs(angle) < 1e-9:
             continue
-        rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float32)
+        rot = torch.tensor(
+            [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float32
+        )
         assert float(alignment_loss(own @ rot.T, texts, weight, tau)) > float(best)
     assert float(alignment_loss(own[:, [1, 2, 0]], texts, weight, tau)) > float(best) + 1.0
     # and it is a stationary point: no gradient along the unit circle
@@ -225,7 +231,7 @@ def planted(n: int = 400, seed: int = 0) -> np.ndarray:
     Y = np.zeros((n, C), np.uint8)
     scene = rng.integers(0, 3, n)
     for i, s in enumerate(scene):
-        Y[i, 2 * s: 2 * s + 2] = rng.random(2) < 0.8
+        Y[i, 2 * s : 2 * s + 2] = rng.random(2) < 0.8
         if rng.random() < 0.05:
             Y[i, rng.integers(0, C)] = 1
     return Y
@@ -249,18 +255,33 @@ def synthetic(n: int = 160, n_test: int = 20, seed: int = 0) -> tuple[dict, np.n
     W_img, W_cap = rng.normal(size=(C, 16)), rng.normal(size=(C, 12))
     img_tokens = (Yall @ W_img)[:, None, :] + rng.normal(scale=0.8, size=(len(Yall), 4, 16))
     cap_tokens = (Yall @ W_cap)[:, None, :] + rng.normal(scale=0.8, size=(len(Yall), 6, 12))
-    orig = {"img_tokens": img_tokens.astype(np.float16), "img_pooled": img_tokens.mean(1).astype(np.float16),
-            "cap_tokens": cap_tokens.astype(np.float16), "cap_pooled": cap_tokens.mean(1).astype(np.float16),
-            "cap_mask": np.ones((len(Yall), 6), np.uint8)}
-    feats = {"views": {"orig": orig, "hflip": orig}, "n_test": n_test,
-             "dims": {"img_pooled": 16, "img_tokens": 16, "cap_pooled": 12, "cap_tokens": 12},
-             "class_ids": [1, 2, 3, 5, 8, 9], "class_names": ["person", "bicycle", "car", "bus", "dog", "horse"]}
+    orig = {
+        "img_tokens": img_tokens.astype(np.float16),
+        "img_pooled": img_tokens.mean(1).astype(np.float16),
+        "cap_tokens": cap_tokens.astype(np.float16),
+        "cap_pooled": cap_tokens.mean(1).astype(np.float16),
+        "cap_mask": np.ones((len(Yall), 6), np.uint8),
+    }
+    feats = {
+        "views": {"orig": orig, "hflip": orig},
+        "n_test": n_test,
+        "dims": {"img_pooled": 16, "img_tokens": 16, "cap_pooled": 12, "cap_tokens": 12},
+        "class_ids": [1, 2, 3, 5, 8, 9],
+        "class_names": ["person", "bicycle", "car", "bus", "dog", "horse"],
+    }
     return feats, Y
 
 
 def model_config(**extra) -> dict:
-    return {"kind": "net", "inputs": ["image", "caption"], "image_head": {"hidden": 16}, "caption_head": {"hidden": 16},
-            "fusion": {"d_model": 16, "heads": 2}, "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3}, **extra}
+    return {
+        "kind": "net",
+        "inputs": ["image", "caption"],
+        "image_head": {"hidden": 16},
+        "caption_head": {"hidden": 16},
+        "fusion": {"d_model": 16, "heads": 2},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3},
+        **extra,
+    }
 
 
 def test_context_map_reads_only_the_training_rows(tmp_path):
@@ -270,8 +291,11 @@ def test_context_map_reads_only_the_training_rows(tmp_path):
     NetModel(cfg, seed=0).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "a")
     first = json.loads((tmp_path / "a" / "contexts.json").read_text())
     assert first["train_rows"] == 120 and sorted(first["class_context"]) == ["1", "2", "3", "5", "8", "9"]
-    assert [[c["name"] for c in ctx] for ctx in first["contexts"]] == [["person", "bicycle"], ["car", "bus"],
-                                                                      ["dog", "horse"]]
+    assert [[c["name"] for c in ctx] for ctx in first["contexts"]] == [
+        ["person", "bicycle"],
+        ["car", "bus"],
+        ["dog", "horse"],
+    ]
     # held-out labels scrambled (all classes together): the map must not move
     Y2 = Y.copy()
     Y2[va] = 1
@@ -281,15 +305,27 @@ def test_context_map_reads_only_the_training_rows(tmp_path):
     Y3 = Y.copy()
     Y3[tr] = Y[tr][:, [0, 2, 1, 3, 4, 5]]
     NetModel(cfg, seed=0).fit_fold(feats, Y3, tr, va, fold_dir=tmp_path / "c")
-    assert list(json.loads((tmp_path / "c" / "contexts.json").read_text())["class_context"].values()) == [0, 1, 0, 1, 2, 2]
+    assert list(json.loads((tmp_path / "c" / "contexts.json").read_text())["class_context"].values()) == [
+        0,
+        1,
+        0,
+        1,
+        2,
+        2,
+    ]
 
 
 def test_label_query_model_embeds_the_class_names_once(tmp_path):
     """The real prompt embeddings (MiniLM, offline package), computed at build time and reused."""
     feats, Y = synthetic()
     tr, va = np.arange(120), np.arange(120, 160)
-    model = NetModel(model_config(fusion={"d_model": 16, "heads": 2, "label_query": {"d_model": 16, "heads": 2}},
-                                  aux={"context_weight": 0.3, "n_contexts": 3}), seed=0)
+    model = NetModel(
+        model_config(
+            fusion={"d_model": 16, "heads": 2, "label_query": {"d_model": 16, "heads": 2}},
+            aux={"context_weight": 0.3, "n_contexts": 3},
+        ),
+        seed=0,
+    )
     out = model.fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "f")
     assert out.val_logits.shape == (40, C) and np.isfinite(out.val_logits).all()
     text = model._class_text
@@ -329,8 +365,9 @@ def test_label_queries_share_the_cross_attention_projection():
     shared = net_of({"fusion": {"label_query": {**LQ, "caption_tokens": True}}})
     own = net_of({"fusion": {"label_query": {**LQ, "caption_tokens": True, "share_projection": False}}})
     assert shared.lq_shared and not own.lq_shared
-    assert count_parameters(own) - count_parameters(shared) == (count_parameters(own.label_query.img_proj)
-                                                              + count_parameters(own.label_query.cap_proj))
+    assert count_parameters(own) - count_parameters(shared) == (
+        count_parameters(own.label_query.img_proj) + count_parameters(own.label_query.cap_proj)
+    )
     # the alignment loss alone reaches the shared projection
     shared.aux_weight = 0.0
     out = shared(batch())

@@ -39,6 +39,7 @@ def write(path: Path, cfg: dict) -> Path:
 
 def raises(*parts: str):
     """``pytest.raises(ConfigError)`` whose message holds every one of ``parts`` (plain text)."""
+
     class Check:
         def __enter__(self):
             self.ctx = pytest.raises(ConfigError)
@@ -57,6 +58,7 @@ def raises(*parts: str):
 
 # -- unknown keys: the key, where it came from, what was meant ---------------------------------
 
+
 def test_a_misspelt_top_level_key_names_the_file_and_the_key_meant(tmp_path):
     path = write(tmp_path / "mine.yaml", {"inherit": str(CONFIGS / "pipeline.yaml"), "threshhold": {"trials": 5}})
     with raises("'threshhold'", str(path), "did you mean 'threshold'?"):
@@ -64,12 +66,16 @@ def test_a_misspelt_top_level_key_names_the_file_and_the_key_meant(tmp_path):
 
 
 def test_a_misspelt_nested_key_names_its_dotted_path(tmp_path):
-    path = write(tmp_path / "mine.yaml", {"inherit": str(CONFIGS / "models" / "fusion_lite0.yaml"),
-                                          "train": {"lerning_rate": 0.1}})
+    path = write(
+        tmp_path / "mine.yaml",
+        {"inherit": str(CONFIGS / "models" / "fusion_lite0.yaml"), "train": {"lerning_rate": 0.1}},
+    )
     with raises("'train.lerning_rate'", str(path), "did you mean 'train.lr'?"):
         load_config(path)
-    path = write(tmp_path / "deep.yaml", {"inherit": str(CONFIGS / "models" / "fusion_lq.yaml"),
-                                          "fusion": {"label_query": {"temprature": 0.2}}})
+    path = write(
+        tmp_path / "deep.yaml",
+        {"inherit": str(CONFIGS / "models" / "fusion_lq.yaml"), "fusion": {"label_query": {"temprature": 0.2}}},
+    )
     with raises("'fusion.label_query.temprature'", "did you mean 'fusion.label_query.temperature'?"):
         load_config(path)
 
@@ -79,8 +85,10 @@ def test_model_config_keys_follow_the_kind(tmp_path):
     path = write(tmp_path / "lin.yaml", {"inherit": str(CONFIGS / "models" / "cap_lr.yaml"), "fusion": {"heads": 2}})
     with raises("'fusion'", str(path)):
         load_config(path)
-    path = write(tmp_path / "net.yaml", {"inherit": str(CONFIGS / "models" / "fusion_lite0.yaml"),
-                                         "fusion": {"cross_atention": False}})
+    path = write(
+        tmp_path / "net.yaml",
+        {"inherit": str(CONFIGS / "models" / "fusion_lite0.yaml"), "fusion": {"cross_atention": False}},
+    )
     with raises("'fusion.cross_atention'", str(path), "did you mean 'fusion.cross_attention'?"):
         load_config(path)
     path = write(tmp_path / "kind.yaml", {"kind": "nett"})
@@ -108,15 +116,17 @@ def test_registry_blocks_take_the_chosen_components_parameters(tmp_path):
         load_config(path)
     ok = write(tmp_path / "attn.yaml", {"inherit": base, "caption_head": {"kind": "attn", "queries": 2}})
     assert resolve_model(load_config(ok)).caption_head.kwargs() == {"hidden": 256, "dropout": 0.3, "queries": 2}
-    path = write(tmp_path / "stack.yaml", {"inherit": str(CONFIGS / "pipeline.yaml"),
-                                           "ensemble": {"stack": {"num_thread": 1}}})
+    path = write(
+        tmp_path / "stack.yaml", {"inherit": str(CONFIGS / "pipeline.yaml"), "ensemble": {"stack": {"num_thread": 1}}}
+    )
     with raises("'ensemble.stack.num_thread'", "did you mean 'ensemble.stack.num_threads'?"):
         load_config(path)
 
 
 def test_an_unknown_key_is_blamed_on_the_file_that_brought_it(tmp_path):
-    parent = write(tmp_path / "configs" / "parent.yaml", {"inherit": str(CONFIGS / "pipeline.yaml"),
-                                                          "folds": {"kk": 3}})
+    parent = write(
+        tmp_path / "configs" / "parent.yaml", {"inherit": str(CONFIGS / "pipeline.yaml"), "folds": {"kk": 3}}
+    )
     child = write(tmp_path / "configs" / "child.yaml", {"inherit": "parent", "folds": {"seed": 1}})
     with raises("'folds.kk'", str(parent), "did you mean 'folds.k'?") as info:
         load_config(child)
@@ -124,17 +134,30 @@ def test_an_unknown_key_is_blamed_on_the_file_that_brought_it(tmp_path):
 
 
 def test_an_ablation_variants_set_block_is_checked(tmp_path):
-    path = write(tmp_path / "configs" / "abl.yaml", {
-        "inherit": str(CONFIGS / "pipeline.yaml"),
-        "ablation": {"reference": "fusion_lite0", "variants": [
-            {"name": "fusion_lite0"},
-            {"name": "fast", "base": "fusion_lite0", "set": {"train": {"lerning_rate": 1.0}}}]}})
-    with raises("'ablation.variants[1].set.train.lerning_rate'", str(path), "did you mean"
-                " 'ablation.variants[1].set.train.lr'?"):
+    path = write(
+        tmp_path / "configs" / "abl.yaml",
+        {
+            "inherit": str(CONFIGS / "pipeline.yaml"),
+            "ablation": {
+                "reference": "fusion_lite0",
+                "variants": [
+                    {"name": "fusion_lite0"},
+                    {"name": "fast", "base": "fusion_lite0", "set": {"train": {"lerning_rate": 1.0}}},
+                ],
+            },
+        },
+    )
+    with raises(
+        "'ablation.variants[1].set.train.lerning_rate'", str(path), "did you mean 'ablation.variants[1].set.train.lr'?"
+    ):
         load_config(path)
-    path = write(tmp_path / "configs" / "abl2.yaml", {
-        "inherit": str(CONFIGS / "pipeline.yaml"),
-        "ablation": {"variants": [{"name": "r", "base": "fusion_lite0", "psuedo": {"rounds": 1}}]}})
+    path = write(
+        tmp_path / "configs" / "abl2.yaml",
+        {
+            "inherit": str(CONFIGS / "pipeline.yaml"),
+            "ablation": {"variants": [{"name": "r", "base": "fusion_lite0", "psuedo": {"rounds": 1}}]},
+        },
+    )
     with raises("'ablation.variants[0].psuedo'", "did you mean 'ablation.variants[0].pseudo'?"):
         load_config(path)
 
@@ -145,17 +168,29 @@ def test_a_set_override_is_checked_and_named():
     with raises("'train.lerning_rate'", "--set train.lerning_rate=0.1", "did you mean 'train.lr'?"):
         load_config(CONFIGS / "models" / "cap_net.yaml", ["train.lerning_rate=0.1"])
     # What the tests and the README pass keeps working.
-    load_config(CONFIGS / "pipeline.yaml", ["folds.k=3", "threshold.trials=20", "ensemble.stack.num_threads=1",
-                                            "models=[cap_lr,img_lr,cap_net]", "train.epochs=4", "pseudo.graph=0.5",
-                                            "ratios.models=[fusion_lite0]", "data.unlabelled=somewhere"])
+    load_config(
+        CONFIGS / "pipeline.yaml",
+        [
+            "folds.k=3",
+            "threshold.trials=20",
+            "ensemble.stack.num_threads=1",
+            "models=[cap_lr,img_lr,cap_net]",
+            "train.epochs=4",
+            "pseudo.graph=0.5",
+            "ratios.models=[fusion_lite0]",
+            "data.unlabelled=somewhere",
+        ],
+    )
 
 
 def test_zeroshot_keys_are_grouped(tmp_path):
     path = write(tmp_path / "zs.yaml", {"inherit": str(CONFIGS / "zeroshot.yaml"), "zeroshot": {"epochs": 3}})
     with raises("'zeroshot.epochs'", "did you mean 'zeroshot.train.epochs'?"):
         load_config(path)
-    path = write(tmp_path / "zs2.yaml", {"inherit": str(CONFIGS / "zeroshot.yaml"),
-                                         "zeroshot": {"caption_encoder": {"max_lenght": 16}}})
+    path = write(
+        tmp_path / "zs2.yaml",
+        {"inherit": str(CONFIGS / "zeroshot.yaml"), "zeroshot": {"caption_encoder": {"max_lenght": 16}}},
+    )
     with raises("'zeroshot.caption_encoder.max_lenght'", "did you mean 'zeroshot.caption_encoder.max_len'?"):
         load_config(path)
 
@@ -168,6 +203,7 @@ def test_every_problem_is_listed_at_once():
 
 
 # -- the shipped configs ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_checks_and_resolves(path):
@@ -193,6 +229,7 @@ def test_every_model_and_ablation_variant_resolves():
 
 
 # -- defaults: one home, stated the same in the YAML --------------------------------------------
+
 
 def _plain(value):
     if isinstance(value, (list, tuple)):

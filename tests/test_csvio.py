@@ -13,7 +13,9 @@ def write(tmp_path, name, data: bytes):
 
 
 def test_caption_quirk_commas_and_quotes(tmp_path):
-    path = write(tmp_path, "train.csv", b'ImageID,Labels,Caption\n0.jpg,1 19,A "vintage" bus, parked, by a "stop" sign\n')
+    path = write(
+        tmp_path, "train.csv", b'ImageID,Labels,Caption\n0.jpg,1 19,A "vintage" bus, parked, by a "stop" sign\n'
+    )
     rows, problems = read_split(path, "train")
     assert problems == [] and len(rows) == 1
     assert rows[0].labels == [1, 19]
@@ -39,7 +41,9 @@ def test_fully_quoted_caption_is_unquoted_but_inner_quotes_are_kept(tmp_path):
     assert rows[1].caption == '"red" car and "blue" bus'
 
 
-@pytest.mark.parametrize("labels, code", [("1 x", "bad_label"), ("", "no_labels"), ("  ", "no_labels"), ("-3", "bad_label")])
+@pytest.mark.parametrize(
+    "labels, code", [("1 x", "bad_label"), ("", "no_labels"), ("  ", "no_labels"), ("-3", "bad_label")]
+)
 def test_bad_labels_name_the_line(tmp_path, labels, code):
     data = f"ImageID,Labels,Caption\n0.jpg,1,ok\n1.jpg,{labels},cap\n".encode()
     rows, _ = read_split(write(tmp_path, "train.csv", data), "train")

@@ -6,11 +6,13 @@ import pytest
 from capfuse.ensemble.decision import apply_threshold, fit_global_threshold, threshold_curve
 from capfuse.metrics import mean_sample_f1
 
-P = np.array([
-    [0.9, 0.6, 0.2, 0.1],  # two pass 0.5
-    [0.3, 0.1, 0.4, 0.2],  # none passes: top-1 fallback takes class 2
-    [0.8, 0.7, 0.6, 0.55],  # all pass
-])
+P = np.array(
+    [
+        [0.9, 0.6, 0.2, 0.1],  # two pass 0.5
+        [0.3, 0.1, 0.4, 0.2],  # none passes: top-1 fallback takes class 2
+        [0.8, 0.7, 0.6, 0.55],  # all pass
+    ]
+)
 
 
 def test_threshold_and_top1_fallback():

@@ -69,8 +69,10 @@ def _images(folder: Path, n: int, size: int = 32, fmt: str = "JPEG") -> list[str
 def test_stale_tmp_files_are_removed_and_live_ones_kept(tmp_path, caplog):
     from capfuse.utils.io import remove_stale_tmp
 
-    stale = [_old(tmp_path / ".img-pooled.npy.ab12cd.tmp", 3 << 20),
-             _old(tmp_path / "fold0" / ".done.json.x_9y.tmp", 100)]
+    stale = [
+        _old(tmp_path / ".img-pooled.npy.ab12cd.tmp", 3 << 20),
+        _old(tmp_path / "fold0" / ".done.json.x_9y.tmp", 100),
+    ]
     keep = [_old(tmp_path / "img-pooled.npy", 10), _old(tmp_path / "notes.tmp", 10), _old(tmp_path / ".hidden", 10)]
     fresh = tmp_path / ".metrics.json.newone.tmp"  # written by this process: its stage is still running
     fresh.write_text("{}")
@@ -109,12 +111,32 @@ def project(tmp_path_factory):
     models = root / "configs" / "models"
     models.mkdir(parents=True)
     (models / "cap.yaml").write_text(yaml.safe_dump({"kind": "linear", "inputs": ["caption"], "C": 1.0}))
-    (models / "img.yaml").write_text(yaml.safe_dump({
-        "kind": "linear", "inputs": ["image"], "C": 0.01,
-        "image_encoder": {"name": "tf_efficientnet_lite0", "size": 32, "weights": "package", "backend": "torch"}}))
+    (models / "img.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "kind": "linear",
+                "inputs": ["image"],
+                "C": 0.01,
+                "image_encoder": {
+                    "name": "tf_efficientnet_lite0",
+                    "size": 32,
+                    "weights": "package",
+                    "backend": "torch",
+                },
+            }
+        )
+    )
     pipeline = root / "configs" / "pipeline.yaml"
-    pipeline.write_text(yaml.safe_dump({"models": ["cap", "img"], "folds": {"k": 3}, "threshold": {"trials": 5},
-                                        "ensemble": {"stack": {"num_threads": 1}}}))
+    pipeline.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["cap", "img"],
+                "folds": {"k": 3},
+                "threshold": {"trials": 5},
+                "ensemble": {"stack": {"num_threads": 1}},
+            }
+        )
+    )
     return root, data, pipeline
 
 
@@ -129,16 +151,20 @@ def _cli(project, command: str) -> None:
 def test_each_stage_removes_the_stale_tmp_files_of_the_folder_it_writes(project, caplog):
     runs = project[0] / "runs" / "mini"
     _cli(project, "folds")
-    cache = [_old(runs / "cache" / ".img-x-32px-orig-pooled.npy.k1ll3d.tmp", 2 << 20),
-             _old(runs / "cache" / "unlabelled" / ".img-x-32px-orig-tokens4.npy.k1ll3d.tmp", 1000)]
+    cache = [
+        _old(runs / "cache" / ".img-x-32px-orig-pooled.npy.k1ll3d.tmp", 2 << 20),
+        _old(runs / "cache" / "unlabelled" / ".img-x-32px-orig-tokens4.npy.k1ll3d.tmp", 1000),
+    ]
     with caplog.at_level(logging.INFO, logger="capfuse"):
         _cli(project, "embed")
     assert not any(p.exists() for p in cache)
     assert "2 stale temporary files" in caplog.text
 
     _cli(project, "train")  # a first run: the second one below finds every fold done
-    model = [_old(runs / "img" / "fold0" / ".val_logits.npy.k1ll3d.tmp", 500),
-             _old(runs / "img" / ".oof_logits.csv.k1ll3d.tmp", 50)]
+    model = [
+        _old(runs / "img" / "fold0" / ".val_logits.npy.k1ll3d.tmp", 500),
+        _old(runs / "img" / ".oof_logits.csv.k1ll3d.tmp", 50),
+    ]
     other = _old(runs / "cap" / "fold1" / ".val_logits.npy.k1ll3d.tmp", 500)
     _cli(project, "train")
     assert not any(p.exists() for p in [*model, other])
@@ -209,7 +235,9 @@ def tiny_tmpfs(tmp_path):
     mount.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -229,7 +257,7 @@ def test_a_really_full_disk_is_a_python_error_not_sigbus(tmp_path, tiny_tmpfs):
         spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=32, weights="none", backend="torch", grid=4)
         try:
             embed_image_features(Path({str(tmp_path)!r}), {ids!r}, np.ones({len(ids)}, bool), spec,
-                                 Path({str(tiny_tmpfs / 'cache')!r}), outputs=("tokens",), quiet=True)
+                                 Path({str(tiny_tmpfs / "cache")!r}), outputs=("tokens",), quiet=True)
         except OSError as exc:
             print("ERROR", exc)
             sys.exit(3)
@@ -407,14 +435,19 @@ def test_new_weights_under_the_same_name_are_re_exported_and_re_embedded(tmp_pat
 
 
 def test_finetune_fingerprint_sees_a_replaced_image(project):
-    from capfuse.paths import Paths
     from capfuse.data.dataset import load_dataset
     from capfuse.features.store import FeatureStore
+    from capfuse.paths import Paths
 
     root, data, _ = project
     ds = load_dataset(Paths(data_dir=data, root=root), {}, quiet=True)
-    cfg = {"kind": "net", "finetune": True, "inputs": ["image", "caption"], "name": "ft",
-           "image_encoder": {"name": "tf_efficientnet_lite0"}}
+    cfg = {
+        "kind": "net",
+        "finetune": True,
+        "inputs": ["image", "caption"],
+        "name": "ft",
+        "image_encoder": {"name": "tf_efficientnet_lite0"},
+    }
     before = FeatureStore(ds, True, {"ft": cfg}).for_model(cfg)["fingerprint"]
     path = data / "data" / ds.train_ids[0]
     raw = path.read_bytes()

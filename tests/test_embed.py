@@ -15,16 +15,24 @@ def project(tmp_path_factory):
     make_demo(data, n_train=40, n_test=12, size=64, seed=3)
     models = root / "configs" / "models"
     models.mkdir(parents=True)
-    base = {"kind": "net", "image_encoder": {"name": "tf_efficientnet_lite0", "size": 64, "grid": 2},
-            "caption_encoder": {"name": "minilm", "max_len": 16},
-            "image_head": {"kind": "mlp", "hidden": 16}, "caption_head": {"kind": "mlp", "hidden": 16},
-            "fusion": {"d_model": 16, "heads": 2}, "train": {"epochs": 2, "batch_size": 16}}
+    base = {
+        "kind": "net",
+        "image_encoder": {"name": "tf_efficientnet_lite0", "size": 64, "grid": 2},
+        "caption_encoder": {"name": "minilm", "max_len": 16},
+        "image_head": {"kind": "mlp", "hidden": 16},
+        "caption_head": {"kind": "mlp", "hidden": 16},
+        "fusion": {"d_model": 16, "heads": 2},
+        "train": {"epochs": 2, "batch_size": 16},
+    }
     configs = {
         "img": {**base, "inputs": ["image"]},
-        "img_top": {**base, "inputs": ["image"],
-                    "image_encoder": {**base["image_encoder"], "train_blocks": 1}},
-        "glove": {**base, "inputs": ["caption"], "caption_encoder": {"name": "glove", "max_len": 16},
-                  "caption_head": {"kind": "attn", "hidden": 16, "heads": 2, "queries": 2}},
+        "img_top": {**base, "inputs": ["image"], "image_encoder": {**base["image_encoder"], "train_blocks": 1}},
+        "glove": {
+            **base,
+            "inputs": ["caption"],
+            "caption_encoder": {"name": "glove", "max_len": 16},
+            "caption_head": {"kind": "attn", "hidden": 16, "heads": 2, "queries": 2},
+        },
         "fusion": {**base, "inputs": ["image", "caption"]},
     }
     for name, cfg in configs.items():
@@ -82,8 +90,15 @@ def test_label_ratio_mode_end_to_end(project):
     root, data, pipeline = project
     cfg = yaml.safe_load(pipeline.read_text())
     ratios = root / "configs" / "ratios.yaml"
-    ratios.write_text(yaml.safe_dump({**cfg, "ratios": {"percents": [25, 100], "models": ["img"], "pseudo_rounds": 1},
-                                      "pseudo": {"pos_keep": 0.5, "ramp_epochs": 1, "min_gain": -1.0}}))
+    ratios.write_text(
+        yaml.safe_dump(
+            {
+                **cfg,
+                "ratios": {"percents": [25, 100], "models": ["img"], "pseudo_rounds": 1},
+                "pseudo": {"pos_keep": 0.5, "ramp_epochs": 1, "min_gain": -1.0},
+            }
+        )
+    )
     assert cli(root, data, ratios, "folds") == 0
     assert cli(root, data, ratios, "ratios") == 0
     table = pd.read_csv(root / "runs" / "mini" / "label_ratios.csv")
@@ -133,8 +148,16 @@ def test_an_unlabelled_folder_joins_the_pool_of_models_with_rounds(project, tmp_
         fh.write("gone.jpg,a dog on a bench\n")
     cfg = yaml.safe_load(pipeline.read_text())
     cfg_path = root / "configs" / "extra.yaml"
-    cfg_path.write_text(yaml.safe_dump({**cfg, "models": ["img", "fusion"], "data": {"unlabelled": str(extra)},
-                                        "pseudo": {"rounds": 1, "ramp_epochs": 1, "min_gain": -1.0}}))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                **cfg,
+                "models": ["img", "fusion"],
+                "data": {"unlabelled": str(extra)},
+                "pseudo": {"rounds": 1, "ramp_epochs": 1, "min_gain": -1.0},
+            }
+        )
+    )
     assert cli(root, data, cfg_path, "folds") == 0
     assert cli(root, data, cfg_path, "train", "--only", "fusion") == 0
     n_train, n_test = 40, 12
@@ -153,8 +176,16 @@ def test_an_unlabelled_folder_joins_the_pool_of_models_with_rounds(project, tmp_
     # Without captions too: the empty caption is a row like any other.
     bare = tmp_path / "bare"
     make_unlabelled(bare, 6, size=64, seed=4, captions=False)
-    cfg_path.write_text(yaml.safe_dump({**cfg, "models": ["fusion"], "data": {"unlabelled": str(bare)},
-                                        "pseudo": {"rounds": 1, "ramp_epochs": 1, "min_gain": -1.0}}))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                **cfg,
+                "models": ["fusion"],
+                "data": {"unlabelled": str(bare)},
+                "pseudo": {"rounds": 1, "ramp_epochs": 1, "min_gain": -1.0},
+            }
+        )
+    )
     assert cli(root, data, cfg_path, "train") == 0
     assert (np.load(run / "fold0" / "pseudo_rows.npy") >= n_train + n_test).sum() == 6
 
@@ -177,7 +208,7 @@ def test_unlabelled_folder_errors_name_the_file_and_line(tmp_path):
     (folder / "unlabelled.csv").write_text("ImageID,Caption\n../a.jpg,x\n")
     with pytest.raises(DataError, match=r"line 2: .*outside"):
         load_unlabelled(folder, set())
-    (folder / "unlabelled.csv").write_text("ImageID,Caption\na.jpg,\"a cat, on a mat\"\n")
+    (folder / "unlabelled.csv").write_text('ImageID,Caption\na.jpg,"a cat, on a mat"\n')
     table = load_unlabelled(folder, set())
     assert table["Caption"].tolist() == ["a cat, on a mat"]
     (folder / "unlabelled.csv").unlink()  # no csv: every image of data/, no captions
@@ -193,8 +224,9 @@ def test_label_query_alignment_scores_drive_a_pseudo_label_round(project):
     lq["fusion"] = {**lq["fusion"], "label_query": {"d_model": 16, "heads": 2}}
     (models / "lq.yaml").write_text(yaml.safe_dump(lq))
     cfg_path = root / "configs" / "align.yaml"
-    cfg_path.write_text(yaml.safe_dump({**cfg, "models": ["lq"],
-                                        "pseudo": {"rounds": 1, "scores": "align", "min_gain": -1.0}}))
+    cfg_path.write_text(
+        yaml.safe_dump({**cfg, "models": ["lq"], "pseudo": {"rounds": 1, "scores": "align", "min_gain": -1.0}})
+    )
     assert cli(root, data, cfg_path, "folds") == 0
     assert cli(root, data, cfg_path, "train") == 0
     run = root / "runs" / "mini"

@@ -16,8 +16,13 @@ from capfuse.zeroshot.search import nearest, read_embeddings, write_embeddings
 def test_export_round_trips_ids_and_normalises(tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((5, 4)) * 3
-    ids = pd.DataFrame({"ImageID": ["0.jpg", "007.jpg", "a,b.jpg", "x", "1e3"], "split": ["train"] * 3 + ["test"] * 2,
-                        "Caption": ['A "vintage" bus, parked', "", "NA", "null", "a dog"]})
+    ids = pd.DataFrame(
+        {
+            "ImageID": ["0.jpg", "007.jpg", "a,b.jpg", "x", "1e3"],
+            "split": ["train"] * 3 + ["test"] * 2,
+            "Caption": ['A "vintage" bus, parked', "", "NA", "null", "a dog"],
+        }
+    )
     write_embeddings(tmp_path, "m", vectors, ids, {"space": "image"})
     got, got_ids, meta = read_embeddings(tmp_path, "m")
     assert got.dtype == np.float32 and got.shape == (5, 4) and meta["rows"] == 5 and meta["space"] == "image"
@@ -88,8 +93,9 @@ def test_embeddings_export_and_search(project, capsys):
     root, data, _ = project
     assert cli(project, "embeddings") == 0
     vectors, ids, meta = read_embeddings(root / "runs" / "embmini" / "embeddings", "zeroshot")
-    train_ids, test_ids = ([line.split(",", 1)[0] for line in (data / f).read_text().splitlines()[1:]]
-                           for f in ("train.csv", "test.csv"))
+    train_ids, test_ids = (
+        [line.split(",", 1)[0] for line in (data / f).read_text().splitlines()[1:]] for f in ("train.csv", "test.csv")
+    )
     assert ids["ImageID"].tolist() == train_ids + test_ids  # train then test, every readable image once
     assert (ids["split"] == "train").sum() == 40 and vectors.shape == (52, 384) and meta["space"] == "text"
 
@@ -126,8 +132,26 @@ def test_zeroshot_score_any_folder(project, tmp_path, capsys):
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "scores.csv"
     capsys.readouterr()
-    assert main(["zeroshot-score", "--images", str(folder), "--labels", "cat, dog,red bus", "--data", str(data),
-                 "--root", str(root), "--out", str(out), "--top", "2"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot-score",
+                "--images",
+                str(folder),
+                "--labels",
+                "cat, dog,red bus",
+                "--data",
+                str(data),
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--top",
+                "2",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out)
     assert list(table.columns) == ["image", "cat", "dog", "red bus"]
     assert table["image"].tolist() == ["3.jpg", "5.jpg", "broken.jpg"]
@@ -135,8 +159,20 @@ def test_zeroshot_score_any_folder(project, tmp_path, capsys):
     assert table.iloc[:2, 1:].abs().le(1.0 + 1e-5).all().all()  # cosines
     printed = capsys.readouterr().out
     assert "broken.jpg: (unreadable)" in printed and printed.count(",") >= 2
-    assert main(["zeroshot-score", "--images", str(folder), "--labels", " , ", "--model",
-                 str(root / "runs" / "embmini" / "zeroshot")]) == 2
+    assert (
+        main(
+            [
+                "zeroshot-score",
+                "--images",
+                str(folder),
+                "--labels",
+                " , ",
+                "--model",
+                str(root / "runs" / "embmini" / "zeroshot"),
+            ]
+        )
+        == 2
+    )
     assert main(["zeroshot-score", "--images", str(folder), "--labels", "cat", "--model", str(tmp_path)]) == 2
 
 
@@ -145,8 +181,9 @@ def test_image_files_outside_the_cache_match_it(tmp_path):
     make_demo(data, n_train=20, n_test=4, size=64, seed=4)
     ids = [f"{i}.jpg" for i in range(6)]
     spec = {"name": "tf_efficientnet_lite0", "size": 64, "grid": 2}
-    cached = embed_image_features(data, ids, np.ones(6, bool), ImageEncoderSpec(**spec), tmp_path / "cache",
-                                  view="hflip", quiet=True)
+    cached = embed_image_features(
+        data, ids, np.ones(6, bool), ImageEncoderSpec(**spec), tmp_path / "cache", view="hflip", quiet=True
+    )
     feats, ok, problems = embed_image_files([data / "data" / i for i in ids], spec, views=("hflip",))
     assert ok == list(range(6)) and problems == []
     np.testing.assert_allclose(feats.pooled["hflip"], np.asarray(cached["pooled"], np.float32), rtol=0.02, atol=0.02)

@@ -7,8 +7,8 @@ import numpy as np
 import optuna
 import pytest
 
-from capfuse.ensemble.decision import apply_threshold
 from capfuse.ensemble.blend import apply_weights, fit_weighted_blend, mean_blend, nested_blend_oof
+from capfuse.ensemble.decision import apply_threshold
 from capfuse.ensemble.stack import stack_feature_names, stack_features, stack_oof, stack_oof_and_test, stack_params
 from capfuse.ensemble.thresholds import F1Scorer, coordinate_ascent, fit_class_thresholds, nested_threshold_score
 from capfuse.metrics import average_precision_per_class, mean_average_precision, mean_sample_f1

@@ -29,11 +29,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "configs" / "pipeline.yaml"
 # Two linear models and one small net (it checkpoints every epoch, so a fold can die halfway).
-ARGS = ["--config", str(PIPELINE), "--quiet", "--set", "folds.k=3", "--set", "threshold.trials=20",
-        "--set", "ensemble.stack.num_threads=1", "--set", "models=[cap_lr,img_lr,cap_net]",
-        "--set", "train.epochs=4"]
+ARGS = [
+    "--config",
+    str(PIPELINE),
+    "--quiet",
+    "--set",
+    "folds.k=3",
+    "--set",
+    "threshold.trials=20",
+    "--set",
+    "ensemble.stack.num_threads=1",
+    "--set",
+    "models=[cap_lr,img_lr,cap_net]",
+    "--set",
+    "train.epochs=4",
+]
 
-DRIVER = '''
+DRIVER = """
 import errno, fnmatch, os, signal, sys, time
 pattern, nth = os.environ.get("KILL_AT"), int(os.environ.get("KILL_NTH", "1"))
 real_replace, seen = os.replace, [0]
@@ -61,7 +73,7 @@ if os.environ.get("DISK_FULL_AT"):  # the disk is full for arrays written under 
     os.posix_fallocate = fallocate
 from capfuse.cli import main
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def capfuse(root: Path, *args: str, env: dict | None = None, wait: bool = True):
@@ -85,8 +97,11 @@ NOT_ARTEFACTS = {".lock", "image_checks.json", "validation.json", "validation.tx
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """sha256 of every artefact under ``folder``, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in NOT_ARTEFACTS}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in NOT_ARTEFACTS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +152,15 @@ def test_two_concurrent_runs_never_mix_their_outputs(reference):
     root, ref_sub = reference
     shutil.rmtree(root / "runs" / "tiny" / "cap_net")
     release = root / "release"
-    first = capfuse(root, "train", "--data", "data/tiny", *ARGS, wait=False,
-                    env={"PAUSE_AT": "*/runs/tiny/cap_net/fold0/last.pt", "PAUSE_UNTIL": str(release)})
+    first = capfuse(
+        root,
+        "train",
+        "--data",
+        "data/tiny",
+        *ARGS,
+        wait=False,
+        env={"PAUSE_AT": "*/runs/tiny/cap_net/fold0/last.pt", "PAUSE_UNTIL": str(release)},
+    )
     try:
         lock = root / "runs" / "tiny" / ".lock"
         deadline = time.time() + 300

@@ -50,7 +50,9 @@ def test_flip_view_is_cached_separately(folder):
     orig, _ = embed_images(data, ids, ok, spec, data / "cache", quiet=True)
     flip, _ = embed_images(data, ids, ok, spec, data / "cache", view="hflip", quiet=True)
     assert sorted(p.name for p in (data / "cache").glob("*.npy")) == [
-        "img-tf_efficientnet_lite0-64px-hflip-pooled.npy", "img-tf_efficientnet_lite0-64px-orig-pooled.npy"]
+        "img-tf_efficientnet_lite0-64px-hflip-pooled.npy",
+        "img-tf_efficientnet_lite0-64px-orig-pooled.npy",
+    ]
     assert not np.array_equal(np.asarray(orig), np.asarray(flip))
 
 
@@ -101,8 +103,9 @@ def test_mid_map_feeds_the_top_stages_back_to_the_same_features(folder, backend)
     top = BackboneTop(model, 1).eval()
     with torch.inference_mode():
         fmap = top(torch.from_numpy(np.asarray(mid["mid1"], np.float32)))
-    np.testing.assert_allclose(fmap.mean((2, 3)).numpy()[ok], np.asarray(pooled["pooled"], np.float32)[ok],
-                               atol=0.05, rtol=0.02)
+    np.testing.assert_allclose(
+        fmap.mean((2, 3)).numpy()[ok], np.asarray(pooled["pooled"], np.float32)[ok], atol=0.05, rtol=0.02
+    )
 
 
 def test_top_stages_need_a_staged_backbone():

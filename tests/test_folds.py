@@ -93,15 +93,18 @@ def _write(tmp_path, rows: str):
     return path
 
 
-@pytest.mark.parametrize("rows, ids, message", [
-    ("a,0\nb,1\n", ["a", "b", "c"], "no fold"),  # an id missing
-    ("a,0\nb,1\nc,0\nz,1\n", ["a", "b", "c"], "not in the data"),  # an unknown id
-    ("a,0\nb,1\nb,1\n", ["a", "b"], "more than once"),
-    ("a,0\nb,x\nc,1\n", ["a", "b", "c"], "not integers"),
-    ("a,0\nb,1.5\nc,1\n", ["a", "b", "c"], "not integers"),
-    ("a,0\nb,-1\nc,1\n", ["a", "b", "c"], "outside 0..1"),
-    ("a,0\nb,2\nc,0\n", ["a", "b", "c"], r"folds \[1\] hold no rows"),
-])
+@pytest.mark.parametrize(
+    "rows, ids, message",
+    [
+        ("a,0\nb,1\n", ["a", "b", "c"], "no fold"),  # an id missing
+        ("a,0\nb,1\nc,0\nz,1\n", ["a", "b", "c"], "not in the data"),  # an unknown id
+        ("a,0\nb,1\nb,1\n", ["a", "b"], "more than once"),
+        ("a,0\nb,x\nc,1\n", ["a", "b", "c"], "not integers"),
+        ("a,0\nb,1.5\nc,1\n", ["a", "b", "c"], "not integers"),
+        ("a,0\nb,-1\nc,1\n", ["a", "b", "c"], "outside 0..1"),
+        ("a,0\nb,2\nc,0\n", ["a", "b", "c"], r"folds \[1\] hold no rows"),
+    ],
+)
 def test_read_folds_errors_name_the_file(tmp_path, rows, ids, message):
     path = _write(tmp_path, rows)
     with pytest.raises(FoldsError, match=message) as err:

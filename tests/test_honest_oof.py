@@ -15,9 +15,8 @@ import pytest
 
 import capfuse.training.cv as trainer_mod
 from capfuse.models.net import NetModel, inner_split
-from capfuse.training.pseudo import PseudoSettings
-from capfuse.training.pseudo import PseudoSource
 from capfuse.training.cv import train_model
+from capfuse.training.pseudo import PseudoSettings, PseudoSource
 
 C, N, N_TEST, K = 4, 120, 32, 3
 
@@ -38,15 +37,25 @@ def dataset(seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
     W_img, W_cap = rng.normal(size=(C, 8)), rng.normal(size=(C, 6))
     img = (Yall @ W_img)[:, None, :] + rng.normal(scale=1.0, size=(N + N_TEST, 4, 8))
     cap = (Yall @ W_cap)[:, None, :] + rng.normal(scale=1.0, size=(N + N_TEST, 5, 6))
-    orig = {"img_tokens": img.astype(np.float32), "img_pooled": img.mean(1).astype(np.float32),
-            "cap_tokens": cap.astype(np.float32), "cap_pooled": cap.mean(1).astype(np.float32),
-            "cap_mask": np.ones((N + N_TEST, 5), np.uint8)}
+    orig = {
+        "img_tokens": img.astype(np.float32),
+        "img_pooled": img.mean(1).astype(np.float32),
+        "cap_tokens": cap.astype(np.float32),
+        "cap_pooled": cap.mean(1).astype(np.float32),
+        "cap_mask": np.ones((N + N_TEST, 5), np.uint8),
+    }
     pooled = np.concatenate([orig["img_pooled"], orig["cap_pooled"]], 1)
-    feats = {"views": {"orig": orig, "hflip": dict(orig, img_tokens=img[:, ::-1].astype(np.float32).copy())},
-             "n_test": N_TEST, "dims": {"img_pooled": 8, "img_tokens": 8, "cap_pooled": 6, "cap_tokens": 6},
-             "image_train": pooled[:N, :8], "image_test": pooled[N:, :8],
-             "caption_train": sp.csr_matrix(pooled[:N, 8:]), "caption_test": sp.csr_matrix(pooled[N:, 8:]),
-             "class_names": [f"thing {c}" for c in range(C)], "class_ids": list(range(1, C + 1))}
+    feats = {
+        "views": {"orig": orig, "hflip": dict(orig, img_tokens=img[:, ::-1].astype(np.float32).copy())},
+        "n_test": N_TEST,
+        "dims": {"img_pooled": 8, "img_tokens": 8, "cap_pooled": 6, "cap_tokens": 6},
+        "image_train": pooled[:N, :8],
+        "image_test": pooled[N:, :8],
+        "caption_train": sp.csr_matrix(pooled[:N, 8:]),
+        "caption_test": sp.csr_matrix(pooled[N:, 8:]),
+        "class_names": [f"thing {c}" for c in range(C)],
+        "class_ids": list(range(1, C + 1)),
+    }
     return feats, Yall[:N], np.arange(N) % K
 
 
@@ -59,11 +68,15 @@ def shuffled_in_fold(Y: np.ndarray, folds: np.ndarray, fold: int = 0, seed: int 
 
 
 def net_cfg(**over) -> dict:
-    cfg = {"kind": "net", "inputs": ["image", "caption"], "seed": 3,
-           "image_head": {"kind": "mlp", "hidden": 16, "dropout": 0.1},
-           "caption_head": {"kind": "mlp", "hidden": 16, "dropout": 0.1},
-           "fusion": {"logit_fusion": True, "cross_attention": False, "d_model": 8, "heads": 2},
-           "train": {"epochs": 4, "batch_size": 32, "lr": 3e-3, "patience": 2, "tta": True}}
+    cfg = {
+        "kind": "net",
+        "inputs": ["image", "caption"],
+        "seed": 3,
+        "image_head": {"kind": "mlp", "hidden": 16, "dropout": 0.1},
+        "caption_head": {"kind": "mlp", "hidden": 16, "dropout": 0.1},
+        "fusion": {"logit_fusion": True, "cross_attention": False, "d_model": 8, "heads": 2},
+        "train": {"epochs": 4, "batch_size": 32, "lr": 3e-3, "patience": 2, "tta": True},
+    }
     for key, value in over.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
@@ -90,9 +103,19 @@ def fake_prompts(monkeypatch):
 
 def train(tmp_path, name: str, cfg: dict, Y, folds, feats, **kw) -> dict:
     out = tmp_path / name
-    train_model(name, cfg, out_dir=out, train_ids=[f"{i}.jpg" for i in range(N)],
-                test_ids=[f"t{i}.jpg" for i in range(N_TEST)], Y=Y, folds=folds, class_ids=list(range(1, C + 1)),
-                feats=feats, data_fingerprint="synthetic", **kw)
+    train_model(
+        name,
+        cfg,
+        out_dir=out,
+        train_ids=[f"{i}.jpg" for i in range(N)],
+        test_ids=[f"t{i}.jpg" for i in range(N_TEST)],
+        Y=Y,
+        folds=folds,
+        class_ids=list(range(1, C + 1)),
+        feats=feats,
+        data_fingerprint="synthetic",
+        **kw,
+    )
     return {f: np.load(out / f"fold{f}" / "val_logits.npy") for f in range(K)}
 
 
@@ -161,7 +184,8 @@ def test_unknown_early_stop_mode_is_refused():
 def test_refit_trains_the_inner_epoch_count_on_all_training_rows(tmp_path):
     feats, Y, folds = dataset()
     out = NetModel(net_cfg(train={"early_stop": "refit", "epochs": 4}), seed=3).fit_fold(
-        feats, Y, np.flatnonzero(folds != 0), np.flatnonzero(folds == 0), fold_dir=tmp_path / "fold0")
+        feats, Y, np.flatnonzero(folds != 0), np.flatnonzero(folds == 0), fold_dir=tmp_path / "fold0"
+    )
     inner = out.info["inner"]
     assert out.info["epochs_run"] == inner["best_epoch"] + 1
     assert out.info["n_fit"] == inner["n_fit"] + inner["n_stop"] == int((folds != 0).sum())

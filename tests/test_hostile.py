@@ -80,34 +80,49 @@ def test_plots_draw_dollar_signs_in_user_text_literally(tmp_path):
     missing = tmp_path / "absent.jpg"  # an unreadable image still gets its caption drawn
     samples = pd.DataFrame({"ImageID": [f"{BROKEN_MATH}.jpg"], "caption": [DOLLARS], "labels": [BROKEN_MATH]})
     _assert_shown(plots.sample_grid(samples, lambda _: missing), f"{BROKEN_MATH}.jpg", DOLLARS, BROKEN_MATH)
-    worst = pd.DataFrame({"ImageID": ["x.jpg"], "f1": [0.0], "caption": [BROKEN_MATH], "truth": [DOLLARS],
-                          "predicted": ["$a$ (0.90)"]})
+    worst = pd.DataFrame(
+        {"ImageID": ["x.jpg"], "f1": [0.0], "caption": [BROKEN_MATH], "truth": [DOLLARS], "predicted": ["$a$ (0.90)"]}
+    )
     _assert_shown(plots.worst_examples_plot(worst, lambda _: missing), BROKEN_MATH, DOLLARS, "$a$ (0.90)")
 
-    per_class = pd.DataFrame({"id": ids, "name": names, "support": [3, 2, 1], "f1": [0.5, 0.6, 0.7],
-                              "ap": [0.4, 0.5, 0.6]})
+    per_class = pd.DataFrame(
+        {"id": ids, "name": names, "support": [3, 2, 1], "f1": [0.5, 0.6, 0.7], "ap": [0.4, 0.5, 0.6]}
+    )
     _assert_shown(plots.per_class_f1_plot(per_class, f"F1: {DOLLARS}"), BROKEN_MATH, f"F1: {DOLLARS}")
     curves = pd.DataFrame(np.full((3, 3), 0.5), index=[0.2, 0.5, 0.8], columns=labels)
     _assert_shown(plots.class_threshold_plot(curves, 0.5), BROKEN_MATH, DOLLARS)
     curve = pd.DataFrame({"threshold": [0.2, 0.5, 0.8], "mean_f1": [0.5, 0.7, 0.6]})
-    _assert_shown(plots.threshold_curve_plot(curve, {BROKEN_MATH: 0.4}, f"curve {DOLLARS}"), BROKEN_MATH,
-                  f"curve {DOLLARS}")
+    _assert_shown(
+        plots.threshold_curve_plot(curve, {BROKEN_MATH: 0.4}, f"curve {DOLLARS}"), BROKEN_MATH, f"curve {DOLLARS}"
+    )
 
     board = pd.DataFrame({"model": [BROKEN_MATH, DOLLARS], "cv_mean_f1": [0.8, 0.7], "cv_map": [0.85, 0.75]})
     _assert_shown(plots.leaderboard_plot(board), BROKEN_MATH, DOLLARS)
-    stack = pd.DataFrame({"candidate": [BROKEN_MATH, DOLLARS], "kept": [True, False], "cv_mean_f1": [0.8, 0.7],
-                          "nested_mean_f1": [0.78, 0.69]})
+    stack = pd.DataFrame(
+        {
+            "candidate": [BROKEN_MATH, DOLLARS],
+            "kept": [True, False],
+            "cv_mean_f1": [0.8, 0.7],
+            "nested_mean_f1": [0.78, 0.69],
+        }
+    )
     _assert_shown(plots.stacking_plot(stack), BROKEN_MATH, DOLLARS)
     rounds = pd.DataFrame({"base_model": [BROKEN_MATH, BROKEN_MATH], "round": [0, 1], "cv_mean_f1": [0.7, 0.72]})
     _assert_shown(plots.pseudo_rounds_plot(rounds), BROKEN_MATH)
-    ratios = pd.DataFrame({"model": [DOLLARS, DOLLARS], "percent": [10.0, 100.0], "cv_mean_f1_without": [0.5, 0.6],
-                           "cv_mean_f1_with": [0.52, 0.61]})
+    ratios = pd.DataFrame(
+        {
+            "model": [DOLLARS, DOLLARS],
+            "percent": [10.0, 100.0],
+            "cv_mean_f1_without": [0.5, 0.6],
+            "cv_mean_f1_with": [0.52, 0.61],
+        }
+    )
     _assert_shown(plots.label_ratios_plot(ratios), DOLLARS)
-    ablation = pd.DataFrame({"variant": [BROKEN_MATH, DOLLARS], "group": ["reference", "$g$"],
-                             "mean_f1": [0.8, 0.79]})
+    ablation = pd.DataFrame({"variant": [BROKEN_MATH, DOLLARS], "group": ["reference", "$g$"], "mean_f1": [0.8, 0.79]})
     _assert_shown(plots.ablation_plot(ablation), BROKEN_MATH, DOLLARS, "$g$")
-    shares = pd.DataFrame({"id": ids, "name": names, "predicted_share": [0.3, 0.2, 0.1],
-                           "train_prior": [0.25, 0.2, 0.15]})
+    shares = pd.DataFrame(
+        {"id": ids, "name": names, "predicted_share": [0.3, 0.2, 0.1], "train_prior": [0.25, 0.2, 0.15]}
+    )
     _assert_shown(plots.submission_plot(shares, pd.Series({1: 5, 2: 3}), pd.Series({1: 6, 2: 2})), BROKEN_MATH)
 
 
@@ -134,13 +149,19 @@ SECRET_URL = "postgresql://user:s3cr3t-pw@db.example.org:5432/capfuse"
 MASKED_URL = "postgresql://user:***@db.example.org:5432/capfuse"
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    (SECRET_URL, MASKED_URL),
-    ("mysql+pymysql://u:p@ss:w/rd@h/db", "mysql+pymysql://u:***@h/db"),  # raw @ and / in the password
-    ("postgresql://h/db?user=u&password=pw&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
-    ("postgresql://user@host/db", "postgresql://user@host/db"),  # no password: unchanged
-    ("sqlite:////abs/thresholds.db", "sqlite:////abs/thresholds.db"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (SECRET_URL, MASKED_URL),
+        ("mysql+pymysql://u:p@ss:w/rd@h/db", "mysql+pymysql://u:***@h/db"),  # raw @ and / in the password
+        (
+            "postgresql://h/db?user=u&password=pw&sslmode=require",
+            "postgresql://h/db?user=u&password=***&sslmode=require",
+        ),
+        ("postgresql://user@host/db", "postgresql://user@host/db"),  # no password: unchanged
+        ("sqlite:////abs/thresholds.db", "sqlite:////abs/thresholds.db"),
+    ],
+)
 def test_storage_urls_are_shown_without_their_password(url, shown):
     from capfuse.utils.log import mask_url
 
@@ -162,8 +183,22 @@ def test_storage_password_never_reaches_disk_or_logs(tiny_run, tmp_path, monkeyp
         return real(storage=optuna.storages.InMemoryStorage(), **kw)
 
     monkeypatch.setattr(optuna, "create_study", create_study)
-    code = main(["infer", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config),
-                 *TINY_RUN_ARGS, "--set", "threshold.trials=5", "--storage", SECRET_URL])
+    code = main(
+        [
+            "infer",
+            "--data",
+            str(run.data),
+            "--root",
+            str(run.root),
+            "--config",
+            str(run.config),
+            *TINY_RUN_ARGS,
+            "--set",
+            "threshold.trials=5",
+            "--storage",
+            SECRET_URL,
+        ]
+    )
     assert code == 0
     assert SECRET_URL in given and set(given) <= {SECRET_URL, None}  # Optuna gets the real URL (None: nested studies)
     out = capsys.readouterr()
@@ -209,6 +244,7 @@ def test_a_refused_study_names_the_storage_without_its_password(tmp_path, monkey
 # -- 3. decompression bombs and 16-bit images -----------------------------------------------------
 def _png(path: Path, width: int, height: int, bit_depth: int = 8, colour: int = 0) -> Path:
     """A valid PNG of zeros built row by row, so the test never holds the image in memory."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -267,8 +303,8 @@ def test_a_bomb_in_train_is_quarantined_and_in_test_is_flagged(tmp_path):
 
 def test_the_pixel_limit_comes_from_the_config(tmp_path):
     from capfuse.config import load_config
-    from capfuse.paths import Paths
     from capfuse.data.dataset import load_dataset
+    from capfuse.paths import Paths
 
     cfg = load_config(REPO / "configs" / "pipeline.yaml")
     assert 10_000_000 <= cfg["data"]["max_pixels"] < Image.MAX_IMAGE_PIXELS
@@ -381,8 +417,7 @@ def fake_run(tmp_path):
     """A stand-in for the capfuse executable that records its argv."""
     record = tmp_path / "argv.json"
     script = tmp_path / "fake-capfuse"
-    script.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                      f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    script.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
     script.chmod(0o755)
     return script, record
 
@@ -391,14 +426,22 @@ def _make(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     if not shutil.which("make"):
         pytest.skip("make is not installed")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "QUERY", "IMAGE", "STORAGE")}
-    return subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _hostile(marker_dir: Path) -> str:
     m = marker_dir
-    return (f'a "red" bus $(touch {m}/cmd) `touch {m}/tick` $(shell touch {m}/make) '
-            f"$$HOME 'it''s' ; touch {m}/semi | & \\ *  two  spaces ")
+    return (
+        f'a "red" bus $(touch {m}/cmd) `touch {m}/tick` $(shell touch {m}/make) '
+        f"$$HOME 'it''s' ; touch {m}/semi | & \\ *  two  spaces "
+    )
 
 
 @pytest.mark.parametrize("target", ["search", "thresholds", "infer"])
@@ -407,8 +450,11 @@ def test_make_variables_reach_the_program_verbatim(target, fake_run, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     value = _hostile(markers)
-    var, flag, skip = {"search": ("QUERY", "--text", "zeroshot"), "thresholds": ("STORAGE", "--storage", "data"),
-                       "infer": ("STORAGE", "--storage", "data")}[target]
+    var, flag, skip = {
+        "search": ("QUERY", "--text", "zeroshot"),
+        "thresholds": ("STORAGE", "--storage", "data"),
+        "infer": ("STORAGE", "--storage", "data"),
+    }[target]
     done = _make(target, "-o", skip, f"RUN={script}", f"{var}={value}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     argv = json.loads(record.read_text())

@@ -20,7 +20,9 @@ def save(img, path, fmt, **kw):
     return path
 
 
-@pytest.mark.parametrize("image_id", ["../x.jpg", "/etc/passwd", "a/../../x.jpg", "..\\x.jpg", "C:/x.jpg", "", " a.jpg"])
+@pytest.mark.parametrize(
+    "image_id", ["../x.jpg", "/etc/passwd", "a/../../x.jpg", "..\\x.jpg", "C:/x.jpg", "", " a.jpg"]
+)
 def test_unsafe_ids_are_refused(data_dir, image_id):
     with pytest.raises(UnsafePathError):
         resolve_image_path(data_dir, image_id)
@@ -75,7 +77,9 @@ def test_exif_orientation_is_applied(tmp_path):
     upright.paste((255, 0, 0), (0, 0, 40, 40))
     exif = Image.Exif()
     exif[0x0112] = 6
-    path = save(upright.transpose(Image.Transpose.ROTATE_90), tmp_path / "r.jpg", "JPEG", exif=exif.tobytes(), quality=95)
+    path = save(
+        upright.transpose(Image.Transpose.ROTATE_90), tmp_path / "r.jpg", "JPEG", exif=exif.tobytes(), quality=95
+    )
     ok, findings = check_image(path)
     assert ok and [f[1] for f in findings] == ["exif_rotated"]
     arr = load_array(path, 32).astype(int)

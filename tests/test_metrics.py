@@ -17,20 +17,24 @@ from capfuse.metrics import (
 )
 
 # Hand case. Columns 0-2 are real classes; column 3 is neither true nor predicted anywhere.
-Y_TRUE = np.array([
-    [1, 0, 1, 0],
-    [0, 1, 0, 0],
-    [0, 0, 0, 0],
-    [0, 0, 0, 0],
-    [1, 1, 0, 0],
-])
-Y_PRED = np.array([
-    [1, 1, 0, 0],  # tp 1, |T| 2, |P| 2 -> F1 2·1/4 = 0.5
-    [0, 1, 0, 0],  # exact -> 1
-    [0, 0, 0, 0],  # both empty -> 1
-    [1, 0, 0, 0],  # true empty, predicted not -> 0
-    [0, 0, 1, 0],  # no overlap -> 0
-])
+Y_TRUE = np.array(
+    [
+        [1, 0, 1, 0],
+        [0, 1, 0, 0],
+        [0, 0, 0, 0],
+        [0, 0, 0, 0],
+        [1, 1, 0, 0],
+    ]
+)
+Y_PRED = np.array(
+    [
+        [1, 1, 0, 0],  # tp 1, |T| 2, |P| 2 -> F1 2·1/4 = 0.5
+        [0, 1, 0, 0],  # exact -> 1
+        [0, 0, 0, 0],  # both empty -> 1
+        [1, 0, 0, 0],  # true empty, predicted not -> 0
+        [0, 0, 1, 0],  # no overlap -> 0
+    ]
+)
 
 
 def test_mean_sample_f1_hand_case():
@@ -145,7 +149,8 @@ def test_against_sklearn_on_random_data(seed):
             assert np.isnan(ap[j])
     has_pos = y.sum(0) > 0
     assert mean_average_precision(y, s) == pytest.approx(
-        average_precision_score(y[:, has_pos], s[:, has_pos], average="macro"))
+        average_precision_score(y[:, has_pos], s[:, has_pos], average="macro")
+    )
     assert gap_at_k(y, s, None) == pytest.approx(average_precision_score(y, s, average="micro"))
 
 

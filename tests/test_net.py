@@ -22,22 +22,36 @@ def synthetic(n: int = 240, n_test: int = 40, seed: int = 0) -> tuple[dict, np.n
     cap_tokens = (Yall @ W_cap)[:, None, :] + rng.normal(scale=0.8, size=(len(Yall), 6, 12))
     mask = np.ones((len(Yall), 6), bool)
     mask[:, 4:] = False
-    orig = {"img_tokens": img_tokens.astype(np.float16), "img_pooled": img_tokens.mean(1).astype(np.float16),
-            "cap_tokens": cap_tokens.astype(np.float16), "cap_pooled": cap_tokens[:, :4].mean(1).astype(np.float16),
-            "cap_mask": mask.astype(np.uint8)}
+    orig = {
+        "img_tokens": img_tokens.astype(np.float16),
+        "img_pooled": img_tokens.mean(1).astype(np.float16),
+        "cap_tokens": cap_tokens.astype(np.float16),
+        "cap_pooled": cap_tokens[:, :4].mean(1).astype(np.float16),
+        "cap_mask": mask.astype(np.uint8),
+    }
     flip = dict(orig, img_tokens=orig["img_tokens"][:, ::-1].copy())
-    feats = {"views": {"orig": orig, "hflip": flip}, "n_test": n_test,
-             "dims": {"img_pooled": 16, "img_tokens": 16, "cap_pooled": 12, "cap_tokens": 12}}
+    feats = {
+        "views": {"orig": orig, "hflip": flip},
+        "n_test": n_test,
+        "dims": {"img_pooled": 16, "img_tokens": 16, "cap_pooled": 12, "cap_tokens": 12},
+    }
     return feats, Y
 
 
 def config(**train) -> dict:
     return {
-        "kind": "net", "inputs": ["image", "caption"],
+        "kind": "net",
+        "inputs": ["image", "caption"],
         "image_head": {"kind": "mlp", "hidden": 32, "dropout": 0.1},
         "caption_head": {"kind": "attn", "hidden": 32, "dropout": 0.1},
-        "fusion": {"logit_fusion": True, "cross_attention": True, "residual": True, "d_model": 16, "heads": 2,
-                   "dropout": 0.1},
+        "fusion": {
+            "logit_fusion": True,
+            "cross_attention": True,
+            "residual": True,
+            "d_model": 16,
+            "heads": 2,
+            "dropout": 0.1,
+        },
         "train": {"epochs": 6, "batch_size": 32, "lr": 3e-3, "patience": 10, **train},
     }
 
@@ -71,7 +85,7 @@ def test_learns_and_writes_best_checkpoint(tmp_path):
 
 
 def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch):
-    import capfuse.models.net as net_mod
+    import capfuse.models.loop as net_mod
 
     feats, Y = synthetic()
     tr, va = folds_of(len(Y))
@@ -110,7 +124,7 @@ def test_deterministic_for_a_seed(tmp_path):
 
 
 def test_early_stopping_stops(tmp_path, monkeypatch):
-    import capfuse.models.net as net_mod
+    import capfuse.models.loop as net_mod
 
     feats, Y = synthetic()
     tr, va = folds_of(len(Y))
@@ -138,34 +152,49 @@ def test_finetune_path_on_cpu_with_a_tiny_backbone(tmp_path):
     v = validate_dataset(data)
     Y = v.classes.to_matrix(list(v.train["labels"]))
     cfg = {
-        "kind": "net", "inputs": ["image", "caption"], "finetune": True, "device": "cpu",
+        "kind": "net",
+        "inputs": ["image", "caption"],
+        "finetune": True,
+        "device": "cpu",
         "image_encoder": {"name": "mobilenetv2_050", "weights": "none", "size": 64, "grid": 2},
         "caption_encoder": {"name": "minilm", "max_len": 16, "trainable": True},
-        "image_head": {"kind": "mlp", "hidden": 16}, "caption_head": {"kind": "mlp", "hidden": 16},
+        "image_head": {"kind": "mlp", "hidden": 16},
+        "caption_head": {"kind": "mlp", "hidden": 16},
         "fusion": {"logit_fusion": True, "cross_attention": True, "d_model": 16, "heads": 2},
         "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8},
         "finetune_options": {"encoder_lr_mult": 0.1, "layer_decay": 0.5, "loader_threads": 2},
     }
-    feats = {"data_dir": data, "ids": list(v.train["ImageID"]) + list(v.test["ImageID"]),
-             "image_ok": np.ones(32, bool), "captions": list(v.train["Caption"]) + list(v.test["Caption"]), "n_test": 8}
+    feats = {
+        "data_dir": data,
+        "ids": list(v.train["ImageID"]) + list(v.test["ImageID"]),
+        "image_ok": np.ones(32, bool),
+        "captions": list(v.train["Caption"]) + list(v.test["Caption"]),
+        "n_test": 8,
+    }
     model = NetModel(cfg, seed=0)
     tr, va = np.arange(16), np.arange(16, 24)
     torch.manual_seed(0)  # fit_fold_finetune seeds with the model's seed before building
-    before = {k: p.detach().clone() for k, p in
-              FinetuneNet(cfg, Y.shape[1], lambda d: model.build(d, Y.shape[1], np.full(Y.shape[1], 0.2))).named_parameters()}
+    before = {
+        k: p.detach().clone()
+        for k, p in FinetuneNet(
+            cfg, Y.shape[1], lambda d: model.build(d, Y.shape[1], np.full(Y.shape[1], 0.2))
+        ).named_parameters()
+    }
     out = model.fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "fold0")
     assert out.val_logits.shape == (8, Y.shape[1]) and out.test_logits.shape == (8, Y.shape[1])
     from safetensors.torch import load_file
 
     after = load_file(str(tmp_path / "fold0" / "best.safetensors"))
     assert any(k.startswith("backbone.") for k in after) and any(k.startswith("text.") for k in after)
-    moved = [k for k in after if k.startswith("backbone.blocks") and k in before and not torch.equal(after[k], before[k])]
+    moved = [
+        k for k in after if k.startswith("backbone.blocks") and k in before and not torch.equal(after[k], before[k])
+    ]
     assert moved, "the backbone must train end to end"
 
     net = FinetuneNet(cfg, Y.shape[1], lambda d: model.build(d, Y.shape[1], np.full(Y.shape[1], 0.2)))
     groups = layerwise_groups(net, 0.1, 0.5)
     mults = sorted(g["lr_mult"] for g in groups)
-    assert mults[-1] == 1.0 and mults[0] < 0.1 * 0.5 ** 3  # head at 1x, the stem far below
+    assert mults[-1] == 1.0 and mults[0] < 0.1 * 0.5**3  # head at 1x, the stem far below
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
 
 
@@ -183,12 +212,19 @@ def test_top_stages_train_from_cached_mid_maps(tmp_path):
     Yall = np.concatenate([Y, Y[:n_test]])
     mid = np.einsum("nc,cdhw->ndhw", Yall, pattern) + rng.normal(scale=0.5, size=(n + n_test, 192, 2, 2))
     orig = {"img_mid": mid.astype(np.float16)}
-    feats = {"views": {"orig": orig, "hflip": {"img_mid": orig["img_mid"][:, :, :, ::-1].copy()}},
-             "n_test": n_test, "dims": {"img_mid": 192}}
-    cfg = {"kind": "net", "inputs": ["image"], "image_head": {"kind": "mlp", "hidden": 32},
-           "image_encoder": {"name": "tf_efficientnet_lite0", "weights": "package", "train_blocks": 1, "grid": 2},
-           "finetune_options": {"encoder_lr_mult": 0.25},
-           "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3}}
+    feats = {
+        "views": {"orig": orig, "hflip": {"img_mid": orig["img_mid"][:, :, :, ::-1].copy()}},
+        "n_test": n_test,
+        "dims": {"img_mid": 192},
+    }
+    cfg = {
+        "kind": "net",
+        "inputs": ["image"],
+        "image_head": {"kind": "mlp", "hidden": 32},
+        "image_encoder": {"name": "tf_efficientnet_lite0", "weights": "package", "train_blocks": 1, "grid": 2},
+        "finetune_options": {"encoder_lr_mult": 0.25},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3},
+    }
     model = NetModel(cfg, seed=0)
     net = model.build(feats["dims"], C, np.full(C, 0.3))
     groups = model.param_groups(net)
@@ -203,6 +239,11 @@ def test_top_stages_train_from_cached_mid_maps(tmp_path):
     assert trained[conv].shape == pretrained.blocks[6][0].conv_pw.weight.shape
     assert not torch.equal(trained[conv], pretrained.blocks[6][0].conv_pw.weight)  # it trained
     # Close to the pretrained weights still: it started there, at a quarter of the head's rate.
-    assert torch.nn.functional.cosine_similarity(trained[conv].flatten(), pretrained.blocks[6][0].conv_pw.weight.flatten(), 0) > 0.9
+    assert (
+        torch.nn.functional.cosine_similarity(
+            trained[conv].flatten(), pretrained.blocks[6][0].conv_pw.weight.flatten(), 0
+        )
+        > 0.9
+    )
     # BatchNorm statistics stay the ImageNet ones (freeze_bn, the default).
     assert torch.equal(trained["top.bn2.running_mean"], pretrained.bn2.running_mean)

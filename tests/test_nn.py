@@ -153,8 +153,9 @@ def test_tempered_bce_is_bce_of_a_tempered_sigmoid_and_differs_from_bce():
     bce = LOSSES.create("bce")
     plain = LOSSES.create("tempered_bce", temperature=1.0, gamma=0.0)
     assert torch.allclose(plain(logits, y), bce(logits, y), atol=1e-6)
-    assert torch.allclose(LOSSES.create("tempered_bce", temperature=0.25, gamma=0.0)(logits, y), bce(4 * logits, y),
-                          atol=1e-6)
+    assert torch.allclose(
+        LOSSES.create("tempered_bce", temperature=0.25, gamma=0.0)(logits, y), bce(4 * logits, y), atol=1e-6
+    )
     assert not torch.allclose(LOSSES.create("tempered_bce")(logits, y), bce(logits, y), atol=1e-3)
 
 

@@ -25,8 +25,17 @@ def test_notebook_holds_no_logic(path):
     """Cells call the package and show the result: no functions, classes, loops or branches."""
     for source in _code(nbformat.read(path, as_version=4)):
         tree = ast.parse("\n".join(line for line in source.splitlines() if not line.startswith("%")))
-        banned = (ast.FunctionDef, ast.ClassDef, ast.Lambda, ast.For, ast.While, ast.If, ast.ListComp,
-                  ast.DictComp, ast.GeneratorExp)
+        banned = (
+            ast.FunctionDef,
+            ast.ClassDef,
+            ast.Lambda,
+            ast.For,
+            ast.While,
+            ast.If,
+            ast.ListComp,
+            ast.DictComp,
+            ast.GeneratorExp,
+        )
         found = [type(node).__name__ for node in ast.walk(tree) if isinstance(node, banned)]
         assert not found, f"{path.name}: {found} in a cell; move it to capfuse.report\n{source}"
 

@@ -24,8 +24,8 @@ import pytest
 
 import capfuse.training.cv as trainer_mod
 from capfuse.cli import main
-from capfuse.paths import Paths
 from capfuse.ensemble.second_level import choose_base_models
+from capfuse.paths import Paths
 from capfuse.training.cv import train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,11 +86,22 @@ def synthetic(monkeypatch):
     Yall = (rng.random((N + N_TEST, C)) < 0.4).astype(np.uint8)
     Yall[Yall.sum(1) == 0, 0] = 1
     x = Yall @ rng.normal(size=(C, 5)) + rng.normal(scale=0.5, size=(N + N_TEST, 5))
-    feats = {"image_train": x[:N].astype(np.float32), "image_test": x[N:].astype(np.float32),
-             "caption_train": sp.csr_matrix(x[:N]), "caption_test": sp.csr_matrix(x[N:]), "n_test": N_TEST}
-    common = dict(train_ids=[f"{i}.jpg" for i in range(N)], test_ids=[f"t{i}.jpg" for i in range(N_TEST)],
-                  Y=Yall[:N], folds=np.arange(N) % K, class_ids=list(range(1, C + 1)), feats=feats,
-                  data_fingerprint="synthetic")
+    feats = {
+        "image_train": x[:N].astype(np.float32),
+        "image_test": x[N:].astype(np.float32),
+        "caption_train": sp.csr_matrix(x[:N]),
+        "caption_test": sp.csr_matrix(x[N:]),
+        "n_test": N_TEST,
+    }
+    common = dict(
+        train_ids=[f"{i}.jpg" for i in range(N)],
+        test_ids=[f"t{i}.jpg" for i in range(N_TEST)],
+        Y=Yall[:N],
+        folds=np.arange(N) % K,
+        class_ids=list(range(1, C + 1)),
+        feats=feats,
+        data_fingerprint="synthetic",
+    )
     return common
 
 
@@ -103,7 +114,9 @@ def test_a_model_name_with_a_path_never_reaches_another_folder(tmp_path, synthet
     train_model("victim", LINEAR, out_dir=victim, **synthetic)
     (victim / "precious.txt").write_text("keep")
     with pytest.raises(ValueError, match="not a plain name"):
-        train_model("../victim", {**LINEAR, "C": 0.25}, out_dir=tmp_path / "runs" / "tiny" / ".." / "victim", **synthetic)
+        train_model(
+            "../victim", {**LINEAR, "C": 0.25}, out_dir=tmp_path / "runs" / "tiny" / ".." / "victim", **synthetic
+        )
     assert (victim / "precious.txt").read_text() == "keep"
 
 
@@ -155,6 +168,7 @@ def test_a_changed_config_still_starts_over_in_our_own_folder(tmp_path, syntheti
 
 # -- 3. a fold is skipped only under the run's own fingerprint -----------------------------------
 
+
 def _logged_folds(out: Path) -> list[int]:
     return [json.loads(line)["fold"] for line in (out / "log.jsonl").read_text().splitlines() if line]
 
@@ -204,8 +218,9 @@ time.sleep(float(sys.argv[2]))
 
 def hold_lock(runs: Path, seconds: float) -> subprocess.Popen:
     runs.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(runs / ".lock"), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(runs / ".lock"), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -227,6 +242,7 @@ class Probed(Exception):
 
 def probe_lock(runs: Path, seen: list):
     """A stand-in for a stage: records whether this process holds ``runs/.lock`` while it runs."""
+
     def stage(*args, **kwargs):
         held_by_us = not lock_is_free(runs) and (runs / ".lock").read_text().split("\n")[0] == str(os.getpid())
         seen.append(held_by_us)
@@ -334,8 +350,10 @@ def test_under_torchrun_only_rank_0_takes_the_lock(tmp_path, monkeypatch, caplog
 
 # -- 4. `ensemble.models: all` is the config's own models ----------------------------------------
 
-TRAINED = {name: {"cv_mean_f1": 0.5} for name in
-           ["cap_lr", "img_lr", "img_lr@r1", "img_lr@r2", "img_lr_v2", "old_model", "old_model@r1", "img_lr@rx"]}
+TRAINED = {
+    name: {"cv_mean_f1": 0.5}
+    for name in ["cap_lr", "img_lr", "img_lr@r1", "img_lr@r2", "img_lr_v2", "old_model", "old_model@r1", "img_lr@rx"]
+}
 
 
 def test_all_stacks_the_configs_models_and_their_rounds_only(caplog):
@@ -369,21 +387,37 @@ def test_a_model_left_in_the_runs_folder_stays_out_of_the_submission(tiny_run, t
     shutil.copytree(runs / "cap_lr", runs / "foreign")
     metrics = json.loads((runs / "foreign" / "metrics.json").read_text())
     (runs / "foreign" / "metrics.json").write_text(json.dumps({**metrics, "model": "foreign", "cv_mean_f1": 0.99}))
-    args = ["--set", "folds.k=3", "--set", "threshold.trials=20", "--set", "ensemble.stack.num_threads=1",
-            "--set", "models=[cap_lr,img_lr]"]  # tiny_run's pipeline
-    assert main(["infer", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet",
-                 *args]) == 0
+    args = [
+        "--set",
+        "folds.k=3",
+        "--set",
+        "threshold.trials=20",
+        "--set",
+        "ensemble.stack.num_threads=1",
+        "--set",
+        "models=[cap_lr,img_lr]",
+    ]  # tiny_run's pipeline
+    assert (
+        main(["infer", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet", *args])
+        == 0
+    )
     manifest = json.loads((run.root / "submissions" / "tiny-latest.json").read_text())
     assert sorted(manifest["models"]) == ["cap_lr", "img_lr"]
 
 
 # -- 5. `make clean` with an odd DATA ------------------------------------------------------------
 
+
 def _tree(base: Path) -> tuple[Path, list[Path]]:
     """A project folder holding runs of two datasets, a user folder and files a bad `rm` would hit."""
     project = base / "project"
-    sentinels = [base / "outside.txt", project / "b", project / "keep.txt", project / "runs" / "other" / "keep.txt",
-                 project / "data" / "mine" / "keep.txt"]
+    sentinels = [
+        base / "outside.txt",
+        project / "b",
+        project / "keep.txt",
+        project / "runs" / "other" / "keep.txt",
+        project / "data" / "mine" / "keep.txt",
+    ]
     for path in sentinels:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("keep")
@@ -393,8 +427,12 @@ def _tree(base: Path) -> tuple[Path, list[Path]]:
 
 
 def make_clean(project: Path, data: str, venv: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-f", str(REPO / "Makefile"), "-C", str(project), "clean", f"DATA={data}",
-                           f"VENV={venv}"], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["make", "-f", str(REPO / "Makefile"), "-C", str(project), "clean", f"DATA={data}", f"VENV={venv}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -417,6 +455,7 @@ def test_make_clean_removes_only_the_named_datasets_runs(tmp_path):
 
 
 # -- the unlabelled demo folder ------------------------------------------------------------------
+
 
 def test_capfuse_data_keeps_a_foreign_folder_where_the_unlabelled_one_goes(tmp_path, caplog):
     foreign = tmp_path / "tiny-unlabelled"

@@ -30,11 +30,26 @@ def run(root: Path, data: Path, *args: str) -> int:
 @pytest.mark.slow
 def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     root, data = tiny
-    assert run(root, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60", "--set", "ensemble.stack.num_threads=1") == 0
+    assert (
+        run(
+            root,
+            data,
+            "all",
+            "--set",
+            "folds.k=3",
+            "--set",
+            "threshold.trials=60",
+            "--set",
+            "ensemble.stack.num_threads=1",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "CV mean F1 of the submitted pipeline" in out
 
-    test_ids = [line.split(",", 1)[0].strip() for line in (data / "test.csv").read_text().splitlines()[1:] if line.strip()]
+    test_ids = [
+        line.split(",", 1)[0].strip() for line in (data / "test.csv").read_text().splitlines()[1:] if line.strip()
+    ]
     classes = pd.read_csv(data / "classes.csv")["id"].tolist()
     sub = read_submission(root / "submissions" / "tiny-latest.csv")
     assert check_submission(sub, test_ids, classes) == []
@@ -93,15 +108,35 @@ def test_all_on_a_folder_with_every_fault(tmp_path):
 
     data = tmp_path / "data" / "faulty"
     expected = make_faulty_dataset(data)
-    assert run(tmp_path, data, "all", "--set", "folds.k=3", "--set", "threshold.trials=60", "--set", "ensemble.stack.num_threads=1") == 0
+    assert (
+        run(
+            tmp_path,
+            data,
+            "all",
+            "--set",
+            "folds.k=3",
+            "--set",
+            "threshold.trials=60",
+            "--set",
+            "ensemble.stack.num_threads=1",
+        )
+        == 0
+    )
     sub = read_submission(tmp_path / "submissions" / "faulty-latest.csv")
-    test_ids = [ln.split(",", 1)[0].strip() for ln in (data / "test.csv").read_bytes().decode("utf-8-sig").splitlines()[1:] if ln.strip()]
+    test_ids = [
+        ln.split(",", 1)[0].strip()
+        for ln in (data / "test.csv").read_bytes().decode("utf-8-sig").splitlines()[1:]
+        if ln.strip()
+    ]
     assert list(sub["ImageID"]) == test_ids  # every test row, in order, unreadable images included
     assert check_submission(sub, test_ids, pd.read_csv(data / "classes.csv")["id"].tolist()) == []
     manifest = read_json(tmp_path / "submissions" / "faulty-latest.json")
     # The fallback is the best caption-only model by CV, whichever that is on this data.
-    caption_only = {m.parent.name: read_json(m)["cv_mean_f1"] for m in (tmp_path / "runs" / "faulty").glob("*/metrics.json")
-                    if not read_json(m)["needs_image"]}
+    caption_only = {
+        m.parent.name: read_json(m)["cv_mean_f1"]
+        for m in (tmp_path / "runs" / "faulty").glob("*/metrics.json")
+        if not read_json(m)["needs_image"]
+    }
     assert manifest["image_fallback"]["model"] == max(caption_only, key=caption_only.get)
     assert sorted(manifest["image_fallback"]["rows"]) == sorted(expected["test"])
     assert manifest["train_rows_quarantined"] == len(expected["train"])

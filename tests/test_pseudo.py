@@ -8,16 +8,17 @@ from capfuse.models.net import NetModel
 from capfuse.training.pseudo import (
     ProvenanceError,
     PseudoSettings,
+    PseudoSource,
     PseudoTargets,
     check_provenance,
     folds_sha,
     propagate,
     provenance,
+    pseudo_targets,
     ramp,
     rank_blend,
     select,
 )
-from capfuse.training.pseudo import PseudoSource, pseudo_targets
 from capfuse.utils.io import write_json
 
 FOLDS = np.array([0, 1, 2, 0, 1, 2])
@@ -104,8 +105,15 @@ def _features(n: int, n_pool: int, c: int = 3, seed: int = 0):
 
 
 def _model(epochs=2):
-    return NetModel({"kind": "net", "inputs": ["image"], "image_head": {"kind": "mlp", "hidden": 8, "dropout": 0.0},
-                     "train": {"epochs": epochs, "batch_size": 16, "patience": 10, "flip_p": 0.0, "tta": False}}, seed=0)
+    return NetModel(
+        {
+            "kind": "net",
+            "inputs": ["image"],
+            "image_head": {"kind": "mlp", "hidden": 8, "dropout": 0.0},
+            "train": {"epochs": epochs, "batch_size": 16, "patience": 10, "flip_p": 0.0, "tta": False},
+        },
+        seed=0,
+    )
 
 
 def test_fully_masked_pseudo_rows_change_nothing(tmp_path):
@@ -126,8 +134,9 @@ def test_unmasked_pseudo_rows_do_train(tmp_path):
     tr, va = np.arange(36), np.arange(36, 48)
     outs = []
     for name, targets in (("truth", pool_truth), ("flipped", 1 - pool_truth)):
-        pseudo = PseudoTargets(rows=48 + np.arange(64), targets=targets.astype(np.float32),
-                               mask=np.ones((64, 3), np.uint8), ramp_epochs=0)
+        pseudo = PseudoTargets(
+            rows=48 + np.arange(64), targets=targets.astype(np.float32), mask=np.ones((64, 3), np.uint8), ramp_epochs=0
+        )
         torch.manual_seed(0)
         outs.append(_model(epochs=4).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / name, pseudo=pseudo).val_logits)
     assert not np.allclose(outs[0], outs[1])
@@ -203,8 +212,9 @@ def test_alignment_scores_rank_the_pool_when_asked(tmp_path):
         pseudo_targets(src, 0, Y, tr, len(FOLDS), np.ones(4, bool), SHA)
     np.save(fold_dir / "test_align.npy", align)
     by_align = pseudo_targets(src, 0, Y, tr, len(FOLDS), np.ones(4, bool), SHA)
-    by_logits = pseudo_targets(PseudoSource("lq", producer, PseudoSettings(**settings), 1), 0, Y, tr, len(FOLDS),
-                               np.ones(4, bool), SHA)
+    by_logits = pseudo_targets(
+        PseudoSource("lq", producer, PseudoSettings(**settings), 1), 0, Y, tr, len(FOLDS), np.ones(4, bool), SHA
+    )
     # Prior 0.5 of 4 rows: one positive kept. The logits pick row 0, the alignment row 2.
     pos = lambda t: np.flatnonzero((t.mask[:, 0] == 1) & (t.targets[:, 0] >= 0.5))  # noqa: E731
     assert pos(by_logits).tolist() == [0] and pos(by_align).tolist() == [2]

@@ -107,10 +107,14 @@ def test_submission_summary_shares_and_priors():
 
 
 def test_stacking_table_gain_over_the_best_single_model():
-    stack = {"chosen": "weighted_blend", "candidates": {
-        "best_single": {"cv_mean_f1": 0.80, "nested_mean_f1": 0.79, "cv_map": 0.8, "threshold": 0.3},
-        "weighted_blend": {"cv_mean_f1": 0.83, "nested_mean_f1": 0.82, "cv_map": 0.85, "threshold": 0.3},
-        "stack": {"cv_mean_f1": 0.85, "nested_mean_f1": 0.81, "cv_map": 0.86, "threshold": 0.3}}}
+    stack = {
+        "chosen": "weighted_blend",
+        "candidates": {
+            "best_single": {"cv_mean_f1": 0.80, "nested_mean_f1": 0.79, "cv_map": 0.8, "threshold": 0.3},
+            "weighted_blend": {"cv_mean_f1": 0.83, "nested_mean_f1": 0.82, "cv_map": 0.85, "threshold": 0.3},
+            "stack": {"cv_mean_f1": 0.85, "nested_mean_f1": 0.81, "cv_map": 0.86, "threshold": 0.3},
+        },
+    }
     out = tables.stacking_table(stack)
     assert list(out["candidate"]) == ["weighted_blend", "stack", "best_single"]
     assert out["nested_gain"].tolist() == pytest.approx([0.03, 0.02, 0.0])
@@ -118,8 +122,16 @@ def test_stacking_table_gain_over_the_best_single_model():
 
 
 def test_ablation_plot_ignores_extra_columns_and_empty_metrics():
-    table = pd.DataFrame({"variant": ["ref", "no_x"], "group": ["reference", "fusion"], "mean_f1": [0.8, 0.78],
-                          "map": [None, None], "minutes": [1.0, 0.5], "something_new": ["p", "q"]})
+    table = pd.DataFrame(
+        {
+            "variant": ["ref", "no_x"],
+            "group": ["reference", "fusion"],
+            "mean_f1": [0.8, 0.78],
+            "map": [None, None],
+            "minutes": [1.0, 0.5],
+            "something_new": ["p", "q"],
+        }
+    )
     fig = ablation_plot(table)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["CV mean F1", "minutes"]  # mAP has no values, gap_at_10 is absent
@@ -129,8 +141,9 @@ def test_ablation_plot_ignores_extra_columns_and_empty_metrics():
 
 # -- the report on a real tiny run ------------------------------------------------------------
 def _report(run, *extra: str) -> int:
-    return main(["report", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet",
-                 *extra])
+    return main(
+        ["report", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet", *extra]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -182,10 +195,14 @@ def test_report_numbers_come_from_the_run(tiny_run_full, full_report):
     facts, _, _ = views.submission(run)
     sub = read_submission(tiny_run_full.root / "submissions" / "tiny-latest.csv")
     truth = pd.read_csv(tiny_run_full.data / "test_labels.csv", dtype=str).set_index("ImageID").loc[sub["ImageID"]]
-    expected = mean_sample_f1(run.ds.val.classes.to_matrix([[int(x) for x in s.split()] for s in truth["Labels"]]),
-                              run.ds.val.classes.to_matrix([[int(x) for x in s.split()] for s in sub["Labels"]]))
+    expected = mean_sample_f1(
+        run.ds.val.classes.to_matrix([[int(x) for x in s.split()] for s in truth["Labels"]]),
+        run.ds.val.classes.to_matrix([[int(x) for x in s.split()] for s in sub["Labels"]]),
+    )
     shown = facts.set_index("")["value"]
-    assert float(shown[[k for k in shown.index if k.startswith("test mean F1")][0]]) == pytest.approx(expected, abs=1e-5)
+    assert float(shown[[k for k in shown.index if k.startswith("test mean F1")][0]]) == pytest.approx(
+        expected, abs=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -223,14 +240,28 @@ def _chromium() -> str:
         return found
     if os.environ.get("CI", "").lower() in ("1", "true"):
         pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium) when run as root")
-    pytest.skip("chromium is not installed (`apt-get install chromium`, or `make test` as root); "
-                "the browser check fails instead of skipping when CI=true")
+    pytest.skip(
+        "chromium is not installed (`apt-get install chromium`, or `make test` as root); "
+        "the browser check fails instead of skipping when CI=true"
+    )
 
 
 def _browser(exe: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--run-all-compositor-stages-before-draw",
+            "--virtual-time-budget=10000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow

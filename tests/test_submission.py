@@ -74,7 +74,9 @@ def test_duplicate_allowed_when_test_repeats_it():
 def test_wrong_order():
     sub = valid().iloc[[0, 2, 1, 3]].reset_index(drop=True)
     problems = _problems(sub)
-    assert problems == ["row 3 (ImageID '30001.jpg'): out of order, test.csv has it at position 2, before a row above it"]
+    assert problems == [
+        "row 3 (ImageID '30001.jpg'): out of order, test.csv has it at position 2, before a row above it"
+    ]
 
 
 def test_unknown_id():
@@ -88,8 +90,10 @@ def test_label_problems_name_their_rows():
     sub = valid()
     sub["Labels"] = ["1 12", "1 x", "", "2.0"]
     problems = _problems(sub)
-    assert any(p.startswith("row 1 (ImageID '30000.jpg'): labels not in the class set") and p.endswith(": 12")
-               for p in problems)
+    assert any(
+        p.startswith("row 1 (ImageID '30000.jpg'): labels not in the class set") and p.endswith(": 12")
+        for p in problems
+    )
     assert any(p.startswith("row 2 (ImageID '30001.jpg'): labels that are not integers: 'x'") for p in problems)
     assert "row 3 (ImageID '30002.jpg'): empty label set" in problems
     assert any(p.startswith("row 4 (ImageID '30003.jpg'): labels that are not integers: '2.0'") for p in problems)

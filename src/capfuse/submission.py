@@ -108,19 +108,26 @@ def check_submission(sub: pd.DataFrame, test_ids: Sequence[str], class_ids: Sequ
         seen[i] += 1
         if seen[i] > len(positions[i]):
             times = len(positions[i])
-            duplicate.append(f"row {r} (ImageID {i!r}): duplicate id, also on row(s) "
-                             f"{', '.join(map(str, rows_of[i][:-1]))}; test.csv has it {times} time(s)")
+            duplicate.append(
+                f"row {r} (ImageID {i!r}): duplicate id, also on row(s) "
+                f"{', '.join(map(str, rows_of[i][:-1]))}; test.csv has it {times} time(s)"
+            )
             continue
         target.append((r, positions[i][seen[i] - 1]))
-    missing = [f"ImageID {i!r} (test.csv position {positions[i][seen[i]]+1}): missing"
-               + (f", appears {seen[i]} of {len(positions[i])} times" if seen[i] else "")
-               for i in positions if seen[i] < len(positions[i])]
+    missing = [
+        f"ImageID {i!r} (test.csv position {positions[i][seen[i]] + 1}): missing"
+        + (f", appears {seen[i]} of {len(positions[i])} times" if seen[i] else "")
+        for i in positions
+        if seen[i] < len(positions[i])
+    ]
     # Order: the rows whose test.csv position comes before that of a row above them.
     furthest = -1
     for r, pos in target:
         if pos < furthest:
-            order.append(f"row {r} (ImageID {ids[r - 1]!r}): out of order, test.csv has it at position {pos + 1}, "
-                         f"before a row above it")
+            order.append(
+                f"row {r} (ImageID {ids[r - 1]!r}): out of order, test.csv has it at position {pos + 1}, "
+                f"before a row above it"
+            )
         furthest = max(furthest, pos)
     problems += _capped("unknown ids", unknown)
     problems += _capped("duplicate ids", duplicate)

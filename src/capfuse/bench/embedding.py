@@ -42,7 +42,9 @@ def naive_timm_loop(folder: Path, ids: list[str], name: str, batch_size: int) ->
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
-            batch = torch.stack([transform(Image.open(folder / "data" / j).convert("RGB")) for j in ids[i : i + batch_size]])
+            batch = torch.stack(
+                [transform(Image.open(folder / "data" / j).convert("RGB")) for j in ids[i : i + batch_size]]
+            )
             model(batch)
     return len(ids) / (time.perf_counter() - start)
 

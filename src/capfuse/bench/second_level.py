@@ -14,8 +14,8 @@ import time
 import numpy as np
 from scipy.stats import norm
 
-from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.ensemble.blend import mean_blend, nested_blend_oof
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.ensemble.stack import stack_features, stack_oof_and_test, stack_params
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.metrics import mean_average_precision, mean_sample_f1
@@ -55,8 +55,15 @@ def synthetic_logits(y: np.ndarray, n_models: int, rng: np.random.Generator) -> 
 
 
 def bench_stack_thresholds(
-    n_rows: int = 30000, n_models: int = 10, n_classes: int = 18, seed: int = 0,
-    *, n_folds: int = 5, n_trials: int = 300, num_threads: int = 2, nested: bool = True,
+    n_rows: int = 30000,
+    n_models: int = 10,
+    n_classes: int = 18,
+    seed: int = 0,
+    *,
+    n_folds: int = 5,
+    n_trials: int = 300,
+    num_threads: int = 2,
+    nested: bool = True,
 ) -> dict:
     """Seconds and scores for stacking + per-class thresholds on synthetic OOF of the given size.
 
@@ -80,9 +87,15 @@ def bench_stack_thresholds(
 
     t0 = time.perf_counter()
     # As the stack stage runs it: boosting from a fold-local weighted blend.
-    oof, test = stack_oof_and_test(X, y, folds, X_test, stack_params(num_threads=num_threads),
-                                   base_probs=[sigmoid(a) for a in logits],
-                                   base_probs_test=[sigmoid(a) for a in logits_test])
+    oof, test = stack_oof_and_test(
+        X,
+        y,
+        folds,
+        X_test,
+        stack_params(num_threads=num_threads),
+        base_probs=[sigmoid(a) for a in logits],
+        base_probs_test=[sigmoid(a) for a in logits_test],
+    )
     out["stack_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -92,7 +105,9 @@ def bench_stack_thresholds(
     blend, blend_test = mean_blend([sigmoid(a) for a in logits]), mean_blend([sigmoid(a) for a in logits_test])
     g_blend, f1_blend = fit_global_threshold(y, blend)
     # The stacker's real rival in the stack stage: weights fitted on the other folds.
-    out["weighted_blend_oof_f1_global"] = fit_global_threshold(y, nested_blend_oof(y, [sigmoid(a) for a in logits], folds))[1]
+    out["weighted_blend_oof_f1_global"] = fit_global_threshold(
+        y, nested_blend_oof(y, [sigmoid(a) for a in logits], folds)
+    )[1]
     out.update(
         blend_oof_map=mean_average_precision(y, blend),
         blend_oof_f1_global=f1_blend,

@@ -84,8 +84,17 @@ _ZEROSHOT_NESTED = {"image_encoder": ImageEncoderSettings, "caption_encoder": Ca
 # -- the check -------------------------------------------------------------------------------------
 
 # Names people reach for, and the key that means it (offered when one of them is misspelt).
-ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "max_length": "max_len",
-           "num_heads": "heads", "n_heads": "heads", "n_folds": "k", "num_folds": "k", "hidden_dim": "hidden"}
+ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "max_length": "max_len",
+    "num_heads": "heads",
+    "n_heads": "heads",
+    "n_folds": "k",
+    "num_folds": "k",
+    "hidden_dim": "hidden",
+}
 
 
 def _dotted(path: tuple) -> str:
@@ -125,12 +134,22 @@ class _Checker:
     def choice(self, value, valid: list[str], path: tuple, what: str) -> bool:
         if value in valid:
             return True
-        self.error(path, f"unknown {what} {value!r} at '{_dotted(path)}': did you mean {closest(value, valid)!r}? "
-                         f"(known: {', '.join(valid)})")
+        self.error(
+            path,
+            f"unknown {what} {value!r} at '{_dotted(path)}': did you mean {closest(value, valid)!r}? "
+            f"(known: {', '.join(valid)})",
+        )
         return False
 
-    def keys(self, value: Mapping, path: tuple, valid: list[str], *, what: str = "key",
-             hints: Mapping[str, str] | None = None) -> None:
+    def keys(
+        self,
+        value: Mapping,
+        path: tuple,
+        valid: list[str],
+        *,
+        what: str = "key",
+        hints: Mapping[str, str] | None = None,
+    ) -> None:
         for key in value:
             if key in valid:
                 continue
@@ -139,8 +158,11 @@ class _Checker:
             else:
                 best = closest(key, valid)
             mean = f"did you mean '{_dotted(path + (best,))}'?" if best else "nothing is valid there"
-            self.error(path + (key,), f"unknown {what} '{_dotted(path + (key,))}': {mean} "
-                                      f"(valid under '{_dotted(path) or 'the top level'}': {', '.join(sorted(valid))})")
+            self.error(
+                path + (key,),
+                f"unknown {what} '{_dotted(path + (key,))}': {mean} "
+                f"(valid under '{_dotted(path) or 'the top level'}': {', '.join(sorted(valid))})",
+            )
 
     def block(self, value, cls: type, path: tuple) -> None:
         if not self.mapping(value, path):
@@ -236,8 +258,13 @@ def _check_zeroshot(ck: _Checker, value, path: tuple) -> None:
 
 # The checks that fields of the schema name in their metadata ("check").
 CHECKS: dict[str, Callable] = {
-    "stack": _check_stack, "head": _check_head, "loss": _check_loss, "label_query": _check_label_query,
-    "pseudo_partial": _check_pseudo_partial, "tfidf": _check_tfidf, "variants": _check_variants,
+    "stack": _check_stack,
+    "head": _check_head,
+    "loss": _check_loss,
+    "label_query": _check_label_query,
+    "pseudo_partial": _check_pseudo_partial,
+    "tfidf": _check_tfidf,
+    "variants": _check_variants,
     "partial_config": _check_partial_config,
 }
 
@@ -264,14 +291,20 @@ def _check_config(ck: _Checker, cfg: Mapping, path: tuple) -> None:
         if "block" in f.metadata:
             hints.update({sub.name: f"{f.name}.{sub.name}" for sub in fields(f.metadata["block"])})
     hints.pop("kind", None)
-    other_kinds = {name: k for k, cls in MODEL_KINDS.items() for name in (f.name for f in fields(cls))
-                   if name not in valid}
+    other_kinds = {
+        name: k for k, cls in MODEL_KINDS.items() for name in (f.name for f in fields(cls)) if name not in valid
+    }
     for key in cfg:
         if key in other_kinds:
-            ck.error(path + (key,), f"'{_dotted(path + (key,))}' is a key of {other_kinds[key]} models, "
-                                    f"not of kind {kind!r}")
-    ck.keys({k: v for k, v in cfg.items() if k not in other_kinds}, path, list(valid),
-            hints={k: v for k, v in hints.items() if k not in valid})
+            ck.error(
+                path + (key,), f"'{_dotted(path + (key,))}' is a key of {other_kinds[key]} models, not of kind {kind!r}"
+            )
+    ck.keys(
+        {k: v for k, v in cfg.items() if k not in other_kinds},
+        path,
+        list(valid),
+        hints={k: v for k, v in hints.items() if k not in valid},
+    )
     for key, sub in cfg.items():
         f = valid.get(key, False)
         if key == "zeroshot":

@@ -28,6 +28,9 @@ with, and it is the default here.
 ``capfuse.config.check`` checks a config against these classes (``validate``: unknown keys,
 named with their file and the closest valid key); ``resolve`` and ``resolve_model`` below turn a
 checked config into them, reading only the keys they know and never writing into the dict.
+
+Why this module is long: every config block with its defaults in one file is the point (one
+home for every default, the whole config surface on one page); the checking lives in ``check.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def block(cls: type) -> Any:
 
 
 # -- the blocks ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DataSettings:
@@ -128,8 +132,9 @@ class ImageEncoderSpec:
         known = [f.name for f in fields(ImageEncoderSpec)]
         unknown = set(cfg) - set(known) - set(IMAGE_MODEL_KEYS)
         if unknown:
-            raise ValueError(f"unknown image encoder keys {sorted(unknown)}; "
-                             f"known: {sorted([*known, *IMAGE_MODEL_KEYS])}")
+            raise ValueError(
+                f"unknown image encoder keys {sorted(unknown)}; known: {sorted([*known, *IMAGE_MODEL_KEYS])}"
+            )
         return ImageEncoderSpec(**{k: v for k, v in cfg.items() if k in known})
 
 
@@ -280,7 +285,8 @@ class FusionSettings:
     dropout: float = 0.1
     aux_weight: float = 0.2  # branch logits' own loss, so that logit fusion weighs meaningful predictions
     label_query: LabelQuerySettings | None = field(
-        default=None, metadata={"check": "label_query", "resolve": _resolve_label_query})
+        default=None, metadata={"check": "label_query", "resolve": _resolve_label_query}
+    )
 
 
 @dataclass(frozen=True)
@@ -330,8 +336,16 @@ class PseudoSettings:
         if unknown:
             raise ValueError(f"unknown pseudo settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         s = cls(**cfg)
-        if (s.rounds < 0 or not 0 < s.pos_keep <= 1 or not 0 < s.neg_keep <= 1 or s.weight < 0 or s.ramp_epochs < 0
-                or not 0 <= s.graph <= 1 or s.graph_k < 1 or s.scores not in ("logits", "align")):
+        if (
+            s.rounds < 0
+            or not 0 < s.pos_keep <= 1
+            or not 0 < s.neg_keep <= 1
+            or s.weight < 0
+            or s.ramp_epochs < 0
+            or not 0 <= s.graph <= 1
+            or s.graph_k < 1
+            or s.scores not in ("logits", "align")
+        ):
             raise ValueError(f"pseudo settings out of range: {s}")
         return s
 
@@ -370,10 +384,12 @@ class NetModelSettings(ModelSettings):
     device: str = "cpu"  # heads on cached features: a GPU would idle; finetune configs use cuda
     finetune: bool = False  # true: backbone and caption encoder train end to end
     caption_encoder: CaptionEncoderSettings = block(CaptionEncoderSettings)
-    image_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": "head",
-                                                                             "resolve": HeadSettings.from_config})
-    caption_head: HeadSettings = field(default_factory=HeadSettings, metadata={"check": "head",
-                                                                               "resolve": HeadSettings.from_config})
+    image_head: HeadSettings = field(
+        default_factory=HeadSettings, metadata={"check": "head", "resolve": HeadSettings.from_config}
+    )
+    caption_head: HeadSettings = field(
+        default_factory=HeadSettings, metadata={"check": "head", "resolve": HeadSettings.from_config}
+    )
     fusion: FusionSettings = block(FusionSettings)
     aux: AuxSettings = block(AuxSettings)
     train: TrainSettings = block(TrainSettings)
@@ -402,9 +418,10 @@ class AblationSettings:
     reference: str | None = None  # ``delta`` is each variant's CV mean F1 minus this one's
     second_level: bool = True  # blends, stacker and threshold rows
     output: str = "ablation"  # runs/<dataset>/<output>.{csv,md}
-    variants: tuple[AblationVariant, ...] = field(default=(), metadata={"check": "variants",
-                                                                        "resolve": lambda v: tuple(
-                                                                            _build(AblationVariant, x) for x in v or ())})
+    variants: tuple[AblationVariant, ...] = field(
+        default=(),
+        metadata={"check": "variants", "resolve": lambda v: tuple(_build(AblationVariant, x) for x in v or ())},
+    )
 
 
 @dataclass(frozen=True)
@@ -442,7 +459,7 @@ def _coerce(cls: type, name: str, value):
     if tp in _COERCE:
         return _COERCE[tp](value)
     if tp.startswith("tuple[") and isinstance(value, (list, tuple)):
-        item = _COERCE.get(tp[len("tuple["):].split(",")[0].rstrip("]"))
+        item = _COERCE.get(tp[len("tuple[") :].split(",")[0].rstrip("]"))
         return tuple(item(v) if item else v for v in value)
     if "tuple[" in tp and isinstance(value, list):  # str | tuple[str, ...]: a list becomes a tuple
         return tuple(value)

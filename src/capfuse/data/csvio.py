@@ -54,9 +54,16 @@ def _decode(raw: bytes, name: str) -> tuple[list[str], list[Problem]]:
             lines.append(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
             lines.append(data.decode("utf-8", errors="replace"))
-            problems.append(Problem(name, i, None, "bad_encoding",
-                                    f"not valid UTF-8 at byte {exc.start}; undecodable bytes replaced by U+FFFD",
-                                    "warning"))
+            problems.append(
+                Problem(
+                    name,
+                    i,
+                    None,
+                    "bad_encoding",
+                    f"not valid UTF-8 at byte {exc.start}; undecodable bytes replaced by U+FFFD",
+                    "warning",
+                )
+            )
     return lines, problems
 
 
@@ -77,8 +84,15 @@ def _parse_labels(field_text: str, name: str, line: int, image_id: str) -> tuple
         except ValueError:
             bad.append(tok)
     if bad:
-        return None, [Problem(name, line, image_id, "bad_label",
-                              f"label(s) {', '.join(map(repr, bad))} are not integers (Labels field {field_text.strip()!r})")]
+        return None, [
+            Problem(
+                name,
+                line,
+                image_id,
+                "bad_label",
+                f"label(s) {', '.join(map(repr, bad))} are not integers (Labels field {field_text.strip()!r})",
+            )
+        ]
     negative = [v for v in labels if v < 0]
     if negative:
         return None, [Problem(name, line, image_id, "bad_label", f"negative label(s) {negative}")]
@@ -109,9 +123,11 @@ def read_split(path: str | Path, split: str) -> tuple[list[Row], list[Problem]]:
     header = tuple(_unquote(h.strip()) for h in lines[first].split(","))
     if tuple(h.lower() for h in header) != tuple(h.lower() for h in expected):
         if "\r" in lines[first]:
-            raise DataError(f"{name}:{first + 1}: the lines end in a bare carriage return (\\r, old Mac line ends); "
-                            "only \\n or \\r\\n end a row, since a lone \\r can sit inside a caption: convert the "
-                            "file to \\n line ends (e.g. `tr '\\r' '\\n'`)")
+            raise DataError(
+                f"{name}:{first + 1}: the lines end in a bare carriage return (\\r, old Mac line ends); "
+                "only \\n or \\r\\n end a row, since a lone \\r can sit inside a caption: convert the "
+                "file to \\n line ends (e.g. `tr '\\r' '\\n'`)"
+            )
         raise DataError(f"{name}:{first + 1}: bad header {','.join(header)!r}; expected {','.join(expected)!r}")
 
     n_fields = len(expected)
@@ -127,8 +143,15 @@ def read_split(path: str | Path, split: str) -> tuple[list[Row], list[Problem]]:
             problems.append(Problem(name, lineno, None, "malformed_row", f"empty ImageID in {text[:60]!r}"))
         if len(parts) < n_fields:
             if split == "train":
-                problems.append(Problem(name, lineno, image_id or None, "malformed_row",
-                                        f"expected ImageID,Labels,Caption but found {len(parts)} field(s): {text[:60]!r}"))
+                problems.append(
+                    Problem(
+                        name,
+                        lineno,
+                        image_id or None,
+                        "malformed_row",
+                        f"expected ImageID,Labels,Caption but found {len(parts)} field(s): {text[:60]!r}",
+                    )
+                )
                 rows.append(Row(lineno, image_id, "", None, problems))
                 continue
             parts.append("")  # a test row without a comma: no caption, still predicted from its image
@@ -138,8 +161,16 @@ def read_split(path: str | Path, split: str) -> tuple[list[Row], list[Problem]]:
             labels, label_problems = _parse_labels(parts[1], name, lineno, image_id)
             problems += label_problems
         if not caption:
-            problems.append(Problem(name, lineno, image_id or None, "empty_caption",
-                                    "empty caption; the row is used with its image only", "warning"))
+            problems.append(
+                Problem(
+                    name,
+                    lineno,
+                    image_id or None,
+                    "empty_caption",
+                    "empty caption; the row is used with its image only",
+                    "warning",
+                )
+            )
         rows.append(Row(lineno, image_id, caption, labels, problems))
     header_problems = [p for p in file_problems if p.line is not None and p.line <= first + 1]
     return rows, header_problems

@@ -73,7 +73,9 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def make_faulty_dataset(out_dir: str | Path, seed: int = 0, n_clean: int = 60, n_test: int = 24, size: int = 64) -> dict:
+def make_faulty_dataset(
+    out_dir: str | Path, seed: int = 0, n_clean: int = 60, n_test: int = 24, size: int = 64
+) -> dict:
     """Write the faulty dataset to ``out_dir`` (replacing it) and return the expectations."""
     out = Path(out_dir)
     if out.exists():
@@ -108,7 +110,11 @@ def make_faulty_dataset(out_dir: str | Path, seed: int = 0, n_clean: int = 60, n
         "truncated.jpg": jpg[: len(jpg) // 2],
         "corrupt.jpg": jpg[:200] + bytes(np.random.default_rng(seed).integers(0, 256, len(jpg) - 200, dtype=np.uint8)),
         "text.jpg": b"ImageID,Labels,Caption\nthis is a CSV, not a picture\n",
-        "badlabel.jpg": jpg, "nolabel.jpg": jpg, "dup.jpg": jpg, "nocaption.jpg": jpg, "latin1.jpg": jpg,
+        "badlabel.jpg": jpg,
+        "nolabel.jpg": jpg,
+        "dup.jpg": jpg,
+        "nocaption.jpg": jpg,
+        "latin1.jpg": jpg,
         "png_as.jpg": _png(base_img),
         "mode_l.jpg": _jpeg(base_img.convert("L")),
         "mode_cmyk.jpg": _jpeg(base_img.convert("CMYK")),
@@ -125,9 +131,24 @@ def make_faulty_dataset(out_dir: str | Path, seed: int = 0, n_clean: int = 60, n
     for name, data in files.items():
         (out / "data" / name).write_bytes(data)
 
-    for name in ["zero.jpg", "truncated.jpg", "corrupt.jpg", "text.jpg", "missing.jpg", "png_as.jpg", "mode_l.jpg",
-                 "mode_cmyk.jpg", "mode_la.png", "mode_rgba.png", "mode_i16.png", "mode_p.png", "rotated.jpg",
-                 "dup.jpg", "../escape.jpg", "/etc/hostname"]:
+    for name in [
+        "zero.jpg",
+        "truncated.jpg",
+        "corrupt.jpg",
+        "text.jpg",
+        "missing.jpg",
+        "png_as.jpg",
+        "mode_l.jpg",
+        "mode_cmyk.jpg",
+        "mode_la.png",
+        "mode_rgba.png",
+        "mode_i16.png",
+        "mode_p.png",
+        "rotated.jpg",
+        "dup.jpg",
+        "../escape.jpg",
+        "/etc/hostname",
+    ]:
         train_lines.append(f"{name},{lab},{base_caption}".encode())
         labels_of[name] = base_labels
     train_lines += [
@@ -135,7 +156,7 @@ def make_faulty_dataset(out_dir: str | Path, seed: int = 0, n_clean: int = 60, n
         f"nolabel.jpg,,{base_caption}".encode(),
         f"nocaption.jpg,{lab},".encode(),
         f"dup.jpg,{lab},the same picture listed a second time".encode(),
-        f"latin1.jpg,{lab},".encode() + "a caf\xe9 by the road, with a \"vintage\" car".encode("latin-1"),
+        f"latin1.jpg,{lab},".encode() + 'a caf\xe9 by the road, with a "vintage" car'.encode("latin-1"),
     ]
     labels_of["nocaption.jpg"] = labels_of["latin1.jpg"] = base_labels
 
@@ -157,5 +178,7 @@ def make_faulty_dataset(out_dir: str | Path, seed: int = 0, n_clean: int = 60, n
     (out / "train.csv").write_bytes(bom + crlf.join([b"ImageID,Labels,Caption", *train_lines]) + crlf + crlf + crlf)
     (out / "test.csv").write_bytes(bom + crlf.join([b"ImageID , Caption", *test_lines]) + crlf + b"  " + crlf)
     (out / "test_labels.csv").write_text("ImageID,Labels\n" + "\n".join(test_labels) + "\n", encoding="utf-8")
-    (out / "classes.csv").write_text("id,name\n" + "".join(f"{cid},{name}\n" for cid, name in CLASSES), encoding="utf-8")
+    (out / "classes.csv").write_text(
+        "id,name\n" + "".join(f"{cid},{name}\n" for cid, name in CLASSES), encoding="utf-8"
+    )
     return {"train": EXPECTED_TRAIN, "warnings": EXPECTED_WARNINGS, "test": EXPECTED_TEST}

@@ -81,8 +81,9 @@ def fold_class_counts(folds: pd.DataFrame, Y: np.ndarray, class_ids: Sequence[in
         raise ValueError(f"{len(class_ids)} class ids for {Y.shape[1]} label columns")
     ks = sorted(int(f) for f in np.unique(fold))
     counts = np.array([Y[fold == f].sum(0) for f in ks] + [Y.sum(0)], dtype=np.int64).reshape(len(ks) + 1, -1)
-    table = pd.DataFrame(counts, index=pd.Index([*ks, "total"], name="fold", dtype=object),
-                         columns=[int(c) for c in class_ids])
+    table = pd.DataFrame(
+        counts, index=pd.Index([*ks, "total"], name="fold", dtype=object), columns=[int(c) for c in class_ids]
+    )
     return table
 
 
@@ -124,13 +125,17 @@ def read_folds(path: str | os.PathLike, image_ids: Sequence[str], k: int | None 
     known = set(ids)
     extra = [i for i in file_ids if i not in known]
     if extra:
-        raise FoldsError(f"{path}: {len(extra)} id(s) not in the data (unknown or extra): {_preview(extra)}; "
-                         "the fold file was made for other data, rebuild it")
+        raise FoldsError(
+            f"{path}: {len(extra)} id(s) not in the data (unknown or extra): {_preview(extra)}; "
+            "the fold file was made for other data, rebuild it"
+        )
     listed = set(file_ids)
     missing = [i for i in ids if i not in listed]
     if missing:
-        raise FoldsError(f"{path}: {len(missing)} id(s) of the data have no fold: {_preview(missing)}; "
-                         "the fold file was made for other data, rebuild it")
+        raise FoldsError(
+            f"{path}: {len(missing)} id(s) of the data have no fold: {_preview(missing)}; "
+            "the fold file was made for other data, rebuild it"
+        )
 
     raw = df["fold"].tolist()
     bad = [(r + 2, v) for r, v in enumerate(raw) if not _INT.match(v)]  # +2: header is line 1

@@ -34,8 +34,16 @@ _MAGIC = {
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
-_EXPECTED_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
-                    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+_EXPECTED_FORMAT = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
 
 # ``data.max_pixels``'s default, from its one home (the schema says why 50 Mpx).
 DEFAULT_MAX_PIXELS = DataSettings.max_pixels
@@ -60,8 +68,13 @@ def resolve_image_path(data_dir: str | Path, image_id: str) -> Path:
     if "\x00" in image_id:  # the OS would cut the name there, or refuse it
         raise UnsafePathError(f"ImageID {image_id!r} contains a NUL byte; the file is not opened")
     parts = image_id.replace("\\", "/").split("/")
-    if (image_id.startswith(("/", "\\")) or os.path.isabs(image_id) or (len(image_id) > 1 and image_id[1] == ":")
-            or ".." in parts or "\\" in image_id):
+    if (
+        image_id.startswith(("/", "\\"))
+        or os.path.isabs(image_id)
+        or (len(image_id) > 1 and image_id[1] == ":")
+        or ".." in parts
+        or "\\" in image_id
+    ):
         raise UnsafePathError(f"ImageID {image_id!r} points outside the data folder; the file is not opened")
     base = Path(data_dir) / "data"
     path = base / image_id
@@ -103,12 +116,15 @@ def _too_large(size: tuple[int, int], max_pixels: int) -> str | None:
     w, h = size
     if w * h <= max_pixels:
         return None
-    return (f"{w}×{h} = {w * h / 1e6:.3g} Mpx, over data.max_pixels ({max_pixels / 1e6:.3g} Mpx); not decoded "
-            "(a decompression bomb, or raise data.max_pixels)")
+    return (
+        f"{w}×{h} = {w * h / 1e6:.3g} Mpx, over data.max_pixels ({max_pixels / 1e6:.3g} Mpx); not decoded "
+        "(a decompression bomb, or raise data.max_pixels)"
+    )
 
 
-def check_image(path: str | Path, size: int = 256,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bool, list[tuple[str, str, str]]]:
+def check_image(
+    path: str | Path, size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[bool, list[tuple[str, str, str]]]:
     """Decode the image once and say whether it is usable.
 
     Returns ``(ok, findings)`` where each finding is ``(severity, code, message)``. Codes:
@@ -134,8 +150,9 @@ def check_image(path: str | Path, size: int = 256,
             fmt = im.format
             expected = _EXPECTED_FORMAT.get(path.suffix.lower())
             if expected and fmt != expected:
-                findings.append(("warning", "format_mismatch",
-                                 f"{fmt} bytes behind a {path.suffix} name; decoded as {fmt}"))
+                findings.append(
+                    ("warning", "format_mismatch", f"{fmt} bytes behind a {path.suffix} name; decoded as {fmt}")
+                )
             if im.mode != "RGB":
                 findings.append(("warning", "mode_converted", f"mode {im.mode} converted to RGB"))
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)
@@ -146,8 +163,14 @@ def check_image(path: str | Path, size: int = 256,
             im.load()  # a full decode: truncation and corrupt scans only show here
     except Image.DecompressionBombError:
         # Pillow's own limit (twice MAX_IMAGE_PIXELS), hit inside open() before the size is ours to read.
-        return False, [("error", "image_too_large", f"over Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
-                                                     "Mpx; not decoded (a decompression bomb)")]
+        return False, [
+            (
+                "error",
+                "image_too_large",
+                f"over Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+                "Mpx; not decoded (a decompression bomb)",
+            )
+        ]
     except OSError as exc:
         text = str(exc)
         if sniffed is None and ("cannot identify" in text or "UnidentifiedImageError" in type(exc).__name__):
@@ -179,8 +202,9 @@ def to_rgb(im: Image.Image, shrink_to: tuple[int, int] | None = None) -> Image.I
     if mode.startswith("I") or mode == "F":
         if shrink_to is not None and im.size != tuple(shrink_to):
             # Pillow resizes I and F, not the I;16 variants: those go through I (4 bytes a pixel, no float).
-            im = (im if mode in ("I", "F") else im.convert("I")).resize(tuple(shrink_to), Image.BILINEAR,
-                                                                          reducing_gap=None)
+            im = (im if mode in ("I", "F") else im.convert("I")).resize(
+                tuple(shrink_to), Image.BILINEAR, reducing_gap=None
+            )
         arr = np.asarray(im, dtype=np.float32)  # float32 holds every 16-bit value exactly, at half float64's size
         top = 65535.0 if (mode.startswith("I;16") or arr.max(initial=0) > 255) else 255.0
         if mode == "F" and arr.max(initial=0) <= 1.0:

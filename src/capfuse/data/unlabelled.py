@@ -52,8 +52,9 @@ def read_unlabelled_csv(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ImageID", "Caption", "line"])
 
 
-def load_unlabelled(folder: str | Path, known_ids: set[str], workers: int = 2,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+def load_unlabelled(
+    folder: str | Path, known_ids: set[str], workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> pd.DataFrame:
     """The usable rows of ``folder``: ImageID, Caption, image_ok (always True here), line."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -75,8 +76,10 @@ def load_unlabelled(folder: str | Path, known_ids: set[str], workers: int = 2,
     clash = table[table["ImageID"].isin(known_ids)]
     if len(clash):
         r = clash.iloc[0]
-        raise DataError(f"{where(r)}: ImageID {r.ImageID!r} is also a train or test id; an unlabelled image "
-                        "must be a new one (rename it, or leave it out)")
+        raise DataError(
+            f"{where(r)}: ImageID {r.ImageID!r} is also a train or test id; an unlabelled image "
+            "must be a new one (rename it, or leave it out)"
+        )
     paths = []
     for r in table.itertuples():
         try:
@@ -88,10 +91,18 @@ def load_unlabelled(folder: str | Path, known_ids: set[str], workers: int = 2,
     ok = [v[0] for v in verdicts]
     for r, (good, findings) in zip(table.itertuples(), verdicts):
         if not good:
-            log.warning("%s: %s; left out of the unlabelled pool", where(r),
-                        "; ".join(m for sev, _, m in findings if sev == "error"))
+            log.warning(
+                "%s: %s; left out of the unlabelled pool",
+                where(r),
+                "; ".join(m for sev, _, m in findings if sev == "error"),
+            )
     table = table.assign(image_ok=ok)
     kept = table[table["image_ok"]].reset_index(drop=True)
-    log.info("unlabelled pool %s: %d images (%d left out), %d with a caption", folder, len(kept),
-             len(table) - len(kept), int((kept["Caption"] != "").sum()))
+    log.info(
+        "unlabelled pool %s: %d images (%d left out), %d with a caption",
+        folder,
+        len(kept),
+        len(table) - len(kept),
+        int((kept["Caption"] != "").sum()),
+    )
     return kept

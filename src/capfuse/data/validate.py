@@ -48,8 +48,9 @@ class ValidationResult:
     summary: dict
 
 
-def _check_images(data_dir: Path, ids: list[str], workers: int, cache_file: Path | None,
-                  show: bool, max_pixels: int) -> dict[str, tuple[bool, list]]:
+def _check_images(
+    data_dir: Path, ids: list[str], workers: int, cache_file: Path | None, show: bool, max_pixels: int
+) -> dict[str, tuple[bool, list]]:
     cache: dict = {}
     if cache_file is not None and cache_file.exists():
         try:
@@ -79,17 +80,32 @@ def _check_images(data_dir: Path, ids: list[str], workers: int, cache_file: Path
         for image_id, verdict in progress(pool.map(one, ids), "check images", total=len(ids), quiet=not show):
             verdicts[image_id] = verdict
     if cache_file is not None:
-        write_json(cache_file, {"version": CHECK_VERSION, "max_pixels": max_pixels,
-                                "images": {k: v for k, v in verdicts.items() if v["key"] is not None}})
+        write_json(
+            cache_file,
+            {
+                "version": CHECK_VERSION,
+                "max_pixels": max_pixels,
+                "images": {k: v for k, v in verdicts.items() if v["key"] is not None},
+            },
+        )
     return {k: (v["ok"], [tuple(f) for f in v["findings"]]) for k, v in verdicts.items()}
 
 
-def validate_dataset(data_dir: str | Path, *, strict: bool = False, workers: int = 2, progress_bar: bool = False,
-                     cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ValidationResult:
+def validate_dataset(
+    data_dir: str | Path,
+    *,
+    strict: bool = False,
+    workers: int = 2,
+    progress_bar: bool = False,
+    cache_dir: str | Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ValidationResult:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: dataset folder not found (expected train.csv, test.csv and data/ inside; "
-                        f"`make data` generates the demo)")
+        raise DataError(
+            f"{data_dir}: dataset folder not found (expected train.csv, test.csv and data/ inside; "
+            f"`make data` generates the demo)"
+        )
     if not (data_dir / "data").is_dir():
         raise DataError(f"{data_dir / 'data'}: image folder not found")
     train_rows, problems = read_split(data_dir / "train.csv", "train")
@@ -107,22 +123,33 @@ def validate_dataset(data_dir: str | Path, *, strict: bool = False, workers: int
                 safe[row.image_id] = True
             except UnsafePathError as exc:
                 safe[row.image_id] = False
-                row.problems.append(Problem(str(data_dir / f"{split}.csv"), row.line, row.image_id, "unsafe_path", str(exc)))
+                row.problems.append(
+                    Problem(str(data_dir / f"{split}.csv"), row.line, row.image_id, "unsafe_path", str(exc))
+                )
 
     # Duplicates: the first occurrence is kept; later ones are unusable (train) or fatal (test,
     # where a submission needs exactly one prediction per id).
     seen: dict[str, int] = {}
     for row in train_rows:
         if row.image_id and row.image_id in seen:
-            row.problems.append(Problem(str(data_dir / "train.csv"), row.line, row.image_id, "duplicate_id",
-                                        f"ImageID already on line {seen[row.image_id]}; this row is quarantined"))
+            row.problems.append(
+                Problem(
+                    str(data_dir / "train.csv"),
+                    row.line,
+                    row.image_id,
+                    "duplicate_id",
+                    f"ImageID already on line {seen[row.image_id]}; this row is quarantined",
+                )
+            )
         seen.setdefault(row.image_id, row.line)
     test_seen: dict[str, int] = {}
     for row in test_rows:
         fatal = [p for p in row.problems if p.code in ("malformed_row", "unsafe_path")]
         if row.image_id in test_seen:
-            raise DataError(f"{data_dir / 'test.csv'}:{row.line}: ImageID {row.image_id!r} is also on line "
-                            f"{test_seen[row.image_id]}; a submission needs one row per test image")
+            raise DataError(
+                f"{data_dir / 'test.csv'}:{row.line}: ImageID {row.image_id!r} is also on line "
+                f"{test_seen[row.image_id]}; a submission needs one row per test image"
+            )
         if fatal:
             raise DataError(f"test rows are never dropped, and this one cannot be predicted: {fatal[0]}")
         test_seen[row.image_id] = row.line
@@ -149,25 +176,32 @@ def validate_dataset(data_dir: str | Path, *, strict: bool = False, workers: int
         raise DataError(f"{data_dir / 'train.csv'}: no usable train row")
 
     classes = ClassSet.from_labels([r.labels for r in usable], data_dir / "classes.csv")
-    train = pd.DataFrame({
-        "ImageID": [r.image_id for r in usable],
-        "labels": [r.labels for r in usable],
-        "Caption": [r.caption for r in usable],
-        "line": [r.line for r in usable],
-    })
-    test = pd.DataFrame({
-        "ImageID": [r.image_id for r in test_rows],
-        "Caption": [r.caption for r in test_rows],
-        "line": [r.line for r in test_rows],
-        "image_ok": [bool(verdicts.get(r.image_id, (False, []))[0]) for r in test_rows],
-    })
-    quarantine = pd.DataFrame({
-        "file": [str(data_dir / "train.csv")] * len(bad),
-        "line": [r.line for r in bad],
-        "ImageID": [r.image_id for r in bad],
-        "codes": [" ".join(sorted({p.code for p in r.problems if p.severity == "error"})) for r in bad],
-        "reason": ["; ".join(p.message for p in r.problems if p.severity == "error") for r in bad],
-    }, columns=["file", "line", "ImageID", "codes", "reason"])
+    train = pd.DataFrame(
+        {
+            "ImageID": [r.image_id for r in usable],
+            "labels": [r.labels for r in usable],
+            "Caption": [r.caption for r in usable],
+            "line": [r.line for r in usable],
+        }
+    )
+    test = pd.DataFrame(
+        {
+            "ImageID": [r.image_id for r in test_rows],
+            "Caption": [r.caption for r in test_rows],
+            "line": [r.line for r in test_rows],
+            "image_ok": [bool(verdicts.get(r.image_id, (False, []))[0]) for r in test_rows],
+        }
+    )
+    quarantine = pd.DataFrame(
+        {
+            "file": [str(data_dir / "train.csv")] * len(bad),
+            "line": [r.line for r in bad],
+            "ImageID": [r.image_id for r in bad],
+            "codes": [" ".join(sorted({p.code for p in r.problems if p.severity == "error"})) for r in bad],
+            "reason": ["; ".join(p.message for p in r.problems if p.severity == "error") for r in bad],
+        },
+        columns=["file", "line", "ImageID", "codes", "reason"],
+    )
 
     counts = Counter(c for r in usable for c in r.labels)
     summary = {
@@ -178,8 +212,10 @@ def validate_dataset(data_dir: str | Path, *, strict: bool = False, workers: int
         "test_rows": len(test_rows),
         "test_without_image": int((~test["image_ok"]).sum()),
         "test_empty_caption": int((test["Caption"] == "").sum()),
-        "classes": [{"id": cid, "name": name, "train_count": counts.get(cid, 0)}
-                    for cid, name in zip(classes.ids, classes.names)],
+        "classes": [
+            {"id": cid, "name": name, "train_count": counts.get(cid, 0)}
+            for cid, name in zip(classes.ids, classes.names)
+        ],
         "errors": dict(Counter(p.code for p in all_problems if p.severity == "error")),
         "warnings": dict(Counter(p.code for p in all_problems if p.severity == "warning")),
     }
@@ -193,7 +229,8 @@ def format_report(result: ValidationResult) -> str:
         f"  train rows {s['train_rows']}: usable {s['train_usable']}, quarantined {s['train_quarantined']}",
         f"  test rows {s['test_rows']}: all kept; without a usable image {s['test_without_image']} "
         f"(predicted from the caption), empty caption {s['test_empty_caption']}",
-        f"  classes {len(s['classes'])}: " + ", ".join(f"{c['id']}:{c['name']}({c['train_count']})" for c in s["classes"]),
+        f"  classes {len(s['classes'])}: "
+        + ", ".join(f"{c['id']}:{c['name']}({c['train_count']})" for c in s["classes"]),
     ]
     for kind in ("errors", "warnings"):
         if s[kind]:
@@ -211,24 +248,41 @@ def format_report(result: ValidationResult) -> str:
 
 def write_validation_report(result: ValidationResult, out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
-    js = write_json(out_dir / "validation.json", {
-        "summary": result.summary,
-        "quarantine": result.quarantine.to_dict(orient="records"),
-        "problems": [p.to_dict() for p in result.problems],
-    })
+    js = write_json(
+        out_dir / "validation.json",
+        {
+            "summary": result.summary,
+            "quarantine": result.quarantine.to_dict(orient="records"),
+            "problems": [p.to_dict() for p in result.problems],
+        },
+    )
     txt = write_text(out_dir / "validation.txt", format_report(result))
     return js, txt
 
 
-def load_validated(data_dir: str | Path, out_dir: str | Path, *, strict: bool = False, workers: int = 2,
-                   progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> ValidationResult:
+def load_validated(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    strict: bool = False,
+    workers: int = 2,
+    progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ValidationResult:
     """Validate, write ``validation.json`` / ``validation.txt`` to ``out_dir``, log the gist."""
-    result = validate_dataset(data_dir, strict=strict, workers=workers, progress_bar=progress, cache_dir=out_dir,
-                              max_pixels=max_pixels)
+    result = validate_dataset(
+        data_dir, strict=strict, workers=workers, progress_bar=progress, cache_dir=out_dir, max_pixels=max_pixels
+    )
     write_validation_report(result, out_dir)
     s = result.summary
-    log.info("data %s: %d train rows usable, %d quarantined; %d test rows (%d without a usable image)",
-             data_dir, s["train_usable"], s["train_quarantined"], s["test_rows"], s["test_without_image"])
+    log.info(
+        "data %s: %d train rows usable, %d quarantined; %d test rows (%d without a usable image)",
+        data_dir,
+        s["train_usable"],
+        s["train_quarantined"],
+        s["test_rows"],
+        s["test_without_image"],
+    )
     if s["train_quarantined"] or s["test_without_image"]:
         log.warning("see %s for every finding", Path(out_dir) / "validation.txt")
     return result

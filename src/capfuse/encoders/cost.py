@@ -8,7 +8,7 @@ a warm-up, so models compare on the same footing; the ONNX path of the embed ste
 from __future__ import annotations
 
 import time
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -27,7 +27,7 @@ def _time_ms(fn, n_items: int, repeats: int = 3) -> float:
     return 1000.0 * best / n_items
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_encoder_cost(name: str, size: int) -> tuple[int, float]:
     """(parameters, ms per image) of a timm backbone without its classifier."""
     model, _ = build_image(name, weights="none")
@@ -38,7 +38,7 @@ def image_encoder_cost(name: str, size: int) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), ms
 
 
-@lru_cache(maxsize=None)
+@cache
 def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
     """(parameters, ms per caption) of a transformers encoder at ``max_len`` tokens, or of GloVe.
 
@@ -49,8 +49,13 @@ def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
         captions = ["a man rides a horse past a red bus, near a bench"] * 32
         return int(glove_table()[0].size), _time_ms(lambda: entry.lookup(captions, max_len), 32)
     model, tokenizer, _ = build_caption(name)
-    batch = tokenizer(["a man rides a horse past a red bus, near a bench"] * 32, padding="max_length",
-                      truncation=True, max_length=max_len, return_tensors="pt")
+    batch = tokenizer(
+        ["a man rides a horse past a red bus, near a bench"] * 32,
+        padding="max_length",
+        truncation=True,
+        max_length=max_len,
+        return_tensors="pt",
+    )
     with torch.inference_mode():
         ms = _time_ms(lambda: model(**batch), 32)
     return sum(p.numel() for p in model.parameters()), ms

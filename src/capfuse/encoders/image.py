@@ -32,9 +32,7 @@ class Preprocess:
     std: tuple[float, float, float]
 
 
-def create_backbone(
-    name: str, *, weights: str = "auto", num_classes: int = 0, **kwargs
-) -> tuple[torch.nn.Module, str]:
+def create_backbone(name: str, *, weights: str = "auto", num_classes: int = 0, **kwargs) -> tuple[torch.nn.Module, str]:
     """Build a timm model and load pretrained weights; returns (model, where the weights came from)."""
     if weights not in ("auto", "package", "hub", "none"):
         raise ValueError(f"weights must be auto, package, hub or none, got {weights!r}")
@@ -126,7 +124,7 @@ class BackboneTop(torch.nn.Module):
         _check_staged(model)
         if not 1 <= n < len(model.blocks):
             raise ValueError(f"train_blocks must be in [1, {len(model.blocks) - 1}] for this backbone, got {n}")
-        self.blocks = torch.nn.Sequential(*list(model.blocks)[len(model.blocks) - n:])
+        self.blocks = torch.nn.Sequential(*list(model.blocks)[len(model.blocks) - n :])
         self.conv_head, self.bn2 = model.conv_head, model.bn2
         self.freeze_bn = freeze_bn
 

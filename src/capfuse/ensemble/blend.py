@@ -64,8 +64,12 @@ def _fit_simplex(p: np.ndarray, y: np.ndarray) -> np.ndarray:
         return float(value), grad
 
     res = minimize(
-        loss, np.full(m, 1.0 / m), jac=True, method="SLSQP",
-        bounds=[(0.0, 1.0)] * m, constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0},),
+        loss,
+        np.full(m, 1.0 / m),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * m,
+        constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0},),
     )
     w = np.clip(res.x, 0.0, None)
     return w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)

@@ -24,7 +24,9 @@ def _probabilities(probs: np.ndarray) -> np.ndarray:
     if not np.isfinite(p).all():
         raise ValueError("probs contains NaN or infinite values")
     if p.size and (p.min() < 0.0 or p.max() > 1.0):
-        raise ValueError(f"probs must lie in [0, 1] (got {p.min():.4g}..{p.max():.4g}); apply a sigmoid to logits first")
+        raise ValueError(
+            f"probs must lie in [0, 1] (got {p.min():.4g}..{p.max():.4g}); apply a sigmoid to logits first"
+        )
     return p
 
 
@@ -33,7 +35,9 @@ def _label_limits(n_classes: int, min_labels: int, max_labels: int | None) -> tu
         raise ValueError(f"min_labels must be an integer in 0..{n_classes}, got {min_labels!r}")
     hi = n_classes if max_labels is None else max_labels
     if isinstance(hi, bool) or int(hi) != hi or not max(int(min_labels), 1) <= hi:
-        raise ValueError(f"max_labels must be an integer >= max(min_labels, 1) = {max(int(min_labels), 1)}, got {max_labels!r}")
+        raise ValueError(
+            f"max_labels must be an integer >= max(min_labels, 1) = {max(int(min_labels), 1)}, got {max_labels!r}"
+        )
     return int(min_labels), min(int(hi), n_classes)
 
 

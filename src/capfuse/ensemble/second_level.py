@@ -90,8 +90,10 @@ def choose_base_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
     if want == "all":
         listed = config_models(cfg)
         if not listed:
-            raise ValueError("the config names no models (`models: [name, ...]`), so `ensemble.models: all` "
-                             "has nothing to stack; list the models to stack in `ensemble.models`")
+            raise ValueError(
+                "the config names no models (`models: [name, ...]`), so `ensemble.models: all` "
+                "has nothing to stack; list the models to stack in `ensemble.models`"
+            )
         names = pipeline_models(cfg, trained)
         missing = [m for m in listed if m not in trained]
         if not names:
@@ -108,8 +110,11 @@ def choose_base_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
         raise ValueError(f"ensemble.models must be `all` or a list of model names, got {want!r}")
     ignored = sorted(set(trained) - set(names))
     if ignored:
-        log.info("trained models left out of the second level, not being this config's (name them in "
-                 "ensemble.models to stack them): %s", ", ".join(ignored))
+        log.info(
+            "trained models left out of the second level, not being this config's (name them in "
+            "ensemble.models to stack them): %s",
+            ", ".join(ignored),
+        )
     return names
 
 
@@ -140,12 +145,17 @@ def nested_global_f1(Y: np.ndarray, probs: np.ndarray, folds: np.ndarray, rule: 
 
 def _score(Y: np.ndarray, probs: np.ndarray, folds: np.ndarray, rule: dict) -> dict:
     threshold, f1 = fit_global_threshold(Y, probs, **rule)
-    return {"cv_mean_f1": round(float(f1), 5), "nested_mean_f1": round(nested_global_f1(Y, probs, folds, rule), 5),
-            "cv_map": round(float(mean_average_precision(Y, probs)), 5), "threshold": round(float(threshold), 4)}
+    return {
+        "cv_mean_f1": round(float(f1), 5),
+        "nested_mean_f1": round(nested_global_f1(Y, probs, folds, rule), 5),
+        "cv_map": round(float(mean_average_precision(Y, probs)), 5),
+        "threshold": round(float(threshold), 4),
+    }
 
 
-def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, names: list[str], cfg: dict,
-                     rule: dict) -> dict[str, dict]:
+def build_candidates(
+    Y, oof_logits: list, test_logits: list, folds: np.ndarray, names: list[str], cfg: dict, rule: dict
+) -> dict[str, dict]:
     """Each candidate's honest OOF probabilities, test probabilities, score and how it was made."""
 
     ens = resolve(cfg).ensemble
@@ -166,8 +176,11 @@ def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, 
             out["mean_blend"] = {"oof": mean_blend(oof_p), "test": mean_blend(test_p), "detail": {"models": names}}
         if "weighted_blend" in wanted:
             weights = fit_weighted_blend(Y, oof_p)
-            out["weighted_blend"] = {"oof": nested_blend_oof(Y, oof_p, folds), "test": apply_weights(test_p, weights),
-                                     "detail": {"weights": {n: round(float(w), 4) for n, w in zip(names, weights)}}}
+            out["weighted_blend"] = {
+                "oof": nested_blend_oof(Y, oof_p, folds),
+                "test": apply_weights(test_p, weights),
+                "detail": {"weights": {n: round(float(w), 4) for n, w in zip(names, weights)}},
+            }
         if "stack" in wanted:
             params = dict(ens.stack)
             rounds = int(params.pop("num_rounds", DEFAULT_ROUNDS))
@@ -175,12 +188,20 @@ def build_candidates(Y, oof_logits: list, test_logits: list, folds: np.ndarray, 
             if init not in ("blend", "constant"):
                 raise ValueError(f"ensemble.stack.init must be blend or constant, got {init!r}")
             base = {"base_probs": oof_p, "base_probs_test": test_p} if init == "blend" else {}
-            oof_s, test_s = stack_oof_and_test(stack_features(oof_logits), Y, folds, stack_features(test_logits),
-                                               params, num_rounds=rounds, **base)
-            out["stack"] = {"oof": oof_s, "test": test_s,
-                            "detail": {"lightgbm": params or "defaults", "num_rounds": rounds, "init": init,
-                                       "features": "every model's logits for every class, per-class mean and spread, "
-                                                   "per-model max/sum/count of probabilities"}}
+            oof_s, test_s = stack_oof_and_test(
+                stack_features(oof_logits), Y, folds, stack_features(test_logits), params, num_rounds=rounds, **base
+            )
+            out["stack"] = {
+                "oof": oof_s,
+                "test": test_s,
+                "detail": {
+                    "lightgbm": params or "defaults",
+                    "num_rounds": rounds,
+                    "init": init,
+                    "features": "every model's logits for every class, per-class mean and spread, "
+                    "per-model max/sum/count of probabilities",
+                },
+            }
     for cand in out.values():
         if "score" not in cand:
             cand["score"] = _score(Y, cand["oof"], folds, rule)
@@ -203,16 +224,25 @@ def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
         table = pd.DataFrame([{"candidate": c, **v["score"], "chosen": c == chosen} for c, v in cands.items()])
         table = table.sort_values("nested_mean_f1", ascending=False).reset_index(drop=True)
         runner_up = table[table["candidate"] != chosen].head(1)
-        why = (f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score']['nested_mean_f1']:.4f}"
-               + (f" vs {runner_up['nested_mean_f1'].iloc[0]:.4f} for {runner_up['candidate'].iloc[0]}" if len(runner_up) else "")
-               + "); fitted candidates are scored on their nested OOF, so none saw the labels it is scored on")
+        why = (
+            f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score']['nested_mean_f1']:.4f}"
+            + (
+                f" vs {runner_up['nested_mean_f1'].iloc[0]:.4f} for {runner_up['candidate'].iloc[0]}"
+                if len(runner_up)
+                else ""
+            )
+            + "); fitted candidates are scored on their nested OOF, so none saw the labels it is scored on"
+        )
         out = ensemble_dir(paths)
         write_csv(out / "candidates.csv", table)
-        write_csv(out / "oof_probs.csv", logits_frame(ds.train_ids, cands[chosen]["oof"], ds.class_ids, {"fold": folds}))
+        write_csv(
+            out / "oof_probs.csv", logits_frame(ds.train_ids, cands[chosen]["oof"], ds.class_ids, {"fold": folds})
+        )
         write_csv(out / "test_probs.csv", logits_frame(ds.test_ids, cands[chosen]["test"], ds.class_ids))
         summary = {
-            "chosen": chosen, "why": why, "base_models": {n: {k: trained[n].get(k) for k in ("kind", "seed", "cv_mean_f1")}
-                                                          for n in names},
+            "chosen": chosen,
+            "why": why,
+            "base_models": {n: {k: trained[n].get(k) for k in ("kind", "seed", "cv_mean_f1")} for n in names},
             "candidates": {c: {**v["score"], **v["detail"]} for c, v in cands.items()},
             "inputs_sha256": _inputs_hash(oof_logits, test_logits, folds, names),
         }
@@ -255,35 +285,58 @@ def fit_thresholds(paths, cfg: dict, ds: Dataset, *, storage: str | None = None)
         # One study per input: the same OOF probabilities and rule resume it; new ones start another.
         key = hashlib.sha256(probs.tobytes() + ds.Y.tobytes() + json.dumps(rule).encode()).hexdigest()[:16]
         study_name = f"{paths.dataset}-{key}"
-        result = fit_class_thresholds(ds.Y, probs, **rule, n_trials=trials, seed=seed, storage=storage,
-                                      study_name=study_name)
+        result = fit_class_thresholds(
+            ds.Y, probs, **rule, n_trials=trials, seed=seed, storage=storage, study_name=study_name
+        )
         nested = nested_threshold_score(ds.Y, probs, folds, **rule, n_trials=trials, seed=seed, full=result)
         per_class = tcfg.per_class
         use_class = per_class is True or (per_class == "auto" and nested["nested"] > nested["global_nested"])
         summary = {
             "kind": "per_class" if use_class else "global",
-            "why": (f"nested mean F1 {nested['nested']:.4f} per class vs {nested['global_nested']:.4f} global"
-                    + ("" if per_class == "auto" else f" (threshold.per_class: {per_class})")),
-            "global": {"threshold": round(float(result.global_threshold), 4),
-                       "in_sample": round(float(nested["global_in_sample"]), 5),
-                       "nested": round(float(nested["global_nested"]), 5),
-                       "gap": round(float(nested["global_gap"]), 5)},
-            "per_class": {"thresholds": {str(c): round(float(t), 4) for c, t in zip(ds.class_ids, result.thresholds)},
-                          "in_sample": round(float(result.score), 5), "nested": round(float(nested["nested"]), 5),
-                          "gap": round(float(result.score - nested["nested"]), 5)},
-            "rule": rule, "trials": result.n_trials, "seed": seed, "study": study_name,
+            "why": (
+                f"nested mean F1 {nested['nested']:.4f} per class vs {nested['global_nested']:.4f} global"
+                + ("" if per_class == "auto" else f" (threshold.per_class: {per_class})")
+            ),
+            "global": {
+                "threshold": round(float(result.global_threshold), 4),
+                "in_sample": round(float(nested["global_in_sample"]), 5),
+                "nested": round(float(nested["global_nested"]), 5),
+                "gap": round(float(nested["global_gap"]), 5),
+            },
+            "per_class": {
+                "thresholds": {str(c): round(float(t), 4) for c, t in zip(ds.class_ids, result.thresholds)},
+                "in_sample": round(float(result.score), 5),
+                "nested": round(float(nested["nested"]), 5),
+                "gap": round(float(result.score - nested["nested"]), 5),
+            },
+            "rule": rule,
+            "trials": result.n_trials,
+            "seed": seed,
+            "study": study_name,
             # A sqlite file is named, not located: the summary holds no path of this machine;
             # another URL is kept without its password.
-            "storage": f"sqlite:///{Path(storage.removeprefix('sqlite:///')).name}" if storage.startswith("sqlite:///")
+            "storage": f"sqlite:///{Path(storage.removeprefix('sqlite:///')).name}"
+            if storage.startswith("sqlite:///")
             else mask_url(storage),
             "candidate": read_json(out / "stack.json")["chosen"] if (out / "stack.json").exists() else None,
         }
         write_json(out / "thresholds.json", summary)
         g, c = summary["global"], summary["per_class"]
-        log.info("global threshold %.3f: in-sample %.4f, nested %.4f (gap %+.4f)", g["threshold"], g["in_sample"],
-                 g["nested"], g["gap"])
-        log.info("per-class thresholds: in-sample %.4f, nested %.4f (gap %+.4f); %d Optuna trials in %s",
-                 c["in_sample"], c["nested"], c["gap"], result.n_trials, summary["storage"])
+        log.info(
+            "global threshold %.3f: in-sample %.4f, nested %.4f (gap %+.4f)",
+            g["threshold"],
+            g["in_sample"],
+            g["nested"],
+            g["gap"],
+        )
+        log.info(
+            "per-class thresholds: in-sample %.4f, nested %.4f (gap %+.4f); %d Optuna trials in %s",
+            c["in_sample"],
+            c["nested"],
+            c["gap"],
+            result.n_trials,
+            summary["storage"],
+        )
         log.info("using %s thresholds: %s", summary["kind"], summary["why"])
         return summary
 

@@ -226,7 +226,6 @@ def fit_class_thresholds(
     """
     import optuna  # noqa: PLC0415 (importing optuna costs about a second)
 
-
     scorer = F1Scorer(y_true, probs, min_labels=min_labels, max_labels=max_labels)
     c = scorer.n_classes
     g_t, g_score = fit_global_threshold(scorer.y, scorer.p, min_labels=min_labels, max_labels=max_labels)
@@ -247,8 +246,9 @@ def fit_class_thresholds(
             # The driver's message can quote the URL; `from None` keeps the original, password
             # and all, out of the traceback too. Its lines are joined: one line in the log.
             reason = " ".join(line.strip() for line in mask_url(storage, within=str(exc)).splitlines())
-            raise ValueError(f"threshold study storage {mask_url(storage)}: cannot open it: "
-                             f"{type(exc).__name__}: {reason}") from None
+            raise ValueError(
+                f"threshold study storage {mask_url(storage)}: cannot open it: {type(exc).__name__}: {reason}"
+            ) from None
         fp = _fingerprint(scorer.y, scorer.p, scorer.lo, scorer.hi)
         stored = study.user_attrs.get("fingerprint")
         if stored is None:
@@ -297,8 +297,12 @@ def fit_class_thresholds(
     if score < start_score:  # cannot happen (the polish only accepts gains and ties); kept as a guard
         t, score = start, start_score
     return ThresholdResult(
-        thresholds=t, score=float(score), global_threshold=g_t, global_score=g_score,
-        n_trials=len(complete), search_score=float(search_score),
+        thresholds=t,
+        score=float(score),
+        global_threshold=g_t,
+        global_score=g_score,
+        n_trials=len(complete),
+        search_score=float(search_score),
     )
 
 

@@ -47,8 +47,9 @@ def inputs_checksum(data_dir: Path, image_ids: list[str], image_ok: np.ndarray) 
 class _Runner:
     """Runs the frozen backbone on uint8 NHWC batches with the chosen backend."""
 
-    def __init__(self, model: torch.nn.Module, size: int, backend: str, export_dir: Path, tag: str,
-                 n_outputs: int = 1) -> None:
+    def __init__(
+        self, model: torch.nn.Module, size: int, backend: str, export_dir: Path, tag: str, n_outputs: int = 1
+    ) -> None:
         self.model = model
         self.n_outputs = n_outputs
         self.session = None
@@ -63,9 +64,14 @@ class _Runner:
             if not onnx_path.exists():
                 with atomic_path(onnx_path) as tmp:
                     torch.onnx.export(
-                        model, (torch.zeros(2, size, size, 3, dtype=torch.uint8),), str(tmp), input_names=["x"],
-                        output_names=names, dynamic_axes={"x": {0: "n"}} | {y: {0: "n"} for y in names},
-                        opset_version=17, dynamo=False,
+                        model,
+                        (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
+                        str(tmp),
+                        input_names=["x"],
+                        output_names=names,
+                        dynamic_axes={"x": {0: "n"}} | {y: {0: "n"} for y in names},
+                        opset_version=17,
+                        dynamo=False,
                     )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()
@@ -145,11 +151,15 @@ def _ordered(outputs) -> tuple[str, ...]:
     return tuple(o for o in OUTPUTS if o in outputs) + tuple(mid_output(n) for n in _mid_levels(outputs))
 
 
-def cache_files(cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str,
-                outputs: tuple[str, ...] = OUTPUTS) -> dict[str, Path]:
+def cache_files(
+    cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str, outputs: tuple[str, ...] = OUTPUTS
+) -> dict[str, Path]:
     stem = f"img-{spec.name}-{size}px-{view}"
-    files = {"pooled": cache_dir / f"{stem}-pooled.npy", "tokens": cache_dir / f"{stem}-tokens{spec.grid}.npy",
-             "meta": cache_dir / f"{stem}.json"}
+    files = {
+        "pooled": cache_dir / f"{stem}-pooled.npy",
+        "tokens": cache_dir / f"{stem}-tokens{spec.grid}.npy",
+        "meta": cache_dir / f"{stem}.json",
+    }
     return files | {mid_output(n): cache_dir / f"{stem}-mid{n}.npy" for n in _mid_levels(outputs)}
 
 
@@ -164,7 +174,9 @@ def embed_images(
     quiet: bool | None = None,
 ) -> tuple[np.ndarray, str]:
     """Pooled features [N, D] (float16, memory-mapped; zeros where not ok) and their checksum."""
-    out = embed_image_features(data_dir, image_ids, image_ok, spec, cache_dir, view=view, outputs=("pooled",), quiet=quiet)
+    out = embed_image_features(
+        data_dir, image_ids, image_ok, spec, cache_dir, view=view, outputs=("pooled",), quiet=quiet
+    )
     return out["pooled"], out["checksum"]
 
 
@@ -229,8 +241,14 @@ def embed_image_features(
     fmap = FeatureMap(model, pre, mids)
     # Keyed by the exported module's tensors (weights and normalisation), so an export is
     # reused only for exactly the weights it came from.
-    runner = _Runner(fmap, pre.size, spec.backend, cache_dir / "onnx",
-                     f"{spec.name}-{pre.size}px-{tag}-{state_dict_sha256(fmap)[:16]}", n_outputs=len(mids) + 1)
+    runner = _Runner(
+        fmap,
+        pre.size,
+        spec.backend,
+        cache_dir / "onnx",
+        f"{spec.name}-{pre.size}px-{tag}-{state_dict_sha256(fmap)[:16]}",
+        n_outputs=len(mids) + 1,
+    )
     shapes = {"pooled": (len(image_ids), dim), "tokens": (len(image_ids), spec.grid * spec.grid, dim)}
     if mids:
         with torch.inference_mode():  # one image through the net gives each mid map's shape
@@ -252,8 +270,9 @@ def embed_image_features(
         # disk space is reserved before any image is decoded, so a full disk is an error now,
         # not a SIGBUS an hour in. Each file is renamed into place when the stack closes
         # without an error.
-        arrays = {o: allocate_npy(stack.enter_context(atomic_path(files[o])), np.float16, shapes[o])
-                  for o in todo_outputs}
+        arrays = {
+            o: allocate_npy(stack.enter_context(atomic_path(files[o])), np.float16, shapes[o]) for o in todo_outputs
+        }
         # Decode the next batch on a worker thread while the model runs on the current one:
         # PIL releases the GIL while decoding, so the two overlap.
         with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
@@ -270,10 +289,21 @@ def embed_image_features(
         for arr in arrays.values():
             arr.flush()
         del arrays
-    write_json(meta_file, {  # written last: its checksum vouches for the arrays beside it
-        "encoder": spec.name, "weights": source, "size": pre.size, "view": view, "grid": spec.grid,
-        "outputs": list(todo_outputs), "rows": len(image_ids), "dim": dim, "checksum": checksum,
-        "mean": pre.mean, "std": pre.std,
-    })
+    write_json(
+        meta_file,
+        {  # written last: its checksum vouches for the arrays beside it
+            "encoder": spec.name,
+            "weights": source,
+            "size": pre.size,
+            "view": view,
+            "grid": spec.grid,
+            "outputs": list(todo_outputs),
+            "rows": len(image_ids),
+            "dim": dim,
+            "checksum": checksum,
+            "mean": pre.mean,
+            "std": pre.std,
+        },
+    )
     log.info("wrote %s %s (%d rows × %d)", meta_file.stem, list(todo_outputs), len(image_ids), dim)
     return {o: np.load(files[o], mmap_mode="r") for o in outputs} | {"checksum": checksum}

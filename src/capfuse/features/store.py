@@ -95,9 +95,19 @@ class FeatureStore:
         key = (spec, outputs, views)
         if key not in self._image:
             ids, ok = self.ds.train_ids + self.ds.test_ids, self.ds.image_ok
-            self._image[key] = {view: embed_image_features(self.ds.paths.data_dir, ids, ok, spec, self.ds.paths.cache,
-                                                           view=view, outputs=outputs, quiet=self.quiet)
-                                for view in views}
+            self._image[key] = {
+                view: embed_image_features(
+                    self.ds.paths.data_dir,
+                    ids,
+                    ok,
+                    spec,
+                    self.ds.paths.cache,
+                    view=view,
+                    outputs=outputs,
+                    quiet=self.quiet,
+                )
+                for view in views
+            }
         return self._image[key]
 
     def caption_tokens(self, spec) -> dict:
@@ -128,8 +138,11 @@ class FeatureStore:
             wanted = image_outputs(m)
             img = self.image_views(spec, wanted, views)
             # Models that train the top stages read the mid map; the others read the final one.
-            keys = {"img_mid": wanted[0]} if wanted[0].startswith("mid") else {"img_pooled": "pooled",
-                                                                               "img_tokens": "tokens"}
+            keys = (
+                {"img_mid": wanted[0]}
+                if wanted[0].startswith("mid")
+                else {"img_pooled": "pooled", "img_tokens": "tokens"}
+            )
             for view in views:
                 out[view].update({key: img[view][name] for key, name in keys.items()})
                 parts.append(img[view]["checksum"])
@@ -160,9 +173,16 @@ class FeatureStore:
             names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(m)[0]}
             for view in views:
                 keys = [k for k in views[view] if k in names]
-                got = embed_image_features(folder, ids, np.ones(len(ids), bool), spec, self.ds.paths.cache / "unlabelled",
-                                           view=view, outputs=self._outputs(spec, tuple(names[k] for k in keys)),
-                                           quiet=self.quiet)
+                got = embed_image_features(
+                    folder,
+                    ids,
+                    np.ones(len(ids), bool),
+                    spec,
+                    self.ds.paths.cache / "unlabelled",
+                    view=view,
+                    outputs=self._outputs(spec, tuple(names[k] for k in keys)),
+                    quiet=self.quiet,
+                )
                 for k in keys:
                     views[view][k] = np.concatenate([views[view][k], got[names[k]]])
                 parts.append(got["checksum"])
@@ -171,12 +191,19 @@ class FeatureStore:
             entry = caption_entry(spec.name)
             if entry.lookup is not None:
                 pooled, tokens, mask = entry.lookup(captions, spec.max_len)
-                cap = {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": _hash_text(f"{spec.name}-extra", captions)}
+                cap = {
+                    "pooled": pooled,
+                    "tokens": tokens,
+                    "mask": mask,
+                    "checksum": _hash_text(f"{spec.name}-extra", captions),
+                }
             else:
                 cap = embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
             # Captions do not flip: one concatenation serves every view.
-            joined = {k: np.concatenate([views["orig"][k], cap[name]])
-                      for k, name in (("cap_pooled", "pooled"), ("cap_tokens", "tokens"), ("cap_mask", "mask"))}
+            joined = {
+                k: np.concatenate([views["orig"][k], cap[name]])
+                for k, name in (("cap_pooled", "pooled"), ("cap_tokens", "tokens"), ("cap_mask", "mask"))
+            }
             for view in views:
                 views[view].update(joined)
             parts.append(cap["checksum"])
@@ -190,8 +217,13 @@ class FeatureStore:
         n_train = len(self.ds.train_ids)
         # Test rows with a usable image: the unlabelled pool that pseudo-label rounds may use.
         feats: dict = {"n_test": len(self.ds.test_ids), "test_image_ok": self.ds.val.test["image_ok"].to_numpy(bool)}
-        parts = [self.ds.train_ids, self.ds.test_ids, list(self.ds.val.train["Caption"]),
-                 list(self.ds.val.test["Caption"]), self.ds.Y.tobytes()]
+        parts = [
+            self.ds.train_ids,
+            self.ds.test_ids,
+            list(self.ds.val.train["Caption"]),
+            list(self.ds.val.test["Caption"]),
+            self.ds.Y.tobytes(),
+        ]
         m = resolve_model(model_cfg)
         inputs = m.inputs
         if m.kind == "net" and uses_cache(m):
@@ -199,9 +231,12 @@ class FeatureStore:
             if with_extra and self.ds.extra is not None:
                 self.extra_rows(m, feats, parts)
         elif m.kind == "net":
-            feats.update(data_dir=self.ds.paths.data_dir, ids=self.ds.train_ids + self.ds.test_ids,
-                         image_ok=self.ds.image_ok,
-                         captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]))
+            feats.update(
+                data_dir=self.ds.paths.data_dir,
+                ids=self.ds.train_ids + self.ds.test_ids,
+                image_ok=self.ds.image_ok,
+                captions=list(self.ds.val.train["Caption"]) + list(self.ds.val.test["Caption"]),
+            )
             if "image" in inputs:
                 # Fine-tuning decodes the images itself, so no feature checksum speaks for them:
                 # their stat keys do, and a replaced image retrains the model.

@@ -37,8 +37,11 @@ def cache_files(cache_dir: Path, spec: TextEncoderSpec, key: str) -> dict[str, P
     """``txt-<encoder>-<max_len>tok-<key>.{tokens,mask,pooled}.npy`` and the ``.json`` sidecar."""
     # A folder or hub id gets a short hash of its full name: two folders both called "model"
     # would otherwise overwrite each other's cache on every run.
-    tag = spec.name if "/" not in spec.name and "\\" not in spec.name else (
-        f"{Path(spec.name).name}-{hashlib.sha256(spec.name.encode()).hexdigest()[:8]}")
+    tag = (
+        spec.name
+        if "/" not in spec.name and "\\" not in spec.name
+        else (f"{Path(spec.name).name}-{hashlib.sha256(spec.name.encode()).hexdigest()[:8]}")
+    )
     stem = f"txt-{tag}-{spec.max_len}tok-{key}"
     return {part: cache_dir / f"{stem}.{part}.npy" for part in PARTS} | {"meta": cache_dir / f"{stem}.json"}
 
@@ -51,8 +54,9 @@ def _load(files: dict[str, Path], checksum: str) -> dict:
     return {p: np.load(files[p], mmap_mode="r") for p in PARTS} | {"checksum": checksum}
 
 
-def embed_captions(captions: list[str], spec: TextEncoderSpec, cache_dir: Path, *, key: str,
-                   quiet: bool | None = None) -> dict:
+def embed_captions(
+    captions: list[str], spec: TextEncoderSpec, cache_dir: Path, *, key: str, quiet: bool | None = None
+) -> dict:
     """``tokens`` [N, L, D] f16, ``mask`` [N, L] u8, ``pooled`` [N, D] f16 (memory-mapped) and ``checksum``.
 
     ``L`` is ``spec.max_len``; token states past a caption's end are zeros with mask 0. An empty
@@ -83,21 +87,34 @@ def embed_captions(captions: list[str], spec: TextEncoderSpec, cache_dir: Path, 
     # Captions of similar token length side by side: each batch pads only to its own longest.
     order = np.argsort(lengths, kind="stable")
     batches = [order[i : i + spec.batch_size] for i in range(0, n, spec.batch_size)]
-    shapes = {"tokens": ((n, length, dim), np.float16), "mask": ((n, length), np.uint8),
-              "pooled": ((n, dim), np.float16)}
+    shapes = {
+        "tokens": ((n, length, dim), np.float16),
+        "mask": ((n, length), np.uint8),
+        "pooled": ((n, dim), np.float16),
+    }
     with ExitStack() as stack:
         # Written straight into memory-mapped temporary files: 40k captions' token states are
         # ~1 GB, which need not sit in RAM. Their disk space is reserved first (a full disk is
         # an error, not a SIGBUS). Each file is renamed into place when the stack closes.
-        out = {p: allocate_npy(stack.enter_context(atomic_path(files[p])), dtype, shape)
-               for p, (shape, dtype) in shapes.items()}
+        out = {
+            p: allocate_npy(stack.enter_context(atomic_path(files[p])), dtype, shape)
+            for p, (shape, dtype) in shapes.items()
+        }
         for rows in progress(batches, f"embed captions {spec.name}", quiet=quiet):
             tokens, mask, pooled = encode(model, tokenizer, [captions[r] for r in rows], length)
             out["tokens"][rows], out["mask"][rows], out["pooled"][rows] = tokens, mask, pooled
         for arr in out.values():
             arr.flush()
-    write_json(files["meta"], {  # written last: its checksum vouches for the arrays beside it
-        "encoder": spec.name, "weights": source, "max_len": length, "rows": n, "dim": dim, "checksum": checksum,
-    })
+    write_json(
+        files["meta"],
+        {  # written last: its checksum vouches for the arrays beside it
+            "encoder": spec.name,
+            "weights": source,
+            "max_len": length,
+            "rows": n,
+            "dim": dim,
+            "checksum": checksum,
+        },
+    )
     log.info("wrote caption cache %s (%d × %d × %d)", files["meta"].stem, n, length, dim)
     return _load(files, checksum)

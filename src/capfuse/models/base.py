@@ -35,6 +35,7 @@ class ModelKind(Protocol):
     def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
         """(parameters, ms per image) of what the model adds on top of its frozen encoders."""
 
-    def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *,
-                 fold_dir: Path | None = None, **extra) -> FoldOutput:
+    def fit_fold(
+        self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path | None = None, **extra
+    ) -> FoldOutput:
         """Train on rows ``tr`` and predict the held-out rows ``va``, the test rows (and extras)."""

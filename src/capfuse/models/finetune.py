@@ -77,7 +77,7 @@ class FinetuneNet(nn.Module):
 
 
 def _depth(name: str, prefix: str, pattern: str) -> int | None:
-    m = re.match(pattern, name[len(prefix):]) if name.startswith(prefix) else None
+    m = re.match(pattern, name[len(prefix) :]) if name.startswith(prefix) else None
     return int(m.group(1)) if m else None
 
 
@@ -111,8 +111,17 @@ def layerwise_groups(net: FinetuneNet, encoder_lr_mult: float, layer_decay: floa
     return [{"params": ps, "lr_mult": mult} for mult, ps in sorted(groups.items())]
 
 
-def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir: Path,
-                      pseudo=None, extra_rows: np.ndarray | None = None) -> FoldOutput:
+def fit_fold_finetune(
+    model,
+    feats: dict,
+    Y: np.ndarray,
+    tr: np.ndarray,
+    va: np.ndarray,
+    *,
+    fold_dir: Path,
+    pseudo=None,
+    extra_rows: np.ndarray | None = None,
+) -> FoldOutput:
     cfg, s = model.config, model.settings
     device = model.device
     init_distributed()
@@ -129,7 +138,8 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     train_net: nn.Module = net
     if world > 1:
         train_net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
 
     amp_dtype = None
     if device.type == "cuda" and ft.amp:
@@ -143,8 +153,9 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     tokens = None
     if net.text is not None:
         max_len = cfg.caption_encoder.max_len
-        tokens = net.tokenizer(feats["captions"], padding="max_length", truncation=True, max_length=max_len,
-                               return_tensors="pt")
+        tokens = net.tokenizer(
+            feats["captions"], padding="max_length", truncation=True, max_length=max_len, return_tensors="pt"
+        )
     pool = ThreadPoolExecutor(max_workers=max(1, ft.loader_threads))
 
     def load(row: int) -> np.ndarray:
@@ -191,8 +202,22 @@ def fit_fold_finetune(model, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.
     n_train = len(Y)
     test_rows = np.arange(n_train, n_train + feats["n_test"])
     try:
-        return model.loop(train_net, Y, tr, va, test_rows, fold_dir, predict=predict, make_batch=make_batch,
-                          train_step=train_step, param_groups=groups, scaler=scaler, rank=rank, world=world,
-                          pseudo=pseudo, extra_rows=extra_rows)
+        return model.loop(
+            train_net,
+            Y,
+            tr,
+            va,
+            test_rows,
+            fold_dir,
+            predict=predict,
+            make_batch=make_batch,
+            train_step=train_step,
+            param_groups=groups,
+            scaler=scaler,
+            rank=rank,
+            world=world,
+            pseudo=pseudo,
+            extra_rows=extra_rows,
+        )
     finally:
         pool.shutdown()

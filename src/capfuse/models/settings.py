@@ -29,8 +29,9 @@ def inner_split(Y: np.ndarray, tr: np.ndarray, frac: float, seed: int) -> tuple[
     if len(tr) < 2:
         raise ValueError(f"train.inner_frac {frac}: {len(tr)} training rows leave no rows to fit or to stop on")
     n_stop = max(1, int(round(frac * len(tr))))
-    split = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_stop, train_size=len(tr) - n_stop,
-                                             random_state=seed)
+    split = MultilabelStratifiedShuffleSplit(
+        n_splits=1, test_size=n_stop, train_size=len(tr) - n_stop, random_state=seed
+    )
     fit, stop = next(split.split(np.zeros(len(tr)), Y[tr]))
     if not len(stop) or not len(fit):
         # iterstrat can return an empty side for a handful of rows (and a few rows more or less

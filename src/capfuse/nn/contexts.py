@@ -46,8 +46,9 @@ def cluster_contexts(Y_train: np.ndarray, n_contexts: int, seed: int) -> np.ndar
     if not 2 <= n_contexts < n_classes:
         raise ValueError(f"aux.n_contexts must be in [2, {n_classes - 1}] for {n_classes} classes, got {n_contexts}")
     aff = cooccurrence_affinity(Y_train)
-    sc = SpectralClustering(n_clusters=n_contexts, affinity="precomputed", random_state=seed,
-                            assign_labels="cluster_qr")
+    sc = SpectralClustering(
+        n_clusters=n_contexts, affinity="precomputed", random_state=seed, assign_labels="cluster_qr"
+    )
     with warnings.catch_warnings():
         # A nearly disconnected graph is what well-separated contexts look like; sklearn warns.
         warnings.simplefilter("ignore", UserWarning)
@@ -62,8 +63,9 @@ def context_membership(context_map: np.ndarray, n_contexts: int) -> torch.Tensor
     return torch.nn.functional.one_hot(cmap, n_contexts).float()
 
 
-def context_targets(targets: torch.Tensor, membership: torch.Tensor,
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def context_targets(
+    targets: torch.Tensor, membership: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets ``[B, K]``, mask ``[B, K]``) of the contexts from class targets ``[B, C]``.
 
     A context is present when any of its counted classes is (soft targets: their maximum). With

@@ -71,8 +71,16 @@ def count_parameters(module: nn.Module) -> int:
 
 
 class CrossAttentionFusion(nn.Module):
-    def __init__(self, img_dim: int, cap_dim: int, num_classes: int, d_model: int = 256, heads: int = 4,
-                 dropout: float = 0.1, residual: bool = True) -> None:
+    def __init__(
+        self,
+        img_dim: int,
+        cap_dim: int,
+        num_classes: int,
+        d_model: int = 256,
+        heads: int = 4,
+        dropout: float = 0.1,
+        residual: bool = True,
+    ) -> None:
         super().__init__()
         self.residual = residual
         self.img_proj = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, d_model))
@@ -80,8 +88,9 @@ class CrossAttentionFusion(nn.Module):
         self.cap_to_img = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.img_to_cap = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.norm_cap, self.norm_img = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.head = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.GELU(), nn.Dropout(dropout),
-                                  nn.Linear(d_model, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(2 * d_model, d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, num_classes)
+        )
 
     def project(self, img_tokens, cap_tokens) -> tuple[torch.Tensor, torch.Tensor]:
         """Both modalities' tokens in the ``d_model`` space (the label-query head may share them)."""
@@ -108,8 +117,9 @@ class CapFuseNet(nn.Module):
     """``class_text [C, D]``: the class prompts' embeddings (needed by ``fusion.label_query``);
     ``context_map [C]``: each class's context (needed by ``aux.context_weight`` > 0)."""
 
-    def __init__(self, cfg: dict | NetModelSettings, dims: dict, num_classes: int, class_text=None,
-                 context_map=None) -> None:
+    def __init__(
+        self, cfg: dict | NetModelSettings, dims: dict, num_classes: int, class_text=None, context_map=None
+    ) -> None:
         super().__init__()
         settings = net_settings(cfg)
         self.inputs = list(settings.inputs)
@@ -135,8 +145,15 @@ class CapFuseNet(nn.Module):
                 self.caption_head = self._head(settings.caption_head, dims, "cap", num_classes)
         self.xattn = None
         if self.use_xattn:
-            self.xattn = CrossAttentionFusion(dims["img_tokens"], dims["cap_tokens"], num_classes, fusion.d_model,
-                                              fusion.heads, fusion.dropout, fusion.residual)
+            self.xattn = CrossAttentionFusion(
+                dims["img_tokens"],
+                dims["cap_tokens"],
+                num_classes,
+                fusion.d_model,
+                fusion.heads,
+                fusion.dropout,
+                fusion.residual,
+            )
         self.early_head = None
         if self.early:
             spec = settings.image_head
@@ -154,22 +171,39 @@ class CapFuseNet(nn.Module):
             if with_caption and "caption" not in self.inputs:
                 raise ValueError("fusion.label_query.caption_tokens needs caption among the model's inputs")
             self.lq_shared = lq.share_projection and self.xattn is not None and lq.d_model == fusion.d_model
-            self.label_query = LabelQueryHead(dims["img_tokens"], torch.as_tensor(class_text, dtype=torch.float32),
-                                              dims["cap_tokens"] if with_caption else None, lq.d_model, lq.heads,
-                                              lq.dropout, lq.temperature, lq.learn_temperature,
-                                              project_inputs=not self.lq_shared)
-        n_branches = ((self.image_head is not None) + (self.caption_head is not None) + (self.xattn is not None)
-                      + (self.label_query is not None))
+            self.label_query = LabelQueryHead(
+                dims["img_tokens"],
+                torch.as_tensor(class_text, dtype=torch.float32),
+                dims["cap_tokens"] if with_caption else None,
+                lq.d_model,
+                lq.heads,
+                lq.dropout,
+                lq.temperature,
+                lq.learn_temperature,
+                project_inputs=not self.lq_shared,
+            )
+        n_branches = (
+            (self.image_head is not None)
+            + (self.caption_head is not None)
+            + (self.xattn is not None)
+            + (self.label_query is not None)
+        )
         # Zeros: a softmax over equal scores starts every class at an even mix of the branches.
         self.branch_scores = nn.Parameter(torch.zeros(n_branches, num_classes)) if self.use_logit_fusion else None
 
         self.context_head = None
         if self.aux.context_weight > 0:
             if context_map is None:
-                raise ValueError("aux.context_weight > 0 needs the class -> context map of the training rows (context_map)")
+                raise ValueError(
+                    "aux.context_weight > 0 needs the class -> context map of the training rows (context_map)"
+                )
             context_map = torch.as_tensor(context_map, dtype=torch.long)
             n_contexts = self.aux.n_contexts
-            if context_map.shape != (num_classes,) or int(context_map.min()) < 0 or int(context_map.max()) >= n_contexts:
+            if (
+                context_map.shape != (num_classes,)
+                or int(context_map.min()) < 0
+                or int(context_map.max()) >= n_contexts
+            ):
                 raise ValueError(f"context_map must give each of {num_classes} classes a context in [0, {n_contexts})")
             self.register_buffer("context_members", context_membership(context_map.numpy(), n_contexts))
             width = sum(m.out_dim for m in (self.image_head, self.caption_head, self.early_head) if m is not None)
@@ -241,13 +275,15 @@ class CapFuseNet(nn.Module):
                     weight = weight * (targets >= 0.5).float()
                 if sw is not None:
                     weight = weight * sw.float().unsqueeze(1)
-                aux["align"] = (self.aux.align_weight,
-                                alignment_loss(lq["text_features"], self.label_query.class_text, weight,
-                                               self.aux.align_temperature))
+                aux["align"] = (
+                    self.aux.align_weight,
+                    alignment_loss(
+                        lq["text_features"], self.label_query.class_text, weight, self.aux.align_temperature
+                    ),
+                )
             if self.context_head is not None:
                 ctx, ctx_mask = context_targets(targets.float(), self.context_members, mask)
-                aux["context"] = (self.aux.context_weight,
-                                  self.context_loss(out["context_logits"], ctx, ctx_mask, sw))
+                aux["context"] = (self.aux.context_weight, self.context_loss(out["context_logits"], ctx, ctx_mask, sw))
             for weight_, value in aux.values():
                 loss = loss + weight_ * value
             out["aux_losses"] = {key: value for key, (_, value) in aux.items()}
@@ -276,5 +312,7 @@ class TopBlocksNet(nn.Module):
         return self.head(self.features(batch))
 
 
-def build_net(cfg: dict | NetModelSettings, dims: dict, num_classes: int, class_text=None, context_map=None) -> CapFuseNet:
+def build_net(
+    cfg: dict | NetModelSettings, dims: dict, num_classes: int, class_text=None, context_map=None
+) -> CapFuseNet:
     return CapFuseNet(cfg, dims, num_classes, class_text=class_text, context_map=context_map)

@@ -37,8 +37,9 @@ class MLPHead(nn.Module):
         self.out = nn.Linear(hidden, num_classes)
         self.out_dim = hidden  # width of the features it returns, for heads stacked on them
 
-    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pooled: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(pooled)
         return h, self.out(h)
 
@@ -53,19 +54,32 @@ class AttnHead(nn.Module):
 
     uses_tokens = True
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: int = 512, dropout: float = 0.3, queries: int = 4,
-                 heads: int = 4, **_: object) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden: int = 512,
+        dropout: float = 0.3,
+        queries: int = 4,
+        heads: int = 4,
+        **_: object,
+    ) -> None:
         super().__init__()
         self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
         self.queries = nn.Parameter(torch.randn(queries, hidden) * 0.02)
         self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
-        self.body = nn.Sequential(nn.LayerNorm(hidden * (queries + 1)), nn.Linear(hidden * (queries + 1), hidden),
-                                  nn.GELU(), nn.Dropout(dropout))
+        self.body = nn.Sequential(
+            nn.LayerNorm(hidden * (queries + 1)),
+            nn.Linear(hidden * (queries + 1), hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+        )
         self.out = nn.Linear(hidden, num_classes)
         self.out_dim = hidden
 
-    def forward(self, pooled: torch.Tensor | None, tokens: torch.Tensor,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pooled: torch.Tensor | None, tokens: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.proj(tokens)  # [B, T, H]
         q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
         attended, _ = self.attn(q, x, x, key_padding_mask=None if mask is None else ~mask, need_weights=False)
@@ -87,9 +101,18 @@ class LabelQueryHead(nn.Module):
     label feature's cosine with its own text: the alignment score) and ``logits [B, C]``.
     """
 
-    def __init__(self, img_dim: int, class_text: torch.Tensor, cap_dim: int | None = None, d_model: int = 128,
-                 heads: int = 4, dropout: float = 0.1, temperature: float = 0.1, learn_temperature: bool = True,
-                 project_inputs: bool = True) -> None:
+    def __init__(
+        self,
+        img_dim: int,
+        class_text: torch.Tensor,
+        cap_dim: int | None = None,
+        d_model: int = 128,
+        heads: int = 4,
+        dropout: float = 0.1,
+        temperature: float = 0.1,
+        learn_temperature: bool = True,
+        project_inputs: bool = True,
+    ) -> None:
         super().__init__()
         class_text = torch.as_tensor(class_text, dtype=torch.float32)
         if class_text.ndim != 2:
@@ -104,10 +127,14 @@ class LabelQueryHead(nn.Module):
         self.query_offset = nn.Parameter(torch.zeros(n_classes, d_model))
         # project_inputs=False: the tokens arrive already in d_model (another module projected them).
         self.use_captions = cap_dim is not None
-        self.img_proj = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, d_model)) if project_inputs else nn.Identity()
+        self.img_proj = (
+            nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, d_model)) if project_inputs else nn.Identity()
+        )
         self.cap_proj = None
         if self.use_captions:
-            self.cap_proj = nn.Sequential(nn.LayerNorm(cap_dim), nn.Linear(cap_dim, d_model)) if project_inputs else nn.Identity()
+            self.cap_proj = (
+                nn.Sequential(nn.LayerNorm(cap_dim), nn.Linear(cap_dim, d_model)) if project_inputs else nn.Identity()
+            )
         self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         # No feed-forward block after the attention: paper (b) pools. On the demo a 2x-wide FFN
         # cost 1.76x fusion_lite0's CPU step instead of 1.67x and gained nothing (CV mean F1
@@ -125,8 +152,9 @@ class LabelQueryHead(nn.Module):
         log_scale = self.log_scale if self.log_scale is not None else self.fixed_log_scale
         return log_scale.clamp(max=4.6052).exp()  # at most 100, CLIP's cap: beyond it training turns unstable
 
-    def forward(self, img_tokens: torch.Tensor, cap_tokens: torch.Tensor | None = None,
-                cap_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, img_tokens: torch.Tensor, cap_tokens: torch.Tensor | None = None, cap_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         keys = self.img_proj(img_tokens)
         pad = None
         if self.use_captions:

@@ -43,8 +43,13 @@ class MultiLabelLoss(nn.Module):
         """Per-entry loss; ``weight`` (0 = not counted) is there for losses that normalise over entries."""
         raise NotImplementedError
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
-                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         logits = logits.float()
         y = targets.float()
         if self.label_smoothing:
@@ -102,8 +107,14 @@ class FocalLoss(MultiLabelLoss):
 
 @LOSSES.register("asl")
 class AsymmetricLoss(MultiLabelLoss):
-    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
-                 label_smoothing: float = 0.0, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        label_smoothing: float = 0.0,
+        eps: float = 1e-8,
+    ) -> None:
         super().__init__(label_smoothing)
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
 
@@ -149,8 +160,9 @@ class TemperedBCELoss(MultiLabelLoss):
         return hard * bce
 
 
-def alignment_loss(label_text_feats: torch.Tensor, class_text: torch.Tensor, weight: torch.Tensor,
-                   temperature: float = 0.1) -> torch.Tensor:
+def alignment_loss(
+    label_text_feats: torch.Tensor, class_text: torch.Tensor, weight: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
     """Paper (b)'s one-to-one semantic alignment of label-specific features with label texts.
 
     ``label_text_feats [B, C, D]``: the feature class c's query pooled for each sample, in the

@@ -103,9 +103,13 @@ def table(df: pd.DataFrame, digits: int = 4, index: bool = False) -> str:
             return f"{v:.{digits}f}"
         return html.escape(str(v))
 
-    head = "".join(f'<th class="{"num" if n else "txt"}">{html.escape(str(c))}</th>' for c, n in zip(df.columns, numeric))
-    rows = "".join("<tr>" + "".join(f'<td class="{"num" if n else "txt"}">{cell(v)}</td>' for v, n in zip(r, numeric))
-                   + "</tr>\n" for r in df.itertuples(index=False, name=None))
+    head = "".join(
+        f'<th class="{"num" if n else "txt"}">{html.escape(str(c))}</th>' for c, n in zip(df.columns, numeric)
+    )
+    rows = "".join(
+        "<tr>" + "".join(f'<td class="{"num" if n else "txt"}">{cell(v)}</td>' for v, n in zip(r, numeric)) + "</tr>\n"
+        for r in df.itertuples(index=False, name=None)
+    )
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
 
 
@@ -115,8 +119,12 @@ def pre(s: str) -> str:
 
 def page(title: str, subtitle: str, sections: list[Section]) -> str:
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
-    body = "\n".join(f'<section id="{s.id}">\n<h2>{html.escape(s.title)}</h2>\n' + "\n".join(s.parts) + "\n</section>"
-                     for s in sections)
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{CSS}</style>\n</head>\n<body>\n<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>"
-            f"</header>\n<nav>{nav}</nav>\n<main>\n{body}\n</main>\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
+    body = "\n".join(
+        f'<section id="{s.id}">\n<h2>{html.escape(s.title)}</h2>\n' + "\n".join(s.parts) + "\n</section>"
+        for s in sections
+    )
+    return (
+        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{CSS}</style>\n</head>\n<body>\n<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>"
+        f"</header>\n<nav>{nav}</nav>\n<main>\n{body}\n</main>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
+    )

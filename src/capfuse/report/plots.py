@@ -7,6 +7,9 @@ renders one with Agg.
 
 Every string that comes from data or a user (captions, class names, ImageIDs, model, variant
 and group names, titles that hold them) goes through ``literal`` before matplotlib sees it.
+
+Why this module is long: one short function per figure of the report and the notebooks,
+sharing the style helpers at its top; split by figure, the shared style would scatter.
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from PIL import Image, ImageOps
 
 from capfuse.data.images import to_rgb
 
-COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
-           "#64B5CD"]
+COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
 
 
 def literal(text) -> str:
@@ -71,8 +73,17 @@ def class_frequency_plot(freq: pd.DataFrame, title: str = "Train rows per class"
     return fig
 
 
-def heatmap(matrix: pd.DataFrame, title: str, *, fmt: str = "{:.0f}", cmap: str = "Blues",
-            xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float | None = None) -> Figure:
+def heatmap(
+    matrix: pd.DataFrame,
+    title: str,
+    *,
+    fmt: str = "{:.0f}",
+    cmap: str = "Blues",
+    xlabel: str = "",
+    ylabel: str = "",
+    vmin: float = 0.0,
+    vmax: float | None = None,
+) -> Figure:
     """A labelled heatmap with each cell's value written in it (NaN cells left blank)."""
     n_rows, n_cols = matrix.shape
     fig = figure(max(0.42 * n_cols + 3.2, 6.0), 0.38 * n_rows + 2.0)
@@ -86,8 +97,15 @@ def heatmap(matrix: pd.DataFrame, title: str, *, fmt: str = "{:.0f}", cmap: str 
             v = values[i, j]
             if np.isfinite(v) and v != 0:
                 r, g, b, _ = im.cmap(im.norm(v))  # white text on dark cells, whatever the colour map
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=5.5,
-                        color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(v),
+                    ha="center",
+                    va="center",
+                    fontsize=5.5,
+                    color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black",
+                )
     ax.set_xlabel(literal(xlabel))
     ax.set_ylabel(literal(ylabel))
     ax.set_title(literal(title))
@@ -102,8 +120,14 @@ def caption_length_plot(lengths: pd.DataFrame) -> Figure:
     top = int(lengths["words"].max()) if len(lengths) else 1
     bins = np.arange(0, top + 2) - 0.5
     for i, (split, part) in enumerate(lengths.groupby("split", sort=False)):
-        ax.hist(part["words"], bins=bins, alpha=0.55, density=True, color=COLOURS[i],
-                label=literal(f"{split} (mean {part['words'].mean():.1f} words)"))
+        ax.hist(
+            part["words"],
+            bins=bins,
+            alpha=0.55,
+            density=True,
+            color=COLOURS[i],
+            label=literal(f"{split} (mean {part['words'].mean():.1f} words)"),
+        )
     ax.set_xlabel("words per caption")
     ax.set_ylabel("share of captions")
     ax.set_title("Caption lengths")
@@ -163,15 +187,23 @@ def image_grid(items: Sequence[dict], title: str, columns: int = 4, side: int = 
 
 def sample_grid(samples: pd.DataFrame, image_path, columns: int = 4) -> Figure:
     """``samples``: ImageID, caption, labels (names); ``image_path`` maps an id to its file."""
-    items = [{"path": image_path(r.ImageID), "title": r.ImageID, "text": f"{r.caption}\n[{r.labels}]"}
-             for r in samples.itertuples(index=False)]
+    items = [
+        {"path": image_path(r.ImageID), "title": r.ImageID, "text": f"{r.caption}\n[{r.labels}]"}
+        for r in samples.itertuples(index=False)
+    ]
     return image_grid(items, "Sample train images: caption, then [labels]", columns)
 
 
 def worst_examples_plot(worst: pd.DataFrame, image_path, columns: int = 4) -> Figure:
     """``tables.worst_examples`` with the images: caption, truth and prediction (probabilities)."""
-    items = [{"path": image_path(r.ImageID), "title": f"{r.ImageID}  F1 {r.f1:.2f}",
-              "text": f"{r.caption}\ntrue: {r.truth}\npred: {r.predicted}"} for r in worst.itertuples(index=False)]
+    items = [
+        {
+            "path": image_path(r.ImageID),
+            "title": f"{r.ImageID}  F1 {r.f1:.2f}",
+            "text": f"{r.caption}\ntrue: {r.truth}\npred: {r.predicted}",
+        }
+        for r in worst.itertuples(index=False)
+    ]
     return image_grid(items, "Worst out-of-fold rows (lowest sample F1)", columns, wrap=44)
 
 
@@ -193,14 +225,22 @@ def per_class_f1_plot(table: pd.DataFrame, title: str = "Per-class F1 and AP (ou
     return fig
 
 
-def threshold_curve_plot(curve: pd.DataFrame, marks: dict[str, float] | None = None,
-                         title: str = "Mean F1 over samples vs one global threshold") -> Figure:
+def threshold_curve_plot(
+    curve: pd.DataFrame,
+    marks: dict[str, float] | None = None,
+    title: str = "Mean F1 over samples vs one global threshold",
+) -> Figure:
     fig = figure(7, 3.4)
     ax = fig.add_subplot()
     ax.plot(curve["threshold"], curve["mean_f1"], color=COLOURS[0], lw=2)
     best = curve.loc[curve["mean_f1"].idxmax()]
-    ax.scatter([best["threshold"]], [best["mean_f1"]], color=COLOURS[3], zorder=3,
-               label=f"best on the grid: {best['threshold']:.2f} → {best['mean_f1']:.4f}")
+    ax.scatter(
+        [best["threshold"]],
+        [best["mean_f1"]],
+        color=COLOURS[3],
+        zorder=3,
+        label=f"best on the grid: {best['threshold']:.2f} → {best['mean_f1']:.4f}",
+    )
     for i, (name, t) in enumerate((marks or {}).items()):
         ax.axvline(t, color=COLOURS[(i + 2) % len(COLOURS)], ls="--", lw=1, label=literal(f"{name}: {t:.3f}"))
     ax.set_xlabel("threshold (probability)")
@@ -211,8 +251,12 @@ def threshold_curve_plot(curve: pd.DataFrame, marks: dict[str, float] | None = N
     return fig
 
 
-def class_threshold_plot(curves: pd.DataFrame, chosen: Sequence[float] | float | None = None, columns: int = 6,
-                         title: str = "Each class's F1 vs its threshold (dashed: the threshold used)") -> Figure:
+def class_threshold_plot(
+    curves: pd.DataFrame,
+    chosen: Sequence[float] | float | None = None,
+    columns: int = 6,
+    title: str = "Each class's F1 vs its threshold (dashed: the threshold used)",
+) -> Figure:
     """Small multiples of ``tables.class_threshold_curves``, one panel per class."""
     n = curves.shape[1]
     rows = -(-n // columns)
@@ -264,8 +308,14 @@ def fold_balance_plot(balance: pd.DataFrame) -> Figure:
     # Colours centred on the ideal share, so that only the folds that deviate stand out.
     spread = max(float(np.nanmax(np.abs(share.to_numpy(dtype=float) - ideal), initial=0.0)), 0.02)
     # Folds as rows: k is small and the classes many, so the figure stays wide and short.
-    return heatmap(share.T, f"Share of each class's positives per fold (ideal {ideal:.2f}; red: more, blue: fewer)",
-                   fmt="{:.2f}", cmap="RdBu_r", vmin=ideal - spread, vmax=ideal + spread)
+    return heatmap(
+        share.T,
+        f"Share of each class's positives per fold (ideal {ideal:.2f}; red: more, blue: fewer)",
+        fmt="{:.2f}",
+        cmap="RdBu_r",
+        vmin=ideal - spread,
+        vmax=ideal + spread,
+    )
 
 
 def stacking_plot(table: pd.DataFrame) -> Figure:
@@ -307,11 +357,22 @@ def label_ratios_plot(ratios: pd.DataFrame) -> Figure:
     ax = fig.add_subplot()
     for i, (name, part) in enumerate(ratios.groupby("model")):
         part = part.sort_values("percent")
-        ax.plot(part["percent"], part["cv_mean_f1_without"], marker="o", ls="--", color=COLOURS[i % len(COLOURS)],
-                label=literal(f"{name}: labelled only"))
+        ax.plot(
+            part["percent"],
+            part["cv_mean_f1_without"],
+            marker="o",
+            ls="--",
+            color=COLOURS[i % len(COLOURS)],
+            label=literal(f"{name}: labelled only"),
+        )
         if "cv_mean_f1_with" in part:
-            ax.plot(part["percent"], part["cv_mean_f1_with"], marker="s", color=COLOURS[i % len(COLOURS)],
-                    label=literal(f"{name}: best pseudo round"))
+            ax.plot(
+                part["percent"],
+                part["cv_mean_f1_with"],
+                marker="s",
+                color=COLOURS[i % len(COLOURS)],
+                label=literal(f"{name}: best pseudo round"),
+            )
     ax.set_xscale("log")
     ax.set_xticks(sorted(ratios["percent"].unique()), [f"{p:g} %" for p in sorted(ratios["percent"].unique())])
     ax.set_xlabel("share of train labels kept")
@@ -331,8 +392,11 @@ def ablation_plot(table: pd.DataFrame) -> Figure:
     score. Columns beyond these are ignored."""
     if "variant" not in table or "mean_f1" not in table:
         raise ValueError(f"an ablation table needs the columns variant and mean_f1, got {list(table.columns)}")
-    metrics = [(c, label) for c, label in ABLATION_METRICS
-               if c in table and pd.to_numeric(table[c], errors="coerce").notna().any()]
+    metrics = [
+        (c, label)
+        for c, label in ABLATION_METRICS
+        if c in table and pd.to_numeric(table[c], errors="coerce").notna().any()
+    ]
     groups = list(dict.fromkeys(table["group"].fillna("").astype(str))) if "group" in table else [""]
     colour = {g: COLOURS[i % len(COLOURS)] for i, g in enumerate(groups)}
     t = table.iloc[::-1].reset_index(drop=True)
@@ -355,8 +419,12 @@ def ablation_plot(table: pd.DataFrame) -> Figure:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [literal(v) for v in t["variant"]], fontsize=8)
     if len(groups) > 1 or groups != [""]:
-        fig.legend(handles=[Patch(color=colour[g], label=literal(g or "(none)")) for g in groups],
-                   loc="outside lower center", ncols=min(len(groups), 5), fontsize=8)
+        fig.legend(
+            handles=[Patch(color=colour[g], label=literal(g or "(none)")) for g in groups],
+            loc="outside lower center",
+            ncols=min(len(groups), 5),
+            fontsize=8,
+        )
     fig.suptitle("Ablation")
     return fig
 
@@ -373,8 +441,13 @@ def submission_plot(per_class: pd.DataFrame, sub_rows: pd.Series, train_rows: pd
     ax.set_xlabel("share of rows with the class")
     ax.set_title("Label frequency: submission vs train")
     ax.legend(fontsize=8)
-    counts = pd.concat({"submission": sub_rows / max(sub_rows.sum(), 1),
-                        "train": train_rows / max(train_rows.sum(), 1)}, axis=1).fillna(0.0).sort_index()
+    counts = (
+        pd.concat(
+            {"submission": sub_rows / max(sub_rows.sum(), 1), "train": train_rows / max(train_rows.sum(), 1)}, axis=1
+        )
+        .fillna(0.0)
+        .sort_index()
+    )
     x = np.arange(len(counts))
     ax2.bar(x - 0.2, counts["submission"], width=0.4, color=COLOURS[0], label="submission")
     ax2.bar(x + 0.2, counts["train"], width=0.4, color=COLOURS[7], label="train")

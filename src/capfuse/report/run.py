@@ -153,8 +153,9 @@ class Run:
             raise MissingArtefact(metrics, self._make("train"), f"model {model} is not trained")
         threshold = float(read_json(metrics)["threshold"])
         probs = self.model_oof(model)
-        return KeptOOF(probs, apply_threshold(probs, threshold, **self.rule), threshold,
-                       f"{model} at its global threshold")
+        return KeptOOF(
+            probs, apply_threshold(probs, threshold, **self.rule), threshold, f"{model} at its global threshold"
+        )
 
     # -- optional artefacts ------------------------------------------------------------------
     def stack_summary(self) -> dict | None:
@@ -207,8 +208,13 @@ class Run:
         return f"make {target} DATA={data.relative_to(root) if data.is_relative_to(root) else data}"
 
 
-def open_run(data: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-             config: str | os.PathLike | None = None, *, cfg: dict | None = None) -> Run:
+def open_run(
+    data: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    *,
+    cfg: dict | None = None,
+) -> Run:
     """Open the run of the dataset in ``data`` under the project folder ``root``.
 
     Relative ``data`` and ``config`` paths are taken from ``root`` (a config missing there from

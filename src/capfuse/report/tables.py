@@ -25,12 +25,20 @@ def class_frequencies(Y: np.ndarray, class_ids: Sequence[int], names: Sequence[s
     """One row per class: id, name, positives and their share of the rows, most frequent first."""
     Y = np.asarray(Y, dtype=bool)
     count = Y.sum(0)
-    out = pd.DataFrame({"id": [int(c) for c in class_ids], "name": list(names), "count": count.astype(int),
-                        "share": count / max(len(Y), 1)})
+    out = pd.DataFrame(
+        {
+            "id": [int(c) for c in class_ids],
+            "name": list(names),
+            "count": count.astype(int),
+            "share": count / max(len(Y), 1),
+        }
+    )
     return out.sort_values(["count", "id"], ascending=[False, True]).reset_index(drop=True)
 
 
-def cooccurrence(Y: np.ndarray, class_ids: Sequence[int], names: Sequence[str], normalise: bool = False) -> pd.DataFrame:
+def cooccurrence(
+    Y: np.ndarray, class_ids: Sequence[int], names: Sequence[str], normalise: bool = False
+) -> pd.DataFrame:
     """Rows holding both classes (diagonal: each class's count).
 
     ``normalise``: divide each row by its class's count, so cell (a, b) reads "of the rows with
@@ -50,18 +58,27 @@ def words(caption: str) -> list[str]:
 
 def caption_lengths(train_captions: Sequence[str], test_captions: Sequence[str]) -> pd.DataFrame:
     """Words per caption, one row per caption, with its split."""
-    return pd.DataFrame({"split": ["train"] * len(train_captions) + ["test"] * len(test_captions),
-                         "words": [len(words(c)) for c in [*train_captions, *test_captions]]})
+    return pd.DataFrame(
+        {
+            "split": ["train"] * len(train_captions) + ["test"] * len(test_captions),
+            "words": [len(words(c)) for c in [*train_captions, *test_captions]],
+        }
+    )
 
 
 def vocabulary(train_captions: Sequence[str], test_captions: Sequence[str], top: int = 20) -> tuple[dict, pd.DataFrame]:
     """Vocabulary facts (sizes, words seen only in test) and the ``top`` most frequent words."""
     train = Counter(w for c in train_captions for w in words(c))
     test = Counter(w for c in test_captions for w in words(c))
-    facts = {"train_words": int(sum(train.values())), "train_vocabulary": len(train),
-             "test_vocabulary": len(test), "test_only_words": len(set(test) - set(train)),
-             "test_tokens_unseen_in_train": round(sum(n for w, n in test.items() if w not in train)
-                                                  / max(sum(test.values()), 1), 4)}
+    facts = {
+        "train_words": int(sum(train.values())),
+        "train_vocabulary": len(train),
+        "test_vocabulary": len(test),
+        "test_only_words": len(set(test) - set(train)),
+        "test_tokens_unseen_in_train": round(
+            sum(n for w, n in test.items() if w not in train) / max(sum(test.values()), 1), 4
+        ),
+    }
     common = (train + test).most_common(top)
     return facts, pd.DataFrame(common, columns=["word", "count"])
 
@@ -90,16 +107,27 @@ def fold_balance(folds: np.ndarray, Y: np.ndarray, class_ids: Sequence[int], nam
     return out
 
 
-def threshold_curve(Y: np.ndarray, probs: np.ndarray, grid: Sequence[float] | None = None, *, min_labels: int = 1,
-                    max_labels: int | None = None) -> pd.DataFrame:
+def threshold_curve(
+    Y: np.ndarray,
+    probs: np.ndarray,
+    grid: Sequence[float] | None = None,
+    *,
+    min_labels: int = 1,
+    max_labels: int | None = None,
+) -> pd.DataFrame:
     """Mean F1 over samples at each global threshold, with the pipeline's never-empty rule."""
     grid = np.round(np.arange(0.02, 0.99, 0.02), 4) if grid is None else np.asarray(grid, dtype=float)
     scores = [mean_sample_f1(Y, apply_threshold(probs, t, min_labels=min_labels, max_labels=max_labels)) for t in grid]
     return pd.DataFrame({"threshold": grid, "mean_f1": scores})
 
 
-def class_threshold_curves(Y: np.ndarray, probs: np.ndarray, class_ids: Sequence[int], names: Sequence[str],
-                           grid: Sequence[float] | None = None) -> pd.DataFrame:
+def class_threshold_curves(
+    Y: np.ndarray,
+    probs: np.ndarray,
+    class_ids: Sequence[int],
+    names: Sequence[str],
+    grid: Sequence[float] | None = None,
+) -> pd.DataFrame:
     """Each class's own F1 when it is predicted wherever its probability reaches the threshold.
 
     Rows: thresholds; columns: ``"<id> <name>"``. A class without positives and predictions at
@@ -117,8 +145,9 @@ def class_threshold_curves(Y: np.ndarray, probs: np.ndarray, class_ids: Sequence
         size = support + predicted
         with np.errstate(divide="ignore", invalid="ignore"):
             rows.append(np.where(size > 0, 2.0 * tp / size, np.nan))
-    return pd.DataFrame(rows, index=pd.Index(grid, name="threshold"),
-                        columns=[f"{c} {n}" for c, n in zip(class_ids, names)])
+    return pd.DataFrame(
+        rows, index=pd.Index(grid, name="threshold"), columns=[f"{c} {n}" for c, n in zip(class_ids, names)]
+    )
 
 
 def pair_confusions(Y: np.ndarray, pred: np.ndarray, class_ids: Sequence[int], names: Sequence[str]) -> pd.DataFrame:
@@ -143,9 +172,17 @@ def pair_confusions(Y: np.ndarray, pred: np.ndarray, class_ids: Sequence[int], n
         for a in range(c):
             if a == b or base[b, a] == 0:
                 continue
-            rows.append({"true_id": int(class_ids[b]), "true": names[b], "predicted_id": int(class_ids[a]),
-                         "predicted": names[a], "rows": int(n_conf[b, a]), "rate": n_conf[b, a] / base[b, a],
-                         "together": int(together[b, a])})
+            rows.append(
+                {
+                    "true_id": int(class_ids[b]),
+                    "true": names[b],
+                    "predicted_id": int(class_ids[a]),
+                    "predicted": names[a],
+                    "rows": int(n_conf[b, a]),
+                    "rate": n_conf[b, a] / base[b, a],
+                    "together": int(together[b, a]),
+                }
+            )
     out = pd.DataFrame(rows, columns=["true_id", "true", "predicted_id", "predicted", "rows", "rate", "together"])
     return out.sort_values(["rows", "rate"], ascending=False).reset_index(drop=True)
 
@@ -167,8 +204,15 @@ def sample_f1(Y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(size == 0, 1.0, 2.0 * (t & p).sum(1) / np.maximum(size, 1))
 
 
-def worst_examples(Y: np.ndarray, pred: np.ndarray, probs: np.ndarray, ids: Sequence[str], captions: Sequence[str],
-                   names: Sequence[str], k: int = 12) -> pd.DataFrame:
+def worst_examples(
+    Y: np.ndarray,
+    pred: np.ndarray,
+    probs: np.ndarray,
+    ids: Sequence[str],
+    captions: Sequence[str],
+    names: Sequence[str],
+    k: int = 12,
+) -> pd.DataFrame:
     """The ``k`` rows with the lowest F1; among equals, the most confident mistakes first.
 
     Confidence of a row's mistakes: the largest probability on a wrongly predicted class or
@@ -187,21 +231,31 @@ def worst_examples(Y: np.ndarray, pred: np.ndarray, probs: np.ndarray, ids: Sequ
             return ", ".join(names[j] for j in cols)
         return ", ".join(f"{names[j]} ({with_probs[j]:.2f})" for j in cols)
 
-    return pd.DataFrame({
-        "ImageID": [ids[i] for i in order],
-        "caption": [captions[i] for i in order],
-        "truth": [named(t[i]) for i in order],
-        "predicted": [named(p[i], probs[i]) for i in order],
-        "f1": f1[order].round(3),
-    })
+    return pd.DataFrame(
+        {
+            "ImageID": [ids[i] for i in order],
+            "caption": [captions[i] for i in order],
+            "truth": [named(t[i]) for i in order],
+            "predicted": [named(p[i], probs[i]) for i in order],
+            "f1": f1[order].round(3),
+        }
+    )
 
 
 def stacking_table(stack: dict) -> pd.DataFrame:
     """The second-level candidates of ``stack.json``: in-sample and nested mean F1, and the gain
     of each over the best single model on the nested score."""
-    rows = [{"candidate": name, "cv_mean_f1": c.get("cv_mean_f1"), "nested_mean_f1": c.get("nested_mean_f1"),
-             "cv_map": c.get("cv_map"), "threshold": c.get("threshold"), "kept": name == stack.get("chosen")}
-            for name, c in stack.get("candidates", {}).items()]
+    rows = [
+        {
+            "candidate": name,
+            "cv_mean_f1": c.get("cv_mean_f1"),
+            "nested_mean_f1": c.get("nested_mean_f1"),
+            "cv_map": c.get("cv_map"),
+            "threshold": c.get("threshold"),
+            "kept": name == stack.get("chosen"),
+        }
+        for name, c in stack.get("candidates", {}).items()
+    ]
     out = pd.DataFrame(rows, columns=["candidate", "cv_mean_f1", "nested_mean_f1", "cv_map", "threshold", "kept"])
     single = out.loc[out["candidate"] == "best_single", "nested_mean_f1"]
     out["nested_gain"] = (out["nested_mean_f1"] - single.iloc[0]).round(5) if len(single) else np.nan
@@ -210,21 +264,46 @@ def stacking_table(stack: dict) -> pd.DataFrame:
 
 def thresholds_table(cut: dict) -> pd.DataFrame:
     """Global vs per-class thresholds of ``thresholds.json``: in-sample, nested, gap, used."""
-    return pd.DataFrame([{"thresholds": kind.replace("_", "-"), "in_sample": cut[kind]["in_sample"],
-                          "nested": cut[kind]["nested"], "gap": cut[kind]["gap"], "used": cut["kind"] == kind}
-                         for kind in ("global", "per_class") if kind in cut])
+    return pd.DataFrame(
+        [
+            {
+                "thresholds": kind.replace("_", "-"),
+                "in_sample": cut[kind]["in_sample"],
+                "nested": cut[kind]["nested"],
+                "gap": cut[kind]["gap"],
+                "used": cut["kind"] == kind,
+            }
+            for kind in ("global", "per_class")
+            if kind in cut
+        ]
+    )
 
 
 def pseudo_round_summary(rounds: pd.DataFrame) -> pd.DataFrame:
     """One row per (base model, round) of ``pseudo_rounds.csv``: CV and the pseudo-labels' quality."""
-    keep = [c for c in ("base_model", "model", "round", "cv_mean_f1", "cv_map", "pseudo_pos", "pseudo_neg",
-                        "precision", "recall", "note") if c in rounds.columns]
+    keep = [
+        c
+        for c in (
+            "base_model",
+            "model",
+            "round",
+            "cv_mean_f1",
+            "cv_map",
+            "pseudo_pos",
+            "pseudo_neg",
+            "precision",
+            "recall",
+            "note",
+        )
+        if c in rounds.columns
+    ]
     rows = rounds[rounds["class"].astype(str) == "all"] if "class" in rounds.columns else rounds
     return rows[keep].sort_values([c for c in ("base_model", "round") if c in keep]).reset_index(drop=True)
 
 
-def submission_summary(sub: pd.DataFrame, class_ids: Sequence[int], names: Sequence[str],
-                       Y_train: np.ndarray) -> tuple[dict, pd.DataFrame, pd.Series]:
+def submission_summary(
+    sub: pd.DataFrame, class_ids: Sequence[int], names: Sequence[str], Y_train: np.ndarray
+) -> tuple[dict, pd.DataFrame, pd.Series]:
     """Facts of a submission, each class's predicted share against its train prior, and the
     distribution of labels per row.
 
@@ -240,10 +319,22 @@ def submission_summary(sub: pd.DataFrame, class_ids: Sequence[int], names: Seque
                 raise ValueError(f"submission row {r + 2}: label {cid} is not a class id of the dataset")
             P[r, index[cid]] = 1
     Yt = np.asarray(Y_train, dtype=bool)
-    per_class = pd.DataFrame({"id": [int(c) for c in class_ids], "name": list(names),
-                              "predicted_rows": P.sum(0).astype(int), "predicted_share": P.mean(0) if len(P) else 0.0,
-                              "train_prior": Yt.mean(0)})
-    per_class["ratio"] = (per_class["predicted_share"] / per_class["train_prior"].where(per_class["train_prior"] > 0)).round(3)
-    facts = {"rows": int(len(sub)), "labels_per_row": round(float(P.sum(1).mean()), 3) if len(P) else 0.0,
-             "train_labels_per_row": round(float(Yt.sum(1).mean()), 3), "empty_rows": int((P.sum(1) == 0).sum())}
+    per_class = pd.DataFrame(
+        {
+            "id": [int(c) for c in class_ids],
+            "name": list(names),
+            "predicted_rows": P.sum(0).astype(int),
+            "predicted_share": P.mean(0) if len(P) else 0.0,
+            "train_prior": Yt.mean(0),
+        }
+    )
+    per_class["ratio"] = (
+        per_class["predicted_share"] / per_class["train_prior"].where(per_class["train_prior"] > 0)
+    ).round(3)
+    facts = {
+        "rows": int(len(sub)),
+        "labels_per_row": round(float(P.sum(1).mean()), 3) if len(P) else 0.0,
+        "train_labels_per_row": round(float(Yt.sum(1).mean()), 3),
+        "empty_rows": int((P.sum(1) == 0).sum()),
+    }
     return facts, per_class, labels_per_row(P)

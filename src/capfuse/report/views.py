@@ -20,11 +20,16 @@ from capfuse.report.run import Run
 def data_summary(run: Run) -> pd.DataFrame:
     """The validator's counts as a two-column table."""
     s = run.ds.val.summary
-    facts = {"train rows": s["train_rows"], "train rows usable": s["train_usable"],
-             "train rows quarantined": s["train_quarantined"], "test rows (all kept)": s["test_rows"],
-             "test rows without a usable image": s["test_without_image"],
-             "test rows with an empty caption": s["test_empty_caption"], "classes": len(s["classes"]),
-             "labels per train row (mean)": round(float(run.Y.sum(1).mean()), 3)}
+    facts = {
+        "train rows": s["train_rows"],
+        "train rows usable": s["train_usable"],
+        "train rows quarantined": s["train_quarantined"],
+        "test rows (all kept)": s["test_rows"],
+        "test rows without a usable image": s["test_without_image"],
+        "test rows with an empty caption": s["test_empty_caption"],
+        "classes": len(s["classes"]),
+        "labels per train row (mean)": round(float(run.Y.sum(1).mean()), 3),
+    }
     for kind in ("errors", "warnings"):
         facts[kind] = ", ".join(f"{k} {v}" for k, v in sorted(s[kind].items())) or "none"
     return pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]})
@@ -32,8 +37,17 @@ def data_summary(run: Run) -> pd.DataFrame:
 
 def findings(run: Run, limit: int = 50) -> pd.DataFrame:
     """The validator's findings (file, line, id, code, message), the first ``limit``."""
-    rows = [{"severity": p.severity, "file": p.file, "line": p.line, "ImageID": p.image_id, "code": p.code,
-             "message": p.message} for p in run.ds.val.problems[:limit]]
+    rows = [
+        {
+            "severity": p.severity,
+            "file": p.file,
+            "line": p.line,
+            "ImageID": p.image_id,
+            "code": p.code,
+            "message": p.message,
+        }
+        for p in run.ds.val.problems[:limit]
+    ]
     return pd.DataFrame(rows, columns=["severity", "file", "line", "ImageID", "code", "message"])
 
 
@@ -70,9 +84,13 @@ def sample_images_figure(run: Run, n: int = 8, seed: int = 0) -> Figure:
     """``n`` train rows drawn with ``seed``: image, caption and label names."""
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(run.train), size=min(n, len(run.train)), replace=False))
-    samples = pd.DataFrame({"ImageID": run.train["ImageID"].iloc[picks].to_numpy(),
-                            "caption": run.train["Caption"].iloc[picks].to_numpy(),
-                            "labels": [", ".join(run.label_names(run.Y[i])) for i in picks]})
+    samples = pd.DataFrame(
+        {
+            "ImageID": run.train["ImageID"].iloc[picks].to_numpy(),
+            "caption": run.train["Caption"].iloc[picks].to_numpy(),
+            "labels": [", ".join(run.label_names(run.Y[i])) for i in picks],
+        }
+    )
     return plots.sample_grid(samples, run.image_path)
 
 
@@ -139,15 +157,21 @@ def confusions(run: Run, model: str | None = None, top: int = 15) -> pd.DataFram
 def confusion_figure(run: Run, model: str | None = None) -> Figure:
     oof = run.oof(model)
     pairs = tables.pair_confusions(run.Y, oof.pred, run.class_ids, run.class_names)
-    return plots.heatmap(tables.confusion_matrix(pairs, run.class_ids, run.class_names),
-                         "Rate of predicting the column class when only the row class (not it) is true",
-                         fmt="{:.2f}", cmap="Reds", xlabel="wrongly predicted", ylabel="true")
+    return plots.heatmap(
+        tables.confusion_matrix(pairs, run.class_ids, run.class_names),
+        "Rate of predicting the column class when only the row class (not it) is true",
+        fmt="{:.2f}",
+        cmap="Reds",
+        xlabel="wrongly predicted",
+        ylabel="true",
+    )
 
 
 def worst_examples(run: Run, model: str | None = None, k: int = 12) -> pd.DataFrame:
     oof = run.oof(model)
-    return tables.worst_examples(run.Y, oof.pred, oof.probs, run.ds.train_ids, list(run.train["Caption"]),
-                                 run.class_names, k)
+    return tables.worst_examples(
+        run.Y, oof.pred, oof.probs, run.ds.train_ids, list(run.train["Caption"]), run.class_names, k
+    )
 
 
 def worst_examples_figure(run: Run, model: str | None = None, k: int = 8) -> Figure:
@@ -192,9 +216,13 @@ def submission(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, Figure] | None:
         return None
     sub, manifest = found
     facts, per_cls, per_row = tables.submission_summary(sub, run.class_ids, run.class_names, run.Y)
-    info = {"file": manifest.get("file", f"{run.dataset}-latest.csv"), "rows": facts["rows"],
-            "labels per row (mean)": facts["labels_per_row"], "train labels per row (mean)": facts["train_labels_per_row"],
-            "rows without a label": facts["empty_rows"]}
+    info = {
+        "file": manifest.get("file", f"{run.dataset}-latest.csv"),
+        "rows": facts["rows"],
+        "labels per row (mean)": facts["labels_per_row"],
+        "train labels per row (mean)": facts["train_labels_per_row"],
+        "rows without a label": facts["empty_rows"],
+    }
     for key, label in (("timestamp", "written"), ("git_commit", "git commit")):
         if manifest.get(key):
             info[label] = manifest[key]
@@ -213,6 +241,8 @@ def submission(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, Figure] | None:
         index = {c: j for j, c in enumerate(run.class_ids)}
         for r, labels in enumerate(sub["Labels"]):
             pred[r, [index[int(x)] for x in str(labels).split()]] = 1
-        info["test mean F1 vs test_labels.csv (demo answer key; never trained on)"] = round(mean_sample_f1(truth, pred), 5)
+        info["test mean F1 vs test_labels.csv (demo answer key; never trained on)"] = round(
+            mean_sample_f1(truth, pred), 5
+        )
     fig = plots.submission_plot(per_cls, per_row, tables.labels_per_row(run.Y))
     return pd.DataFrame({"": list(info), "value": [str(v) for v in info.values()]}), per_cls, fig

@@ -87,8 +87,16 @@ def variant_configs(cfg: dict, config_path: Path) -> list[dict]:
             pseudo = PseudoSettings.from_config({**asdict(cfglib.resolve_model(model).pseudo), **v.pseudo})
             if not pseudo.rounds:
                 raise ValueError(f"{where}: `pseudo` needs rounds >= 1")
-        out.append({"name": v.name, "group": v.group, "change": v.change,
-                    "model": {**model, "name": name}, "shared": shared, "pseudo": pseudo})
+        out.append(
+            {
+                "name": v.name,
+                "group": v.group,
+                "change": v.change,
+                "model": {**model, "name": name},
+                "shared": shared,
+                "pseudo": pseudo,
+            }
+        )
     return out
 
 
@@ -105,8 +113,15 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         for v in variants:
             model_cfg = {k: val for k, val in v["model"].items() if k != "pseudo"}
             feats = store.for_model(model_cfg)
-            common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds,
-                          class_ids=ds.class_ids, feats=feats, data_fingerprint=feats["fingerprint"])
+            common = dict(
+                train_ids=ds.train_ids,
+                test_ids=ds.test_ids,
+                Y=ds.Y,
+                folds=folds,
+                class_ids=ds.class_ids,
+                feats=feats,
+                data_fingerprint=feats["fingerprint"],
+            )
             base_name = model_cfg["name"]
             base_dir = paths.model_dir(base_name) if v["shared"] else root / base_name
             with stage(f"ablate {v['name']}", v["change"]):
@@ -116,14 +131,33 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
                     # The rounds' producer is the variant's base model wherever it was trained;
                     # the rounds themselves stay out of the pipeline's folders. The variant
                     # scores its last round: a round that did not help is part of its cost.
-                    _, report = pseudo_rounds(paths, ds, base_name, model_cfg, metrics, v["pseudo"], common,
-                                              out_root=root, producer_root=base_dir.parent,
-                                              report=root / f"{v['name']}_rounds.csv", leaderboard=False)
+                    _, report = pseudo_rounds(
+                        paths,
+                        ds,
+                        base_name,
+                        model_cfg,
+                        metrics,
+                        v["pseudo"],
+                        common,
+                        out_root=root,
+                        producer_root=base_dir.parent,
+                        report=root / f"{v['name']}_rounds.csv",
+                        leaderboard=False,
+                    )
                     last = report[report["class"].astype(str) == "all"].sort_values("round").iloc[-1]
                     metrics = read_json(root / str(last["model"]) / "metrics.json")
-            rows.append({"variant": v["name"], "group": v["group"], "change": v["change"], "score": "CV",
-                         "mean_f1": metrics["cv_mean_f1"], "map": metrics["cv_map"],
-                         "gap_at_10": metrics.get("cv_gap_at_10"), "minutes": metrics["train_minutes"]})
+            rows.append(
+                {
+                    "variant": v["name"],
+                    "group": v["group"],
+                    "change": v["change"],
+                    "score": "CV",
+                    "mean_f1": metrics["cv_mean_f1"],
+                    "map": metrics["cv_map"],
+                    "gap_at_10": metrics.get("cv_gap_at_10"),
+                    "minutes": metrics["train_minutes"],
+                }
+            )
         table = pd.DataFrame(rows)
         ref = table.loc[table["variant"] == reference, "mean_f1"]
         table["delta"] = (table["mean_f1"] - ref.iloc[0]).round(5) if len(ref) else np.nan
@@ -152,14 +186,27 @@ def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
     t0 = time.perf_counter()
     cands = build_candidates(ds.Y, oof, test, folds, names, cfg, rule)
     minutes = (time.perf_counter() - t0) / 60
-    labels = {"best_single": "best single model", "mean_blend": "mean of the models' probabilities",
-              "weighted_blend": "log-loss weighted blend", "stack": "LightGBM stacker on every model's logits"}
+    labels = {
+        "best_single": "best single model",
+        "mean_blend": "mean of the models' probabilities",
+        "weighted_blend": "log-loss weighted blend",
+        "stack": "LightGBM stacker on every model's logits",
+    }
     rows = []
     for cand, c in cands.items():
         detail = f" ({c['detail']['model']})" if cand == "best_single" else ""
-        rows.append({"variant": cand, "group": "second level", "change": labels[cand] + detail,
-                     "score": "nested CV", "mean_f1": c["score"]["nested_mean_f1"], "map": c["score"]["cv_map"],
-                     "gap_at_10": round(float(gap_at_k(ds.Y, c["oof"], 10)), 5), "minutes": round(minutes, 3)})
+        rows.append(
+            {
+                "variant": cand,
+                "group": "second level",
+                "change": labels[cand] + detail,
+                "score": "nested CV",
+                "mean_f1": c["score"]["nested_mean_f1"],
+                "map": c["score"]["cv_map"],
+                "gap_at_10": round(float(gap_at_k(ds.Y, c["oof"], 10)), 5),
+                "minutes": round(minutes, 3),
+            }
+        )
     kept = max(cands, key=lambda k: (cands[k]["score"]["nested_mean_f1"], cands[k]["score"]["cv_mean_f1"]))
     top = cfglib.resolve(cfg)
     trials, seed = top.threshold.trials, top.seed
@@ -168,10 +215,18 @@ def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
     nested = nested_threshold_score(ds.Y, cands[kept]["oof"], folds, **rule, n_trials=trials, seed=seed, full=full)
     minutes = (time.perf_counter() - t0) / 60
     for kind, score in (("global_threshold", nested["global_nested"]), ("per_class_thresholds", nested["nested"])):
-        rows.append({"variant": kind, "group": "thresholds",
-                     "change": f"{kind.replace('_', ' ')} on the kept second level ({kept})",
-                     "score": "nested CV", "mean_f1": round(float(score), 5), "map": None, "gap_at_10": None,
-                     "minutes": round(minutes, 3)})
+        rows.append(
+            {
+                "variant": kind,
+                "group": "thresholds",
+                "change": f"{kind.replace('_', ' ')} on the kept second level ({kept})",
+                "score": "nested CV",
+                "mean_f1": round(float(score), 5),
+                "map": None,
+                "gap_at_10": None,
+                "minutes": round(minutes, 3),
+            }
+        )
     out = pd.DataFrame(rows)
     single = out.loc[out["variant"] == "best_single", "mean_f1"]
     out["delta"] = (out["mean_f1"] - single.iloc[0]).round(5) if len(single) else np.nan

@@ -53,10 +53,14 @@ def bench_second_level(rows: int, models: int, classes: int = 18) -> dict:
     print(f"  per-class thresholds        : {r['thresholds_s']:7.1f} s")
     print(f"  stack + thresholds          : {work:7.1f} s   (target <= 300)")
     print(f"  nested threshold estimate   : {r['nested_thresholds_s']:7.1f} s   (reporting only)")
-    print(f"  OOF mean F1, global threshold: mean blend {r['blend_oof_f1_global']:.4f}, weighted blend "
-          f"{r['weighted_blend_oof_f1_global']:.4f}, stacker {r['stack_oof_f1_global']:.4f}")
-    print(f"  stacker with per-class thresholds: {r['stack_oof_f1_class']:.4f} in-sample, "
-          f"{r['nested_nested']:.4f} nested (global: {r['nested_global_nested']:.4f} nested)")
+    print(
+        f"  OOF mean F1, global threshold: mean blend {r['blend_oof_f1_global']:.4f}, weighted blend "
+        f"{r['weighted_blend_oof_f1_global']:.4f}, stacker {r['stack_oof_f1_global']:.4f}"
+    )
+    print(
+        f"  stacker with per-class thresholds: {r['stack_oof_f1_class']:.4f} in-sample, "
+        f"{r['nested_nested']:.4f} nested (global: {r['nested_global_nested']:.4f} nested)"
+    )
     return r
 
 

@@ -16,8 +16,12 @@ from capfuse.utils.log import log
 def cli_data(args) -> int:
     preset = args.preset or ("tiny" if Path(args.data).name == "tiny" else "default")
     info = make_demo(args.data, seed=args.seed, force=args.force, **PRESETS[preset])
-    log.info("demo dataset (%s) in %s: %s", preset, args.data,
-             {k: info[k] for k in info if k != "class_counts"} if isinstance(info, dict) else info)
+    log.info(
+        "demo dataset (%s) in %s: %s",
+        preset,
+        args.data,
+        {k: info[k] for k in info if k != "class_counts"} if isinstance(info, dict) else info,
+    )
     if args.unlabelled:
         out = Path(f"{str(args.data).rstrip('/')}-unlabelled")
         # make_unlabelled renames a finished folder into place, so unlabelled_labels.csv
@@ -26,13 +30,19 @@ def cli_data(args) -> int:
         if ours and not args.force:
             log.info("unlabelled folder %s exists; kept (--force rewrites it)", out)
         elif out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out} exists and was not written by `capfuse data --unlabelled` (it has no "
-                             "unlabelled_labels.csv); it is not replaced: move it away first")
+            raise ValueError(
+                f"{out} exists and was not written by `capfuse data --unlabelled` (it has no "
+                "unlabelled_labels.csv); it is not replaced: move it away first"
+            )
         else:
             if ours:
                 shutil.rmtree(out)
-            log.info("unlabelled folder: %s", make_unlabelled(out, args.unlabelled, size=PRESETS[preset]["size"],
-                                                             seed=args.seed, captions=not args.no_captions))
+            log.info(
+                "unlabelled folder: %s",
+                make_unlabelled(
+                    out, args.unlabelled, size=PRESETS[preset]["size"], seed=args.seed, captions=not args.no_captions
+                ),
+            )
     return 0
 
 
@@ -45,8 +55,10 @@ def cli_faulty(args) -> int:
     except OSError:
         ours = False
     if out.exists() and not ours and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not a dataset written by `capfuse faulty`; it is not replaced: "
-                         "move it away or pick another --data")
+        raise ValueError(
+            f"{out} exists and is not a dataset written by `capfuse faulty`; it is not replaced: "
+            "move it away or pick another --data"
+        )
     make_faulty_dataset(args.data)
     log.info("faulty dataset written to %s", args.data)
     return 0

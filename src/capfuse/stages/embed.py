@@ -14,8 +14,9 @@ from capfuse.training.selection import select_models
 from capfuse.utils.log import log, stage
 
 
-def run_embed(paths, cfg: dict, config_path: Path, *, only: list[str] | None = None,
-              quiet: bool | None = None) -> list[dict]:
+def run_embed(
+    paths, cfg: dict, config_path: Path, *, only: list[str] | None = None, quiet: bool | None = None
+) -> list[dict]:
     """Cache the features of every model of ``cfg``; returns one row per cache file."""
     models = select_models(cfg, config_path, only)
     with stage("embed", f"{paths.dataset}: {', '.join(models)}"):

@@ -45,8 +45,12 @@ def run_embeddings(paths: Paths, cfg: dict, *, model: str = "zeroshot", quiet: b
             settings = ZeroShotSettings.from_config({"zeroshot": meta["settings"]})
             feats, _ = load_features(ds, settings, quiet=quiet)
             vectors = embed_rows(net, feats, rows, tta=settings.tta)
-            source = {"model": "zeroshot", "fingerprint": meta["fingerprint"], "image_encoder": meta["image_encoder"],
-                      "caption_encoder": meta["caption_encoder"]}
+            source = {
+                "model": "zeroshot",
+                "fingerprint": meta["fingerprint"],
+                "image_encoder": meta["image_encoder"],
+                "caption_encoder": meta["caption_encoder"],
+            }
         else:
             settings = ZeroShotSettings.from_config(cfg)
             feats, checksums = load_features(ds, settings, quiet=quiet)
@@ -54,16 +58,28 @@ def run_embeddings(paths: Paths, cfg: dict, *, model: str = "zeroshot", quiet: b
             source = {"model": "backbone", "image_encoder": settings.image_encoder, "checksum": checksums[0]}
         n_train = len(ds.train_ids)
         captions = list(ds.val.train["Caption"]) + list(ds.val.test["Caption"])
-        ids = pd.DataFrame({"ImageID": [(ds.train_ids + ds.test_ids)[r] for r in rows],
-                            "split": np.where(rows < n_train, "train", "test"),
-                            "Caption": [captions[r] for r in rows]})
+        ids = pd.DataFrame(
+            {
+                "ImageID": [(ds.train_ids + ds.test_ids)[r] for r in rows],
+                "split": np.where(rows < n_train, "train", "test"),
+                "Caption": [captions[r] for r in rows],
+            }
+        )
         files = write_embeddings(embeddings_dir(paths), model, vectors, ids, {"space": SPACES[model], **source})
         log.info("wrote %d x %d embeddings to %s", len(vectors), vectors.shape[1], files["array"])
         return {"rows": len(vectors), "dim": int(vectors.shape[1]), "array": files["array"], "ids": files["ids"]}
 
 
-def run_search(paths: Paths, cfg: dict, *, image: str | None = None, text: str | None = None, k: int = 8,
-               model: str = "zeroshot", quiet: bool | None = None) -> pd.DataFrame:
+def run_search(
+    paths: Paths,
+    cfg: dict,
+    *,
+    image: str | None = None,
+    text: str | None = None,
+    k: int = 8,
+    model: str = "zeroshot",
+    quiet: bool | None = None,
+) -> pd.DataFrame:
     """The ``k`` nearest exported images to an image (dataset id or file) or a text query.
 
     A missing export, or one older than the projector, is made first (``run_embeddings``). Returns ``rank, ImageID, split,
@@ -91,8 +107,9 @@ def run_search(paths: Paths, cfg: dict, *, image: str | None = None, text: str |
         if model == "zeroshot":
             net, net_meta = load_model(model_dir(paths))
             tta = ZeroShotSettings.from_config({"zeroshot": net_meta["settings"]}).tta
-            feats, ok, problems = embed_image_files([Path(image)], net_meta["image_encoder"],
-                                                    views=("orig", "hflip") if tta else ("orig",))
+            feats, ok, problems = embed_image_files(
+                [Path(image)], net_meta["image_encoder"], views=("orig", "hflip") if tta else ("orig",)
+            )
             if problems:
                 raise ValueError(f"cannot read the query image: {problems[0]}")
             query = embed_rows(net, feats, np.arange(1), tta=tta)[0]

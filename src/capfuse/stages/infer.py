@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from capfuse import __version__
-from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
-from capfuse.metrics import summary as metric_summary
 from capfuse.data.dataset import load_dataset
+from capfuse.data.logits import read_logits
+from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.ensemble.second_level import (
     ensemble_dir,
     fit_stack,
@@ -28,18 +28,23 @@ from capfuse.ensemble.second_level import (
     thresholds_vector,
     trained_models,
 )
+from capfuse.metrics import summary as metric_summary
 from capfuse.submission import predictions_to_frame, write_submission
-from capfuse.data.logits import read_logits
-from capfuse.utils.numeric import sigmoid
 from capfuse.utils.io import read_json, sha256_file
 from capfuse.utils.log import log, stage
+from capfuse.utils.numeric import sigmoid
 
 
 def git_commit(root: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -47,8 +52,9 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _caption_fallback(ds, paths, trained: dict, rows: np.ndarray, binary: np.ndarray, min_labels: int,
-                      max_labels) -> dict:
+def _caption_fallback(
+    ds, paths, trained: dict, rows: np.ndarray, binary: np.ndarray, min_labels: int, max_labels
+) -> dict:
     """Predict test rows without a usable image from the best caption-only model, in place.
 
     The model need not be in the blend: the blend's image models saw zeros for these rows, so
@@ -68,7 +74,9 @@ def _caption_fallback(ds, paths, trained: dict, rows: np.ndarray, binary: np.nda
         prior = np.broadcast_to(ds.Y.mean(0), (int(rows.sum()), ds.Y.shape[1]))
         binary[rows] = apply_threshold(prior, 1.0, min_labels=max(1, min_labels), max_labels=max_labels)
         info = {"model": "class priors", "threshold": None}
-    log.warning("%d test rows have no usable image; predicted from %s (listed in the manifest)", len(ids), info["model"])
+    log.warning(
+        "%d test rows have no usable image; predicted from %s (listed in the manifest)", len(ids), info["model"]
+    )
     return dict(info, rows=ids)
 
 
@@ -95,8 +103,9 @@ CV_NOTE = {
 }
 
 
-def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None,
-              storage: str | None = None) -> dict:
+def run_infer(
+    paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None, storage: str | None = None
+) -> dict:
     """stack → thresholds → the checked submission and its manifest."""
     ds = load_dataset(paths, cfg, quiet=quiet)
     stacked = fit_stack(paths, cfg, ds)
@@ -131,14 +140,22 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
             "dataset": paths.dataset,
             "data_dir": str(paths.data_dir),
             "data_checksum": {f: sha256_file(paths.data_dir / f) for f in ("train.csv", "test.csv")},
-            "folds_file": str(paths.folds_file.relative_to(paths.root)) if paths.folds_file.is_relative_to(paths.root) else str(paths.folds_file),
+            "folds_file": str(paths.folds_file.relative_to(paths.root))
+            if paths.folds_file.is_relative_to(paths.root)
+            else str(paths.folds_file),
             "folds_sha256": sha256_file(paths.folds_file),
             "k": int(folds.max()) + 1,
             "models": stacked["base_models"],
             "second_level": {"kept": stacked["chosen"], "why": stacked["why"], "candidates": stacked["candidates"]},
-            "threshold": {"kind": chosen, "why": cut["why"], "global": cut["global"]["threshold"],
-                          "per_class": cut["per_class"]["thresholds"], **rule, "optuna_trials": cut["trials"],
-                          "study": cut["study"]},
+            "threshold": {
+                "kind": chosen,
+                "why": cut["why"],
+                "global": cut["global"]["threshold"],
+                "per_class": cut["per_class"]["thresholds"],
+                **rule,
+                "optuna_trials": cut["trials"],
+                "study": cut["study"],
+            },
             "cv": {k: round(float(v), 5) for k, v in cv.items()},
             "cv_in_sample_mean_f1": cut[chosen]["in_sample"],
             "cv_nested_mean_f1": cut[chosen]["nested"],
@@ -148,12 +165,19 @@ def run_infer(paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | N
             "image_fallback": fallback,
             "train_rows_quarantined": int(len(ds.val.quarantine)),
         }
-        written = write_submission(sub, ds.test_ids, class_ids, paths.submissions, paths.dataset, manifest,
-                                   timestamp=timestamp)
+        written = write_submission(
+            sub, ds.test_ids, class_ids, paths.submissions, paths.dataset, manifest, timestamp=timestamp
+        )
         log.info("%s over %d base models, %s thresholds", stacked["chosen"], len(stacked["base_models"]), chosen)
-        log.info("CV mean F1 %.4f (nested %.4f) | micro F1 %.4f | macro F1 %.4f | mAP %.4f", cv["mean_f1"],
-                 manifest["cv_nested_mean_f1"], cv["micro_f1"], cv["macro_f1"], cv["map"])
-        for key, path in written.items():
+        log.info(
+            "CV mean F1 %.4f (nested %.4f) | micro F1 %.4f | macro F1 %.4f | mAP %.4f",
+            cv["mean_f1"],
+            manifest["cv_nested_mean_f1"],
+            cv["micro_f1"],
+            cv["macro_f1"],
+            cv["map"],
+        )
+        for path in written.values():
             log.info("wrote %s", path)
         return {"manifest": manifest, "paths": {k: str(v) for k, v in written.items()}}
 
@@ -163,18 +187,32 @@ def summary_table(paths) -> str:
     parts = []
     board = paths.runs / "leaderboard.csv"
     if board.exists():
-        parts.append("Base models (out-of-fold, one global threshold fitted on the OOF rows):\n"
-                     + pd.read_csv(board).to_string(index=False))
+        parts.append(
+            "Base models (out-of-fold, one global threshold fitted on the OOF rows):\n"
+            + pd.read_csv(board).to_string(index=False)
+        )
     out = ensemble_dir(paths)
     if (out / "candidates.csv").exists():
-        parts.append("Second level (nested_mean_f1: global threshold fitted on the other folds):\n"
-                     + pd.read_csv(out / "candidates.csv").to_string(index=False))
+        parts.append(
+            "Second level (nested_mean_f1: global threshold fitted on the other folds):\n"
+            + pd.read_csv(out / "candidates.csv").to_string(index=False)
+        )
     if (out / "thresholds.json").exists():
         t = read_json(out / "thresholds.json")
-        rows = [{"thresholds": kind, "in_sample": t[kind]["in_sample"], "nested": t[kind]["nested"],
-                 "gap": t[kind]["gap"], "used": t["kind"] == kind} for kind in ("global", "per_class")]
-        parts.append(f"Thresholds on {t.get('candidate')} (nested: tuned on K-1 folds, scored on the held-out one):\n"
-                     + pd.DataFrame(rows).to_string(index=False))
+        rows = [
+            {
+                "thresholds": kind,
+                "in_sample": t[kind]["in_sample"],
+                "nested": t[kind]["nested"],
+                "gap": t[kind]["gap"],
+                "used": t["kind"] == kind,
+            }
+            for kind in ("global", "per_class")
+        ]
+        parts.append(
+            f"Thresholds on {t.get('candidate')} (nested: tuned on K-1 folds, scored on the held-out one):\n"
+            + pd.DataFrame(rows).to_string(index=False)
+        )
     return "\n\n".join(parts)
 
 
@@ -182,7 +220,11 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
     result = run_infer(paths, cfg, quiet=quiet, storage=args.storage)
     m = result["manifest"]
     print("\n" + summary_table(paths))
-    print(f"\nSubmission: {result['paths']['latest_csv']}  ({m['second_level']['kept']}, {m['threshold']['kind']} thresholds)")
-    print(f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
-          f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})")
+    print(
+        f"\nSubmission: {result['paths']['latest_csv']}  ({m['second_level']['kept']}, {m['threshold']['kind']} thresholds)"
+    )
+    print(
+        f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
+        f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})"
+    )
     return 0

@@ -30,8 +30,9 @@ def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
     rcfg = top.ratios
     percents = list(rcfg.percents)
     names = list(rcfg.models)
-    models = model_configs({**{k: v for k, v in cfg.items() if k not in ("models", "ratios")}, "models": names},
-                           config_path)
+    models = model_configs(
+        {**{k: v for k, v in cfg.items() if k not in ("models", "ratios")}, "models": names}, config_path
+    )
     seed = top.seed
     with stage("ratios", f"{paths.dataset}: {', '.join(names)} at {percents} % of the labels"):
         ds = load_dataset(paths, cfg, quiet=quiet)
@@ -40,10 +41,18 @@ def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         rows = []
         for name, model_cfg in models.items():
             feats = store.for_model(model_cfg, with_extra=True)  # an unlabelled folder joins the pool
-            common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds, class_ids=ds.class_ids,
-                          feats=feats, data_fingerprint=feats["fingerprint"])
-            settings = PseudoSettings.from_config({**asdict(resolve_model(model_cfg).pseudo),
-                                                   "rounds": rcfg.pseudo_rounds})
+            common = dict(
+                train_ids=ds.train_ids,
+                test_ids=ds.test_ids,
+                Y=ds.Y,
+                folds=folds,
+                class_ids=ds.class_ids,
+                feats=feats,
+                data_fingerprint=feats["fingerprint"],
+            )
+            settings = PseudoSettings.from_config(
+                {**asdict(resolve_model(model_cfg).pseudo), "rounds": rcfg.pseudo_rounds}
+            )
             plain = {k: v for k, v in model_cfg.items() if k not in ("pseudo", *SECOND_LEVEL_KEYS)} | {"name": name}
             for p in percents:
                 labelled = label_subset(ds.Y, p / 100.0, seed)
@@ -52,20 +61,44 @@ def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
                     base = train_model(name, plain, out_dir=root / name, labelled=labelled, **common)
                     if not base:
                         continue  # a non-zero torchrun rank
-                    _, report = pseudo_rounds(paths, ds, name, plain, base, settings, common, out_root=root,
-                                              labelled=labelled, report=root / "pseudo_rounds.csv", leaderboard=False)
+                    _, report = pseudo_rounds(
+                        paths,
+                        ds,
+                        name,
+                        plain,
+                        base,
+                        settings,
+                        common,
+                        out_root=root,
+                        labelled=labelled,
+                        report=root / "pseudo_rounds.csv",
+                        leaderboard=False,
+                    )
                 per_round = report[report["class"].astype(str) == "all"].sort_values("round")
                 best = per_round.loc[per_round["cv_mean_f1"].idxmax()]
-                rows.append({
-                    "percent": p, "model": name, "labelled_rows": int(labelled.sum()),
-                    "cv_mean_f1_without": base["cv_mean_f1"], "cv_map_without": base["cv_map"],
-                    "cv_mean_f1_round1": _round(per_round, 1), "cv_mean_f1_with": float(best["cv_mean_f1"]),
-                    "best_round": int(best["round"]), "rounds_run": int(per_round["round"].max()),
-                    "gain": round(float(best["cv_mean_f1"]) - base["cv_mean_f1"], 5),
-                    "pseudo_precision_round1": _round(per_round, 1, "precision"),
-                })
-                log.info("%g %% labels, %s: CV mean F1 %.4f without pseudo-labels, %.4f with (round %d)", p, name,
-                         base["cv_mean_f1"], best["cv_mean_f1"], best["round"])
+                rows.append(
+                    {
+                        "percent": p,
+                        "model": name,
+                        "labelled_rows": int(labelled.sum()),
+                        "cv_mean_f1_without": base["cv_mean_f1"],
+                        "cv_map_without": base["cv_map"],
+                        "cv_mean_f1_round1": _round(per_round, 1),
+                        "cv_mean_f1_with": float(best["cv_mean_f1"]),
+                        "best_round": int(best["round"]),
+                        "rounds_run": int(per_round["round"].max()),
+                        "gain": round(float(best["cv_mean_f1"]) - base["cv_mean_f1"], 5),
+                        "pseudo_precision_round1": _round(per_round, 1, "precision"),
+                    }
+                )
+                log.info(
+                    "%g %% labels, %s: CV mean F1 %.4f without pseudo-labels, %.4f with (round %d)",
+                    p,
+                    name,
+                    base["cv_mean_f1"],
+                    best["cv_mean_f1"],
+                    best["round"],
+                )
         table = pd.DataFrame(rows)
         write_csv(paths.runs / "label_ratios.csv", table)
         log.info("label ratios (%s):\n%s", paths.runs / "label_ratios.csv", table.to_string(index=False))

@@ -17,7 +17,9 @@ from capfuse.utils.dist import init_distributed
 from capfuse.utils.log import log, stage
 
 
-def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = None, quiet: bool | None = None) -> pd.DataFrame:
+def run_train(
+    paths, cfg: dict, config_path: Path, *, only: list[str] | None = None, quiet: bool | None = None
+) -> pd.DataFrame:
     models = select_models(cfg, config_path, only)
     with stage("train", f"{paths.dataset}: {', '.join(models)}"):
         ds = load_dataset(paths, cfg, quiet=quiet)
@@ -29,8 +31,15 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
                 settings = resolve_model(model_cfg).pseudo
                 # The unlabelled folder's rows join only models with rounds: the others never use them.
                 feats = store.for_model(model_cfg, with_extra=settings.rounds > 0)
-                common = dict(train_ids=ds.train_ids, test_ids=ds.test_ids, Y=ds.Y, folds=folds,
-                              class_ids=ds.class_ids, feats=feats, data_fingerprint=feats["fingerprint"])
+                common = dict(
+                    train_ids=ds.train_ids,
+                    test_ids=ds.test_ids,
+                    Y=ds.Y,
+                    folds=folds,
+                    class_ids=ds.class_ids,
+                    feats=feats,
+                    data_fingerprint=feats["fingerprint"],
+                )
                 # Round 0 is the plain model: its pseudo settings concern later rounds only and
                 # must not change its fingerprint.
                 plain = {k: v for k, v in model_cfg.items() if k != "pseudo"}
@@ -38,8 +47,13 @@ def run_train(paths, cfg: dict, config_path: Path, *, only: list[str] | None = N
                 if not metrics:
                     continue  # a non-zero torchrun rank: rank 0 writes the artefacts
                 board = update_leaderboard(paths.runs / "leaderboard.csv", metrics)
-                log.info("%s: CV mean F1 %.4f (threshold %.2f), mAP %.4f", name, metrics["cv_mean_f1"],
-                         metrics["threshold"], metrics["cv_map"])
+                log.info(
+                    "%s: CV mean F1 %.4f (threshold %.2f), mAP %.4f",
+                    name,
+                    metrics["cv_mean_f1"],
+                    metrics["threshold"],
+                    metrics["cv_map"],
+                )
                 if settings.rounds:
                     rounds_board, _ = pseudo_rounds(paths, ds, name, model_cfg, metrics, settings, common)
                     board = rounds_board if rounds_board is not None else board

@@ -58,10 +58,16 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
         feats, checksums = load_features(ds, settings, quiet=quiet)
         unseen = pick_unseen(Y, names, settings.unseen, min_positives=settings.min_positives, seed=seed)
         seen = [c for c in range(len(names)) if c not in unseen]
-        fingerprint = _fingerprint(STAGE_VERSION, settings.to_dict(), seed, checksums, sha256_file(paths.folds_file),
-                                   names, Y.tobytes())
+        fingerprint = _fingerprint(
+            STAGE_VERSION, settings.to_dict(), seed, checksums, sha256_file(paths.folds_file), names, Y.tobytes()
+        )
         meta_file = folder / META_FILE
-        if not force and out_csv.exists() and meta_file.exists() and read_json(meta_file).get("fingerprint") == fingerprint:
+        if (
+            not force
+            and out_csv.exists()
+            and meta_file.exists()
+            and read_json(meta_file).get("fingerprint") == fingerprint
+        ):
             log.info("zeroshot is up to date (%s); --force retrains", meta_file)
             table = pd.read_csv(out_csv)
             log.info("\n%s", table.to_string(index=False, float_format="%.4f"))
@@ -71,7 +77,9 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
 
         n_train = len(ds.train_ids)
         test_rows = n_train + np.flatnonzero(ds.image_ok[n_train:])
-        eval_folds = sorted(set(folds.tolist())) if settings.eval_folds == "all" else [int(k) for k in settings.eval_folds]
+        eval_folds = (
+            sorted(set(folds.tolist())) if settings.eval_folds == "all" else [int(k) for k in settings.eval_folds]
+        )
         emb = np.full((n_train, text.shape[1]), np.nan, np.float32)
         logs = []
         for k in eval_folds:
@@ -83,12 +91,18 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
             # Only the seen columns are handed over: the unseen labels cannot reach training.
             labels = np.zeros((len(rows), len(seen)), np.float32)
             labels[labelled] = Y[np.ix_(rows[labelled], seen)]
-            net, history = train_projection(feats, rows, settings, seed=seed + k, labels=labels, labelled=labelled,
-                                            label_text=text[seen])
+            net, history = train_projection(
+                feats, rows, settings, seed=seed + k, labels=labels, labelled=labelled, label_text=text[seen]
+            )
             emb[held] = embed_rows(net, feats, held, tta=settings.tta)
             logs.append({"fold": k, "train_rows": int(len(rows)), "eval_rows": int(len(held)), "history": history})
-            log.info("zeroshot fold %d: %d training rows, %d held out, final loss %.3f", k, len(rows), len(held),
-                     history[-1]["loss"])
+            log.info(
+                "zeroshot fold %d: %d training rows, %d held out, final loss %.3f",
+                k,
+                len(rows),
+                len(held),
+                history[-1]["loss"],
+            )
         rows_eval = np.flatnonzero(np.isfinite(emb[:, 0]))
         Ye = Y[rows_eval]
         image_scores = emb[rows_eval] @ text.T
@@ -105,33 +119,54 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
         folder.mkdir(parents=True, exist_ok=True)
         write_csv(folder / "per_class.csv", per_class)
         write_csv(out_csv, table)
-        log.info("zero-shot on %d held-out images, unseen: %s\n%s", len(rows_eval), ", ".join(names[c] for c in unseen),
-                 table.to_string(index=False, float_format="%.4f"))
+        log.info(
+            "zero-shot on %d held-out images, unseen: %s\n%s",
+            len(rows_eval),
+            ", ".join(names[c] for c in unseen),
+            table.to_string(index=False, float_format="%.4f"),
+        )
 
         # The deployed projector: every row, every class's labels (no class is held out any more).
         rows = np.concatenate([np.arange(n_train), test_rows])
         labelled = rows < n_train
         labels = np.zeros((len(rows), len(names)), np.float32)
         labels[labelled] = Y[rows[labelled]]
-        net, history = train_projection(feats, rows, settings, seed=seed, labels=labels, labelled=labelled,
-                                         label_text=text)
+        net, history = train_projection(
+            feats, rows, settings, seed=seed, labels=labels, labelled=labelled, label_text=text
+        )
         minutes = (time.perf_counter() - start) / 60
-        write_text(folder / "log.jsonl", "".join(json.dumps(r) + "\n" for r in logs + [{"fold": "all", "history": history}]))
-        save_model(folder, net, {
-            "dataset": paths.dataset, "fingerprint": fingerprint, "seed": seed, "settings": settings.to_dict(),
-            "img_dim": int(next(iter(feats.pooled.values())).shape[1]), "text_dim": int(text.shape[1]),
-            "image_encoder": settings.image_encoder, "caption_encoder": settings.caption_encoder,
-            "classes": {"ids": list(ds.class_ids), "names": names},
-            "evaluation": {"unseen": [names[c] for c in unseen], "folds": eval_folds, "images": int(len(rows_eval))},
-            "trained_on": {"rows": int(len(rows)), "labelled_rows": int(labelled.sum()), "label_classes": names},
-            "minutes": round(minutes, 2),
-        })
+        write_text(
+            folder / "log.jsonl", "".join(json.dumps(r) + "\n" for r in logs + [{"fold": "all", "history": history}])
+        )
+        save_model(
+            folder,
+            net,
+            {
+                "dataset": paths.dataset,
+                "fingerprint": fingerprint,
+                "seed": seed,
+                "settings": settings.to_dict(),
+                "img_dim": int(next(iter(feats.pooled.values())).shape[1]),
+                "text_dim": int(text.shape[1]),
+                "image_encoder": settings.image_encoder,
+                "caption_encoder": settings.caption_encoder,
+                "classes": {"ids": list(ds.class_ids), "names": names},
+                "evaluation": {
+                    "unseen": [names[c] for c in unseen],
+                    "folds": eval_folds,
+                    "images": int(len(rows_eval)),
+                },
+                "trained_on": {"rows": int(len(rows)), "labelled_rows": int(labelled.sum()), "label_classes": names},
+                "minutes": round(minutes, 2),
+            },
+        )
         log.info("wrote %s and %s (%.1f min)", out_csv, folder, minutes)
         return table
 
 
-def run_zeroshot_score(model_folder: Path, images: Path, labels: list[str], *, top: int = 5,
-                       out: Path | None = None) -> pd.DataFrame:
+def run_zeroshot_score(
+    model_folder: Path, images: Path, labels: list[str], *, top: int = 5, out: Path | None = None
+) -> pd.DataFrame:
     """Score label names on every image of a folder with a saved projector.
 
     Returns one row per image file (``image`` then one column per label, cosine similarity);
@@ -139,7 +174,7 @@ def run_zeroshot_score(model_folder: Path, images: Path, labels: list[str], *, t
     """
     labels = [lab.strip() for lab in labels if lab.strip()]
     if not labels:
-        raise ValueError("give at least one label name, e.g. --labels \"cat,dog,red bus\"")
+        raise ValueError('give at least one label name, e.g. --labels "cat,dog,red bus"')
     if len(set(labels)) != len(labels):
         raise ValueError(f"label names repeat: {labels}")
     net, meta = load_model(model_folder)
@@ -178,6 +213,7 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
 def cli_score(args) -> int:
     """``capfuse zeroshot-score``: needs no dataset, only a saved projector and a folder of images."""
     folder = Path(args.model) if args.model else model_dir(Paths(Path(args.data), Path(args.root).resolve()))
-    run_zeroshot_score(folder, Path(args.images), args.labels.split(","), top=args.top,
-                       out=Path(args.out) if args.out else None)
+    run_zeroshot_score(
+        folder, Path(args.images), args.labels.split(","), top=args.top, out=Path(args.out) if args.out else None
+    )
     return 0

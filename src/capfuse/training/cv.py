@@ -76,7 +76,9 @@ def train_model(
     seed = settings.seed
     model = MODELS.create(settings.kind, cfg=settings, seed=seed)
     if pseudo_from is not None and settings.kind != "net":
-        raise ValueError(f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {settings.kind}")
+        raise ValueError(
+            f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {settings.kind}"
+        )
     k = int(folds.max()) + 1
     folds_checksum = folds_sha(folds)
     # Label-ratio mode: only ``labelled`` train rows train; the others are predicted by every fold
@@ -138,11 +140,24 @@ def train_model(
             pseudo = None
             if pseudo_from is not None:
                 pool_ok = feats.get("test_image_ok", np.ones(len(test_ids), bool))
-                pseudo = pseudo_targets(pseudo_from, fold, Y, tr, len(train_ids), pool_ok, folds_checksum, train_ids,
-                                        unlabelled=unlabelled, folds=folds, feats=feats)
+                pseudo = pseudo_targets(
+                    pseudo_from,
+                    fold,
+                    Y,
+                    tr,
+                    len(train_ids),
+                    pool_ok,
+                    folds_checksum,
+                    train_ids,
+                    unlabelled=unlabelled,
+                    folds=folds,
+                    feats=feats,
+                )
                 if is_main:
                     n_pos, n_neg = pseudo_counts(pseudo.targets, pseudo.mask)
-                    write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": n_pos.tolist(), "n_neg": n_neg.tolist()})
+                    write_json(
+                        fold_dir / "pseudo.json", {**pseudo.info, "n_pos": n_pos.tolist(), "n_neg": n_neg.tolist()}
+                    )
                     write_npy(fold_dir / "pseudo_rows.npy", pseudo.rows)
                     write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
                     write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
@@ -180,7 +195,9 @@ def train_model(
         "cv_gap": round(float(gap_at_k(Y, probs, None)), 5),
         "threshold": round(float(threshold), 3),
         # Summed over the folds' own records, so a resumed run reports the whole training time.
-        "train_minutes": round(sum(read_json(out_dir / f"fold{f}" / "done.json")["seconds"] for f in range(k)) / 60.0, 3),
+        "train_minutes": round(
+            sum(read_json(out_dir / f"fold{f}" / "done.json")["seconds"] for f in range(k)) / 60.0, 3
+        ),
         **light_report(settings, *model.head_cost(feats, len(class_ids))),
     }
     write_json(out_dir / "metrics.json", metrics)
@@ -201,8 +218,9 @@ def _fold_fingerprint(fold_dir: Path) -> str | None:
     return str(record.get("fingerprint", "")) if isinstance(record, dict) else ""
 
 
-def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, seed: int, seconds: float, name: str,
-                fingerprint: str) -> None:
+def _write_fold(
+    fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, seed: int, seconds: float, name: str, fingerprint: str
+) -> None:
     """Logits first, the log line next, ``done.json`` last: its presence means the fold is complete,
     and its ``fingerprint`` says under which config, data and folds."""
     write_npy(fold_dir / "val_logits.npy", result.val_logits)
@@ -213,9 +231,14 @@ def _write_fold(fold_dir: Path, log_path: Path, result, Y, tr, va, fold: int, se
         write_npy(fold_dir / f"{part}_align.npy", scores)
     val_pred = apply_threshold(sigmoid(result.val_logits), 0.5)
     record = {
-        "fold": fold, "seed": seed + fold, "n_train": len(tr), "n_val": len(va),
+        "fold": fold,
+        "seed": seed + fold,
+        "n_train": len(tr),
+        "n_val": len(va),
         "val_mean_f1@0.5": float(mean_sample_f1(Y[va], val_pred)),
-        "seconds": round(seconds, 2), **result.info, "fingerprint": fingerprint,
+        "seconds": round(seconds, 2),
+        **result.info,
+        "fingerprint": fingerprint,
     }
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")

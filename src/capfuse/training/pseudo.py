@@ -59,8 +59,9 @@ def ramp(epoch: int, ramp_epochs: float) -> float:
     return min(1.0, (epoch + 1) / ramp_epochs)
 
 
-def select(probs: np.ndarray, prior: np.ndarray, settings: PseudoSettings,
-           order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def select(
+    probs: np.ndarray, prior: np.ndarray, settings: PseudoSettings, order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Class-aware pseudo-labels for the pool: (targets [P, C], mask [P, C], cut-offs per class).
 
     For class c with ``e = prior_c * P`` expected positives, the ``round(pos_keep * e)`` rows
@@ -83,7 +84,7 @@ def select(probs: np.ndarray, prior: np.ndarray, settings: PseudoSettings,
         n_pos = int(round(settings.pos_keep * expected))
         n_neg = int(round(settings.neg_keep * (n - expected)))
         n_neg = min(n_neg, n - n_pos)  # never both positive and negative
-        pos, neg = order_j[:n_pos], order_j[n - n_neg:] if n_neg else order_j[:0]
+        pos, neg = order_j[:n_pos], order_j[n - n_neg :] if n_neg else order_j[:0]
         targets[pos, j] = p[pos, j] if settings.soft else 1.0
         targets[neg, j] = p[neg, j] if settings.soft else 0.0
         mask[pos, j] = mask[neg, j] = 1
@@ -101,7 +102,9 @@ def folds_sha(folds: np.ndarray) -> str:
 def provenance(round_: int, fold: int, producer: str, producer_record: dict, folds_checksum: str) -> dict:
     """The record written beside fold ``fold``'s pseudo-labels of round ``round_``."""
     return {
-        "round": round_, "fold": fold, "producer": producer,
+        "round": round_,
+        "fold": fold,
+        "producer": producer,
         "producer_held_out_fold": producer_record.get("fold"),
         "producer_folds_sha256": producer_record.get("folds_sha256"),
         "folds_sha256": folds_checksum,
@@ -120,7 +123,8 @@ def check_provenance(record: dict, fold: int, folds_checksum: str) -> None:
     if record.get("producer_held_out_fold") != fold:
         raise ProvenanceError(
             f"{where}: the producer held out fold {record.get('producer_held_out_fold')}, so it trained on "
-            f"fold {fold}'s labels; only the fold-{fold} model of the previous round may label for fold {fold}")
+            f"fold {fold}'s labels; only the fold-{fold} model of the previous round may label for fold {fold}"
+        )
     if record.get("producer_folds_sha256") != folds_checksum or record.get("folds_sha256") != folds_checksum:
         raise ProvenanceError(f"{where}: the producer was trained on another fold file; retrain the rounds")
 
@@ -143,8 +147,11 @@ def pseudo_quality(targets: np.ndarray, mask: np.ndarray, truth: np.ndarray) -> 
     """
     known = truth >= 0  # -1: a row whose label nobody knows (e.g. an unlabelled folder without labels)
     kept = kept_positives(targets, mask) & known
-    return {"tp": (kept & (truth == 1)).sum(0).astype(int), "n_true": (truth == 1).sum(0).astype(int),
-            "n_kept": kept.sum(0).astype(int)}
+    return {
+        "tp": (kept & (truth == 1)).sum(0).astype(int),
+        "n_true": (truth == 1).sum(0).astype(int),
+        "n_kept": kept.sum(0).astype(int),
+    }
 
 
 def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
@@ -170,8 +177,16 @@ def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
     return keep
 
 
-def propagate(features: np.ndarray, labelled: np.ndarray, Y: np.ndarray, *, k: int = 10, alpha: float = 0.99,
-              gamma: float = 3.0, iters: int = 20) -> np.ndarray:
+def propagate(
+    features: np.ndarray,
+    labelled: np.ndarray,
+    Y: np.ndarray,
+    *,
+    k: int = 10,
+    alpha: float = 0.99,
+    gamma: float = 3.0,
+    iters: int = 20,
+) -> np.ndarray:
     """Label propagation over a kNN graph of the rows (Iscen et al., 2019): scores [N, C].
 
     ``features`` [N, D] holds every row of the graph (labelled rows and the pool); ``labelled``
@@ -189,13 +204,14 @@ def propagate(features: np.ndarray, labelled: np.ndarray, Y: np.ndarray, *, k: i
     nbr = np.empty((n, k), np.int64)
     sim = np.empty((n, k), np.float32)
     for start in range(0, n, 2048):  # chunks keep the similarity block small at 30k rows
-        s = x[start:start + 2048] @ x.T
-        np.fill_diagonal(s[:, start:start + 2048], -np.inf)
+        s = x[start : start + 2048] @ x.T
+        np.fill_diagonal(s[:, start : start + 2048], -np.inf)
         idx = np.argpartition(-s, k, axis=1)[:, :k]
-        nbr[start:start + len(s)] = idx
-        sim[start:start + len(s)] = np.take_along_axis(s, idx, axis=1)
-    w = sparse.csr_matrix((np.clip(sim, 0, None).ravel() ** gamma, (np.repeat(np.arange(n), k), nbr.ravel())),
-                          shape=(n, n))
+        nbr[start : start + len(s)] = idx
+        sim[start : start + len(s)] = np.take_along_axis(s, idx, axis=1)
+    w = sparse.csr_matrix(
+        (np.clip(sim, 0, None).ravel() ** gamma, (np.repeat(np.arange(n), k), nbr.ravel())), shape=(n, n)
+    )
     w = w + w.T
     d = np.asarray(w.sum(1)).ravel()
     d = 1.0 / np.sqrt(np.maximum(d, 1e-12))
@@ -215,6 +231,7 @@ def rank_blend(probs: np.ndarray, graph: np.ndarray, weight: float) -> np.ndarra
     Selection only orders each class's scores, so ranks lose nothing and need no calibration
     between two scores on unrelated scales.
     """
+
     def ranks(a: np.ndarray) -> np.ndarray:
         r = np.argsort(np.argsort(a, axis=0, kind="stable"), axis=0, kind="stable")
         return r / max(len(a) - 1, 1)
@@ -236,10 +253,19 @@ class PseudoSource:
         return read_json(self.producer_dir / "fingerprint.json")["fingerprint"]
 
 
-def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, n_train: int,
-                   pool_ok: np.ndarray, folds_checksum: str, train_ids: list[str] | None = None,
-                   unlabelled: np.ndarray | None = None, folds: np.ndarray | None = None,
-                   feats: dict | None = None) -> PseudoTargets:
+def pseudo_targets(
+    src: PseudoSource,
+    fold: int,
+    Y: np.ndarray,
+    tr: np.ndarray,
+    n_train: int,
+    pool_ok: np.ndarray,
+    folds_checksum: str,
+    train_ids: list[str] | None = None,
+    unlabelled: np.ndarray | None = None,
+    folds: np.ndarray | None = None,
+    feats: dict | None = None,
+) -> PseudoTargets:
     """Fold ``fold``'s pseudo-labels: the previous round's fold-``fold`` test predictions, checked.
 
     The prior that sets each class's cut-offs is the positive rate of the rows this fold trains
@@ -260,8 +286,10 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
         # Paper (b): the label-query head's alignment scores rank the pool; the producer's
         # probabilities still give the soft targets and the cut-offs reported.
         if not (fold_dir / "test_align.npy").exists():
-            raise ValueError(f"pseudo.scores: align needs a producer with a label-query head "
-                             f"(fusion.label_query); {fold_dir} has no test_align.npy")
+            raise ValueError(
+                f"pseudo.scores: align needs a producer with a label-query head "
+                f"(fusion.label_query); {fold_dir} has no test_align.npy"
+            )
         align = np.load(fold_dir / "test_align.npy")
     pool = np.flatnonzero(pool_ok)  # unreadable test images: zeros in, nothing to learn from
     rows, pool_logits = n_train + pool, logits[pool]
@@ -288,13 +316,18 @@ def pseudo_targets(src: PseudoSource, fold: int, Y: np.ndarray, tr: np.ndarray, 
         # The graph holds this fold's training rows (its only seeds) and the pool; fold
         # ``fold``'s rows are absent, so neither their labels nor their places steer it.
         nodes = np.concatenate([tr, rows])
-        scores = propagate(x[nodes], np.arange(len(tr)), Y[tr], k=src.settings.graph_k)[len(tr):]
+        scores = propagate(x[nodes], np.arange(len(tr)), Y[tr], k=src.settings.graph_k)[len(tr) :]
         order = rank_blend(probs if order is None else order, scores, src.settings.graph)
         info.update(graph=src.settings.graph, graph_k=src.settings.graph_k)
     targets, mask, cuts = select(probs, Y[tr].mean(0), src.settings, order)
-    return PseudoTargets(rows=rows, targets=targets, mask=mask, weight=src.settings.weight,
-                         ramp_epochs=src.settings.ramp_epochs,
-                         info={**prov, "pool_rows": int(len(pool)), **info, **{k: v.tolist() for k, v in cuts.items()}})
+    return PseudoTargets(
+        rows=rows,
+        targets=targets,
+        mask=mask,
+        weight=src.settings.weight,
+        ramp_epochs=src.settings.ramp_epochs,
+        info={**prov, "pool_rows": int(len(pool)), **info, **{k: v.tolist() for k, v in cuts.items()}},
+    )
 
 
 def graph_features(feats: dict) -> np.ndarray | None:

@@ -20,10 +20,21 @@ from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
 
-def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings: PseudoSettings,
-                  common: dict, *, out_root: Path | None = None, labelled: np.ndarray | None = None,
-                  report: Path | None = None, leaderboard: bool = True,
-                  producer_root: Path | None = None) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+def pseudo_rounds(
+    paths,
+    ds,
+    name: str,
+    model_cfg: dict,
+    metrics: dict,
+    settings: PseudoSettings,
+    common: dict,
+    *,
+    out_root: Path | None = None,
+    labelled: np.ndarray | None = None,
+    report: Path | None = None,
+    leaderboard: bool = True,
+    producer_root: Path | None = None,
+) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """Rounds 1..R of ``name``, each a model ``name@r<r>`` labelled by the round before it.
 
     A round whose CV mean F1 does not beat the previous round's by more than ``min_gain`` ends
@@ -43,8 +54,7 @@ def pseudo_rounds(paths, ds, name: str, model_cfg: dict, metrics: dict, settings
         src = PseudoSource(prev_name, ((producer_root or out_root) if r == 1 else out_root) / prev_name, settings, r)
         with stage(f"train {rname}", f"pseudo-labels from {prev_name}"):
             round_cfg = {**model_cfg, "name": rname, "pseudo_round": r, "pseudo": dataclasses.asdict(settings)}
-            cur = train_model(rname, round_cfg, out_dir=out_root / rname,
-                              pseudo_from=src, labelled=labelled, **common)
+            cur = train_model(rname, round_cfg, out_dir=out_root / rname, pseudo_from=src, labelled=labelled, **common)
         if not cur:
             return None, pd.DataFrame()
         if leaderboard:
@@ -71,6 +81,7 @@ def _pool_truth(paths, ds) -> np.ndarray | None:
     The test part comes from the demo's ``test_labels.csv`` and the folder's from its
     ``unlabelled_labels.csv``; no stage trains on either. Rows without a known label are -1.
     """
+
     def read(path, ids) -> np.ndarray:
         out = np.full((len(ids), len(ds.class_ids)), -1, np.int8)
         if not path.exists():
@@ -78,27 +89,38 @@ def _pool_truth(paths, ds) -> np.ndarray | None:
         labels = pd.read_csv(path, dtype={"ImageID": str, "Labels": str}, keep_default_na=False).set_index("ImageID")
         known = [i for i, image_id in enumerate(ids) if image_id in labels.index]
         if len(known) < len(ids):
-            log.warning("%s lacks %d of %d ids: no pseudo-label precision for them", path, len(ids) - len(known), len(ids))
+            log.warning(
+                "%s lacks %d of %d ids: no pseudo-label precision for them", path, len(ids) - len(known), len(ids)
+            )
         if known:
-            out[known] = ds.val.classes.to_matrix([[int(x) for x in labels.loc[ids[i], "Labels"].split()] for i in known])
+            out[known] = ds.val.classes.to_matrix(
+                [[int(x) for x in labels.loc[ids[i], "Labels"].split()] for i in known]
+            )
         return out
 
     parts = [ds.Y.astype(np.int8), read(paths.data_dir / "test_labels.csv", ds.test_ids)]
     if ds.extra is not None:
         parts.append(read(ds.extra_dir / "unlabelled_labels.csv", list(ds.extra["ImageID"])))
     truth = np.concatenate(parts)
-    return truth if (truth[len(ds.Y):] >= 0).any() else None
+    return truth if (truth[len(ds.Y) :] >= 0).any() else None
 
 
-def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, truth, class_ids,
-                note: str) -> pd.DataFrame:
+def _round_rows(
+    model: str, round_: int, metrics: dict, run_dir: Path | None, truth, class_ids, note: str
+) -> pd.DataFrame:
     """One row per class (and one for all classes) of one round: pseudo-labels, their quality, CV.
 
     Every fold labels the same pool with its own producer; counts are the mean over folds, and
     precision and recall pool the folds' entries.
     """
-    base = {"base_model": model.split("@")[0], "model": model, "round": round_, "cv_mean_f1": metrics["cv_mean_f1"],
-            "cv_map": metrics["cv_map"], "note": note}
+    base = {
+        "base_model": model.split("@")[0],
+        "model": model,
+        "round": round_,
+        "cv_mean_f1": metrics["cv_mean_f1"],
+        "cv_map": metrics["cv_map"],
+        "note": note,
+    }
     if run_dir is None:
         return pd.DataFrame([{**base, "class": "all"}])
     c = len(class_ids)
@@ -120,8 +142,23 @@ def _round_rows(model: str, round_: int, metrics: dict, run_dir: Path | None, tr
         pos, hit, true = n_kept[sel].sum(), tp[sel].sum(), n_true[sel].sum()
         return {"precision": round(hit / pos, 4) if pos else None, "recall": round(hit / true, 4) if true else None}
 
-    out = [{**base, "class": cid, "pseudo_pos": round(n_pos[j] / k, 1), "pseudo_neg": round(n_neg[j] / k, 1),
-            **quality([j])} for j, cid in enumerate(class_ids)]
-    out.append({**base, "class": "all", "pseudo_pos": round(n_pos.sum() / k, 1), "pseudo_neg": round(n_neg.sum() / k, 1),
-                **quality(slice(None))})
+    out = [
+        {
+            **base,
+            "class": cid,
+            "pseudo_pos": round(n_pos[j] / k, 1),
+            "pseudo_neg": round(n_neg[j] / k, 1),
+            **quality([j]),
+        }
+        for j, cid in enumerate(class_ids)
+    ]
+    out.append(
+        {
+            **base,
+            "class": "all",
+            "pseudo_pos": round(n_pos.sum() / k, 1),
+            "pseudo_neg": round(n_neg.sum() / k, 1),
+            **quality(slice(None)),
+        }
+    )
     return pd.DataFrame(out)

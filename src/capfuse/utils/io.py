@@ -186,9 +186,12 @@ def _reserve(fd: int, offset: int, nbytes: int, path: Path) -> None:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         free = shutil.disk_usage(path.parent).free
-        raise DiskFullError(exc.errno, f"{_artefact(path)}: no room on the disk for this array: it needs "
-                                       f"{_size(nbytes)}, and {path.parent} has {_size(free)} free; free some "
-                                       "space or put runs/ on a larger disk") from exc
+        raise DiskFullError(
+            exc.errno,
+            f"{_artefact(path)}: no room on the disk for this array: it needs "
+            f"{_size(nbytes)}, and {path.parent} has {_size(free)} free; free some "
+            "space or put runs/ on a larger disk",
+        ) from exc
 
 
 def _artefact(path: Path) -> Path:
@@ -240,8 +243,9 @@ def remove_stale_tmp(folder: str | os.PathLike) -> int:
             path.unlink()
             freed, removed = freed + st.st_size, removed + 1
     if removed:
-        log.info("removed %d stale temporary files (%s) left by an interrupted run in %s",
-                 removed, _size(freed), folder)
+        log.info(
+            "removed %d stale temporary files (%s) left by an interrupted run in %s", removed, _size(freed), folder
+        )
     return freed
 
 

@@ -48,8 +48,10 @@ def dataset_lock(runs: Path, *, wait: bool = False, what: str = "") -> Iterator[
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
-                raise RunLocked(f"{path}: another capfuse run ({holder(path)}) is writing to {runs}; "
-                                "wait for it to finish, or pass --wait to start when it does") from None
+                raise RunLocked(
+                    f"{path}: another capfuse run ({holder(path)}) is writing to {runs}; "
+                    "wait for it to finish, or pass --wait to start when it does"
+                ) from None
             log.info("%s is held by %s; waiting for it to finish", path, holder(path))
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)

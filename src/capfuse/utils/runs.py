@@ -30,8 +30,10 @@ class NotOurs(ValueError):
 def check_name(name: object, what: str) -> str:
     """``name`` if it is a plain name (letters, digits, ``_ . @ -``; not ``.`` or ``..``)."""
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
-        raise NotOurs(f"{what} {name!r} is not a plain name: use letters, digits and _ . @ - only "
-                      "(no slash, no spaces, not '.' or '..')")
+        raise NotOurs(
+            f"{what} {name!r} is not a plain name: use letters, digits and _ . @ - only "
+            "(no slash, no spaces, not '.' or '..')"
+        )
     return name
 
 
@@ -47,8 +49,10 @@ def check_inside(path: Path, home: Path) -> None:
     """Refuse ``path`` unless it resolves (symlinks followed) to a place strictly inside ``home``."""
     real, base = Path(path).resolve(), Path(home).resolve()
     if real == base or not real.is_relative_to(base):
-        raise NotOurs(f"{path} resolves to {real}, outside {base}: a symlink there points away; "
-                      "remove the link or use another name")
+        raise NotOurs(
+            f"{path} resolves to {real}, outside {base}: a symlink there points away; "
+            "remove the link or use another name"
+        )
 
 
 def fingerprint_record(fingerprint: str) -> dict:
@@ -83,6 +87,8 @@ def remove_run(folder: Path, home: Path) -> None:
         raise NotOurs(f"{folder} is a symlink (to {folder.resolve()}); capfuse removes only its own run folders")
     check_inside(folder, home)
     if not folder.is_dir() or read_fingerprint(folder) is None:
-        raise NotOurs(f"{folder} holds no capfuse {FINGERPRINT_FILE}: it was not written by capfuse, so it is "
-                      "not removed; move it away or use another model name")
+        raise NotOurs(
+            f"{folder} holds no capfuse {FINGERPRINT_FILE}: it was not written by capfuse, so it is "
+            "not removed; move it away or use another model name"
+        )
     shutil.rmtree(folder)

@@ -19,8 +19,9 @@ F1_KS = (3, 5)
 GAP_K = 10
 
 
-def pick_unseen(Y: np.ndarray, names: Sequence[str], unseen: int | Sequence, *, min_positives: int, seed: int
-                ) -> list[int]:
+def pick_unseen(
+    Y: np.ndarray, names: Sequence[str], unseen: int | Sequence, *, min_positives: int, seed: int
+) -> list[int]:
     """Column indices of the unseen classes: ``unseen`` names (or ids), or N drawn by ``seed``.
 
     Drawn classes need ``min_positives`` training positives so that their evaluation has
@@ -39,8 +40,10 @@ def pick_unseen(Y: np.ndarray, names: Sequence[str], unseen: int | Sequence, *, 
         n = int(unseen)
         eligible = np.flatnonzero(np.asarray(Y).sum(0) >= min_positives)
         if not 1 <= n < len(names) or n > len(eligible):
-            raise ValueError(f"zeroshot.unseen={n}: need 1 <= N < {len(names)} classes and N <= "
-                             f"{len(eligible)} classes with >= {min_positives} positives")
+            raise ValueError(
+                f"zeroshot.unseen={n}: need 1 <= N < {len(names)} classes and N <= "
+                f"{len(eligible)} classes with >= {min_positives} positives"
+            )
         cols = sorted(np.random.default_rng(seed).choice(eligible, size=n, replace=False).tolist())
     if len(cols) >= len(names):
         raise ValueError("zeroshot.unseen holds every class: nothing would be left to train on")
@@ -72,23 +75,33 @@ def random_metrics(Y: np.ndarray, unseen: Sequence[int], seeds: int, seed: int) 
     """The random scorer's metrics, averaged over ``seeds`` draws of uniform scores."""
     rng = np.random.default_rng(seed)
     runs = [zeroshot_metrics(Y, rng.random(Y.shape), unseen) for _ in range(max(1, seeds))]
-    return {s: {k: float(np.mean([r[s][k] for r in runs])) if k not in ("n_images", "n_classes") else runs[0][s][k]
-                for k in runs[0][s]} for s in SETTINGS}
+    return {
+        s: {
+            k: float(np.mean([r[s][k] for r in runs])) if k not in ("n_images", "n_classes") else runs[0][s][k]
+            for k in runs[0][s]
+        }
+        for s in SETTINGS
+    }
 
 
 def results_table(results: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
     """One row per scorer x setting: the columns of ``runs/<dataset>/zeroshot.csv``."""
-    rows = [{"scorer": scorer, "setting": setting, **vals}
-            for scorer, by_setting in results.items() for setting, vals in by_setting.items()]
+    rows = [
+        {"scorer": scorer, "setting": setting, **vals}
+        for scorer, by_setting in results.items()
+        for setting, vals in by_setting.items()
+    ]
     cols = ["scorer", "setting", "map", *(f"f1@{k}" for k in F1_KS), f"gap@{GAP_K}", "n_images", "n_classes"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def per_class_ap(Y: np.ndarray, scores: dict[str, np.ndarray], names: Sequence[str], unseen: Sequence[int]
-                    ) -> pd.DataFrame:
+def per_class_ap(
+    Y: np.ndarray, scores: dict[str, np.ndarray], names: Sequence[str], unseen: Sequence[int]
+) -> pd.DataFrame:
     """Each class's AP over the evaluation images (GZSL ranking of images per class) per scorer."""
-    out = pd.DataFrame({"class": list(names), "unseen": [c in unseen for c in range(len(names))],
-                        "support": Y.sum(0).astype(int)})
+    out = pd.DataFrame(
+        {"class": list(names), "unseen": [c in unseen for c in range(len(names))], "support": Y.sum(0).astype(int)}
+    )
     for name, s in scores.items():
         out[f"ap_{name}"] = metrics.average_precision_per_class(Y, s)
     return out

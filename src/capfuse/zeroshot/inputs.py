@@ -60,8 +60,9 @@ class ImageFeatures:
         return out
 
 
-def load_features(ds: Dataset, settings: ZeroShotSettings, *, quiet: bool | None = None
-                  ) -> tuple[ImageFeatures, list[str]]:
+def load_features(
+    ds: Dataset, settings: ZeroShotSettings, *, quiet: bool | None = None
+) -> tuple[ImageFeatures, list[str]]:
     """Every row's (train then test) cached image features and caption vectors, and their checksums.
 
     Read from the feature store (``runs/<dataset>/cache``): images already embedded for the
@@ -75,13 +76,16 @@ def load_features(ds: Dataset, settings: ZeroShotSettings, *, quiet: bool | None
     cap = store.caption_tokens(TextEncoderSpec(**settings.caption_encoder))
     caption = np.asarray(cap["pooled"], np.float32)
     caption /= np.linalg.norm(caption, axis=1, keepdims=True).clip(min=1e-12)
-    feats = ImageFeatures(pooled={v: img[v]["pooled"] for v in views},
-                          tokens={v: img[v]["tokens"] for v in views} if settings.tokens else None,
-                          caption=caption)
+    feats = ImageFeatures(
+        pooled={v: img[v]["pooled"] for v in views},
+        tokens={v: img[v]["tokens"] for v in views} if settings.tokens else None,
+        caption=caption,
+    )
     return feats, [img[v]["checksum"] for v in views] + [cap["checksum"]]
 
 
 # -- images outside the feature cache ---------------------------------------------------------
+
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (by suffix), sorted by name."""
@@ -92,8 +96,9 @@ def list_images(folder: Path) -> list[Path]:
 
 
 @torch.inference_mode()
-def embed_image_files(files: Sequence[Path], spec_cfg: dict, *, views: Sequence[str] = ("orig",),
-                      batch_size: int = 16) -> tuple[ImageFeatures, list[int], list[str]]:
+def embed_image_files(
+    files: Sequence[Path], spec_cfg: dict, *, views: Sequence[str] = ("orig",), batch_size: int = 16
+) -> tuple[ImageFeatures, list[int], list[str]]:
     """Pooled vectors and token grids of image files, as the feature cache computes them.
 
     Same backbone, weights, input size, normalisation and pooling as ``capfuse.features.image`` (eager
@@ -131,5 +136,11 @@ def embed_image_files(files: Sequence[Path], spec_cfg: dict, *, views: Sequence[
     def join(parts: list, shape: tuple) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros((0, *shape), np.float16)
 
-    return ImageFeatures(pooled={v: join(pooled_parts[v], (dim,)) for v in views},
-                         tokens={v: join(tokens_parts[v], (n_tokens, dim)) for v in views}), ok, problems
+    return (
+        ImageFeatures(
+            pooled={v: join(pooled_parts[v], (dim,)) for v in views},
+            tokens={v: join(tokens_parts[v], (n_tokens, dim)) for v in views},
+        ),
+        ok,
+        problems,
+    )

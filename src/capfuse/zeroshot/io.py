@@ -40,8 +40,10 @@ def load_model(folder: Path) -> tuple[ZeroShotNet, dict]:
     folder = Path(folder)
     meta_file = folder / META_FILE
     if not meta_file.exists() or not (folder / MODEL_FILE).exists():
-        raise FileNotFoundError(f"no zero-shot model in {folder} (need {MODEL_FILE} and {META_FILE}): "
-                                "run `make zeroshot` (capfuse zeroshot) first")
+        raise FileNotFoundError(
+            f"no zero-shot model in {folder} (need {MODEL_FILE} and {META_FILE}): "
+            "run `make zeroshot` (capfuse zeroshot) first"
+        )
     meta = read_json(meta_file)
     settings = ZeroShotSettings.from_config({"zeroshot": meta["settings"]})
     state = load_file(str(folder / MODEL_FILE))

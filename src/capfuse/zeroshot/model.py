@@ -38,8 +38,16 @@ class AttnPool(nn.Module):
 class ImageProjector(nn.Module):
     """Cached image features ``pooled [B, D]`` (and ``tokens [B, T, D]``) to unit vectors ``[B, E]``."""
 
-    def __init__(self, img_dim: int, text_dim: int, *, kind: str = "mlp", hidden: int = 512, dropout: float = 0.1,
-                 tokens: bool = False) -> None:
+    def __init__(
+        self,
+        img_dim: int,
+        text_dim: int,
+        *,
+        kind: str = "mlp",
+        hidden: int = 512,
+        dropout: float = 0.1,
+        tokens: bool = False,
+    ) -> None:
         super().__init__()
         if kind not in PROJECTOR_KINDS:
             raise ValueError(f"projector kind must be one of {PROJECTOR_KINDS}, got {kind!r}")
@@ -52,8 +60,13 @@ class ImageProjector(nn.Module):
         if kind == "linear":
             self.body: nn.Module = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, text_dim))
         else:
-            self.body = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(),
-                                      nn.Dropout(dropout), nn.Linear(hidden, text_dim))
+            self.body = nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(in_dim, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, text_dim),
+            )
 
     def forward(self, pooled: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm(pooled.float())
@@ -83,12 +96,14 @@ class ZeroShotNet(nn.Module):
     ``batch["labels"] [B, S]`` their targets and ``batch["labelled"] [B]`` which rows have labels.
     """
 
-    def __init__(self, img_dim: int, text_dim: int, settings: ZeroShotSettings,
-                 label_text: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, img_dim: int, text_dim: int, settings: ZeroShotSettings, label_text: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         s = settings
-        self.projector = ImageProjector(img_dim, text_dim, kind=s.kind, hidden=s.hidden, dropout=s.dropout,
-                                        tokens=s.tokens)
+        self.projector = ImageProjector(
+            img_dim, text_dim, kind=s.kind, hidden=s.hidden, dropout=s.dropout, tokens=s.tokens
+        )
         log_scale = torch.tensor(math.log(1.0 / s.temperature))
         self.log_scale = nn.Parameter(log_scale) if s.learn_temperature else None
         self.register_buffer("fixed_log_scale", log_scale.clone())  # its own storage: safetensors refuses shared ones

@@ -53,14 +53,17 @@ def read_embeddings(folder: Path, name: str) -> tuple[np.ndarray, pd.DataFrame, 
     """The array, its ids and the sidecar; a missing or inconsistent export is an error that says so."""
     files = export_files(folder, name)
     if not files["meta"].exists():
-        raise FileNotFoundError(f"no embeddings {files['array']}: run `make embeddings` "
-                                f"(capfuse embeddings --model {name}) first")
+        raise FileNotFoundError(
+            f"no embeddings {files['array']}: run `make embeddings` (capfuse embeddings --model {name}) first"
+        )
     meta = read_json(files["meta"])
     vectors = np.load(files["array"], mmap_mode="r")
     ids = pd.read_csv(files["ids"], dtype={"ImageID": str}, keep_default_na=False)
     if len(ids) != len(vectors) or list(ids["row"]) != list(range(len(ids))):
-        raise ValueError(f"{files['ids']}: its {len(ids)} rows do not number the {len(vectors)} rows of "
-                         f"{files['array']} in order; re-run `make embeddings`")
+        raise ValueError(
+            f"{files['ids']}: its {len(ids)} rows do not number the {len(vectors)} rows of "
+            f"{files['array']} in order; re-run `make embeddings`"
+        )
     return vectors, ids, meta
 
 

@@ -38,8 +38,15 @@ class CaptionSpace:
         """Unit vectors ``[C, E]``: each name read into every template, normalised and averaged."""
         if any(not str(n).replace("_", " ").strip() for n in names):
             raise ValueError(f"label names must be non-empty, got {list(names)}")
-        return label_text_embeddings([str(n) for n in names], self.model, self.tokenizer, prompts=tuple(prompts),
-                                     max_len=self.spec.max_len, batch_size=self.spec.batch_size, unit=True)
+        return label_text_embeddings(
+            [str(n) for n in names],
+            self.model,
+            self.tokenizer,
+            prompts=tuple(prompts),
+            max_len=self.spec.max_len,
+            batch_size=self.spec.batch_size,
+            unit=True,
+        )
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled vectors ``[N, E]`` of free texts, no template (not normalised)."""

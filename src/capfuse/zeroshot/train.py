@@ -18,9 +18,16 @@ from capfuse.zeroshot.model import ZeroShotNet
 from capfuse.zeroshot.settings import ZeroShotSettings
 
 
-def train_projection(feats: ImageFeatures, rows: np.ndarray, settings: ZeroShotSettings, *, seed: int,
-                     labels: np.ndarray | None = None, labelled: np.ndarray | None = None,
-                     label_text: np.ndarray | None = None) -> tuple[ZeroShotNet, list[dict]]:
+def train_projection(
+    feats: ImageFeatures,
+    rows: np.ndarray,
+    settings: ZeroShotSettings,
+    *,
+    seed: int,
+    labels: np.ndarray | None = None,
+    labelled: np.ndarray | None = None,
+    label_text: np.ndarray | None = None,
+) -> tuple[ZeroShotNet, list[dict]]:
     """Train a ``ZeroShotNet`` on ``rows`` of ``feats``; returns it (eval mode) and per-epoch logs.
 
     ``labels [len(rows), S]`` and ``labelled [len(rows)]`` feed the label term with the columns
@@ -40,7 +47,9 @@ def train_projection(feats: ImageFeatures, rows: np.ndarray, settings: ZeroShotS
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    )
     caption = np.asarray(feats.caption, np.float32)
     views = tuple(v for v in ("orig", "hflip") if v in feats.pooled) if settings.flip else ("orig",)
     use_labels = labels is not None and net.label_text is not None
@@ -67,14 +76,20 @@ def train_projection(feats: ImageFeatures, rows: np.ndarray, settings: ZeroShotS
             for key in ("loss", "contrastive", "label"):
                 if key in out:
                     sums[key] = sums.get(key, 0.0) + float(out[key].detach()) * len(r)
-        history.append({"epoch": epoch + 1, **{k: v / len(rows) for k, v in sums.items()},
-                        "temperature": float(1.0 / net.scale.detach())})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                **{k: v / len(rows) for k, v in sums.items()},
+                "temperature": float(1.0 / net.scale.detach()),
+            }
+        )
     return net.eval(), history
 
 
 @torch.inference_mode()
-def embed_rows(net: ZeroShotNet, feats: ImageFeatures, rows: np.ndarray, *, tta: bool = True,
-               batch_size: int = 512) -> np.ndarray:
+def embed_rows(
+    net: ZeroShotNet, feats: ImageFeatures, rows: np.ndarray, *, tta: bool = True, batch_size: int = 512
+) -> np.ndarray:
     """Unit image embeddings ``[len(rows), E]``; with ``tta``, the mean over the cached views."""
     net.eval()
     views = [v for v in ("orig", "hflip") if v in feats.pooled] if tta else ["orig"]

@@ -85,7 +85,7 @@ def _draw_elements(draw: ImageDraw.ImageDraw, rng: np.random.Generator, scene: s
             cx = rng.uniform(0.4, 0.6) * S
             for k in range(8):
                 t0, t1 = k / 8, (k + 0.5) / 8
-                y0, y1 = hz + (S - hz) * t0 ** 1.5, hz + (S - hz) * t1 ** 1.5
+                y0, y1 = hz + (S - hz) * t0**1.5, hz + (S - hz) * t1**1.5
                 draw.line([(cx, y0), (cx + (t1 - t0) * 5, y1)], fill=col, width=max(1, int((1 + 5 * t1) * u)))
         elif el in ("poles", "signs"):
             for _ in range(int(rng.integers(0, 3))):
@@ -115,9 +115,13 @@ def _draw_elements(draw: ImageDraw.ImageDraw, rng: np.random.Generator, scene: s
                 draw.rectangle([x0, y, S, y + rng.uniform(6, 20) * u], fill=jitter_colour(rng, (120, 90, 60), 15))
         elif el == "terminal":
             x0 = rng.uniform(-0.2, 0.5) * S
-            draw.rectangle([x0, hz - rng.uniform(0.15, 0.45) * hz, x0 + rng.uniform(0.3, 0.8) * S, hz],
-                           fill=jitter_colour(rng, (190, 195, 200), 12))
-            draw.rectangle([x0, hz - 0.1 * hz, x0 + 0.8 * S, hz - 0.05 * hz], fill=jitter_colour(rng, (80, 120, 160), 15))
+            draw.rectangle(
+                [x0, hz - rng.uniform(0.15, 0.45) * hz, x0 + rng.uniform(0.3, 0.8) * S, hz],
+                fill=jitter_colour(rng, (190, 195, 200), 12),
+            )
+            draw.rectangle(
+                [x0, hz - 0.1 * hz, x0 + 0.8 * S, hz - 0.05 * hz], fill=jitter_colour(rng, (80, 120, 160), 15)
+            )
         elif el == "runway":
             y = hz + rng.uniform(0.2, 0.6) * (S - hz)
             draw.rectangle([0, y, S, y + rng.uniform(0.1, 0.3) * (S - hz)], fill=jitter_colour(rng, (75, 75, 78), 8))
@@ -147,7 +151,9 @@ def _draw_elements(draw: ImageDraw.ImageDraw, rng: np.random.Generator, scene: s
                     trunk = jitter_colour(rng, (100, 70, 40), 15)
                     draw.rectangle([x - r * 0.15, base - r * 1.5, x + r * 0.15, base], fill=trunk)
                 top, bottom = (2.4, 0.6) if el == "trees" else (1.2, 0.0)
-                draw.ellipse([x - r, base - r * top, x + r, base - r * bottom], fill=jitter_colour(rng, (50, 110, 50), 20))
+                draw.ellipse(
+                    [x - r, base - r * top, x + r, base - r * bottom], fill=jitter_colour(rng, (50, 110, 50), 20)
+                )
         elif el == "path":
             col = jitter_colour(rng, (200, 180, 140), 15)
             a, b = rng.uniform(0.3, 0.6) * S, rng.uniform(0, 1) * S
@@ -166,8 +172,12 @@ def _draw_elements(draw: ImageDraw.ImageDraw, rng: np.random.Generator, scene: s
         elif el == "window":
             if rng.random() < 0.6:
                 x, y, ww = rng.uniform(0, 0.7) * S, rng.uniform(0.05, 0.3) * hz, rng.uniform(0.15, 0.3) * S
-                draw.rectangle([x, y, x + ww, y + ww * 0.9], fill=jitter_colour(rng, (190, 215, 235), 15),
-                               outline=(240, 240, 240), width=max(1, int(3 * u)))
+                draw.rectangle(
+                    [x, y, x + ww, y + ww * 0.9],
+                    fill=jitter_colour(rng, (190, 215, 235), 15),
+                    outline=(240, 240, 240),
+                    width=max(1, int(3 * u)),
+                )
                 draw.line([(x + ww / 2, y), (x + ww / 2, y + ww * 0.9)], fill=(240, 240, 240), width=max(1, int(2 * u)))
         elif el == "furniture":
             for _ in range(int(rng.integers(1, 3))):
@@ -194,10 +204,13 @@ def _draw_elements(draw: ImageDraw.ImageDraw, rng: np.random.Generator, scene: s
             for k in range(10):
                 t = (k / 10) ** 1.4
                 y, half = hz + (S - hz) * t, (4 + 60 * t) * u
-                draw.line([(cx - half * 1.3, y), (cx + half * 1.3, y)], fill=(90, 70, 50),
-                          width=max(1, int((1 + 3 * t) * u)))
+                draw.line(
+                    [(cx - half * 1.3, y), (cx + half * 1.3, y)], fill=(90, 70, 50), width=max(1, int((1 + 3 * t) * u))
+                )
             for side in (-1, 1):
-                draw.line([(cx + side * 4 * u, hz), (cx + side * 64 * u, S)], fill=(150, 150, 155), width=max(1, int(2 * u)))
+                draw.line(
+                    [(cx + side * 4 * u, hz), (cx + side * 64 * u, S)], fill=(150, 150, 155), width=max(1, int(2 * u))
+                )
         else:
             raise ValueError(f"unknown scene element {el!r}")
 

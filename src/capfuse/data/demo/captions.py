@@ -42,17 +42,39 @@ MENTION: dict[str, float] = {
 # trucks, two-wheelers, rare street objects) is usually named.
 MENTION_RATE: dict[str, float] = {
     # easy to see, seldom named: the image side's classes
-    "person": 0.35, "car": 0.25, "bus": 0.35, "traffic light": 0.15, "bench": 0.3,
-    "airplane": 0.4, "train": 0.45, "boat": 0.4,
+    "person": 0.35,
+    "car": 0.25,
+    "bus": 0.35,
+    "traffic light": 0.15,
+    "bench": 0.3,
+    "airplane": 0.4,
+    "train": 0.45,
+    "boat": 0.4,
     # small or look-alike in the image, usually named: the caption side's classes
-    "dog": 0.95, "cat": 0.95, "bird": 0.85, "truck": 0.8, "motorcycle": 0.85, "bicycle": 0.8,
-    "horse": 0.8, "fire hydrant": 0.8, "stop sign": 0.8, "parking meter": 0.8,
+    "dog": 0.95,
+    "cat": 0.95,
+    "bird": 0.85,
+    "truck": 0.8,
+    "motorcycle": 0.85,
+    "bicycle": 0.8,
+    "horse": 0.8,
+    "fire hydrant": 0.8,
+    "stop sign": 0.8,
+    "parking meter": 0.8,
 }
 
 # (singular, plural) nouns per class: the text side must learn synonyms.
 NOUNS: dict[str, list[tuple[str, str]]] = {
-    "person": [("man", "men"), ("woman", "women"), ("person", "people"), ("child", "children"),
-               ("boy", "boys"), ("girl", "girls"), ("guy", "guys"), ("lady", "ladies")],
+    "person": [
+        ("man", "men"),
+        ("woman", "women"),
+        ("person", "people"),
+        ("child", "children"),
+        ("boy", "boys"),
+        ("girl", "girls"),
+        ("guy", "guys"),
+        ("lady", "ladies"),
+    ],
     "bicycle": [("bicycle", "bicycles"), ("bike", "bikes"), ("push bike", "push bikes")],
     "car": [("car", "cars"), ("sedan", "sedans"), ("taxi", "taxis"), ("hatchback", "hatchbacks")],
     "motorcycle": [("motorcycle", "motorcycles"), ("motorbike", "motorbikes"), ("scooter", "scooters")],
@@ -61,8 +83,11 @@ NOUNS: dict[str, list[tuple[str, str]]] = {
     "train": [("train", "trains"), ("locomotive", "locomotives"), ("tram", "trams")],
     "truck": [("truck", "trucks"), ("lorry", "lorries"), ("pickup truck", "pickup trucks"), ("van", "vans")],
     "boat": [("boat", "boats"), ("ship", "ships"), ("sailboat", "sailboats"), ("yacht", "yachts")],
-    "traffic light": [("traffic light", "traffic lights"), ("stoplight", "stoplights"),
-                      ("traffic signal", "traffic signals")],
+    "traffic light": [
+        ("traffic light", "traffic lights"),
+        ("stoplight", "stoplights"),
+        ("traffic signal", "traffic signals"),
+    ],
     "fire hydrant": [("fire hydrant", "fire hydrants"), ("hydrant", "hydrants")],
     "stop sign": [("stop sign", "stop signs")],
     "parking meter": [("parking meter", "parking meters"), ("meter", "meters")],
@@ -93,28 +118,48 @@ HYPERNYMS: dict[str, list[tuple[str, str]]] = {
 # Present participles; "" means the noun stands alone.
 VERBS: dict[str, list[str]] = {
     "person": ["standing", "walking", "sitting", "waiting", "posing", "talking on a phone"],
-    "car": ["parked", "driving", "stopped"], "truck": ["parked", "driving"],
-    "bus": ["driving", "parked", "stopped"], "motorcycle": ["parked", "leaning"],
-    "bicycle": ["parked", "leaning"], "dog": ["running", "sitting", "lying", "playing"],
-    "cat": ["sitting", "sleeping", "lying", "curled up"], "horse": ["grazing", "standing", "running"],
-    "bird": ["perched", "flying", "sitting"], "airplane": ["flying", "taking off", "parked", "landing"],
-    "boat": ["docked", "floating", "sailing"], "train": ["pulling into the station", "traveling", "stopped"],
+    "car": ["parked", "driving", "stopped"],
+    "truck": ["parked", "driving"],
+    "bus": ["driving", "parked", "stopped"],
+    "motorcycle": ["parked", "leaning"],
+    "bicycle": ["parked", "leaning"],
+    "dog": ["running", "sitting", "lying", "playing"],
+    "cat": ["sitting", "sleeping", "lying", "curled up"],
+    "horse": ["grazing", "standing", "running"],
+    "bird": ["perched", "flying", "sitting"],
+    "airplane": ["flying", "taking off", "parked", "landing"],
+    "boat": ["docked", "floating", "sailing"],
+    "train": ["pulling into the station", "traveling", "stopped"],
 }
 # Things a person rides: "A man riding a horse".
 RIDDEN = ("bicycle", "motorcycle", "horse", "boat")
 
 ADJECTIVES: dict[str, list[str]] = {
     "_any": ["old", "small", "large", "big", "little", "lone"],
-    "car": ["vintage", "shiny", "parked", "classic"], "bus": ["vintage", "city", "tour", "school"],
-    "truck": ["delivery", "vintage", "dump"], "train": ["passenger", "freight", "vintage", "commuter"],
-    "airplane": ["commercial", "passenger", "jumbo"], "boat": ["fishing", "small", "sail"],
-    "dog": ["cute", "fluffy", "happy"], "cat": ["cute", "fluffy", "sleepy"], "person": ["young", "smiling", "tall"],
-    "horse": ["brown", "beautiful"], "bird": ["tiny", "white"], "bench": ["wooden", "empty"],
+    "car": ["vintage", "shiny", "parked", "classic"],
+    "bus": ["vintage", "city", "tour", "school"],
+    "truck": ["delivery", "vintage", "dump"],
+    "train": ["passenger", "freight", "vintage", "commuter"],
+    "airplane": ["commercial", "passenger", "jumbo"],
+    "boat": ["fishing", "small", "sail"],
+    "dog": ["cute", "fluffy", "happy"],
+    "cat": ["cute", "fluffy", "sleepy"],
+    "person": ["young", "smiling", "tall"],
+    "horse": ["brown", "beautiful"],
+    "bird": ["tiny", "white"],
+    "bench": ["wooden", "empty"],
 }
 
 SCENE_PHRASES: dict[str, list[str]] = {
-    "street": ["on a city street", "on the street", "downtown", "at an intersection", "on a busy road",
-               "near the sidewalk", "in the city"],
+    "street": [
+        "on a city street",
+        "on the street",
+        "downtown",
+        "at an intersection",
+        "on a busy road",
+        "near the sidewalk",
+        "in the city",
+    ],
     "highway": ["on the highway", "on a freeway", "on a busy road", "on the motorway", "in traffic"],
     "harbour": ["in the harbor", "at the marina", "on the water", "at the dock", "near the pier", "by the lake"],
     "airport": ["at the airport", "on the runway", "on the tarmac", "near the terminal"],
@@ -127,19 +172,33 @@ SCENE_PHRASES: dict[str, list[str]] = {
 # Templates by number of named objects; {A} capitalised noun phrase, {a} lower case, {v} a
 # verb, {s} the scene phrase (may be empty). Some carry commas on purpose: the file quirk.
 TEMPLATES: dict[int, list[str]] = {
-    0: ["A view {s}.", "A picture taken {s}.", "An image of a place {s}.", "Looking out {s}.",
-        "Nothing much going on {s}.", "A quiet scene {s}."],
-    1: ["{A} {v} {s}.", "{A} {s}.", "There is {a} {s}.", "A close up of {a}.", "{A}, {v} {s}.",
-        "A photo of {a} {s}."],
-    2: ["{A} and {b} {s}.", "{A} next to {b}.", "{A} {v} near {b} {s}.", "{A}, {b} {s}.",
-        "There is {a} and {b} {s}.", "{A} with {b}, {s}."],
+    0: [
+        "A view {s}.",
+        "A picture taken {s}.",
+        "An image of a place {s}.",
+        "Looking out {s}.",
+        "Nothing much going on {s}.",
+        "A quiet scene {s}.",
+    ],
+    1: ["{A} {v} {s}.", "{A} {s}.", "There is {a} {s}.", "A close up of {a}.", "{A}, {v} {s}.", "A photo of {a} {s}."],
+    2: [
+        "{A} and {b} {s}.",
+        "{A} next to {b}.",
+        "{A} {v} near {b} {s}.",
+        "{A}, {b} {s}.",
+        "There is {a} and {b} {s}.",
+        "{A} with {b}, {s}.",
+    ],
     3: ["{A}, {b} and {c} {s}.", "{A} and {b} near {c}.", "{A} with {b}, {c} {s}."],
     -1: ["{P} riding {x} {s}.", "{P} on {x}, {s}.", "{P} riding {x}."],  # person + ridden object
 }
 PREFIXES = ["Outside, ", "In this picture, ", "Here, ", "On a sunny day, ", "From a distance, "]
 SUFFIXES = [", on a sunny day", ", at dusk", ", in the rain", ", during the day", ", in the morning"]
-COUNT_WORDS = {2: ["two", "a pair of", "a couple of"], 3: ["three", "several", "some"],
-               4: ["four", "a group of", "several", "many"]}
+COUNT_WORDS = {
+    2: ["two", "a pair of", "a couple of"],
+    3: ["three", "several", "some"],
+    4: ["four", "a group of", "several", "many"],
+}
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def _texture(rng: np.random.Generator, kind: str, w: int, h: int, c1: np.ndarray
     period = max(3.0, float(rng.uniform(0.12, 0.3)) * max(w, h))
     if kind == "gradient":
         theta = rng.uniform(0, 2 * np.pi)
-        t = (xx * np.cos(theta) + yy * np.sin(theta))
+        t = xx * np.cos(theta) + yy * np.sin(theta)
         t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
         return (c1 * (1.15 - 0.5 * t[..., None])).clip(0, 255).astype(np.float32)
     if kind == "stripes":
@@ -52,12 +52,17 @@ def _texture(rng: np.random.Generator, kind: str, w: int, h: int, c1: np.ndarray
 _SENTINEL = (1, 2, 3)  # "body" pixels are drawn in this colour, then replaced by the texture
 
 
-def _draw_primitive(draw: ImageDraw.ImageDraw, prim: tuple, w: int, h: int, colour: tuple, rng: np.random.Generator) -> None:
+def _draw_primitive(
+    draw: ImageDraw.ImageDraw, prim: tuple, w: int, h: int, colour: tuple, rng: np.random.Generator
+) -> None:
     kind = prim[0]
     j = RENDER["part_jitter"]
 
     def pt(x: float, y: float) -> tuple[float, float]:
-        return (float(np.clip(x + rng.normal(0, j), 0, 1)) * (w - 1), float(np.clip(y + rng.normal(0, j), 0, 1)) * (h - 1))
+        return (
+            float(np.clip(x + rng.normal(0, j), 0, 1)) * (w - 1),
+            float(np.clip(y + rng.normal(0, j), 0, 1)) * (h - 1),
+        )
 
     if kind in ("ellipse", "rect", "rrect", "ring"):
         (x0, y0), (x1, y1) = pt(prim[2], prim[3]), pt(prim[4], prim[5])
@@ -97,7 +102,12 @@ def render_object(rng: np.random.Generator, cls: str, w: int, h: int) -> Image.I
     tex_kind = weighted(rng, style["textures"])
     tex2 = np.asarray(body2 if tex_kind != "solid" and rng.random() < 0.5 else body * 0.55, dtype=np.float32)
     arr = np.asarray(layer).copy()
-    mask = (arr[..., 0] == _SENTINEL[0]) & (arr[..., 1] == _SENTINEL[1]) & (arr[..., 2] == _SENTINEL[2]) & (arr[..., 3] > 0)
+    mask = (
+        (arr[..., 0] == _SENTINEL[0])
+        & (arr[..., 1] == _SENTINEL[1])
+        & (arr[..., 2] == _SENTINEL[2])
+        & (arr[..., 3] > 0)
+    )
     if mask.any():
         fill = _texture(rng, tex_kind, w, h, body, tex2)
         arr[..., :3][mask] = fill[mask].astype(np.uint8)
@@ -132,7 +142,8 @@ def render_scene(
             else:
                 depth = RENDER["near_depth"] + u * (1 - RENDER["near_depth"])
             scale = (RENDER["scale_far"] + (RENDER["scale_near"] - RENDER["scale_far"]) * depth) * float(
-                np.exp(rng.normal(0, RENDER["scale_sigma"])))
+                np.exp(rng.normal(0, RENDER["scale_sigma"]))
+            )
             h = max(3, int(style["height"] * scale * S))
             w = max(3, int(h * style["aspect"] * float(np.exp(rng.normal(0, 0.1)))))
             if w > 1.6 * S:  # a long train: crop to something that still fits mostly in frame
@@ -142,7 +153,9 @@ def render_scene(
                 angle = rng.uniform(-40, 40)
                 key = -1.0 + depth * 0.1
             else:
-                bottom = hz + (0.05 + 0.95 * depth) * (S - hz) if scene != "home" else hz + (0.1 + 0.9 * depth) * (S - hz)
+                bottom = (
+                    hz + (0.05 + 0.95 * depth) * (S - hz) if scene != "home" else hz + (0.1 + 0.9 * depth) * (S - hz)
+                )
                 cy = bottom - h / 2
                 # clipped: a ground object tilted further reads as fallen over, not as a view
                 tilt = RENDER["rotation_deg"]

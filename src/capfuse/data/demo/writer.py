@@ -91,7 +91,9 @@ def make_demo(
     is not ours, so it is never overwritten unless ``force``.
     """
     if n_train < 1 or n_test < 0 or size < 16 or seed < 0:
-        raise ValueError(f"need n_train >= 1, n_test >= 0, size >= 16, seed >= 0 (got {n_train}, {n_test}, {size}, {seed})")
+        raise ValueError(
+            f"need n_train >= 1, n_test >= 0, size >= 16, seed >= 0 (got {n_train}, {n_test}, {size}, {seed})"
+        )
     start = time.perf_counter()
     out = Path(out_dir)
     params = _params(n_train, n_test, size, seed)
@@ -118,16 +120,24 @@ def make_demo(
             results = [_work(t) for t in tasks]
         else:
             # Each task seeds its own generator, so the pool's scheduling cannot change a byte.
-            with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, len(tasks))) as pool:
+            with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(
+                min(workers, len(tasks))
+            ) as pool:
                 results = pool.map(_work, tasks, chunksize=max(1, min(32, len(tasks) // (4 * workers))))
         train, test = results[:n_train], results[n_train:]
         ids_test = [f"{n_train + i}.jpg" for i in range(n_test)]
-        write_text(tmp / "train.csv", "ImageID,Labels,Caption\n"
-                   + "".join(f"{i}.jpg,{' '.join(map(str, lab))},{cap}\n" for i, (lab, cap) in enumerate(train)))
-        write_text(tmp / "test.csv", "ImageID,Caption\n"
-                   + "".join(f"{iid},{cap}\n" for iid, (_, cap) in zip(ids_test, test)))
-        write_text(tmp / "test_labels.csv", "ImageID,Labels\n"
-                   + "".join(f"{iid},{' '.join(map(str, lab))}\n" for iid, (lab, _) in zip(ids_test, test)))
+        write_text(
+            tmp / "train.csv",
+            "ImageID,Labels,Caption\n"
+            + "".join(f"{i}.jpg,{' '.join(map(str, lab))},{cap}\n" for i, (lab, cap) in enumerate(train)),
+        )
+        write_text(
+            tmp / "test.csv", "ImageID,Caption\n" + "".join(f"{iid},{cap}\n" for iid, (_, cap) in zip(ids_test, test))
+        )
+        write_text(
+            tmp / "test_labels.csv",
+            "ImageID,Labels\n" + "".join(f"{iid},{' '.join(map(str, lab))}\n" for iid, (lab, _) in zip(ids_test, test)),
+        )
         write_text(tmp / "classes.csv", "id,name\n" + "".join(f"{cid},{name}\n" for cid, name in CLASSES))
         summary = _summary(params, [lab for lab, _ in train], [c for _, c in results], time.perf_counter() - start)
         write_json(tmp / STAMP_NAME, {"params": params, "summary": summary})
@@ -147,8 +157,14 @@ def make_demo(
     return summary
 
 
-def make_unlabelled(out_dir: str | os.PathLike, n: int, size: int = 256, seed: int = 0, captions: bool = True,
-                    workers: int | None = None) -> dict:
+def make_unlabelled(
+    out_dir: str | os.PathLike,
+    n: int,
+    size: int = 256,
+    seed: int = 0,
+    captions: bool = True,
+    workers: int | None = None,
+) -> dict:
     """An extra folder of ``n`` unlabelled images for pseudo-label rounds (``data.unlabelled``).
 
     Layout: ``data/u<i>.jpg`` and ``unlabelled.csv`` (``ImageID`` and, with ``captions``, a
@@ -172,11 +188,15 @@ def make_unlabelled(out_dir: str | os.PathLike, n: int, size: int = 256, seed: i
             results = pool.map(_work, tasks, chunksize=max(1, min(32, n // (4 * workers))))
         ids = [f"u{i}.jpg" for i in range(n)]
         if captions:
-            write_text(tmp / "unlabelled.csv", "ImageID,Caption\n" + "".join(f"{i},{c}\n" for i, (_, c) in zip(ids, results)))
+            write_text(
+                tmp / "unlabelled.csv", "ImageID,Caption\n" + "".join(f"{i},{c}\n" for i, (_, c) in zip(ids, results))
+            )
         else:
             write_text(tmp / "unlabelled.csv", "ImageID\n" + "".join(f"{i}\n" for i in ids))
-        write_text(tmp / "unlabelled_labels.csv", "ImageID,Labels\n"
-                   + "".join(f"{i},{' '.join(map(str, lab))}\n" for i, (lab, _) in zip(ids, results)))
+        write_text(
+            tmp / "unlabelled_labels.csv",
+            "ImageID,Labels\n" + "".join(f"{i},{' '.join(map(str, lab))}\n" for i, (lab, _) in zip(ids, results)),
+        )
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
