@@ -35,7 +35,7 @@ from capfuse.ensemble.second_level import (
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.features.store import FeatureStore
 from capfuse.metrics import gap_at_k
-from capfuse.training.cv import train_model
+from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.pseudo import PseudoSettings
 from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.selection import SECOND_LEVEL_KEYS
@@ -113,15 +113,7 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         for v in variants:
             model_cfg = {k: val for k, val in v["model"].items() if k != "pseudo"}
             feats = store.for_model(model_cfg)
-            common = dict(
-                train_ids=ds.train_ids,
-                test_ids=ds.test_ids,
-                Y=ds.Y,
-                folds=folds,
-                class_ids=ds.class_ids,
-                feats=feats,
-                data_fingerprint=feats["fingerprint"],
-            )
+            common = model_inputs(ds, folds, feats)
             base_name = model_cfg["name"]
             base_dir = paths.model_dir(base_name) if v["shared"] else root / base_name
             with stage(f"ablate {v['name']}", v["change"]):

@@ -17,7 +17,7 @@ import pandas as pd
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import load_dataset
 from capfuse.features.store import FeatureStore
-from capfuse.training.cv import train_model
+from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.pseudo import PseudoSettings, label_subset
 from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.selection import SECOND_LEVEL_KEYS, model_configs
@@ -41,15 +41,7 @@ def run_ratios(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         rows = []
         for name, model_cfg in models.items():
             feats = store.for_model(model_cfg, with_extra=True)  # an unlabelled folder joins the pool
-            common = dict(
-                train_ids=ds.train_ids,
-                test_ids=ds.test_ids,
-                Y=ds.Y,
-                folds=folds,
-                class_ids=ds.class_ids,
-                feats=feats,
-                data_fingerprint=feats["fingerprint"],
-            )
+            common = model_inputs(ds, folds, feats)
             settings = PseudoSettings.from_config(
                 {**asdict(resolve_model(model_cfg).pseudo), "rounds": rcfg.pseudo_rounds}
             )

@@ -9,7 +9,7 @@ import pandas as pd
 from capfuse.config.schema import resolve_model
 from capfuse.data.dataset import load_dataset
 from capfuse.features.store import FeatureStore
-from capfuse.training.cv import train_model
+from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.leaderboard import update_leaderboard
 from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.selection import select_models
@@ -31,15 +31,7 @@ def run_train(
                 settings = resolve_model(model_cfg).pseudo
                 # The unlabelled folder's rows join only models with rounds: the others never use them.
                 feats = store.for_model(model_cfg, with_extra=settings.rounds > 0)
-                common = dict(
-                    train_ids=ds.train_ids,
-                    test_ids=ds.test_ids,
-                    Y=ds.Y,
-                    folds=folds,
-                    class_ids=ds.class_ids,
-                    feats=feats,
-                    data_fingerprint=feats["fingerprint"],
-                )
+                common = model_inputs(ds, folds, feats)
                 # Round 0 is the plain model: its pseudo settings concern later rounds only and
                 # must not change its fingerprint.
                 plain = {k: v for k, v in model_cfg.items() if k != "pseudo"}

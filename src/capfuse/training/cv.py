@@ -50,6 +50,20 @@ def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def model_inputs(ds, folds: np.ndarray, feats: dict) -> dict:
+    """What ``train_model`` reads besides the model's config: a dataset's ids, labels and folds,
+    and the features (with their fingerprint) that the model reads."""
+    return dict(
+        train_ids=ds.train_ids,
+        test_ids=ds.test_ids,
+        Y=ds.Y,
+        folds=folds,
+        class_ids=ds.class_ids,
+        feats=feats,
+        data_fingerprint=feats["fingerprint"],
+    )
+
+
 def train_model(
     name: str,
     model_cfg: dict,
