@@ -42,7 +42,7 @@ STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
 
-.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all test lint format checksums bench clean clean-all
+.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all test lint format checksums bench bench-scale clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -144,6 +144,13 @@ checksums: $(STAMP) ## sha256 of a finished run's outputs (after `make all`): co
 	  board = pd.read_csv(sys.argv[1]).drop(columns=['ms_per_image', 'train_minutes']); \
 	  print(hashlib.sha256(board.to_csv(index=False).encode()).hexdigest(), ' leaderboard.csv less ms_per_image, train_minutes')" \
 	  runs/$(DATASET)/leaderboard.csv
+
+# Not in CI: about an hour or more on two cores. The stage table closes each command's log, and
+# runs/large/timings.csv keeps every row (stage, model, fold, wall and CPU seconds, peak RSS).
+bench-scale: ## the competition size: `make data` + `make all` on data/large (30,000 train / 10,000 test, 640x480)
+	$(MAKE) data DATA=data/large
+	$(MAKE) all DATA=data/large
+	@echo "stage timings: runs/large/timings.csv"
 
 bench: $(STAMP) ## speed benchmarks (see README)
 	$(RUN) bench $(ARGS)

@@ -59,6 +59,15 @@ def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     assert "in-sample" in out and "nested" in out  # the final summary table
     stacked = read_json(root / "runs" / "tiny" / "ensemble" / "stack.json")
     assert manifest["second_level"]["kept"] == stacked["chosen"] in stacked["candidates"]
+
+    # Where the time went: a row per stage and per (model, fold), in the CSV and the closing table.
+    timings = pd.read_csv(root / "runs" / "tiny" / "timings.csv")
+    stages = set(timings.loc[timings["fold"].isna(), "stage"])
+    assert {"folds", "train", "stack", "thresholds", "submit"} <= stages
+    assert any(name.startswith("embed ") for name in stages)  # the encoders' passes are rows of their own
+    folds = timings.dropna(subset=["fold"])
+    assert set(folds["model"]) == set(manifest["models"]) and (folds.groupby("model").size() == 3).all()
+    assert (timings[["wall_s", "cpu_s", "peak_rss_mb"]] >= 0).all().all() and (timings["peak_rss_mb"] > 0).all()
     assert set(stacked["candidates"]) == {"best_single", "mean_blend", "weighted_blend", "stack"}
     cut = read_json(root / "runs" / "tiny" / "ensemble" / "thresholds.json")
     assert manifest["threshold"]["kind"] == cut["kind"] and len(cut["per_class"]["thresholds"]) == len(classes)

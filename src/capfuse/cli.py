@@ -37,8 +37,10 @@ from capfuse.paths import Paths
 from capfuse.utils.io import DiskFullError
 from capfuse.utils.lock import RunLocked, dataset_lock
 from capfuse.utils.log import log, quiet_default, setup_logging
+from capfuse.utils.timing import recording
 
 DEFAULT_CONFIG = "configs/pipeline.yaml"
+TIMINGS_FILE = "timings.csv"
 
 
 def _common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
@@ -244,10 +246,16 @@ def _dispatch(args) -> int:
     handlers = [_handler(step) for step in steps]
     paths, cfg, quiet = _context(args)
     with _locked(paths, args):
-        for handler in handlers:
-            code = handler(args, paths, cfg, quiet)
-            if code:
-                return code
+        # Where the time went: runs/<dataset>/timings.csv gains the command's rows (rank 0 only:
+        # it alone writes into runs/), and the stage table closes the log.
+        csv = paths.runs / TIMINGS_FILE if int(os.environ.get("RANK", "0")) == 0 else None
+        with recording(args.command, csv) as timings:
+            for handler in handlers:
+                code = handler(args, paths, cfg, quiet)
+                if code:
+                    return code
+        if timings.rows:
+            log.info("where the time went (%s):\n%s", paths.runs / TIMINGS_FILE, timings.table())
     return 0
 
 

@@ -23,6 +23,7 @@ from capfuse.features.text import embed_captions
 from capfuse.features.tfidf import tfidf_features
 from capfuse.nn.fusion import needs_class_text
 from capfuse.utils.io import remove_stale_tmp
+from capfuse.utils.timing import timed
 
 # Every function here takes a model config (a dict) or its resolved settings (ModelSettings);
 # the encoders' defaults are the schema's (capfuse.config.schema).
@@ -55,6 +56,17 @@ def flip_views(model_cfg: dict | ModelSettings) -> tuple[str, ...]:
     if m.kind == "net" and (m.train.tta or m.train.flip_p > 0):
         return ("orig", "hflip")
     return ("orig",)
+
+
+def _embed_image(data_dir, ids, ok, spec: ImageEncoderSpec, cache, *, view: str, **kw) -> dict:
+    """``embed_image_features``, as a row of the command's timings (a cache hit shows as seconds)."""
+    with timed(f"embed {spec.name}@{spec.size or 'native'} {view}"):
+        return embed_image_features(data_dir, ids, ok, spec, cache, view=view, **kw)
+
+
+def _embed_captions(captions, spec, cache, *, key: str, **kw) -> dict:
+    with timed(f"embed {spec.name} captions ({key})"):
+        return embed_captions(captions, spec, cache, key=key, **kw)
 
 
 class FeatureStore:
@@ -96,7 +108,7 @@ class FeatureStore:
         if key not in self._image:
             ids, ok = self.ds.train_ids + self.ds.test_ids, self.ds.image_ok
             self._image[key] = {
-                view: embed_image_features(
+                view: _embed_image(
                     self.ds.paths.data_dir,
                     ids,
                     ok,
@@ -123,7 +135,7 @@ class FeatureStore:
                 checksum = _hash_text(spec.name, entry.source, spec.max_len, captions)
                 self._caption[key] = {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": checksum}
             else:
-                self._caption[key] = embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
+                self._caption[key] = _embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
         return self._caption[key]
 
     def for_net(self, model_cfg: dict | ModelSettings, parts: list) -> dict:
@@ -173,7 +185,7 @@ class FeatureStore:
             names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(m)[0]}
             for view in views:
                 keys = [k for k in views[view] if k in names]
-                got = embed_image_features(
+                got = _embed_image(
                     folder,
                     ids,
                     np.ones(len(ids), bool),
@@ -198,7 +210,7 @@ class FeatureStore:
                     "checksum": _hash_text(f"{spec.name}-extra", captions),
                 }
             else:
-                cap = embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
+                cap = _embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
             # Captions do not flip: one concatenation serves every view.
             joined = {
                 k: np.concatenate([views["orig"][k], cap[name]])

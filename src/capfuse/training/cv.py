@@ -36,6 +36,7 @@ from capfuse.utils.runs import (
     remove_run,
 )
 from capfuse.utils.seed import seed_everything
+from capfuse.utils.timing import timed
 
 
 def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
@@ -176,7 +177,8 @@ def train_model(
                     write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
                     write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
             extra = ({"pseudo": pseudo} if pseudo else {}) | ({"extra_rows": unlabelled} if len(unlabelled) else {})
-            result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
+            with timed("fold", model=name, fold=fold):
+                result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
             if is_main:
                 result.info["folds_sha256"] = folds_checksum
                 _write_fold(fold_dir, log_path, result, Y, tr, va, fold, seed, time.perf_counter() - t0, name, fp)

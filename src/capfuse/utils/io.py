@@ -14,6 +14,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -27,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from capfuse.utils.log import log
+# The package's logger by name, not through capfuse.utils.log: that module records stage timings
+# with capfuse.utils.timing, which writes its CSV through this one.
+log = logging.getLogger("capfuse")
+
 
 # Any temporary file this process makes is newer than this: files older than it were left by
 # an earlier process (see remove_stale_tmp). Set on import, before any write of this module.

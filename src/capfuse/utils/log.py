@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
+from capfuse.utils.timing import timed
+
 T = TypeVar("T")
 LOGGER_NAME = "capfuse"
 log = logging.getLogger(LOGGER_NAME)
@@ -83,9 +85,10 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, quiet: boo
 
 @contextmanager
 def stage(name: str, detail: str = "") -> Iterator[None]:
-    """Print a header, time the stage, and say how long it took."""
+    """Print a header, time the stage, and say how long it took (a row of the command's timings)."""
     bar = "=" * 8
     log.info("%s %s %s%s", bar, name, bar, f" ({detail})" if detail else "")
     start = time.perf_counter()
-    yield
+    with timed(name):
+        yield
     log.info("%s done in %.1f s", name, time.perf_counter() - start)
