@@ -147,7 +147,7 @@ checksums: $(STAMP) ## sha256 of a finished run's outputs (after `make all`): co
 
 # Not in CI: about an hour or more on two cores. The stage table closes each command's log, and
 # runs/large/timings.csv keeps every row (stage, model, fold, wall and CPU seconds, peak RSS).
-bench-scale: ## the competition size: `make data` + `make all` on data/large (30,000 train / 10,000 test, 640x480)
+bench-scale: ## the competition size: `make data` + `make all` on data/large (30,000 train / 10,000 test images)
 	$(MAKE) data DATA=data/large
 	$(MAKE) all DATA=data/large
 	@echo "stage timings: runs/large/timings.csv"

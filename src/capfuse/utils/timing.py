@@ -13,6 +13,7 @@ peak counted too), so the first row that reaches a new peak shows it and later r
 from __future__ import annotations
 
 import contextvars
+import logging
 import resource
 import sys
 import time
@@ -142,4 +143,7 @@ def recording(command: str, csv_path: Path | None = None) -> Iterator[Timings]:
         if csv_path is not None and timings.rows:
             old = pd.read_csv(csv_path) if csv_path.exists() else None
             new = timings.frame()
-            write_csv(csv_path, new if old is None else pd.concat([old, new], ignore_index=True))
+            try:
+                write_csv(csv_path, new if old is None else pd.concat([old, new], ignore_index=True))
+            except OSError as exc:  # a full disk: the command's own error is the one to report
+                logging.getLogger("capfuse").warning("timings not written to %s: %s", csv_path, exc)
