@@ -17,7 +17,7 @@ from capfuse.encoders.glove import glove_table
 from capfuse.encoders.registry import build_caption, build_image, caption_entry
 
 
-def _time_ms(fn, n_items: int, repeats: int = 3) -> float:
+def time_ms(fn, n_items: int, repeats: int = 3) -> float:
     fn()  # warm-up: allocator, lazy init
     best = float("inf")
     for _ in range(repeats):
@@ -34,7 +34,7 @@ def image_encoder_cost(name: str, size: int) -> tuple[int, float]:
     model = model.eval().to(memory_format=torch.channels_last)
     x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        ms = _time_ms(lambda: model(x), 32)
+        ms = time_ms(lambda: model(x), 32)
     return sum(p.numel() for p in model.parameters()), ms
 
 
@@ -47,7 +47,7 @@ def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
     entry = caption_entry(name)
     if entry.lookup is not None:
         captions = ["a man rides a horse past a red bus, near a bench"] * 32
-        return int(glove_table()[0].size), _time_ms(lambda: entry.lookup(captions, max_len), 32)
+        return int(glove_table()[0].size), time_ms(lambda: entry.lookup(captions, max_len), 32)
     model, tokenizer, _ = build_caption(name)
     batch = tokenizer(
         ["a man rides a horse past a red bus, near a bench"] * 32,
@@ -57,7 +57,7 @@ def caption_encoder_cost(name: str, max_len: int) -> tuple[int, float]:
         return_tensors="pt",
     )
     with torch.inference_mode():
-        ms = _time_ms(lambda: model(**batch), 32)
+        ms = time_ms(lambda: model(**batch), 32)
     return sum(p.numel() for p in model.parameters()), ms
 
 

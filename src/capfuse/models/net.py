@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from capfuse.config.schema import NetModelSettings
-from capfuse.encoders.cost import _time_ms
+from capfuse.encoders.cost import time_ms
 from capfuse.encoders.image import BackboneTop
 from capfuse.encoders.registry import build_caption, build_image, caption_entry
 from capfuse.encoders.text import label_text_embeddings
@@ -180,7 +180,7 @@ class NetModel:
                 # The top stages belong to the backbone, which light_report counts whole; time
                 # and count only what sits on top of it.
                 batch, net = net.features(batch), net.head
-            ms = _time_ms(lambda: net(batch), len(next(iter(batch.values()))))
+            ms = time_ms(lambda: net(batch), len(next(iter(batch.values()))))
         return count_parameters(net), ms
 
     # -- the loop -----------------------------------------------------------------------------
