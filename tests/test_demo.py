@@ -176,3 +176,19 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError):
         make_demo(out, **TINY, seed=0)
     assert (out / "train.csv").read_text() == "ImageID,Labels,Caption\n"
+
+
+def test_photo_size_stores_the_render_resized_and_is_part_of_the_stamp(tmp_path):
+    # The large preset stores COMP5329's 640x480: throughput at competition size must pay the
+    # decoder for those pixels, not for the 256-px render.
+    square = make_demo(tmp_path / "square", n_train=20, n_test=4, size=32, workers=1)
+    photo = make_demo(tmp_path / "photo", n_train=20, n_test=4, size=32, workers=1, photo=(48, 40))
+    with Image.open(tmp_path / "photo" / "data" / "0.jpg") as im:
+        assert im.size == (48, 40)
+    with Image.open(tmp_path / "square" / "data" / "0.jpg") as im:
+        assert im.size == (32, 32)
+    assert photo["photo"] == [48, 40] and "photo" not in square
+    # Same labels and captions: only the stored pixels differ.
+    assert (tmp_path / "photo" / "train.csv").read_text() == (tmp_path / "square" / "train.csv").read_text()
+    again = make_demo(tmp_path / "photo", n_train=20, n_test=4, size=32, workers=1)
+    assert again["skipped"] is False  # the stamp differs without the photo size: regenerated

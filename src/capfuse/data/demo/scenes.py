@@ -19,13 +19,14 @@ import numpy as np
 # matching and `make data` regenerates instead of keeping a dataset from an older generator.
 GENERATOR_VERSION = 1
 
-PRESETS: dict[str, dict[str, int]] = {
+PRESETS: dict[str, dict] = {
     # The embedded default: the whole pipeline runs on it on a 2-core CPU in minutes.
     "default": dict(n_train=2000, n_test=800, size=256),
     # For tests: seconds to generate; every class still appears in train (see FORCED_PER_CLASS).
     "tiny": dict(n_train=80, n_test=40, size=64),
-    # COMP5329-sized (30k/10k) for throughput checks; generation scales linearly.
-    "large": dict(n_train=30000, n_test=10000, size=256),
+    # COMP5329-sized (30k/10k, stored as 640x480 JPEGs like its photos) for throughput checks at
+    # competition size; generation scales linearly.
+    "large": dict(n_train=30000, n_test=10000, size=256, photo=(640, 480)),
 }
 
 # COCO ids and names for ids 1..19; 12 was never used by COCO and never occurs in COMP5329, so
