@@ -122,8 +122,12 @@ class ImageEncoderSpec:
     weights: str = "auto"  # auto, package, hub or none (capfuse.encoders.image)
     batch_size: int = 16  # ONNX Runtime on 2 cores: 16 -> 105 images/s, 64 -> 95 (make bench)
     # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
-    # torch: no export step (and the only choice on a GPU).
+    # openvino: OpenVINO's CPU runtime (optional install: pip install openvino nncf), measured
+    # side by side by make bench; torch: no export step (and the only choice on a GPU).
     backend: str = "onnx"
+    # fp32 or int8 (static, per-channel, calibrated on the training images; part of the cache
+    # key). PRECISION_NOTE
+    precision: str = "fp32"
     grid: int = 4  # token grid side: the final feature map is average-pooled to grid x grid tokens
 
     @classmethod
@@ -159,6 +163,9 @@ class CaptionEncoderSettings:
     batch_size: int = 128  # sorted-length batches pad little, so larger batches cost no extra work
     weights: str = "auto"
     trainable: bool = True  # finetune mode only: false keeps the caption encoder frozen
+    # The frozen pass that fills the caption cache: onnx (ONNX Runtime, fp32: BACKEND_NOTE) or
+    # torch. Not part of the cache key: both give the same states within float16 precision.
+    backend: str = "onnx"
 
 
 TextEncoderSpec = CaptionEncoderSettings

@@ -14,6 +14,7 @@ or when the hub does not answer a quick probe.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,12 +136,16 @@ def _missing_message(name: str, weights: str, failures: list[str]) -> str:
     return f"no caption encoder {name!r} ({tried}); {hint}"
 
 
-def encode(model, tokenizer, captions: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode(
+    model, tokenizer, captions: list[str], max_len: int, run: Callable[[dict], np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token states [N, max_len, D], mask [N, max_len] (bool) and masked-mean pooled vectors [N, D].
 
     The batch is padded only to its longest caption (padding to ``max_len`` would double the
     work for ~12-token captions); the outputs are then zero-padded to ``max_len`` so every
-    batch has one shape. Pooling is sentence-transformers' mean over real tokens.
+    batch has one shape. Pooling is sentence-transformers' mean over real tokens. ``run``: a
+    runtime that maps the tokenizer's arrays to the last hidden states (``TextRunner``), in
+    place of ``model``'s torch forward.
     """
     dim = model.config.hidden_size
     if not captions:
@@ -149,8 +154,11 @@ def encode(model, tokenizer, captions: list[str], max_len: int) -> tuple[np.ndar
     batch = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_len, return_tensors="pt").to(
         device
     )
-    with torch.inference_mode():
-        hidden = model(**batch).last_hidden_state.float()
+    if run is not None:
+        hidden = torch.from_numpy(run({k: v.numpy() for k, v in batch.items()})).float()
+    else:
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state.float()
     mask = batch["attention_mask"].bool()
     m = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = masked_mean(hidden, mask)

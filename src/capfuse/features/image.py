@@ -13,6 +13,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,14 @@ from capfuse.config.schema import IMAGE_MODEL_KEYS, ImageEncoderSpec  # noqa: F4
 from capfuse.data.images import load_array, resolve_image_path
 from capfuse.encoders.image import Preprocess, feature_maps, preprocess_for
 from capfuse.encoders.registry import build_image
+from capfuse.encoders.runtime import Calibration, ImageRunner, check_choice
 from capfuse.encoders.weights import state_dict_sha256
 from capfuse.utils.io import allocate_npy, atomic_path, read_json, stat_key, write_json
 from capfuse.utils.log import log, progress
 
 VIEWS = ("orig", "hflip")
+# Enough images for stable min/max activation ranges; a calibration pass costs ~2 s per 100.
+CALIBRATION_IMAGES = 256
 
 
 # The cache's key is the ``image_encoder:`` block's cache part: one home for its defaults.
@@ -42,55 +46,6 @@ def inputs_checksum(data_dir: Path, image_ids: list[str], image_ok: np.ndarray) 
             h.update(f":{stat_key(os.stat(resolve_image_path(data_dir, image_id)))}".encode())
         h.update(b"\n")
     return h.hexdigest()
-
-
-class _Runner:
-    """Runs the frozen backbone on uint8 NHWC batches with the chosen backend."""
-
-    def __init__(
-        self, model: torch.nn.Module, size: int, backend: str, export_dir: Path, tag: str, n_outputs: int = 1
-    ) -> None:
-        self.model = model
-        self.n_outputs = n_outputs
-        self.session = None
-        if backend == "onnx":
-            try:
-                import onnxruntime as ort  # noqa: PLC0415 (the ONNX backend is optional: a missing runtime falls back to torch)
-            except ImportError:
-                log.warning("onnxruntime is not installed; embedding with torch instead")
-                return
-            onnx_path = export_dir / f"{tag}.onnx"
-            names = [f"y{i}" for i in range(self.n_outputs)]
-            if not onnx_path.exists():
-                with atomic_path(onnx_path) as tmp:
-                    torch.onnx.export(
-                        model,
-                        (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
-                        str(tmp),
-                        input_names=["x"],
-                        output_names=names,
-                        dynamic_axes={"x": {0: "n"}} | {y: {0: "n"} for y in names},
-                        opset_version=17,
-                        dynamo=False,
-                    )
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = torch.get_num_threads()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Idle ORT workers would otherwise spin between batches and take the core that the
-            # decoding thread needs (measured: +~10 % images/s end to end on 2 cores).
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        elif backend != "torch":
-            raise ValueError(f"backend must be onnx or torch, got {backend!r}")
-
-    def __call__(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
-        """The output array, or a list of them when the model has several outputs."""
-        if self.session is not None:
-            out = self.session.run(None, {"x": np.ascontiguousarray(x)})
-        else:
-            y = self.model(torch.from_numpy(np.ascontiguousarray(x)))
-            out = [t.float().numpy() for t in (y if isinstance(y, tuple) else (y,))]
-        return out if self.n_outputs > 1 else out[0]
 
 
 class FeatureMap(torch.nn.Module):
@@ -154,13 +109,69 @@ def _ordered(outputs) -> tuple[str, ...]:
 def cache_files(
     cache_dir: Path, spec: ImageEncoderSpec, size: int, view: str, outputs: tuple[str, ...] = OUTPUTS
 ) -> dict[str, Path]:
-    stem = f"img-{spec.name}-{size}px-{view}"
+    # fp32 keeps the names it always had, so caches written before precision existed still serve.
+    precision = effective_precision(spec)
+    stem = f"img-{spec.name}-{size}px-{view}" if precision == "fp32" else f"img-{spec.name}-{size}px-{precision}-{view}"
     files = {
         "pooled": cache_dir / f"{stem}-pooled.npy",
         "tokens": cache_dir / f"{stem}-tokens{spec.grid}.npy",
         "meta": cache_dir / f"{stem}.json",
     }
     return files | {mid_output(n): cache_dir / f"{stem}-mid{n}.npy" for n in _mid_levels(outputs)}
+
+
+def effective_precision(spec: ImageEncoderSpec) -> str:
+    """int8 is a CPU runtime's choice: eager torch (the GPU path) always computes in fp32."""
+    return "fp32" if spec.backend == "torch" else spec.precision
+
+
+@dataclass(frozen=True)
+class CalibrationImages:
+    """The images int8 graphs are calibrated on: a fixed, evenly spaced subset of one folder's
+    images (the training images, when the feature store picks them), the same for every split
+    and folder embedded with that graph."""
+
+    data_dir: Path
+    image_ids: tuple[str, ...]
+
+    @classmethod
+    def spread(cls, data_dir: Path, image_ids: list[str], n: int = CALIBRATION_IMAGES) -> CalibrationImages:
+        """``n`` ids evenly spaced over ``image_ids`` (all of them when there are fewer)."""
+        picks = np.unique(np.linspace(0, len(image_ids) - 1, min(n, len(image_ids))).round().astype(int))
+        return cls(Path(data_dir), tuple(image_ids[i] for i in picks) if image_ids else ())
+
+    def for_size(self, size: int, batch_size: int) -> Calibration:
+        ok = np.ones(len(self.image_ids), bool)
+        key = hashlib.sha256(f"{inputs_checksum(self.data_dir, list(self.image_ids), ok)}|{size}".encode()).hexdigest()
+
+        def batches():
+            ids = self.image_ids
+            for i in range(0, len(ids), batch_size):
+                yield np.stack(
+                    [load_array(resolve_image_path(self.data_dir, j), size) for j in ids[i : i + batch_size]]
+                )
+
+        return Calibration(key, batches)
+
+
+@dataclass
+class _Job:
+    """One (encoder, view) whose arrays this pass writes."""
+
+    spec: ImageEncoderSpec
+    view: str
+    outputs: tuple[str, ...]
+    files: dict[str, Path]
+    meta: dict
+    arrays: dict = field(default_factory=dict)
+
+
+def _check_request(view: str, outputs: tuple[str, ...]) -> None:
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    bad = [o for o in outputs if o not in OUTPUTS and not _MID.match(o)]
+    if bad or not outputs:
+        raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS} and mid<n>, got {outputs}")
 
 
 def embed_images(
@@ -172,10 +183,19 @@ def embed_images(
     *,
     view: str = "orig",
     quiet: bool | None = None,
+    calibration: CalibrationImages | None = None,
 ) -> tuple[np.ndarray, str]:
     """Pooled features [N, D] (float16, memory-mapped; zeros where not ok) and their checksum."""
     out = embed_image_features(
-        data_dir, image_ids, image_ok, spec, cache_dir, view=view, outputs=("pooled",), quiet=quiet
+        data_dir,
+        image_ids,
+        image_ok,
+        spec,
+        cache_dir,
+        view=view,
+        outputs=("pooled",),
+        quiet=quiet,
+        calibration=calibration,
     )
     return out["pooled"], out["checksum"]
 
@@ -190,108 +210,87 @@ def embed_image_features(
     view: str = "orig",
     outputs: tuple[str, ...] = OUTPUTS,
     quiet: bool | None = None,
+    calibration: CalibrationImages | None = None,
 ) -> dict:
     """``pooled`` [N, D], ``tokens`` [N, grid*grid, D] and/or ``mid<n>`` [N, C, h, w] (float16,
-    memory-mapped) and ``checksum``.
-
-    ``mid<n>`` is the feature map entering the backbone's top ``n`` stages: models that train
-    those stages on a CPU start from it. Rows with ``image_ok`` False are zeros. Outputs
-    already cached for the same inputs are reused; asking for one that is missing recomputes
-    it together with the cached ones in one backbone pass.
-    """
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-    bad = [o for o in outputs if o not in OUTPUTS and not _MID.match(o)]
-    if bad or not outputs:
-        raise ValueError(f"outputs must be a non-empty subset of {OUTPUTS} and mid<n>, got {outputs}")
-    image_ok = np.asarray(image_ok, dtype=bool)
-    model, source = build_image(spec.name, weights=spec.weights)
-    model = model.eval().to(memory_format=torch.channels_last)
-    pre = preprocess_for(model, spec.size)
-    # The weights' own checksum, not only their file's name: a new file under the old name
-    # must not be served the old features. Random weights ("none") differ on every call and
-    # are only ever a test's, so they keep one key.
-    weights_key = source if source == "none" else f"{source}@{state_dict_sha256(model)}"
-    checksum = hashlib.sha256(
-        f"{inputs_checksum(data_dir, image_ids, image_ok)}|{weights_key}|{pre}".encode()
-    ).hexdigest()
-    meta_file = cache_files(cache_dir, spec, pre.size, view)["meta"]
-    have: tuple[str, ...] = ()
-    if meta_file.exists():
-        meta = read_json(meta_file)
-        if meta.get("checksum") == checksum:
-            listed = tuple(meta.get("outputs", []))
-            have = tuple(o for o in listed if cache_files(cache_dir, spec, pre.size, view, listed)[o].exists())
-            if set(outputs) <= set(have):
-                files = cache_files(cache_dir, spec, pre.size, view, outputs)
-                log.info("feature cache hit: %s %s", meta_file.stem, list(outputs))
-                return {o: np.load(files[o], mmap_mode="r") for o in outputs} | {"checksum": checksum}
-        else:
-            log.info("feature cache stale (inputs changed): %s", meta_file.stem)
-            have = ()
-    todo_outputs = _ordered(set(outputs) | set(have))
-    files = cache_files(cache_dir, spec, pre.size, view, todo_outputs)
-    mids = _mid_levels(todo_outputs)
-    n_blocks = len(getattr(model, "blocks", ()))
-    if mids and max(mids) >= n_blocks:
-        raise ValueError(f"{spec.name} has {n_blocks} stages; cannot cache the input of its top {max(mids)}")
-
-    dim = model.num_features
-    tag = "u8-fmap" + "".join(f"-mid{n}" for n in mids)
-    fmap = FeatureMap(model, pre, mids)
-    # Keyed by the exported module's tensors (weights and normalisation), so an export is
-    # reused only for exactly the weights it came from.
-    runner = _Runner(
-        fmap,
-        pre.size,
-        spec.backend,
-        cache_dir / "onnx",
-        f"{spec.name}-{pre.size}px-{tag}-{state_dict_sha256(fmap)[:16]}",
-        n_outputs=len(mids) + 1,
+    memory-mapped) and ``checksum``: one encoder and view of ``embed_image_views``."""
+    got = embed_image_views(
+        data_dir, image_ids, image_ok, [(spec, view, outputs)], cache_dir, quiet=quiet, calibration=calibration
     )
-    shapes = {"pooled": (len(image_ids), dim), "tokens": (len(image_ids), spec.grid * spec.grid, dim)}
-    if mids:
-        with torch.inference_mode():  # one image through the net gives each mid map's shape
-            probe = fmap(torch.zeros(1, pre.size, pre.size, 3, dtype=torch.uint8))
-        shapes |= {mid_output(n): (len(image_ids), *probe[i].shape[1:]) for i, n in enumerate(mids)}
-    todo = np.flatnonzero(image_ok)
-    batches = [todo[i : i + spec.batch_size] for i in range(0, len(todo), spec.batch_size)]
+    return got[(spec, view)]
 
-    def load_batch(rows: np.ndarray) -> np.ndarray:
-        batch = np.stack([load_array(resolve_image_path(data_dir, image_ids[r]), pre.size) for r in rows])
-        return np.ascontiguousarray(batch[:, :, ::-1]) if view == "hflip" else batch  # copied here, off the main thread
 
-    # Drop the old sidecar first: if this run dies after replacing some arrays, an old sidecar
-    # would otherwise vouch for a mix of old and new files.
-    meta_file.unlink(missing_ok=True)
-    with ExitStack() as stack:
-        # Written straight into memory-mapped temporary files (rows of unreadable images stay
-        # zero): 40k images' intermediate maps are gigabytes that need not sit in RAM. Their
-        # disk space is reserved before any image is decoded, so a full disk is an error now,
-        # not a SIGBUS an hour in. Each file is renamed into place when the stack closes
-        # without an error.
-        arrays = {
-            o: allocate_npy(stack.enter_context(atomic_path(files[o])), np.float16, shapes[o]) for o in todo_outputs
-        }
-        # Decode the next batch on a worker thread while the model runs on the current one:
-        # PIL releases the GIL while decoding, so the two overlap.
-        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-            pending = pool.submit(load_batch, batches[0]) if batches else None
-            for i, rows in enumerate(progress(batches, f"embed {spec.name} {view}", quiet=quiet)):
-                batch = pending.result()
-                pending = pool.submit(load_batch, batches[i + 1]) if i + 1 < len(batches) else None
-                result = runner(batch)
-                maps = result if mids else [result]
-                pooled = pool_outputs(maps[-1], todo_outputs, spec.grid)
-                pooled |= {mid_output(n): maps[j] for j, n in enumerate(mids)}
-                for key, value in pooled.items():
-                    arrays[key][rows] = value.astype(np.float16)
-        for arr in arrays.values():
-            arr.flush()
-        del arrays
-    write_json(
-        meta_file,
-        {  # written last: its checksum vouches for the arrays beside it
+def embed_image_views(
+    data_dir: Path,
+    image_ids: list[str],
+    image_ok: np.ndarray,
+    requests: list[tuple[ImageEncoderSpec, str, tuple[str, ...]]],
+    cache_dir: Path,
+    *,
+    quiet: bool | None = None,
+    calibration: CalibrationImages | None = None,
+) -> dict[tuple[ImageEncoderSpec, str], dict]:
+    """Every requested (encoder, view, outputs) of the same images, each image decoded once.
+
+    Returns, per (encoder, view), ``pooled`` [N, D], ``tokens`` [N, grid*grid, D] and/or
+    ``mid<n>`` [N, C, h, w] (float16, memory-mapped) and ``checksum``. ``mid<n>`` is the feature
+    map entering the backbone's top ``n`` stages: models that train those stages on a CPU start
+    from it. Rows with ``image_ok`` False are zeros. Outputs already cached for the same inputs
+    are reused; asking for one that is missing recomputes it together with the cached ones.
+
+    What is not cached is computed in one pass over the images: each batch is decoded once per
+    input size, flipped once if any view needs it, and fed to every encoder that needs it
+    (decoding a 640x480 JPEG costs about as much as a quarter of a Lite0 forward pass).
+    ``calibration``: the images int8 graphs are calibrated on (default: these images).
+    """
+    image_ok = np.asarray(image_ok, dtype=bool)
+    for _, view, outputs in requests:
+        _check_request(view, outputs)
+    inputs_sum = inputs_checksum(data_dir, image_ids, image_ok)
+    if calibration is None:
+        calibration = CalibrationImages.spread(data_dir, [i for i, ok in zip(image_ids, image_ok) if ok])
+    built: dict[ImageEncoderSpec, tuple] = {}
+    results: dict[tuple[ImageEncoderSpec, str], dict] = {}
+    jobs: list[_Job] = []
+    for spec, view, outputs in requests:
+        if spec not in built:
+            check_choice(spec.backend, spec.precision)
+            model, source = build_image(spec.name, weights=spec.weights)
+            model = model.eval().to(memory_format=torch.channels_last)
+            pre = preprocess_for(model, spec.size)
+            # The weights' own checksum, not only their file's name: a new file under the old name
+            # must not be served the old features. Random weights ("none") differ on every call and
+            # are only ever a test's, so they keep one key.
+            weights_key = source if source == "none" else f"{source}@{state_dict_sha256(model)}"
+            key = f"{inputs_sum}|{weights_key}|{pre}"
+            precision = effective_precision(spec)
+            if precision != "fp32":  # fp32 keeps its old key: caches from before stay valid
+                key += f"|{precision}:{spec.backend}:{calibration.for_size(pre.size, spec.batch_size).key}"
+            built[spec] = (model, source, pre, hashlib.sha256(key.encode()).hexdigest())
+        model, source, pre, checksum = built[spec]
+        meta_file = cache_files(cache_dir, spec, pre.size, view)["meta"]
+        have: tuple[str, ...] = ()
+        if meta_file.exists():
+            meta = read_json(meta_file)
+            if meta.get("checksum") == checksum:
+                listed = tuple(meta.get("outputs", []))
+                have = tuple(o for o in listed if cache_files(cache_dir, spec, pre.size, view, listed)[o].exists())
+                if set(outputs) <= set(have):
+                    files = cache_files(cache_dir, spec, pre.size, view, outputs)
+                    log.info("feature cache hit: %s %s", meta_file.stem, list(outputs))
+                    results[(spec, view)] = {o: np.load(files[o], mmap_mode="r") for o in outputs} | {
+                        "checksum": checksum
+                    }
+                    continue
+            else:
+                log.info("feature cache stale (inputs changed): %s", meta_file.stem)
+                have = ()
+        todo_outputs = _ordered(set(outputs) | set(have))
+        mids = _mid_levels(todo_outputs)
+        n_blocks = len(getattr(model, "blocks", ()))
+        if mids and max(mids) >= n_blocks:
+            raise ValueError(f"{spec.name} has {n_blocks} stages; cannot cache the input of its top {max(mids)}")
+        meta = {
             "encoder": spec.name,
             "weights": source,
             "size": pre.size,
@@ -299,11 +298,111 @@ def embed_image_features(
             "grid": spec.grid,
             "outputs": list(todo_outputs),
             "rows": len(image_ids),
-            "dim": dim,
+            "dim": model.num_features,
             "checksum": checksum,
             "mean": pre.mean,
             "std": pre.std,
-        },
-    )
-    log.info("wrote %s %s (%d rows × %d)", meta_file.stem, list(todo_outputs), len(image_ids), dim)
-    return {o: np.load(files[o], mmap_mode="r") for o in outputs} | {"checksum": checksum}
+        }
+        if effective_precision(spec) != "fp32":
+            meta |= {"precision": effective_precision(spec), "backend": spec.backend}
+        jobs.append(_Job(spec, view, todo_outputs, cache_files(cache_dir, spec, pre.size, view, todo_outputs), meta))
+    if jobs:
+        _run_jobs(data_dir, image_ids, image_ok, jobs, built, cache_dir, calibration, quiet)
+    for job in jobs:
+        files = cache_files(cache_dir, job.spec, job.meta["size"], job.view, job.outputs)
+        asked = next(o for s, v, o in requests if (s, v) == (job.spec, job.view))
+        results[(job.spec, job.view)] = {o: np.load(files[o], mmap_mode="r") for o in asked} | {
+            "checksum": job.meta["checksum"]
+        }
+    return results
+
+
+def _run_jobs(data_dir, image_ids, image_ok, jobs: list[_Job], built: dict, cache_dir: Path, calibration, quiet):
+    """One pass over the images that fills every job's arrays, each batch decoded once per size."""
+    n = len(image_ids)
+    runners: dict[ImageEncoderSpec, tuple] = {}
+    for job in jobs:
+        spec = job.spec
+        if spec in runners:
+            # Another view of the same encoder: one runner, whose outputs cover both views' needs.
+            continue
+        model, _, pre, _ = built[spec]
+        outputs = _ordered({o for j in jobs if j.spec == spec for o in j.outputs})
+        mids = _mid_levels(outputs)
+        tag = "u8-fmap" + "".join(f"-mid{m}" for m in mids)
+        fmap = FeatureMap(model, pre, mids)
+        calib = calibration.for_size(pre.size, spec.batch_size) if effective_precision(spec) != "fp32" else None
+        # Keyed by the exported module's tensors (weights and normalisation), so an export is
+        # reused only for exactly the weights it came from.
+        runner = ImageRunner(
+            fmap,
+            pre.size,
+            backend=spec.backend,
+            precision=effective_precision(spec),
+            export_dir=cache_dir / "onnx",
+            tag=f"{spec.name}-{pre.size}px-{tag}-{state_dict_sha256(fmap)[:16]}",
+            n_outputs=len(mids) + 1,
+            calibration=calib,
+        )
+        shapes = {"pooled": (n, model.num_features), "tokens": (n, spec.grid * spec.grid, model.num_features)}
+        if mids:
+            with torch.inference_mode():  # one image through the net gives each mid map's shape
+                probe = fmap(torch.zeros(1, pre.size, pre.size, 3, dtype=torch.uint8))
+            shapes |= {mid_output(m): (n, *probe[i].shape[1:]) for i, m in enumerate(mids)}
+        runners[spec] = (runner, mids, shapes, pre.size)
+    sizes = sorted({r[3] for r in runners.values()})
+    flips = {runners[j.spec][3] for j in jobs if j.view == "hflip"}
+    chunk = max(j.spec.batch_size for j in jobs)
+    todo = np.flatnonzero(image_ok)
+    batches = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+
+    def load_batch(rows: np.ndarray) -> dict:
+        out = {}
+        for size in sizes:
+            batch = np.stack([load_array(resolve_image_path(data_dir, image_ids[r]), size) for r in rows])
+            out[(size, "orig")] = batch
+            if size in flips:
+                out[(size, "hflip")] = np.ascontiguousarray(batch[:, :, ::-1])  # copied here, off the main thread
+        return out
+
+    for job in jobs:
+        # Drop the old sidecar first: if this run dies after replacing some arrays, an old
+        # sidecar would otherwise vouch for a mix of old and new files.
+        job.files["meta"].unlink(missing_ok=True)
+    what = ", ".join(f"{j.spec.name} {j.view}" for j in jobs)
+    with ExitStack() as stack:
+        # Written straight into memory-mapped temporary files (rows of unreadable images stay
+        # zero): 40k images' intermediate maps are gigabytes that need not sit in RAM. Their
+        # disk space is reserved before any image is decoded, so a full disk is an error now,
+        # not a SIGBUS an hour in. Each file is renamed into place when the stack closes
+        # without an error.
+        for job in jobs:
+            shapes = runners[job.spec][2]
+            job.arrays = {
+                o: allocate_npy(stack.enter_context(atomic_path(job.files[o])), np.float16, shapes[o])
+                for o in job.outputs
+            }
+        # Decode the next batch on a worker thread while the models run on the current one:
+        # PIL releases the GIL while decoding, so the two overlap.
+        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+            pending = pool.submit(load_batch, batches[0]) if batches else None
+            for i, rows in enumerate(progress(batches, f"embed {what}", quiet=quiet)):
+                decoded = pending.result()
+                pending = pool.submit(load_batch, batches[i + 1]) if i + 1 < len(batches) else None
+                for job in jobs:
+                    runner, mids, _, size = runners[job.spec]
+                    x = decoded[(size, job.view)]
+                    step = job.spec.batch_size
+                    for lo in range(0, len(rows), step):  # each encoder at its own batch size
+                        maps = runner(x[lo : lo + step])
+                        got = pool_outputs(maps[-1], job.outputs, job.spec.grid)
+                        got |= {mid_output(m): maps[j] for j, m in enumerate(mids)}
+                        for key in job.outputs:
+                            job.arrays[key][rows[lo : lo + step]] = got[key].astype(np.float16)
+        for job in jobs:
+            for arr in job.arrays.values():
+                arr.flush()
+            job.arrays = {}
+    for job in jobs:
+        write_json(job.files["meta"], job.meta)  # written last: its checksum vouches for the arrays beside it
+        log.info("wrote %s %s (%d rows × %d)", job.files["meta"].stem, list(job.outputs), n, job.meta["dim"])

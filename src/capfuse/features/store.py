@@ -18,7 +18,13 @@ import numpy as np
 from capfuse.config.schema import ModelSettings, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.encoders.registry import caption_entry
-from capfuse.features.image import ImageEncoderSpec, embed_image_features, inputs_checksum, mid_output
+from capfuse.features.image import (
+    CalibrationImages,
+    ImageEncoderSpec,
+    embed_image_views,
+    inputs_checksum,
+    mid_output,
+)
 from capfuse.features.text import embed_captions
 from capfuse.features.tfidf import tfidf_features
 from capfuse.nn.fusion import needs_class_text
@@ -58,15 +64,47 @@ def flip_views(model_cfg: dict | ModelSettings) -> tuple[str, ...]:
     return ("orig",)
 
 
-def _embed_image(data_dir, ids, ok, spec: ImageEncoderSpec, cache, *, view: str, **kw) -> dict:
-    """``embed_image_features``, as a row of the command's timings (a cache hit shows as seconds)."""
-    with timed(f"embed {spec.name}@{spec.size or 'native'} {view}"):
-        return embed_image_features(data_dir, ids, ok, spec, cache, view=view, **kw)
+def _embed_images(data_dir, ids, ok, requests: list, cache, **kw) -> dict:
+    """``embed_image_views``, as a row of the command's timings (a cache hit shows as seconds)."""
+    what = ", ".join(f"{spec.name}@{spec.size or 'native'} {view}" for spec, view, _ in requests)
+    with timed(f"embed {what}"):
+        return embed_image_views(data_dir, ids, ok, requests, cache, **kw)
 
 
 def _embed_captions(captions, spec, cache, *, key: str, **kw) -> dict:
     with timed(f"embed {spec.name} captions ({key})"):
         return embed_captions(captions, spec, cache, key=key, **kw)
+
+
+class RowConcat:
+    """Two arrays' rows end to end, without copying them: the cached arrays of train and test
+    rows followed by an unlabelled folder's. A plain ``np.concatenate`` would read every token
+    grid of 40,000 images into memory (gigabytes) where the memory maps serve; rows are read
+    only when a batch asks for them."""
+
+    def __init__(self, first, second) -> None:
+        if first.shape[1:] != second.shape[1:] or first.dtype != second.dtype:
+            raise ValueError(f"cannot join rows of {first.shape} {first.dtype} and {second.shape} {second.dtype}")
+        self.parts = (first, second)
+        self.shape = (first.shape[0] + second.shape[0], *first.shape[1:])
+        self.dtype = first.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        first, second = self.parts
+        idx = np.arange(self.shape[0])[rows]  # any index numpy takes, as row numbers
+        out = np.empty((*np.shape(idx), *self.shape[1:]), self.dtype)
+        low = idx < len(first)
+        out[low] = first[idx[low]]
+        out[~low] = second[idx[~low] - len(first)]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 class FeatureStore:
@@ -80,12 +118,20 @@ class FeatureStore:
         remove_stale_tmp(ds.paths.cache)
         self._image: dict = {}
         self._caption: dict = {}
-        # Every output any model needs from an encoder, so one backbone pass serves them all.
+        # Every output and view any model needs from an encoder, so that one pass over the
+        # images (each decoded once) serves every backbone and view.
         self.wanted: dict[ImageEncoderSpec, set[str]] = {}
+        self.wanted_views: dict[ImageEncoderSpec, set[str]] = {}
         for model_cfg in (models or {}).values():
             m = resolve_model(model_cfg)
             if "image" in m.inputs and uses_cache(m):
                 self.wanted.setdefault(m.image_encoder.cache_spec(), set()).update(image_outputs(m))
+                self.wanted_views.setdefault(m.image_encoder.cache_spec(), set()).update(flip_views(m))
+        # int8 graphs are calibrated on the training images, the same graph for every split and
+        # for an unlabelled folder, so their features stay comparable.
+        self.calibration = CalibrationImages.spread(
+            ds.paths.data_dir, [i for i, ok in zip(ds.train_ids, ds.image_ok[: len(ds.train_ids)]) if ok]
+        )
 
     def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(outputs) | self.wanted.get(spec, set())))
@@ -101,26 +147,32 @@ class FeatureStore:
             self._caption[key] = tfidf_features(list(v.train["Caption"]), list(v.test["Caption"]), **params)
         return self._caption[key]
 
+    def _pending(self, asked: list[tuple[ImageEncoderSpec, str, tuple[str, ...]]], done: dict) -> list:
+        """``asked`` plus every wanted (encoder, view) not embedded yet: one pass decodes for all."""
+        requests = {(spec, view): outputs for spec, view, outputs in asked}
+        for spec, views in self.wanted_views.items():
+            for view in sorted(views):
+                requests.setdefault((spec, view), self._outputs(spec, ()))
+        return [(spec, view, outs) for (spec, view), outs in requests.items() if (spec, outs, view) not in done]
+
     def image_views(self, spec: ImageEncoderSpec, outputs: tuple[str, ...], views: tuple[str, ...]) -> dict:
         """The requested outputs of every row (train then test), for each test-time view."""
         outputs = self._outputs(spec, outputs)
-        key = (spec, outputs, views)
-        if key not in self._image:
+        missing = [(spec, view, outputs) for view in views if (spec, outputs, view) not in self._image]
+        if missing:
             ids, ok = self.ds.train_ids + self.ds.test_ids, self.ds.image_ok
-            self._image[key] = {
-                view: _embed_image(
-                    self.ds.paths.data_dir,
-                    ids,
-                    ok,
-                    spec,
-                    self.ds.paths.cache,
-                    view=view,
-                    outputs=outputs,
-                    quiet=self.quiet,
-                )
-                for view in views
-            }
-        return self._image[key]
+            got = _embed_images(
+                self.ds.paths.data_dir,
+                ids,
+                ok,
+                self._pending(missing, self._image),
+                self.ds.paths.cache,
+                quiet=self.quiet,
+                calibration=self.calibration,
+            )
+            for (s, view), arrays in got.items():
+                self._image[(s, self._outputs(s, tuple(o for o in arrays if o != "checksum")), view)] = arrays
+        return {view: self._image[(spec, outputs, view)] for view in views}
 
     def caption_tokens(self, spec) -> dict:
         """Token states, mask and pooled vectors of every caption (train then test)."""
@@ -183,21 +235,20 @@ class FeatureStore:
         if "image" in inputs:
             spec = m.image_encoder.cache_spec()
             names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(m)[0]}
+            keys = {view: [k for k in views[view] if k in names] for view in views}
+            got = _embed_images(
+                folder,
+                ids,
+                np.ones(len(ids), bool),
+                [(spec, view, self._outputs(spec, tuple(names[k] for k in keys[view]))) for view in views],
+                self.ds.paths.cache / "unlabelled",
+                quiet=self.quiet,
+                calibration=self.calibration,
+            )
             for view in views:
-                keys = [k for k in views[view] if k in names]
-                got = _embed_image(
-                    folder,
-                    ids,
-                    np.ones(len(ids), bool),
-                    spec,
-                    self.ds.paths.cache / "unlabelled",
-                    view=view,
-                    outputs=self._outputs(spec, tuple(names[k] for k in keys)),
-                    quiet=self.quiet,
-                )
-                for k in keys:
-                    views[view][k] = np.concatenate([views[view][k], got[names[k]]])
-                parts.append(got["checksum"])
+                for k in keys[view]:
+                    views[view][k] = RowConcat(views[view][k], got[(spec, view)][names[k]])
+                parts.append(got[(spec, view)]["checksum"])
         if "caption" in inputs:
             spec = m.caption_encoder
             entry = caption_entry(spec.name)
@@ -213,7 +264,7 @@ class FeatureStore:
                 cap = _embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
             # Captions do not flip: one concatenation serves every view.
             joined = {
-                k: np.concatenate([views["orig"][k], cap[name]])
+                k: RowConcat(views["orig"][k], cap[name])
                 for k, name in (("cap_pooled", "pooled"), ("cap_tokens", "tokens"), ("cap_mask", "mask"))
             }
             for view in views:

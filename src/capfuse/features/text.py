@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from capfuse.encoders.registry import build_caption
+from capfuse.encoders.runtime import TextRunner
 from capfuse.encoders.text import TextEncoderSpec, encode, text_encoder_sources
+from capfuse.encoders.weights import state_dict_sha256
 from capfuse.utils.io import allocate_npy, atomic_path, read_json, write_json
 from capfuse.utils.log import log, progress
 
@@ -54,6 +56,17 @@ def _load(files: dict[str, Path], checksum: str) -> dict:
     return {p: np.load(files[p], mmap_mode="r") for p in PARTS} | {"checksum": checksum}
 
 
+def caption_runner(model, tokenizer, spec: TextEncoderSpec, export_dir: Path) -> TextRunner | None:
+    """The runtime ``spec.backend`` names for the frozen pass: ONNX Runtime, or None for torch."""
+    if spec.backend == "torch":
+        return None
+    if spec.backend != "onnx":
+        raise ValueError(f"caption_encoder.backend must be onnx or torch, got {spec.backend!r}")
+    names = tuple(tokenizer(["a"], return_tensors="np").keys())
+    # Keyed by the weights' checksum: a re-saved model under the same name is exported again.
+    return TextRunner(model, names, export_dir, f"txt-{model.config.model_type}-{state_dict_sha256(model)[:16]}")
+
+
 def embed_captions(
     captions: list[str], spec: TextEncoderSpec, cache_dir: Path, *, key: str, quiet: bool | None = None
 ) -> dict:
@@ -79,6 +92,7 @@ def embed_captions(
 
     model, tokenizer, source = build_caption(spec.name, weights=spec.weights)
     checksum = _checksum(texts_sha, source, spec.max_len)
+    run = caption_runner(model, tokenizer, spec, Path(cache_dir) / "onnx")
     # Drop the old sidecar first: if this run dies after replacing some arrays, an old sidecar
     # would otherwise vouch for a mix of old and new files.
     files["meta"].unlink(missing_ok=True)
@@ -101,7 +115,7 @@ def embed_captions(
             for p, (shape, dtype) in shapes.items()
         }
         for rows in progress(batches, f"embed captions {spec.name}", quiet=quiet):
-            tokens, mask, pooled = encode(model, tokenizer, [captions[r] for r in rows], length)
+            tokens, mask, pooled = encode(model, tokenizer, [captions[r] for r in rows], length, run=run)
             out["tokens"][rows], out["mask"][rows], out["pooled"][rows] = tokens, mask, pooled
         for arr in out.values():
             arr.flush()
