@@ -14,6 +14,8 @@ STRICT  ?= 0                         ## 1: fail on bad train rows instead of qua
 FORCE   ?= 0                         ## 1: rewrite an existing fold file
 ARGS    ?=                           ## extra CLI arguments, e.g. ARGS="--set folds.k=3"
 GPUS    ?= 1                         ## >1: `make train` runs under torchrun with DDP on that many GPUs
+JOBS    ?= 1                         ## >1: `make train` runs that many (model, fold) jobs at once, cores // JOBS threads each
+SCHEDULER ?=                         ## Dask scheduler (tcp://host:8786) that runs `make train`'s (model, fold) jobs
 STORAGE ?=                           ## Optuna RDB URL for the threshold study (default: sqlite in runs/<dataset>/ensemble/)
 ABLATION ?= configs/ablation.yaml   ## make ablate: the variants (configs/early_stop.yaml: the stopping rules)
 UNLABELLED ?=                        ## extra folder of unlabelled images for pseudo-label rounds (`make unlabelled` writes a demo one)
@@ -27,6 +29,8 @@ override STRICT := $(strip $(STRICT))
 override FORCE  := $(strip $(FORCE))
 override VENV   := $(strip $(VENV))
 override GPUS   := $(strip $(GPUS))
+override JOBS   := $(strip $(JOBS))
+override SCHEDULER := $(strip $(SCHEDULER))
 # STORAGE (it may hold a password), QUERY and IMAGE reach the program through the environment
 # as "$$VAR", never pasted into a recipe: quotes, `$(...)` or backticks in them would be run by
 # the shell, and make would echo the password. $(value) takes the text as given, so make does
@@ -40,6 +44,8 @@ DATASET := $(notdir $(patsubst %/,%,$(DATA)))
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
+# Where train's (model, fold) jobs run; under torchrun (GPUS>1) the CLI refuses JOBS>1 and SCHEDULER.
+ENGINE  := $(if $(filter-out 1,$(JOBS)),--jobs $(JOBS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
 
 .PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all test lint format checksums bench bench-scale clean clean-all
@@ -86,9 +92,9 @@ embed: data ## cache frozen-encoder features of CONFIG's models (runs/<dataset>/
 
 train: data ## train every model of CONFIG over every fold (runs/<dataset>/<model>/)
 ifeq ($(filter-out 0 1,$(GPUS)),)
-	$(RUN) train $(COMMON)
+	$(RUN) train $(COMMON) $(ENGINE)
 else
-	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m capfuse.cli train $(COMMON)
+	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m capfuse.cli train $(COMMON) $(ENGINE)
 endif
 
 ratios: data ## label-ratio mode: runs/<dataset>/label_ratios.csv, CV at 5/10/20/100 % labels with and without pseudo-labels

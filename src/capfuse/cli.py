@@ -4,7 +4,7 @@
     capfuse validate --data DIR
     capfuse folds    --data DIR --config configs/pipeline.yaml [--force]
     capfuse embed    --data DIR --config configs/pipeline.yaml [--only NAME ...]
-    capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...]
+    capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...] [--jobs N | --scheduler ADDRESS] [--threads T]
     capfuse ratios   --data DIR --config configs/pipeline.yaml
     capfuse ablate   --data DIR --config configs/ablation.yaml
     capfuse stack    --data DIR --config configs/pipeline.yaml
@@ -66,6 +66,32 @@ def _common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """Where the train stage's (model, fold) jobs run (capfuse.training.jobs)."""
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N (model, fold) jobs at once, each with cores // N threads (default: 1, serial)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="send the (model, fold) jobs to the Dask scheduler at ADDRESS, e.g. tcp://host:8786; "
+        "its workers must see the same runs/ and data folders",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="T",
+        help="torch and BLAS threads of each fold, serial or job (default: torch's own serially, "
+        "cores // N with --jobs N); a run gives the same bytes with any --jobs at the same T",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capfuse", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -115,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train every configured model over every fold")
     _common(p)
     p.add_argument("--only", nargs="+", default=None, help="train only these models of the config")
+    _engine_options(p)
 
     p = sub.add_parser(
         "ratios", help="label-ratio mode: CV at p %% of the labels, without and with pseudo-label rounds"
@@ -146,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", help="folds, train and infer in one go")
     _common(p)
     p.add_argument("--storage", default=None, help=storage_help)
+    _engine_options(p)
     _add_zeroshot_commands(sub)
     return parser
 

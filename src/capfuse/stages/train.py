@@ -1,7 +1,13 @@
-"""The train stage: every configured model over every fold, on features the embed stage cached."""
+"""The train stage: every configured model over every fold, on features the embed stage cached.
+
+Serially by default; with ``--jobs N`` or ``--scheduler tcp://host:8786`` the (model, fold) jobs
+run first on N local processes or a Dask cluster (``capfuse.training.jobs``), and the same loop
+then finds every fold done and assembles each model's OOF and test logits.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -10,32 +16,53 @@ from capfuse.config.schema import resolve_model
 from capfuse.data.dataset import load_dataset
 from capfuse.features.store import FeatureStore
 from capfuse.training.cv import model_inputs, train_model
+from capfuse.training.jobs import Engine, fold_threads, open_jobs, run_jobs
 from capfuse.training.leaderboard import update_leaderboard
 from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.selection import select_models
-from capfuse.utils.dist import init_distributed
+from capfuse.utils.dist import init_distributed, rank_world
 from capfuse.utils.log import log, stage
 
 
 def run_train(
-    paths, cfg: dict, config_path: Path, *, only: list[str] | None = None, quiet: bool | None = None
+    paths,
+    cfg: dict,
+    config_path: Path,
+    *,
+    only: list[str] | None = None,
+    quiet: bool | None = None,
+    engine: Engine | None = None,
 ) -> pd.DataFrame:
+    engine = engine or Engine()
     models = select_models(cfg, config_path, only)
     with stage("train", f"{paths.dataset}: {', '.join(models)}"):
         ds = load_dataset(paths, cfg, quiet=quiet)
         folds = ds.folds()
         store = FeatureStore(ds, quiet, models)
+        job_quiet = quiet is not False  # a worker's log has no use for progress bars
+        if engine.parallel:
+            # Every model's features are cached before any job starts: jobs read them, never
+            # compute them. The loop below then finds them in the store and the folds done.
+            jobs = []
+            for name, model_cfg in models.items():
+                common = model_inputs(ds, folds, _features(store, model_cfg))
+                out_dir, extra = paths.model_dir(name), _with_extra(model_cfg)
+                jobs += open_jobs(
+                    paths, cfg, name, _plain(model_cfg), common, out_dir=out_dir, with_extra=extra, quiet=job_quiet
+                )
+            run_jobs(jobs, engine)
+        # A serial run's folds train here; with --threads at that count (torch's own otherwise).
+        serial_threads = None if engine.parallel else engine.threads
         board = None
         for name, model_cfg in models.items():
             with stage(f"train {name}", model_cfg["kind"]):
                 settings = resolve_model(model_cfg).pseudo
-                # The unlabelled folder's rows join only models with rounds: the others never use them.
-                feats = store.for_model(model_cfg, with_extra=settings.rounds > 0)
-                common = model_inputs(ds, folds, feats)
+                common = model_inputs(ds, folds, _features(store, model_cfg))
                 # Round 0 is the plain model: its pseudo settings concern later rounds only and
                 # must not change its fingerprint.
-                plain = {k: v for k, v in model_cfg.items() if k != "pseudo"}
-                metrics = train_model(name, plain, out_dir=paths.model_dir(name), **common)
+                plain = _plain(model_cfg)
+                with fold_threads(serial_threads):
+                    metrics = train_model(name, plain, out_dir=paths.model_dir(name), **common)
                 if not metrics:
                     continue  # a non-zero torchrun rank: rank 0 writes the artefacts
                 board = update_leaderboard(paths.runs / "leaderboard.csv", metrics)
@@ -47,14 +74,60 @@ def run_train(
                     metrics["cv_map"],
                 )
                 if settings.rounds:
-                    rounds_board, _ = pseudo_rounds(paths, ds, name, model_cfg, metrics, settings, common)
+                    # Each round's folds run as jobs too, once the round before it is assembled.
+                    with fold_threads(serial_threads):
+                        rounds_board, _ = pseudo_rounds(
+                            paths,
+                            ds,
+                            name,
+                            model_cfg,
+                            metrics,
+                            settings,
+                            common,
+                            before_round=partial(_round_jobs, paths, cfg, common, engine, job_quiet)
+                            if engine.parallel
+                            else None,
+                        )
                     board = rounds_board if rounds_board is not None else board
         if board is not None:
             log.info("leaderboard (%s):\n%s", paths.runs / "leaderboard.csv", board.to_string(index=False))
         return board
 
 
+def _plain(model_cfg: dict) -> dict:
+    return {k: v for k, v in model_cfg.items() if k != "pseudo"}
+
+
+def _features(store: FeatureStore, model_cfg: dict) -> dict:
+    # The unlabelled folder's rows join only models with rounds: the others never use them.
+    return store.for_model(model_cfg, with_extra=_with_extra(model_cfg))
+
+
+def _with_extra(model_cfg: dict) -> bool:
+    return resolve_model(model_cfg).pseudo.rounds > 0
+
+
+def _round_jobs(
+    paths, cfg: dict, common: dict, engine: Engine, quiet: bool, name: str, round_cfg: dict, out_dir: Path, src
+) -> None:
+    """A pseudo-label round's folds as jobs, once the round before it is assembled."""
+    jobs = open_jobs(
+        paths, cfg, name, round_cfg, common, out_dir=out_dir, with_extra=True, pseudo_from=src, quiet=quiet
+    )
+    run_jobs(jobs, engine)
+
+
 def cli(args, paths, cfg: dict, quiet: bool) -> int:
     init_distributed()  # a no-op unless launched by torchrun with several processes
-    run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet)
+    engine = Engine(
+        jobs=getattr(args, "jobs", 1),
+        scheduler=getattr(args, "scheduler", None),
+        threads=getattr(args, "threads", None),
+    )
+    if engine.parallel and rank_world()[1] > 1:
+        raise ValueError(
+            f"--jobs {engine.jobs} / --scheduler cannot run under torchrun (GPUS>1): DDP already "
+            "spreads each fold over the GPUs; use GPUS=1 with JOBS or SCHEDULER, or GPUS>1 alone"
+        )
+    run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet, engine=engine)
     return 0

@@ -5,6 +5,10 @@ and the test set. Each finished fold is written atomically with a ``done.json`` 
 interrupted run skips completed folds; a change of config, data or folds starts over. A fold's
 ``done.json`` carries the fingerprint it was trained under, and only a fold of the run's own
 fingerprint is skipped.
+
+The same fold loop runs as (model, fold) jobs in other processes or machines
+(``capfuse.training.jobs``): ``open_run`` prepares the run folder, ``train_fold`` trains one fold
+exactly as the loop would, and ``train_model`` then finds every fold done and assembles the run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +70,114 @@ def model_inputs(ds, folds: np.ndarray, feats: dict) -> dict:
     )
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What ``train_model`` settles before its first fold; a (model, fold) job settles the same."""
+
+    name: str
+    out_dir: Path
+    settings: cfglib.ModelSettings
+    model: object
+    fp: str
+    folds_checksum: str
+    labelled: np.ndarray
+    unlabelled: np.ndarray
+    pseudo_from: PseudoSource | None
+
+
+def _plan(name: str, model_cfg: dict, out_dir: Path, inputs: dict) -> _Run:
+    """``inputs``: ``train_model``'s keyword arguments after ``out_dir``."""
+    train_ids, folds, feats = inputs["train_ids"], inputs["folds"], inputs["feats"]
+    data_fingerprint, pseudo_from = inputs["data_fingerprint"], inputs.get("pseudo_from")
+    labelled = inputs.get("labelled")
+    # Resolved once, here, and handed down; the dict itself stays as it is: it is what the run
+    # folder's fingerprint and config.yaml hold.
+    settings = cfglib.resolve_model(model_cfg)
+    model = MODELS.create(settings.kind, cfg=settings, seed=settings.seed)
+    if pseudo_from is not None and settings.kind != "net":
+        raise ValueError(
+            f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {settings.kind}"
+        )
+    # Label-ratio mode: only ``labelled`` train rows train; the others are predicted by every fold
+    # (``extra_logits.npy``) so that pseudo-label rounds can use them as unlabelled images.
+    labelled = np.ones(len(train_ids), bool) if labelled is None else np.asarray(labelled, bool)
+    unlabelled = np.flatnonzero(~labelled)
+    if len(unlabelled):
+        if settings.kind != "net":
+            raise ValueError(f"{name}: label-ratio mode needs a net model; kind is {settings.kind}")
+        data_fingerprint = f"{data_fingerprint}|labelled:{hashlib.sha256(labelled.tobytes()).hexdigest()}"
+    # The rows of an extra unlabelled folder (``data.unlabelled``) sit after the test rows and
+    # are predicted like the unlabelled train rows, for the next round to label.
+    unlabelled = np.concatenate([unlabelled, np.asarray(feats.get("extra_pool_rows", []), dtype=np.int64)])
+    if pseudo_from is not None:
+        data_fingerprint = f"{data_fingerprint}|pseudo:{pseudo_from.producer}:{pseudo_from.fingerprint()}"
+    # The run folder is named after a plain name and lies where its parent says, symlinks
+    # resolved: it is written into and, on a change, removed.
+    check_name(name, "model name")
+    check_name(out_dir.name, "run folder name")
+    check_inside(out_dir, out_dir.parent)
+    return _Run(
+        name=name,
+        out_dir=out_dir,
+        settings=settings,
+        model=model,
+        fp=_fingerprint(model_cfg, data_fingerprint, folds),
+        folds_checksum=folds_sha(folds),
+        labelled=labelled,
+        unlabelled=unlabelled,
+        pseudo_from=pseudo_from,
+    )
+
+
+def _open(run: _Run, model_cfg: dict) -> None:
+    """Make the run folder this run's: a folder of another fingerprint goes first."""
+    out_dir = run.out_dir
+    # The run folder is this function's to write, so what a killed run of it left goes here,
+    # whichever stage (train, pseudo rounds, ratios, ablate) called it.
+    remove_stale_tmp(out_dir)
+    if out_dir.exists() and read_fingerprint(out_dir) != run.fp and not _empty_dir(out_dir):
+        log.info("%s: config, data or folds changed since the last run; starting over", run.name)
+        remove_run(out_dir, out_dir.parent)  # refuses a folder without our fingerprint.json
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / FINGERPRINT_FILE, fingerprint_record(run.fp))
+    write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
+
+
+def open_run(name: str, model_cfg: dict, *, out_dir: Path, **inputs) -> list[int]:
+    """Prepare ``out_dir`` as ``train_model`` does and return the folds it would still train.
+
+    For (model, fold) jobs (``capfuse.training.jobs``): the parent opens the run, the jobs train
+    the folds (``train_fold``), and ``train_model`` then finds them done and assembles the run.
+    A fold's ``done.json`` of another fingerprint is removed here, as ``train_model`` removes it.
+    """
+    run = _plan(name, model_cfg, out_dir, inputs)
+    _open(run, model_cfg)
+    pending = []
+    for fold in range(int(inputs["folds"].max()) + 1):
+        done = _fold_fingerprint(out_dir / f"fold{fold}")
+        if done is not None and done != run.fp:
+            (out_dir / f"fold{fold}" / "done.json").unlink()
+        if done != run.fp:
+            pending.append(fold)
+    return pending
+
+
+def train_fold(name: str, model_cfg: dict, fold: int, *, out_dir: Path, **inputs) -> bool:
+    """Train fold ``fold`` of a run that ``open_run`` opened, exactly as ``train_model`` trains it.
+
+    The unit of a (model, fold) job. Touches only ``out_dir/fold<fold>/`` (and appends to the
+    run's log), so jobs of one run may run at once. Returns False when the fold was already done
+    under the run's fingerprint (a retried job whose first attempt finished).
+    """
+    run = _plan(name, model_cfg, out_dir, inputs)
+    if read_fingerprint(out_dir) != run.fp:
+        raise RuntimeError(f"{name} fold {fold}: {out_dir} is not open for this run (open_run first)")
+    if _fold_fingerprint(out_dir / f"fold{fold}") == run.fp:
+        return False
+    _fit_fold(run, fold, **{key: inputs[key] for key in ("feats", "Y", "folds", "train_ids", "test_ids")}, write=True)
+    return True
+
+
 def train_model(
     name: str,
     model_cfg: dict,
@@ -85,58 +198,22 @@ def train_model(
     With ``pseudo_from``, fold k also trains on the unlabelled pool labelled by the previous
     round's fold-k model (checked by ``capfuse.training.pseudo.check_provenance`` before it is used).
     """
-    # Resolved once, here, and handed down; the dict itself stays as it is: it is what the run
-    # folder's fingerprint and config.yaml hold.
-    settings = cfglib.resolve_model(model_cfg)
-    seed = settings.seed
-    model = MODELS.create(settings.kind, cfg=settings, seed=seed)
-    if pseudo_from is not None and settings.kind != "net":
-        raise ValueError(
-            f"{name}: pseudo-label rounds need a net model (masked partial targets); kind is {settings.kind}"
-        )
+    inputs = dict(feats=feats, data_fingerprint=data_fingerprint, pseudo_from=pseudo_from, labelled=labelled)
+    run = _plan(name, model_cfg, out_dir, dict(train_ids=train_ids, folds=folds, **inputs))
+    settings, model, fp, seed = run.settings, run.model, run.fp, run.settings.seed
     k = int(folds.max()) + 1
-    folds_checksum = folds_sha(folds)
-    # Label-ratio mode: only ``labelled`` train rows train; the others are predicted by every fold
-    # (``extra_logits.npy``) so that pseudo-label rounds can use them as unlabelled images.
-    labelled = np.ones(len(train_ids), bool) if labelled is None else np.asarray(labelled, bool)
-    unlabelled = np.flatnonzero(~labelled)
-    if len(unlabelled):
-        if settings.kind != "net":
-            raise ValueError(f"{name}: label-ratio mode needs a net model; kind is {settings.kind}")
-        data_fingerprint = f"{data_fingerprint}|labelled:{hashlib.sha256(labelled.tobytes()).hexdigest()}"
-    # The rows of an extra unlabelled folder (``data.unlabelled``) sit after the test rows and
-    # are predicted like the unlabelled train rows, for the next round to label.
-    unlabelled = np.concatenate([unlabelled, np.asarray(feats.get("extra_pool_rows", []), dtype=np.int64)])
-    if pseudo_from is not None:
-        data_fingerprint = f"{data_fingerprint}|pseudo:{pseudo_from.producer}:{pseudo_from.fingerprint()}"
-    fp = _fingerprint(model_cfg, data_fingerprint, folds)
-    # The run folder is named after a plain name and lies where its parent says, symlinks
-    # resolved: it is written into and, on a change, removed.
-    check_name(name, "model name")
-    check_name(out_dir.name, "run folder name")
-    check_inside(out_dir, out_dir.parent)
     # Under torchrun every rank runs this function; only rank 0 touches the files.
     rank, world = rank_world()
     is_main = rank == 0
     if is_main:
-        # The run folder is this function's to write, so what a killed run of it left goes here,
-        # whichever stage (train, pseudo rounds, ratios, ablate) called it.
-        remove_stale_tmp(out_dir)
-        if out_dir.exists() and read_fingerprint(out_dir) != fp and not _empty_dir(out_dir):
-            log.info("%s: config, data or folds changed since the last run; starting over", name)
-            remove_run(out_dir, out_dir.parent)  # refuses a folder without our fingerprint.json
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / FINGERPRINT_FILE, fingerprint_record(fp))
-        write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
+        _open(run, model_cfg)
     barrier()
 
     oof = np.full((len(train_ids), len(class_ids)), np.nan, dtype=np.float32)
     test_sum = np.zeros((len(test_ids), len(class_ids)), dtype=np.float64)
-    log_path = out_dir / "log.jsonl"
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"
         va = np.flatnonzero(folds == fold)  # every row of the fold is scored, labelled for training or not
-        tr = np.flatnonzero((folds != fold) & labelled)
         done = _fold_fingerprint(fold_dir)
         if done is not None and done != fp:
             # A fold of another config, data or folds (or from before done.json recorded its
@@ -150,38 +227,7 @@ def train_model(
         if done == fp:
             log.info("%s fold %d: done earlier, skipped", name, fold)
         elif is_main or getattr(model, "supports_ddp", False):
-            seed_everything(seed + fold)
-            t0 = time.perf_counter()
-            pseudo = None
-            if pseudo_from is not None:
-                pool_ok = feats.get("test_image_ok", np.ones(len(test_ids), bool))
-                pseudo = pseudo_targets(
-                    pseudo_from,
-                    fold,
-                    Y,
-                    tr,
-                    len(train_ids),
-                    pool_ok,
-                    folds_checksum,
-                    train_ids,
-                    unlabelled=unlabelled,
-                    folds=folds,
-                    feats=feats,
-                )
-                if is_main:
-                    n_pos, n_neg = pseudo_counts(pseudo.targets, pseudo.mask)
-                    write_json(
-                        fold_dir / "pseudo.json", {**pseudo.info, "n_pos": n_pos.tolist(), "n_neg": n_neg.tolist()}
-                    )
-                    write_npy(fold_dir / "pseudo_rows.npy", pseudo.rows)
-                    write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
-                    write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
-            extra = ({"pseudo": pseudo} if pseudo else {}) | ({"extra_rows": unlabelled} if len(unlabelled) else {})
-            with timed("fold", model=name, fold=fold):
-                result = model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
-            if is_main:
-                result.info["folds_sha256"] = folds_checksum
-                _write_fold(fold_dir, log_path, result, Y, tr, va, fold, seed, time.perf_counter() - t0, name, fp)
+            _fit_fold(run, fold, feats=feats, Y=Y, folds=folds, train_ids=train_ids, test_ids=test_ids, write=is_main)
         barrier()  # other ranks wait for rank 0's files (or share its DDP training)
         if is_main:
             oof[va] = np.load(fold_dir / "val_logits.npy")
@@ -218,6 +264,59 @@ def train_model(
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _fit_fold(
+    run: _Run,
+    fold: int,
+    *,
+    feats: dict,
+    Y: np.ndarray,
+    folds: np.ndarray,
+    train_ids: list[str],
+    test_ids: list[str],
+    write: bool,
+) -> None:
+    """Train one fold and, when ``write`` (rank 0), write its files with ``done.json`` last.
+
+    Everything a fold's result depends on comes from its arguments and ``seed + fold``, never
+    from the folds trained before it in this process: a (model, fold) job gives the same bytes.
+    """
+    name, seed, fold_dir = run.name, run.settings.seed, run.out_dir / f"fold{fold}"
+    va = np.flatnonzero(folds == fold)
+    tr = np.flatnonzero((folds != fold) & run.labelled)
+    seed_everything(seed + fold)
+    t0 = time.perf_counter()
+    pseudo = None
+    if run.pseudo_from is not None:
+        pool_ok = feats.get("test_image_ok", np.ones(len(test_ids), bool))
+        pseudo = pseudo_targets(
+            run.pseudo_from,
+            fold,
+            Y,
+            tr,
+            len(train_ids),
+            pool_ok,
+            run.folds_checksum,
+            train_ids,
+            unlabelled=run.unlabelled,
+            folds=folds,
+            feats=feats,
+        )
+        if write:
+            n_pos, n_neg = pseudo_counts(pseudo.targets, pseudo.mask)
+            write_json(fold_dir / "pseudo.json", {**pseudo.info, "n_pos": n_pos.tolist(), "n_neg": n_neg.tolist()})
+            write_npy(fold_dir / "pseudo_rows.npy", pseudo.rows)
+            write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
+            write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
+    extra = ({"pseudo": pseudo} if pseudo else {}) | ({"extra_rows": run.unlabelled} if len(run.unlabelled) else {})
+    with timed("fold", model=name, fold=fold):
+        result = run.model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
+    if write:
+        result.info["folds_sha256"] = run.folds_checksum
+        _write_fold(
+            fold_dir, run.out_dir / "log.jsonl", result, Y, tr, va, fold, seed, time.perf_counter() - t0, name, run.fp
+        )
 
 
 def _empty_dir(path: Path) -> bool:

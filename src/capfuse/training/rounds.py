@@ -8,6 +8,7 @@ per-round, per-class report (``pseudo_rounds.csv``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ def pseudo_rounds(
     report: Path | None = None,
     leaderboard: bool = True,
     producer_root: Path | None = None,
+    before_round: Callable[[str, dict, Path, PseudoSource], None] | None = None,
 ) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """Rounds 1..R of ``name``, each a model ``name@r<r>`` labelled by the round before it.
 
@@ -42,6 +44,9 @@ def pseudo_rounds(
     to ``report`` (default ``runs/<dataset>/pseudo_rounds.csv``). ``out_root`` and ``labelled``
     serve label-ratio mode: runs live elsewhere and only some train rows keep their labels.
     ``producer_root`` holds round 0 when it lives elsewhere than the rounds (default ``out_root``).
+    ``before_round(name, config, run folder, source)`` trains a round's folds before the trainer
+    assembles them (the train stage's parallel jobs): a round needs the previous round's
+    assembled run, so rounds follow one another and only the folds of one round run at once.
     """
     out_root = out_root or paths.runs
     report = report or paths.runs / "pseudo_rounds.csv"
@@ -54,6 +59,8 @@ def pseudo_rounds(
         src = PseudoSource(prev_name, ((producer_root or out_root) if r == 1 else out_root) / prev_name, settings, r)
         with stage(f"train {rname}", f"pseudo-labels from {prev_name}"):
             round_cfg = {**model_cfg, "name": rname, "pseudo_round": r, "pseudo": dataclasses.asdict(settings)}
+            if before_round is not None:
+                before_round(rname, round_cfg, out_root / rname, src)
             cur = train_model(rname, round_cfg, out_dir=out_root / rname, pseudo_from=src, labelled=labelled, **common)
         if not cur:
             return None, pd.DataFrame()
