@@ -9,6 +9,10 @@
 SHELL := /bin/bash
 
 DATA    ?= data/demo                 ## dataset folder in the COMP5329 layout
+PRESET  ?=                           ## fast, default or best: CONFIG is then configs/presets/<PRESET>.yaml
+ifneq ($(strip $(PRESET)),)
+CONFIG  ?= configs/presets/$(strip $(PRESET)).yaml
+endif
 CONFIG  ?= configs/pipeline.yaml     ## pipeline (or single model) config
 STRICT  ?= 0                         ## 1: fail on bad train rows instead of quarantining them
 FORCE   ?= 0                         ## 1: rewrite an existing fold file
@@ -25,6 +29,11 @@ VENV    ?= .venv
 # A `## comment` after a value leaves trailing spaces in it; strip them.
 override DATA   := $(strip $(DATA))
 override CONFIG := $(strip $(CONFIG))
+ifneq ($(strip $(PRESET)),)
+ifeq ($(wildcard configs/presets/$(strip $(PRESET)).yaml),)
+$(error PRESET=$(PRESET): no configs/presets/$(strip $(PRESET)).yaml; the presets are: $(basename $(notdir $(wildcard configs/presets/*.yaml))))
+endif
+endif
 override STRICT := $(strip $(STRICT))
 override FORCE  := $(strip $(FORCE))
 override VENV   := $(strip $(VENV))
