@@ -19,20 +19,31 @@ class CachedViews:
     def __init__(self, views: dict[str, dict[str, np.ndarray]]) -> None:
         self.views = views
 
-    def batch(self, rows: np.ndarray, flip: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """Gather ``rows``; where ``flip`` is True take the hflip view (image keys only)."""
+    def batch(
+        self, rows: np.ndarray, flip: np.ndarray | None = None, keys: frozenset[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Gather ``rows``; where ``flip`` is True take the hflip view (image keys only).
+
+        ``keys``: the features the net reads (``CapFuseNet.input_keys``); None gathers all. An
+        image-only MLP never reads the token grid, which is 16x the pooled vector's bytes.
+        """
         orig = self.views["orig"]
+        hflip = self.views.get("hflip")
         out = {}
         for key in FEATURE_KEYS:
-            if key not in orig:
+            if key not in orig or (keys is not None and key not in keys):
                 continue
-            arr = np.asarray(orig[key][rows])
-            if flip is not None and flip.any() and key.startswith("img_") and "hflip" in self.views:
-                arr = arr.copy()
-                arr[flip] = np.asarray(self.views["hflip"][key][rows[flip]])
-            t = torch.from_numpy(np.ascontiguousarray(arr))
+            src = orig[key]
+            if flip is not None and flip.any() and key.startswith("img_") and hflip is not None:
+                # Each row read once, from the view it uses, straight into the batch.
+                arr = np.empty((len(rows), *src.shape[1:]), src.dtype)
+                arr[~flip] = src[rows[~flip]]
+                arr[flip] = hflip[key][rows[flip]]
+            else:
+                arr = np.ascontiguousarray(src[rows])
+            t = torch.from_numpy(arr)
             out[key] = t.bool() if key == "cap_mask" else t.float()
         return out
 
-    def view_batch(self, view: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        return self.batch(rows, np.ones(len(rows), bool) if view == "hflip" else None)
+    def view_batch(self, view: str, rows: np.ndarray, keys: frozenset[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.batch(rows, np.ones(len(rows), bool) if view == "hflip" else None, keys)

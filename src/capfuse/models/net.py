@@ -43,7 +43,13 @@ from capfuse.models.base import FoldOutput
 from capfuse.models.cached import CachedViews
 from capfuse.models.finetune import fit_fold_finetune
 from capfuse.models.loop import train_epochs
-from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split, val_score  # noqa: F401 (re-exported)
+from capfuse.models.settings import (  # noqa: F401 (re-exported)
+    TrainSettings,
+    cosine_with_warmup,
+    for_rows,
+    inner_split,
+    val_score,
+)
 from capfuse.nn.contexts import cluster_contexts
 from capfuse.nn.fusion import TopBlocksNet, build_net, count_parameters, needs_class_text, net_settings, uses_contexts
 from capfuse.nn.losses import LOSSES, class_frequencies
@@ -212,6 +218,8 @@ class NetModel:
         test_rows = np.arange(n_train, n_train + feats["n_test"])
         net = self.build(feats["dims"], Y.shape[1], class_frequencies(Y[tr])).to(self.device)
 
+        keys = net.input_keys()
+
         def forward_batch(batch: dict) -> dict:
             return net({k: v.to(self.device) for k, v in batch.items()})
 
@@ -224,7 +232,7 @@ class NetModel:
                     for i in range(0, len(rows), self.settings.eval_batch_size):
                         chunk = rows[i : i + self.settings.eval_batch_size]
                         out[i : i + len(chunk)] += (
-                            forward_batch(views.view_batch(view, chunk))[key].float().cpu().numpy()
+                            forward_batch(views.view_batch(view, chunk, keys))[key].float().cpu().numpy()
                         )
             return out / len(views_used)
 
@@ -235,7 +243,10 @@ class NetModel:
             return float(loss.detach())
 
         loop = dict(
-            predict=predict, make_batch=lambda rows, flip: views.batch(rows, flip), train_step=train_step, pseudo=pseudo
+            predict=predict,
+            make_batch=lambda rows, flip: views.batch(rows, flip, keys),
+            train_step=train_step,
+            pseudo=pseudo,
         )
         fixed, inner = None, None
         if self.settings.early_stop == "refit":
@@ -275,5 +286,7 @@ class NetModel:
         return result
 
     def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, **kwargs) -> FoldOutput:
-        """The epochs of one fold (``capfuse.models.loop.train_epochs``) under this model's settings."""
-        return train_epochs(self.settings, self.seed, net, Y, tr, va, test_rows, fold_dir, **kwargs)
+        """The epochs of one fold (``capfuse.models.loop.train_epochs``) under this model's settings;
+        cached heads on many rows take larger batches (``for_rows``), fine-tuning keeps its own."""
+        settings = self.settings if self.finetune else for_rows(self.settings, len(tr))
+        return train_epochs(settings, self.seed, net, Y, tr, va, test_rows, fold_dir, **kwargs)

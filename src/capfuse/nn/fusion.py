@@ -213,6 +213,20 @@ class CapFuseNet(nn.Module):
             self.context_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_contexts))
             self.context_loss = BCELoss()
 
+    def input_keys(self) -> frozenset[str]:
+        """The cached features ``forward`` reads: the batches gather these and nothing else."""
+        keys: set[str] = set()
+        if self.early_head is not None:
+            keys |= {"img_pooled", "cap_pooled"}
+        for head, prefix in ((self.image_head, "img"), (self.caption_head, "cap")):
+            if head is not None:
+                keys |= {f"{prefix}_tokens", "cap_mask"} if head.uses_tokens else {f"{prefix}_pooled"}
+        if self.xattn is not None:
+            keys |= {"img_tokens", "cap_tokens", "cap_mask"}
+        if self.label_query is not None:
+            keys |= {"img_tokens"} | ({"cap_tokens", "cap_mask"} if self.label_query.use_captions else set())
+        return frozenset(k for k in keys if k != "cap_mask" or "caption" in self.inputs)
+
     @staticmethod
     def _head(spec: HeadSettings, dims: dict, prefix: str, num_classes: int) -> nn.Module:
         cls = HEADS.get(spec.kind)
@@ -307,6 +321,10 @@ class TopBlocksNet(nn.Module):
         fmap = self.top(batch["img_mid"])
         tokens = nn.functional.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)
         return {**batch, "img_pooled": fmap.mean((2, 3)), "img_tokens": tokens}
+
+    def input_keys(self) -> frozenset[str]:
+        """The head's keys, with the image read from the cached map entering the top stages."""
+        return (self.head.input_keys() - {"img_pooled", "img_tokens"}) | {"img_mid"}
 
     def forward(self, batch: dict) -> dict:
         return self.head(self.features(batch))
