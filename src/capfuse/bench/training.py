@@ -19,6 +19,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -151,6 +152,7 @@ def fit_one(job: dict) -> dict:
     return {
         "model": job["name"],
         "threads": torch.get_num_threads(),
+        "batch_size": info.get("batch_size", settings.train.batch_size),
         "epochs_run": info["epochs_run"],
         "best_epoch": info["best_epoch"],
         "epoch_s": info["train_seconds"] / max(1, info["epochs_run"]),
@@ -167,21 +169,22 @@ def bench_training(
     rows: int = 30000,
     test_rows: int = 10000,
     folds: int = 5,
-    overrides: dict | None = None,
+    epochs: int | None = None,
     seed: int = 0,
-) -> list[dict]:
+) -> Iterator[dict]:
     """Fit one fold (``rows`` labelled rows, 1/``folds`` held out, ``test_rows`` test rows) of each
-    ``net`` model in ``config`` (or the ``models`` among them) on synthetic features."""
+    ``net`` model in ``config`` (or the ``models`` among them) on synthetic features; yields each
+    model's figures as it finishes. ``epochs``: exactly that many (no early stop), for a quick look."""
     cfg = load_config(config)
+    fixed = {"epochs": epochs, "early_stop": "none"} if epochs else {}
     chosen = {
-        name: {**m, **(overrides or {})}
+        name: {**m, "train": {**(m.get("train") or {}), **fixed}}
         for name, m in select_models(cfg, Path(config), models).items()
         if resolve_model(m).kind == "net" and not resolve_model(m).finetune
     }
     encoders = tuple(sorted({resolve_model(m).caption_encoder.name for m in chosen.values()} & set(TEXT_DIMS)))
     rng = np.random.default_rng(seed)
     Y = synthetic_labels(rows + test_rows, rng)
-    results = []
     with tempfile.TemporaryDirectory(prefix="capfuse-bench-train-") as tmp:
         folder = Path(tmp)
         np.save(folder / "labels.npy", Y[:rows])
@@ -199,5 +202,22 @@ def bench_training(
             }
             # A fresh process per model: its peak RSS is its own, and no model warms another's caches.
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                results.append(pool.submit(fit_one, job).result())
-    return results
+                yield pool.submit(fit_one, job).result()
+
+
+def print_training(results: Iterable[dict], rows: int, test_rows: int, folds: int = 5) -> list[dict]:
+    """The table ``capfuse bench --only training`` prints, a line per model as it finishes."""
+    n_fit = rows - rows // folds
+    print(
+        f"net models, one fold on synthetic features: {n_fit} training, {rows - n_fit} held-out, {test_rows} test rows"
+    )
+    print(f"  {'model':<14}{'batch':>6}{'s/epoch':>9}{'epochs':>8}{'s/fold':>9}{'peak RSS MB':>13}{'held-out F1':>13}")
+    out = []
+    for r in results:
+        print(
+            f"  {r['model']:<14}{r['batch_size']:>6}{r['epoch_s']:>9.1f}{r['epochs_run']:>8}{r['fold_s']:>9.1f}"
+            f"{r['peak_rss_mb']:>13.0f}{r['val_f1']:>13.3f}",
+            flush=True,
+        )
+        out.append(r)
+    return out

@@ -52,10 +52,12 @@ def for_rows(settings: TrainSettings, n_rows: int) -> TrainSettings:
     small data set (the demo) keeps its batch, its schedule and its results.
     """
     s = settings
-    if not s.batch_grow_rows or n_rows <= s.batch_grow_rows or s.max_batch_size <= s.batch_size:
+    if not s.batch_grow_rows or n_rows < 2 * s.batch_grow_rows:
         return s
     factor = 2 ** int(math.log2(n_rows / s.batch_grow_rows))
     batch = min(s.max_batch_size, s.batch_size * factor)
+    if batch <= s.batch_size:
+        return s
     return dataclasses.replace(s, batch_size=batch, lr=s.lr * math.sqrt(batch / s.batch_size))
 
 
