@@ -221,3 +221,14 @@ def print_training(results: Iterable[dict], rows: int, test_rows: int, folds: in
         )
         out.append(r)
     return out
+
+
+def report_training(
+    rows: int = 30000,
+    epochs: int | None = None,
+    test_rows: int = 10000,
+    config: Path = Path("configs/pipeline.yaml"),
+    models: list[str] | None = None,
+) -> list[dict]:
+    """``capfuse bench --only training [--rows N] [--epochs E]``: every net model of the pipeline."""
+    return print_training(bench_training(config, models, rows, test_rows, epochs=epochs), rows, test_rows)

@@ -16,6 +16,7 @@ import torch
 
 from capfuse.bench.embedding import bench_embed
 from capfuse.bench.second_level import bench_stack_thresholds
+from capfuse.bench.training import report_training
 from capfuse.config.schema import ImageEncoderSpec
 from capfuse.utils.log import setup_logging
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default=ImageEncoderSpec.name)
     parser.add_argument("--size", type=int, default=ImageEncoderSpec.size)
     parser.add_argument("--batch-size", type=int, default=ImageEncoderSpec.batch_size)
-    parser.add_argument("--only", choices=["embed", "stack"], default=None, help="run one benchmark only")
+    parser.add_argument("--only", choices=["embed", "stack", "training"], default=None, help="run one benchmark only")
+    parser.add_argument("--epochs", type=int, default=None, help="training: exactly this many epochs per fold")
     parser.add_argument("--rows", type=int, default=30000, help="OOF rows for the stack benchmark")
     parser.add_argument("--models", type=int, default=10, help="base models for the stack benchmark")
     args = parser.parse_args(argv)
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio         : {r['ours_img_s'] / r['naive_img_s']:7.2f}x")
     if args.only in (None, "stack"):
         bench_second_level(args.rows, args.models)
+    if args.only == "training":  # net models at competition size: minutes each, so only when asked
+        report_training(args.rows, args.epochs)
     return 0
 
 
