@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capfuse.features.image import ImageEncoderSpec, embed_images
+from capfuse.features.image import VIEWS, ImageEncoderSpec, embed_image_features, embed_image_views, embed_images
 
 
 @pytest.fixture()
@@ -138,3 +138,36 @@ def test_both_backends_match_the_plain_timm_model(folder):
         spec = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", backend=backend)
         got, _ = embed_images(data, ids, ok, spec, data / f"cache-{backend}", quiet=True)
         np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=0.02, rtol=0.01)
+
+
+def test_one_pass_decodes_each_image_once_and_matches_the_per_view_path(folder, monkeypatch):
+    """Two backbones x two views in one pass: each readable image decoded once, and every array
+    byte for byte what one (backbone, view) at a time writes, under the same cache key."""
+    import capfuse.features.image as features
+
+    data, ids = folder
+    ok = np.array([True] * 5 + [False])
+    lite = ImageEncoderSpec(name="tf_efficientnet_lite0", size=64, weights="package", batch_size=4)
+    mnv2 = ImageEncoderSpec(name="mobilenetv2_100", size=64, weights="package", batch_size=4)
+    requests = [(spec, view, ("pooled", "tokens")) for spec in (lite, mnv2) for view in VIEWS]
+    calls = []
+    real = features.load_array
+    monkeypatch.setattr(features, "load_array", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    apart = {
+        (spec, view): embed_image_features(data, ids, ok, spec, data / "apart", view=view, outputs=outs, quiet=True)
+        for spec, view, outs in requests
+    }
+    assert len(calls) == 4 * 5
+    calls.clear()
+    (data / "once").mkdir()
+    (data / "once" / "onnx").symlink_to(data / "apart" / "onnx")  # the same exports, not made twice
+    together = embed_image_views(data, ids, ok, requests, data / "once", quiet=True)
+    assert len(calls) == 5  # once per readable image, for both backbones and both views
+    for key, alone in apart.items():
+        assert together[key]["checksum"] == alone["checksum"]
+        for part in ("pooled", "tokens"):
+            np.testing.assert_array_equal(np.asarray(together[key][part]), np.asarray(alone[part]))
+    assert sorted(p.name for p in (data / "once").glob("*.*")) == sorted(p.name for p in (data / "apart").glob("*.*"))
+    calls.clear()
+    again = embed_image_views(data, ids, ok, requests, data / "once", quiet=True)
+    assert calls == [] and {k: v["checksum"] for k, v in again.items()} == {k: v["checksum"] for k, v in apart.items()}

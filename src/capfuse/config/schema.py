@@ -122,11 +122,15 @@ class ImageEncoderSpec:
     weights: str = "auto"  # auto, package, hub or none (capfuse.encoders.image)
     batch_size: int = 16  # ONNX Runtime on 2 cores: 16 -> 105 images/s, 64 -> 95 (make bench)
     # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
-    # openvino: OpenVINO's CPU runtime (optional install: pip install openvino nncf), measured
-    # side by side by make bench; torch: no export step (and the only choice on a GPU).
+    # openvino: OpenVINO's CPU runtime (optional: pip install openvino nncf); in fp32 it ties
+    # with onnx here (make bench), so onnx, with no extra dependency, stays the default;
+    # torch: no export step (and the only choice on a GPU). Not part of the cache key: the
+    # runtimes agree within float16 precision.
     backend: str = "onnx"
     # fp32 or int8 (static, per-channel, calibrated on the training images; part of the cache
-    # key). PRECISION_NOTE
+    # key; eager torch always runs fp32). fp32 by default: int8's pooled vectors keep a cosine
+    # of only 0.89-0.97 to fp32's on the demo images (make bench), short of the 0.99 asked of
+    # a default, for 1.1x (onnx) to 1.3x (openvino) the images/s.
     precision: str = "fp32"
     grid: int = 4  # token grid side: the final feature map is average-pooled to grid x grid tokens
 
@@ -163,8 +167,8 @@ class CaptionEncoderSettings:
     batch_size: int = 128  # sorted-length batches pad little, so larger batches cost no extra work
     weights: str = "auto"
     trainable: bool = True  # finetune mode only: false keeps the caption encoder frozen
-    # The frozen pass that fills the caption cache: onnx (ONNX Runtime, fp32: BACKEND_NOTE) or
-    # torch. Not part of the cache key: both give the same states within float16 precision.
+    # The frozen pass that fills the caption cache: onnx (ONNX Runtime, fp32: about 2x torch's
+    # captions/s in make bench) or torch. Not part of the cache key: both give the same states within float16 precision.
     backend: str = "onnx"
 
 

@@ -10,10 +10,12 @@ Dynamic quantisation is not used: it only touches MatMul/Gemm, which a CNN hardl
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,19 @@ from capfuse.utils.io import atomic_path
 # per-tensor activation scale represents worst) and the last (its output is the feature map
 # the cache stores). Measured on the demo images (make bench prints the cosine): ...
 KEEP_FP32 = ("first", "last")
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantiser advises a pre-processing step through the root logger on every
+    call; the exported graph is already optimised by the session that runs it."""
+    quiet = logging.Filter("capfuse")  # passes only capfuse's records, and root's are not
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def quantize_onnx(src: Path, dst: Path, batches: Callable[[], Iterable[np.ndarray]]) -> Path:
@@ -47,7 +62,7 @@ def quantize_onnx(src: Path, dst: Path, batches: Callable[[], Iterable[np.ndarra
 
     convs = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv"]
     exclude = ([convs[0]] if "first" in KEEP_FP32 else []) + ([convs[-1]] if "last" in KEEP_FP32 else [])
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst) as tmp, _quiet_root_logger():
         quantize_static(
             str(src),
             str(tmp),
@@ -74,6 +89,7 @@ def quantize_openvino(core, src: Path, dst: Path, batches: Callable[[], Iterable
         raise ImportError("image_encoder.precision: int8 with backend openvino needs NNCF: pip install nncf") from exc
     import openvino as ov  # noqa: PLC0415 (optional runtime; the caller has checked it is installed)
 
+    nncf.set_log_level(logging.ERROR)  # its per-layer notes would drown the command's own output
     model = core.read_model(str(src))
     convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
     keep = ([convs[0]] if "first" in KEEP_FP32 else []) + ([convs[-1]] if "last" in KEEP_FP32 else [])

@@ -9,6 +9,7 @@ code (``TextRunner``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,14 @@ class Calibration:
     batches: Callable[[], Iterable[np.ndarray]]
 
 
-def check_choice(backend: str, precision: str) -> None:
+def check_choice(backend: str, precision: str, *, torch_runs_fp32: bool = False) -> None:
+    """Known names; int8 with eager torch only where the caller runs torch in fp32 instead
+    (the feature cache: int8 is a CPU runtime's setting, and torch is the GPU path)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if backend == "torch" and precision != "fp32":
+    if backend == "torch" and precision != "fp32" and not torch_runs_fp32:
         raise ValueError("precision int8 needs backend onnx or openvino (eager torch runs fp32 only)")
 
 
@@ -73,7 +76,10 @@ def export_onnx(
     """``module`` as an ONNX file at ``path`` (written atomically; an existing file is reused)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
+        # The exporter's notes (its own deprecation, tracer caveats that do not apply to these
+        # fixed graphs) would otherwise be printed at every first run of a stage.
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 example,

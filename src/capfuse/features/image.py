@@ -254,7 +254,7 @@ def embed_image_views(
     jobs: list[_Job] = []
     for spec, view, outputs in requests:
         if spec not in built:
-            check_choice(spec.backend, spec.precision)
+            check_choice(spec.backend, spec.precision, torch_runs_fp32=True)
             model, source = build_image(spec.name, weights=spec.weights)
             model = model.eval().to(memory_format=torch.channels_last)
             pre = preprocess_for(model, spec.size)
