@@ -131,6 +131,17 @@ def load_features(paths: dict, inputs: list[str], caption_encoder: str, n_test: 
     return {"views": views, "dims": dims, "n_test": n_test, "class_names": names, "class_ids": list(range(N_CLASSES))}
 
 
+def _peak_rss_mb() -> float:
+    """This process's own high-water mark: Linux's ``VmHWM`` starts afresh at exec, whereas
+    ``ru_maxrss`` carries over the parent's peak (here: the parent that wrote the caches)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
 def fit_one(job: dict) -> dict:
     """Fit one fold of one model (in its own process); seconds, epochs, peak RSS and held-out F1."""
     settings = resolve_model(job["config"])
@@ -148,7 +159,7 @@ def fit_one(job: dict) -> dict:
     out = model.fit_fold(feats, Y[:n_train], tr, va, fold_dir=Path(job["fold_dir"]))
     total = time.perf_counter() - t0
     info = out.info
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    peak = _peak_rss_mb()
     return {
         "model": job["name"],
         "threads": torch.get_num_threads(),
