@@ -171,3 +171,21 @@ def test_one_pass_decodes_each_image_once_and_matches_the_per_view_path(folder, 
     calls.clear()
     again = embed_image_views(data, ids, ok, requests, data / "once", quiet=True)
     assert calls == [] and {k: v["checksum"] for k, v in again.items()} == {k: v["checksum"] for k, v in apart.items()}
+
+
+def test_unlabelled_rows_join_without_reading_the_cached_arrays(tmp_path):
+    """RowConcat serves rows of two memory-mapped arrays end to end, as np.concatenate would."""
+    from capfuse.features.store import RowConcat
+
+    first = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", np.float16, (5, 3, 2))
+    first[:] = np.arange(30).reshape(5, 3, 2)
+    second = np.arange(100, 112, dtype=np.float16).reshape(2, 3, 2)
+    joined = RowConcat(np.load(tmp_path / "a.npy", mmap_mode="r"), second)
+    expected = np.concatenate([np.asarray(first), second])
+    assert joined.shape == expected.shape and len(joined) == 7 and joined.dtype == np.float16
+    rows = np.array([6, 0, 4, 5, 5])
+    np.testing.assert_array_equal(joined[rows], expected[rows])
+    np.testing.assert_array_equal(joined[3:6], expected[3:6])
+    np.testing.assert_array_equal(np.asarray(joined), expected)
+    with pytest.raises(ValueError, match="cannot join"):
+        RowConcat(second, np.zeros((2, 4, 2), np.float16))

@@ -3,7 +3,13 @@
 Each cache entry is a float16 ``.npy`` (memory-mapped on read) plus a JSON sidecar. The file
 name carries the encoder, the input size and the test-time view; the sidecar carries a
 checksum of the inputs (image ids, each file's stat key, the weights and where they came
-from), so a second run reuses the array and a changed image invalidates it.
+from), so a second run reuses the array and a changed image invalidates it. int8 entries
+(``precision: int8``) have names and checksums of their own; fp32 entries keep the ones they
+always had.
+
+Why this module is long: the cache's key, its files and the one pass that fills them (decode
+each image once, feed every backbone and view that needs it, write memory-mapped arrays) change
+together; split, every change would touch both halves.
 """
 
 from __future__ import annotations
