@@ -250,8 +250,11 @@ def embed_image_views(
     ``calibration``: the images int8 graphs are calibrated on (default: these images).
     """
     image_ok = np.asarray(image_ok, dtype=bool)
-    for _, view, outputs in requests:
+    merged: dict[tuple[ImageEncoderSpec, str], tuple[str, ...]] = {}
+    for spec, view, outputs in requests:
         _check_request(view, outputs)
+        merged[(spec, view)] = tuple(dict.fromkeys((*merged.get((spec, view), ()), *outputs)))
+    requests = [(spec, view, outputs) for (spec, view), outputs in merged.items()]  # one job per file set
     inputs_sum = inputs_checksum(data_dir, image_ids, image_ok)
     if calibration is None:
         calibration = CalibrationImages.spread(data_dir, [i for i, ok in zip(image_ids, image_ok) if ok])
@@ -316,7 +319,7 @@ def embed_image_views(
         _run_jobs(data_dir, image_ids, image_ok, jobs, built, cache_dir, calibration, quiet)
     for job in jobs:
         files = cache_files(cache_dir, job.spec, job.meta["size"], job.view, job.outputs)
-        asked = next(o for s, v, o in requests if (s, v) == (job.spec, job.view))
+        asked = merged[(job.spec, job.view)]
         results[(job.spec, job.view)] = {o: np.load(files[o], mmap_mode="r") for o in asked} | {
             "checksum": job.meta["checksum"]
         }
