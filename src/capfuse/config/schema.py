@@ -131,7 +131,7 @@ class ImageEncoderSpec:
     # fp32 or int8 (static, per-channel, calibrated on the training images; part of the cache
     # key; eager torch always runs fp32). fp32 by default: int8's pooled vectors keep a cosine
     # of only 0.87-0.89 (onnx) and 0.97 (openvino) to fp32's on the demo images (make bench),
-    # short of the 0.99 asked of a default, for 1.1-1.3x onnx fp32's images/s.
+    # short of the 0.99 asked of a default, for 1.1-1.4x onnx fp32's images/s.
     precision: str = "fp32"
     grid: int = 4  # token grid side: the final feature map is average-pooled to grid x grid tokens
 
