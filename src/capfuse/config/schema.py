@@ -123,7 +123,7 @@ class ImageEncoderSpec:
     batch_size: int = 16  # ONNX Runtime on 2 cores: 16 -> 105 images/s, 64 -> 95 (make bench)
     # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
     # openvino: OpenVINO's CPU runtime (optional: pip install openvino nncf); in fp32 its lead
-    # is within the noise here (1.16x in make bench's rounds, level over whole processes), so
+    # is within the noise here (1.16x in make bench's rounds on a loaded machine), so
     # onnx, with no extra dependency and byte-identical caches, stays the default;
     # torch: no export step (and the only choice on a GPU). Not part of the cache key: the
     # runtimes agree within float16 precision.
