@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from capfuse.config import load_config
+from capfuse.config.schema import resolve_model
 from capfuse.features.store import flip_views
 from capfuse.training.selection import select_models
 
@@ -36,6 +37,16 @@ def test_fast_preset_needs_one_view_of_one_backbone():
     encoders = {m["image_encoder"]["name"] for m in models.values() if "image_encoder" in m}
     assert len(encoders) == 1
     assert all(flip_views(m) == ("orig",) for m in models.values())
+
+
+def test_fast_preset_trains_no_attention_over_token_grids():
+    # Attention over 16 image tokens costs ~0.5 s a 512-row step on two cores: 6-7 minutes a
+    # 24,000-row fold, which the 20-minute budget cannot hold. Pooled vectors train in seconds.
+    nets = {name: resolve_model(m) for name, m in models_of("fast").items() if resolve_model(m).kind == "net"}
+    assert nets, "the fast preset has a net model"
+    for name, s in nets.items():
+        assert not s.fusion.cross_attention and s.fusion.label_query is None, name
+        assert s.image_head.kind == "mlp" and s.caption_head.kind == "mlp", name
 
 
 def test_best_preset_adds_to_the_default():
