@@ -57,7 +57,7 @@ RUN     := $(BIN)/capfuse
 ENGINE  := $(if $(filter-out 1,$(JOBS)),--jobs $(JOBS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
 
-.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all test lint format checksums bench bench-scale clean clean-all
+.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all export predict test lint format checksums bench bench-scale clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -122,6 +122,18 @@ infer: data ## stack + thresholds + submissions/<dataset>-latest.csv with a mani
 	$(RUN) infer $(COMMON) $${STORAGE:+--storage "$$STORAGE"}
 
 all: folds train infer ## folds + train + infer, end to end
+
+BUNDLE  ?=                           ## make predict: a bundle folder that make export wrote
+OUT     ?=                           ## make export: the bundle folder (default bundles/<dataset>-<timestamp>); make predict: the output folder (default predictions)
+override BUNDLE := $(strip $(BUNDLE))
+override OUT := $(strip $(OUT))
+
+export: data ## a finished run (make all) as a self-contained bundle folder: models, second level, thresholds, bundle.json
+	$(RUN) export $(COMMON) $(if $(OUT),--out $(OUT))
+
+predict: $(STAMP) ## predict DATA (test.csv + data/) with BUNDLE, offline, no training data: <OUT>/<dataset>-latest.csv and -latest-probs.csv
+	@test -n "$(BUNDLE)" || { echo "make predict needs BUNDLE=<folder written by make export>"; exit 2; }
+	$(RUN) predict --bundle $(BUNDLE) --data $(DATA) $(if $(OUT),--out $(OUT))
 
 .PHONY: report
 report: data ## self-contained HTML run report: runs/<dataset>/report/index.html (after `make all`)

@@ -16,6 +16,8 @@
     capfuse embeddings --data DIR [--model zeroshot|backbone]
     capfuse search   --data DIR (--image ID_OR_PATH | --text "a dog on a bus") [--k 8]
     capfuse report   --data DIR --config configs/pipeline.yaml
+    capfuse export   --data DIR --config configs/pipeline.yaml [--out bundles/NAME]
+    capfuse predict  --bundle bundles/NAME --data DIR [--out predictions]
 
 Paths, devices and flags are resolved here and passed down; nothing is computed at import.
 """
@@ -167,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--storage", default=None, help=storage_help)
 
+    p = sub.add_parser("export", help="a finished run as a self-contained bundle folder for `capfuse predict`")
+    _common(p)
+    p.add_argument("--out", default=None, help="bundle folder to write (default: bundles/<dataset>-<timestamp>)")
+
+    p = sub.add_parser("predict", help="predict a folder (test.csv + data/) with an exported bundle, offline")
+    p.add_argument("--bundle", required=True, help="bundle folder written by `capfuse export`")
+    p.add_argument("--data", required=True, help="folder in the COMP5329 test layout: test.csv and data/")
+    p.add_argument(
+        "--out", default="predictions", help="where the submission and probabilities go (default: predictions)"
+    )
+    p.add_argument("--log-level", default="INFO")
+
     p = sub.add_parser("report", help="write the self-contained HTML run report runs/<dataset>/report/index.html")
     _common(p)
 
@@ -214,6 +228,8 @@ COMMANDS: dict[str, Command] = {
     "stack": Command("capfuse.stages.ensemble:cli_stack"),
     "thresholds": Command("capfuse.stages.ensemble:cli_thresholds"),
     "infer": Command("capfuse.stages.infer:cli"),
+    "export": Command("capfuse.stages.export:cli"),
+    "predict": Command("capfuse.stages.predict:cli", dataset=False),
     "report": Command("capfuse.stages.report:cli"),
     "zeroshot": Command("capfuse.stages.zeroshot:cli"),
     "zeroshot-score": Command("capfuse.stages.zeroshot:cli_score", dataset=False),

@@ -40,7 +40,7 @@ from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.ensemble.stack import DEFAULT_PARAMS, DEFAULT_ROUNDS, stack_features, stack_oof_and_test
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.metrics import mean_average_precision, mean_sample_f1
-from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json
+from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_text
 from capfuse.utils.log import log, mask_url, stage
 from capfuse.utils.numeric import sigmoid
 
@@ -180,6 +180,7 @@ def build_candidates(
                 "oof": nested_blend_oof(Y, oof_p, folds),
                 "test": apply_weights(test_p, weights),
                 "detail": {"weights": {n: round(float(w), 4) for n, w in zip(names, weights)}},
+                "saved": {"weights": weights.tolist()},
             }
         if "stack" in wanted:
             params = dict(ens.stack)
@@ -188,8 +189,16 @@ def build_candidates(
             if init not in ("blend", "constant"):
                 raise ValueError(f"ensemble.stack.init must be blend or constant, got {init!r}")
             base = {"base_probs": oof_p, "base_probs_test": test_p} if init == "blend" else {}
+            fold_models: list = []
             oof_s, test_s = stack_oof_and_test(
-                stack_features(oof_logits), Y, folds, stack_features(test_logits), params, num_rounds=rounds, **base
+                stack_features(oof_logits),
+                Y,
+                folds,
+                stack_features(test_logits),
+                params,
+                num_rounds=rounds,
+                saved=fold_models,
+                **base,
             )
             out["stack"] = {
                 "oof": oof_s,
@@ -201,6 +210,7 @@ def build_candidates(
                     "features": "every model's logits for every class, per-class mean and spread, "
                     "per-model max/sum/count of probabilities",
                 },
+                "saved": {"folds": fold_models},
             }
     for cand in out.values():
         if "score" not in cand:
@@ -247,9 +257,37 @@ def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
             "inputs_sha256": _inputs_hash(oof_logits, test_logits, folds, names),
         }
         write_json(out / "stack.json", summary)
+        write_kept(out / KEPT_DIR, chosen, names, cands[chosen])
         log.info("second level (%d base models):\n%s", len(names), table.to_string(index=False))
         log.info("kept %s: %s", chosen, why)
         return summary
+
+
+KEPT_DIR = "kept"  # the kept candidate as data a bundle can replay (capfuse.bundle)
+
+
+def write_kept(folder: Path, chosen: str, names: list[str], cand: dict) -> None:
+    """``kept.json`` (and the stacker's boosters as LightGBM text): what turns the base models'
+    test logits into the kept candidate's probabilities, at full precision (stack.json rounds).
+    New files beside the stage's others, which keep their bytes."""
+    record: dict = {"candidate": chosen, "models": names}
+    if chosen == "best_single":
+        record["model"] = cand["detail"]["model"]
+    elif chosen == "weighted_blend":
+        record["weights"] = cand["saved"]["weights"]
+    elif chosen == "stack":
+        folds = []
+        for k, fold in enumerate(cand["saved"]["folds"]):
+            classes = []
+            for j, part in enumerate(fold["classes"]):
+                if "booster" in part:
+                    name = f"stack_fold{k}_class{j}.txt"
+                    write_text(folder / name, part["booster"])
+                    part = {"booster": name}
+                classes.append(part)
+            folds.append({"weights": fold["weights"], "classes": classes})
+        record["folds"] = folds
+    write_json(folder / "kept.json", record)  # last: it names the files beside it
 
 
 def _inputs_hash(oof_logits, test_logits, folds, names) -> str:

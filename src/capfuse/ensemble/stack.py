@@ -126,6 +126,7 @@ def stack_oof_and_test(
     num_rounds: int = DEFAULT_ROUNDS,
     base_probs: Sequence[np.ndarray] | None = None,
     base_probs_test: Sequence[np.ndarray] | None = None,
+    saved: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Nested OOF probabilities ``[N, C]`` and, with ``X_test``, the fold models' mean test probabilities.
 
@@ -138,6 +139,9 @@ def stack_oof_and_test(
     score, so the trees learn only the corrections (co-occurrence, disagreement) the blend
     misses. On a few thousand rows this keeps the stacker from falling below the blend; the
     blend is part of the fold-k model, so it never sees fold k's labels either.
+
+    ``saved``, a list, receives per fold what ``stack_predict`` needs to score new rows: the
+    blend weights and, per class, the booster as LightGBM's text or the constant it predicts.
     """
     import lightgbm as lgb  # noqa: PLC0415 (features and names need no LightGBM)
 
@@ -156,6 +160,8 @@ def stack_oof_and_test(
     for k in progress(ks, "stacker folds"):
         tr, te = f != k, f == k
         base = base_test = None
+        fold_models: list[dict] = []
+        weights = None
         if base_probs is not None:
             weights = fit_weighted_blend(y[tr], [p[tr] for p in base_probs])
             base = _logit(apply_weights(base_probs, weights))
@@ -168,6 +174,7 @@ def stack_oof_and_test(
                 # One label value in the training rows: nothing to learn; the blend (or the
                 # smoothed rate) is the prediction.
                 oof[te, j] = sigmoid(base[te, j]) if base is not None else _prior(yj)
+                fold_models.append({"blend": True} if base is not None else {"prior": _prior(yj)})
                 if test is not None:
                     test[:, j] += (sigmoid(base_test[:, j]) if base is not None else _prior(yj)) / len(ks)
                 continue
@@ -178,6 +185,8 @@ def stack_oof_and_test(
             if base is not None:
                 ds.set_init_score(base[tr, j])
             booster = lgb.train(prm, ds, num_boost_round=num_rounds)
+            if saved is not None:
+                fold_models.append({"booster": booster.model_to_string()})
             if base is None:
                 oof[te, j] = booster.predict(X[te])
                 if test is not None:
@@ -186,7 +195,32 @@ def stack_oof_and_test(
                 oof[te, j] = sigmoid(booster.predict(X[te], raw_score=True) + base[te, j])
                 if test is not None:
                     test[:, j] += sigmoid(booster.predict(X_test, raw_score=True) + base_test[:, j]) / len(ks)
+        if saved is not None:
+            saved.append({"weights": None if weights is None else weights.tolist(), "classes": fold_models})
     return oof, test
+
+
+def stack_predict(saved: list, logits_list: Sequence[np.ndarray], probs_list: Sequence[np.ndarray]) -> np.ndarray:
+    """Probabilities ``[N, C]`` of new rows from the fold models ``stack_oof_and_test`` saved:
+    the same features, initial scores and fold mean, in the same order of operations."""
+    import lightgbm as lgb  # noqa: PLC0415
+
+    X = stack_features(logits_list)
+    n, c = len(X), len(saved[0]["classes"])
+    out = np.zeros((n, c))
+    for fold in saved:
+        base = None if fold["weights"] is None else _logit(apply_weights(probs_list, np.asarray(fold["weights"])))
+        for j, part in enumerate(fold["classes"]):
+            if "prior" in part:
+                out[:, j] += part["prior"] / len(saved)
+            elif "blend" in part:
+                out[:, j] += sigmoid(base[:, j]) / len(saved)
+            elif base is None:
+                out[:, j] += lgb.Booster(model_str=part["booster"]).predict(X) / len(saved)
+            else:
+                raw = lgb.Booster(model_str=part["booster"]).predict(X, raw_score=True)
+                out[:, j] += sigmoid(raw + base[:, j]) / len(saved)
+    return out
 
 
 def stack_oof(

@@ -26,7 +26,7 @@ from capfuse.features.image import (
     mid_output,
 )
 from capfuse.features.text import embed_captions
-from capfuse.features.tfidf import tfidf_features
+from capfuse.features.tfidf import fit_tfidf, tfidf_state
 from capfuse.nn.fusion import needs_class_text
 from capfuse.utils.io import remove_stale_tmp
 from capfuse.utils.timing import timed
@@ -141,10 +141,18 @@ class FeatureStore:
         return out["pooled"], out["checksum"]
 
     def caption_tfidf(self, params: dict) -> tuple:
+        """Train and test TF-IDF matrices and the fitted vocabulary (``tfidf_state``), which the
+        linear models save beside their coefficients so that new captions can be transformed."""
         key = ("tfidf", repr(sorted(params.items())))
         if key not in self._caption:
             v = self.ds.val
-            self._caption[key] = tfidf_features(list(v.train["Caption"]), list(v.test["Caption"]), **params)
+            train, test = list(v.train["Caption"]), list(v.test["Caption"])
+            vec = fit_tfidf(train, test, **params)
+            self._caption[key] = (
+                vec.transform(train).tocsr(),
+                vec.transform(test).tocsr(),
+                (*tfidf_state(vec), vec.ngram_range[1]),
+            )
         return self._caption[key]
 
     def _pending(self, asked: list[tuple[ImageEncoderSpec, str, tuple[str, ...]]], done: dict) -> list:
@@ -310,7 +318,7 @@ class FeatureStore:
                 feats["image_train"], feats["image_test"] = arr[:n_train], arr[n_train:]
                 parts.append(checksum)
             if "caption" in inputs:
-                feats["caption_train"], feats["caption_test"] = self.caption_tfidf(m.tfidf)
+                feats["caption_train"], feats["caption_test"], feats["tfidf_state"] = self.caption_tfidf(m.tfidf)
         # Class ids and names: label-query heads embed the names as prompts, the context task
         # reports its groups by name. Names count towards the fingerprint only for models that
         # read them, so renaming a class retrains those models and no others.

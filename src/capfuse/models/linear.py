@@ -8,6 +8,7 @@ honest, and it is the bar every later model has to clear.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,8 +18,10 @@ from sklearn.preprocessing import StandardScaler
 
 from capfuse.config.check import resolve_checked
 from capfuse.config.schema import LinearModelSettings
+from capfuse.features.tfidf import tfidf_transform
 from capfuse.models import MODELS
 from capfuse.models.base import FoldOutput
+from capfuse.utils.io import read_json, write_json, write_npy
 
 
 def _prior_logit(y: np.ndarray) -> float:
@@ -50,35 +53,35 @@ class LinearModel:
         return "image" in self.inputs
 
     def _design(self, feats: dict, rows_tr, rows_other: list) -> tuple:
-        """The training design matrix and one per ``(source, rows)`` of ``rows_other``.
+        """The training design matrix, one per ``(source, rows)`` of ``rows_other``, and the
+        image scaler fitted on the training rows (None without image inputs)."""
+        scaler = None
+        if "image" in self.inputs:
+            scaler = StandardScaler().fit(np.asarray(feats["image_train"][rows_tr], dtype=np.float32))
+
+        def part(source: str, rows) -> object:
+            image = feats[f"image_{source}"][rows] if "image" in self.inputs else None
+            caption = feats[f"caption_{source}"][rows] if "caption" in self.inputs else None
+            return self.design(scaler, image, caption)
+
+        return part("train", rows_tr), [part(source, rows) for source, rows in rows_other], scaler
+
+    def design(self, scaler: StandardScaler | None, image, caption):
+        """One design matrix from image features (scaled by the fold's ``scaler``) and TF-IDF rows.
 
         Image features alone stay a dense float32 array: lbfgs's products then run through BLAS,
         2.6x faster than the same numbers in CSR at 24,000 rows x 1,280 (measured on the
         competition-size set). With TF-IDF beside them the matrix must be sparse.
         """
-        blocks_tr, blocks_other = [], [[] for _ in rows_other]
         dense = "caption" not in self.inputs
-        as_block = (lambda a: a) if dense else sp.csr_matrix
+        blocks = []
         if "image" in self.inputs:
-            img_tr, img_test = feats["image_train"], feats["image_test"]
-            w = self.image_weight
-            scaler = StandardScaler().fit(np.asarray(img_tr[rows_tr], dtype=np.float32))
-            blocks_tr.append(as_block(scaler.transform(np.asarray(img_tr[rows_tr], dtype=np.float32)) * w))
-            for blocks, (source, rows) in zip(blocks_other, rows_other):
-                src = img_tr if source == "train" else img_test
-                blocks.append(as_block(scaler.transform(np.asarray(src[rows], dtype=np.float32)) * w))
-        if dense:
-            return np.ascontiguousarray(blocks_tr[0], dtype=np.float32), [
-                np.ascontiguousarray(b[0], dtype=np.float32) for b in blocks_other
-            ]
-        if "caption" in self.inputs:
-            w = self.caption_weight
-            blocks_tr.append(feats["caption_train"][rows_tr] * w)
-            for blocks, (source, rows) in zip(blocks_other, rows_other):
-                src = feats["caption_train"] if source == "train" else feats["caption_test"]
-                blocks.append(src[rows] * w)
-        stack = lambda b: sp.hstack(b).tocsr()  # noqa: E731
-        return stack(blocks_tr), [stack(b) for b in blocks_other]
+            block = scaler.transform(np.asarray(image, dtype=np.float32)) * self.image_weight
+            if dense:
+                return np.ascontiguousarray(block, dtype=np.float32)
+            blocks.append(sp.csr_matrix(block))
+        blocks.append(caption * self.caption_weight)
+        return sp.hstack(blocks).tocsr()
 
     def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
         """(parameters, ms per image) of the classifier alone: one weight per feature and class."""
@@ -91,18 +94,22 @@ class LinearModel:
 
     def fit_fold(self, feats: dict, Y: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fold_dir=None) -> FoldOutput:
         n_test = feats["n_test"]
-        X_tr, (X_va, X_te) = self._design(feats, tr, [("train", va), ("test", np.arange(n_test))])
+        X_tr, (X_va, X_te), scaler = self._design(feats, tr, [("train", va), ("test", np.arange(n_test))])
         C = Y.shape[1]
         val = np.empty((len(va), C), dtype=np.float32)
         test = np.empty((n_test, C), dtype=np.float32)
+        fitted: dict[int, tuple] = {}
+        prior: dict[int, float] = {}
 
         def fit_class(c: int) -> None:
             y = Y[tr, c]
             if y.min() == y.max():
-                val[:, c] = test[:, c] = _prior_logit(y)
+                prior[c] = _prior_logit(y)
+                val[:, c] = test[:, c] = prior[c]
                 return
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
             clf.fit(X_tr, y)
+            fitted[c] = (clf.coef_[0], clf.intercept_)
             val[:, c] = clf.decision_function(X_va)
             test[:, c] = clf.decision_function(X_te)
 
@@ -117,4 +124,89 @@ class LinearModel:
         else:
             for c in range(C):
                 fit_class(c)
+        if fold_dir is not None:
+            # In the dtype sklearn fitted them in (float32 on a dense float32 design): the
+            # products that predict new rows must be the ones that predicted the test rows.
+            dtype = next(iter(fitted.values()))[0].dtype if fitted else np.float64
+            coef = np.zeros((C, X_tr.shape[1]), dtype=dtype)
+            intercept = np.zeros(C, dtype=dtype)
+            for c, (w, b) in fitted.items():
+                coef[c], intercept[c] = w, b[0]
+            save_fold(
+                fold_dir, scaler, coef, intercept, prior, feats.get("tfidf_state") if "caption" in self.inputs else None
+            )
         return FoldOutput(val, test, {"n_features": X_tr.shape[1]})
+
+    def predict_saved(self, fold_dir: Path, image=None, captions: list[str] | None = None) -> np.ndarray:
+        """Logits ``[N, C]`` (float32) of the fold model that ``fit_fold`` saved in ``fold_dir``,
+        for new rows: the same design matrix and the same sklearn products as in training."""
+        state = load_fold(fold_dir)
+        caption = None
+        if "caption" in self.inputs:
+            if state.get("tfidf") is None:
+                raise FileNotFoundError(f"{fold_dir}: no TF-IDF vocabulary saved (tfidf_terms.json)")
+            caption = tfidf_transform(captions, **state["tfidf"])
+        X = self.design(state["scaler"], image, caption)
+        C = len(state["intercept"])
+        out = np.empty((X.shape[0], C), dtype=np.float32)
+        for c in range(C):
+            if str(c) in state["prior"]:
+                out[:, c] = state["prior"][str(c)]
+                continue
+            clf = LogisticRegression()
+            clf.coef_, clf.intercept_ = state["coef"][c : c + 1], state["intercept"][c : c + 1]
+            clf.classes_, clf.n_features_in_ = np.array([0, 1]), X.shape[1]
+            out[:, c] = clf.decision_function(X)
+        return out
+
+
+# A fold's saved model: JSON and .npy only, so a bundle never unpickles anything.
+LINEAR_FILES = ("linear.json", "coef.npy", "intercept.npy")
+
+
+def save_fold(fold_dir: Path, scaler, coef, intercept, prior: dict, tfidf: tuple | None) -> None:
+    """What ``predict_saved`` needs, written before the fold's done.json (new files only: the
+    fold's logits and fingerprint stay as they were)."""
+    meta = {"prior": {str(c): v for c, v in sorted(prior.items())}, "scaler": scaler is not None, "tfidf": None}
+    if scaler is not None:
+        write_npy(fold_dir / "scaler_mean.npy", np.asarray(scaler.mean_, dtype=np.float64))
+        write_npy(fold_dir / "scaler_scale.npy", np.asarray(scaler.scale_, dtype=np.float64))
+    if tfidf is not None:
+        terms, idf, ngram_max = tfidf
+        write_json(fold_dir / "tfidf_terms.json", terms)
+        write_npy(fold_dir / "tfidf_idf.npy", idf)
+        meta["tfidf"] = {"ngram_max": ngram_max}
+    write_npy(fold_dir / "coef.npy", coef)
+    write_npy(fold_dir / "intercept.npy", intercept)
+    write_json(fold_dir / "linear.json", meta)
+
+
+def load_fold(fold_dir: Path) -> dict:
+    missing = [f for f in LINEAR_FILES if not (fold_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{fold_dir}: no saved linear model ({', '.join(missing)} missing); it was trained before "
+            "capfuse kept coefficients: remove the model's run folder and run `make train` again"
+        )
+    meta = read_json(fold_dir / "linear.json")
+    scaler = None
+    if meta["scaler"]:
+        scaler = StandardScaler()
+        scaler.mean_ = np.load(fold_dir / "scaler_mean.npy")
+        scaler.scale_ = np.load(fold_dir / "scaler_scale.npy")
+        scaler.var_ = scaler.scale_**2
+        scaler.n_features_in_ = len(scaler.mean_)
+    tfidf = None
+    if meta["tfidf"] is not None:
+        tfidf = {
+            "terms": read_json(fold_dir / "tfidf_terms.json"),
+            "idf": np.load(fold_dir / "tfidf_idf.npy"),
+            "ngram_max": meta["tfidf"]["ngram_max"],
+        }
+    return {
+        "coef": np.load(fold_dir / "coef.npy"),
+        "intercept": np.load(fold_dir / "intercept.npy"),
+        "prior": meta["prior"],
+        "scaler": scaler,
+        "tfidf": tfidf,
+    }

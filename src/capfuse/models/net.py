@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from capfuse.config.schema import NetModelSettings
 from capfuse.encoders.cost import time_ms
@@ -224,17 +225,7 @@ class NetModel:
             return net({k: v.to(self.device) for k, v in batch.items()})
 
         def predict(rows: np.ndarray, key: str = "logits") -> np.ndarray:
-            net.eval()
-            views_used = ("orig", "hflip") if self.settings.tta and "hflip" in feats["views"] else ("orig",)
-            out = np.zeros((len(rows), Y.shape[1]), np.float32)
-            with torch.inference_mode():
-                for view in views_used:
-                    for i in range(0, len(rows), self.settings.eval_batch_size):
-                        chunk = rows[i : i + self.settings.eval_batch_size]
-                        out[i : i + len(chunk)] += (
-                            forward_batch(views.view_batch(view, chunk, keys))[key].float().cpu().numpy()
-                        )
-            return out / len(views_used)
+            return self.predict_rows(net, views, rows, Y.shape[1], key)
 
         def train_step(batch: dict, targets: dict) -> float:
             batch.update(targets)
@@ -284,6 +275,45 @@ class NetModel:
             if extra_rows is not None and len(extra_rows):
                 result.align["extra"] = predict(extra_rows, "align_scores")
         return result
+
+    def predict_rows(
+        self, net: torch.nn.Module, views: CachedViews, rows: np.ndarray, num_classes: int, key: str = "logits"
+    ) -> np.ndarray:
+        """``key`` of ``net`` for ``rows``, the mean over the original and (with TTA) flipped views."""
+        net.eval()
+        keys = net.input_keys()
+        views_used = ("orig", "hflip") if self.settings.tta and "hflip" in views.views else ("orig",)
+        out = np.zeros((len(rows), num_classes), np.float32)
+        with torch.inference_mode():
+            for view in views_used:
+                for i in range(0, len(rows), self.settings.eval_batch_size):
+                    chunk = rows[i : i + self.settings.eval_batch_size]
+                    batch = {k: v.to(self.device) for k, v in views.view_batch(view, chunk, keys).items()}
+                    out[i : i + len(chunk)] += net(batch)[key].float().cpu().numpy()
+        return out / len(views_used)
+
+    def load_saved(self, fold_dir: Path, dims: dict, num_classes: int) -> torch.nn.Module:
+        """The fold's ``best.safetensors`` in a net built as ``fit_fold`` built it.
+
+        What ``prepare`` computes from the training rows (the class prompts' embeddings, the
+        class -> context map) lives in the state dict as buffers, so placeholders of the right
+        shape build the net and the saved tensors replace them.
+        """
+        if self.finetune or self.train_blocks:
+            raise ValueError(
+                f"{self.config.name or 'this model'}: only heads on cached frozen-encoder features "
+                "can be rebuilt from a fold's safetensors (finetune and train_blocks are not supported)"
+            )
+        state = load_file(str(fold_dir / "best.safetensors"))
+        extras: dict = {}
+        if needs_class_text(self.config):
+            extras["class_text"] = np.zeros(tuple(state["label_query.class_text"].shape), np.float32)
+        if uses_contexts(self.config):
+            extras["context_map"] = np.arange(num_classes) % self.config.aux.n_contexts
+        self.build_extras = extras
+        net = self.build(dims, num_classes, np.full(num_classes, 0.1)).to(self.device)
+        net.load_state_dict(state)
+        return net.eval()
 
     def loop(self, net, Y, tr, va, test_rows, fold_dir: Path, **kwargs) -> FoldOutput:
         """The epochs of one fold (``capfuse.models.loop.train_epochs``) under this model's settings;

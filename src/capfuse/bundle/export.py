@@ -1,0 +1,192 @@
+"""Export a trained run as a self-contained bundle: what ``capfuse.bundle.Predictor`` needs, no more.
+
+The bundle copies, per base model and fold, the files its kind saved at training time (a linear
+model's coefficients, scaler and TF-IDF vocabulary; a net's ``best.safetensors``), the model's
+resolved config, the kept second-level candidate (``ensemble/kept/``) and the thresholds, and
+writes ``bundle.json`` last with a sha256 of every file. It holds no pickle and no training row.
+
+What the pipeline computes at submission time from the training labels (the caption model and
+threshold that predict rows without a usable image, or the class priors) is computed here, the
+way ``capfuse infer`` computes it, and stored as numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from capfuse import __version__
+from capfuse.config.schema import resolve, resolve_model
+from capfuse.data.dataset import Dataset
+from capfuse.data.logits import read_logits
+from capfuse.encoders.registry import caption_entry
+from capfuse.ensemble.decision import fit_global_threshold
+from capfuse.ensemble.second_level import (
+    KEPT_DIR,
+    ensemble_dir,
+    pipeline_models,
+    threshold_rule,
+    trained_models,
+)
+from capfuse.features.image import effective_precision
+from capfuse.models.linear import LINEAR_FILES
+from capfuse.utils.io import current_umask, read_json, sha256_file, write_json
+from capfuse.utils.log import log
+from capfuse.utils.numeric import sigmoid
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = 1  # bump when a reader of an older bundle would misread a newer one
+NET_FILES = ("best.safetensors",)
+LINEAR_OPTIONAL = ("scaler_mean.npy", "scaler_scale.npy", "tfidf_terms.json", "tfidf_idf.npy")
+
+
+class ExportError(ValueError):
+    """The run cannot be exported as it is; the message names the model and the fix."""
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def check_exportable(name: str, settings) -> None:
+    """Refuse, naming the model, every kind a bundle cannot replay yet: a wrong bundle is worse
+    than none, since its predictions would look fine."""
+    if "@" in name:
+        raise ExportError(f"{name}: pseudo-label round models cannot be exported yet; leave pseudo.rounds at 0")
+    if settings.kind == "net":
+        if settings.finetune:
+            raise ExportError(f"{name}: fine-tuned (finetune: true) models cannot be exported yet")
+        if "image" in settings.inputs and settings.image_encoder.train_blocks:
+            raise ExportError(f"{name}: models that train the backbone's top blocks cannot be exported yet")
+        if "caption" in settings.inputs and caption_entry(settings.caption_encoder.name).lookup is not None:
+            raise ExportError(f"{name}: GloVe caption models cannot be exported yet (no caption table in bundles)")
+    elif settings.kind != "linear":
+        raise ExportError(f"{name}: model kind {settings.kind!r} cannot be exported")
+    if "image" in settings.inputs and effective_precision(settings.image_encoder.cache_spec()) != "fp32":
+        raise ExportError(f"{name}: int8 image encoders cannot be exported yet (their calibration is not kept)")
+
+
+def _model_files(name: str, kind: str, fold_dir: Path) -> list[Path]:
+    need = NET_FILES if kind == "net" else LINEAR_FILES
+    missing = [f for f in need if not (fold_dir / f).exists()]
+    if missing:
+        raise ExportError(
+            f"{name}: {fold_dir} lacks {', '.join(missing)} (trained before capfuse kept what predicting "
+            f"needs): remove {fold_dir.parent} and run `make train` again"
+        )
+    extra = [fold_dir / f for f in LINEAR_OPTIONAL if kind == "linear" and (fold_dir / f).exists()]
+    return [fold_dir / f for f in need] + extra
+
+
+def _fallback(ds: Dataset, paths, trained: dict, own: set[str], rule: dict) -> dict:
+    """How ``capfuse infer`` predicts a test row without a usable image: its best caption-only
+    model at a global threshold fitted on that model's OOF probabilities, or the class priors."""
+    caption_models = [m for m in trained if m in own and not trained[m]["needs_image"]]
+    if caption_models:
+        name = max(caption_models, key=lambda m: trained[m]["cv_mean_f1"])
+        oof = sigmoid(read_logits(paths.model_dir(name) / "oof_logits.csv", ds.train_ids, ds.class_ids))
+        t, _ = fit_global_threshold(ds.Y, oof, min_labels=rule["min_labels"], max_labels=rule["max_labels"])
+        return {"model": name, "threshold": float(t)}
+    return {"model": None, "priors": ds.Y.mean(0).tolist()}
+
+
+def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
+    """Write the bundle folder ``out`` (which must not exist) and return ``bundle.json``'s content."""
+    ens = ensemble_dir(paths)
+    for f in (ens / KEPT_DIR / "kept.json", ens / "thresholds.json", ens / "stack.json"):
+        if not f.exists():
+            raise ExportError(f"{f} not found: run `make infer` first (a stack stage older than bundles lacks kept/)")
+    kept = read_json(ens / KEPT_DIR / "kept.json")
+    cut = read_json(ens / "thresholds.json")
+    stacked = read_json(ens / "stack.json")
+    if kept["candidate"] != stacked["chosen"] or cut.get("candidate") != stacked["chosen"]:
+        raise ExportError(f"{ens}: kept.json, stack.json and thresholds.json disagree: run `make infer` again")
+    trained = trained_models(paths)
+    own = set(pipeline_models(cfg, trained)) | set(kept["models"])
+    rule = dict(cut.get("rule") or threshold_rule(cfg))  # the rule the thresholds were fitted under
+    fallback = _fallback(ds, paths, trained, own, rule)
+    names = list(kept["models"]) + ([fallback["model"]] if fallback["model"] not in (None, *kept["models"]) else [])
+
+    if out.exists():
+        raise ExportError(f"{out} exists: choose a new folder (bundles are never overwritten)")
+    models: dict = {}
+    copies: dict[str, Path] = {}
+    folds = ds.folds()
+    k = int(folds.max()) + 1
+    for name in names:
+        run = paths.model_dir(name)
+        model_cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        settings = resolve_model(model_cfg)
+        check_exportable(name, settings)
+        copies[f"models/{name}/config.yaml"] = run / "config.yaml"
+        for fold in range(k):
+            for f in _model_files(name, settings.kind, run / f"fold{fold}"):
+                copies[f"models/{name}/fold{fold}/{f.name}"] = f
+        models[name] = {
+            "kind": settings.kind,
+            "inputs": list(settings.inputs),
+            "needs_image": bool(trained[name]["needs_image"]),
+            "folds": k,
+            "seed": settings.seed,
+            "cv_mean_f1": trained[name]["cv_mean_f1"],
+            "config": f"models/{name}/config.yaml",
+        }
+    second = dict(kept)
+    for fold in kept.get("folds", []):
+        for part in fold["classes"]:
+            if "booster" in part:
+                copies[f"second_level/{part['booster']}"] = ens / KEPT_DIR / part["booster"]
+    chosen = cut["kind"]
+    thresholds = (
+        float(cut["global"]["threshold"])
+        if chosen == "global"
+        else [float(cut["per_class"]["thresholds"][str(c)]) for c in ds.class_ids]
+    )
+    record = {
+        "format": FORMAT,
+        "capfuse_version": __version__,
+        "git_commit": _git_commit(paths.root),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "dataset": paths.dataset,
+        "classes": [{"id": int(c), "name": n} for c, n in zip(ds.class_ids, ds.val.classes.names)],
+        "models": models,
+        "second_level": second,
+        "thresholds": {"kind": chosen, "values": thresholds, **rule},
+        "image_fallback": fallback,
+        "max_pixels": resolve(cfg).data.max_pixels,
+        "cv": {
+            "second_level": stacked["candidates"][stacked["chosen"]],
+            "thresholds_in_sample_mean_f1": cut[chosen]["in_sample"],
+            "thresholds_nested_mean_f1": cut[chosen]["nested"],
+        },
+    }
+    # Written into a temporary folder renamed into place at the end: a failed export leaves no
+    # half bundle behind that a later predict could load.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for rel, src in copies.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
+        write_json(tmp / "second_level" / "kept.json", second)
+        record["files"] = {rel: sha256_file(tmp / rel) for rel in sorted([*copies, "second_level/kept.json"])}
+        write_json(tmp / BUNDLE_FILE, record)
+        os.chmod(tmp, 0o777 & ~current_umask())
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    record["size_mb"] = round(size / 2**20, 2)
+    log.info("bundle %s: %d models x %d folds, %s, %.1f MB", out, len(models), k, kept["candidate"], size / 2**20)
+    return record

@@ -1,0 +1,230 @@
+"""``Predictor``: an exported bundle that labels new images with captions, offline.
+
+It replays exactly what ``capfuse infer`` does to the test set, from the bundle's files only:
+the frozen encoders' features (the same code and cache format as training), every fold of
+every base model (fold logits summed in float64, divided, stored as float32, as the trainer
+writes ``test_logits.csv``), the kept second-level candidate (probabilities stored as float32,
+as ``test_probs.csv`` is), the thresholds and the never-empty rule, and the caption fallback
+for rows without a usable image. It reads no training row and no ``runs/`` folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from capfuse.bundle.export import BUNDLE_FILE, FORMAT
+from capfuse.bundle.inputs import Rows, read_test_folder, stage_inputs
+from capfuse.config.schema import resolve_model
+from capfuse.data.logits import logits_frame
+from capfuse.ensemble.blend import apply_weights, mean_blend
+from capfuse.ensemble.decision import apply_threshold
+from capfuse.ensemble.stack import stack_predict
+from capfuse.features.image import embed_image_views
+from capfuse.features.store import flip_views, image_outputs
+from capfuse.features.text import embed_captions
+from capfuse.models import MODELS
+from capfuse.models.cached import CachedViews
+from capfuse.submission import predictions_to_frame
+from capfuse.utils.io import read_json, sha256_file
+from capfuse.utils.numeric import sigmoid
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used as it is: missing, of another format, or altered."""
+
+
+@dataclass
+class Prediction:
+    ids: list[str]
+    probs: np.ndarray  # [N, C] float64 (float32 values): the kept candidate's probabilities
+    binary: np.ndarray  # [N, C] uint8: the label sets after thresholds and the never-empty rule
+    class_ids: list[int]
+    class_names: list[str]
+    image_ok: np.ndarray  # [N] bool: False rows were predicted from their caption alone
+    logits: dict[str, np.ndarray]  # every base model's fold-mean logits [N, C] float32
+
+    @property
+    def labels(self) -> list[list[int]]:
+        ids = np.asarray(self.class_ids)
+        return [ids[np.flatnonzero(row)].tolist() for row in self.binary]
+
+    @property
+    def label_names(self) -> list[list[str]]:
+        names = np.asarray(self.class_names, dtype=object)
+        return [names[np.flatnonzero(row)].tolist() for row in self.binary]
+
+    def submission(self) -> pd.DataFrame:
+        return predictions_to_frame(self.ids, self.binary, self.class_ids)
+
+    def probabilities(self) -> pd.DataFrame:
+        return logits_frame(self.ids, self.probs, self.class_ids)
+
+
+class Predictor:
+    """``Predictor.load(bundle)``, then ``predict(images, captions)`` or ``predict_folder(folder)``."""
+
+    def __init__(self, folder: Path, record: dict, work_dir: Path | None = None) -> None:
+        self.folder = folder
+        self.record = record
+        self.class_ids = [c["id"] for c in record["classes"]]
+        self.class_names = [c["name"] for c in record["classes"]]
+        self.models = {}
+        for name, info in record["models"].items():
+            cfg = yaml.safe_load((folder / info["config"]).read_text(encoding="utf-8"))
+            self.models[name] = resolve_model(cfg)
+        # Encoder exports (ONNX) and feature arrays land here, and are reused between calls.
+        self._tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="capfuse-predict-")
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
+
+    @classmethod
+    def load(cls, bundle: str | Path, *, verify: bool = True, work_dir: str | Path | None = None) -> Predictor:
+        """Read ``bundle/bundle.json``; ``verify`` checks every file against its sha256 first."""
+        folder = Path(bundle)
+        if not (folder / BUNDLE_FILE).is_file():
+            raise BundleError(f"{folder}: no {BUNDLE_FILE}; export one with `make export`")
+        record = read_json(folder / BUNDLE_FILE)
+        if record.get("format") != FORMAT:
+            raise BundleError(f"{folder / BUNDLE_FILE}: format {record.get('format')!r}, this capfuse reads {FORMAT}")
+        if verify:
+            for rel, digest in record["files"].items():
+                path = folder / rel
+                if not path.is_file():
+                    raise BundleError(f"{path}: listed in {BUNDLE_FILE} but missing")
+                if sha256_file(path) != digest:
+                    raise BundleError(f"{path}: its sha256 differs from {BUNDLE_FILE}'s; the bundle was altered")
+        return cls(folder, record, Path(work_dir) if work_dir is not None else None)
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def predict_folder(self, data_dir: str | Path) -> Prediction:
+        """A folder in the COMP5329 test layout (``test.csv`` + ``data/``)."""
+        return self.predict_rows(read_test_folder(data_dir, max_pixels=self.record.get("max_pixels")))
+
+    def predict(self, images: list, captions: list[str] | None = None) -> Prediction:
+        """Images (paths or PIL images; None for none) with their captions, in that order."""
+        rows = stage_inputs(self.work_dir / "inputs", list(images), captions, max_pixels=self.record.get("max_pixels"))
+        return self.predict_rows(rows)
+
+    # -- the pipeline, replayed -------------------------------------------------------------------
+
+    def _features(self, rows: Rows) -> dict:
+        cache = self.work_dir / "cache"
+        requests: dict = {}
+        for m in self.models.values():
+            if "image" in m.inputs:
+                spec = m.image_encoder.cache_spec()
+                for view in flip_views(m):
+                    requests.setdefault((spec, view), set()).update(image_outputs(m))
+        images = {}
+        if requests:
+            asked = [(spec, view, tuple(sorted(outs))) for (spec, view), outs in requests.items()]
+            images = embed_image_views(rows.data_dir, rows.ids, rows.image_ok, asked, cache, quiet=True)
+        captions = {}
+        for m in self.models.values():
+            if m.kind == "net" and "caption" in m.inputs and m.caption_encoder not in captions:
+                captions[m.caption_encoder] = embed_captions(rows.captions, m.caption_encoder, cache, key="predict")
+        return {"images": images, "captions": captions}
+
+    def _net_views(self, m, feats: dict) -> tuple[dict, dict]:
+        """The cached views ``FeatureStore.for_net`` would give the net, for these rows only."""
+        views: dict = {view: {} for view in flip_views(m)}
+        dims: dict = {}
+        if "image" in m.inputs:
+            spec = m.image_encoder.cache_spec()
+            for view in views:
+                img = feats["images"][(spec, view)]
+                views[view].update(img_pooled=img["pooled"], img_tokens=img["tokens"])
+            dims.update(
+                img_pooled=views["orig"]["img_pooled"].shape[1], img_tokens=views["orig"]["img_tokens"].shape[2]
+            )
+        if "caption" in m.inputs:
+            cap = feats["captions"][m.caption_encoder]
+            for view in views:
+                views[view].update(cap_pooled=cap["pooled"], cap_tokens=cap["tokens"], cap_mask=cap["mask"])
+            dims.update(cap_pooled=cap["pooled"].shape[1], cap_tokens=cap["tokens"].shape[2])
+        return views, dims
+
+    def _model_logits(self, name: str, feats: dict, rows: Rows) -> np.ndarray:
+        m = self.models[name]
+        info = self.record["models"][name]
+        model = MODELS.create(m.kind, cfg=m, seed=m.seed)
+        n, c = len(rows.ids), len(self.class_ids)
+        total = np.zeros((n, c), dtype=np.float64)
+        if m.kind == "net":
+            views, dims = self._net_views(m, feats)
+        for fold in range(info["folds"]):
+            fold_dir = self.folder / "models" / name / f"fold{fold}"
+            if m.kind == "net":
+                net = model.load_saved(fold_dir, dims, c)
+                total += model.predict_rows(net, CachedViews(views), np.arange(n), c)
+            else:
+                image = None
+                if "image" in m.inputs:
+                    image = feats["images"][(m.image_encoder.cache_spec(), "orig")]["pooled"]
+                total += model.predict_saved(fold_dir, image=image, captions=rows.captions)
+        return (total / info["folds"]).astype(np.float32)
+
+    def _second_level(self, logits: dict[str, np.ndarray]) -> np.ndarray:
+        kept = self.record["second_level"]
+        names = kept["models"]
+        z = [logits[n] for n in names]
+        p = [sigmoid(x) for x in z]
+        cand = kept["candidate"]
+        if cand == "best_single":
+            out = p[names.index(kept["model"])]
+        elif cand == "mean_blend":
+            out = mean_blend(p)
+        elif cand == "weighted_blend":
+            out = apply_weights(p, np.asarray(kept["weights"]))
+        elif cand == "stack":
+            folds = [
+                {
+                    "weights": fold["weights"],
+                    "classes": [
+                        {"booster": (self.folder / "second_level" / part["booster"]).read_text(encoding="utf-8")}
+                        if "booster" in part
+                        else part
+                        for part in fold["classes"]
+                    ],
+                }
+                for fold in kept["folds"]
+            ]
+            out = stack_predict(folds, z, p)
+        else:
+            raise BundleError(f"{self.folder / BUNDLE_FILE}: unknown second-level candidate {cand!r}")
+        # test_probs.csv holds float32; the thresholds were applied to what it holds.
+        return np.asarray(out, dtype=np.float32).astype(np.float64)
+
+    def predict_rows(self, rows: Rows) -> Prediction:
+        feats = self._features(rows)
+        logits = {name: self._model_logits(name, feats, rows) for name in self.models}
+        probs = self._second_level(logits)
+        t = self.record["thresholds"]
+        rule = {"min_labels": t["min_labels"], "max_labels": t["max_labels"]}
+        binary = apply_threshold(probs, np.asarray(t["values"], dtype=np.float64), **rule)
+        bad = ~rows.image_ok
+        if bad.any():
+            fb = self.record["image_fallback"]
+            if fb["model"] is not None:
+                caption_p = sigmoid(logits[fb["model"]])
+                binary[bad] = apply_threshold(caption_p[bad], fb["threshold"], **rule)
+            else:
+                prior = np.broadcast_to(np.asarray(fb["priors"]), (int(bad.sum()), len(self.class_ids)))
+                binary[bad] = apply_threshold(
+                    prior, 1.0, min_labels=max(1, rule["min_labels"]), max_labels=rule["max_labels"]
+                )
+        return Prediction(
+            ids=list(rows.ids),
+            probs=probs,
+            binary=binary,
+            class_ids=self.class_ids,
+            class_names=self.class_names,
+            image_ok=rows.image_ok,
+            logits=logits,
+        )

@@ -1,0 +1,38 @@
+"""The predict stage: a bundle (``make export``) + a folder in the test layout → a checked
+submission and a probabilities CSV. Reads no training data and no ``runs/`` folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capfuse.bundle import Predictor
+from capfuse.submission import write_submission
+from capfuse.utils.io import write_csv
+from capfuse.utils.log import log, stage
+
+
+def cli(args) -> int:
+    data = Path(args.data)
+    out = Path(args.out)
+    name = data.resolve().name
+    with stage("predict", name):
+        predictor = Predictor.load(args.bundle)
+        pred = predictor.predict_folder(data)
+        record = predictor.record
+        manifest = {
+            "bundle": str(args.bundle),
+            "bundle_git_commit": record.get("git_commit"),
+            "bundle_dataset": record.get("dataset"),
+            "data_dir": str(data),
+            "models": sorted(record["models"]),
+            "second_level": record["second_level"]["candidate"],
+            "threshold": record["thresholds"]["kind"],
+            "rows": len(pred.ids),
+            "rows_without_image": int((~pred.image_ok).sum()),
+        }
+        written = write_submission(pred.submission(), pred.ids, pred.class_ids, out, name, manifest)
+        probs = write_csv(out / f"{name}-latest-probs.csv", pred.probabilities())
+    for path in (*written.values(), probs):
+        log.info("wrote %s", path)
+    print(f"\nSubmission: {written['latest_csv']}  probabilities: {probs}  ({len(pred.ids)} rows)")
+    return 0
