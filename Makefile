@@ -133,7 +133,7 @@ export: data ## a finished run (make all) as a self-contained bundle folder: mod
 
 predict: $(STAMP) ## predict DATA (test.csv + data/) with BUNDLE, offline, no training data: <OUT>/<dataset>-latest.csv and -latest-probs.csv
 	@test -n "$(BUNDLE)" || { echo "make predict needs BUNDLE=<folder written by make export>"; exit 2; }
-	$(RUN) predict --bundle $(BUNDLE) --data $(DATA) $(if $(OUT),--out $(OUT))
+	$(RUN) predict --bundle $(BUNDLE) --data $(DATA) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 .PHONY: report
 report: data ## self-contained HTML run report: runs/<dataset>/report/index.html (after `make all`)

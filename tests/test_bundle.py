@@ -184,6 +184,17 @@ def test_an_exported_bundle_reproduces_the_pipelines_submission_from_the_test_fo
     assert one.image_ok.tolist() == [True, False] and all(len(labels) >= 1 for labels in one.labels)
     assert np.abs(one.probs[0] - few.probs[0]).max() < 0.05
 
+    # A folder of images alone, captions from a CSV: the same labels, rows in file-name order.
+    images_only = tmp_path / "images"
+    shutil.copytree(unseen / "data", images_only)
+    out = tmp_path / "from-images"
+    args = ["predict", "--bundle", str(bundle), "--data", str(images_only), "--captions", str(unseen / "test.csv")]
+    assert main([*args, "--out", str(out)]) == 0
+    got = read_submission(out / "images-latest.csv")
+    want = read_submission(root / "submissions" / "tiny-latest.csv")
+    assert list(got["ImageID"]) == sorted(want["ImageID"])
+    pd.testing.assert_frame_equal(got.set_index("ImageID"), want.set_index("ImageID").loc[got["ImageID"]])
+
     # An altered file is refused before anything is predicted.
     victim = next(bundle.glob("models/cap_lr/fold0/coef.npy"))
     victim.write_bytes(victim.read_bytes()[:-8] + b"\x00" * 8)

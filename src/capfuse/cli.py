@@ -17,7 +17,7 @@
     capfuse search   --data DIR (--image ID_OR_PATH | --text "a dog on a bus") [--k 8]
     capfuse report   --data DIR --config configs/pipeline.yaml
     capfuse export   --data DIR --config configs/pipeline.yaml [--out bundles/NAME]
-    capfuse predict  --bundle bundles/NAME --data DIR [--out predictions]
+    capfuse predict  --bundle bundles/NAME --data DIR [--captions CSV] [--out predictions]
 
 Paths, devices and flags are resolved here and passed down; nothing is computed at import.
 """
@@ -175,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict a folder (test.csv + data/) with an exported bundle, offline")
     p.add_argument("--bundle", required=True, help="bundle folder written by `capfuse export`")
-    p.add_argument("--data", required=True, help="folder in the COMP5329 test layout: test.csv and data/")
+    p.add_argument(
+        "--data", required=True, help="folder in the COMP5329 test layout (test.csv and data/), or of images"
+    )
+    p.add_argument("--captions", default=None, help="for a folder of images: a CSV of ImageID, Caption")
     p.add_argument(
         "--out", default="predictions", help="where the submission and probabilities go (default: predictions)"
     )

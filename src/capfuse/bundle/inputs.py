@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from capfuse.data.csvio import read_split
 from capfuse.data.images import DEFAULT_MAX_PIXELS, UnsafePathError, check_image, resolve_image_path
@@ -110,3 +111,29 @@ def stage_inputs(folder: Path, images: list, captions: list | None, *, max_pixel
             raise TypeError(f"image {i} is {type(image).__name__}: give a path, a PIL image or None")
     ok, problems = _check_images(folder, ids, max_pixels or DEFAULT_MAX_PIXELS, 2)
     return Rows(folder, ids, [c or "" for c in captions], ok, problems)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def read_image_folder(folder: str | Path, captions_csv: str | Path | None = None) -> tuple[list[Path], list[str]]:
+    """Every image of ``folder`` (or of ``folder/data``), sorted by name, and its caption from
+    ``captions_csv`` (columns ImageID, Caption; a missing caption is an empty one)."""
+    folder = Path(folder)
+    where = folder / "data" if (folder / "data").is_dir() else folder
+    paths = sorted(p for p in where.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"{where}: no test.csv beside it and no image ({', '.join(IMAGE_SUFFIXES)}) in it")
+    captions: dict[str, str] = {}
+    if captions_csv is not None:
+        frame = pd.read_csv(captions_csv, dtype=str, keep_default_na=False)
+        missing = [c for c in ("ImageID", "Caption") if c not in frame.columns]
+        if missing:
+            raise DataError(f"{captions_csv}: missing columns {missing} (expected ImageID, Caption)")
+        captions = dict(zip(frame["ImageID"], frame["Caption"]))
+    without = sum(p.name not in captions for p in paths)
+    if without:
+        log.warning(
+            "%d of %d images have no caption: predicted from the image and an empty caption", without, len(paths)
+        )
+    return paths, [captions.get(p.name, "") for p in paths]

@@ -106,10 +106,19 @@ class Predictor:
         """A folder in the COMP5329 test layout (``test.csv`` + ``data/``)."""
         return self.predict_rows(read_test_folder(data_dir, max_pixels=self.record.get("max_pixels")))
 
-    def predict(self, images: list, captions: list[str] | None = None) -> Prediction:
-        """Images (paths or PIL images; None for none) with their captions, in that order."""
-        rows = stage_inputs(self.work_dir / "inputs", list(images), captions, max_pixels=self.record.get("max_pixels"))
-        return self.predict_rows(rows)
+    def predict(self, images: list, captions: list[str] | None = None, ids: list[str] | None = None) -> Prediction:
+        """Images (paths or PIL images; None for none) with their captions, in that order.
+
+        ``ids`` name the rows (default: a path's file name, else the row's number)."""
+        images = list(images)
+        if ids is None:
+            ids = [Path(im).name if isinstance(im, (str, Path)) else f"{i:06d}" for i, im in enumerate(images)]
+        if len(ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(ids)} ids")
+        rows = stage_inputs(self.work_dir / "inputs", images, captions, max_pixels=self.record.get("max_pixels"))
+        pred = self.predict_rows(rows)
+        pred.ids = [str(i) for i in ids]
+        return pred
 
     # -- the pipeline, replayed -------------------------------------------------------------------
 

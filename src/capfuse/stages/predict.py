@@ -1,11 +1,13 @@
-"""The predict stage: a bundle (``make export``) + a folder in the test layout → a checked
-submission and a probabilities CSV. Reads no training data and no ``runs/`` folder."""
+"""The predict stage: a bundle (``make export``) + a folder → a checked submission and a
+probabilities CSV. The folder is in the test layout (``test.csv`` + ``data/``) or holds images,
+with captions from ``--captions`` (ImageID, Caption). Reads no training data and no ``runs/``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from capfuse.bundle import Predictor
+from capfuse.bundle.inputs import read_image_folder
 from capfuse.submission import write_submission
 from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
@@ -17,7 +19,11 @@ def cli(args) -> int:
     name = data.resolve().name
     with stage("predict", name):
         predictor = Predictor.load(args.bundle)
-        pred = predictor.predict_folder(data)
+        if (data / "test.csv").exists():
+            pred = predictor.predict_folder(data)
+        else:
+            paths, captions = read_image_folder(data, args.captions)
+            pred = predictor.predict(paths, captions)
         record = predictor.record
         manifest = {
             "bundle": str(args.bundle),
