@@ -25,7 +25,9 @@ from PIL import Image
 from capfuse.config.schema import CaptionEncoderSettings
 from capfuse.data.csvio import read_split
 from capfuse.data.demo import make_demo
+from capfuse.data.images import load_array, resolve_image_path
 from capfuse.encoders.registry import build_caption, build_image
+from capfuse.encoders.runtime import ort_session
 from capfuse.encoders.text import encode
 from capfuse.features.image import ImageEncoderSpec, embed_image_views
 from capfuse.features.text import caption_runner
@@ -122,6 +124,7 @@ def bench_embed(
             },
         }
         out["naive_img_s"] = naive_timm_loop(folder, ids, name, batch_size)
+        out["parts_img_s"] = bench_parts(folder, ids, cache, name, size, batch_size, rounds)
 
         # Decode once: two backbones x two views in one pass, against one pass per (backbone, view).
         # The default runtime, the one the pipeline embeds with.
@@ -143,6 +146,28 @@ def bench_embed(
         }
         out["captions"] = bench_captions(read_captions(folder / "demo-src" / "train.csv"), rounds=rounds)
     return out
+
+
+def bench_parts(folder: Path, ids: list[str], cache: Path, name: str, size: int, batch_size: int, rounds: int) -> dict:
+    """images/s of the two halves of a pass, each alone: decoding on one thread (the loader's),
+    and the default runtime's fp32 graph on already-decoded batches with the session's threads.
+    The pass overlaps them, so neither bounds it alone; together they say which side to speed up."""
+    paths = [resolve_image_path(folder, i) for i in ids]
+    decode, model = [], []
+    # The fp32 export the warm-up wrote (its int8 siblings carry "-int8-" in their names).
+    exported = [p for p in (cache / "onnx").glob(f"{name}-{size}px-u8-fmap-*.onnx") if "-int8" not in p.name]
+    if len(exported) != 1:
+        raise RuntimeError(f"expected one fp32 export of {name} in {cache / 'onnx'}, found {len(exported)}")
+    session = ort_session(exported[0])
+    for _ in range(rounds):
+        start = time.perf_counter()
+        pixels = np.stack([load_array(p, size) for p in paths])
+        decode.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(0, len(pixels), batch_size):
+            session.run(None, {"x": pixels[i : i + batch_size]})
+        model.append(time.perf_counter() - start)
+    return {"decode": len(ids) / float(np.median(decode)), "model": len(ids) / float(np.median(model))}
 
 
 def read_captions(path: Path) -> list[str]:

@@ -58,6 +58,11 @@ def print_embed(r: dict) -> None:
     print(f"  naive timm    : {r['naive_img_s']:7.1f} images/s")
     print(f"  ratio         : {fp32 / r['naive_img_s']:7.2f}x (the default, onnx fp32, over the naive loop)")
     print(f"  fastest       : {best}, {r['img_s'][best]:.1f} images/s (target >= 150 images/s on an idle machine)")
+    parts = r["parts_img_s"]
+    print(
+        f"  parts alone   : decoding {parts['decode']:.1f} images/s on one thread; the onnx fp32 graph "
+        f"{parts['model']:.1f} images/s on decoded batches, {torch.get_num_threads()} threads"
+    )
     m = r["multi"]
     print(
         f"  decode once   : {' + '.join(m['encoders'])}, orig + hflip ({m['views']} views, {m['runtime']}): "
