@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--captions", default=None, help="for a folder of images: a CSV of ImageID, Caption")
     p.add_argument(
+        "--cache",
+        default=None,
+        help="keep the encoders' exports and features here between runs (default: a temporary folder)",
+    )
+    p.add_argument(
         "--out", default="predictions", help="where the submission and probabilities go (default: predictions)"
     )
     p.add_argument("--log-level", default="INFO")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from capfuse.data.csvio import read_split
 from capfuse.data.images import DEFAULT_MAX_PIXELS, UnsafePathError, check_image, resolve_image_path
@@ -118,7 +117,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 def read_image_folder(folder: str | Path, captions_csv: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """Every image of ``folder`` (or of ``folder/data``), sorted by name, and its caption from
-    ``captions_csv`` (columns ImageID, Caption; a missing caption is an empty one)."""
+    ``captions_csv`` (test.csv's format: ImageID, Caption; a missing caption is an empty one)."""
     folder = Path(folder)
     where = folder / "data" if (folder / "data").is_dir() else folder
     paths = sorted(p for p in where.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -126,11 +125,9 @@ def read_image_folder(folder: str | Path, captions_csv: str | Path | None = None
         raise DataError(f"{where}: no test.csv beside it and no image ({', '.join(IMAGE_SUFFIXES)}) in it")
     captions: dict[str, str] = {}
     if captions_csv is not None:
-        frame = pd.read_csv(captions_csv, dtype=str, keep_default_na=False)
-        missing = [c for c in ("ImageID", "Caption") if c not in frame.columns]
-        if missing:
-            raise DataError(f"{captions_csv}: missing columns {missing} (expected ImageID, Caption)")
-        captions = dict(zip(frame["ImageID"], frame["Caption"]))
+        # test.csv's reader: COMP5329 captions hold unquoted commas that a plain CSV reader splits.
+        rows, _ = read_split(captions_csv, "test")
+        captions = {r.image_id: r.caption for r in rows}
     without = sum(p.name not in captions for p in paths)
     if without:
         log.warning(

@@ -18,7 +18,7 @@ def cli(args) -> int:
     out = Path(args.out)
     name = data.resolve().name
     with stage("predict", name):
-        predictor = Predictor.load(args.bundle)
+        predictor = Predictor.load(args.bundle, work_dir=args.cache)
         if (data / "test.csv").exists():
             pred = predictor.predict_folder(data)
         else:
