@@ -69,8 +69,9 @@ class Prediction:
 class Predictor:
     """``Predictor.load(bundle)``, then ``predict(images, captions)`` or ``predict_folder(folder)``."""
 
-    def __init__(self, folder: Path, record: dict, work_dir: Path | None = None) -> None:
+    def __init__(self, folder: Path, record: dict, work_dir: Path | None = None, quiet: bool | None = True) -> None:
         self.folder = folder
+        self.quiet = quiet  # progress bars of the encoders' passes: None follows CAPFUSE_QUIET / CI
         self.record = record
         self.class_ids = [c["id"] for c in record["classes"]]
         self.class_names = [c["name"] for c in record["classes"]]
@@ -83,7 +84,9 @@ class Predictor:
         self.work_dir = Path(work_dir) if work_dir is not None else Path(self._tmp.name)
 
     @classmethod
-    def load(cls, bundle: str | Path, *, verify: bool = True, work_dir: str | Path | None = None) -> Predictor:
+    def load(
+        cls, bundle: str | Path, *, verify: bool = True, work_dir: str | Path | None = None, quiet: bool | None = True
+    ) -> Predictor:
         """Read ``bundle/bundle.json``; ``verify`` checks every file against its sha256 first."""
         folder = Path(bundle)
         if not (folder / BUNDLE_FILE).is_file():
@@ -98,7 +101,7 @@ class Predictor:
                     raise BundleError(f"{path}: listed in {BUNDLE_FILE} but missing")
                 if sha256_file(path) != digest:
                     raise BundleError(f"{path}: its sha256 differs from {BUNDLE_FILE}'s; the bundle was altered")
-        return cls(folder, record, Path(work_dir) if work_dir is not None else None)
+        return cls(folder, record, Path(work_dir) if work_dir is not None else None, quiet)
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -133,11 +136,13 @@ class Predictor:
         images = {}
         if requests:
             asked = [(spec, view, tuple(sorted(outs))) for (spec, view), outs in requests.items()]
-            images = embed_image_views(rows.data_dir, rows.ids, rows.image_ok, asked, cache, quiet=True)
+            images = embed_image_views(rows.data_dir, rows.ids, rows.image_ok, asked, cache, quiet=self.quiet)
         captions = {}
         for m in self.models.values():
             if m.kind == "net" and "caption" in m.inputs and m.caption_encoder not in captions:
-                captions[m.caption_encoder] = embed_captions(rows.captions, m.caption_encoder, cache, key="predict")
+                captions[m.caption_encoder] = embed_captions(
+                    rows.captions, m.caption_encoder, cache, key="predict", quiet=self.quiet
+                )
         return {"images": images, "captions": captions}
 
     def _net_views(self, m, feats: dict) -> tuple[dict, dict]:
