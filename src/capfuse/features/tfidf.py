@@ -37,22 +37,11 @@ def fit_tfidf(
     min_df: int = 2,
     max_features: int | None = 20000,
 ) -> TfidfVectorizer:
-    """The vectoriser ``tfidf_features`` transforms with, fitted on train and test captions."""
+    """The vectoriser for a model's caption columns, fitted on train and test captions (its
+    keyword arguments are the ``tfidf:`` block of a model config)."""
     vec = _vectorizer(ngram_max, min_df, max_features)
     vec.fit(list(train_captions) + list(test_captions))
     return vec
-
-
-def tfidf_features(
-    train_captions: Sequence[str],
-    test_captions: Sequence[str],
-    *,
-    ngram_max: int = 2,
-    min_df: int = 2,
-    max_features: int | None = 20000,
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    vec = fit_tfidf(train_captions, test_captions, ngram_max=ngram_max, min_df=min_df, max_features=max_features)
-    return vec.transform(train_captions).tocsr(), vec.transform(test_captions).tocsr()
 
 
 def tfidf_state(vec: TfidfVectorizer) -> tuple[list[str], np.ndarray]:
@@ -78,4 +67,4 @@ def tfidf_transform(captions: Sequence[str], terms: list[str], idf: np.ndarray, 
 
 
 # A model config's ``tfidf:`` block gives these keyword arguments (their defaults are above).
-register_parameters("tfidf", component_params(tfidf_features))
+register_parameters("tfidf", component_params(fit_tfidf))
