@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="predictions", help="where the submission and probabilities go (default: predictions)"
     )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="the bundle's fast variant: caption-only models, one fold each, no image embedded (make bench: speed, cost)",
+    )
+    p.add_argument("--folds", type=int, default=None, help="use only the first N folds of every model")
     p.add_argument("--log-level", default="INFO")
 
     p = sub.add_parser("report", help="write the self-contained HTML run report runs/<dataset>/report/index.html")

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from capfuse import __version__
+from capfuse.bundle.prune import blend_level, read_oof
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import read_logits
@@ -100,29 +101,10 @@ def _fallback(ds: Dataset, paths, trained: dict, own: set[str], rule: dict) -> d
     return {"model": None, "priors": ds.Y.mean(0).tolist()}
 
 
-def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
-    """Write the bundle folder ``out`` (which must not exist) and return ``bundle.json``'s content."""
-    ens = ensemble_dir(paths)
-    for f in (ens / KEPT_DIR / "kept.json", ens / "thresholds.json", ens / "stack.json"):
-        if not f.exists():
-            raise ExportError(f"{f} not found: run `make infer` first (a stack stage older than bundles lacks kept/)")
-    kept = read_json(ens / KEPT_DIR / "kept.json")
-    cut = read_json(ens / "thresholds.json")
-    stacked = read_json(ens / "stack.json")
-    if kept["candidate"] != stacked["chosen"] or cut.get("candidate") != stacked["chosen"]:
-        raise ExportError(f"{ens}: kept.json, stack.json and thresholds.json disagree: run `make infer` again")
-    trained = trained_models(paths)
-    own = set(pipeline_models(cfg, trained)) | set(kept["models"])
-    rule = dict(cut.get("rule") or threshold_rule(cfg))  # the rule the thresholds were fitted under
-    fallback = _fallback(ds, paths, trained, own, rule)
-    names = list(kept["models"]) + ([fallback["model"]] if fallback["model"] not in (None, *kept["models"]) else [])
-
-    if out.exists():
-        raise ExportError(f"{out} exists: choose a new folder (bundles are never overwritten)")
+def _model_copies(paths, trained: dict, names: list[str], k: int) -> tuple[dict[str, Path], dict]:
+    """The files of every named model (bundle path -> run file) and its entry in bundle.json."""
     models: dict = {}
     copies: dict[str, Path] = {}
-    folds = ds.folds()
-    k = int(folds.max()) + 1
     for name in names:
         run = paths.model_dir(name)
         model_cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
@@ -141,17 +123,66 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
             "cv_mean_f1": trained[name]["cv_mean_f1"],
             "config": f"models/{name}/config.yaml",
         }
+    return copies, models
+
+
+def _with_fallback(names: list[str], fallback: dict) -> list[str]:
+    return names + ([fallback["model"]] if fallback["model"] not in (None, *names) else [])
+
+
+def _fast(ds: Dataset, oof: dict, models: dict, folds, rule: dict) -> dict | None:
+    """``predict --fast``: the bundle's caption-only models, one fold each, blended and cut as
+    refitted on their OOF. No image is embedded: the image backbone alone runs below the 100
+    images/s asked of it on two cores (make bench), so no route that embeds images reaches it.
+    A model's OOF rows are each predicted by one fold's model, so the nested score of this
+    recipe describes a one-fold predictor."""
+    names = [m for m, info in models.items() if not info["needs_image"]]
+    if not names:
+        return None
+    return {"folds": 1, **blend_level(ds.Y, oof, names, folds, rule)}
+
+
+def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
+    """Write the bundle folder ``out`` (which must not exist) and return ``bundle.json``'s content."""
+    ens = ensemble_dir(paths)
+    for f in (ens / KEPT_DIR / "kept.json", ens / "thresholds.json", ens / "stack.json"):
+        if not f.exists():
+            raise ExportError(f"{f} not found: run `make infer` first (a stack stage older than bundles lacks kept/)")
+    kept = read_json(ens / KEPT_DIR / "kept.json")
+    cut = read_json(ens / "thresholds.json")
+    stacked = read_json(ens / "stack.json")
+    if kept["candidate"] != stacked["chosen"] or cut.get("candidate") != stacked["chosen"]:
+        raise ExportError(f"{ens}: kept.json, stack.json and thresholds.json disagree: run `make infer` again")
+    if out.exists():
+        raise ExportError(f"{out} exists: choose a new folder (bundles are never overwritten)")
+    trained = trained_models(paths)
+    own = set(pipeline_models(cfg, trained)) | set(kept["models"])
+    rule = dict(cut.get("rule") or threshold_rule(cfg))  # the rule the thresholds were fitted under
+    fallback = _fallback(ds, paths, trained, own, rule)
+    folds = ds.folds()
+    k = int(folds.max()) + 1
+    pool = list(kept["models"])
+    copies, models = _model_copies(paths, trained, _with_fallback(pool, fallback), k)
+
     second = dict(kept)
-    for fold in kept.get("folds", []):
+    chosen = cut["kind"]
+    thresholds = {
+        "kind": chosen,
+        "values": float(cut["global"]["threshold"])
+        if chosen == "global"
+        else [float(cut["per_class"]["thresholds"][str(c)]) for c in ds.class_ids],
+        **rule,
+    }
+    cv = {
+        "second_level": stacked["candidates"][stacked["chosen"]],
+        "thresholds_in_sample_mean_f1": cut[chosen]["in_sample"],
+        "thresholds_nested_mean_f1": cut[chosen]["nested"],
+    }
+    oof = read_oof(paths, ds, sorted({*pool, *models}))
+    for fold in second.get("folds", []):
         for part in fold["classes"]:
             if "booster" in part:
                 copies[f"second_level/{part['booster']}"] = ens / KEPT_DIR / part["booster"]
-    chosen = cut["kind"]
-    thresholds = (
-        float(cut["global"]["threshold"])
-        if chosen == "global"
-        else [float(cut["per_class"]["thresholds"][str(c)]) for c in ds.class_ids]
-    )
     record = {
         "format": FORMAT,
         "capfuse_version": __version__,
@@ -161,14 +192,11 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
         "classes": [{"id": int(c), "name": n} for c, n in zip(ds.class_ids, ds.val.classes.names)],
         "models": models,
         "second_level": second,
-        "thresholds": {"kind": chosen, "values": thresholds, **rule},
+        "thresholds": thresholds,
         "image_fallback": fallback,
         "max_pixels": resolve(cfg).data.max_pixels,
-        "cv": {
-            "second_level": stacked["candidates"][stacked["chosen"]],
-            "thresholds_in_sample_mean_f1": cut[chosen]["in_sample"],
-            "thresholds_nested_mean_f1": cut[chosen]["nested"],
-        },
+        "cv": cv,
+        "fast": _fast(ds, oof, models, folds, rule),
     }
     # Written into a temporary folder renamed into place at the end: a failed export leaves no
     # half bundle behind that a later predict could load.
@@ -188,5 +216,5 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
             shutil.rmtree(tmp)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     record["size_mb"] = round(size / 2**20, 2)
-    log.info("bundle %s: %d models x %d folds, %s, %.1f MB", out, len(models), k, kept["candidate"], size / 2**20)
+    log.info("bundle %s: %d models x %d folds, %s, %.1f MB", out, len(models), k, second["candidate"], size / 2**20)
     return record

@@ -67,16 +67,43 @@ class Prediction:
 
 
 class Predictor:
-    """``Predictor.load(bundle)``, then ``predict(images, captions)`` or ``predict_folder(folder)``."""
+    """``Predictor.load(bundle)``, then ``predict(images, captions)`` or ``predict_folder(folder)``.
 
-    def __init__(self, folder: Path, record: dict, work_dir: Path | None = None, quiet: bool | None = True) -> None:
+    ``fast`` predicts with the bundle's fast variant (its caption-only models, one fold each,
+    with the second level and threshold export refitted on their OOF; no image is embedded);
+    ``folds`` uses only the first that many folds of every model, under the full second level."""
+
+    def __init__(
+        self,
+        folder: Path,
+        record: dict,
+        work_dir: Path | None = None,
+        quiet: bool | None = True,
+        *,
+        fast: bool = False,
+        folds: int | None = None,
+    ) -> None:
         self.folder = folder
         self.quiet = quiet  # progress bars of the encoders' passes: None follows CAPFUSE_QUIET / CI
         self.record = record
         self.class_ids = [c["id"] for c in record["classes"]]
         self.class_names = [c["name"] for c in record["classes"]]
+        self.second_level, self.thresholds = record["second_level"], record["thresholds"]
+        names = list(record["models"])
+        if fast:
+            variant = record.get("fast")
+            if not variant:
+                raise BundleError(f"{folder / BUNDLE_FILE}: no fast variant (the bundle has no caption-only model)")
+            self.second_level, self.thresholds = variant["second_level"], variant["thresholds"]
+            names = [n for n in names if n in {*variant["second_level"]["models"], record["image_fallback"]["model"]}]
+            folds = variant["folds"] if folds is None else min(folds, variant["folds"])
+        if folds is not None and folds < 1:
+            raise ValueError(f"folds must be at least 1, got {folds}")
+        self.folds = {n: min(folds or info["folds"], info["folds"]) for n, info in record["models"].items()}
+        self.fast = fast
         self.models = {}
-        for name, info in record["models"].items():
+        for name in names:
+            info = record["models"][name]
             cfg = yaml.safe_load((folder / info["config"]).read_text(encoding="utf-8"))
             self.models[name] = resolve_model(cfg)
         # Encoder exports (ONNX) and feature arrays land here, and are reused between calls.
@@ -85,7 +112,14 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, bundle: str | Path, *, verify: bool = True, work_dir: str | Path | None = None, quiet: bool | None = True
+        cls,
+        bundle: str | Path,
+        *,
+        verify: bool = True,
+        work_dir: str | Path | None = None,
+        quiet: bool | None = True,
+        fast: bool = False,
+        folds: int | None = None,
     ) -> Predictor:
         """Read ``bundle/bundle.json``; ``verify`` checks every file against its sha256 first."""
         folder = Path(bundle)
@@ -101,7 +135,7 @@ class Predictor:
                     raise BundleError(f"{path}: listed in {BUNDLE_FILE} but missing")
                 if sha256_file(path) != digest:
                     raise BundleError(f"{path}: its sha256 differs from {BUNDLE_FILE}'s; the bundle was altered")
-        return cls(folder, record, Path(work_dir) if work_dir is not None else None, quiet)
+        return cls(folder, record, Path(work_dir) if work_dir is not None else None, quiet, fast=fast, folds=folds)
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -166,13 +200,12 @@ class Predictor:
 
     def _model_logits(self, name: str, feats: dict, rows: Rows) -> np.ndarray:
         m = self.models[name]
-        info = self.record["models"][name]
         model = MODELS.create(m.kind, cfg=m, seed=m.seed)
         n, c = len(rows.ids), len(self.class_ids)
         total = np.zeros((n, c), dtype=np.float64)
         if m.kind == "net":
             views, dims = self._net_views(m, feats)
-        for fold in range(info["folds"]):
+        for fold in range(self.folds[name]):
             fold_dir = self.folder / "models" / name / f"fold{fold}"
             if m.kind == "net":
                 net = model.load_saved(fold_dir, dims, c)
@@ -182,10 +215,10 @@ class Predictor:
                 if "image" in m.inputs:
                     image = feats["images"][(m.image_encoder.cache_spec(), "orig")]["pooled"]
                 total += model.predict_saved(fold_dir, image=image, captions=rows.captions)
-        return (total / info["folds"]).astype(np.float32)
+        return (total / self.folds[name]).astype(np.float32)
 
     def _second_level(self, logits: dict[str, np.ndarray]) -> np.ndarray:
-        kept = self.record["second_level"]
+        kept = self.second_level
         names = kept["models"]
         z = [logits[n] for n in names]
         p = [sigmoid(x) for x in z]
@@ -219,7 +252,7 @@ class Predictor:
         feats = self._features(rows)
         logits = {name: self._model_logits(name, feats, rows) for name in self.models}
         probs = self._second_level(logits)
-        t = self.record["thresholds"]
+        t = self.thresholds
         rule = {"min_labels": t["min_labels"], "max_labels": t["max_labels"]}
         binary = apply_threshold(probs, np.asarray(t["values"], dtype=np.float64), **rule)
         bad = ~rows.image_ok

@@ -6,15 +6,22 @@ Stacking plus thresholds is timed on synthetic OOF logits at competition size (3
 Embedding throughput is measured on COMP5329-sized JPEGs (640×480) made from the demo
 generator, JPEG decoding included, against a naive timm loop (full-size decode, timm's eval
 transform, default memory layout) run in the same command on the same images.
+
+Prediction throughput (``capfuse.bench.predict``) is end to end on the demo's test folder with
+a bundle exported from ``runs/demo`` (trained first when there is no finished run), or
+``--bundle``; with the bundle's size and what ``--fast`` and one fold per model cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 
 from capfuse.bench.embedding import bench_embed
+from capfuse.bench.predict import bench_predict, export_for_bench, print_predict
 from capfuse.bench.second_level import bench_stack_thresholds
 from capfuse.bench.training import report_training
 from capfuse.config.schema import ImageEncoderSpec
@@ -29,10 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=ImageEncoderSpec.size)
     parser.add_argument("--batch-size", type=int, default=ImageEncoderSpec.batch_size)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per variant (medians)")
-    parser.add_argument("--only", choices=["embed", "stack", "training"], default=None, help="run one benchmark only")
+    parser.add_argument(
+        "--only", choices=["embed", "stack", "training", "predict"], default=None, help="run one benchmark only"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training: exactly this many epochs per fold")
     parser.add_argument("--rows", type=int, default=30000, help="OOF rows for the stack benchmark")
     parser.add_argument("--models", type=int, default=10, help="base models for the stack benchmark")
+    parser.add_argument("--bundle", default=None, help="predict: this bundle (default: export runs/<dataset>)")
+    parser.add_argument("--data", default="data/demo", help="predict: the test folder (and run) to predict")
+    parser.add_argument("--config", default="configs/pipeline.yaml", help="predict: the run's config, to export it")
     args = parser.parse_args(argv)
     setup_logging("WARNING")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -41,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         print_embed(r)
     if args.only in (None, "stack"):
         bench_second_level(args.rows, args.models)
+    if args.only in (None, "predict"):
+        with tempfile.TemporaryDirectory(prefix="capfuse-bench-bundle-") as tmp:
+            bundle = Path(args.bundle) if args.bundle else None
+            if bundle is None:
+                bundle = export_for_bench(Path(args.data), Path(args.config), Path(tmp) / "bundle")
+            print_predict(bench_predict(bundle, Path(args.data)))
     if args.only == "training":  # net models at competition size: minutes each, so only when asked
         report_training(args.rows, args.epochs)
     return 0

@@ -21,6 +21,12 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
     with stage("export", paths.dataset):
         record = export_bundle(paths, cfg, ds, out)
     cv = record["cv"]
+    fast = record["fast"]
+    if fast:
+        print(
+            f"fast variant (predict --fast): {fast['second_level']['models']}, one fold each, "
+            f"nested CV mean F1 {fast['nested_mean_f1']}"
+        )
     print(
         f"\nBundle: {out}  ({record['size_mb']:.1f} MB, {len(record['models'])} models, "
         f"{record['second_level']['candidate']}, {record['thresholds']['kind']} thresholds)\n"

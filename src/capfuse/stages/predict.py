@@ -18,7 +18,8 @@ def cli(args) -> int:
     out = Path(args.out)
     name = data.resolve().name
     with stage("predict", name):
-        predictor = Predictor.load(args.bundle, work_dir=args.cache)
+        fast, folds = getattr(args, "fast", False), getattr(args, "folds", None)
+        predictor = Predictor.load(args.bundle, work_dir=args.cache, fast=fast, folds=folds)
         if (data / "test.csv").exists():
             pred = predictor.predict_folder(data)
         else:
@@ -30,9 +31,11 @@ def cli(args) -> int:
             "bundle_git_commit": record.get("git_commit"),
             "bundle_dataset": record.get("dataset"),
             "data_dir": str(data),
-            "models": sorted(record["models"]),
-            "second_level": record["second_level"]["candidate"],
-            "threshold": record["thresholds"]["kind"],
+            "models": sorted(predictor.models),
+            "folds": {n: predictor.folds[n] for n in sorted(predictor.models)},
+            "fast": fast,
+            "second_level": predictor.second_level["candidate"],
+            "threshold": predictor.thresholds["kind"],
             "rows": len(pred.ids),
             "rows_without_image": int((~pred.image_ok).sum()),
         }
