@@ -125,11 +125,13 @@ all: folds train infer ## folds + train + infer, end to end
 
 BUNDLE  ?=                           ## make predict: a bundle folder that make export wrote
 OUT     ?=                           ## make export: the bundle folder (default bundles/<dataset>-<timestamp>); make predict: the output folder (default predictions)
+TOPK    ?=                           ## make export: keep only the best K second-level models (drop-one nested CV), blend refitted on OOF
 override BUNDLE := $(strip $(BUNDLE))
 override OUT := $(strip $(OUT))
+override TOPK := $(strip $(TOPK))
 
 export: data ## a finished run (make all) as a self-contained bundle folder: models, second level, thresholds, bundle.json
-	$(RUN) export $(COMMON) $(if $(OUT),--out $(OUT))
+	$(RUN) export $(COMMON) $(if $(OUT),--out $(OUT)) $(if $(TOPK),--top-k $(TOPK))
 
 predict: $(STAMP) ## predict DATA (test.csv + data/) with BUNDLE, offline, no training data: <OUT>/<dataset>-latest.csv and -latest-probs.csv
 	@test -n "$(BUNDLE)" || { echo "make predict needs BUNDLE=<folder written by make export>"; exit 2; }

@@ -4,6 +4,8 @@ figures they store are checked here against the same scores computed from the ru
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,3 +81,32 @@ def test_fast_predicts_from_the_caption_models_first_fold_without_embedding_an_i
     sub = read_submission(out / "tiny-latest.csv")
     assert list(sub["ImageID"]) == pred.ids
     assert [s.split() for s in sub["Labels"]] == [[str(c) for c in labels] for labels in pred.labels]
+
+
+def test_top_k_keeps_the_best_models_by_nested_contribution_refitted_on_oof(run, tmp_path, capsys):
+    kept = read_json(run.root / "runs" / "tiny" / "ensemble" / "kept" / "kept.json")
+    if len(kept["models"]) < 2:
+        pytest.skip(f"the tiny run's second level kept one model ({kept['candidate']}): nothing to prune")
+    bundle = tmp_path / "top1"
+    assert main(["export", *_common(run), "--out", str(bundle), "--top-k", "1"]) == 0
+    record = read_json(bundle / "bundle.json")
+    oof, Y, folds = _oof_and_labels(run)
+    rule = {"min_labels": record["thresholds"]["min_labels"], "max_labels": record["thresholds"]["max_labels"]}
+    alone = {m: nested_global_f1(Y, oof[m], folds, rule) for m in kept["models"]}
+    best = max(kept["models"], key=lambda m: (alone[m], -kept["models"].index(m)))
+    assert record["pruning"]["kept"] == [best]
+    assert record["second_level"] == {"candidate": "best_single", "models": [best], "model": best}
+    assert record["thresholds"]["values"] == fit_global_threshold(Y, oof[best], **rule)[0]
+    assert record["cv"]["thresholds_nested_mean_f1"] == round(alone[best], 5)
+    assert set(record["models"]) == {best}, "K models means K models, the caption fallback included"
+    assert not list(bundle.glob("models/*/fold*/*")) or {p.parts[-3] for p in bundle.glob("models/*/fold*/*")} == {best}
+
+    sizes = re.search(r"size ([\d.]+) MB before, ([\d.]+) MB after", capsys.readouterr().out)
+    assert sizes and float(sizes[1]) >= float(sizes[2]) > 0
+    after = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2**20
+    assert record["pruning"]["full_mb"] == float(sizes[1]) and abs(after - float(sizes[2])) < 0.01
+
+    # The pruned bundle predicts the test folder: every row, in test.csv's order, none empty.
+    pred = Predictor.load(bundle, work_dir=tmp_path / "work").predict_folder(run.data)
+    want = pd.read_csv(run.root / "submissions" / "tiny-latest.csv", dtype=str)
+    assert pred.ids == list(want["ImageID"]) and all(len(labels) >= 1 for labels in pred.labels)

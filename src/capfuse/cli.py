@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a finished run as a self-contained bundle folder for `capfuse predict`")
     _common(p)
     p.add_argument("--out", default=None, help="bundle folder to write (default: bundles/<dataset>-<timestamp>)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="keep only the best K second-level models by drop-one nested CV, refitting the blend on their OOF",
+    )
 
     p = sub.add_parser("predict", help="predict a folder (test.csv + data/) with an exported bundle, offline")
     p.add_argument("--bundle", required=True, help="bundle folder written by `capfuse export`")

@@ -43,11 +43,14 @@ def _capfuse(*args: str) -> None:
 
 
 def export_for_bench(data: Path, config: Path, out: Path) -> Path:
-    """A bundle of ``data``'s finished run (``make all``), training it first when there is none."""
+    """A bundle of ``data``'s finished run (``make all``), training it first when there is none.
+
+    ``--wait``: another command on the same dataset holds its lock for minutes at most, and a
+    benchmark would rather queue behind it than fail."""
     if not (Path("runs") / data.name / "ensemble" / "kept" / "kept.json").exists():
         print(f"no finished run for {data}: training it (capfuse all, minutes)", flush=True)
-        _capfuse("all", "--data", str(data), "--config", str(config))
-    _capfuse("export", "--data", str(data), "--config", str(config), "--out", str(out))
+        _capfuse("all", "--data", str(data), "--config", str(config), "--wait")
+    _capfuse("export", "--data", str(data), "--config", str(config), "--out", str(out), "--wait")
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from capfuse import __version__
-from capfuse.bundle.prune import blend_level, read_oof
+from capfuse.bundle.prune import blend_level, prune_models, read_oof
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import read_logits
@@ -126,6 +126,10 @@ def _model_copies(paths, trained: dict, names: list[str], k: int) -> tuple[dict[
     return copies, models
 
 
+def _mb(copies: dict[str, Path]) -> float:
+    return round(sum(f.stat().st_size for f in copies.values()) / 2**20, 2)
+
+
 def _with_fallback(names: list[str], fallback: dict) -> list[str]:
     return names + ([fallback["model"]] if fallback["model"] not in (None, *names) else [])
 
@@ -142,8 +146,11 @@ def _fast(ds: Dataset, oof: dict, models: dict, folds, rule: dict) -> dict | Non
     return {"folds": 1, **blend_level(ds.Y, oof, names, folds, rule)}
 
 
-def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
-    """Write the bundle folder ``out`` (which must not exist) and return ``bundle.json``'s content."""
+def export_bundle(paths, cfg: dict, ds: Dataset, out: Path, *, top_k: int | None = None) -> dict:
+    """Write the bundle folder ``out`` (which must not exist) and return ``bundle.json``'s content.
+
+    ``top_k`` keeps only the best K of the second level's models by their drop-one nested
+    contribution (``capfuse.bundle.prune``), the second level and threshold refitted on them."""
     ens = ensemble_dir(paths)
     for f in (ens / KEPT_DIR / "kept.json", ens / "thresholds.json", ens / "stack.json"):
         if not f.exists():
@@ -163,6 +170,7 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
     k = int(folds.max()) + 1
     pool = list(kept["models"])
     copies, models = _model_copies(paths, trained, _with_fallback(pool, fallback), k)
+    full_mb = _mb(copies)
 
     second = dict(kept)
     chosen = cut["kind"]
@@ -179,6 +187,30 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
         "thresholds_nested_mean_f1": cut[chosen]["nested"],
     }
     oof = read_oof(paths, ds, sorted({*pool, *models}))
+    pruning = None
+    if top_k is not None and top_k < len(pool):
+        names, steps = prune_models(ds.Y, oof, pool, folds, rule, top_k)
+        level = blend_level(ds.Y, oof, names, folds, rule)
+        second, thresholds = level["second_level"], level["thresholds"]
+        cv = {
+            "second_level": {"refitted_from_oof": True, "models": names},
+            "thresholds_in_sample_mean_f1": level["in_sample_mean_f1"],
+            "thresholds_nested_mean_f1": level["nested_mean_f1"],
+        }
+        # Rows without a usable image fall back on a kept caption model only: K means K models.
+        fallback = _fallback(ds, paths, trained, set(names), rule)
+        copies, models = _model_copies(paths, trained, _with_fallback(names, fallback), k)
+        pruning = {"top_k": top_k, "from": pool, "kept": names, "steps": steps, "full_mb": full_mb}
+        for step in steps:
+            log.info(
+                "top-k: dropped %s (nested mean F1 %.5f -> %.5f); contributions %s",
+                step["dropped"],
+                step["nested_before"],
+                step["nested_after"],
+                step["contribution"],
+            )
+    elif top_k is not None:
+        log.info("top-k %d: the second level has %d models, nothing to drop", top_k, len(pool))
     for fold in second.get("folds", []):
         for part in fold["classes"]:
             if "booster" in part:
@@ -197,6 +229,7 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path) -> dict:
         "max_pixels": resolve(cfg).data.max_pixels,
         "cv": cv,
         "fast": _fast(ds, oof, models, folds, rule),
+        "pruning": pruning,
     }
     # Written into a temporary folder renamed into place at the end: a failed export leaves no
     # half bundle behind that a later predict could load.

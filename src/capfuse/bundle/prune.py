@@ -49,3 +49,34 @@ def blend_level(Y: np.ndarray, oof: dict[str, np.ndarray], names: list[str], fol
     second = {"candidate": "weighted_blend", "models": list(names), "weights": weights}
     weighted = _scored(Y, second, nested_blend_oof(Y, p, folds), folds, rule)
     return max((mean, weighted), key=lambda c: (c["nested_mean_f1"], c["in_sample_mean_f1"]))
+
+
+def prune_models(
+    Y: np.ndarray, oof: dict[str, np.ndarray], names: list[str], folds: np.ndarray, rule: dict, k: int
+) -> tuple[list[str], list[dict]]:
+    """Backward elimination to ``k`` models: each step drops the model whose removal costs the
+    least nested mean F1 (its drop-one contribution), refitting the blend every time.
+
+    Returns the kept names (in ``names``' order) and one row per step: the model dropped, the
+    nested score before and after, and every candidate's contribution at that step."""
+    if k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {k}")
+    kept = list(names)
+    steps: list[dict] = []
+    score = blend_level(Y, oof, kept, folds, rule)["nested_mean_f1"]
+    while len(kept) > k:
+        without = {m: blend_level(Y, oof, [n for n in kept if n != m], folds, rule)["nested_mean_f1"] for m in kept}
+        # Ties go to the later name, so the order of `names` (the pipeline's) decides nothing
+        # silently: the contributions are logged with every step.
+        drop = max(kept, key=lambda m: (without[m], kept.index(m)))
+        steps.append(
+            {
+                "dropped": drop,
+                "nested_before": score,
+                "nested_after": without[drop],
+                "contribution": {m: round(score - without[m], 5) for m in kept},
+            }
+        )
+        score = without[drop]
+        kept.remove(drop)
+    return kept, steps

@@ -19,8 +19,15 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
     out = Path(args.out) if args.out else default_out(paths.root, paths.dataset)
     ds = load_dataset(paths, cfg, quiet=quiet)
     with stage("export", paths.dataset):
-        record = export_bundle(paths, cfg, ds, out)
+        record = export_bundle(paths, cfg, ds, out, top_k=getattr(args, "top_k", None))
     cv = record["cv"]
+    pruned = record["pruning"]
+    if pruned:
+        print(
+            f"\ntop-k {pruned['top_k']}: kept {pruned['kept']} of {pruned['from']}; "
+            f"size {pruned['full_mb']:.2f} MB before, {record['size_mb']:.2f} MB after; rows without an image: "
+            f"{record['image_fallback']['model'] or 'class priors (no caption-only model kept)'}"
+        )
     fast = record["fast"]
     if fast:
         print(
