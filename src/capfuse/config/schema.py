@@ -63,6 +63,9 @@ class DataSettings:
     # well below Pillow's 179 Mpx bomb error. Decoded as RGBA it is 200 MB, so a couple of worker
     # threads stay under half a gigabyte.
     max_pixels: int = 50_000_000
+    # Class names: auto reads classes.csv and, without one, discovers names from the captions
+    # (capfuse.data.names); discover does so beside a classes.csv too; numbers says "class N".
+    class_names: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from capfuse.config.schema import resolve
+from capfuse.data.classes import ClassSet
 from capfuse.data.folds import read_folds
+from capfuse.data.names import DISCOVERED_FILE, ClassNames, choose_names, names_frame, names_table
 from capfuse.data.unlabelled import load_unlabelled
 from capfuse.data.validate import ValidationResult, load_validated
 from capfuse.paths import Paths
+from capfuse.utils.io import write_csv
+from capfuse.utils.log import log
 
 
 @dataclass
@@ -23,6 +27,9 @@ class Dataset:
     # ``data.unlabelled``: usable rows of an extra unlabelled folder (ImageID, Caption), or None.
     extra: pd.DataFrame | None = None
     extra_dir: Path | None = None
+    # Where ``val.classes.names`` came from (capfuse.data.names); None: classes.csv or "class N"
+    # as the validator read them, before ``data.class_names`` existed.
+    names: ClassNames | None = None
 
     @property
     def train_ids(self) -> list[str]:
@@ -63,9 +70,36 @@ def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Datas
         max_pixels=data.max_pixels,
     )
     Y = val.classes.to_matrix(list(val.train["labels"]))
+    names = choose_names(
+        data.class_names,
+        (paths.data_dir / "classes.csv").is_file(),
+        val.classes.names,
+        list(val.train["Caption"]),
+        Y,
+        val.classes.ids,
+    )
+    if names.source != "file":
+        val = replace(val, classes=ClassSet(val.classes.ids, names.names))
+    if names.discovered:
+        write_discovered(paths.runs / DISCOVERED_FILE, names)
     extra, extra_dir = None, None
     if data.unlabelled:
         extra_dir = Path(data.unlabelled)
         known = set(val.train["ImageID"]) | set(val.test["ImageID"])
         extra = load_unlabelled(extra_dir, known, workers=data.workers, max_pixels=data.max_pixels)
-    return Dataset(paths=paths, val=val, Y=Y, extra=extra, extra_dir=extra_dir)
+    return Dataset(paths=paths, val=val, Y=Y, extra=extra, extra_dir=extra_dir, names=names)
+
+
+def write_discovered(path: Path, names: ClassNames) -> None:
+    """``classes_discovered.csv`` (atomically), and the table in the log when it is new or changed:
+    a user reviews it, and may copy it to the dataset's classes.csv and edit it."""
+    frame = names_frame(names.found)
+    text = frame.to_csv(index=False)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    write_csv(path, frame)
+    log.info(
+        "class names discovered from the training captions (%s; copy it to classes.csv to fix them):\n%s",
+        path,
+        names_table(names.found),
+    )

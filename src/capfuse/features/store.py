@@ -17,6 +17,7 @@ import numpy as np
 
 from capfuse.config.schema import ModelSettings, resolve_model
 from capfuse.data.dataset import Dataset
+from capfuse.data.names import DISCOVERY_VERSION
 from capfuse.encoders.registry import caption_entry
 from capfuse.features.image import (
     CalibrationImages,
@@ -323,9 +324,16 @@ class FeatureStore:
         # reports its groups by name. Names count towards the fingerprint only for models that
         # read them, so renaming a class retrains those models and no others.
         feats.update(class_ids=list(self.ds.class_ids), class_names=list(self.ds.val.classes.names))
+        names = self.ds.names
+        if names is not None and names.discovered:
+            # Discovered names come from labels, so each fold rediscovers them from its own
+            # training rows (capfuse.models.net); the settings and version say how.
+            feats["class_discovery"] = {"captions": list(self.ds.val.train["Caption"]), "settings": names.settings}
         if m.kind == "net":
             if needs_class_text(m):
                 parts.append(feats["class_names"])
+                if "class_discovery" in feats:
+                    parts.append(f"discovered:v{DISCOVERY_VERSION}:{names.settings}")
         feats["fingerprint"] = _hash_text(*parts)
         return feats
 

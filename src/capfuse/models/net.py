@@ -28,6 +28,7 @@ interrupted fold; the OOF and test logits are the mean over the original and fli
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 from capfuse.config.schema import NetModelSettings
+from capfuse.data.names import fold_prompt_terms
 from capfuse.encoders.cost import time_ms
 from capfuse.encoders.image import BackboneTop
 from capfuse.encoders.registry import build_caption, build_image, caption_entry
@@ -78,6 +80,8 @@ class NetModel:
         # embeddings (once per model) and the fold's class -> context map (once per fold).
         self.build_extras: dict = {}
         self._class_text: np.ndarray | None = None
+        self._term_text: dict[tuple, np.ndarray] = {}  # discovered names: per fold's prompt terms
+        self._prompt_encoder: tuple | None = None
 
     @property
     def needs_image(self) -> bool:
@@ -90,12 +94,26 @@ class NetModel:
 
     # -- building ---------------------------------------------------------------------------
 
-    def class_text(self, feats: dict, num_classes: int) -> np.ndarray:
+    def class_text(self, feats: dict, num_classes: int, terms: list[list[str]] | None = None) -> np.ndarray:
         """Embeddings ``[C, D]`` of the prompt "a photo of a {name}." per class, by the caption encoder.
 
-        Computed once per model (18 prompts, one encoder load) and handed to the net at build
-        time, never per batch. GloVe captions have no sentence encoder: MiniLM embeds the prompts.
+        ``terms``: several terms per class (discovered names, one list per fold), whose prompts
+        are averaged, each class's mean scaled back to its prompts' mean length. Computed once
+        per model (per fold for discovered names) and handed to the net at build time, never
+        per batch. GloVe captions have no sentence encoder: MiniLM embeds the prompts.
         """
+        if terms is not None:
+            key = tuple(tuple(t) for t in terms)
+            if key not in self._term_text:
+                vecs = self._prompts([t for ts in terms for t in ts])
+                out, i = [], 0
+                for ts in terms:
+                    part = vecs[i : i + len(ts)]
+                    mean = part.mean(0)
+                    out.append(mean * np.linalg.norm(part, axis=1).mean() / max(np.linalg.norm(mean), 1e-12))
+                    i += len(ts)
+                self._term_text[key] = np.stack(out).astype(np.float32)
+            return self._term_text[key]
         if self._class_text is None:
             names = feats.get("class_names")
             if names is None or len(names) != num_classes:
@@ -103,21 +121,45 @@ class NetModel:
                     f"fusion.label_query needs the {num_classes} class names in the features "
                     f"(feats['class_names'], from the dataset's classes.csv); got {names!r}"
                 )
+            self._class_text = self._prompts(list(names))
+        return self._class_text
+
+    def _prompts(self, names: list[str]) -> np.ndarray:
+        """One "a photo of a {name}." vector per name, by the prompt encoder (loaded once per model)."""
+        if self._prompt_encoder is None:
             enc = self.config.caption_encoder
             # A table encoder (GloVe) has no sentence model for the prompts: MiniLM embeds them.
             prompt_encoder = "minilm" if caption_entry(enc.name).lookup is not None else enc.name
-            model, tokenizer, _ = build_caption(prompt_encoder, weights=enc.weights)
-            self._class_text = label_text_embeddings(list(names), model, tokenizer).astype(np.float32)
-        return self._class_text
+            self._prompt_encoder = build_caption(prompt_encoder, weights=enc.weights)[:2]
+        model, tokenizer = self._prompt_encoder
+        return label_text_embeddings(names, model, tokenizer).astype(np.float32)
 
-    def prepare(self, feats: dict, Y_train: np.ndarray, fold_dir: Path | None = None) -> None:
+    def fold_terms(self, feats: dict, Y_train: np.ndarray, rows: np.ndarray | None, fold_dir: Path | None):
+        """Discovered names: each class's prompt terms from THIS fold's training rows only, so
+        that no fold's model reads names made from its own held-out labels. None otherwise."""
+        discovery = feats.get("class_discovery")
+        if discovery is None or rows is None:
+            return None
+        found, terms = fold_prompt_terms(
+            discovery["captions"], Y_train, rows, feats["class_ids"], discovery["settings"]
+        )
+        if fold_dir is not None:
+            write_json(fold_dir / "class_names.json", {"train_rows": len(rows), "classes": [asdict(f) for f in found]})
+        return terms
+
+    def prepare(
+        self, feats: dict, Y_train: np.ndarray, fold_dir: Path | None = None, rows: np.ndarray | None = None
+    ) -> None:
         """Fill ``build_extras`` for a fold from its TRAINING rows' labels only, before ``build``.
 
-        The class -> context map is written to ``fold_dir/contexts.json`` for the report.
+        ``rows``: those training rows (discovered class names are rediscovered from them). The
+        class -> context map is written to ``fold_dir/contexts.json`` for the report.
         """
         extras: dict = {}
         if needs_class_text(self.config):
-            extras["class_text"] = self.class_text(feats, Y_train.shape[1])
+            terms = self.fold_terms(feats, Y_train, rows, fold_dir)
+            n = Y_train.shape[1]
+            extras["class_text"] = self.class_text(feats, n) if terms is None else self.class_text(feats, n, terms)
         if uses_contexts(self.config):
             n_contexts = self.config.aux.n_contexts
             cmap = cluster_contexts(Y_train, n_contexts, self.seed)
@@ -205,7 +247,7 @@ class NetModel:
     ) -> FoldOutput:
         """``pseudo`` (``capfuse.training.pseudo.PseudoTargets``) adds unlabelled pool rows with partial targets;
         ``extra_rows`` are predicted too (``extra_logits``): the unlabelled train rows of label-ratio mode."""
-        self.prepare(feats, Y[tr], fold_dir)  # from the fold's training rows only, before any build
+        self.prepare(feats, Y[tr], fold_dir, rows=tr)  # from the fold's training rows only, before any build
         if self.finetune:
             if self.settings.early_stop == "refit":
                 raise ValueError(

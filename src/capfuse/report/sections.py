@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from capfuse.data.names import names_frame
 from capfuse.report import html as H
 from capfuse.report import plots, views
 from capfuse.report.run import Run
@@ -48,6 +49,20 @@ def data_section(run: Run) -> H.Section:
         s.add(H.text("No problems found."))
     else:
         s.add(H.heading(f"Findings (first {len(found)} of {len(run.ds.val.problems)})"), H.table(found))
+    names = run.ds.names
+    if names is not None and names.discovered:
+        # No classes.csv: the names every table here shows were read off the captions.
+        s.add(
+            H.heading("Class names discovered from the captions"),
+            H.rich(
+                f"The dataset has no `classes.csv`: each class is named by the caption terms most specific "
+                f"to it in the training rows (smoothed log-odds of a term with the label against without "
+                f"it). Copy `runs/{run.dataset}/classes_discovered.csv` to the dataset's `classes.csv` and "
+                "edit it to fix a name; inside cross-validation each fold's model read names discovered "
+                "from its own training rows."
+            ),
+            H.table(names_frame(names.found)),
+        )
     facts, _ = views.vocabulary(run)
     s.add(
         H.figure(views.class_frequency_figure(run), "train rows per class"),

@@ -23,10 +23,12 @@ import numpy as np
 import pandas as pd
 
 from capfuse.data.dataset import load_dataset
+from capfuse.data.names import DISCOVERY_VERSION
 from capfuse.paths import Paths
 from capfuse.utils.io import read_json, sha256_file, write_csv, write_text
 from capfuse.utils.log import log, stage
-from capfuse.zeroshot.evaluate import per_class_ap, pick_unseen, random_metrics, results_table, zeroshot_metrics
+from capfuse.zeroshot.cv import cross_fitted, label_text
+from capfuse.zeroshot.evaluate import pick_unseen
 from capfuse.zeroshot.inputs import embed_image_files, list_images, load_features
 from capfuse.zeroshot.io import META_FILE, load_model, model_dir, save_model
 from capfuse.zeroshot.settings import ZeroShotSettings
@@ -57,10 +59,11 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
         names, Y = list(ds.val.classes.names), ds.Y
         feats, checksums = load_features(ds, settings, quiet=quiet)
         unseen = pick_unseen(Y, names, settings.unseen, min_positives=settings.min_positives, seed=seed)
-        seen = [c for c in range(len(names)) if c not in unseen]
-        fingerprint = _fingerprint(
-            STAGE_VERSION, settings.to_dict(), seed, checksums, sha256_file(paths.folds_file), names, Y.tobytes()
-        )
+        parts = [STAGE_VERSION, settings.to_dict(), seed, checksums, sha256_file(paths.folds_file), names, Y.tobytes()]
+        if ds.names is not None and ds.names.discovered:
+            # Each fold's prompts come from names discovered on its training rows: how, counts too.
+            parts.append(f"discovered:v{DISCOVERY_VERSION}:{ds.names.settings}")
+        fingerprint = _fingerprint(*parts)
         meta_file = folder / META_FILE
         if (
             not force
@@ -73,49 +76,33 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
             log.info("\n%s", table.to_string(index=False, float_format="%.4f"))
             return table
         log.info("unseen classes (labels held out of training): %s", ", ".join(names[c] for c in unseen))
-        text = CaptionSpace.load(settings.caption_encoder).labels(names, settings.prompts)
+        space = CaptionSpace.load(settings.caption_encoder)
+        # Discovered names: each evaluation fold's prompts come from its own training rows; the
+        # deployed projector's from every training row.
+        discovery = ds.names if ds.names is not None and ds.names.discovered else None
+        text = label_text(space, settings.prompts, names, discovery)
 
         n_train = len(ds.train_ids)
         test_rows = n_train + np.flatnonzero(ds.image_ok[n_train:])
         eval_folds = (
             sorted(set(folds.tolist())) if settings.eval_folds == "all" else [int(k) for k in settings.eval_folds]
         )
-        emb = np.full((n_train, text.shape[1]), np.nan, np.float32)
-        logs = []
-        for k in eval_folds:
-            held = np.flatnonzero(folds == k)
-            if not len(held):
-                raise ValueError(f"zeroshot.eval.eval_folds: fold {k} has no rows in {paths.folds_file}")
-            rows = np.concatenate([np.flatnonzero(folds != k), test_rows])
-            labelled = rows < n_train
-            # Only the seen columns are handed over: the unseen labels cannot reach training.
-            labels = np.zeros((len(rows), len(seen)), np.float32)
-            labels[labelled] = Y[np.ix_(rows[labelled], seen)]
-            net, history = train_projection(
-                feats, rows, settings, seed=seed + k, labels=labels, labelled=labelled, label_text=text[seen]
-            )
-            emb[held] = embed_rows(net, feats, held, tta=settings.tta)
-            logs.append({"fold": k, "train_rows": int(len(rows)), "eval_rows": int(len(held)), "history": history})
-            log.info(
-                "zeroshot fold %d: %d training rows, %d held out, final loss %.3f",
-                k,
-                len(rows),
-                len(held),
-                history[-1]["loss"],
-            )
-        rows_eval = np.flatnonzero(np.isfinite(emb[:, 0]))
-        Ye = Y[rows_eval]
-        image_scores = emb[rows_eval] @ text.T
-        caption_scores = feats.caption[rows_eval] @ text.T
-        results = {
-            "image": zeroshot_metrics(Ye, image_scores, unseen),
-            # References: the held-out image's own caption against the prompts, and both averaged.
-            "caption": zeroshot_metrics(Ye, caption_scores, unseen),
-            "image+caption": zeroshot_metrics(Ye, (image_scores + caption_scores) / 2, unseen),
-            "random": random_metrics(Ye, unseen, settings.random_seeds, seed),
-        }
-        table = results_table(results)
-        per_class = per_class_ap(Ye, {"image": image_scores, "caption": caption_scores}, names, unseen)
+        fitted = cross_fitted(
+            feats,
+            Y,
+            folds,
+            eval_folds,
+            test_rows,
+            unseen,
+            settings,
+            seed,
+            space,
+            names,
+            discovery,
+            list(ds.val.train["Caption"]),
+            text=None if discovery else text,
+        )
+        table, per_class, rows_eval, logs = fitted.table, fitted.per_class, fitted.rows, fitted.logs
         folder.mkdir(parents=True, exist_ok=True)
         write_csv(folder / "per_class.csv", per_class)
         write_csv(out_csv, table)
@@ -150,7 +137,11 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
                 "text_dim": int(text.shape[1]),
                 "image_encoder": settings.image_encoder,
                 "caption_encoder": settings.caption_encoder,
-                "classes": {"ids": list(ds.class_ids), "names": names},
+                "classes": {
+                    "ids": list(ds.class_ids),
+                    "names": names,
+                    "source": ds.names.source if ds.names else "file",
+                },
                 "evaluation": {
                     "unseen": [names[c] for c in unseen],
                     "folds": eval_folds,

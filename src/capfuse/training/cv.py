@@ -47,8 +47,9 @@ from capfuse.utils.timing import timed
 def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
     # The unlabelled folder's path is not the model's business: the rows it adds are in
     # ``data_fp`` (ids, captions, image checksums) for the models that read them, and a model
-    # without pseudo-label rounds must not retrain because a folder was named.
-    data = {k: v for k, v in (model_cfg.get("data") or {}).items() if k != "unlabelled"}
+    # without pseudo-label rounds must not retrain because a folder was named. Likewise the
+    # class names' source: the names reach the models that read them through ``data_fp``.
+    data = {k: v for k, v in (model_cfg.get("data") or {}).items() if k not in ("unlabelled", "class_names")}
     model_cfg = {**model_cfg, "data": data} if "data" in model_cfg else model_cfg
     h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True, default=str).encode())
     h.update(data_fp.encode())

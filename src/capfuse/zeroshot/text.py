@@ -48,6 +48,19 @@ class CaptionSpace:
             unit=True,
         )
 
+    def class_labels(self, terms: Sequence[Sequence[str]], prompts: Sequence[str]) -> np.ndarray:
+        """Unit vectors ``[C, E]`` of classes named by several terms (discovered names): every
+        term read into every template, each term's vector averaged per class and normalised."""
+        if all(len(t) == 1 for t in terms):
+            return self.labels([t[0] for t in terms], prompts)
+        vecs = self.labels([t for ts in terms for t in ts], prompts)
+        out, i = [], 0
+        for ts in terms:
+            mean = vecs[i : i + len(ts)].mean(0)
+            out.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+            i += len(ts)
+        return np.stack(out).astype(vecs.dtype)
+
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled vectors ``[N, E]`` of free texts, no template (not normalised)."""
         return encode(self.model, self.tokenizer, list(texts), self.spec.max_len)[2]
