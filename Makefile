@@ -208,7 +208,7 @@ override IMAGE := $(value IMAGE)
 export QUERY IMAGE
 ZSCOMMON := --data $(DATA) --config configs/zeroshot.yaml $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
 
-.PHONY: zeroshot embeddings search
+.PHONY: zeroshot embeddings search names names-ablation
 
 # An up-to-date run (same config, data, folds) is not redone; ARGS=--force retrains it.
 zeroshot: folds ## open vocabulary: N classes held out, runs/<dataset>/zeroshot.csv (ZSL/GZSL vs random), runs/<dataset>/zeroshot/
@@ -223,3 +223,13 @@ search: zeroshot ## nearest images to QUERY="a dog on a bus" or IMAGE=<ImageID o
 	else echo 'give QUERY="some text" or IMAGE=<ImageID or file>'; exit 2; fi; \
 	echo "$(RUN) search $(ZSCOMMON) $$1 '$$2'"; \
 	$(RUN) search $(ZSCOMMON) "$$@"
+
+# -- class names discovered from the captions (datasets without classes.csv) ---------------------
+names: data ## class names discovered from the training captions: runs/<dataset>/classes_discovered.csv and a table
+	$(RUN) names $(COMMON)
+
+ZSFOLDS ?=                            ## make names-ablation: evaluate zero-shot on these held-out folds only, e.g. 0 (default: all)
+override ZSFOLDS := $(strip $(ZSFOLDS))
+
+names-ablation: folds ## a label-query model and zero-shot with classes.csv, discovered and "class N" names: runs/<dataset>/names/ablation.md
+	$(RUN) names --ablation $(COMMON) $(if $(ZSFOLDS),--zeroshot-folds $(ZSFOLDS))

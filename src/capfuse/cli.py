@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help=storage_help)
     _engine_options(p)
     _add_zeroshot_commands(sub)
+    _add_names_command(sub)
     return parser
 
 
@@ -251,6 +252,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("capfuse.stages.export:cli"),
     "predict": Command("capfuse.stages.predict:cli", dataset=False),
     "report": Command("capfuse.stages.report:cli"),
+    "names": Command("capfuse.stages.names:cli"),
     "zeroshot": Command("capfuse.stages.zeroshot:cli"),
     "zeroshot-score": Command("capfuse.stages.zeroshot:cli_score", dataset=False),
     "embeddings": Command("capfuse.stages.embeddings:cli_embeddings"),
@@ -372,3 +374,18 @@ def _add_zeroshot_commands(sub) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _add_names_command(sub) -> None:
+    p = sub.add_parser(
+        "names",
+        help="class names discovered from the captions: runs/<dataset>/classes_discovered.csv and a table; "
+        "--ablation: a label-query model and zero-shot with true, discovered and 'class N' names",
+    )
+    _common(p)
+    p.add_argument("--ablation", action="store_true", help="train and compare (runs/<dataset>/names/ablation.md)")
+    p.add_argument("--model", default=None, help="the label-query model to compare (default: the config's first)")
+    p.add_argument("--zeroshot-config", default=ZEROSHOT_CONFIG, help="zero-shot settings for the comparison")
+    p.add_argument(
+        "--zeroshot-folds", default=None, help="held-out folds of the zero-shot rows, e.g. 0 (default: the config's)"
+    )
