@@ -80,7 +80,9 @@ def bench_predict(bundle: Path, data: Path, *, rounds: int = 1) -> dict:
     labels and agreement with the default, and the bundle's size in MB."""
     record = read_json(bundle / "bundle.json")
     size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
-    out: dict = {"bundle": str(bundle), "size_mb": size / 2**20, "threads": os.cpu_count(), "variants": {}}
+    # The machine's load beside the figures: on a shared machine they move with it.
+    out: dict = {"bundle": str(bundle), "size_mb": size / 2**20, "cores": os.cpu_count(), "variants": {}}
+    out["load_before"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="capfuse-bench-predict-") as tmp:
         work = Path(tmp)
         warm = read_test_folder(data, max_pixels=record.get("max_pixels"))
@@ -104,6 +106,7 @@ def bench_predict(bundle: Path, data: Path, *, rounds: int = 1) -> dict:
                 "img_s": len(pred.ids) / min(times),
                 "models": {n: predictor.folds[n] for n in predictor.models},
             }
+    out["load_after"] = os.getloadavg()[0]
     y = _labels(data, preds["default"].ids, preds["default"].class_ids)
     full = preds["default"].binary
     nested = {"default": record["cv"]["thresholds_nested_mean_f1"], "one fold": None}
@@ -131,3 +134,7 @@ def print_predict(r: dict) -> None:
             f"same label set as default {x['same_labels_as_default']:.3f}  ({models})"
         )
     print("  targets: >= 40 images/s default, >= 100 fast; test F1 from the folder's test_labels.csv")
+    print(
+        f"  load average (1 min) {r['load_before']:.1f} before, {r['load_after']:.1f} after, on {r['cores']} cores "
+        "(above the core count, other work shares the CPU and the figures are lower than on an idle machine)"
+    )
