@@ -1,9 +1,13 @@
 """What a bundle predicts: a folder in the COMP5329 test layout, or images and captions in memory.
 
-The rules are the pipeline's for test rows (``capfuse.data.validate``): no row is ever dropped;
-an ImageID that escapes the folder, a malformed row or a duplicate id stops with the file and
-line named, and the file is never opened; an image that cannot be read keeps its row, is flagged
-(``image_ok`` False) and is predicted from its caption.
+The checks are the pipeline's (``capfuse.data.csvio.read_split``, ``resolve_image_path``,
+``check_image``), and no row is ever dropped. Where ``capfuse validate`` stops on a test row it
+cannot trust, predicting keeps going, since an inference notebook that stops scores nothing:
+an ImageID that escapes the folder is never opened (not even stat'ed) and, like an image that
+cannot be read, is flagged (``image_ok`` False) and predicted from its caption; a duplicate
+ImageID keeps its row, in its place, and is flagged; an empty caption is flagged and predicted
+from the image. Only a row without an ImageID stops, with the file and line named: a
+submission has no way to name it.
 """
 
 from __future__ import annotations
@@ -29,56 +33,68 @@ class Rows:
     ids: list[str]
     captions: list[str]
     image_ok: np.ndarray  # [N] bool
-    problems: list[str]  # one line per flagged row, for the log and the manifest
+    problems: list[str]  # one line per finding, for the log and the manifest
+    flags: list[str] | None = None  # [N] what was wrong with each row ("" for nothing)
 
 
-def _check_images(data_dir: Path, ids: list[str], max_pixels: int, workers: int) -> tuple[np.ndarray, list[str]]:
-    def one(image_id: str) -> tuple[bool, list]:
-        return check_image(resolve_image_path(data_dir, image_id), max_pixels=max_pixels)
+def _image_flags(
+    data_dir: Path, ids: list[str], max_pixels: int, workers: int, skip: set[int] = frozenset()
+) -> tuple[np.ndarray, list[str]]:
+    """Each image checked as the pipeline checks it (rows in ``skip`` are not opened): whether it
+    is usable, and what is wrong with it ("" for nothing)."""
+
+    def one(i: int) -> tuple[bool, list]:
+        if i in skip:
+            return False, []
+        return check_image(resolve_image_path(data_dir, ids[i]), max_pixels=max_pixels)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        verdicts = list(pool.map(one, ids))
-    problems = [
-        f"{image_id}: {message}; predicted from its caption"
-        for image_id, (ok, findings) in zip(ids, verdicts)
-        if not ok
-        for severity, _, message in findings
-        if severity == "error"
+        verdicts = list(pool.map(one, range(len(ids))))
+    flags = [
+        "; ".join(f"[{code}] {message}" for severity, code, message in findings if severity == "error")
+        for _, findings in verdicts
     ]
-    return np.array([ok for ok, _ in verdicts], dtype=bool), problems
+    return np.array([ok for ok, _ in verdicts], dtype=bool), flags
 
 
 def read_test_folder(data_dir: str | Path, *, max_pixels: int | None = None, workers: int = 2) -> Rows:
-    """``test.csv`` and ``data/`` of ``data_dir``, checked as the pipeline checks its test split."""
+    """``test.csv`` and ``data/`` of ``data_dir``: every row, in order, flagged where it is faulty."""
     data_dir = Path(data_dir)
     if not (data_dir / "data").is_dir():
         raise DataError(f"{data_dir / 'data'}: image folder not found (expected test.csv and data/ in {data_dir})")
     rows, problems = read_split(data_dir / "test.csv", "test")
     name = data_dir / "test.csv"
+    if not rows:
+        raise DataError(f"{name}: no rows to predict")
+    notes: list[list[str]] = [[] for _ in rows]
+    unsafe: set[int] = set()
     seen: dict[str, int] = {}
-    for row in rows:
+    for i, row in enumerate(rows):
         fatal = [p for p in row.problems if p.code == "malformed_row"]
         if fatal:
             raise DataError(f"test rows are never dropped, and this one cannot be predicted: {fatal[0]}")
+        # Paths first: an id that escapes the data folder is never opened, not even stat'ed.
         try:
             resolve_image_path(data_dir, row.image_id)
         except UnsafePathError as exc:
-            raise DataError(
-                f"{name}:{row.line}: {exc}; the file is not opened and the row cannot be predicted"
-            ) from None
+            unsafe.add(i)
+            notes[i].append(f"[unsafe_path] {exc}; the file is not opened")
         if row.image_id in seen:
-            raise DataError(
-                f"{name}:{row.line}: ImageID {row.image_id!r} is also on line {seen[row.image_id]}; "
-                "a submission needs one row per test image"
-            )
-        seen[row.image_id] = row.line
-    if not rows:
-        raise DataError(f"{name}: no rows to predict")
+            notes[i].append(f"[duplicate_id] ImageID also on line {seen[row.image_id]}; this row is predicted too")
+        seen.setdefault(row.image_id, row.line)
+        notes[i] += [f"[{p.code}] {p.message}" for p in row.problems if p.code == "empty_caption"]
     ids = [r.image_id for r in rows]
-    ok, flagged = _check_images(data_dir, ids, max_pixels or DEFAULT_MAX_PIXELS, workers)
-    for line in flagged:
+    ok, image_flags = _image_flags(data_dir, ids, max_pixels or DEFAULT_MAX_PIXELS, workers, unsafe)
+    flags = []
+    for i in range(len(rows)):
+        parts = notes[i] + ([image_flags[i]] if image_flags[i] else [])
+        if not ok[i]:
+            parts.append("predicted from its caption")
+        flags.append("; ".join(parts))
+    lines = [f"{name}:{r.line}: {r.image_id!r} {f}" for r, f in zip(rows, flags) if f]
+    for line in lines:
         log.warning("%s", line)
-    return Rows(data_dir, ids, [r.caption for r in rows], ok, [str(p) for p in problems] + flagged)
+    return Rows(data_dir, ids, [r.caption for r in rows], ok, [str(p) for p in problems] + lines, flags)
 
 
 def stage_inputs(folder: Path, images: list, captions: list | None, *, max_pixels: int | None = None) -> Rows:
@@ -108,8 +124,9 @@ def stage_inputs(folder: Path, images: list, captions: list | None, *, max_pixel
             image.save(data / ids[-1], format="PNG")
         else:
             raise TypeError(f"image {i} is {type(image).__name__}: give a path, a PIL image or None")
-    ok, problems = _check_images(folder, ids, max_pixels or DEFAULT_MAX_PIXELS, 2)
-    return Rows(folder, ids, [c or "" for c in captions], ok, problems)
+    ok, flags = _image_flags(folder, ids, max_pixels or DEFAULT_MAX_PIXELS, 2)
+    flags = [f"{f}; predicted from its caption" if f else "" for f in flags]
+    return Rows(folder, ids, [c or "" for c in captions], ok, [f"{i}: {f}" for i, f in zip(ids, flags) if f], flags)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

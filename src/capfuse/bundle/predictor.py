@@ -48,6 +48,7 @@ class Prediction:
     class_names: list[str]
     image_ok: np.ndarray  # [N] bool: False rows were predicted from their caption alone
     logits: dict[str, np.ndarray]  # every base model's fold-mean logits [N, C] float32
+    flags: list[str] | None = None  # [N] what was wrong with each input row ("" for nothing)
 
     @property
     def labels(self) -> list[list[int]]:
@@ -64,6 +65,19 @@ class Prediction:
 
     def probabilities(self) -> pd.DataFrame:
         return logits_frame(self.ids, self.probs, self.class_ids)
+
+    def flagged(self) -> pd.DataFrame:
+        """The rows something was wrong with: position (1-based), ImageID, image_ok, what."""
+        flags = self.flags or [""] * len(self.ids)
+        rows = [i for i, f in enumerate(flags) if f]
+        return pd.DataFrame(
+            {
+                "row": [i + 1 for i in rows],
+                "ImageID": [self.ids[i] for i in rows],
+                "image_ok": [bool(self.image_ok[i]) for i in rows],
+                "flag": [flags[i] for i in rows],
+            }
+        )
 
 
 class Predictor:
@@ -274,4 +288,5 @@ class Predictor:
             class_names=self.class_names,
             image_ok=rows.image_ok,
             logits=logits,
+            flags=rows.flags,
         )

@@ -38,10 +38,16 @@ def cli(args) -> int:
             "threshold": predictor.thresholds["kind"],
             "rows": len(pred.ids),
             "rows_without_image": int((~pred.image_ok).sum()),
+            "rows_flagged": len(pred.flagged()),
+            "flags_csv": f"{name}-latest-flags.csv",
         }
         written = write_submission(pred.submission(), pred.ids, pred.class_ids, out, name, manifest)
         probs = write_csv(out / f"{name}-latest-probs.csv", pred.probabilities())
-    for path in (*written.values(), probs):
+        flags = write_csv(out / f"{name}-latest-flags.csv", pred.flagged())
+    for path in (*written.values(), probs, flags):
         log.info("wrote %s", path)
-    print(f"\nSubmission: {written['latest_csv']}  probabilities: {probs}  ({len(pred.ids)} rows)")
+    print(
+        f"\nSubmission: {written['latest_csv']}  probabilities: {probs}  ({len(pred.ids)} rows, "
+        f"{manifest['rows_flagged']} flagged: {flags}; {manifest['rows_without_image']} predicted from the caption)"
+    )
     return 0
