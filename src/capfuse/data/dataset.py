@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Datas
         max_pixels=data.max_pixels,
     )
     Y = val.classes.to_matrix(list(val.train["labels"]))
+    start = time.perf_counter()
     names = choose_names(
         data.class_names,
         (paths.data_dir / "classes.csv").is_file(),
@@ -81,6 +83,7 @@ def load_dataset(paths: Paths, cfg: dict, *, quiet: bool | None = None) -> Datas
     if names.source != "file":
         val = replace(val, classes=ClassSet(val.classes.ids, names.names))
     if names.discovered:
+        log.info("class names discovered from %d training rows in %.2f s", len(Y), time.perf_counter() - start)
         write_discovered(paths.runs / DISCOVERED_FILE, names)
     extra, extra_dir = None, None
     if data.unlabelled:

@@ -17,6 +17,7 @@ import pandas as pd
 from capfuse import __version__
 from capfuse.data.dataset import load_dataset
 from capfuse.data.logits import read_logits
+from capfuse.data.names import DISCOVERED_FILE
 from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.ensemble.second_level import (
     ensemble_dir,
@@ -165,6 +166,13 @@ def run_infer(
             "image_fallback": fallback,
             "train_rows_quarantined": int(len(ds.val.quarantine)),
         }
+        if ds.names is not None and ds.names.source != "file":
+            # No classes.csv: say which names the label-reading models and the report used.
+            manifest["class_names"] = {
+                "source": ds.names.source,
+                "names": dict(zip(map(str, class_ids), ds.names.names)),
+                "file": str(paths.runs / DISCOVERED_FILE) if ds.names.discovered else None,
+            }
         written = write_submission(
             sub, ds.test_ids, class_ids, paths.submissions, paths.dataset, manifest, timestamp=timestamp
         )
