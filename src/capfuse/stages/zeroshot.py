@@ -101,6 +101,7 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
             discovery,
             list(ds.val.train["Caption"]),
             text=None if discovery else text,
+            train=train_projection,
         )
         table, per_class, rows_eval, logs = fitted.table, fitted.per_class, fitted.rows, fitted.logs
         folder.mkdir(parents=True, exist_ok=True)

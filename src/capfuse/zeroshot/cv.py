@@ -34,17 +34,34 @@ class CrossFitted:
 
 
 def label_text(
-    space: CaptionSpace, prompts, names: list[str], discovery: ClassNames | None, captions=None, Y=None, rows=None
+    space: CaptionSpace,
+    prompts,
+    names: list[str],
+    discovery: ClassNames | None,
+    captions=None,
+    Y=None,
+    rows=None,
+    groups: list[list[int]] | None = None,
 ) -> np.ndarray:
     """Unit label vectors: from ``names`` or, with discovered names and ``rows``, from the names
-    discovered on those rows only (several terms per class, averaged)."""
+    discovered on those rows only (several terms per class, averaged).
+
+    ``groups``: column groups discovered apart (the seen classes, then the unseen ones), so that
+    one group's labels never move another's names: discovery weighs each class against its
+    rivals, and the unseen classes' labels must not reach the seen classes' prompts.
+    """
     if discovery is None or not discovery.discovered:
         return space.labels(names, prompts)
     if rows is None:
         terms = [prompt_terms(f, discovery.settings.prompt_terms) for f in discovery.found]
     else:
         ids = [f.id for f in discovery.found]
-        _, terms = fold_prompt_terms(captions, Y[rows], rows, ids, discovery.settings)
+        terms = [[] for _ in ids]
+        for cols in groups or [list(range(len(ids)))]:
+            part = np.asarray(Y)[np.ix_(rows, cols)]
+            _, found = fold_prompt_terms(captions, part, rows, [ids[c] for c in cols], discovery.settings)
+            for c, t in zip(cols, found):
+                terms[c] = t
     return space.class_labels(terms, prompts)
 
 
@@ -62,10 +79,12 @@ def cross_fitted(
     discovery: ClassNames | None = None,
     captions: list[str] | None = None,
     text: np.ndarray | None = None,
+    train=train_projection,
 ) -> CrossFitted:
     """Train a projector per evaluation fold and score its held-out images (see the module).
 
-    ``text``: the label vectors of ``names`` when already embedded (names not discovered)."""
+    ``text``: the label vectors of ``names`` when already embedded (names not discovered);
+    ``train``: the projector's trainer (``train_projection``; a test may watch it)."""
     n_train = len(Y)
     seen = [c for c in range(len(names)) if c not in unseen]
     per_fold = discovery is not None and discovery.discovered
@@ -87,7 +106,7 @@ def cross_fitted(
         # Only the seen columns are handed over: the unseen labels cannot reach training.
         labels = np.zeros((len(rows), len(seen)), np.float32)
         labels[labelled] = Y[np.ix_(rows[labelled], seen)]
-        net, history = train_projection(
+        net, history = train(
             feats, rows, settings, seed=seed + k, labels=labels, labelled=labelled, label_text=fold_text[seen]
         )
         emb[held] = embed_rows(net, feats, held, tta=settings.tta)
