@@ -9,6 +9,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from capfuse.cli import main
+from conftest import TINY_RUN_ARGS
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -16,8 +19,19 @@ def _code(nb) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code"]
 
 
-def test_the_three_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01-eda.ipynb", "02-oof-analysis.ipynb", "03-ablation.ipynb"]
+def test_the_four_notebooks_exist():
+    names = ["01-eda.ipynb", "02-oof-analysis.ipynb", "03-ablation.ipynb", "04-predict.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == names
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run_full, tmp_path_factory) -> Path:
+    """A bundle of the tiny run, for 04-predict (exported from a copy: export logs into runs/)."""
+    run = tiny_run_full.copy(tmp_path_factory.mktemp("bundle") / "project")
+    out = run.root.parent / "bundle"
+    args = ["export", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet"]
+    assert main([*args, *TINY_RUN_ARGS, "--out", str(out)]) == 0
+    return out
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -42,8 +56,9 @@ def test_notebook_holds_no_logic(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_on_a_tiny_run(path, tiny_run_full, monkeypatch):
+def test_notebook_runs_on_a_tiny_run(path, tiny_run_full, tiny_bundle, monkeypatch):
     monkeypatch.setenv("CAPFUSE_DATA", str(tiny_run_full.data))
+    monkeypatch.setenv("CAPFUSE_BUNDLE", str(tiny_bundle))
     monkeypatch.setenv("CAPFUSE_ROOT", str(tiny_run_full.root))
     monkeypatch.setenv("CAPFUSE_CONFIG", str(tiny_run_full.config))
     monkeypatch.setenv("CAPFUSE_QUIET", "1")
@@ -52,7 +67,10 @@ def test_notebook_runs_on_a_tiny_run(path, tiny_run_full, monkeypatch):
     # Run from notebooks/, as Jupyter does; a failing cell raises CellExecutionError with its traceback.
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
 
-    figure_cells = [c for c in nb.cells if c.cell_type == "code" and "_figure(" in c.source]
+    # A figure of capfuse.report, or the image a notebook labelled (04-predict).
+    figure_cells = [
+        c for c in nb.cells if c.cell_type == "code" and ("_figure(" in c.source or "Image.open(" in c.source)
+    ]
     assert figure_cells, f"{path.name} shows no figure"
     for cell in figure_cells:
         kinds = [o.get("data", {}) for o in cell.outputs if o.output_type in ("execute_result", "display_data")]
