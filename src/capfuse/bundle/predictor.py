@@ -26,7 +26,7 @@ from capfuse.ensemble.blend import apply_weights, mean_blend
 from capfuse.ensemble.decision import apply_threshold
 from capfuse.ensemble.stack import stack_predict
 from capfuse.features.image import embed_image_views
-from capfuse.features.store import flip_views, image_outputs
+from capfuse.features.store import flip_views, image_outputs, pooled_output
 from capfuse.features.text import embed_captions
 from capfuse.models import MODELS
 from capfuse.models.cached import CachedViews
@@ -201,7 +201,7 @@ class Predictor:
             spec = m.image_encoder.cache_spec()
             for view in views:
                 img = feats["images"][(spec, view)]
-                views[view].update(img_pooled=img["pooled"], img_tokens=img["tokens"])
+                views[view].update(img_pooled=img[pooled_output(m)], img_tokens=img["tokens"])
             dims.update(
                 img_pooled=views["orig"]["img_pooled"].shape[1], img_tokens=views["orig"]["img_tokens"].shape[2]
             )
@@ -227,7 +227,7 @@ class Predictor:
             else:
                 image = None
                 if "image" in m.inputs:
-                    image = feats["images"][(m.image_encoder.cache_spec(), "orig")]["pooled"]
+                    image = feats["images"][(m.image_encoder.cache_spec(), "orig")][pooled_output(m)]
                 total += model.predict_saved(fold_dir, image=image, captions=rows.captions)
         return (total / self.folds[name]).astype(np.float32)
 

@@ -112,7 +112,8 @@ class RatiosSettings:
 
 # Image-encoder keys that the model reads (which top stages train, and how), not the cache:
 # models that differ only in them share one cached pass of the backbone.
-IMAGE_MODEL_KEYS = ("train_blocks", "freeze_bn")
+IMAGE_MODEL_KEYS = ("train_blocks", "freeze_bn", "pooling")
+POOLINGS = ("mean", "multilevel")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,16 @@ class ImageEncoderSettings(ImageEncoderSpec):
 
     train_blocks: int = 0  # top stages trained on the CPU from the cached map entering them
     freeze_bn: bool = True  # those stages keep their BatchNorm statistics
+    # The image vector a model reads: mean (the final map's global mean, the backbone's own
+    # pooled vector) or multilevel (that mean, the final map's global max, and the global means
+    # of the maps entering the top two stages; capfuse.features.image). Same pass, same cache
+    # key: the max keeps a small object's peak that the mean dilutes, and the earlier stages keep
+    # mid-level parts and textures the ImageNet head was not trained to expose.
+    pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"image_encoder.pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
     def cache_spec(self) -> ImageEncoderSpec:
         return ImageEncoderSpec(**{f.name: getattr(self, f.name) for f in fields(ImageEncoderSpec)})

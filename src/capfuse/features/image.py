@@ -79,8 +79,11 @@ class FeatureMap(torch.nn.Module):
         return tuple(feature_maps(self.model, x, self.mids))
 
 
-def pool_outputs(fmap: np.ndarray, outputs: tuple[str, ...], grid: int) -> dict[str, np.ndarray]:
-    """Pooled vector (global mean) and/or a ``grid x grid`` token grid from feature maps.
+def pool_outputs(
+    fmap: np.ndarray, outputs: tuple[str, ...], grid: int, mids: dict[int, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Pooled vector (global mean), multi-level vector and/or a ``grid x grid`` token grid from
+    feature maps; ``mids`` holds the maps entering the top stages (``ML_LEVELS`` for ``pooled_ml``).
 
     Pooling happens here rather than in the exported graph because ONNX cannot express
     adaptive pooling when the grid does not divide the map (a 7x7 map into 4x4 tokens).
@@ -89,12 +92,19 @@ def pool_outputs(fmap: np.ndarray, outputs: tuple[str, ...], grid: int) -> dict[
     out = {}
     if "pooled" in outputs:
         out["pooled"] = t.mean((2, 3)).numpy()
+    if "pooled_ml" in outputs:
+        parts = [t.mean((2, 3)), t.amax((2, 3))] + [torch.from_numpy(mids[n]).mean((2, 3)) for n in ML_LEVELS]
+        out["pooled_ml"] = torch.cat(parts, 1).numpy()
     if "tokens" in outputs:
         out["tokens"] = torch.nn.functional.adaptive_avg_pool2d(t, grid).flatten(2).transpose(1, 2).numpy()
     return out
 
 
-OUTPUTS = ("pooled", "tokens")  # plus "mid<n>": the map entering the top n stages, [N, C, h, w]
+# pooled_ml: [mean, max] of the final map, then the means of the maps entering the top
+# ML_LEVELS stages (image_encoder.pooling: multilevel). For Lite0 at 224 px, 1280 + 1280 +
+# 192 + 112 = 2864 values from the pass that makes the mean anyway.
+OUTPUTS = ("pooled", "pooled_ml", "tokens")  # plus "mid<n>": the map entering the top n stages, [N, C, h, w]
+ML_LEVELS = (1, 2)
 _MID = re.compile(r"^mid([1-9][0-9]*)$")
 
 
@@ -120,6 +130,7 @@ def cache_files(
     stem = f"img-{spec.name}-{size}px-{view}" if precision == "fp32" else f"img-{spec.name}-{size}px-{precision}-{view}"
     files = {
         "pooled": cache_dir / f"{stem}-pooled.npy",
+        "pooled_ml": cache_dir / f"{stem}-pooled-ml.npy",
         "tokens": cache_dir / f"{stem}-tokens{spec.grid}.npy",
         "meta": cache_dir / f"{stem}.json",
     }
@@ -337,7 +348,8 @@ def _run_jobs(data_dir, image_ids, image_ok, jobs: list[_Job], built: dict, cach
             continue
         model, _, pre, _ = built[spec]
         outputs = _ordered({o for j in jobs if j.spec == spec for o in j.outputs})
-        mids = _mid_levels(outputs)
+        # The graph returns every map a job stores or pools; only mid<n> outputs are stored.
+        mids = tuple(sorted(set(_mid_levels(outputs)) | (set(ML_LEVELS) if "pooled_ml" in outputs else set())))
         tag = "u8-fmap" + "".join(f"-mid{m}" for m in mids)
         fmap = FeatureMap(model, pre, mids)
         calib = calibration.for_size(pre.size, spec.batch_size) if effective_precision(spec) != "fp32" else None
@@ -358,6 +370,9 @@ def _run_jobs(data_dir, image_ids, image_ok, jobs: list[_Job], built: dict, cach
             with torch.inference_mode():  # one image through the net gives each mid map's shape
                 probe = fmap(torch.zeros(1, pre.size, pre.size, 3, dtype=torch.uint8))
             shapes |= {mid_output(m): (n, *probe[i].shape[1:]) for i, m in enumerate(mids)}
+            if set(ML_LEVELS) <= set(mids):
+                width = 2 * model.num_features + sum(probe[mids.index(m)].shape[1] for m in ML_LEVELS)
+                shapes["pooled_ml"] = (n, width)
         runners[spec] = (runner, mids, shapes, pre.size)
     sizes = sorted({r[3] for r in runners.values()})
     flips = {runners[j.spec][3] for j in jobs if j.view == "hflip"}
@@ -404,8 +419,9 @@ def _run_jobs(data_dir, image_ids, image_ok, jobs: list[_Job], built: dict, cach
                     step = job.spec.batch_size
                     for lo in range(0, len(rows), step):  # each encoder at its own batch size
                         maps = runner(x[lo : lo + step])
-                        got = pool_outputs(maps[-1], job.outputs, job.spec.grid)
-                        got |= {mid_output(m): maps[j] for j, m in enumerate(mids)}
+                        mid_maps = {m: maps[j] for j, m in enumerate(mids)}
+                        got = pool_outputs(maps[-1], job.outputs, job.spec.grid, mid_maps)
+                        got |= {mid_output(m): mid_maps[m] for m in _mid_levels(job.outputs)}
                         for key in job.outputs:
                             job.arrays[key][rows[lo : lo + step]] = got[key].astype(np.float16)
         for job in jobs:

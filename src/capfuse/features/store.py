@@ -43,13 +43,18 @@ def _hash_text(*parts) -> str:
     return h.hexdigest()
 
 
+def pooled_output(model_cfg: dict | ModelSettings) -> str:
+    """The cached image vector a model reads: ``pooled`` or ``pooled_ml`` (``image_encoder.pooling``)."""
+    return "pooled_ml" if resolve_model(model_cfg).image_encoder.pooling == "multilevel" else "pooled"
+
+
 def image_outputs(model_cfg: dict | ModelSettings) -> tuple[str, ...]:
     """What a model reads from the image cache: pooled vectors, token grids or a mid-level map."""
     m = resolve_model(model_cfg)
     if m.kind != "net":
-        return ("pooled",)
+        return (pooled_output(m),)
     n = m.image_encoder.train_blocks
-    return (mid_output(n),) if n > 0 else ("pooled", "tokens")
+    return (mid_output(n),) if n > 0 else (pooled_output(m), "tokens")
 
 
 def uses_cache(model_cfg: dict | ModelSettings) -> bool:
@@ -137,9 +142,9 @@ class FeatureStore:
     def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(outputs) | self.wanted.get(spec, set())))
 
-    def image(self, spec: ImageEncoderSpec) -> tuple[np.ndarray, str]:
-        out = self.image_views(spec, ("pooled",), ("orig",))["orig"]
-        return out["pooled"], out["checksum"]
+    def image(self, spec: ImageEncoderSpec, output: str = "pooled") -> tuple[np.ndarray, str]:
+        out = self.image_views(spec, (output,), ("orig",))["orig"]
+        return out[output], out["checksum"]
 
     def caption_tfidf(self, params: dict) -> tuple:
         """Train and test TF-IDF matrices and the fitted vocabulary (``tfidf_state``), which the
@@ -214,7 +219,7 @@ class FeatureStore:
             keys = (
                 {"img_mid": wanted[0]}
                 if wanted[0].startswith("mid")
-                else {"img_pooled": "pooled", "img_tokens": "tokens"}
+                else {"img_pooled": pooled_output(m), "img_tokens": "tokens"}
             )
             for view in views:
                 out[view].update({key: img[view][name] for key, name in keys.items()})
@@ -243,7 +248,7 @@ class FeatureStore:
         views = feats["views"]
         if "image" in inputs:
             spec = m.image_encoder.cache_spec()
-            names = {"img_pooled": "pooled", "img_tokens": "tokens", "img_mid": image_outputs(m)[0]}
+            names = {"img_pooled": pooled_output(m), "img_tokens": "tokens", "img_mid": image_outputs(m)[0]}
             keys = {view: [k for k in views[view] if k in names] for view in views}
             got = _embed_images(
                 folder,
@@ -315,7 +320,7 @@ class FeatureStore:
                 parts.append(inputs_checksum(self.ds.paths.data_dir, feats["ids"], feats["image_ok"]))
         else:
             if "image" in inputs:
-                arr, checksum = self.image(m.image_encoder.cache_spec())
+                arr, checksum = self.image(m.image_encoder.cache_spec(), pooled_output(m))
                 feats["image_train"], feats["image_test"] = arr[:n_train], arr[n_train:]
                 parts.append(checksum)
             if "caption" in inputs:
