@@ -10,6 +10,9 @@ transform, default memory layout) run in the same command on the same images.
 Prediction throughput (``capfuse.bench.predict``) is end to end on the demo's test folder with
 a bundle exported from ``runs/demo`` (trained first when there is no finished run), or
 ``--bundle``; with the bundle's size and what ``--fast`` and one fold per model cost.
+
+``--only jobs`` times one model's folds trained serially against ``--jobs N`` side by side
+(``capfuse.bench.jobs``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 
 from capfuse.bench.embedding import bench_embed
+from capfuse.bench.jobs import bench_jobs, print_jobs
 from capfuse.bench.predict import bench_predict, export_for_bench, print_predict
 from capfuse.bench.second_level import bench_stack_thresholds
 from capfuse.bench.training import report_training
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=ImageEncoderSpec.batch_size)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per variant (medians)")
     parser.add_argument(
-        "--only", choices=["embed", "stack", "training", "predict"], default=None, help="run one benchmark only"
+        "--only", choices=["embed", "stack", "training", "predict", "jobs"], default=None, help="run one benchmark only"
     )
     parser.add_argument("--epochs", type=int, default=None, help="training: exactly this many epochs per fold")
     parser.add_argument("--rows", type=int, default=30000, help="OOF rows for the stack benchmark")
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", default=None, help="predict: this bundle (default: export runs/<dataset>)")
     parser.add_argument("--data", default="data/demo", help="predict: the test folder (and run) to predict")
     parser.add_argument("--config", default="configs/pipeline.yaml", help="predict: the run's config, to export it")
+    parser.add_argument("--model", default="fusion_logit_orig", help="jobs: the model trained serially and as jobs")
+    parser.add_argument("--jobs", type=int, default=2, help="jobs: how many at once against one")
     args = parser.parse_args(argv)
     setup_logging("WARNING")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             if bundle is None:
                 bundle = export_for_bench(Path(args.data), Path(args.config), Path(tmp) / "bundle")
             print_predict(bench_predict(bundle, Path(args.data)))
+    if args.only == "jobs":  # trains a model 2 x rounds times: only when asked
+        print_jobs(bench_jobs(Path(args.data), Path(args.config), args.model, jobs=args.jobs, rounds=args.rounds))
     if args.only == "training":  # net models at competition size: minutes each, so only when asked
         report_training(args.rows, args.epochs)
     return 0
