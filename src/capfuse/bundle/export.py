@@ -26,7 +26,6 @@ from capfuse.bundle.prune import blend_level, prune_models, read_oof
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import read_logits
-from capfuse.encoders.registry import caption_entry
 from capfuse.ensemble.decision import fit_global_threshold
 from capfuse.ensemble.second_level import (
     KEPT_DIR,
@@ -62,15 +61,14 @@ def _git_commit(root: Path) -> str | None:
 def check_exportable(name: str, settings) -> None:
     """Refuse, naming the model, every kind a bundle cannot replay yet: a wrong bundle is worse
     than none, since its predictions would look fine."""
-    if "@" in name:
-        raise ExportError(f"{name}: pseudo-label round models cannot be exported yet; leave pseudo.rounds at 0")
+    # A pseudo-label round (name@rK) is a net like any other once trained: the pseudo rows only
+    # shaped its weights, which its folds saved. GloVe captions come from the same package
+    # table at predict time (the bundle names it in the model's config), like the encoders.
     if settings.kind == "net":
         if settings.finetune:
             raise ExportError(f"{name}: fine-tuned (finetune: true) models cannot be exported yet")
         if "image" in settings.inputs and settings.image_encoder.train_blocks:
             raise ExportError(f"{name}: models that train the backbone's top blocks cannot be exported yet")
-        if "caption" in settings.inputs and caption_entry(settings.caption_encoder.name).lookup is not None:
-            raise ExportError(f"{name}: GloVe caption models cannot be exported yet (no caption table in bundles)")
     elif settings.kind != "linear":
         raise ExportError(f"{name}: model kind {settings.kind!r} cannot be exported")
     if "image" in settings.inputs and effective_precision(settings.image_encoder.cache_spec()) != "fp32":

@@ -22,6 +22,7 @@ from capfuse.bundle.export import BUNDLE_FILE, FORMAT
 from capfuse.bundle.inputs import Rows, read_test_folder, stage_inputs
 from capfuse.config.schema import resolve_model
 from capfuse.data.logits import logits_frame
+from capfuse.encoders.registry import caption_entry
 from capfuse.ensemble.blend import apply_weights, mean_blend
 from capfuse.ensemble.decision import apply_threshold
 from capfuse.ensemble.stack import stack_predict
@@ -188,6 +189,11 @@ class Predictor:
         captions = {}
         for m in self.models.values():
             if m.kind == "net" and "caption" in m.inputs and m.caption_encoder not in captions:
+                entry = caption_entry(m.caption_encoder.name)
+                if entry.lookup is not None:  # a word table (GloVe): looked up, as FeatureStore does
+                    pooled, tokens, mask = entry.lookup(rows.captions, m.caption_encoder.max_len)
+                    captions[m.caption_encoder] = {"pooled": pooled, "tokens": tokens, "mask": mask}
+                    continue
                 captions[m.caption_encoder] = embed_captions(
                     rows.captions, m.caption_encoder, cache, key="predict", quiet=self.quiet
                 )
