@@ -372,10 +372,6 @@ def _add_zeroshot_commands(sub) -> None:
     p.add_argument("--model", default="zeroshot", choices=["zeroshot", "backbone"])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _add_names_command(sub) -> None:
     p = sub.add_parser(
         "names",
@@ -389,3 +385,7 @@ def _add_names_command(sub) -> None:
     p.add_argument(
         "--zeroshot-folds", default=None, help="held-out folds of the zero-shot rows, e.g. 0 (default: the config's)"
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
