@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from capfuse import config as cfglib
@@ -34,7 +33,7 @@ from capfuse.training.selection import select_models
 from capfuse.utils.io import write_csv, write_text
 from capfuse.utils.log import log, stage
 from capfuse.utils.runs import child_dir
-from capfuse.zeroshot.cv import cross_fitted, label_text
+from capfuse.zeroshot.cv import cross_fitted, evaluation_setup, label_text
 from capfuse.zeroshot.evaluate import pick_unseen
 from capfuse.zeroshot.inputs import load_features
 from capfuse.zeroshot.settings import ZeroShotSettings
@@ -101,10 +100,7 @@ def _zeroshot(paths, cfg: dict, zs_cfg: dict, label: str, quiet: bool | None, ev
     # Drawn by seed from the label counts only: the same unseen classes under every naming.
     unseen = pick_unseen(Y, names, settings.unseen, min_positives=settings.min_positives, seed=seed)
     space = CaptionSpace.load(settings.caption_encoder)
-    discovery = ds.names if ds.names is not None and ds.names.discovered else None
-    n_train = len(ds.train_ids)
-    test_rows = n_train + np.flatnonzero(ds.image_ok[n_train:])
-    eval_folds = sorted(set(folds.tolist())) if settings.eval_folds == "all" else [int(k) for k in settings.eval_folds]
+    discovery, test_rows, eval_folds = evaluation_setup(ds, folds, settings)
     text = None if discovery else label_text(space, settings.prompts, names, None)
     with stage(f"names: zero-shot with {label}", paths.dataset):
         fitted = cross_fitted(

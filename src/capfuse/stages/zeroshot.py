@@ -27,7 +27,7 @@ from capfuse.data.names import DISCOVERY_VERSION
 from capfuse.paths import Paths
 from capfuse.utils.io import read_json, sha256_file, write_csv, write_text
 from capfuse.utils.log import log, stage
-from capfuse.zeroshot.cv import cross_fitted, label_text
+from capfuse.zeroshot.cv import cross_fitted, evaluation_setup, label_text
 from capfuse.zeroshot.evaluate import pick_unseen
 from capfuse.zeroshot.inputs import embed_image_files, list_images, load_features
 from capfuse.zeroshot.io import META_FILE, load_model, model_dir, save_model
@@ -79,14 +79,9 @@ def run_zeroshot(paths: Paths, cfg: dict, *, force: bool = False, quiet: bool | 
         space = CaptionSpace.load(settings.caption_encoder)
         # Discovered names: each evaluation fold's prompts come from its own training rows; the
         # deployed projector's from every training row.
-        discovery = ds.names if ds.names is not None and ds.names.discovered else None
+        discovery, test_rows, eval_folds = evaluation_setup(ds, folds, settings)
         text = label_text(space, settings.prompts, names, discovery)
-
         n_train = len(ds.train_ids)
-        test_rows = n_train + np.flatnonzero(ds.image_ok[n_train:])
-        eval_folds = (
-            sorted(set(folds.tolist())) if settings.eval_folds == "all" else [int(k) for k in settings.eval_folds]
-        )
         fitted = cross_fitted(
             feats,
             Y,

@@ -65,6 +65,19 @@ def label_text(
     return space.class_labels(terms, prompts)
 
 
+def evaluation_setup(
+    ds, folds: np.ndarray, settings: ZeroShotSettings
+) -> tuple[ClassNames | None, np.ndarray, list[int]]:
+    """What a cross-fitted evaluation of ``ds`` needs besides the features: the discovered names
+    (None when the names come from classes.csv or are numbers), the test rows with a usable
+    image (the unlabelled pool, dataset row indices) and the folds whose held-out images are scored."""
+    discovery = ds.names if ds.names is not None and ds.names.discovered else None
+    n_train = len(ds.train_ids)
+    test_rows = n_train + np.flatnonzero(ds.image_ok[n_train:])
+    eval_folds = sorted(set(folds.tolist())) if settings.eval_folds == "all" else [int(k) for k in settings.eval_folds]
+    return discovery, test_rows, eval_folds
+
+
 def cross_fitted(
     feats: ImageFeatures,
     Y: np.ndarray,
