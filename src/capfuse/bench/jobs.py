@@ -46,8 +46,11 @@ def _timed_train(data: Path, root: Path, model: str, config: Path, jobs: int) ->
     if jobs > 1:
         cmd += ["--jobs", str(jobs)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:  # a timing of a failed run means nothing: say why it failed
+        raise RuntimeError(f"capfuse train --only {model} (jobs {jobs}) failed:\n{done.stderr[-2000:]}")
+    return elapsed
 
 
 def bench_jobs(
