@@ -318,6 +318,9 @@ class FusionSettings:
     heads: int = 4
     dropout: float = 0.1
     aux_weight: float = 0.2  # branch logits' own loss, so that logit fusion weighs meaningful predictions
+    # The token projections' LayerNorm keeps its scale and shift (true, as trained before) or
+    # leaves them to the Linear after it (false: the same functions, a cheaper backward pass).
+    token_norm_affine: bool = True
     label_query: LabelQuerySettings | None = field(
         default=None, metadata={"check": "label_query", "resolve": _resolve_label_query}
     )
@@ -398,6 +401,9 @@ class ModelSettings:
     image_encoder: ImageEncoderSettings = block(ImageEncoderSettings)
 
 
+LINEAR_SOLVERS = ("joint", "ovr")
+
+
 @dataclass(frozen=True)
 class LinearModelSettings(ModelSettings):
     """``kind: linear``: one-vs-rest logistic regression on cached image features and TF-IDF."""
@@ -407,7 +413,15 @@ class LinearModelSettings(ModelSettings):
     image_weight: float = 1.0  # block weights: how hard that one penalty pulls on each modality
     caption_weight: float = 1.0
     max_iter: int = 300
+    # joint: every class in one L-BFGS run (capfuse.models.logistic), one pass over the rows
+    # serving all classes; ovr: sklearn's LogisticRegression class by class, as before. The same
+    # objective and stopping rule, so the same optimum to the solvers' tolerance.
+    solver: str = "joint"
     tfidf: Mapping = field(default_factory=dict, metadata={"check": "tfidf"})  # capfuse.features.tfidf
+
+    def __post_init__(self) -> None:
+        if self.solver not in LINEAR_SOLVERS:
+            raise ValueError(f"solver must be one of {LINEAR_SOLVERS}, got {self.solver!r}")
 
 
 @dataclass(frozen=True)

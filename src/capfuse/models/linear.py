@@ -21,6 +21,7 @@ from capfuse.config.schema import LinearModelSettings
 from capfuse.features.tfidf import tfidf_transform
 from capfuse.models import MODELS
 from capfuse.models.base import FoldOutput
+from capfuse.models.logistic import Design, fit_ovr, logits
 from capfuse.utils.io import read_json, write_json, write_npy
 
 
@@ -46,6 +47,7 @@ class LinearModel:
         self.image_weight = settings.image_weight
         self.caption_weight = settings.caption_weight
         self.max_iter = settings.max_iter
+        self.solver = settings.solver
         self.seed = seed
 
     @property
@@ -66,22 +68,19 @@ class LinearModel:
 
         return part("train", rows_tr), [part(source, rows) for source, rows in rows_other], scaler
 
-    def design(self, scaler: StandardScaler | None, image, caption):
-        """One design matrix from image features (scaled by the fold's ``scaler``) and TF-IDF rows.
+    def design(self, scaler: StandardScaler | None, image, caption) -> Design:
+        """One design from image features (scaled by the fold's ``scaler``) and TF-IDF rows.
 
-        Image features alone stay a dense float32 array: lbfgs's products then run through BLAS,
-        2.6x faster than the same numbers in CSR at 24,000 rows x 1,280 (measured on the
-        competition-size set). With TF-IDF beside them the matrix must be sparse.
+        The image block stays a dense float32 array beside the sparse TF-IDF block: the products
+        then run through BLAS, 2.6x faster than the same numbers in CSR at 24,000 rows x 1,280
+        (measured on the competition-size set).
         """
-        dense = "caption" not in self.inputs
-        blocks = []
+        dense = None
         if "image" in self.inputs:
             block = scaler.transform(np.asarray(image, dtype=np.float32)) * self.image_weight
-            if dense:
-                return np.ascontiguousarray(block, dtype=np.float32)
-            blocks.append(sp.csr_matrix(block))
-        blocks.append(caption * self.caption_weight)
-        return sp.hstack(blocks).tocsr()
+            dense = np.ascontiguousarray(block, dtype=np.float32)
+        sparse = sp.csr_matrix(caption * self.caption_weight) if "caption" in self.inputs else None
+        return Design(dense, sparse)
 
     def head_cost(self, feats: dict, num_classes: int) -> tuple[int, float]:
         """(parameters, ms per image) of the classifier alone: one weight per feature and class."""
@@ -96,50 +95,54 @@ class LinearModel:
         n_test = feats["n_test"]
         X_tr, (X_va, X_te), scaler = self._design(feats, tr, [("train", va), ("test", np.arange(n_test))])
         C = Y.shape[1]
-        val = np.empty((len(va), C), dtype=np.float32)
-        test = np.empty((n_test, C), dtype=np.float32)
-        fitted: dict[int, tuple] = {}
-        prior: dict[int, float] = {}
-
-        def fit_class(c: int) -> None:
-            y = Y[tr, c]
-            if y.min() == y.max():
-                prior[c] = _prior_logit(y)
-                val[:, c] = test[:, c] = prior[c]
-                return
-            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
-            clf.fit(X_tr, y)
-            fitted[c] = (clf.coef_[0], clf.intercept_)
-            val[:, c] = clf.decision_function(X_va)
-            test[:, c] = clf.decision_function(X_te)
-
-        # scipy's sparse products run on one core (and release the GIL), so sparse designs fit
-        # their classes on the fold's threads side by side; dense ones already use every thread
-        # inside BLAS. Each class's fit is independent and deterministic: the same numbers at
-        # any thread count.
-        workers = min(C, torch.get_num_threads()) if sp.issparse(X_tr) else 1
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(fit_class, range(C)))
-        else:
-            for c in range(C):
-                fit_class(c)
+        prior = {c: _prior_logit(Y[tr, c]) for c in range(C) if Y[tr, c].min() == Y[tr, c].max()}
+        fitted = [c for c in range(C) if c not in prior]
+        coef = np.zeros((C, X_tr.n_cols), dtype=np.float64)
+        intercept = np.zeros(C, dtype=np.float64)
+        info = {"n_features": X_tr.n_cols}
+        if fitted and self.solver == "joint":
+            fit = fit_ovr(X_tr, Y[tr][:, fitted], self.C, self.max_iter)
+            coef[fitted], intercept[fitted] = fit.coef, fit.intercept
+            info.update(lbfgs_iterations=fit.iterations, converged=fit.converged)
+        elif fitted:
+            coef[fitted], intercept[fitted] = self._fit_ovr_sklearn(X_tr, Y[tr][:, fitted])
+        val, test = (self.decide(X, coef, intercept, prior) for X in (X_va, X_te))
         if fold_dir is not None:
-            # In the dtype sklearn fitted them in (float32 on a dense float32 design): the
-            # products that predict new rows must be the ones that predicted the test rows.
-            dtype = next(iter(fitted.values()))[0].dtype if fitted else np.float64
-            coef = np.zeros((C, X_tr.shape[1]), dtype=dtype)
-            intercept = np.zeros(C, dtype=dtype)
-            for c, (w, b) in fitted.items():
-                coef[c], intercept[c] = w, b[0]
             save_fold(
                 fold_dir, scaler, coef, intercept, prior, feats.get("tfidf_state") if "caption" in self.inputs else None
             )
-        return FoldOutput(val, test, {"n_features": X_tr.shape[1]})
+        return FoldOutput(val, test, info)
+
+    def _fit_ovr_sklearn(self, X: Design, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``solver: ovr``: sklearn's lbfgs class by class, on the design as one matrix."""
+        matrix = X.dense if X.sparse is None else X.sparse if X.dense is None else sp.hstack([sp.csr_matrix(X.dense), X.sparse]).tocsr()
+        coef = np.zeros((Y.shape[1], X.n_cols), dtype=np.float64)
+        intercept = np.zeros(Y.shape[1], dtype=np.float64)
+
+        def fit_class(c: int) -> None:
+            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed).fit(matrix, Y[:, c])
+            coef[c], intercept[c] = clf.coef_[0], clf.intercept_[0]
+
+        # scipy's sparse products run on one core (and release the GIL), so sparse designs fit
+        # their classes on the fold's threads side by side; dense ones already use every thread
+        # inside BLAS. Each class's fit is independent and deterministic.
+        workers = min(Y.shape[1], torch.get_num_threads()) if sp.issparse(matrix) else 1
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fit_class, range(Y.shape[1])))
+        return coef, intercept
+
+    @staticmethod
+    def decide(X: Design, coef: np.ndarray, intercept: np.ndarray, prior: dict) -> np.ndarray:
+        """``[N, C]`` float32 logits: the fitted classes' decision values, a constant for the rest.
+        Training and ``predict_saved`` both call it: a bundle reproduces the run's logits."""
+        out = logits(X, coef, intercept)
+        for c, value in prior.items():
+            out[:, int(c)] = value
+        return out
 
     def predict_saved(self, fold_dir: Path, image=None, captions: list[str] | None = None) -> np.ndarray:
         """Logits ``[N, C]`` (float32) of the fold model that ``fit_fold`` saved in ``fold_dir``,
-        for new rows: the same design matrix and the same sklearn products as in training."""
+        for new rows: the same design and the same products (``decide``) as in training."""
         state = load_fold(fold_dir)
         caption = None
         if "caption" in self.inputs:
@@ -147,17 +150,7 @@ class LinearModel:
                 raise FileNotFoundError(f"{fold_dir}: no TF-IDF vocabulary saved (tfidf_terms.json)")
             caption = tfidf_transform(captions, **state["tfidf"])
         X = self.design(state["scaler"], image, caption)
-        C = len(state["intercept"])
-        out = np.empty((X.shape[0], C), dtype=np.float32)
-        for c in range(C):
-            if str(c) in state["prior"]:
-                out[:, c] = state["prior"][str(c)]
-                continue
-            clf = LogisticRegression()
-            clf.coef_, clf.intercept_ = state["coef"][c : c + 1], state["intercept"][c : c + 1]
-            clf.classes_, clf.n_features_in_ = np.array([0, 1]), X.shape[1]
-            out[:, c] = clf.decision_function(X)
-        return out
+        return self.decide(X, state["coef"], state["intercept"], state["prior"])
 
 
 # A fold's saved model: JSON and .npy only, so a bundle never unpickles anything.

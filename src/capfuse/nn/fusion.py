@@ -41,7 +41,7 @@ from torch import nn
 from capfuse.config.check import resolve_checked
 from capfuse.config.schema import HeadSettings, NetModelSettings, resolve_model
 from capfuse.nn.contexts import context_membership, context_targets
-from capfuse.nn.heads import HEADS, LabelQueryHead, MLPHead
+from capfuse.nn.heads import HEADS, LabelQueryHead, MLPHead, token_projection
 from capfuse.nn.losses import BCELoss, alignment_loss
 from capfuse.nn.pooling import masked_mean
 
@@ -80,11 +80,12 @@ class CrossAttentionFusion(nn.Module):
         heads: int = 4,
         dropout: float = 0.1,
         residual: bool = True,
+        norm_affine: bool = True,
     ) -> None:
         super().__init__()
         self.residual = residual
-        self.img_proj = nn.Sequential(nn.LayerNorm(img_dim), nn.Linear(img_dim, d_model))
-        self.cap_proj = nn.Sequential(nn.LayerNorm(cap_dim), nn.Linear(cap_dim, d_model))
+        self.img_proj = token_projection(img_dim, d_model, norm_affine)
+        self.cap_proj = token_projection(cap_dim, d_model, norm_affine)
         self.cap_to_img = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.img_to_cap = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.norm_cap, self.norm_img = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
@@ -153,6 +154,7 @@ class CapFuseNet(nn.Module):
                 fusion.heads,
                 fusion.dropout,
                 fusion.residual,
+                fusion.token_norm_affine,
             )
         self.early_head = None
         if self.early:
@@ -181,6 +183,7 @@ class CapFuseNet(nn.Module):
                 lq.temperature,
                 lq.learn_temperature,
                 project_inputs=not self.lq_shared,
+                norm_affine=fusion.token_norm_affine,
             )
         n_branches = (
             (self.image_head is not None)
