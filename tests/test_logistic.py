@@ -30,7 +30,9 @@ def test_joint_fit_reaches_sklearns_per_class_optimum(blocks):
     X = Design(X.dense if blocks != "sparse" else None, X.sparse if blocks != "dense" else None)
     fit = fit_ovr(X, Y, C=0.5, max_iter=2000, tol=1e-8)
     assert fit.converged and fit.coef.shape == (Y.shape[1], X.n_cols)
-    matrix = X.dense if X.sparse is None else np.hstack([X.dense, X.sparse.toarray()]) if X.dense is not None else X.sparse
+    matrix = (
+        X.dense if X.sparse is None else np.hstack([X.dense, X.sparse.toarray()]) if X.dense is not None else X.sparse
+    )
     for c in range(Y.shape[1]):
         clf = LogisticRegression(C=0.5, max_iter=2000, tol=1e-8).fit(matrix, Y[:, c])
         np.testing.assert_allclose(fit.coef[c], clf.coef_[0], atol=2e-3)

@@ -115,7 +115,13 @@ class LinearModel:
 
     def _fit_ovr_sklearn(self, X: Design, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``solver: ovr``: sklearn's lbfgs class by class, on the design as one matrix."""
-        matrix = X.dense if X.sparse is None else X.sparse if X.dense is None else sp.hstack([sp.csr_matrix(X.dense), X.sparse]).tocsr()
+        matrix = (
+            X.dense
+            if X.sparse is None
+            else X.sparse
+            if X.dense is None
+            else sp.hstack([sp.csr_matrix(X.dense), X.sparse]).tocsr()
+        )
         coef = np.zeros((Y.shape[1], X.n_cols), dtype=np.float64)
         intercept = np.zeros(Y.shape[1], dtype=np.float64)
 
