@@ -249,6 +249,8 @@ names: data ## class names discovered from the training captions: runs/<dataset>
 
 ZSFOLDS ?=                            ## make names-ablation: evaluate zero-shot on these held-out folds only, e.g. 0 (default: all)
 override ZSFOLDS := $(strip $(ZSFOLDS))
+SEEDS ?=                              ## make names-ablation: the model's seeds, e.g. 42,43,44 (default: the config's)
+override SEEDS := $(strip $(SEEDS))
 
 names-ablation: folds ## a label-query model and zero-shot with classes.csv, discovered and "class N" names: runs/<dataset>/names/ablation.md
-	$(RUN) names --ablation $(COMMON) $(if $(ZSFOLDS),--zeroshot-folds $(ZSFOLDS))
+	$(RUN) names --ablation $(COMMON) $(if $(ZSFOLDS),--zeroshot-folds $(ZSFOLDS)) $(if $(SEEDS),--seeds $(SEEDS))

@@ -210,3 +210,46 @@ def test_shuffling_a_held_out_fold_s_labels_changes_nothing_in_that_fold(tmp_pat
     np.testing.assert_array_equal(out["shuffled"][0][1], logits0)
     # Folds 1 and 2 train on fold 0's rows: their names' scores move, so the shuffle was seen.
     assert out["shuffled"][1][0] != out["true"][1][0]
+
+
+def test_names_ablation_averages_seeds_before_the_share(tmp_path, monkeypatch):
+    """--seeds: each naming trains once per seed; the share comes from the means over seeds and
+    each seed's own share is listed (the model and zero-shot are stubbed: this is the table)."""
+    import pandas as pd
+
+    import capfuse.stages.names as names_stage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "classes.csv").write_text("id,name\n1,dog\n")
+    # CV mean F1 by (naming, seed): true names gain 0.010 and 0.030 over "class N" (mean 0.020),
+    # discovered names 0.008 and 0.012 (mean 0.010): half the mean gain.
+    f1 = {
+        ("classes.csv", 1): 0.81,
+        ("classes.csv", 2): 0.83,
+        ("discovered", 1): 0.808,
+        ("discovered", 2): 0.812,
+        ("class N", 1): 0.80,
+        ("class N", 2): 0.80,
+    }
+    seen = []
+
+    def fake_train(paths, cfg, config_path, model, label, quiet, seed=None):
+        seen.append((label, seed))
+        return {"cv_mean_f1": f1[(label, seed)], "cv_map": 0.5}
+
+    monkeypatch.setattr(names_stage, "_train", fake_train)
+    monkeypatch.setattr(
+        names_stage, "_zeroshot", lambda *a, **k: {"zsl_map_image": 0.5, "gzsl_map_image": 0.5, "zsl_map_caption": 0.5}
+    )
+    monkeypatch.setattr(names_stage, "discovered_table", lambda *a, **k: pd.DataFrame({"id": [1], "name": ["dog"]}))
+    paths = Paths(data_dir=data, root=tmp_path)
+    table = names_stage.run_names_ablation(paths, {}, tmp_path / "c.yaml", {}, model="m", quiet=True, seeds=[1, 2])
+    assert sorted(seen) == sorted(f1)
+    means = table.set_index("names")["cv_mean_f1"]
+    assert means["classes.csv"] == pytest.approx(0.82) and means["discovered"] == pytest.approx(0.81)
+    assert names_stage.recovered(table, "cv_mean_f1") == pytest.approx(0.5)
+    assert table.set_index("names").loc["classes.csv", "cv_mean_f1_sd"] == pytest.approx(np.std([0.81, 0.83], ddof=1))
+    text = (tmp_path / "runs" / "data" / "names" / "ablation.md").read_text()
+    assert "cv_mean_f1 50%" in text and "seed 1 80%" in text and "seed 2 40%" in text
+    assert len(pd.read_csv(tmp_path / "runs" / "data" / "names" / "ablation_seeds.csv")) == 6

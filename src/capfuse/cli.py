@@ -385,6 +385,11 @@ def _add_names_command(sub) -> None:
     p.add_argument(
         "--zeroshot-folds", default=None, help="held-out folds of the zero-shot rows, e.g. 0 (default: the config's)"
     )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="the model's seeds, e.g. 42,43,44: shares from the means (default: the config's seed)",
+    )
 
 
 if __name__ == "__main__":

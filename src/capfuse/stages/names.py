@@ -13,6 +13,12 @@ demo generator wrote, how many display names are the true name or one of the gen
 synonyms for it. Writes ``runs/<dataset>/names/ablation.{csv,md}``; the true-name model is the
 pipeline's own run when it is trained already (same fingerprint), the others train under
 ``runs/<dataset>/names/<mode>/``.
+
+The names' worth to a supervised model is small beside one seed's spread (a few tenths of a
+point on the demo), so ``--seeds 42,43,44`` trains every naming once per seed (the pipeline's
+``seed``, which also draws each fold's inner stopping split): the shares come from the means
+over seeds, and the table gives each naming's spread and each seed's share. Other seeds than
+the pipeline's train under ``runs/<dataset>/names/<mode>/seed<S>/``.
 """
 
 from __future__ import annotations
@@ -72,18 +78,25 @@ def _reads_names(model_cfg: dict) -> bool:
     return settings.kind == "net" and needs_class_text(settings)
 
 
-def _train(paths, cfg: dict, config_path: Path, model: str, label: str, quiet: bool | None) -> dict:
+def _train(
+    paths, cfg: dict, config_path: Path, model: str, label: str, quiet: bool | None, seed: int | None = None
+) -> dict:
     mode = MODES[label]
-    mcfg = _with_mode(cfg, mode)
+    base_seed = cfg.get("seed", 42)
+    seed = base_seed if seed is None else seed
+    mcfg = cfglib.deep_merge(_with_mode(cfg, mode), {"seed": seed})
     name, model_cfg = next(iter(select_models(mcfg, config_path, [model]).items()))
     if not _reads_names(model_cfg):
         raise ValueError(f"--model {model} reads no class names (no label-query head): nothing to compare")
     ds = load_dataset(paths, mcfg, quiet=quiet)
     plain = {k: v for k, v in model_cfg.items() if k != "pseudo"}
     feats = FeatureStore(ds, quiet, {name: model_cfg}).for_model(model_cfg)
-    # The true names' run is the pipeline's own folder: the same fingerprint as `make train`.
-    out_dir = paths.model_dir(name) if mode == "auto" else child_dir(paths.runs / "names" / mode, name, "model")
-    with stage(f"names: {name} with {label}", str(out_dir)):
+    # The true names' run at the pipeline's seed is the pipeline's own folder: the same
+    # fingerprint as `make train`.
+    parent = paths.runs / "names" / mode / ("" if seed == base_seed else f"seed{seed}")
+    own = mode == "auto" and seed == base_seed
+    out_dir = paths.model_dir(name) if own else child_dir(parent, name, "model")
+    with stage(f"names: {name} with {label}, seed {seed}", str(out_dir)):
         return train_model(name, plain, out_dir=out_dir, **model_inputs(ds, ds.folds(), feats))
 
 
@@ -143,9 +156,11 @@ def run_names_ablation(
     model: str | None,
     quiet: bool | None,
     zeroshot_folds: list[int] | None = None,
+    seeds: list[int] | None = None,
 ) -> pd.DataFrame:
     """The comparison table (see the module); ``zeroshot_folds`` evaluates zero-shot on those
-    held-out folds only (default: the zero-shot config's ``eval_folds``)."""
+    held-out folds only (default: the zero-shot config's ``eval_folds``); ``seeds``: the model's
+    seeds (default: the pipeline's one)."""
     if not (paths.data_dir / "classes.csv").is_file():
         raise FileNotFoundError(f"{paths.data_dir}/classes.csv: the comparison needs the true names")
     model = model or next(
@@ -155,24 +170,48 @@ def run_names_ablation(
     if model is None:
         raise ValueError(f"{config_path} lists no label-query model: name one with --model")
     # Every model first, then every zero-shot evaluation: the headline column comes in first.
-    rows = []
+    seeds = list(seeds) if seeds else [int(cfg.get("seed", 42))]
+    runs = []
     for label in MODES:
-        metrics = _train(paths, cfg, config_path, model, label, quiet)
-        rows.append({"names": label, "model": model, "cv_mean_f1": metrics["cv_mean_f1"], "cv_map": metrics["cv_map"]})
+        for seed in seeds:
+            metrics = _train(paths, cfg, config_path, model, label, quiet, seed)
+            runs.append(
+                {"names": label, "seed": seed, "cv_mean_f1": metrics["cv_mean_f1"], "cv_map": metrics["cv_map"]}
+            )
+    runs = pd.DataFrame(runs)
+    # One row per naming: the models' means over seeds (and their spread), then zero-shot,
+    # which trains no seeded model.
+    by = runs.groupby("names", sort=False)
+    table = by[["cv_mean_f1", "cv_map"]].mean().reset_index()
+    table.insert(1, "model", model)
+    table.insert(2, "seeds", len(seeds))
+    if len(seeds) > 1:
+        table["cv_mean_f1_sd"] = by["cv_mean_f1"].std(ddof=1).to_numpy()
+    rows = table.to_dict("records")
     for row in rows:
         row.update(_zeroshot(paths, cfg, zs_cfg, row["names"], quiet, zeroshot_folds))
     table = pd.DataFrame(rows)
     shares = {col: recovered(table, col) for col in ("cv_mean_f1", "cv_map", "zsl_map_image", "gzsl_map_image")}
+    per_seed = [recovered(runs[runs["seed"] == seed], "cv_mean_f1") for seed in seeds]
     names = discovered_table(paths, cfg, quiet)
     matched = int(names["match"].sum()) if "match" in names else None
     out = paths.runs / "names"
     write_csv(out / "ablation.csv", table, float_format="%.5f")
+    write_csv(out / "ablation_seeds.csv", runs, float_format="%.5f")
     lines = [
         table.to_markdown(index=False, floatfmt=".4f"),
         "",
-        'Share of the true names\' gain over "class N" that discovered names recover: '
+        'Share of the true names\' gain over "class N" that discovered names recover'
+        + (f" (means over {len(seeds)} seeds)" if len(seeds) > 1 else "")
+        + ": "
         + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()),
     ]
+    if len(seeds) > 1:
+        lines += [
+            "Per seed, cv_mean_f1: " + ", ".join(f"seed {s} {v:.0%}" for s, v in zip(seeds, per_seed)),
+            "",
+            runs.pivot(index="seed", columns="names", values="cv_mean_f1")[list(MODES)].to_markdown(floatfmt=".4f"),
+        ]
     if matched is not None:
         lines.append(f"Display names that are the true name or a generator synonym: {matched} of {len(names)}")
     lines += ["", names.to_markdown(index=False)]
@@ -187,7 +226,10 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
     if args.ablation:
         zs_cfg = cfglib.load_config(args.zeroshot_config)
         folds = [int(k) for k in args.zeroshot_folds.split(",")] if args.zeroshot_folds else None
-        run_names_ablation(paths, cfg, Path(args.config), zs_cfg, model=args.model, quiet=quiet, zeroshot_folds=folds)
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        run_names_ablation(
+            paths, cfg, Path(args.config), zs_cfg, model=args.model, quiet=quiet, zeroshot_folds=folds, seeds=seeds
+        )
         return 0
     table = discovered_table(paths, cfg, quiet)
     print(table.to_string(index=False))
