@@ -388,8 +388,19 @@ def _add_names_command(sub) -> None:
     p.add_argument(
         "--seeds",
         default=None,
+        type=_int_list,
         help="the model's seeds, e.g. 42,43,44: shares from the means (default: the config's seed)",
     )
+
+
+def _int_list(text: str) -> list[int]:
+    """``42,43,44`` -> [42, 43, 44]; argparse names the option when a part is not a whole number."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 42,43,44"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ def discovered_table(paths, cfg: dict, quiet: bool | None) -> pd.DataFrame:
     return table
 
 
+def _pipeline_seed(cfg: dict) -> int:
+    return int(cfg.get("seed", 42))  # the schema's default seed
+
+
 def _reads_names(model_cfg: dict) -> bool:
     settings = cfglib.resolve_model(model_cfg)
     return settings.kind == "net" and needs_class_text(settings)
@@ -82,7 +86,7 @@ def _train(
     paths, cfg: dict, config_path: Path, model: str, label: str, quiet: bool | None, seed: int | None = None
 ) -> dict:
     mode = MODES[label]
-    base_seed = cfg.get("seed", 42)
+    base_seed = _pipeline_seed(cfg)
     seed = base_seed if seed is None else seed
     mcfg = cfglib.deep_merge(_with_mode(cfg, mode), {"seed": seed})
     name, model_cfg = next(iter(select_models(mcfg, config_path, [model]).items()))
@@ -170,7 +174,7 @@ def run_names_ablation(
     if model is None:
         raise ValueError(f"{config_path} lists no label-query model: name one with --model")
     # Every model first, then every zero-shot evaluation: the headline column comes in first.
-    seeds = list(seeds) if seeds else [int(cfg.get("seed", 42))]
+    seeds = list(seeds) if seeds else [_pipeline_seed(cfg)]
     runs = []
     for label in MODES:
         for seed in seeds:
@@ -226,9 +230,8 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
     if args.ablation:
         zs_cfg = cfglib.load_config(args.zeroshot_config)
         folds = [int(k) for k in args.zeroshot_folds.split(",")] if args.zeroshot_folds else None
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         run_names_ablation(
-            paths, cfg, Path(args.config), zs_cfg, model=args.model, quiet=quiet, zeroshot_folds=folds, seeds=seeds
+            paths, cfg, Path(args.config), zs_cfg, model=args.model, quiet=quiet, zeroshot_folds=folds, seeds=args.seeds
         )
         return 0
     table = discovered_table(paths, cfg, quiet)
