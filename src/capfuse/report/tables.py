@@ -21,6 +21,24 @@ from capfuse.metrics import mean_sample_f1
 _WORD = re.compile(r"[a-z0-9']+")
 
 
+def markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """The table as GitHub markdown, index left out; an empty cell for a missing value.
+
+    Written here rather than through `DataFrame.to_markdown`, which needs the optional `tabulate`
+    package that a fresh install from requirements.txt does not have.
+    """
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            return ""
+        return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)
+
+    cols = [str(c) for c in table.columns]
+    head = "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|\n"
+    rows = table.astype(object).itertuples(index=False, name=None)
+    return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in rows)
+
+
 def class_frequencies(Y: np.ndarray, class_ids: Sequence[int], names: Sequence[str]) -> pd.DataFrame:
     """One row per class: id, name, positives and their share of the rows, most frequent first."""
     Y = np.asarray(Y, dtype=bool)

@@ -35,6 +35,7 @@ from capfuse.ensemble.second_level import (
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.features.store import FeatureStore
 from capfuse.metrics import gap_at_k
+from capfuse.report.tables import markdown
 from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.pseudo import PseudoSettings
 from capfuse.training.rounds import pseudo_rounds
@@ -228,14 +229,7 @@ def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
 def markdown_table(table: pd.DataFrame) -> str:
     """The table as GitHub markdown, for the README and the report."""
     cols = ["variant", "group", "change", "score", "mean_f1", "delta", "map", "gap_at_10", "minutes"]
-    head = "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|\n"
-
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return ""
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    return head + "".join("| " + " | ".join(cell(r[c]) for c in cols) + " |\n" for _, r in table.iterrows())
+    return markdown(table[cols], floatfmt=".3f")
 
 
 def cli(args, paths, cfg: dict, quiet: bool) -> int:

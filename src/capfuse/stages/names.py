@@ -34,6 +34,7 @@ from capfuse.data.demo.captions import NOUNS
 from capfuse.data.names import DISCOVERED_FILE, names_frame
 from capfuse.features.store import FeatureStore
 from capfuse.nn.fusion import needs_class_text
+from capfuse.report.tables import markdown
 from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.selection import select_models
 from capfuse.utils.io import write_csv, write_text
@@ -203,7 +204,7 @@ def run_names_ablation(
     write_csv(out / "ablation.csv", table, float_format="%.5f")
     write_csv(out / "ablation_seeds.csv", runs, float_format="%.5f")
     lines = [
-        table.to_markdown(index=False, floatfmt=".4f"),
+        markdown(table),
         "",
         'Share of the true names\' gain over "class N" that discovered names recover'
         + (f" (means over {len(seeds)} seeds)" if len(seeds) > 1 else "")
@@ -214,11 +215,11 @@ def run_names_ablation(
         lines += [
             "Per seed, cv_mean_f1: " + ", ".join(f"seed {s} {v:.0%}" for s, v in zip(seeds, per_seed)),
             "",
-            runs.pivot(index="seed", columns="names", values="cv_mean_f1")[list(MODES)].to_markdown(floatfmt=".4f"),
+            markdown(runs.pivot(index="seed", columns="names", values="cv_mean_f1")[list(MODES)].reset_index()),
         ]
     if matched is not None:
         lines.append(f"Display names that are the true name or a generator synonym: {matched} of {len(names)}")
-    lines += ["", names.to_markdown(index=False)]
+    lines += ["", markdown(names)]
     text = "\n".join(lines) + "\n"
     write_text(out / "ablation.md", text)
     print(text)
