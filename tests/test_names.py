@@ -69,6 +69,15 @@ def test_discovered_names_are_each_class_s_own_words_and_deterministic():
     assert discover_names(list(captions), Y.copy(), ids) == found
 
 
+def test_a_word_said_only_inside_a_compound_is_not_a_term_of_its_own():
+    captions, Y, ids = synthetic()
+    # Class 2's second word becomes "double decker": "double" and "decker" are never said alone.
+    found = {f.id: f for f in discover_names([c.replace("kitten", "double decker") for c in captions], Y, ids)}
+    assert "double decker" in found[2].terms
+    assert not {"double", "decker"} & set(found[2].terms)
+    assert "hydrant" in found[4].terms  # said alone as well as inside "fire hydrant": it stays
+
+
 def test_a_class_its_captions_never_set_apart_keeps_a_number():
     captions = ["a dog", "a cat", "a dog", "a cat"] * 5
     Y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 1]] * 5, np.uint8)  # class 3: half of each

@@ -476,3 +476,11 @@ def test_capfuse_faulty_keeps_a_foreign_folder_and_replaces_its_own(tmp_path, ca
     (faulty / "extra.txt").write_text("left by a run")
     assert main(["faulty", "--data", str(faulty)]) == 0  # its own folder is rewritten
     assert not (faulty / "extra.txt").exists()
+
+
+def test_last_rounds_stack_each_models_final_round_in_its_place():
+    cfg = {"models": ["img_lr", "cap_lr"], "ensemble": {"models": "all", "rounds": "last"}}
+    assert choose_base_models(cfg, {**TRAINED, "img_lr@r10": {}}) == ["cap_lr", "img_lr@r10"]
+    assert choose_base_models(cfg, TRAINED) == ["cap_lr", "img_lr@r2"]
+    with pytest.raises(ValueError, match="ensemble.rounds"):
+        choose_base_models({**cfg, "ensemble": {"rounds": "best"}}, TRAINED)

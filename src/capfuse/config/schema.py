@@ -88,6 +88,7 @@ class ThresholdSettings:
 
 
 CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
+ENSEMBLE_ROUNDS = ("all", "last")
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,17 @@ class EnsembleSettings:
     """``ensemble:``: which trained models feed the second level, and which candidates compete."""
 
     models: str | tuple[str, ...] = "all"  # all, or a list of model names
+    # With ``models: all``, which of a model's pseudo-label rounds enter: every one beside the
+    # model (all), or only its last round, in place of the model and the earlier rounds (last).
+    rounds: str = "all"
     candidates: tuple[str, ...] = CANDIDATES
     # LightGBM parameters of the stacker (defaults: capfuse.ensemble.stack.DEFAULT_PARAMS), plus
     # ``num_rounds`` and ``init`` (blend or constant).
     stack: Mapping = field(default_factory=dict, metadata={"check": "stack"})
+
+    def __post_init__(self) -> None:
+        if self.rounds not in ENSEMBLE_ROUNDS:
+            raise ValueError(f"ensemble.rounds must be one of {ENSEMBLE_ROUNDS}, got {self.rounds!r}")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import pandas as pd
 from scipy import sparse
 
 # Bump when the terms or scores a set of rows gives change, so runs that used them retrain.
-DISCOVERY_VERSION = 1
+DISCOVERY_VERSION = 2
 
 # Function words and caption boilerplate ("a photo of", "there is", "next to"): frequent in
 # every class, so they would only ever win by chance in a small class.
@@ -245,6 +245,20 @@ def cohesive_phrases(X: sparse.spmatrix, vocab: list[str]) -> set[str]:
     return out
 
 
+def subsumed_words(X: sparse.spmatrix, vocab: list[str], compounds: set[str], share: float = 0.9) -> set[str]:
+    """Words said almost only inside one compound ("decker" in "double decker", "push" in "push
+    bike"): as a term they repeat the compound, and as a prompt ("a photo of a decker.") they
+    name nothing. A word also said alone ("hydrant" beside "fire hydrant") stays."""
+    df = np.asarray(X.sum(0)).ravel()
+    index = {t: j for j, t in enumerate(vocab)}
+    out = set()
+    for phrase in compounds:
+        for word in phrase.split():
+            if word in index and df[index[phrase]] >= share * df[index[word]]:
+                out.add(word)
+    return out
+
+
 def display_name(ranked: list[tuple[str, float]], ratio: float, compounds: set[str]) -> str | None:
     """The top term, or a compound it ends that scores nearly as well ("hydrant" -> "fire hydrant").
 
@@ -279,7 +293,8 @@ def discover_names(
     # Words and compounds only: "large airplane" or "old fire" (from "an old fire hydrant") add
     # nothing that their words do not say, and would crowd a class's terms with variants.
     compounds = cohesive_phrases(X, vocab)
-    keep = [j for j, t in enumerate(vocab) if " " not in t or t in compounds]
+    inside = subsumed_words(X, vocab, compounds)
+    keep = [j for j, t in enumerate(vocab) if (" " not in t and t not in inside) or t in compounds]
     X, vocab, placed = X[:, keep], [vocab[j] for j in keep], placed[keep]
     if not vocab:
         return [ClassTerms(int(c), f"class {c}", (), ()) for c in class_ids]

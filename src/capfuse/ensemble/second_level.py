@@ -71,13 +71,20 @@ def config_models(cfg: dict) -> list[str]:
 
 def pipeline_models(cfg: dict, trained: dict[str, dict]) -> list[str]:
     """The config's own models found in ``trained``, with the pseudo-label rounds ``name@r<k>``
-    the train stage made of them.
+    the train stage made of them (``ensemble.rounds: last``: only each model's last round, in
+    place of the model).
 
     ``runs/<dataset>/`` also holds whatever other configs trained there before; those are not
     this pipeline's, and a submission must not depend on what happens to lie in the folder.
     """
     names = config_models(cfg)
     rounds = [m for m in trained if m.partition("@")[0] in names and ROUND.fullmatch(m.partition("@")[2])]
+    if resolve(cfg).ensemble.rounds == "last":
+        # A round learnt from its producer's labels and then some: it stands in for the chain.
+        last = {}
+        for m in sorted(rounds, key=lambda m: int(m.partition("@")[2][1:])):
+            last[m.partition("@")[0]] = m
+        return sorted({*(m for m in names if m in trained and m not in last), *last.values()})
     return sorted({*(m for m in names if m in trained), *rounds})
 
 
