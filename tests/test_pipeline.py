@@ -77,7 +77,9 @@ def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     folds = pd.read_csv(root / "folds" / "tiny.csv", dtype={"ImageID": str})
     import yaml
 
-    models = yaml.safe_load(CONFIG.read_text())["models"]
+    # The config's models and their pseudo-label rounds (name@rK), as the second level read them.
+    models = manifest["models"]
+    assert set(yaml.safe_load(CONFIG.read_text())["models"]) <= set(models)
     for model in models:
         oof = pd.read_csv(root / "runs" / "tiny" / model / "oof_logits.csv", dtype={"ImageID": str})
         assert sorted(oof["ImageID"]) == sorted(folds["ImageID"])
