@@ -11,9 +11,11 @@ The score of term ``t`` for class ``c`` is the z-score of the smoothed log-odds 
 presence among the rows labelled ``c`` against the rows without it (Monroe, Colaresi and Quinn's
 "Fightin' words" statistic): a log-odds ratio alone ranks a word seen five times, always with
 ``c``, above the word most of ``c``'s captions use; dividing by its standard error prefers the
-common one, which is what a name should be. Two things are down-weighted:
+common one, which is what a name should be. Three things are left out or down-weighted:
 
 * stop words and words of fewer than ``min_rows`` rows never become terms;
+* a word said almost only inside one compound ("decker" in "double decker") is no term of its
+  own: the compound already says it;
 * a term specific to several classes ("vehicle" with car, truck and bus; "riding" with person,
   horse and bicycle; "man" with the classes people ride) loses ``rival_weight`` times its best
   score for any other class, so it ranks below the words that tell the classes apart.
