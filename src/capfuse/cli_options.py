@@ -1,7 +1,7 @@
 """The ``capfuse`` command line's options: every subcommand's arguments, their defaults and help.
 
-Apart from the routing in `capfuse.cli` because options change with each new flag, routing only
-with a new command. Imports nothing heavy: `capfuse --help` stays instant.
+Kept apart from the routing in `capfuse.cli`: options change with every new flag, the routing
+only with a new command. Imports nothing heavy, so `capfuse --help` stays instant.
 """
 
 from __future__ import annotations
@@ -237,7 +237,10 @@ def _add_names_command(sub) -> None:
     p.add_argument("--model", default=None, help="the label-query model to compare (default: the config's first)")
     p.add_argument("--zeroshot-config", default=ZEROSHOT_CONFIG, help="zero-shot settings for the comparison")
     p.add_argument(
-        "--zeroshot-folds", default=None, help="held-out folds of the zero-shot rows, e.g. 0 (default: the config's)"
+        "--zeroshot-folds",
+        default=None,
+        type=_int_list,
+        help="held-out folds of the zero-shot rows, e.g. 0 or 0,1 (default: the config's)",
     )
     p.add_argument(
         "--seeds",
@@ -252,6 +255,4 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of whole numbers, e.g. 42,43,44"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None

@@ -230,9 +230,15 @@ def run_names_ablation(
 def cli(args, paths, cfg: dict, quiet: bool) -> int:
     if args.ablation:
         zs_cfg = cfglib.load_config(args.zeroshot_config)
-        folds = [int(k) for k in args.zeroshot_folds.split(",")] if args.zeroshot_folds else None
         run_names_ablation(
-            paths, cfg, Path(args.config), zs_cfg, model=args.model, quiet=quiet, zeroshot_folds=folds, seeds=args.seeds
+            paths,
+            cfg,
+            Path(args.config),
+            zs_cfg,
+            model=args.model,
+            quiet=quiet,
+            zeroshot_folds=args.zeroshot_folds,
+            seeds=args.seeds,
         )
         return 0
     table = discovered_table(paths, cfg, quiet)
