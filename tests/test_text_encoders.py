@@ -176,6 +176,23 @@ def test_glove_features_pool_known_words_and_zero_unknown():
     np.testing.assert_allclose(pooled[3], (vectors[index["dog"]] + vectors[index["cat"]]) / 2, atol=1e-6)
 
 
+def test_glove_caption_features_are_looked_up_not_cached(tmp_path):
+    """Every caller (training rows, an unlabelled folder, a deployed predictor) gets GloVe's
+    features from the one lookup, and their checksum follows the captions and max_len."""
+    captions = ["a dog on a bench", "two cats"]
+    spec = TextEncoderSpec(name="glove", max_len=8)
+    got = tf.caption_features(captions, spec, tmp_path, key="all", quiet=True)
+    pooled, tokens, mask = glove.glove_features(captions, 8)
+    np.testing.assert_array_equal(got["pooled"], pooled)
+    np.testing.assert_array_equal(got["tokens"], tokens)
+    np.testing.assert_array_equal(got["mask"], mask)
+    assert not list(tmp_path.iterdir())  # nothing written
+    again = tf.caption_features(captions, spec, tmp_path, key="unlabelled", quiet=True)
+    assert again["checksum"] == got["checksum"]
+    assert tf.caption_features(captions[:1], spec, tmp_path, key="all")["checksum"] != got["checksum"]
+    assert tf.caption_features(captions, replace(spec, max_len=4), tmp_path, key="all")["checksum"] != got["checksum"]
+
+
 def test_label_text_embeddings_match_captions(minilm):
     model, tokenizer, _ = minilm
     labels = te.label_text_embeddings(["dog", "bus", "traffic_light"], model, tokenizer)

@@ -22,13 +22,12 @@ from capfuse.bundle.export import BUNDLE_FILE, FORMAT
 from capfuse.bundle.inputs import Rows, read_test_folder, stage_inputs
 from capfuse.config.schema import resolve_model
 from capfuse.data.logits import logits_frame
-from capfuse.encoders.registry import caption_entry
 from capfuse.ensemble.blend import apply_weights, mean_blend
 from capfuse.ensemble.decision import apply_threshold
 from capfuse.ensemble.stack import stack_predict
 from capfuse.features.image import embed_image_views
 from capfuse.features.store import flip_views, image_outputs, pooled_output
-from capfuse.features.text import embed_captions
+from capfuse.features.text import caption_features
 from capfuse.models import MODELS
 from capfuse.models.cached import CachedViews
 from capfuse.submission import predictions_to_frame
@@ -189,12 +188,7 @@ class Predictor:
         captions = {}
         for m in self.models.values():
             if m.kind == "net" and "caption" in m.inputs and m.caption_encoder not in captions:
-                entry = caption_entry(m.caption_encoder.name)
-                if entry.lookup is not None:  # a word table (GloVe): looked up, as FeatureStore does
-                    pooled, tokens, mask = entry.lookup(rows.captions, m.caption_encoder.max_len)
-                    captions[m.caption_encoder] = {"pooled": pooled, "tokens": tokens, "mask": mask}
-                    continue
-                captions[m.caption_encoder] = embed_captions(
+                captions[m.caption_encoder] = caption_features(
                     rows.captions, m.caption_encoder, cache, key="predict", quiet=self.quiet
                 )
         return {"images": images, "captions": captions}

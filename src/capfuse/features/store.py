@@ -18,7 +18,6 @@ import numpy as np
 from capfuse.config.schema import ModelSettings, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.data.names import DISCOVERY_VERSION
-from capfuse.encoders.registry import caption_entry
 from capfuse.features.image import (
     CalibrationImages,
     ImageEncoderSpec,
@@ -26,7 +25,7 @@ from capfuse.features.image import (
     inputs_checksum,
     mid_output,
 )
-from capfuse.features.text import embed_captions
+from capfuse.features.text import caption_features
 from capfuse.features.tfidf import fit_tfidf, tfidf_state
 from capfuse.nn.fusion import needs_class_text
 from capfuse.utils.io import remove_stale_tmp
@@ -79,7 +78,7 @@ def _embed_images(data_dir, ids, ok, requests: list, cache, **kw) -> dict:
 
 def _embed_captions(captions, spec, cache, *, key: str, **kw) -> dict:
     with timed(f"embed {spec.name} captions ({key})"):
-        return embed_captions(captions, spec, cache, key=key, **kw)
+        return caption_features(captions, spec, cache, key=key, **kw)
 
 
 class RowConcat:
@@ -194,14 +193,7 @@ class FeatureStore:
         if key not in self._caption:
             v = self.ds.val
             captions = list(v.train["Caption"]) + list(v.test["Caption"])
-            entry = caption_entry(spec.name)
-            if entry.lookup is not None:
-                # A table lookup: faster to redo than to cache.
-                pooled, tokens, mask = entry.lookup(captions, spec.max_len)
-                checksum = _hash_text(spec.name, entry.source, spec.max_len, captions)
-                self._caption[key] = {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": checksum}
-            else:
-                self._caption[key] = _embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
+            self._caption[key] = _embed_captions(captions, spec, self.ds.paths.cache, key="all", quiet=self.quiet)
         return self._caption[key]
 
     def for_net(self, model_cfg: dict | ModelSettings, parts: list) -> dict:
@@ -265,17 +257,7 @@ class FeatureStore:
                 parts.append(got[(spec, view)]["checksum"])
         if "caption" in inputs:
             spec = m.caption_encoder
-            entry = caption_entry(spec.name)
-            if entry.lookup is not None:
-                pooled, tokens, mask = entry.lookup(captions, spec.max_len)
-                cap = {
-                    "pooled": pooled,
-                    "tokens": tokens,
-                    "mask": mask,
-                    "checksum": _hash_text(f"{spec.name}-extra", captions),
-                }
-            else:
-                cap = _embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
+            cap = _embed_captions(captions, spec, self.ds.paths.cache, key="unlabelled", quiet=self.quiet)
             # Captions do not flip: one concatenation serves every view.
             joined = {
                 k: RowConcat(views["orig"][k], cap[name])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capfuse.encoders.registry import build_caption
+from capfuse.encoders.registry import build_caption, caption_entry
 from capfuse.encoders.runtime import TextRunner
 from capfuse.encoders.text import TextEncoderSpec, encode, text_encoder_sources
 from capfuse.encoders.weights import state_dict_sha256
@@ -65,6 +65,24 @@ def caption_runner(model, tokenizer, spec: TextEncoderSpec, export_dir: Path) ->
     names = tuple(tokenizer(["a"], return_tensors="np").keys())
     # Keyed by the weights' checksum: a re-saved model under the same name is exported again.
     return TextRunner(model, names, export_dir, f"txt-{model.config.model_type}-{state_dict_sha256(model)[:16]}")
+
+
+def caption_features(
+    captions: list[str], spec: TextEncoderSpec, cache_dir: Path, *, key: str, quiet: bool | None = None
+) -> dict:
+    """What a model reads of these captions: ``tokens``, ``mask``, ``pooled`` and ``checksum``.
+
+    A word table (GloVe) is looked up: faster to redo than to cache, so nothing is written. A
+    transformer's states come from the cache under ``key`` (``embed_captions``).
+    """
+    entry = caption_entry(spec.name)
+    if entry.lookup is None:
+        return embed_captions(captions, spec, cache_dir, key=key, quiet=quiet)
+    pooled, tokens, mask = entry.lookup(captions, spec.max_len)
+    h = hashlib.sha256()  # the repr of each part, as the training path's fingerprints always had it
+    for part in (spec.name, entry.source, spec.max_len, captions):
+        h.update(repr(part).encode())
+    return {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": h.hexdigest()}
 
 
 def embed_captions(
