@@ -2,9 +2,9 @@
 
 For every model kind the trainer runs twice on the same features: once with the true labels,
 once with fold 0's label sets shuffled among fold 0's rows. Fold 0's OOF logits must be
-bit-for-bit the same: no epoch choice, early stop, class prior, context map or pseudo-label
-read them. The other folds train on fold 0's rows, so their logits may (and do) move, which
-shows the shuffle is real. Label-ratio mode gets the same test for the rows meant to be
+bit-for-bit the same: no epoch choice, early stop, logit calibration, class prior, context map
+or pseudo-label read them. The other folds train on fold 0's rows, so their logits may (and do)
+move, which shows the shuffle is real. Label-ratio mode gets the same test for the rows meant to be
 unlabelled.
 """
 
@@ -89,6 +89,7 @@ CONFIGS = {
     "net_refit": net_cfg(train={"early_stop": "refit"}),
     "net_no_stop": net_cfg(train={"early_stop": "none", "epochs": 3}),
     "net_stop_on_loss": net_cfg(train={"stop_metric": "loss"}),
+    "net_calibrated": net_cfg(train={"calibrate": True, "loss": {"name": "asl"}}),
     "fusion_label_query": net_cfg(fusion={"label_query": {"enabled": True}}, aux={"align_weight": 0.1}),
     "fusion_contexts": net_cfg(aux={"context_weight": 0.2, "n_contexts": 2}),
 }

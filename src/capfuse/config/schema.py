@@ -268,6 +268,11 @@ class TrainSettings:
     eval_batch_size: int = 256
     # paper (a): log-inverse-frequency class weights; a mapping ``{name: <loss>, <its parameters>}``
     loss: dict = field(default_factory=lambda: {"name": "weighted_bce"}, metadata={"check": "loss"})
+    # After training, fit a scale and a shift of the logits (Platt scaling, two numbers for all
+    # classes) on the inner stopping rows, which are training rows: a loss that is not a log-loss
+    # (asl, tempered_bce) leaves probabilities the log-loss weighted blend misreads, so such a
+    # model is put on the same scale as the others before the second level sees it.
+    calibrate: bool = False
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
@@ -282,6 +287,11 @@ class TrainSettings:
             raise ValueError(f"train.batch_grow_rows must be >= 0 (0: off), got {out.batch_grow_rows}")
         if out.stop_metric not in ("f1", "loss"):
             raise ValueError(f"train.stop_metric must be 'f1' or 'loss', got {out.stop_metric!r}")
+        if out.calibrate and out.early_stop != "inner":
+            raise ValueError(
+                f"train.calibrate fits on the inner stopping rows, which early_stop: {out.early_stop} "
+                "does not keep out of the final model; use early_stop: inner"
+            )
         if out.early_stop != "none" and not 0.0 < out.inner_frac < 0.5:
             raise ValueError(f"train.inner_frac must lie in (0, 0.5), got {out.inner_frac}")
         return out

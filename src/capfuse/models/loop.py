@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from capfuse.models.base import FoldOutput
 from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split, val_score
+from capfuse.nn.calibration import calibrate_net
 from capfuse.utils.io import atomic_path
 from capfuse.utils.log import log, progress
 
@@ -201,6 +202,13 @@ def train_epochs(
     if world > 1:
         torch.distributed.barrier()  # rank 0 has written best.safetensors
     _unwrap(net).load_state_dict(load_file(str(fold_dir / "best.safetensors")))
+    calibration = None
+    if s.calibrate and stop_rows is not None and is_main:
+        # On the stopping rows (training rows), after every epoch choice: the held-out fold
+        # still meets the model only below.
+        calibration = calibrate_net(_unwrap(net), predict(stop_rows), Y[stop_rows])
+        if calibration is not None:
+            _save_safetensors(fold_dir / "best.safetensors", _unwrap(net).state_dict())
     empty = np.zeros((0, Y.shape[1]), np.float32)
     # The first and only time the held-out rows meet the model: after every choice is made.
     val_logits = predict(va) if is_main and len(va) else empty
@@ -218,6 +226,8 @@ def train_epochs(
     }
     if stop_rows is not None:
         info["best_stop_mean_f1"] = round(float(best), 5)
+    if calibration is not None:
+        info["logit_scale"], info["logit_shift"] = (round(v, 5) for v in calibration)
     extra = predict(extra_rows) if is_main and extra_rows is not None and len(extra_rows) else None
     return FoldOutput(val_logits, test_logits, info, extra)
 

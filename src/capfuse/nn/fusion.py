@@ -130,6 +130,10 @@ class CapFuseNet(nn.Module):
         both = len(self.inputs) == 2
         lq = fusion.label_query
         self.aux = settings.aux
+        if settings.train.calibrate:
+            # [scale, shift] of the output logits: identity while training, then fitted on the
+            # stopping rows (capfuse.nn.calibration); a buffer, so checkpoints and bundles keep it.
+            self.register_buffer("logit_affine", torch.tensor([1.0, 0.0]))
         self.use_logit_fusion = both and fusion.logit_fusion
         # Without logit fusion to weigh it against other branches, the label-query head is the classifier.
         self.lq_only = lq is not None and not self.use_logit_fusion
@@ -305,6 +309,8 @@ class CapFuseNet(nn.Module):
                 loss = loss + weight_ * value
             out["aux_losses"] = {key: value for key, (_, value) in aux.items()}
             out["loss"] = loss
+        if hasattr(self, "logit_affine"):  # after the loss, which trains the raw logits
+            out["logits"] = out["logits"] * self.logit_affine[0] + self.logit_affine[1]
         return out
 
 
