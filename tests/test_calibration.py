@@ -8,13 +8,13 @@ import json
 
 import numpy as np
 import pytest
-from test_honest_oof import C, K, N, dataset, net_cfg, train
 
 from capfuse.ensemble.blend import fit_weighted_blend
 from capfuse.models.cached import CachedViews
 from capfuse.models.net import NetModel
 from capfuse.nn.calibration import fit_platt
 from capfuse.utils.numeric import sigmoid
+from test_honest_oof import C, K, dataset, net_cfg, train
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +72,27 @@ def test_the_blend_weighs_a_calibrated_model_by_what_it_knows():
     scale, shift = fit_platt(shifted, y)
     w_cal = fit_weighted_blend(y, [sigmoid(scale * shifted + shift), sigmoid(weak)])
     assert w_shifted[0] < 0.5 < w_cal[0]
+
+
+def test_a_resumed_fold_calibrates_the_raw_logits_again():
+    """Weights saved after an earlier calibration (a run killed before its fold finished) come
+    back with a fitted scale and shift; the fit starts from the identity, not on top of them."""
+    import torch
+
+    from capfuse.nn.calibration import calibrate_net
+    from capfuse.nn.fusion import build_net
+
+    dims = {"img_pooled": 8, "img_tokens": 8, "cap_pooled": 6, "cap_tokens": 6}
+    net = build_net(net_cfg(train={"calibrate": True}), dims, C)
+    net.logit_affine.copy_(torch.tensor([3.0, -2.0]))  # as loaded from a calibrated checkpoint
+    seen = []
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(200, C)), (rng.random((200, C)) < 0.3).astype(np.uint8)
+
+    def raw():
+        seen.append(net.logit_affine.tolist())
+        return z
+
+    assert calibrate_net(net, raw, y) == pytest.approx(fit_platt(z, y))
+    assert seen == [[1.0, 0.0]]
+    assert calibrate_net(torch.nn.Linear(2, 2), raw, y) is None  # calibrate off: nothing to fit

@@ -206,7 +206,7 @@ def train_epochs(
     if s.calibrate and stop_rows is not None and is_main:
         # On the stopping rows (training rows), after every epoch choice: the held-out fold
         # still meets the model only below.
-        calibration = calibrate_net(_unwrap(net), predict(stop_rows), Y[stop_rows])
+        calibration = calibrate_net(_unwrap(net), lambda: predict(stop_rows), Y[stop_rows])
         if calibration is not None:
             _save_safetensors(fold_dir / "best.safetensors", _unwrap(net).state_dict())
     empty = np.zeros((0, Y.shape[1]), np.float32)

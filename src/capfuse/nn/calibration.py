@@ -10,6 +10,8 @@ classes a few hundred rows fit them without overfitting rare classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from scipy.optimize import minimize
@@ -35,17 +37,21 @@ def fit_platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(res.x[0]), float(res.x[1])
 
 
-def calibrate_net(net: torch.nn.Module, logits: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
-    """Fit the net's ``logit_affine`` buffer on the raw ``logits`` of rows with targets ``y``; None
-    when the net has no such buffer (``train.calibrate`` off)."""
+def calibrate_net(
+    net: torch.nn.Module, raw_logits: Callable[[], np.ndarray], y: np.ndarray
+) -> tuple[float, float] | None:
+    """Fit the net's ``logit_affine`` buffer on ``raw_logits()`` (the net's logits for the rows
+    whose 0/1 targets are ``y``, called once the buffer is back to the identity); None when the
+    net has no such buffer (``train.calibrate`` off)."""
     affine = getattr(net, "logit_affine", None)
     if affine is None:
         head = getattr(net, "head", None)  # a trained top stage wraps the fusion net
         affine = getattr(head, "logit_affine", None)
     if affine is None:
         return None
-    if not torch.equal(affine, torch.tensor([1.0, 0.0], device=affine.device)):
-        raise RuntimeError("logit_affine is already fitted: calibrate the raw logits only once")
-    scale, shift = fit_platt(logits, y)
+    # From the identity, whatever the weights were loaded with: a run resumed after an earlier
+    # calibration was saved fits on the raw logits again, not on calibrated ones.
+    affine.copy_(torch.tensor([1.0, 0.0], dtype=affine.dtype))
+    scale, shift = fit_platt(raw_logits(), y)
     affine.copy_(torch.tensor([scale, shift], dtype=affine.dtype))
     return scale, shift
