@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from capfuse.utils.numeric import sigmoid
+
 
 def fit_platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """``(scale, shift)`` minimising the mean log-loss of ``sigmoid(scale * logits + shift)``
@@ -30,7 +32,7 @@ def fit_platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         u = a * z + b
         # log(1 + e^u) - t u, computed stably; its gradient in u is sigmoid(u) - t.
         value = np.logaddexp(0.0, u) - t * u
-        g = 1.0 / (1.0 + np.exp(-u)) - t
+        g = sigmoid(u) - t
         return float(value.mean()), np.array([(g * z).mean(), g.mean()])
 
     res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-3, None), (None, None)])
