@@ -10,7 +10,6 @@ finds them and a changed image or caption rebuilds only what it invalidates.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +27,11 @@ from capfuse.features.image import (
 from capfuse.features.text import caption_features
 from capfuse.features.tfidf import fit_tfidf, tfidf_state
 from capfuse.nn.fusion import needs_class_text
-from capfuse.utils.io import remove_stale_tmp
+from capfuse.utils.io import remove_stale_tmp, sha256_reprs
 from capfuse.utils.timing import timed
 
 # Every function here takes a model config (a dict) or its resolved settings (ModelSettings);
 # the encoders' defaults are the schema's (capfuse.config.schema).
-
-
-def _hash_text(*parts) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(repr(part).encode())
-    return h.hexdigest()
 
 
 def pooled_output(model_cfg: dict | ModelSettings) -> str:
@@ -321,7 +313,7 @@ class FeatureStore:
                 parts.append(feats["class_names"])
                 if "class_discovery" in feats:
                     parts.append(f"discovered:v{DISCOVERY_VERSION}:{names.settings}")
-        feats["fingerprint"] = _hash_text(*parts)
+        feats["fingerprint"] = sha256_reprs(*parts)
         return feats
 
 

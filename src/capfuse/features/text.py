@@ -21,7 +21,7 @@ from capfuse.encoders.registry import build_caption, caption_entry
 from capfuse.encoders.runtime import TextRunner
 from capfuse.encoders.text import TextEncoderSpec, encode, text_encoder_sources
 from capfuse.encoders.weights import state_dict_sha256
-from capfuse.utils.io import allocate_npy, atomic_path, read_json, write_json
+from capfuse.utils.io import allocate_npy, atomic_path, read_json, sha256_reprs, write_json
 from capfuse.utils.log import log, progress
 
 PARTS = ("tokens", "mask", "pooled")
@@ -79,10 +79,8 @@ def caption_features(
     if entry.lookup is None:
         return embed_captions(captions, spec, cache_dir, key=key, quiet=quiet)
     pooled, tokens, mask = entry.lookup(captions, spec.max_len)
-    h = hashlib.sha256()  # the repr of each part, as the training path's fingerprints always had it
-    for part in (spec.name, entry.source, spec.max_len, captions):
-        h.update(repr(part).encode())
-    return {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": h.hexdigest()}
+    checksum = sha256_reprs(spec.name, entry.source, spec.max_len, captions)
+    return {"pooled": pooled, "tokens": tokens, "mask": mask, "checksum": checksum}
 
 
 def embed_captions(

@@ -298,6 +298,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_reprs(*parts: Any) -> str:
+    """sha256 over each part's ``repr`` in order: the key of values that have no file (a config,
+    a list of captions) in run fingerprints and feature checksums."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode())
+    return h.hexdigest()
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
