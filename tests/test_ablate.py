@@ -45,7 +45,7 @@ def test_the_repo_ablation_config_resolves_every_variant():
     assert by_name["fusion_tsig"]["model"]["train"]["loss"]["name"] == "tempered_bce"
     assert by_name["fusion_concat"]["model"]["fusion"]["cross_attention"] is False
     # A variant that is exactly a pipeline model shares its run; a derived one gets its own name.
-    assert by_name["fusion_lq_orig"]["shared"] and by_name["fusion_lq_orig"]["model"]["name"] == "fusion_lq_orig"
+    assert by_name["cap_net"]["shared"] and by_name["cap_net"]["model"]["name"] == "cap_net"
     assert not by_name["loss_bce"]["shared"] and by_name["loss_bce"]["model"]["name"] == "loss_bce"
     # A registered config outside the pipeline's list must not land where `make stack` takes every model.
     assert not by_name["fusion_ctx"]["shared"] and by_name["fusion_ctx"]["model"]["name"] == "fusion_ctx"
