@@ -66,7 +66,10 @@ def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     assert {"folds", "train", "stack", "thresholds", "submit"} <= stages
     assert any(name.startswith("embed ") for name in stages)  # the encoders' passes are rows of their own
     folds = timings.dropna(subset=["fold"])
-    assert set(folds["model"]) == set(manifest["models"]) and (folds.groupby("model").size() == 3).all()
+    # Every model the submission stands on has its folds timed, and so has the round 0 of a
+    # pseudo-label round that takes its model's place (the default's `ensemble.rounds: last`).
+    trained = set(manifest["models"]) | {m.split("@")[0] for m in manifest["models"]}
+    assert set(folds["model"]) == trained and (folds.groupby("model").size() == 3).all()
     assert (timings[["wall_s", "cpu_s", "peak_rss_mb"]] >= 0).all().all() and (timings["peak_rss_mb"] > 0).all()
     assert set(stacked["candidates"]) == {"best_single", "mean_blend", "weighted_blend", "stack"}
     cut = read_json(root / "runs" / "tiny" / "ensemble" / "thresholds.json")
@@ -77,17 +80,18 @@ def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     folds = pd.read_csv(root / "folds" / "tiny.csv", dtype={"ImageID": str})
     import yaml
 
-    # The config's models and their pseudo-label rounds (name@rK), as the second level read them.
-    models = manifest["models"]
-    assert set(yaml.safe_load(CONFIG.read_text())["models"]) <= set(models)
-    for model in models:
+    # The config's models and their pseudo-label rounds (name@rK): the second level read the
+    # manifest's, and a round 0 whose round took its place was trained all the same.
+    assert set(yaml.safe_load(CONFIG.read_text())["models"]) <= trained
+    assert trained > set(manifest["models"])  # the default trains a round: round 0 stays out
+    for model in sorted(trained):
         oof = pd.read_csv(root / "runs" / "tiny" / model / "oof_logits.csv", dtype={"ImageID": str})
         assert sorted(oof["ImageID"]) == sorted(folds["ImageID"])
         assert not oof["ImageID"].duplicated().any()
         merged = oof.merge(folds, on="ImageID", suffixes=("", "_file"))
         assert (merged["fold"] == merged["fold_file"]).all()
     board = pd.read_csv(root / "runs" / "tiny" / "leaderboard.csv")
-    assert set(board["model"]) == set(models)
+    assert set(board["model"]) == trained  # every trained model, round 0 included
     assert (board[["params", "file_mb", "train_minutes"]] > 0).all().all() and (board["ms_per_image"] >= 0).all()
 
     # A second run reuses every finished fold and gives the same logits.
