@@ -247,3 +247,46 @@ def test_top_stages_train_from_cached_mid_maps(tmp_path):
     )
     # BatchNorm statistics stay the ImageNet ones (freeze_bn, the default).
     assert torch.equal(trained["top.bn2.running_mean"], pretrained.bn2.running_mean)
+
+
+def test_top_stages_read_through_the_multilevel_vector():
+    """``pooling: multilevel`` under trained top stages: the trained map's mean and max and the
+    entering map's mean, in that order, and a head as wide as that."""
+    from capfuse.nn.fusion import TopBlocksNet
+
+    cfg = {
+        "kind": "net",
+        "inputs": ["image"],
+        "image_head": {"kind": "mlp", "hidden": 16},
+        "image_encoder": {"name": "tf_efficientnet_lite0", "weights": "package", "train_blocks": 1, "grid": 2},
+    }
+    dims = {"img_mid": 192}
+    mean_net = NetModel(cfg, seed=0).build(dims, C, np.full(C, 0.3)).eval()
+    ml_cfg = {**cfg, "image_encoder": {**cfg["image_encoder"], "pooling": "multilevel"}}
+    ml_net = NetModel(ml_cfg, seed=0).build(dims, C, np.full(C, 0.3)).eval()
+    assert isinstance(ml_net, TopBlocksNet) and ml_net.pooling == "multilevel"
+    mid = torch.randn(3, 192, 7, 7)
+    with torch.inference_mode():
+        plain = mean_net.features({"img_mid": mid})["img_pooled"]
+        ml = ml_net.features({"img_mid": mid})
+        fmap = ml_net.top(mid)
+    assert plain.shape == (3, 1280) and ml["img_pooled"].shape == (3, 2 * 1280 + 192)
+    torch.testing.assert_close(ml["img_pooled"][:, :1280], fmap.mean((2, 3)))
+    torch.testing.assert_close(ml["img_pooled"][:, 1280:2560], fmap.amax((2, 3)))
+    torch.testing.assert_close(ml["img_pooled"][:, 2560:], mid.mean((2, 3)))
+    first = next(m for m in ml_net.head.modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == 2 * 1280 + 192
+    with torch.inference_mode():
+        assert ml_net({"img_mid": mid})["logits"].shape == (3, C)
+
+
+def test_amp_dtype_follows_the_device_and_what_it_computes(monkeypatch):
+    """bf16 on a CPU only where it is native (emulated bf16 is slower than fp32); off when asked."""
+    from capfuse.models import finetune
+
+    cpu = torch.device("cpu")
+    assert finetune.amp_dtype_for(cpu, False) is None
+    monkeypatch.setattr(finetune, "cpu_has_bf16", lambda: True)
+    assert finetune.amp_dtype_for(cpu, True) == torch.bfloat16
+    monkeypatch.setattr(finetune, "cpu_has_bf16", lambda: False)
+    assert finetune.amp_dtype_for(cpu, True) is None

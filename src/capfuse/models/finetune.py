@@ -4,7 +4,8 @@ The same config as the cached CPU path plus ``finetune: true`` (and usually ``de
 images are decoded at the backbone's size, captions tokenised once, and the whole model
 trains with
 
-* bf16 autocast where the GPU supports it, else fp16 with a gradient scaler;
+* bf16 autocast where the GPU supports it, else fp16 with a gradient scaler; on a CPU, bf16
+  where the CPU computes it natively (AVX512-BF16, AMX), else fp32;
 * gradient accumulation (``train.accumulate``) and the shared cosine schedule with warm-up;
 * layer-wise learning rates: the head at ``lr``, the encoders at ``lr * encoder_lr_mult``,
   decayed by ``layer_decay`` per block below the top, so the general low-level filters move
@@ -111,6 +112,23 @@ def layerwise_groups(net: FinetuneNet, encoder_lr_mult: float, layer_decay: floa
     return [{"params": ps, "lr_mult": mult} for mult, ps in sorted(groups.items())]
 
 
+def cpu_has_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AVX512-BF16 or AMX)? Elsewhere torch emulates it,
+    slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of ``finetune_options.amp``: bf16 on a GPU that has it (else fp16,
+    with a gradient scaler), bf16 on a CPU that computes it natively, else none (fp32)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+
+
 def fit_fold_finetune(
     model,
     feats: dict,
@@ -131,9 +149,13 @@ def fit_fold_finetune(
 
     torch.manual_seed(model.seed)
     net = FinetuneNet(cfg, Y.shape[1], lambda dims: model.build(dims, Y.shape[1], class_frequencies(Y[tr]))).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
     ft = cfg.finetune_options
+    amp_dtype = amp_dtype_for(device, ft.amp)
+    # channels_last is the layout the convolutions of both CUDA and oneDNN (a CPU under bf16)
+    # prefer; plain fp32 on a CPU keeps the default layout.
+    channels_last = device.type == "cuda" or amp_dtype is not None
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     groups = layerwise_groups(net, ft.encoder_lr_mult, ft.layer_decay)
     train_net: nn.Module = net
     if world > 1:
@@ -141,9 +163,6 @@ def fit_fold_finetune(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
-    amp_dtype = None
-    if device.type == "cuda" and ft.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     data_dir, ids, ok = feats["data_dir"], feats["ids"], feats["image_ok"]
@@ -171,7 +190,7 @@ def fit_fold_finetune(
                 arr[flip] = arr[flip][:, :, ::-1]
             x = torch.from_numpy(arr).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
             x = (x - mean.to(device)) / std.to(device)
-            batch["image"] = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+            batch["image"] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         if tokens is not None:
             batch["input_ids"] = tokens["input_ids"][rows].to(device)
             batch["attention_mask"] = tokens["attention_mask"][rows].to(device)

@@ -194,9 +194,10 @@ class NetModel:
             backbone, _ = build_image(enc.name, weights=enc.weights)
             top = BackboneTop(backbone, self.train_blocks, freeze_bn=enc.freeze_bn)
             width = backbone.num_features
-            head = build_net(self.config, dims | {"img_pooled": width, "img_tokens": width}, num_classes, **extras)
+            pooled = TopBlocksNet.pooled_width(width, dims["img_mid"], enc.pooling)
+            head = build_net(self.config, dims | {"img_pooled": pooled, "img_tokens": width}, num_classes, **extras)
             head.loss_fn = loss_fn
-            return TopBlocksNet(top, head, grid=enc.grid)
+            return TopBlocksNet(top, head, grid=enc.grid, pooling=enc.pooling)
         net = build_net(self.config, dims, num_classes, **extras)
         net.loss_fn = loss_fn
         return net

@@ -321,15 +321,29 @@ class TopBlocksNet(nn.Module):
     the top stages (``img_mid``) is cached once; the stages above it adapt to the task.
     """
 
-    def __init__(self, top: nn.Module, head: CapFuseNet, grid: int = 4) -> None:
+    def __init__(self, top: nn.Module, head: CapFuseNet, grid: int = 4, pooling: str = "mean") -> None:
         super().__init__()
-        self.top, self.head, self.grid = top, head, grid
+        self.top, self.head, self.grid, self.pooling = top, head, grid, pooling
+
+    @staticmethod
+    def pooled_width(width: int, mid_channels: int, pooling: str) -> int:
+        """The width of ``img_pooled`` for a final map of ``width`` channels."""
+        return 2 * width + mid_channels if pooling == "multilevel" else width
 
     def features(self, batch: dict) -> dict:
-        """The batch with ``img_pooled`` and ``img_tokens`` computed from ``img_mid``."""
-        fmap = self.top(batch["img_mid"])
+        """The batch with ``img_pooled`` and ``img_tokens`` computed from ``img_mid``.
+
+        ``multilevel``: the trained final map's mean and max, and the mean of the map entering
+        the trained stages, as the frozen cache's multi-level vector is made (the max keeps a
+        small object's peak; the entering map keeps the mid-level parts the top stages rework).
+        """
+        mid = batch["img_mid"]
+        fmap = self.top(mid)
         tokens = nn.functional.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)
-        return {**batch, "img_pooled": fmap.mean((2, 3)), "img_tokens": tokens}
+        pooled = fmap.mean((2, 3))
+        if self.pooling == "multilevel":
+            pooled = torch.cat([pooled, fmap.amax((2, 3)), mid.float().mean((2, 3))], 1)
+        return {**batch, "img_pooled": pooled, "img_tokens": tokens}
 
     def input_keys(self) -> frozenset[str]:
         """The head's keys, with the image read from the cached map entering the top stages."""
