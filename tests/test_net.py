@@ -259,6 +259,7 @@ def test_top_stages_read_through_the_multilevel_vector():
         "inputs": ["image"],
         "image_head": {"kind": "mlp", "hidden": 16},
         "image_encoder": {"name": "tf_efficientnet_lite0", "weights": "package", "train_blocks": 1, "grid": 2},
+        "finetune_options": {"amp": False},  # fp32 on any CPU: the parts compare exactly
     }
     dims = {"img_mid": 192}
     mean_net = NetModel(cfg, seed=0).build(dims, C, np.full(C, 0.3)).eval()
@@ -290,3 +291,20 @@ def test_amp_dtype_follows_the_device_and_what_it_computes(monkeypatch):
     assert finetune.amp_dtype_for(cpu, True) == torch.bfloat16
     monkeypatch.setattr(finetune, "cpu_has_bf16", lambda: False)
     assert finetune.amp_dtype_for(cpu, True) is None
+
+
+def test_trained_top_stages_under_bf16_autocast_stay_close_to_fp32():
+    """``amp_dtype``: the top stages run in bf16, the pooled vector the head reads is fp32 and
+    close to the fp32 pass's."""
+    from capfuse.encoders.image import BackboneTop, create_backbone
+    from capfuse.nn.fusion import TopBlocksNet
+
+    backbone, _ = create_backbone("tf_efficientnet_lite0", weights="package", num_classes=0)
+    top = BackboneTop(backbone, 1).eval()
+    mid = {"img_mid": torch.randn(4, 192, 7, 7)}
+    with torch.inference_mode():
+        fp32 = TopBlocksNet(top, None, grid=2, pooling="multilevel").features(mid)["img_pooled"]
+        bf16 = TopBlocksNet(top, None, grid=2, pooling="multilevel", amp_dtype=torch.bfloat16).features(mid)
+    assert bf16["img_pooled"].dtype == torch.float32 and bf16["img_tokens"].dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(bf16["img_pooled"], fp32, dim=1)
+    assert (cos > 0.99).all(), cos

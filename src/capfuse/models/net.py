@@ -44,7 +44,7 @@ from capfuse.encoders.text import label_text_embeddings
 from capfuse.models import MODELS
 from capfuse.models.base import FoldOutput
 from capfuse.models.cached import CachedViews
-from capfuse.models.finetune import fit_fold_finetune
+from capfuse.models.finetune import amp_dtype_for, fit_fold_finetune
 from capfuse.models.loop import train_epochs
 from capfuse.models.settings import (  # noqa: F401 (re-exported)
     TrainSettings,
@@ -197,7 +197,10 @@ class NetModel:
             pooled = TopBlocksNet.pooled_width(width, dims["img_mid"], enc.pooling)
             head = build_net(self.config, dims | {"img_pooled": pooled, "img_tokens": width}, num_classes, **extras)
             head.loss_fn = loss_fn
-            return TopBlocksNet(top, head, grid=enc.grid, pooling=enc.pooling)
+            # The trained stages' convolutions are what a fold's time goes to: bf16 autocast where
+            # the CPU computes it natively (finetune_options.amp); the head stays in fp32.
+            amp = amp_dtype_for(self.device, self.config.finetune_options.amp)
+            return TopBlocksNet(top, head, grid=enc.grid, pooling=enc.pooling, amp_dtype=amp)
         net = build_net(self.config, dims, num_classes, **extras)
         net.loss_fn = loss_fn
         return net

@@ -321,9 +321,10 @@ class TopBlocksNet(nn.Module):
     the top stages (``img_mid``) is cached once; the stages above it adapt to the task.
     """
 
-    def __init__(self, top: nn.Module, head: CapFuseNet, grid: int = 4, pooling: str = "mean") -> None:
+    def __init__(self, top: nn.Module, head: CapFuseNet, grid: int = 4, pooling: str = "mean", amp_dtype=None) -> None:
         super().__init__()
         self.top, self.head, self.grid, self.pooling = top, head, grid, pooling
+        self.amp_dtype = amp_dtype  # the top stages run under autocast to this dtype (None: fp32)
 
     @staticmethod
     def pooled_width(width: int, mid_channels: int, pooling: str) -> int:
@@ -338,7 +339,9 @@ class TopBlocksNet(nn.Module):
         small object's peak; the entering map keeps the mid-level parts the top stages rework).
         """
         mid = batch["img_mid"]
-        fmap = self.top(mid)
+        with torch.autocast(mid.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            fmap = self.top(mid.float())
+        fmap = fmap.float()
         tokens = nn.functional.adaptive_avg_pool2d(fmap, self.grid).flatten(2).transpose(1, 2)
         pooled = fmap.mean((2, 3))
         if self.pooling == "multilevel":
