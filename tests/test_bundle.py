@@ -29,9 +29,9 @@ PIPELINE = REPO / "configs" / "pipeline.yaml"
 # One model of each kind and input the default pipeline trains: TF-IDF alone, Lite0's
 # multi-level vector + TF-IDF, MiniLM tokens, and the label-query fusion (prompts, token grids,
 # contexts); and the best preset's other kinds: GloVe captions and a pseudo-label round
-# (cap_net@r1). The nets run 3 epochs (configs written by ``_configs``): exactness does not need
-# a good model.
-MODELS = ["cap_lr", "fused_lr", "cap_net", "fusion_lq_orig", "cap_glove"]
+# (cap_net@r1), and a net over Lite0's trained top stage (img_top1_ml: the map entering it).
+# The nets run 3 epochs (configs written by ``_configs``): exactness does not need a good model.
+MODELS = ["cap_lr", "fused_lr", "cap_net", "fusion_lq_orig", "cap_glove", "img_top1_ml"]
 ROUNDS = {"cap_net": 1}
 SETS = ("folds.k=3", "threshold.trials=5", "ensemble.stack.num_threads=1")
 
@@ -43,7 +43,7 @@ def _sets(*extra: str) -> list[str]:
 def _configs(folder: Path) -> Path:
     """A pipeline of MODELS whose nets stop after 3 epochs, inheriting the shipped configs."""
     (folder / "models").mkdir(parents=True)
-    for name in ("cap_net", "fusion_lq_orig", "cap_glove"):
+    for name in ("cap_net", "fusion_lq_orig", "cap_glove", "img_top1_ml"):
         cfg = {"inherit": str(REPO / "configs" / "models" / f"{name}.yaml"), "train": {"epochs": 3, "patience": 2}}
         if name in ROUNDS:
             cfg["pseudo"] = {"rounds": ROUNDS[name]}
@@ -103,7 +103,7 @@ def test_the_stackers_saved_fold_models_replay_its_test_probabilities(init):
     assert np.array_equal(stack_predict(saved, test, [sigmoid(z) for z in test]), want)
 
 
-@pytest.mark.parametrize("model", ["img_top1", "fusion_lite0_gpu"])
+@pytest.mark.parametrize("model", ["fusion_lite0_gpu", "img_ft"])
 def test_export_refuses_what_a_bundle_cannot_replay_naming_the_model(model):
     from capfuse.config import load_config
 

@@ -67,8 +67,6 @@ def check_exportable(name: str, settings) -> None:
     if settings.kind == "net":
         if settings.finetune:
             raise ExportError(f"{name}: fine-tuned (finetune: true) models cannot be exported yet")
-        if "image" in settings.inputs and settings.image_encoder.train_blocks:
-            raise ExportError(f"{name}: models that train the backbone's top blocks cannot be exported yet")
     elif settings.kind != "linear":
         raise ExportError(f"{name}: model kind {settings.kind!r} cannot be exported")
     if "image" in settings.inputs and effective_precision(settings.image_encoder.cache_spec()) != "fp32":

@@ -197,7 +197,14 @@ class Predictor:
         """The cached views ``FeatureStore.for_net`` would give the net, for these rows only."""
         views: dict = {view: {} for view in flip_views(m)}
         dims: dict = {}
-        if "image" in m.inputs:
+        if "image" in m.inputs and m.image_encoder.train_blocks:
+            # Trained top stages start from the map entering them, as in training.
+            spec = m.image_encoder.cache_spec()
+            mid = image_outputs(m)[0]
+            for view in views:
+                views[view]["img_mid"] = feats["images"][(spec, view)][mid]
+            dims["img_mid"] = views["orig"]["img_mid"].shape[1]
+        elif "image" in m.inputs:
             spec = m.image_encoder.cache_spec()
             for view in views:
                 img = feats["images"][(spec, view)]

@@ -343,17 +343,20 @@ class NetModel:
 
         What ``prepare`` computes from the training rows (the class prompts' embeddings, the
         class -> context map) lives in the state dict as buffers, so placeholders of the right
-        shape build the net and the saved tensors replace them.
+        shape build the net and the saved tensors replace them. Trained top stages are in the
+        state dict too (``top.``, the head under ``head.``): the pretrained backbone they are
+        built from is overwritten.
         """
-        if self.finetune or self.train_blocks:
+        if self.finetune:
             raise ValueError(
-                f"{self.config.name or 'this model'}: only heads on cached frozen-encoder features "
-                "can be rebuilt from a fold's safetensors (finetune and train_blocks are not supported)"
+                f"{self.config.name or 'this model'}: only nets on cached frozen-encoder features "
+                "(trained top stages included) can be rebuilt from a fold's safetensors, not finetune: true"
             )
         state = load_file(str(fold_dir / "best.safetensors"))
         extras: dict = {}
         if needs_class_text(self.config):
-            extras["class_text"] = np.zeros(tuple(state["label_query.class_text"].shape), np.float32)
+            key = "head.label_query.class_text" if self.train_blocks else "label_query.class_text"
+            extras["class_text"] = np.zeros(tuple(state[key].shape), np.float32)
         if uses_contexts(self.config):
             extras["context_map"] = np.arange(num_classes) % self.config.aux.n_contexts
         self.build_extras = extras
