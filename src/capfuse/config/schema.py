@@ -363,7 +363,11 @@ class AuxSettings:
 class FinetuneOptions:
     """``finetune_options:``: end-to-end fine-tuning (``finetune: true``) and trained top stages."""
 
-    amp: bool = True  # bf16 autocast where supported, else fp16 with a gradient scaler
+    # bf16 autocast on a GPU that has it (else fp16 with a gradient scaler), and on a CPU that
+    # computes bf16 natively (AVX512-BF16, AMX; elsewhere fp32), for fine-tuning and for trained
+    # top stages (capfuse.models.finetune.amp_dtype_for). The same run then differs between two
+    # such CPUs only as fp32 runs do; between a bf16 CPU and an fp32 one, by more.
+    amp: bool = True
     encoder_lr_mult: float = 0.1  # encoders move 10x slower than the freshly initialised head
     layer_decay: float = 0.8  # and each block below the top 0.8x slower again
     loader_threads: int = 8
