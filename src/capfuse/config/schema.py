@@ -365,8 +365,8 @@ class FinetuneOptions:
 
     # bf16 autocast on a GPU that has it (else fp16 with a gradient scaler), and on a CPU that
     # computes bf16 natively (AVX512-BF16, AMX; elsewhere fp32), for fine-tuning and for trained
-    # top stages (capfuse.models.finetune.amp_dtype_for). The same run then differs between two
-    # such CPUs only as fp32 runs do; between a bf16 CPU and an fp32 one, by more.
+    # top stages (capfuse.models.finetune.amp_dtype_for). So a trained top stage's scores depend
+    # on the CPU: a bf16 run and an fp32 run of one config differ by more than thread order does.
     amp: bool = True
     encoder_lr_mult: float = 0.1  # encoders move 10x slower than the freshly initialised head
     layer_decay: float = 0.8  # and each block below the top 0.8x slower again
