@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -167,6 +168,25 @@ def test_second_call_is_a_no_op(tmp_path):
     changed = make_demo(out, **TINY, seed=1, workers=2)
     assert not changed["skipped"] and digest(out) != before
     assert not make_demo(out, **TINY, seed=1, workers=2, force=True)["skipped"]
+
+
+def test_a_killed_generators_staging_folder_goes_and_a_live_ones_stays(tmp_path):
+    """``make data`` killed mid-way leaves ``.<name>.tmp-<pid>``: the next run removes it, unless
+    that process still runs (another generator at work)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(done.stdout)  # that process has exited
+    dead = tmp_path / f".tiny.tmp-{dead_pid}"
+    live = tmp_path / f".tiny.tmp-{os.getppid()}"
+    for folder in (dead, live):
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / "0.jpg").write_bytes(b"half written")
+    make_demo(tmp_path / "tiny", **TINY, seed=0, workers=1)
+    assert not dead.exists()
+    assert (live / "data" / "0.jpg").read_bytes() == b"half written"
+    assert (tmp_path / "tiny" / STAMP_NAME).exists()
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):

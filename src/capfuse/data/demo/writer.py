@@ -57,6 +57,29 @@ def _work(task: tuple[int, str, int, int, str, tuple[int, int] | None]) -> tuple
     return labels, caption
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_dead_staging(out: Path) -> int:
+    """Remove the staging folders (``.<name>.tmp-<pid>``) that killed generators of ``out`` left:
+    a competition-sized set is gigabytes of JPEGs. A folder whose process still runs is kept, so
+    two generators never remove each other's work. Returns how many were removed."""
+    removed = 0
+    for path in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _params(n_train: int, n_test: int, size: int, seed: int, photo: tuple[int, int] | None = None) -> dict:
     params = dict(generator_version=GENERATOR_VERSION, n_train=n_train, n_test=n_test, size=size, seed=seed)
     # Only when set, so that the stamps of datasets written before the option still match.
@@ -118,6 +141,7 @@ def make_demo(
 
     workers = max(1, int(workers or os.cpu_count() or 1))
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -187,6 +211,7 @@ def make_unlabelled(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists; remove it first")
+    remove_dead_staging(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
