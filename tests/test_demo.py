@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -172,18 +171,16 @@ def test_second_call_is_a_no_op(tmp_path):
 
 def test_a_killed_generators_staging_folder_goes_and_a_live_ones_stays(tmp_path):
     """``make data`` killed mid-way leaves ``.<name>.tmp-<pid>``: the next run removes it, unless
-    that process still runs (another generator at work)."""
-    import subprocess
-    import sys
+    its writer still holds it (another generator at work), whatever PID its name carries."""
+    from capfuse.utils.lock import hold_folder
 
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(done.stdout)  # that process has exited
-    dead = tmp_path / f".tiny.tmp-{dead_pid}"
-    live = tmp_path / f".tiny.tmp-{os.getppid()}"
+    dead = tmp_path / ".tiny.tmp-1"  # PID 1 runs, but nobody holds the folder: abandoned
+    live = tmp_path / ".tiny.tmp-999999999"  # no such PID, but held below
     for folder in (dead, live):
         (folder / "data").mkdir(parents=True)
         (folder / "data" / "0.jpg").write_bytes(b"half written")
-    make_demo(tmp_path / "tiny", **TINY, seed=0, workers=1)
+    with hold_folder(live):
+        make_demo(tmp_path / "tiny", **TINY, seed=0, workers=1)
     assert not dead.exists()
     assert (live / "data" / "0.jpg").read_bytes() == b"half written"
     assert (tmp_path / "tiny" / STAMP_NAME).exists()

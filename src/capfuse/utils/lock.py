@@ -64,3 +64,31 @@ def dataset_lock(runs: Path, *, wait: bool = False, what: str = "") -> Iterator[
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def hold_folder(path: Path) -> Iterator[None]:
+    """Hold an flock on the folder ``path`` for the block, so that ``folder_abandoned`` tells other
+    processes its writer is still at work (children forked inside the block hold it too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def folder_abandoned(path: Path) -> bool:
+    """True when no process holds ``path``'s flock (``hold_folder``): its writer has exited,
+    however it exited. A folder that cannot be opened is not judged abandoned."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -11,10 +11,12 @@ stream for pseudo-label rounds.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from capfuse.data.demo.scenes import (
     sample_labels,
 )
 from capfuse.utils.io import read_json, write_json, write_text
+from capfuse.utils.lock import folder_abandoned, hold_folder
 
 STAMP_NAME = ".demo.json"
 
@@ -57,27 +60,34 @@ def _work(task: tuple[int, str, int, int, str, tuple[int, int] | None]) -> tuple
     return labels, caption
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def remove_dead_staging(out: Path) -> int:
     """Remove the staging folders (``.<name>.tmp-<pid>``) that killed generators of ``out`` left:
-    a competition-sized set is gigabytes of JPEGs. A folder whose process still runs is kept, so
-    two generators never remove each other's work. Returns how many were removed."""
+    a competition-sized set is gigabytes of JPEGs. A folder whose writer still holds it
+    (``staging_folder``'s flock) is kept, so two generators never remove each other's work; the
+    PID in the name is never trusted to decide. Returns how many were removed."""
     removed = 0
     for path in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+        if path.is_dir() and not path.is_symlink() and folder_abandoned(path):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh ``.<name>.tmp-<pid>/data/`` beside ``out``, held (flock) while the block writes
+    it; the block renames it into place, or it is removed on the way out. Folders that killed
+    generators left are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "data").mkdir(parents=True)
+        with hold_folder(tmp):
+            yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _params(n_train: int, n_test: int, size: int, seed: int, photo: tuple[int, int] | None = None) -> dict:
@@ -140,13 +150,7 @@ def make_demo(
             raise FileExistsError(f"{out} exists and was not made by the demo generator; pass force=True to replace it")
 
     workers = max(1, int(workers or os.cpu_count() or 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_staging(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        (tmp / "data").mkdir(parents=True)
+    with staging_folder(out) as tmp:
         tasks = [(seed, "train", i, size, str(tmp / "data" / f"{i}.jpg"), photo) for i in range(n_train)]
         tasks += [(seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg"), photo) for i in range(n_test)]
         if workers == 1 or len(tasks) < 16:
@@ -183,9 +187,6 @@ def make_demo(
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     summary = dict(summary, skipped=False, seconds=round(time.perf_counter() - start, 2), workers=workers)
     return summary
 
@@ -211,11 +212,7 @@ def make_unlabelled(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists; remove it first")
-    remove_dead_staging(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "data").mkdir(parents=True)
+    with staging_folder(out) as tmp:
         tasks = [(seed, "unlabelled", i, size, str(tmp / "data" / f"u{i}.jpg"), None) for i in range(n)]
         workers = max(1, int(workers or os.cpu_count() or 1))
         with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, n)) as pool:
@@ -234,6 +231,4 @@ def make_unlabelled(
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"n": n, "captions": captions, "folder": str(out)}
