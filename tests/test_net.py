@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from capfuse.models.net import NetModel, cosine_with_warmup
 
@@ -141,11 +142,10 @@ def test_every_loss_trains(tmp_path, loss):
     assert np.isfinite(out.val_logits).all()
 
 
-def test_finetune_path_on_cpu_with_a_tiny_backbone(tmp_path):
-    """The GPU code path (encoders in the model, layer-wise LR, flip TTA on decoded images) on a CPU."""
+def _tiny_finetune(tmp_path):
+    """A 24-row demo and a fine-tuned image and caption model on a tiny random backbone."""
     from capfuse.data.demo import make_demo
     from capfuse.data.validate import validate_dataset
-    from capfuse.models.finetune import FinetuneNet, layerwise_groups
 
     data = tmp_path / "tiny"
     make_demo(data, n_train=24, n_test=8, size=64, seed=0)
@@ -171,6 +171,14 @@ def test_finetune_path_on_cpu_with_a_tiny_backbone(tmp_path):
         "captions": list(v.train["Caption"]) + list(v.test["Caption"]),
         "n_test": 8,
     }
+    return cfg, feats, Y
+
+
+def test_finetune_path_on_cpu_with_a_tiny_backbone(tmp_path):
+    """The GPU code path (encoders in the model, layer-wise LR, flip TTA on decoded images) on a CPU."""
+    from capfuse.models.finetune import FinetuneNet, layerwise_groups
+
+    cfg, feats, Y = _tiny_finetune(tmp_path)
     model = NetModel(cfg, seed=0)
     tr, va = np.arange(16), np.arange(16, 24)
     torch.manual_seed(0)  # fit_fold_finetune seeds with the model's seed before building
@@ -196,6 +204,67 @@ def test_finetune_path_on_cpu_with_a_tiny_backbone(tmp_path):
     mults = sorted(g["lr_mult"] for g in groups)
     assert mults[-1] == 1.0 and mults[0] < 0.1 * 0.5**3  # head at 1x, the stem far below
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
+
+
+def test_batches_made_ahead_train_the_same_weights(tmp_path):
+    """``finetune_options.prefetch``: batches decoded in a background thread are the batches the
+    training thread would have made, so the weights and logits match to the last bit."""
+    from safetensors.torch import load_file
+
+    cfg, feats, Y = _tiny_finetune(tmp_path)
+    cfg["train"] = {**cfg["train"], "epochs": 2}
+    tr, va = np.arange(16), np.arange(16, 24)
+    outs, weights = [], []
+    for ahead in (0, 2):
+        cfg["finetune_options"] = {**cfg["finetune_options"], "prefetch": ahead}
+        fold_dir = tmp_path / f"ahead{ahead}"
+        outs.append(NetModel(cfg, seed=0).fit_fold(feats, Y, tr, va, fold_dir=fold_dir))
+        weights.append(load_file(str(fold_dir / "best.safetensors")))
+    np.testing.assert_array_equal(outs[0].val_logits, outs[1].val_logits)
+    np.testing.assert_array_equal(outs[0].test_logits, outs[1].test_logits)
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_prefetched_keeps_order_and_stops_early():
+    from capfuse.utils.prefetch import prefetched
+
+    calls = []
+
+    def make(a, b):
+        calls.append(a)
+        return a * b
+
+    args = [(i, 10) for i in range(7)]
+    assert list(prefetched(make, args, 0)) == [i * 10 for i in range(7)]
+    assert list(prefetched(make, args, 3)) == [i * 10 for i in range(7)]
+    calls.clear()
+    it = prefetched(make, args, 2)
+    assert next(it) == 0
+    it.close()  # leaving early: the two batches started ahead finish, no more are made
+    assert sorted(calls) == [0, 1, 2]
+
+
+def test_the_finetune_benchmark_times_both_ways(tmp_path, capsys):
+    """``capfuse bench --only finetune`` on a tiny fine-tuned model: both timings, the image count."""
+    from capfuse.bench.finetune import bench_finetune, print_finetune
+    from capfuse.data.demo import make_demo
+
+    data = tmp_path / "data" / "tiny"
+    make_demo(data, n_train=20, n_test=6, size=64, seed=0)
+    cfg, _, _ = _tiny_finetune(tmp_path)
+    config = tmp_path / "tiny_ft.yaml"
+    config.write_text(yaml.safe_dump({**cfg, "name": "tiny_ft"}))
+    r = bench_finetune(data, config, model=None, epochs=1, rounds=1, root=tmp_path)
+    assert r["model"] == "tiny_ft" and r["ahead"] == 2 and set(r["seconds"]) == {0, 2}
+    assert r["train_rows"] == 16 and r["images"] == 16 + (4 + 6) * 2  # every fifth row held out; flip TTA
+    assert all(v > 0 for v in r["img_s"].values())
+    print_finetune(r)
+    assert "speed-up" in capsys.readouterr().out
+    frozen = tmp_path / "frozen.yaml"
+    frozen.write_text(yaml.safe_dump({**cfg, "name": "frozen", "finetune": False}))
+    with pytest.raises(ValueError, match="no finetune: true model"):
+        bench_finetune(data, frozen, model=None, root=tmp_path)
 
 
 def test_top_stages_train_from_cached_mid_maps(tmp_path):

@@ -371,6 +371,13 @@ class FinetuneOptions:
     encoder_lr_mult: float = 0.1  # encoders move 10x slower than the freshly initialised head
     layer_decay: float = 0.8  # and each block below the top 0.8x slower again
     loader_threads: int = 8
+    # Batches decoded ahead in a background thread while the current one trains (0: none). The
+    # same batches and weights either way; it lets the decoding and the accelerator overlap.
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        if self.prefetch < 0:
+            raise ValueError(f"finetune_options.prefetch must be >= 0 (0: none), got {self.prefetch}")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from capfuse.models.base import FoldOutput
 from capfuse.nn.losses import class_frequencies
 from capfuse.nn.pooling import masked_mean
 from capfuse.utils.dist import init_distributed, rank_world
+from capfuse.utils.prefetch import prefetched
 
 
 class FinetuneNet(nn.Module):
@@ -212,10 +213,11 @@ def fit_fold_finetune(
         views = (False, True) if s.tta and net.backbone is not None else (False,)
         with torch.inference_mode(), autocast():
             for flipped in views:
-                for i in range(0, len(rows), s.eval_batch_size):
-                    chunk = rows[i : i + s.eval_batch_size]
-                    batch = make_batch(chunk, np.full(len(chunk), flipped))
-                    out[i : i + len(chunk)] += net(batch)["logits"].float().cpu().numpy()
+                starts = range(0, len(rows), s.eval_batch_size)
+                chunks = [rows[i : i + s.eval_batch_size] for i in starts]
+                args = [(c, np.full(len(c), flipped)) for c in chunks]
+                for i, batch in zip(starts, prefetched(make_batch, args, ft.prefetch), strict=True):
+                    out[i : i + s.eval_batch_size] += net(batch)["logits"].float().cpu().numpy()
         return out / len(views)
 
     n_train = len(Y)
@@ -237,6 +239,7 @@ def fit_fold_finetune(
             world=world,
             pseudo=pseudo,
             extra_rows=extra_rows,
+            prefetch=ft.prefetch,
         )
     finally:
         pool.shutdown()

@@ -22,6 +22,7 @@ from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_spl
 from capfuse.nn.calibration import calibrate_net
 from capfuse.utils.io import atomic_path
 from capfuse.utils.log import log, progress
+from capfuse.utils.prefetch import prefetched
 
 
 def _save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -54,6 +55,7 @@ def train_epochs(
     pseudo=None,
     extra_rows: np.ndarray | None = None,
     fixed_epochs: int | None = None,
+    prefetch: int = 0,
 ) -> FoldOutput:
     """Epochs with early stopping on an inner split of ``tr``, checkpoints and resume; shared by
     both modes. ``va`` (the held-out fold) is predicted once, after the last epoch.
@@ -62,7 +64,8 @@ def train_epochs(
     (the second pass of ``early_stop: refit``); ``early_stop: none`` does the same for
     ``train.epochs``. Under DDP every rank runs this loop on its own shard of each epoch's
     order; rank 0 scores the stopping rows and checkpoints, and broadcasts the score so that
-    all ranks take the same early-stopping decision.
+    all ranks take the same early-stopping decision. ``prefetch`` batches are made ahead in a
+    background thread (fine-tuning, where making a batch decodes images); the same batches either way.
     """
     s = settings
     is_main = rank == 0
@@ -139,9 +142,11 @@ def train_epochs(
             order, flips = order[:keep][rank::world], flips[:keep][rank::world]
         net.train()
         losses = []
-        for b, i in enumerate(range(0, len(order), s.batch_size)):
-            rows = order[i : i + s.batch_size]
-            batch = make_batch(rows, flips[i : i + s.batch_size])
+        slices = [
+            (order[i : i + s.batch_size], flips[i : i + s.batch_size]) for i in range(0, len(order), s.batch_size)
+        ]
+        for b, batch in enumerate(prefetched(make_batch, slices, prefetch)):
+            i, rows = b * s.batch_size, slices[b][0]
             losses.append(train_step(batch, targets_for(rows, epoch)))
             if (b + 1) % s.accumulate == 0 or i + s.batch_size >= len(order):
                 if scaler is not None:

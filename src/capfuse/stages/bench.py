@@ -12,7 +12,8 @@ a bundle exported from ``runs/demo`` (trained first when there is no finished ru
 ``--bundle``; with the bundle's size and what ``--fast`` and one fold per model cost.
 
 ``--only jobs`` times one model's folds trained serially against ``--jobs N`` side by side
-(``capfuse.bench.jobs``).
+(``capfuse.bench.jobs``). ``--only finetune`` times one fold of a ``finetune: true`` model with
+and without batches decoded ahead (``capfuse.bench.finetune``; a GPU config, on a GPU).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from capfuse.bench.embedding import bench_embed
+from capfuse.bench.finetune import bench_finetune, print_finetune
 from capfuse.bench.jobs import bench_jobs, print_jobs
 from capfuse.bench.predict import bench_predict, export_for_bench, print_predict
 from capfuse.bench.second_level import bench_stack_thresholds
@@ -41,15 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=ImageEncoderSpec.batch_size)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per variant (medians)")
     parser.add_argument(
-        "--only", choices=["embed", "stack", "training", "predict", "jobs"], default=None, help="run one benchmark only"
+        "--only",
+        choices=["embed", "stack", "training", "predict", "jobs", "finetune"],
+        default=None,
+        help="run one benchmark only",
     )
-    parser.add_argument("--epochs", type=int, default=None, help="training: exactly this many epochs per fold")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training, finetune: exactly this many epochs per fold"
+    )
     parser.add_argument("--rows", type=int, default=30000, help="OOF rows for the stack benchmark")
     parser.add_argument("--models", type=int, default=10, help="base models for the stack benchmark")
     parser.add_argument("--bundle", default=None, help="predict: this bundle (default: export runs/<dataset>)")
     parser.add_argument("--data", default="data/demo", help="predict: the test folder (and run) to predict")
     parser.add_argument("--config", default="configs/pipeline.yaml", help="predict: the run's config, to export it")
-    parser.add_argument("--model", default="fusion_logit_orig", help="jobs: the model trained serially and as jobs")
+    parser.add_argument(
+        "--model", default=None, help="jobs: the model trained serially and as jobs (fusion_logit_orig); finetune: one"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="jobs: how many at once against one")
     args = parser.parse_args(argv)
     setup_logging("WARNING")
@@ -66,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                 bundle = export_for_bench(Path(args.data), Path(args.config), Path(tmp) / "bundle")
             print_predict(bench_predict(bundle, Path(args.data)))
     if args.only == "jobs":  # trains a model 2 x rounds times: only when asked
-        print_jobs(bench_jobs(Path(args.data), Path(args.config), args.model, jobs=args.jobs, rounds=args.rounds))
+        model = args.model or "fusion_logit_orig"
+        print_jobs(bench_jobs(Path(args.data), Path(args.config), model, jobs=args.jobs, rounds=args.rounds))
+    if args.only == "finetune":  # trains one fold 2 x rounds times: only when asked
+        r = bench_finetune(
+            Path(args.data), Path(args.config), model=args.model, epochs=args.epochs or 1, rounds=args.rounds
+        )
+        print_finetune(r)
     if args.only == "training":  # net models at competition size: minutes each, so only when asked
         report_training(args.rows, args.epochs)
     return 0
