@@ -69,6 +69,25 @@ def test_cosine_schedule():
     assert 0.1 < cosine_with_warmup(55, 100, 10, 0.1) < 1.0
 
 
+def test_a_step_budget_shortens_the_schedule_of_large_folds_only(tmp_path):
+    """``train.max_steps``: the demo's fold (11 steps an epoch) keeps a long span, a 24,000-row
+    fold (40 steps) trains 240 / 40 = 6 epochs; a fold trained under it runs that many epochs."""
+    from capfuse.config.schema import TrainSettings
+    from capfuse.models.settings import schedule_epochs
+
+    capped = TrainSettings(epochs=30, max_steps=240)
+    assert schedule_epochs(capped, 11) == 22 and schedule_epochs(capped, 40) == 6
+    assert schedule_epochs(capped, 1000) == 1 and schedule_epochs(capped, 1) == 30
+    assert schedule_epochs(TrainSettings(epochs=30), 40) == 30  # 0: off
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainSettings.from_config({"max_steps": -1})
+
+    feats, Y = synthetic()
+    tr, va = folds_of(len(Y))  # 180 rows, 153 after the inner split: 5 steps of 32 an epoch
+    out = NetModel(config(max_steps=7, patience=30), seed=1).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "f")
+    assert out.info["epochs_run"] == 2  # ceil(7 / 5), not train.epochs' 6
+
+
 def test_learns_and_writes_best_checkpoint(tmp_path):
     from capfuse.metrics import mean_sample_f1
 

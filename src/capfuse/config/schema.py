@@ -243,6 +243,10 @@ class TrainSettings:
     """``train:``, the ``net`` loop's knobs (the loop itself: capfuse.models.net)."""
 
     epochs: int = 30  # an upper bound; early stopping on the inner split ends sooner
+    # If set, the schedule spans at most this many optimiser steps: epochs = min(epochs,
+    # ceil(max_steps / steps per epoch)). A fold of many rows then runs fewer, longer epochs,
+    # and a small one keeps its early-stopped span (capfuse.models.loop). 0: off.
+    max_steps: int = 0
     batch_size: int = 128
     lr: float = 2e-3
     # At 2x, 4x ... this many training rows in a fold the batch doubles (up to max_batch_size)
@@ -283,6 +287,8 @@ class TrainSettings:
         out = cls(**cfg)
         if out.early_stop not in EARLY_STOP:
             raise ValueError(f"train.early_stop must be one of {list(EARLY_STOP)}, got {out.early_stop!r}")
+        if out.max_steps < 0:
+            raise ValueError(f"train.max_steps must be >= 0 (0: off), got {out.max_steps}")
         if out.batch_grow_rows < 0:
             raise ValueError(f"train.batch_grow_rows must be >= 0 (0: off), got {out.batch_grow_rows}")
         if out.stop_metric not in ("f1", "loss"):

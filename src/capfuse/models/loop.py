@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from capfuse.models.base import FoldOutput
-from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split, val_score
+from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split, schedule_epochs, val_score
 from capfuse.nn.calibration import calibrate_net
 from capfuse.utils.io import atomic_path
 from capfuse.utils.log import log, progress
@@ -73,7 +73,6 @@ def train_epochs(
     stopping = fixed_epochs is None and s.early_stop != "none"
     # Every rank draws the same split: it depends on the training rows' labels and the seed only.
     fit_rows, stop_rows = inner_split(Y, tr, s.inner_frac, seed) if stopping else (np.asarray(tr), None)
-    n_epochs = s.epochs if fixed_epochs is None else int(fixed_epochs)
     groups = (
         param_groups if param_groups is not None else [{"params": [p for p in net.parameters() if p.requires_grad]}]
     )
@@ -108,9 +107,11 @@ def train_epochs(
         }
 
     steps_per_epoch = max(1, math.ceil(len(train_rows) / s.batch_size / s.accumulate))
-    # The schedule always spans ``train.epochs``: a refit for E epochs follows the same
-    # learning-rate curve as the inner run that chose E.
-    total = steps_per_epoch * s.epochs
+    # The schedule always spans ``train.epochs`` (fewer under ``train.max_steps``): a refit for
+    # E epochs follows the same learning-rate curve as the inner run that chose E.
+    span = schedule_epochs(s, steps_per_epoch)
+    n_epochs = span if fixed_epochs is None else int(fixed_epochs)
+    total = steps_per_epoch * span
     warmup = int(round(s.warmup_epochs * steps_per_epoch))
 
     start_epoch, best, best_epoch, bad, step = 0, -1.0, -1, 0, 0
