@@ -2,7 +2,7 @@
 
 End-to-end fine-tuning decodes every image of every batch. Made in the training thread, the
 decoding and the accelerator take turns: on one H200 with 16 cores, ``fusion_lite0_gpu`` on the
-demo kept the GPU about 17 % busy. A batch made ahead overlaps the two, as a DataLoader's workers
+demo left the GPU idle most of the time (nvidia-smi). A batch made ahead overlaps the two, as a DataLoader's workers
 would, without moving the decoding (already spread over ``finetune_options.loader_threads``) into
 other processes.
 """
