@@ -146,10 +146,9 @@ def train_epochs(
         slices = [
             (order[i : i + s.batch_size], flips[i : i + s.batch_size]) for i in range(0, len(order), s.batch_size)
         ]
-        for b, batch in enumerate(prefetched(make_batch, slices, prefetch)):
-            i, rows = b * s.batch_size, slices[b][0]
+        for b, ((rows, _), batch) in enumerate(zip(slices, prefetched(make_batch, slices, prefetch), strict=True)):
             losses.append(train_step(batch, targets_for(rows, epoch)))
-            if (b + 1) % s.accumulate == 0 or i + s.batch_size >= len(order):
+            if (b + 1) % s.accumulate == 0 or b == len(slices) - 1:
                 if scaler is not None:
                     scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
                 if s.grad_clip:
