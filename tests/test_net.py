@@ -396,3 +396,43 @@ def test_trained_top_stages_under_bf16_autocast_stay_close_to_fp32():
     assert bf16["img_pooled"].dtype == torch.float32 and bf16["img_tokens"].dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(bf16["img_pooled"], fp32, dim=1)
     assert (cos > 0.99).all(), cos
+
+
+def test_the_top_stage_trains_channels_last_to_the_same_values():
+    """``TopBlocksNet`` runs its top stage channels_last (faster oneDNN convolutions): the same
+    outputs and gradients as the cached map's NCHW layout, to float rounding."""
+    import torch
+
+    from capfuse.encoders.image import BackboneTop, create_backbone
+    from capfuse.nn.fusion import TopBlocksNet
+
+    mid = torch.randn(4, 192, 3, 3, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for channels_last in (False, True):
+        model, _ = create_backbone("tf_efficientnet_lite0", weights="package", num_classes=0)
+        net = TopBlocksNet(
+            BackboneTop(model, 1), torch.nn.Identity(), pooling="multilevel", channels_last=channels_last
+        )
+        conv = net.top.conv_head.weight
+        seen = []
+        net.top.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(args[0]))
+        pooled = net.train().features({"img_mid": mid})["img_pooled"]
+        assert seen[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+        pooled.pow(2).mean().backward()
+        grads[channels_last] = (pooled.detach(), conv.grad.clone())
+    torch.testing.assert_close(grads[True][0], grads[False][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grads[True][1], grads[False][1], atol=1e-5, rtol=1e-3)
+
+
+def test_the_top_stage_benchmark_times_every_variant(capsys):
+    """``capfuse bench --only top-stage`` on a tiny input: both layouts per precision, a rate each."""
+    from capfuse.bench.top_stage import bench_top_stage, print_top_stage
+    from capfuse.models.finetune import cpu_has_bf16
+
+    r = bench_top_stage(size=64, batch=4, steps=1, rounds=1)
+    assert r["shape"] == (4, 192, 2, 2)  # 64 px / 32
+    precisions = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+    assert sorted(r["rows_s"]) == sorted((p, lay) for p in precisions for lay in ("nchw", "channels_last"))
+    assert all(v > 0 for v in r["rows_s"].values())
+    print_top_stage(r)
+    assert "channels_last" in capsys.readouterr().out

@@ -13,7 +13,9 @@ a bundle exported from ``runs/demo`` (trained first when there is no finished ru
 
 ``--only jobs`` times one model's folds trained serially against ``--jobs N`` side by side
 (``capfuse.bench.jobs``). ``--only finetune`` times one fold of a ``finetune: true`` model with
-and without batches decoded ahead (``capfuse.bench.finetune``; a GPU config, on a GPU).
+and without batches decoded ahead (``capfuse.bench.finetune``; a GPU config, on a GPU). ``top-stage`` times the training step of
+Lite0's top stage on its cached input, fp32 and bf16, NCHW and channels_last
+(``capfuse.bench.top_stage``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from capfuse.bench.finetune import bench_finetune, print_finetune
 from capfuse.bench.jobs import bench_jobs, print_jobs
 from capfuse.bench.predict import bench_predict, export_for_bench, print_predict
 from capfuse.bench.second_level import bench_stack_thresholds
+from capfuse.bench.top_stage import bench_top_stage, print_top_stage
 from capfuse.bench.training import report_training
 from capfuse.config.schema import ImageEncoderSpec
 from capfuse.utils.log import setup_logging
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per variant (medians)")
     parser.add_argument(
         "--only",
-        choices=["embed", "stack", "training", "predict", "jobs", "finetune"],
+        choices=["embed", "stack", "training", "predict", "jobs", "finetune", "top-stage"],
         default=None,
         help="run one benchmark only",
     )
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print_embed(r)
     if args.only in (None, "stack"):
         bench_second_level(args.rows, args.models)
+    if args.only in (None, "top-stage"):
+        print_top_stage(bench_top_stage(args.encoder, args.size, rounds=args.rounds))
     if args.only in (None, "predict"):
         with tempfile.TemporaryDirectory(prefix="capfuse-bench-bundle-") as tmp:
             bundle = Path(args.bundle) if args.bundle else None
