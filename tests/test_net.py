@@ -381,6 +381,31 @@ def test_amp_dtype_follows_the_device_and_what_it_computes(monkeypatch):
     assert finetune.amp_dtype_for(cpu, True) is None
 
 
+def test_a_top_stage_in_fp32_on_the_cpu_is_announced_once(caplog, monkeypatch):
+    """Without native bf16 the top stage trains two to three times slower: the log says so, once."""
+    import capfuse.models.net as net_module
+
+    monkeypatch.setattr(net_module, "_WARNED_FP32", set())
+    cfg = {
+        "kind": "net",
+        "inputs": ["image"],
+        "image_head": {"kind": "mlp", "hidden": 16},
+        "image_encoder": {"name": "tf_efficientnet_lite0", "weights": "package", "train_blocks": 1, "grid": 2},
+    }
+    fp32 = {**cfg, "finetune_options": {"amp": False}}
+    with caplog.at_level("WARNING", logger="capfuse"):
+        for _ in range(2):
+            NetModel(fp32, seed=0).build({"img_mid": 192}, C, np.full(C, 0.3))
+    warned = [r for r in caplog.records if "trains in fp32 on this CPU" in r.getMessage()]
+    assert len(warned) == 1 and "tf_efficientnet_lite0" in warned[0].getMessage()
+    caplog.clear()
+    monkeypatch.setattr(net_module, "_WARNED_FP32", set())
+    monkeypatch.setattr(net_module, "amp_dtype_for", lambda device, amp: torch.bfloat16)
+    with caplog.at_level("WARNING", logger="capfuse"):
+        NetModel(cfg, seed=0).build({"img_mid": 192}, C, np.full(C, 0.3))
+    assert not [r for r in caplog.records if "fp32" in r.getMessage()]
+
+
 def test_trained_top_stages_under_bf16_autocast_stay_close_to_fp32():
     """``amp_dtype``: the top stages run in bf16, the pooled vector the head reads is fp32 and
     close to the fp32 pass's."""
@@ -410,9 +435,7 @@ def test_the_top_stage_trains_channels_last_to_the_same_values():
     grads = {}
     for channels_last in (False, True):
         model, _ = create_backbone("tf_efficientnet_lite0", weights="package", num_classes=0)
-        net = TopBlocksNet(
-            BackboneTop(model, 1), torch.nn.Identity(), pooling="multilevel", channels_last=channels_last
-        )
+        net = TopBlocksNet(BackboneTop(model, 1), None, pooling="multilevel", channels_last=channels_last)
         conv = net.top.conv_head.weight
         seen = []
         net.top.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(args[0]))

@@ -46,7 +46,7 @@ def bench_top_stage(
             fresh, _ = build_image(encoder)
             net = TopBlocksNet(
                 BackboneTop(fresh, 1),
-                torch.nn.Identity(),
+                None,
                 pooling="multilevel",
                 amp_dtype=precisions[precision],
                 channels_last=layout == "channels_last",

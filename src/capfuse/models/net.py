@@ -57,6 +57,23 @@ from capfuse.nn.contexts import cluster_contexts
 from capfuse.nn.fusion import TopBlocksNet, build_net, count_parameters, needs_class_text, net_settings, uses_contexts
 from capfuse.nn.losses import LOSSES, class_frequencies
 from capfuse.utils.io import read_json, write_json
+from capfuse.utils.log import log
+
+_WARNED_FP32: set[str] = set()
+
+
+def _warn_fp32_top_stage(encoder: str) -> None:
+    """Once per backbone and process: a top stage about to train in fp32 on the CPU."""
+    if encoder in _WARNED_FP32:
+        return
+    _WARNED_FP32.add(encoder)
+    log.warning(
+        "%s's top stage trains in fp32 on this CPU (no native bf16, or finetune_options.amp off): "
+        "two to three times the time per step of a CPU with AVX512-BF16 or AMX "
+        "(`capfuse bench --only top-stage` prints both); at 30,000 rows the default preset does not "
+        'hold its hour here (README, "Competition size")',
+        encoder,
+    )
 
 
 @MODELS.register("net")
@@ -200,6 +217,8 @@ class NetModel:
             # The trained stages' convolutions are what a fold's time goes to: bf16 autocast where
             # the CPU computes it natively (finetune_options.amp); the head stays in fp32.
             amp = amp_dtype_for(self.device, self.config.finetune_options.amp)
+            if amp is None and self.device.type == "cpu":
+                _warn_fp32_top_stage(enc.name)
             return TopBlocksNet(top, head, grid=enc.grid, pooling=enc.pooling, amp_dtype=amp)
         net = build_net(self.config, dims, num_classes, **extras)
         net.loss_fn = loss_fn
