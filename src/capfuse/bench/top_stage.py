@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from capfuse.encoders.image import BackboneTop
+from capfuse.encoders.image import BackboneTop, feature_maps
 from capfuse.encoders.registry import build_image
 from capfuse.models.finetune import cpu_has_bf16
 from capfuse.nn.fusion import TopBlocksNet
@@ -31,11 +31,8 @@ def bench_top_stage(
     backbone, _ = build_image(encoder)
     with torch.inference_mode():
         # The shape of the map entering the top stage at this size: one image through the rest.
-        probe = torch.zeros(1, 3, size, size)
-        x = backbone.bn1(backbone.conv_stem(probe))
-        for block in list(backbone.blocks)[:-1]:
-            x = block(x)
-    shape = (batch, *x.shape[1:])
+        mid_map = feature_maps(backbone.eval(), torch.zeros(1, 3, size, size), (1,))[0]
+    shape = (batch, *mid_map.shape[1:])
     precisions = {"fp32": None} | ({"bf16": torch.bfloat16} if cpu_has_bf16() else {})
     variants = [(p, layout) for p in precisions for layout in ("nchw", "channels_last")]
     seconds: dict[tuple[str, str], list[float]] = {v: [] for v in variants}

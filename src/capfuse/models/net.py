@@ -71,7 +71,7 @@ def _warn_fp32_top_stage(encoder: str) -> None:
         "%s's top stage trains in fp32 on this CPU (no native bf16, or finetune_options.amp off): "
         "two to three times the time per step of a CPU with AVX512-BF16 or AMX "
         "(`capfuse bench --only top-stage` prints both); at 30,000 rows the default preset does not "
-        'hold its hour here (README, "Competition size")',
+        'hold its hour here (README, "A trained top stage under the fusion")',
         encoder,
     )
 

@@ -13,9 +13,9 @@ a bundle exported from ``runs/demo`` (trained first when there is no finished ru
 
 ``--only jobs`` times one model's folds trained serially against ``--jobs N`` side by side
 (``capfuse.bench.jobs``). ``--only finetune`` times one fold of a ``finetune: true`` model with
-and without batches decoded ahead (``capfuse.bench.finetune``; a GPU config, on a GPU). ``top-stage`` times the training step of
-Lite0's top stage on its cached input, fp32 and bf16, NCHW and channels_last
-(``capfuse.bench.top_stage``).
+and without batches decoded ahead (``capfuse.bench.finetune``; a GPU config, on a GPU).
+``top-stage`` times the training step of Lite0's top stage on its cached input, fp32 and bf16,
+NCHW and channels_last (``capfuse.bench.top_stage``).
 """
 
 from __future__ import annotations
