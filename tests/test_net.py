@@ -286,14 +286,9 @@ def test_the_finetune_benchmark_times_both_ways(tmp_path, capsys):
         bench_finetune(data, frozen, model=None, root=tmp_path)
 
 
-def test_top_stages_train_from_cached_mid_maps(tmp_path):
-    """``image_encoder.train_blocks``: the pretrained top stage trains (slower) under the head."""
-    from safetensors.torch import load_file
-
-    from capfuse.encoders.image import create_backbone
-
+def _mid_map_features(n: int = 96, n_test: int = 16) -> tuple[dict, np.ndarray]:
+    """Cached 2x2 maps entering Lite0's last stage (both views), with a class pattern in them."""
     rng = np.random.default_rng(0)
-    n, n_test = 96, 16
     Y = (rng.random((n, C)) < 0.3).astype(np.uint8)
     Y[Y.sum(1) == 0, 0] = 1
     pattern = rng.normal(size=(C, 192, 2, 2))
@@ -305,6 +300,16 @@ def test_top_stages_train_from_cached_mid_maps(tmp_path):
         "n_test": n_test,
         "dims": {"img_mid": 192},
     }
+    return feats, Y
+
+
+def test_top_stages_train_from_cached_mid_maps(tmp_path):
+    """``image_encoder.train_blocks``: the pretrained top stage trains (slower) under the head."""
+    from safetensors.torch import load_file
+
+    from capfuse.encoders.image import create_backbone
+
+    feats, Y = _mid_map_features()
     cfg = {
         "kind": "net",
         "inputs": ["image"],
@@ -381,29 +386,37 @@ def test_amp_dtype_follows_the_device_and_what_it_computes(monkeypatch):
     assert finetune.amp_dtype_for(cpu, True) is None
 
 
-def test_a_top_stage_in_fp32_on_the_cpu_is_announced_once(caplog, monkeypatch):
-    """Without native bf16 the top stage trains two to three times slower: the log says so, once."""
+def test_a_top_stage_in_fp32_on_the_cpu_is_announced_once(caplog, monkeypatch, tmp_path):
+    """Without native bf16 the top stage trains two to three times slower: the log says so, once,
+    when a fold trains; building the same net to predict or to cost it says nothing."""
     import capfuse.models.net as net_module
 
-    monkeypatch.setattr(net_module, "_WARNED_FP32", set())
+    feats, Y = _mid_map_features()
     cfg = {
         "kind": "net",
         "inputs": ["image"],
         "image_head": {"kind": "mlp", "hidden": 16},
         "image_encoder": {"name": "tf_efficientnet_lite0", "weights": "package", "train_blocks": 1, "grid": 2},
+        "train": {"epochs": 1, "batch_size": 32},
     }
     fp32 = {**cfg, "finetune_options": {"amp": False}}
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "trains in fp32 on this CPU" in r.getMessage()]
+
+    monkeypatch.setattr(net_module, "_WARNED_FP32", set())
     with caplog.at_level("WARNING", logger="capfuse"):
-        for _ in range(2):
-            NetModel(fp32, seed=0).build({"img_mid": 192}, C, np.full(C, 0.3))
-    warned = [r for r in caplog.records if "trains in fp32 on this CPU" in r.getMessage()]
-    assert len(warned) == 1 and "tf_efficientnet_lite0" in warned[0].getMessage()
+        NetModel(fp32, seed=0).build(feats["dims"], C, np.full(C, 0.3))
+        assert warnings() == []
+        for k in range(2):
+            NetModel(fp32, seed=0).fit_fold(feats, Y, np.arange(72), np.arange(72, 96), fold_dir=tmp_path / str(k))
+    assert len(warnings()) == 1 and "tf_efficientnet_lite0" in warnings()[0]
     caplog.clear()
     monkeypatch.setattr(net_module, "_WARNED_FP32", set())
     monkeypatch.setattr(net_module, "amp_dtype_for", lambda device, amp: torch.bfloat16)
     with caplog.at_level("WARNING", logger="capfuse"):
-        NetModel(cfg, seed=0).build({"img_mid": 192}, C, np.full(C, 0.3))
-    assert not [r for r in caplog.records if "fp32" in r.getMessage()]
+        NetModel(cfg, seed=0).fit_fold(feats, Y, np.arange(72), np.arange(72, 96), fold_dir=tmp_path / "bf16")
+    assert warnings() == []
 
 
 def test_trained_top_stages_under_bf16_autocast_stay_close_to_fp32():

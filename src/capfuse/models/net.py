@@ -217,8 +217,6 @@ class NetModel:
             # The trained stages' convolutions are what a fold's time goes to: bf16 autocast where
             # the CPU computes it natively (finetune_options.amp); the head stays in fp32.
             amp = amp_dtype_for(self.device, self.config.finetune_options.amp)
-            if amp is None and self.device.type == "cpu":
-                _warn_fp32_top_stage(enc.name)
             return TopBlocksNet(top, head, grid=enc.grid, pooling=enc.pooling, amp_dtype=amp)
         net = build_net(self.config, dims, num_classes, **extras)
         net.loss_fn = loss_fn
@@ -283,6 +281,9 @@ class NetModel:
         n_train = len(Y)
         test_rows = np.arange(n_train, n_train + feats["n_test"])
         net = self.build(feats["dims"], Y.shape[1], class_frequencies(Y[tr])).to(self.device)
+        if getattr(net, "top", None) is not None and net.amp_dtype is None and self.device.type == "cpu":
+            # Here, not in build(): predict and the cost report build the same net without training it.
+            _warn_fp32_top_stage(self.config.image_encoder.name)
 
         keys = net.input_keys()
 
