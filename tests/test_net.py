@@ -104,11 +104,16 @@ def test_learns_and_writes_best_checkpoint(tmp_path):
     assert 0 <= out.info["best_epoch"] < out.info["epochs_run"] <= 6
 
 
-def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [0.0, 1.0])
+def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch, ema):
     import capfuse.models.loop as net_mod
 
     feats, Y = synthetic()
     tr, va = folds_of(len(Y))
+
+    def config(**train):  # with the weight average on, it resumes from last.pt too
+        return globals()["config"](ema_halflife=ema, **train)
+
     torch.manual_seed(0)
     full = NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "a")
 
@@ -131,6 +136,47 @@ def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch):
     resumed = NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "b")
     np.testing.assert_allclose(resumed.val_logits, full.val_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(resumed.test_logits, full.test_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_the_weight_average_is_judged_and_kept_without_changing_training(tmp_path, monkeypatch):
+    """``train.ema_halflife``: the stopping rows judge the moving average and the fold keeps it,
+    while the optimiser goes on from the live weights exactly as without it."""
+    from safetensors.torch import load_file
+
+    import capfuse.models.loop as net_mod
+
+    feats, Y = synthetic()
+    tr, va = folds_of(len(Y))
+    states, judged = {}, {}
+    for ema in (0.0, 1.0):
+        calls = {"n": 0}
+
+        def stop_at_third(y, logits, metric="f1", ema=ema, calls=calls):  # each epoch improves; the third never ends
+            calls["n"] += 1
+            judged.setdefault(ema, []).append(np.array(logits))
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return float(calls["n"])
+
+        monkeypatch.setattr(net_mod, "val_score", stop_at_third)
+        torch.manual_seed(0)
+        with pytest.raises(KeyboardInterrupt):
+            NetModel(config(ema_halflife=ema), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / str(ema))
+        states[ema] = torch.load(tmp_path / str(ema) / "last.pt", weights_only=True)
+    # The live weights after two epochs are the same with and without the average...
+    for key, value in states[0.0]["model"].items():
+        torch.testing.assert_close(states[1.0]["model"][key], value, rtol=0, atol=0)
+    # ...the average is not the live weights, and it is what was judged and saved as best.
+    average = {k.removeprefix("module."): v for k, v in states[1.0]["ema"].items() if k.startswith("module.")}
+    assert any(not torch.equal(average[k], v) for k, v in states[1.0]["model"].items())
+    assert not np.allclose(judged[1.0][1], judged[0.0][1])
+    assert states[1.0]["best_epoch"] == 1
+    best = load_file(str(tmp_path / "1.0" / "best.safetensors"))
+    assert best.keys() == average.keys()
+    for key, value in best.items():
+        torch.testing.assert_close(value, average[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="ema_halflife"):
+        NetModel(config(ema_halflife=-1.0), seed=0)
 
 
 def test_deterministic_for_a_seed(tmp_path):

@@ -266,6 +266,11 @@ class TrainSettings:
     inner_frac: float = 0.15  # share of the fold's training rows that only judge epochs
     stop_metric: str = "f1"  # what the stopping rows judge by: mean F1 (the target), or `loss` (smoother)
     grad_clip: float = 1.0
+    # An exponential moving average of the weights, its half-life in epochs (the decay per
+    # optimiser step follows from the steps an epoch takes, so the horizon means the same at 2,000
+    # rows and at 30,000). The stopping rows judge the average and the fold keeps it: the usual
+    # way to smooth the last epochs' noise out of a small fold's weights. 0: off.
+    ema_halflife: float = 0.0
     accumulate: int = 1  # gradient accumulation steps (finetune mode, large effective batches)
     flip_p: float = 0.5  # chance a training sample uses its flipped view
     tta: bool = True  # average original and flipped views for OOF and test logits
@@ -287,6 +292,8 @@ class TrainSettings:
         out = cls(**cfg)
         if out.early_stop not in EARLY_STOP:
             raise ValueError(f"train.early_stop must be one of {list(EARLY_STOP)}, got {out.early_stop!r}")
+        if out.ema_halflife < 0:
+            raise ValueError(f"train.ema_halflife must be >= 0 epochs (0: off), got {out.ema_halflife}")
         if out.max_steps < 0:
             raise ValueError(f"train.max_steps must be >= 0 (0: off), got {out.max_steps}")
         if out.batch_grow_rows < 0:

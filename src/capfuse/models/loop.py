@@ -1,13 +1,15 @@
 """The epochs of one fold, shared by the cached and the fine-tuning modes of the ``net`` kind.
 
 Early stopping on an inner split of the fold's training rows (or fixed epochs), the cosine
-schedule with warm-up, gradient accumulation and clipping, pseudo-labelled rows with their masks
+schedule with warm-up, gradient accumulation and clipping, an optional moving average of the
+weights (what the stopping rows judge and the fold keeps), pseudo-labelled rows with their masks
 and ramped weights, checkpoints every epoch and an exact resume, DDP shards with rank 0's stopping
 decision broadcast. The held-out fold is predicted once, after the last epoch.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from capfuse.models.base import FoldOutput
 from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split, schedule_epochs, val_score
@@ -114,11 +117,18 @@ def train_epochs(
     total = steps_per_epoch * span
     warmup = int(round(s.warmup_epochs * steps_per_epoch))
 
+    ema = None
+    if s.ema_halflife > 0:
+        decay = 0.5 ** (1.0 / (s.ema_halflife * steps_per_epoch))
+        ema = AveragedModel(_unwrap(net), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
     start_epoch, best, best_epoch, bad, step = 0, -1.0, -1, 0, 0
     last = fold_dir / "last.pt"
     if last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
         _unwrap(net).load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best, best_epoch, bad, step = (
             state["epoch"] + 1,
@@ -163,6 +173,10 @@ def train_epochs(
                     opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
+                if ema is not None:
+                    ema.update_parameters(_unwrap(net))
+        if ema is not None:  # the stopping rows, and the checkpoint below, read the average
+            _swap_weights(_unwrap(net), ema.module)
         if stop_rows is None:  # no stopping rows: the last epoch is the model
             score, improved = float("nan"), epoch == n_epochs - 1
         else:
@@ -178,6 +192,8 @@ def train_epochs(
                 _save_safetensors(fold_dir / "best.safetensors", _unwrap(net).state_dict())
         elif stop_rows is not None:
             bad += 1
+        if ema is not None:  # training goes on from the live weights
+            _swap_weights(_unwrap(net), ema.module)
         if is_main:
             log.debug(
                 "  %s epoch %d: loss %.4f, stopping-set mean F1 %.4f%s",
@@ -198,7 +214,8 @@ def train_epochs(
                     "bad": bad,
                     "step": step,
                     "torch_rng": torch.get_rng_state(),
-                },
+                }
+                | ({"ema": ema.state_dict()} if ema is not None else {}),
             )
         completed = epoch + 1
         if bad >= s.patience:
@@ -235,6 +252,20 @@ def train_epochs(
         info["logit_scale"], info["logit_shift"] = (round(v, 5) for v in calibration)
     extra = predict(extra_rows) if is_main and extra_rows is not None and len(extra_rows) else None
     return FoldOutput(val_logits, test_logits, info, extra)
+
+
+@torch.no_grad()
+def _swap_weights(net: torch.nn.Module, other: torch.nn.Module) -> None:
+    """Exchange the values of two modules of one architecture, parameters and buffers, in place
+    (the optimiser and ``predict`` keep their references to ``net``'s tensors)."""
+    for a, b in zip(
+        itertools.chain(net.parameters(), net.buffers()),
+        itertools.chain(other.parameters(), other.buffers()),
+        strict=True,
+    ):
+        held = a.clone()
+        a.copy_(b)
+        b.copy_(held)
 
 
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
