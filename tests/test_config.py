@@ -48,7 +48,7 @@ def test_shipped_configs_resolve():
 
     path = REPO / "configs" / "pipeline.yaml"
     models = model_configs(load_config(path), path)
-    assert set(models) >= {"cap_lr", "fused_lr", "fusion_lq_ema"}
+    assert set(models) >= {"cap_lr", "fused_lr", "fusion_lq_asl"}
     for name, cfg in models.items():
         assert cfg["name"] == name
         assert cfg["kind"]
