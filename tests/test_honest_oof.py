@@ -90,6 +90,7 @@ CONFIGS = {
     "net_no_stop": net_cfg(train={"early_stop": "none", "epochs": 3}),
     "net_stop_on_loss": net_cfg(train={"stop_metric": "loss"}),
     "net_calibrated": net_cfg(train={"calibrate": True, "loss": {"name": "asl"}}),
+    "net_weight_average": net_cfg(train={"ema_halflife": 1.0}),  # the stopping rows judge the average
     "fusion_label_query": net_cfg(fusion={"label_query": {"enabled": True}}, aux={"align_weight": 0.1}),
     "fusion_contexts": net_cfg(aux={"context_weight": 0.2, "n_contexts": 2}),
 }

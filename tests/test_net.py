@@ -110,12 +110,10 @@ def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch, ema):
 
     feats, Y = synthetic()
     tr, va = folds_of(len(Y))
-
-    def config(**train):  # with the weight average on, it resumes from last.pt too
-        return globals()["config"](ema_halflife=ema, **train)
+    cfg = config(ema_halflife=ema)  # with the weight average on, it resumes from last.pt too
 
     torch.manual_seed(0)
-    full = NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "a")
+    full = NetModel(cfg, seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "a")
 
     real = net_mod.val_score
     calls = {"n": 0}
@@ -129,11 +127,11 @@ def test_interrupted_fold_resumes_exactly(tmp_path, monkeypatch, ema):
     monkeypatch.setattr(net_mod, "val_score", crash_on_third)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "b")
+        NetModel(cfg, seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "b")
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
     monkeypatch.setattr(net_mod, "val_score", real)
-    resumed = NetModel(config(), seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "b")
+    resumed = NetModel(cfg, seed=3).fit_fold(feats, Y, tr, va, fold_dir=tmp_path / "b")
     np.testing.assert_allclose(resumed.val_logits, full.val_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(resumed.test_logits, full.test_logits, rtol=1e-5, atol=1e-5)
 
