@@ -281,7 +281,7 @@ class NetModel:
         n_train = len(Y)
         test_rows = np.arange(n_train, n_train + feats["n_test"])
         net = self.build(feats["dims"], Y.shape[1], class_frequencies(Y[tr])).to(self.device)
-        if getattr(net, "top", None) is not None and net.amp_dtype is None and self.device.type == "cpu":
+        if isinstance(net, TopBlocksNet) and net.amp_dtype is None and self.device.type == "cpu":
             # Here, not in build(): predict and the cost report build the same net without training it.
             _warn_fp32_top_stage(self.config.image_encoder.name)
 
