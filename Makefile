@@ -229,8 +229,21 @@ clean: ## remove run artefacts of DATA (runs/<dataset>/) and generated demo data
 	fi
 	rm -rf -- "runs/$$CLEAN_DATASET" data/demo data/demo-unlabelled data/tiny data/faulty
 
-clean-all: clean ## also remove the virtual environment and every run
-	rm -rf runs $(VENV)
+# VENV may come from the environment (VENV=$$HOME): only a folder that this Makefile built, a
+# virtual environment holding its stamp, is removed; anything else is named, and clean-all stops
+# before it removes anything. The path reaches the shell through the environment, never pasted
+# into the recipe.
+.PHONY: clean-all-check
+clean-all-check: export CLEAN_VENV := $(VENV)
+clean-all-check:
+	@if [ -e "$$CLEAN_VENV" ] && { [ ! -f "$$CLEAN_VENV/pyvenv.cfg" ] || [ ! -e "$$CLEAN_VENV/.installed" ]; }; then \
+	  echo "make clean-all: VENV=\"$$CLEAN_VENV\" is not a virtual environment this Makefile built (no pyvenv.cfg and .installed in it); nothing removed" >&2; \
+	  exit 2; \
+	fi
+
+clean-all: export CLEAN_VENV := $(VENV)
+clean-all: clean-all-check clean ## also remove the virtual environment (if this Makefile built it) and every run
+	rm -rf -- runs "$$CLEAN_VENV"
 
 # -- open vocabulary (paper c) and embeddings (paper d) ------------------------------------------
 QUERY ?=                             ## make search: a text query, e.g. QUERY="a dog on a bus"

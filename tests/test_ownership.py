@@ -484,3 +484,37 @@ def test_last_rounds_stack_each_models_final_round_in_its_place():
     assert choose_base_models(cfg, TRAINED) == ["cap_lr", "img_lr@r2"]
     with pytest.raises(ValueError, match="ensemble.rounds"):
         choose_base_models({**cfg, "ensemble": {"rounds": "best"}}, TRAINED)
+
+
+def make_clean_all(project: Path, venv: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-f", str(REPO / "Makefile"), "-C", str(project), "clean-all", "DATA=x", f"VENV={venv}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_clean_all_keeps_a_venv_folder_it_did_not_build(tmp_path):
+    project, sentinels = _tree(tmp_path)
+    home = tmp_path / "home"  # VENV=$HOME: a user's folder, no venv stamp in it
+    (home / "thesis.tex").parent.mkdir()
+    (home / "thesis.tex").write_text("keep")
+    done = make_clean_all(project, home)
+    assert done.returncode == 2 and "nothing removed" in done.stderr and str(home) in done.stderr
+    assert (home / "thesis.tex").read_text() == "keep"
+    assert (project / "runs" / "x" / "oof.csv").exists()  # stopped before `make clean` and `rm -rf runs`
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_clean_all_removes_the_venv_it_built_and_every_run(tmp_path):
+    project, _ = _tree(tmp_path)
+    venv = tmp_path / "venv with space"
+    venv.mkdir()
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / ".installed").touch()
+    done = make_clean_all(project, venv)
+    assert done.returncode == 0, done.stderr
+    assert not venv.exists() and not (project / "runs").exists()
+    assert (tmp_path / "outside.txt").read_text() == "keep"
