@@ -31,6 +31,7 @@ from capfuse.ensemble.second_level import (
     KEPT_DIR,
     ensemble_dir,
     pipeline_models,
+    stale_second_level,
     threshold_rule,
     trained_models,
 )
@@ -156,6 +157,11 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path, *, top_k: int | None
     stacked = read_json(ens / "stack.json")
     if kept["candidate"] != stacked["chosen"] or cut.get("candidate") != stacked["chosen"]:
         raise ExportError(f"{ens}: kept.json, stack.json and thresholds.json disagree: run `make infer` again")
+    stale = stale_second_level(paths, ds)
+    if stale:
+        raise ExportError(
+            f"{stale}: run `make infer` again, then export (a bundle must not pair new models with an old second level)"
+        )
     if out.exists():
         raise ExportError(f"{out} exists: choose a new folder (bundles are never overwritten)")
     trained = trained_models(paths)

@@ -40,7 +40,7 @@ from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.ensemble.stack import DEFAULT_PARAMS, DEFAULT_ROUNDS, stack_features, stack_oof_and_test
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.metrics import mean_average_precision, mean_sample_f1
-from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_text
+from capfuse.utils.io import read_json, remove_stale_tmp, sha256_file, write_csv, write_json, write_text
 from capfuse.utils.log import log, mask_url, stage
 from capfuse.utils.numeric import sigmoid
 
@@ -262,6 +262,10 @@ def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
             "base_models": {n: {k: trained[n].get(k) for k in ("kind", "seed", "cv_mean_f1")} for n in names},
             "candidates": {c: {**v["score"], **v["detail"]} for c, v in cands.items()},
             "inputs_sha256": _inputs_hash(oof_logits, test_logits, folds, names),
+            # Per model, so that an export after one model was retrained names it (stale_second_level).
+            "inputs_sha256_by_model": {
+                n: _inputs_hash([o], [t], folds, [n]) for n, o, t in zip(names, oof_logits, test_logits)
+            },
         }
         write_json(out / "stack.json", summary)
         write_kept(out / KEPT_DIR, chosen, names, cands[chosen])
@@ -302,6 +306,34 @@ def _inputs_hash(oof_logits, test_logits, folds, names) -> str:
     for arr in (*oof_logits, *test_logits, folds):
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
+
+
+def stale_second_level(paths, ds: Dataset) -> str | None:
+    """Why ``ensemble/`` no longer describes the run's models, or None when it does.
+
+    The second level is fitted on its base models' OOF logits and the thresholds on its OOF
+    probabilities; a base model retrained since (an edited config, another seed) leaves both
+    fitted on logits that no longer exist, while every file still names the same candidate. So
+    the logits the stack read are hashed into ``stack.json`` and the probabilities the thresholds
+    read into ``thresholds.json``, and both are compared with what the run folder holds now."""
+    ens = ensemble_dir(paths)
+    stacked, cut = read_json(ens / "stack.json"), read_json(ens / "thresholds.json")
+    names = list(stacked["base_models"])
+    folds = ds.folds()
+    try:
+        oof, test = load_base_logits(paths, ds, names, folds)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return f"a base model of the second level cannot be read as it was stacked ({exc})"
+    if _inputs_hash(oof, test, folds, names) != stacked.get("inputs_sha256"):
+        by_model = stacked.get("inputs_sha256_by_model") or {}
+        changed = [n for n, o, t in zip(names, oof, test) if by_model.get(n) != _inputs_hash([o], [t], folds, [n])]
+        return (
+            f"{', '.join(changed) or 'a base model'} changed since the second level was fitted on "
+            f"its logits ({ens / 'stack.json'})"
+        )
+    if cut.get("oof_probs_sha256") != sha256_file(ens / "oof_probs.csv"):
+        return f"{ens / 'thresholds.json'} was tuned on other probabilities than {ens / 'oof_probs.csv'}"
+    return None
 
 
 def threshold_rule(cfg: dict) -> dict:
@@ -364,6 +396,8 @@ def fit_thresholds(paths, cfg: dict, ds: Dataset, *, storage: str | None = None)
             if storage.startswith("sqlite:///")
             else mask_url(storage),
             "candidate": read_json(out / "stack.json")["chosen"] if (out / "stack.json").exists() else None,
+            # What the thresholds were tuned on: an export refuses them beside other probabilities.
+            "oof_probs_sha256": sha256_file(out / "oof_probs.csv"),
         }
         write_json(out / "thresholds.json", summary)
         g, c = summary["global"], summary["per_class"]
