@@ -79,7 +79,7 @@ def _fallback_labels(bundle: Path, tiny_run_root: Path, captions: list[str]) -> 
     """What the caption fallback predicts, replayed from the run's own fold files."""
     record = read_json(bundle / "bundle.json")
     fb = record["image_fallback"]
-    assert fb["model"] is not None, "the tiny run has a caption-only model (cap_lr)"
+    assert fb["model"] is not None, "the tiny run has a caption-only model (caption_linear)"
     settings = resolve_model(yaml.safe_load((bundle / "models" / fb["model"] / "config.yaml").read_text()))
     model = MODELS.create(settings.kind, cfg=settings, seed=settings.seed)
     k = record["models"][fb["model"]]["folds"]
@@ -132,3 +132,39 @@ def test_predict_on_a_hostile_folder_keeps_every_row_flags_the_faults_and_opens_
     # The duplicate is predicted from its own image and caption, like any other row.
     probs = pd.read_csv(out / "unseen-latest-probs.csv", dtype={"ImageID": str})
     assert list(probs["ImageID"]) == list(table["ImageID"])
+
+
+# -- a work folder (`--cache`) shared by predictions ----------------------------------------------
+
+
+def test_predicting_images_leaves_what_the_user_keeps_in_the_work_folder(bundle, tiny_run, tmp_path):
+    from capfuse.bundle import Predictor
+
+    work = tmp_path / "work"
+    mine = [work / "inputs" / "data" / "holiday.jpg", work / "notes.txt"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the user's own")
+    images = sorted((tiny_run.data / "data").iterdir())[:3]
+    pred = Predictor.load(bundle, work_dir=work).predict(images, ["a photo"] * 3)
+    assert len(pred.ids) == 3 and all(pred.image_ok)
+    assert all(p.read_bytes() == b"the user's own" for p in mine)
+    assert not list(work.glob(".inputs-*"))  # its own staging folder went
+
+
+def test_predictions_sharing_a_work_folder_take_turns(bundle, tiny_run, tmp_path):
+    import threading
+
+    from capfuse.bundle import Predictor
+    from capfuse.utils.lock import dataset_lock
+
+    work = tmp_path / "work"
+    predictor = Predictor.load(bundle, work_dir=work)
+    reading, done = threading.Event(), threading.Event()
+    features = predictor._features
+    predictor._features = lambda rows: (reading.set(), features(rows))[1]  # where the cache is read and written
+    worker = threading.Thread(target=lambda: (predictor.predict_folder(tiny_run.data), done.set()), daemon=True)
+    with dataset_lock(work, what="another capfuse predict"):
+        worker.start()
+        assert not reading.wait(3.0), "a prediction used a work folder another one holds"
+    assert done.wait(300) and len(list((work / "cache").iterdir())) > 0

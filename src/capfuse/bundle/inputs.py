@@ -99,7 +99,8 @@ def read_test_folder(data_dir: str | Path, *, max_pixels: int | None = None, wor
 
 def stage_inputs(folder: Path, images: list, captions: list | None, *, max_pixels: int | None = None) -> Rows:
     """Images (paths, PIL images or None) and captions written into ``folder`` in the test layout,
-    so that they go through the same decoding and encoders as a folder does."""
+    so that they go through the same decoding and encoders as a folder does. ``folder`` must not
+    hold a ``data/`` yet (the predictor gives each call a new one)."""
     captions = [""] * len(images) if captions is None else list(captions)
     if len(captions) != len(images):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -107,9 +108,7 @@ def stage_inputs(folder: Path, images: list, captions: list | None, *, max_pixel
     if bad is not None:
         raise TypeError(f"caption {bad} is {type(captions[bad]).__name__}, not str")
     data = folder / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    data.mkdir(parents=True)
+    data.mkdir(parents=True)  # a folder of its own: staging never clears what is already there
     ids = []
     for i, image in enumerate(images):
         if image is None:

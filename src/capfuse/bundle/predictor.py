@@ -10,6 +10,7 @@ for rows without a usable image. It reads no training row and no ``runs/`` folde
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from capfuse.models import MODELS
 from capfuse.models.cached import CachedViews
 from capfuse.submission import predictions_to_frame
 from capfuse.utils.io import read_json, sha256_file
+from capfuse.utils.lock import dataset_lock
 from capfuse.utils.numeric import sigmoid
 
 
@@ -166,8 +168,16 @@ class Predictor:
             ids = [Path(im).name if isinstance(im, (str, Path)) else f"{i:06d}" for i, im in enumerate(images)]
         if len(ids) != len(images):
             raise ValueError(f"{len(images)} images but {len(ids)} ids")
-        rows = stage_inputs(self.work_dir / "inputs", images, captions, max_pixels=self.record.get("max_pixels"))
-        pred = self.predict_rows(rows)
+        # Each call stages its inputs in a folder of its own, removed after: two predictions
+        # sharing a work folder never see each other's images, and nothing of the user's in
+        # that folder is touched.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".inputs-", dir=self.work_dir))
+        try:
+            rows = stage_inputs(staging, images, captions, max_pixels=self.record.get("max_pixels"))
+            pred = self.predict_rows(rows)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         pred.ids = [str(i) for i in ids]
         return pred
 
@@ -270,7 +280,12 @@ class Predictor:
         return np.asarray(out, dtype=np.float32).astype(np.float64)
 
     def predict_rows(self, rows: Rows) -> Prediction:
-        feats = self._features(rows)
+        # One writer at a time in a work folder (``--cache``): the encoders' exports and feature
+        # arrays there are written under names that do not depend on the rows, so a second
+        # prediction at once would read the first one's half-written features. It waits its turn.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with dataset_lock(self.work_dir, wait=True, what="capfuse predict"):
+            feats = self._features(rows)
         logits = {name: self._model_logits(name, feats, rows) for name in self.models}
         probs = self._second_level(logits)
         t = self.thresholds
