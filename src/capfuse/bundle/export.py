@@ -23,6 +23,7 @@ import yaml
 
 from capfuse import __version__
 from capfuse.bundle.prune import blend_level, prune_models, read_oof
+from capfuse.bundle.record import BUNDLE_FILE, FORMAT, seal
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import read_logits
@@ -41,8 +42,6 @@ from capfuse.utils.io import current_umask, read_json, sha256_file, write_json
 from capfuse.utils.log import log
 from capfuse.utils.numeric import sigmoid
 
-BUNDLE_FILE = "bundle.json"
-FORMAT = 1  # bump when a reader of an older bundle would misread a newer one
 NET_FILES = ("best.safetensors",)
 LINEAR_OPTIONAL = ("scaler_mean.npy", "scaler_scale.npy", "tfidf_terms.json", "tfidf_idf.npy")
 
@@ -243,6 +242,7 @@ def export_bundle(paths, cfg: dict, ds: Dataset, out: Path, *, top_k: int | None
             shutil.copyfile(src, tmp / rel)
         write_json(tmp / "second_level" / "kept.json", second)
         record["files"] = {rel: sha256_file(tmp / rel) for rel in sorted([*copies, "second_level/kept.json"])}
+        record = seal(record)  # the thresholds, weights and classes are hashed like the files
         write_json(tmp / BUNDLE_FILE, record)
         os.chmod(tmp, 0o777 & ~current_umask())
         os.replace(tmp, out)

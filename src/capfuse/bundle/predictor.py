@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from capfuse.bundle.export import BUNDLE_FILE, FORMAT
 from capfuse.bundle.inputs import Rows, read_test_folder, stage_inputs
+from capfuse.bundle.record import BUNDLE_FILE, BundleError, check_offline, read_record
 from capfuse.config.schema import resolve_model
 from capfuse.data.logits import logits_frame
 from capfuse.ensemble.blend import apply_weights, mean_blend
@@ -32,13 +32,8 @@ from capfuse.features.text import caption_features
 from capfuse.models import MODELS
 from capfuse.models.cached import CachedViews
 from capfuse.submission import predictions_to_frame
-from capfuse.utils.io import read_json, sha256_file
 from capfuse.utils.lock import dataset_lock
 from capfuse.utils.numeric import sigmoid
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used as it is: missing, of another format, or altered."""
 
 
 @dataclass
@@ -136,22 +131,18 @@ class Predictor:
         quiet: bool | None = True,
         fast: bool = False,
         folds: int | None = None,
+        allow_hub: bool = False,
     ) -> Predictor:
-        """Read ``bundle/bundle.json``; ``verify`` checks every file against its sha256 first."""
+        """Read ``bundle/bundle.json`` (``capfuse.bundle.record`` checks it whole); ``verify`` checks
+        every file against its sha256 first. ``allow_hub`` lets a model whose encoder no installed
+        package carries download it from a model hub; without it such a bundle is refused."""
         folder = Path(bundle)
-        if not (folder / BUNDLE_FILE).is_file():
-            raise BundleError(f"{folder}: no {BUNDLE_FILE}; export one with `make export`")
-        record = read_json(folder / BUNDLE_FILE)
-        if record.get("format") != FORMAT:
-            raise BundleError(f"{folder / BUNDLE_FILE}: format {record.get('format')!r}, this capfuse reads {FORMAT}")
-        if verify:
-            for rel, digest in record["files"].items():
-                path = folder / rel
-                if not path.is_file():
-                    raise BundleError(f"{path}: listed in {BUNDLE_FILE} but missing")
-                if sha256_file(path) != digest:
-                    raise BundleError(f"{path}: its sha256 differs from {BUNDLE_FILE}'s; the bundle was altered")
-        return cls(folder, record, Path(work_dir) if work_dir is not None else None, quiet, fast=fast, folds=folds)
+        record = read_record(folder, verify=verify)
+        predictor = cls(folder, record, Path(work_dir) if work_dir is not None else None, quiet, fast=fast, folds=folds)
+        if not allow_hub:
+            for name, settings in predictor.models.items():
+                check_offline(name, settings, folder / BUNDLE_FILE)
+        return predictor
 
     # -- inputs ---------------------------------------------------------------------------------
 
