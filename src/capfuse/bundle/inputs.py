@@ -131,22 +131,55 @@ def stage_inputs(folder: Path, images: list, captions: list | None, *, max_pixel
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def read_image_folder(folder: str | Path, captions_csv: str | Path | None = None) -> tuple[list[Path], list[str]]:
-    """Every image of ``folder`` (or of ``folder/data``), sorted by name, and its caption from
-    ``captions_csv`` (test.csv's format: ImageID, Caption; a missing caption is an empty one)."""
+def read_image_folder(
+    folder: str | Path, captions_csv: str | Path | None = None
+) -> tuple[list[Path | None], list[str], list[str]]:
+    """Every image of ``folder`` (or of ``folder/data``), sorted by name, with its caption from
+    ``captions_csv`` (test.csv's format: ImageID, Caption; a missing caption is an empty one),
+    then every row of ``captions_csv`` whose image the folder lacks, in the file's order, with
+    None for its image: it is predicted from its caption and flagged, never dropped.
+    Returns (image paths, captions, row ids)."""
     folder = Path(folder)
     where = folder / "data" if (folder / "data").is_dir() else folder
     paths = sorted(p for p in where.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise DataError(f"{where}: no test.csv beside it and no image ({', '.join(IMAGE_SUFFIXES)}) in it")
+    for p in paths:
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            # A name that is not UTF-8 cannot be written back as the same ImageID into a UTF-8
+            # submission: it would come back altered, so it is refused before any work.
+            raise DataError(f"{p.parent / ascii(p.name)}: the file name is not UTF-8; rename it") from None
     captions: dict[str, str] = {}
+    orphans: list[str] = []
     if captions_csv is not None:
         # test.csv's reader: COMP5329 captions hold unquoted commas that a plain CSV reader splits.
         rows, _ = read_split(captions_csv, "test")
-        captions = {r.image_id: r.caption for r in rows}
+        lines: dict[str, int] = {}
+        names = {p.name for p in paths}
+        for r in rows:
+            if r.image_id in lines:
+                raise DataError(
+                    f"{captions_csv}:{r.line}: ImageID {r.image_id!r} also on line {lines[r.image_id]}; "
+                    "give each image one caption"
+                )
+            lines[r.image_id] = r.line
+            captions[r.image_id] = r.caption
+            if r.image_id not in names:
+                orphans.append(r.image_id)
     without = sum(p.name not in captions for p in paths)
     if without:
         log.warning(
             "%d of %d images have no caption: predicted from the image and an empty caption", without, len(paths)
         )
-    return paths, [captions.get(p.name, "") for p in paths]
+    if orphans:
+        log.warning(
+            "%d rows of %s have no image in %s: predicted from their caption and flagged",
+            len(orphans),
+            captions_csv,
+            where,
+        )
+    images: list[Path | None] = [*paths, *[None] * len(orphans)]
+    ids = [p.name for p in paths] + orphans
+    return images, [captions.get(i, "") for i in ids], ids

@@ -23,8 +23,8 @@ def cli(args) -> int:
         if (data / "test.csv").exists():
             pred = predictor.predict_folder(data)
         else:
-            paths, captions = read_image_folder(data, args.captions)
-            pred = predictor.predict(paths, captions)
+            images, captions, ids = read_image_folder(data, args.captions)
+            pred = predictor.predict(images, captions, ids=ids)
         record = predictor.record
         manifest = {
             "bundle": str(args.bundle),
