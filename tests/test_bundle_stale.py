@@ -40,11 +40,11 @@ def test_export_refuses_a_second_level_fitted_on_logits_a_model_no_longer_has(ti
     run = tiny_run.copy(tmp_path / "project")
     assert main(["export", *_args(run, "--out", str(tmp_path / "fresh"))]) == 0
 
-    oof = run.root / "runs" / "tiny" / "img_lr" / "oof_logits.csv"
+    oof = run.root / "runs" / "tiny" / "image_linear" / "oof_logits.csv"
     _nudge(oof, pd.read_csv(oof, nrows=0).columns[-1])
     caplog.clear()
     assert main(["export", *_args(run, "--out", str(tmp_path / "stale"))]) == 2
-    assert "img_lr changed since the second level was fitted" in caplog.text and "make infer" in caplog.text
+    assert "image_linear changed since the second level was fitted" in caplog.text and "make infer" in caplog.text
     assert not (tmp_path / "stale").exists()
 
     assert main(["infer", *_args(run)]) == 0  # refits the second level and the thresholds
@@ -58,3 +58,11 @@ def test_export_refuses_thresholds_tuned_on_other_probabilities(tiny_run, tmp_pa
     _nudge(probs, pd.read_csv(probs, nrows=0).columns[-1])
     assert main(["export", *_args(run, "--out", str(tmp_path / "stale"))]) == 2
     assert "thresholds.json was tuned on other probabilities" in caplog.text
+
+
+@pytest.mark.slow
+def test_export_of_a_model_whose_metrics_are_gone_is_one_line_naming_it(tiny_run, tmp_path, caplog):
+    run = tiny_run.copy(tmp_path / "project")
+    (run.root / "runs" / "tiny" / "cap_lr" / "metrics.json").unlink()
+    assert main(["export", *_args(run, "--out", str(tmp_path / "out"))]) == 2
+    assert "cap_lr's training did not finish" in caplog.text and "Traceback" not in caplog.text

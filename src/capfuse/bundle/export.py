@@ -103,6 +103,11 @@ def _model_copies(paths, trained: dict, names: list[str], k: int) -> tuple[dict[
     copies: dict[str, Path] = {}
     for name in names:
         run = paths.model_dir(name)
+        if name not in trained or not (run / "config.yaml").is_file():
+            raise ExportError(
+                f"{run}: no metrics.json or config.yaml, so {name}'s training did not finish: "
+                "run `make train` and `make infer` again, then export"
+            )
         model_cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         settings = resolve_model(model_cfg)
         check_exportable(name, settings)
