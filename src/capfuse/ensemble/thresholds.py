@@ -286,13 +286,19 @@ def fit_class_thresholds(
     finally:
         optuna.logging.set_verbosity(verbosity)
 
-    start, search_score = np.full(c, g_t), g_score
-    if complete:
-        best = max(complete, key=lambda tr: (tr.value, -tr.number))
-        if best.value > search_score:
-            start, search_score = np.array([best.params[n] for n in names]), float(best.value)
-    # Re-score the start here: a stored value came from whoever ran the trial.
-    start_score = scorer.score(start)
+    # The polish starts from the best trial as scored here, on these probabilities: a stored
+    # value came from whoever ran the trial (another worker, another version, or a hand-edited
+    # storage), so the values are not trusted, only the thresholds are re-scored. Ties keep the
+    # earlier trial, and the global threshold wins ties against every trial.
+    start, start_score = np.full(c, g_t), scorer.score(np.full(c, g_t))
+    for trial in sorted(complete, key=lambda tr: tr.number):
+        t_trial = np.array([trial.params.get(n, np.nan) for n in names], dtype=np.float64)
+        if not np.isfinite(t_trial).all():
+            continue  # a trial of another shape: not a start
+        trial_score = scorer.score(_clip(t_trial))
+        if trial_score > start_score:
+            start, start_score = _clip(t_trial), trial_score
+    search_score = start_score
     t, score = coordinate_ascent(scorer, start, passes=passes)
     if score < start_score:  # cannot happen (the polish only accepts gains and ties); kept as a guard
         t, score = start, start_score
