@@ -28,11 +28,11 @@ from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import read_logits
 from capfuse.ensemble.decision import fit_global_threshold
+from capfuse.ensemble.freshness import stale_second_level
 from capfuse.ensemble.second_level import (
     KEPT_DIR,
     ensemble_dir,
     pipeline_models,
-    stale_second_level,
     threshold_rule,
     trained_models,
 )

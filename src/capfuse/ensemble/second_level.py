@@ -261,10 +261,10 @@ def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
             "why": why,
             "base_models": {n: {k: trained[n].get(k) for k in ("kind", "seed", "cv_mean_f1")} for n in names},
             "candidates": {c: {**v["score"], **v["detail"]} for c, v in cands.items()},
-            "inputs_sha256": _inputs_hash(oof_logits, test_logits, folds, names),
+            "inputs_sha256": inputs_hash(oof_logits, test_logits, folds, names),
             # Per model, so that an export after one model was retrained names it (stale_second_level).
             "inputs_sha256_by_model": {
-                n: _inputs_hash([o], [t], folds, [n]) for n, o, t in zip(names, oof_logits, test_logits)
+                n: inputs_hash([o], [t], folds, [n]) for n, o, t in zip(names, oof_logits, test_logits)
             },
         }
         write_json(out / "stack.json", summary)
@@ -301,39 +301,12 @@ def write_kept(folder: Path, chosen: str, names: list[str], cand: dict) -> None:
     write_json(folder / "kept.json", record)  # last: it names the files beside it
 
 
-def _inputs_hash(oof_logits, test_logits, folds, names) -> str:
+def inputs_hash(oof_logits, test_logits, folds, names) -> str:
+    """What the second level was fitted on: the models' names, logits and folds (``stack.json``)."""
     h = hashlib.sha256(json.dumps(names).encode())
     for arr in (*oof_logits, *test_logits, folds):
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
-
-
-def stale_second_level(paths, ds: Dataset) -> str | None:
-    """Why ``ensemble/`` no longer describes the run's models, or None when it does.
-
-    The second level is fitted on its base models' OOF logits and the thresholds on its OOF
-    probabilities; a base model retrained since (an edited config, another seed) leaves both
-    fitted on logits that no longer exist, while every file still names the same candidate. So
-    the logits the stack read are hashed into ``stack.json`` and the probabilities the thresholds
-    read into ``thresholds.json``, and both are compared with what the run folder holds now."""
-    ens = ensemble_dir(paths)
-    stacked, cut = read_json(ens / "stack.json"), read_json(ens / "thresholds.json")
-    names = list(stacked["base_models"])
-    folds = ds.folds()
-    try:
-        oof, test = load_base_logits(paths, ds, names, folds)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        return f"a base model of the second level cannot be read as it was stacked ({exc})"
-    if _inputs_hash(oof, test, folds, names) != stacked.get("inputs_sha256"):
-        by_model = stacked.get("inputs_sha256_by_model") or {}
-        changed = [n for n, o, t in zip(names, oof, test) if by_model.get(n) != _inputs_hash([o], [t], folds, [n])]
-        return (
-            f"{', '.join(changed) or 'a base model'} changed since the second level was fitted on "
-            f"its logits ({ens / 'stack.json'})"
-        )
-    if cut.get("oof_probs_sha256") != sha256_file(ens / "oof_probs.csv"):
-        return f"{ens / 'thresholds.json'} was tuned on other probabilities than {ens / 'oof_probs.csv'}"
-    return None
 
 
 def threshold_rule(cfg: dict) -> dict:

@@ -19,6 +19,7 @@ default (all cores), exactly as before jobs existed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -213,11 +214,27 @@ def _run_dask(jobs: list[FoldJob], address: str, fixed: int | None, fn) -> None:
         threads = {} if fixed else _worker_threads(client)
         log.info("%d jobs on Dask at %s: %s", len(jobs), address, _describe(threads, fixed))
         futures = client.map(
-            _on_dask_worker, jobs, fn=fn, threads=threads, fixed=fixed, retries=DASK_RETRIES, pure=False
+            _on_dask_worker,
+            jobs,
+            fn=fn,
+            threads=threads,
+            fixed=fixed,
+            code=code_identity(),
+            retries=DASK_RETRIES,
+            pure=False,
         )
-        for future in as_completed(futures):
-            name, fold, _ = future.result()  # a job's own error is raised here, after its retries
-            log.info("%s fold %d: finished on Dask", name, fold)
+        try:
+            for future in as_completed(futures):
+                name, fold, _ = future.result()  # a job's own error is raised here, after its retries
+                log.info("%s fold %d: finished on Dask", name, fold)
+        except BaseException:
+            # Ctrl-C (or a job's error): the jobs not yet started must not go on writing into
+            # the run folders after this command has stopped. Dask cannot stop a job mid-fold;
+            # those finish their fold or are overwritten by the next run's same fold.
+            pending = [f for f in futures if not f.done()]
+            client.cancel(pending, force=True)
+            log.warning("stopped: %d Dask jobs not finished were cancelled", len(pending))
+            raise
 
 
 def _worker_threads(client) -> dict[str, int]:
@@ -237,8 +254,26 @@ def _describe(threads: dict[str, int], fixed: int | None) -> str:
     return ", ".join(f"{addr}: {n} thread(s) per job" for addr, n in sorted(threads.items()))
 
 
-def _on_dask_worker(job: FoldJob, fn, threads: dict[str, int], fixed: int | None):
+def code_identity() -> str:
+    """A sha256 of the capfuse package's source as this process imported it (its version is in
+    ``__init__.py``, so it is covered). A Dask worker started from another checkout (an older
+    clone, an edited file) would train folds with other code into the same run folders, and
+    nothing in the bytes would show it."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _on_dask_worker(job: FoldJob, fn, threads: dict[str, int], fixed: int | None, code: str | None = None):
     """``fn(job, threads)`` on the Dask worker this runs on, with that worker's thread count."""
+    if code is not None and code != code_identity():
+        raise ValueError(
+            f"Dask worker at {os.uname().nodename} runs the capfuse source {code_identity()} from "
+            f"{Path(__file__).resolve().parents[1]}, the client {code}: start every worker from the same "
+            "checkout and virtual environment"
+        )
     if fixed:
         return fn(job, fixed)
     from dask.distributed import get_worker  # noqa: PLC0415 (optional engine, imported when used)
