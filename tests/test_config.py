@@ -47,12 +47,12 @@ def test_shipped_configs_resolve():
     from capfuse.training.selection import model_configs
 
     path = REPO / "configs" / "pipeline.yaml"
-    models = model_configs(load_config(path), path)
-    assert set(models) >= {"cap_lr", "fused_lr", "fusion_lq_asl"}
+    models = model_configs(load_config(path, ["folds.k=3"]), path)
+    assert set(models) >= {"caption_linear", "fusion_linear_multilevel", "fusion_labelquery_origview_asl"}
     for name, cfg in models.items():
         assert cfg["name"] == name
         assert cfg["kind"]
-        assert cfg["folds"]["k"] == 5  # inherited from default.yaml through the pipeline
+        assert cfg["folds"]["k"] == 3  # pipeline-wide settings flow into every model
 
 
 def test_registry_rejects_duplicates_and_names_known_items():

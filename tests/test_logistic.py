@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from capfuse.config.schema import LinearModelSettings
+from capfuse.config import ConfigError, resolve_model
 from capfuse.models.linear import LinearModel
 from capfuse.models.logistic import Design, fit_ovr, logits
 from capfuse.nn.fusion import CapFuseNet
@@ -50,8 +50,8 @@ def test_design_checks_its_blocks():
 
 
 def test_unknown_solver_is_refused():
-    with pytest.raises(ValueError, match="solver must be one of"):
-        LinearModelSettings(solver="saga")
+    with pytest.raises(ConfigError, match="solver = 'saga'"):
+        resolve_model({"kind": "linear", "solver": "saga"})
 
 
 def _fold(solver: str):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from capfuse.config.schema import ImageEncoderSettings, ImageEncoderSpec
+from capfuse.config import ConfigError, resolve_model
+from capfuse.config.schema import ImageEncoderSpec
 from capfuse.data.demo import make_demo
 from capfuse.data.images import load_array
 from capfuse.encoders.image import preprocess_for
@@ -50,5 +51,5 @@ def test_models_read_the_vector_their_pooling_names():
     assert image_outputs({"kind": "linear", "inputs": ["image"], "image_encoder": {"pooling": "multilevel"}}) == (
         "pooled_ml",
     )
-    with pytest.raises(ValueError, match="pooling must be one of"):
-        ImageEncoderSettings(pooling="gem")
+    with pytest.raises(ConfigError, match="image_encoder.pooling = 'gem'"):
+        resolve_model({"kind": "net", "image_encoder": {"pooling": "gem"}})

@@ -1,7 +1,8 @@
 """Configs: YAML files that inherit from each other (``load``), the typed blocks they resolve into
-with every default (``schema``), and the check that names an unknown key, its file and the key
-meant (``check``). ``load_config`` loads and checks a config; ``resolve`` and ``resolve_model``
-turn it into frozen dataclasses."""
+with every default and the values each field allows (``schema``, with ``pipeline_blocks``,
+``model_blocks`` and the value types of ``types``), and the check that names an unknown key or a
+bad value, its file and what was meant or allowed (``check``, ``values``). ``load_config`` loads
+and checks a config; ``resolve`` and ``resolve_model`` turn it into frozen dataclasses."""
 
 from capfuse.config.check import register_components, register_parameters, resolve_checked, validate
 from capfuse.config.load import (

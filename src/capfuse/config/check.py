@@ -1,11 +1,15 @@
-"""The check of a config: every key must exist, and an unknown one is named with its file.
+"""The check of a config: every key must exist and every value must be one its field allows;
+each problem is one line that names the file or ``--set`` override it came from.
 
-``validate`` walks a merged config along the blocks of ``capfuse.config.schema``: an unknown key
+``validate`` walks a merged config along the blocks of ``capfuse.config.schema``. An unknown key
 at any depth (a misspelling, a key at the wrong level, a parameter the chosen loss or head does
-not take) is a ``ConfigError`` naming the dotted key, the file or ``--set`` override that
-brought it (the loader's provenance) and the closest valid key, every problem at once.
-``load_config`` runs it on every config it returns; ``resolve_checked`` runs it on a model config
-built in code before resolving it.
+not take) is named with its dotted key and the closest valid key. A bad value (the wrong type,
+a name that is not among the allowed ones, a number out of range, a rule of its block broken)
+is named with its dotted key, the value as given and what is allowed (``capfuse.config.values``
+validates it against the schema's types; a component's parameters are typed by its signature).
+Every problem of a config is listed at once, in one ``ConfigError``. ``load_config`` runs it on
+every config it returns; ``resolve_checked`` runs it on a model config built in code before
+resolving it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from typing import Any
 
 from capfuse.config.errors import ConfigError, Sources, source_of
 from capfuse.config.schema import (
+    HEAD_OWN_KEYS,
     MODEL_KINDS,
+    ZEROSHOT_GROUPS,
+    ZEROSHOT_KEYS,
     AblationVariant,
     CaptionEncoderSettings,
     HeadSettings,
@@ -31,8 +38,11 @@ from capfuse.config.schema import (
     NetModelSettings,
     PipelineSettings,
     PseudoSettings,
+    ZeroShotBlock,
     resolve_model,
 )
+from capfuse.config.values import dotted as _dotted
+from capfuse.config.values import line, parameter_types, problems
 
 # -- components chosen by name (registry-driven blocks) -------------------------------------------
 # Losses and heads are chosen by name, the TF-IDF vectoriser and the stacker take parameters; all
@@ -43,6 +53,7 @@ from capfuse.config.schema import (
 # every command that builds the component has loaded its module before it reads the config.
 _REGISTRIES: dict[str, Any] = {}  # "loss", "head" -> a capfuse.utils.registry.Registry
 _PARAMETERS: dict[str, list[str]] = {}  # "tfidf", "ensemble.stack" -> parameter names
+_PARAMETER_TYPES: dict[str, Any] = {}  # the same blocks -> their values' types, where a signature gives them
 
 
 def register_components(kind: str, registry) -> None:
@@ -51,8 +62,12 @@ def register_components(kind: str, registry) -> None:
     _REGISTRIES[kind] = registry
 
 
-def register_parameters(block: str, names: Iterable[str]) -> None:
-    """The parameters a config may give under ``block`` ("tfidf", "ensemble.stack")."""
+def register_parameters(block: str, names: Iterable[str] | Callable) -> None:
+    """The parameters a config may give under ``block`` ("tfidf", "ensemble.stack"): their names,
+    or the function that takes them, whose signature also types their values."""
+    if callable(names):
+        _PARAMETER_TYPES[block] = parameter_types(names)
+        names = component_params(names)
     _PARAMETERS[block] = list(names)
 
 
@@ -66,18 +81,7 @@ def component_params(factory: Callable) -> list[str]:
     return out
 
 
-# -- the zeroshot block's keys ---------------------------------------------------------------------
-# ``zeroshot:`` is ``ZeroShotSettings`` (capfuse.zeroshot, its home and that of its defaults),
-# one flat dataclass; the config groups its fields as below. The keys are listed here because the
-# config layer cannot import the zeroshot package above it; tests/test_config_schema.py asserts
-# that they are exactly ZeroShotSettings' fields.
-ZEROSHOT_KEYS = ("image_encoder", "caption_encoder", "unseen", "min_positives", "prompts")
-ZEROSHOT_GROUPS = {
-    "projector": ("kind", "hidden", "dropout", "tokens"),
-    "loss": ("temperature", "learn_temperature", "label_weight", "label_loss"),
-    "train": ("epochs", "batch_size", "lr", "weight_decay", "flip", "tta"),
-    "eval": ("eval_folds", "random_seeds"),
-}
+# The zeroshot block's keys and values (ZEROSHOT_KEYS, ZEROSHOT_GROUPS) are listed in the schema.
 _ZEROSHOT_NESTED = {"image_encoder": ImageEncoderSettings, "caption_encoder": CaptionEncoderSettings}
 
 
@@ -97,13 +101,6 @@ ALIASES = {
 }
 
 
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def closest(key: str, valid: list[str]) -> str | None:
     """The valid key nearest to ``key`` (difflib), a common synonym mapped to its key included."""
     candidates = {v: v for v in valid}
@@ -116,6 +113,7 @@ class _Checker:
     def __init__(self, sources: Sources | None, default: str) -> None:
         self.sources, self.default = sources, default
         self.errors: list[str] = []
+        self.shapeless: list[tuple] = []  # blocks that are no mapping: already named, values unread
 
     def where(self, path: tuple) -> str:
         return source_of(self.sources, path, self.default)
@@ -128,8 +126,19 @@ class _Checker:
             return False  # an empty block: its defaults
         if not isinstance(value, Mapping):
             self.error(path, f"'{_dotted(path)}' must be a mapping, got {type(value).__name__} {value!r}")
+            self.shapeless.append(path)
             return False
         return True
+
+    def values(self, tp, value, path: tuple) -> None:
+        """Every bad value of ``value`` (validated as ``tp``), one line each, blamed on its file."""
+        for p in problems(tp, value)[1]:
+            full = path + p.path
+            if any(full[: len(bad)] == bad for bad in self.shapeless):
+                continue
+            text = line(self.where(full), full, p.value, p.allowed)
+            if text not in self.errors:  # a key both the pipeline and its models read (seed, pseudo)
+                self.errors.append(text)
 
     def choice(self, value, valid: list[str], path: tuple, what: str) -> bool:
         if value in valid:
@@ -183,19 +192,28 @@ class _Checker:
                 self.block(sub, f.metadata["block"], path + (key,))
 
 
-def _check_component(ck: _Checker, value, path: tuple, kind: str, key: str, default: str) -> None:
-    """A block ``{<key>: <name>, <its parameters>}`` whose name picks a component of ``kind``."""
+def _check_component(
+    ck: _Checker, value, path: tuple, kind: str, key: str, default: str, own: tuple[str, ...] = ()
+) -> None:
+    """A block ``{<key>: <name>, <its parameters>}`` whose name picks a component of ``kind``;
+    ``own``: keys the schema types itself (a head's ``hidden``), whose values it checks."""
     registry = _REGISTRIES.get(kind)
     if not ck.mapping(value, path) or registry is None:
         return
     name = value.get(key, default)
     if ck.choice(name, registry.names(), path + (key,), kind):
-        ck.keys(value, path, [key, *component_params(registry.get(name))], what=f"parameter of the {name!r} {kind}")
+        factory = registry.get(name)
+        ck.keys(value, path, [key, *component_params(factory)], what=f"parameter of the {name!r} {kind}")
+        typed = parameter_types(factory)  # the values, by the types of the factory's signature
+        if typed is not None:
+            ck.values(typed, {k: v for k, v in value.items() if k not in own}, path)
 
 
 def _check_parameters(ck: _Checker, value, path: tuple, block: str, what: str) -> None:
     if ck.mapping(value, path) and block in _PARAMETERS:
         ck.keys(value, path, _PARAMETERS[block], what=what)
+        if _PARAMETER_TYPES.get(block) is not None:
+            ck.values(_PARAMETER_TYPES[block], value, path)
 
 
 def _check_stack(ck: _Checker, value, path: tuple) -> None:
@@ -203,25 +221,22 @@ def _check_stack(ck: _Checker, value, path: tuple) -> None:
 
 
 def _check_head(ck: _Checker, value, path: tuple) -> None:
-    _check_component(ck, value, path, "head", "kind", HeadSettings.kind)
+    _check_component(ck, value, path, "head", "kind", HeadSettings.kind, own=HEAD_OWN_KEYS)
 
 
 def _check_loss(ck: _Checker, value, path: tuple) -> None:
-    _check_component(ck, value, path, "loss", "name", LossSettings.name)
+    _check_component(ck, value, path, "loss", "name", LossSettings.name, own=("name",))
 
 
 def _check_label_query(ck: _Checker, value, path: tuple) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if not isinstance(value, Mapping):
-        ck.error(path, f"'{_dotted(path)}' must be true, false or a mapping, got {value!r}")
-        return
-    ck.block(value, LabelQuerySettings, path)
+    if isinstance(value, Mapping):  # true, false and anything else: the value check says
+        ck.block(value, LabelQuerySettings, path)
 
 
 def _check_pseudo_partial(ck: _Checker, value, path: tuple) -> None:
     if value is not None and ck.mapping(value, path):
         ck.block(value, PseudoSettings, path)
+        ck.values(PseudoSettings, value, path)
 
 
 def _check_tfidf(ck: _Checker, value, path: tuple) -> None:
@@ -251,9 +266,10 @@ def _check_zeroshot(ck: _Checker, value, path: tuple) -> None:
         if key in _ZEROSHOT_NESTED:
             ck.block(sub, _ZEROSHOT_NESTED[key], path + (key,))
         elif key in ZEROSHOT_GROUPS and ck.mapping(sub, path + (key,)):
-            ck.keys(sub, path + (key,), ZEROSHOT_GROUPS[key])
+            ck.keys(sub, path + (key,), list(ZEROSHOT_GROUPS[key]))
             if key == "loss" and "label_loss" in sub:
                 _check_loss(ck, sub["label_loss"], path + (key, "label_loss"))
+    ck.values(ZeroShotBlock, value, path)
 
 
 # The checks that fields of the schema name in their metadata ("check").
@@ -314,6 +330,17 @@ def _check_config(ck: _Checker, cfg: Mapping, path: tuple) -> None:
                 CHECKS[f.metadata["check"]](ck, sub, path + (key,))
             elif "block" in f.metadata:
                 ck.block(sub, f.metadata["block"], path + (key,))
+    # The values: the pipeline's blocks, and the model keys as the kind's (a pipeline without a
+    # kind gives its models defaults: each key as the kind that has it).
+    ck.values(PipelineSettings, cfg, path)
+    if kind is not None:
+        ck.values(MODEL_KINDS[kind], cfg, path)
+    elif "kind" not in cfg:
+        seen = set(top)
+        for cls in MODEL_KINDS.values():
+            own = {k: v for k, v in cfg.items() if k in {f.name for f in fields(cls)} - seen - {"kind"}}
+            seen |= set(own)
+            ck.values(cls, own, path)
 
 
 def validate(cfg: Mapping, sources: Sources | None = None, *, source: str = "<config>") -> None:

@@ -2,13 +2,16 @@
 
 A config may name its parents with ``inherit: <name or path>`` (or a list of them). Parents
 are merged first, children override key by key (dicts merge recursively, everything else is
-replaced). A bare name such as ``default`` or ``models/fused_lr`` resolves to
+replaced). A bare name such as ``pipeline`` or ``models/caption_linear`` resolves to
 ``configs/<name>.yaml`` relative to the inheriting file's config root.
 
 The loader remembers which file (or which ``--set`` override) gave each key its value, so that
-the schema's check (``capfuse.config.schema.validate``) can name where an unknown key came from.
-The merged dict itself is returned exactly as the files say: no default is added to it, since
-run folders fingerprint it.
+the check (``capfuse.config.check.validate``) can name where an unknown key or a bad value came
+from. The merged dict itself is returned exactly as the files say: no default is added to it
+(the defaults are the schema's, ``capfuse.config.schema``).
+
+A file that is not valid YAML, and an override that is not ``key.sub=value`` with a YAML value,
+are one-line ``ConfigError``s naming the file's line and column, or the override.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def record_sources(value: Any, path: tuple, origin: str, sources: Sources) -> No
 
 
 def _config_root(path: Path) -> Path:
-    """The nearest ancestor folder called ``configs`` (so models/x.yaml can inherit 'default')."""
+    """The nearest ancestor folder called ``configs`` (so models/x.yaml can inherit 'pipeline')."""
     for parent in path.resolve().parents:
         if parent.name == "configs":
             return parent
@@ -77,7 +80,7 @@ def _load(path: Path, seen: tuple) -> tuple[dict, Sources]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{_where(path, exc)}: invalid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping, got {type(raw).__name__}")
     parents = raw.pop(INHERIT_KEY, None) or []
@@ -95,12 +98,25 @@ def _load(path: Path, seen: tuple) -> tuple[dict, Sources]:
     return merged, sources
 
 
+def _where(path: Path, exc: yaml.YAMLError) -> str:
+    """``path:line:column`` of a YAML error (1-based, as editors count), or the path alone."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what it found, and the construct it was reading."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{problem} ({context})" if context else problem
+
+
 def load_with_sources(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, Sources]:
     """``load_config`` without the check: the merged config and where each of its keys came from."""
     merged, sources = _load(Path(path), ())
     for item in overrides or []:
         merged = apply_override(merged, item)
-        dotted = tuple(item.split("=", 1)[0].strip().split("."))
+        dotted = _override_key(item)
         node: Any = merged
         for end, part in enumerate(dotted, 1):
             node = node[part]
@@ -123,19 +139,31 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, validat
     return cfg
 
 
+def _override_key(item: str) -> tuple[str, ...]:
+    """The dotted key of ``key.sub=value``; an override of another shape is a ``ConfigError``."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: an override must look like key.sub=value")
+    parts = tuple(part.strip() for part in item.split("=", 1)[0].split("."))
+    if not all(parts):
+        raise ConfigError(f"--set {item}: the key must be names joined by dots, like train.lr")
+    return parts
+
+
 def apply_override(cfg: dict, item: str) -> dict:
     """``a.b.c=value``; the value is parsed as YAML so numbers, bools and lists work."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.sub=value")
-    dotted, value = item.split("=", 1)
+    parts = _override_key(item)
+    text = item.split("=", 1)[1]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item}: the value {text!r} is not valid YAML: {_yaml_problem(exc)}") from None
     out = copy.deepcopy(cfg)
     node = out
-    parts = dotted.strip().split(".")
-    for part in parts[:-1]:
+    for end, part in enumerate(parts[:-1], 1):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
-    node[parts[-1]] = yaml.safe_load(value)
+            raise ConfigError(f"--set {item}: '{'.'.join(parts[:end])}' is not a mapping, it holds {node!r}")
+    node[parts[-1]] = value
     return out
 
 

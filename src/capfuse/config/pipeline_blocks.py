@@ -1,0 +1,176 @@
+"""The pipeline's config blocks (data, folds, thresholds, second level, pseudo-label rounds, label
+ratios, ablation) as frozen dataclasses: each field's type says what it accepts, its default is
+the one default (``capfuse.config.schema`` says more)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Le, Lt, MinLen
+from pydantic import Strict
+
+from capfuse.config.types import (
+    BadValue,
+    Bool,
+    Count,
+    CountOrOff,
+    Float,
+    Name,
+    NonNegative,
+    Probability,
+    Share,
+    Str,
+)
+from capfuse.config.values import exact
+
+
+def block(cls: type) -> Any:
+    """A nested block: a mapping checked and resolved as the dataclass ``cls``."""
+    return field(default_factory=cls, metadata={"block": cls})
+
+
+# numpy's and scikit-learn's generators take seeds in [0, 2**32); fold k trains with seed + k.
+Seed = Annotated[int, Strict(), Ge(0), Lt(2**32)]
+
+# Class names: auto reads classes.csv and, without one, discovers names from the captions
+# (capfuse.data.names); discover does so beside a classes.csv too; numbers says "class N".
+CLASS_NAMES = ("auto", "discover", "numbers")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """``data:``: how the dataset is read and checked."""
+
+    strict: Bool = False  # quarantine unusable train rows and list them; true (STRICT=1) fails instead
+    workers: Count = 2  # image checks in parallel: PIL releases the GIL while decoding
+    unlabelled: Name | None = None  # extra folder of unlabelled images for pseudo-label rounds
+    # Larger images are row errors, never decoded (bombs). 50 Mpx: above any photo a dataset
+    # plausibly holds (phones give 12-48 Mpx, COMP5329 images are a few hundred pixels a side) and
+    # well below Pillow's 179 Mpx bomb error. Decoded as RGBA it is 200 MB, so a couple of worker
+    # threads stay under half a gigabyte.
+    max_pixels: Count = 50_000_000
+    class_names: Literal[CLASS_NAMES] = "auto"
+
+
+@dataclass(frozen=True)
+class FoldsSettings:
+    """``folds:``: the multilabel-stratified K folds every model shares."""
+
+    # Five folds: each model learns from 80 % of the labels, and every row gets an out-of-fold
+    # prediction for the thresholds and the second level to be fitted on.
+    k: Annotated[int, Strict(), Ge(2)] = 5
+    seed: Seed = 42  # fixed, so folds/<dataset>.csv is the same on every machine
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """``threshold:``: the decision rule and the threshold search."""
+
+    # Never an empty label set: an image below every threshold takes its top-scoring class (0: it may get none).
+    min_labels: CountOrOff = 1
+    max_labels: Count | None = None  # null: no cap (COMP5329 images carry one to five labels); part of the study's key
+    per_class: Bool | Literal["auto"] = "auto"  # per-class cut-offs, or only where their nested score wins
+    trials: Count = 300  # Optuna trials per study; a coordinate-ascent polish follows, and more trials fit OOF noise
+    storage: Name | None = None  # Optuna RDB URL; None: sqlite under runs/<dataset>/ensemble/
+
+    def __post_init__(self) -> None:
+        if self.max_labels is not None and self.max_labels < self.min_labels:
+            raise BadValue("max_labels", self.max_labels, f"must be null or >= min_labels ({self.min_labels})")
+
+
+CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
+ENSEMBLE_ROUNDS = ("all", "last")
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """``ensemble:``: which trained models feed the second level, and which candidates compete."""
+
+    # all: the config's own models and their pseudo-label rounds (name@rK); other models trained in
+    # runs/<dataset>/ by other configs are logged and left out. Or a list of names, which may include them.
+    models: Literal["all"] | tuple[Name, ...] = "all"
+    # With ``models: all``, which of a model's pseudo-label rounds enter: every one beside the
+    # model (all), or only its last round, in place of the model and the earlier rounds (last).
+    rounds: Literal[ENSEMBLE_ROUNDS] = "all"
+    candidates: Annotated[tuple[Literal[CANDIDATES], ...], MinLen(1)] = (
+        CANDIDATES  # the best nested OOF mean F1 is kept
+    )
+    # LightGBM parameters of the stacker (defaults: capfuse.ensemble.stack.DEFAULT_PARAMS), plus
+    # ``num_rounds`` and ``init`` (blend or constant); checked by name against that module.
+    stack: Mapping = field(default_factory=dict, metadata={"check": "stack"})
+
+
+@dataclass(frozen=True)
+class RatiosSettings:
+    """``ratios:``: label-ratio mode (the low-label setting of the label-query method: train on a
+    share of the labels, pseudo-label the rest)."""
+
+    # Shares of the training labels kept (stratified); the rest is unlabelled. 100 is the reference.
+    percents: Annotated[tuple[Annotated[float, Strict(), Gt(0), Le(100)], ...], MinLen(1)] = (5.0, 10.0, 20.0, 100.0)
+    models: Annotated[tuple[Name, ...], MinLen(1)] = (
+        "fusion_labelquery",
+    )  # its alignment scores can rank the pool (pseudo.scores: align)
+    pseudo_rounds: CountOrOff = 2  # rounds after the labelled-only model; they stop when CV stops rising
+
+
+@dataclass(frozen=True)
+class PseudoSettings:
+    """The ``pseudo:`` block: pseudo-label rounds on the unlabelled pool (capfuse.training.pseudo)."""
+
+    rounds: CountOrOff = 0  # 0: no pseudo-label rounds
+    pos_keep: Share = 0.6  # share of each class's expected positives kept as positives (most confident first)
+    neg_keep: Share = 0.9  # share of each class's expected negatives kept as negatives (least likely first)
+    soft: Bool = False  # True: kept entries get the producer's probability as target, not 0/1
+    weight: NonNegative = 1.0  # the pseudo rows' loss weight once the ramp is complete
+    ramp_epochs: NonNegative = 5.0  # the weight grows linearly from ~0 to ``weight`` over these epochs
+    min_gain: Float = 0.0  # a round must raise CV mean F1 by more than this, or the rounds stop
+    graph: Probability = 0.0  # weight of label propagation over a kNN graph of the features in the ranking (0: off)
+    graph_k: Count = 10  # neighbours per row in that graph
+    scores: Literal["logits", "align"] = (
+        "logits"  # what ranks the pool: the producer's logits, or label-query alignment
+    )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> PseudoSettings:
+        """The settings of a ``pseudo:`` mapping (stages merge a model's with their own), checked."""
+        return exact(cls, cfg, prefix=("pseudo",))
+
+
+@dataclass(frozen=True)
+class AblationVariant:
+    """One row of ``ablation.variants``: a model config, or one derived from ``base`` by ``set``."""
+
+    name: Str = ""
+    base: Name | None = None  # the registered model config it starts from (default: ``name``)
+    group: Str = ""
+    change: Str = ""
+    set: Mapping = field(default_factory=dict, metadata={"check": "partial_config"})  # merged into the base
+    pseudo: Mapping | None = field(default=None, metadata={"check": "pseudo_partial"})  # pseudo-label rounds on it
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """``ablation:`` (``make ablate``)."""
+
+    reference: Name | None = None  # ``delta`` is each variant's CV mean F1 minus this one's
+    second_level: Bool = True  # blends, stacker and threshold rows
+    output: Name = "ablation"  # runs/<dataset>/<output>.{csv,md}
+    variants: tuple[AblationVariant, ...] = field(default=(), metadata={"check": "variants"})
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The top level of a pipeline config (and of a model config given directly)."""
+
+    seed: Seed = 42  # fold k trains with seed + k
+    name: Name | None = None  # a model config given directly: the one model's name
+    models: tuple[Name, ...] = ()  # the model configs (configs/models/<name>.yaml) a pipeline trains
+    data: DataSettings = block(DataSettings)
+    folds: FoldsSettings = block(FoldsSettings)
+    threshold: ThresholdSettings = block(ThresholdSettings)
+    ensemble: EnsembleSettings = block(EnsembleSettings)
+    pseudo: PseudoSettings = block(PseudoSettings)
+    ratios: RatiosSettings = block(RatiosSettings)
+    ablation: AblationSettings = block(AblationSettings)
