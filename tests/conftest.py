@@ -21,7 +21,7 @@ TINY_RUN_ARGS = (
     "--set",
     "ensemble.stack.num_threads=1",
     "--set",
-    "models=[cap_lr,img_lr]",
+    "models=[caption_linear,image_linear]",
 )
 
 
@@ -59,7 +59,7 @@ def write_optional_tables(runs: Path) -> None:
     report section and notebook has something to show without running those (slow) stages."""
     (runs / "ablation.csv").write_text(
         "variant,group,change,score,mean_f1,delta,map,gap_at_10,minutes,seed_note\n"
-        "fusion_lite0,reference,the reference model,CV,0.82,0.0,0.835,0.88,1.43,a\n"
+        "fusion_crossattention,reference,the reference model,CV,0.82,0.0,0.835,0.88,1.43,a\n"
         "no_cross_attention,fusion,cross-attention off,CV,0.81,-0.01,0.83,0.87,1.2,b\n"
         "bce,loss,plain BCE,CV,0.812,-0.008,0.83,0.87,1.4,c\n"
         "weighted_blend,second level,log-loss weighted blend,nested CV,0.826,0.006,0.84,0.89,0.2,d\n"
@@ -68,16 +68,16 @@ def write_optional_tables(runs: Path) -> None:
     )
     (runs / "pseudo_rounds.csv").write_text(
         "base_model,model,round,cv_mean_f1,cv_map,note,class,pseudo_pos,pseudo_neg,precision,recall\n"
-        "fusion_lite0,fusion_lite0,0,0.80,0.82,labelled data only,all,,,,\n"
-        "fusion_lite0,fusion_lite0@r1,1,0.81,0.83,CV +0.0100 vs round 0,1,30.0,400.0,0.9,0.8\n"
-        "fusion_lite0,fusion_lite0@r1,1,0.81,0.83,CV +0.0100 vs round 0,all,120.0,5000.0,0.88,0.7\n",
+        "fusion_crossattention,fusion_crossattention,0,0.80,0.82,labelled data only,all,,,,\n"
+        "fusion_crossattention,fusion_crossattention@r1,1,0.81,0.83,CV +0.0100 vs round 0,1,30.0,400.0,0.9,0.8\n"
+        "fusion_crossattention,fusion_crossattention@r1,1,0.81,0.83,CV +0.0100 vs round 0,all,120.0,5000.0,0.88,0.7\n",
         encoding="utf-8",
     )
     (runs / "label_ratios.csv").write_text(
         "percent,model,labelled_rows,cv_mean_f1_without,cv_map_without,cv_mean_f1_round1,cv_mean_f1_with,best_round,"
         "rounds_run,gain,pseudo_precision_round1\n"
-        "10.0,fusion_lite0,8,0.50,0.45,0.52,0.52,1,2,0.02,0.7\n"
-        "100.0,fusion_lite0,80,0.60,0.55,0.61,0.61,1,2,0.01,0.9\n",
+        "10.0,fusion_crossattention,8,0.50,0.45,0.52,0.52,1,2,0.02,0.7\n"
+        "100.0,fusion_crossattention,80,0.60,0.55,0.61,0.61,1,2,0.01,0.9\n",
         encoding="utf-8",
     )
 

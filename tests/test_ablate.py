@@ -19,15 +19,15 @@ def _configs(tmp: Path, variants: list[dict]) -> Path:
     cfg_dir = tmp / "configs"
     cfg_dir.mkdir(parents=True)
     (cfg_dir / "models").symlink_to(REPO / "configs" / "models")
-    for name in ("default.yaml", "pipeline.yaml"):
+    for name in ("pipeline.yaml",):
         (cfg_dir / name).symlink_to(REPO / "configs" / name)
     path = cfg_dir / "ablation.yaml"
     path.write_text(
         yaml.safe_dump(
             {
                 "inherit": "pipeline",
-                "models": ["img_net", "cap_net"],
-                "ablation": {"reference": "cap_net", "variants": variants},
+                "models": ["image_mlp", "caption_mlp"],
+                "ablation": {"reference": "caption_mlp", "variants": variants},
             }
         )
     )
@@ -38,24 +38,33 @@ def test_the_repo_ablation_config_resolves_every_variant():
     cfg_path = REPO / "configs" / "ablation.yaml"
     variants = variant_configs(load_config(cfg_path), cfg_path)
     names = [v["name"] for v in variants]
-    assert {"img_net", "cap_net", "fusion_lite0", "fusion_tsig", "fusion_lq", "fusion_ctx", "pseudo_round"} <= set(
-        names
-    )
+    assert {
+        "image_mlp",
+        "caption_mlp",
+        "fusion_crossattention",
+        "loss_tsig",
+        "fusion_labelquery",
+        "fusion_context",
+        "pseudo_round",
+    } <= set(names)
     by_name = {v["name"]: v for v in variants}
-    assert by_name["fusion_tsig"]["model"]["train"]["loss"]["name"] == "tempered_bce"
+    assert by_name["loss_tsig"]["model"]["train"]["loss"]["name"] == "tempered_bce"
+    assert by_name["fusion_context"]["model"]["aux"]["context_weight"] == 0.2
     assert by_name["fusion_concat"]["model"]["fusion"]["cross_attention"] is False
     # A variant that is exactly a pipeline model shares its run; a derived one gets its own name.
-    assert by_name["cap_net"]["shared"] and by_name["cap_net"]["model"]["name"] == "cap_net"
+    assert by_name["caption_mlp"]["shared"] and by_name["caption_mlp"]["model"]["name"] == "caption_mlp"
     assert not by_name["loss_bce"]["shared"] and by_name["loss_bce"]["model"]["name"] == "loss_bce"
     # A registered config outside the pipeline's list must not land where `make stack` takes every model.
-    assert not by_name["fusion_ctx"]["shared"] and by_name["fusion_ctx"]["model"]["name"] == "fusion_ctx"
-    assert by_name["pseudo_round"]["pseudo"].rounds == 1 and by_name["pseudo_round"]["model"]["name"] == "fusion_lite0"
+    lq = by_name["fusion_labelquery"]
+    assert not lq["shared"] and lq["model"]["name"] == "fusion_labelquery"
+    assert by_name["pseudo_round"]["pseudo"].rounds == 1
+    assert by_name["pseudo_round"]["model"]["name"] == "fusion_crossattention"
     # The ablation block never reaches a model config: it would change every fingerprint.
     assert all("ablation" not in v["model"] for v in variants)
 
 
 def test_bad_variants_are_named(tmp_path):
-    path = _configs(tmp_path, [{"name": "a", "base": "cap_net", "colour": "red"}])
+    path = _configs(tmp_path, [{"name": "a", "base": "caption_mlp", "colour": "red"}])
     with pytest.raises(ValueError, match=r"variants\[0\].*colour"):
         variant_configs(load_config(path), path)
     path.write_text(yaml.safe_dump({"inherit": "pipeline", "ablation": {"variants": [{"name": "x", "base": "nope"}]}}))
@@ -70,17 +79,17 @@ def test_ablate_writes_one_table_and_leaves_the_pipeline_alone(tmp_path):
     cfg = _configs(
         tmp_path,
         [
-            {"name": "cap_net", "group": "reference", "change": "caption MLP"},
+            {"name": "caption_mlp", "group": "reference", "change": "caption MLP"},
             {
                 "name": "cap_bce",
-                "base": "cap_net",
+                "base": "caption_mlp",
                 "group": "loss",
                 "change": "plain BCE",
                 "set": {"train": {"loss": {"name": "bce"}, "epochs": 3}},
             },
             {
                 "name": "cap_pseudo",
-                "base": "cap_net",
+                "base": "caption_mlp",
                 "group": "semi-supervised",
                 "change": "one round",
                 "pseudo": {"rounds": 1, "graph": 0.5, "graph_k": 5},
@@ -89,8 +98,8 @@ def test_ablate_writes_one_table_and_leaves_the_pipeline_alone(tmp_path):
     )
     common = ["--data", str(data), "--root", str(tmp_path), "--quiet", "--set", "folds.k=3"]
     assert main(["folds", *common, "--config", str(cfg)]) == 0
-    assert main(["train", *common, "--config", str(cfg)]) == 0  # img_net and cap_net, as `make ablate` does
-    before = (tmp_path / "runs" / "tiny" / "cap_net" / "oof_logits.csv").read_bytes()
+    assert main(["train", *common, "--config", str(cfg)]) == 0  # image_mlp and caption_mlp, as `make ablate` does
+    before = (tmp_path / "runs" / "tiny" / "caption_mlp" / "oof_logits.csv").read_bytes()
     assert (
         main(
             [
@@ -109,23 +118,25 @@ def test_ablate_writes_one_table_and_leaves_the_pipeline_alone(tmp_path):
 
     runs = tmp_path / "runs" / "tiny"
     table = pd.read_csv(runs / "ablation.csv")
-    assert list(table["variant"][:3]) == ["cap_net", "cap_bce", "cap_pseudo"]
+    assert list(table["variant"][:3]) == ["caption_mlp", "cap_bce", "cap_pseudo"]
     assert {"best_single", "weighted_blend", "stack", "global_threshold", "per_class_thresholds"} <= set(
         table["variant"]
     )
     ref = table.set_index("variant")
-    assert ref.loc["cap_net", "delta"] == 0.0
-    assert ref.loc["cap_bce", "delta"] == pytest.approx(ref.loc["cap_bce", "mean_f1"] - ref.loc["cap_net", "mean_f1"])
+    assert ref.loc["caption_mlp", "delta"] == 0.0
+    assert ref.loc["cap_bce", "delta"] == pytest.approx(
+        ref.loc["cap_bce", "mean_f1"] - ref.loc["caption_mlp", "mean_f1"]
+    )
     assert table["mean_f1"].between(0, 1).all() and (table.loc[:2, "minutes"] >= 0).all()
     # The shared model was reused, not retrained; derived variants and rounds live apart, where
     # the stack stage (which takes every model under runs/<dataset>/) does not look.
-    assert (runs / "cap_net" / "oof_logits.csv").read_bytes() == before
+    assert (runs / "caption_mlp" / "oof_logits.csv").read_bytes() == before
     assert (runs / "ablation" / "cap_bce" / "metrics.json").exists()
-    assert (runs / "ablation" / "cap_net@r1" / "metrics.json").exists()
-    assert not (runs / "cap_bce").exists() and not (runs / "cap_net@r1").exists()
+    assert (runs / "ablation" / "caption_mlp@r1" / "metrics.json").exists()
+    assert not (runs / "cap_bce").exists() and not (runs / "caption_mlp@r1").exists()
     assert not (runs / "ensemble").exists()  # in memory: no submission artefact rewritten
     assert (
         ref.loc["cap_pseudo", "mean_f1"]
-        == pd.read_json(runs / "ablation" / "cap_net@r1" / "metrics.json", typ="series")["cv_mean_f1"]
+        == pd.read_json(runs / "ablation" / "caption_mlp@r1" / "metrics.json", typ="series")["cv_mean_f1"]
     )
     assert "| cap_bce | loss |" in (runs / "ablation.md").read_text()

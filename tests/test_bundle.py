@@ -29,10 +29,17 @@ PIPELINE = REPO / "configs" / "pipeline.yaml"
 # One model of each kind and input the default pipeline trains: TF-IDF alone, Lite0's
 # multi-level vector + TF-IDF, MiniLM tokens, and the label-query fusion (prompts, token grids,
 # contexts); and the best preset's other kinds: GloVe captions and a pseudo-label round
-# (cap_net@r1), and a net over Lite0's trained top stage (img_top1_ml: the map entering it).
+# (caption_mlp@r1), and a net over Lite0's trained top stage (image_mlp_topblock: the map entering it).
 # The nets run 3 epochs (configs written by ``_configs``): exactness does not need a good model.
-MODELS = ["cap_lr", "fused_lr", "cap_net", "fusion_lq_orig", "cap_glove", "img_top1_ml"]
-ROUNDS = {"cap_net": 1}
+MODELS = [
+    "caption_linear",
+    "fusion_linear_multilevel",
+    "caption_mlp",
+    "fusion_labelquery_origview",
+    "caption_attention_glove",
+    "image_mlp_topblock",
+]
+ROUNDS = {"caption_mlp": 1}
 SETS = ("folds.k=3", "threshold.trials=5", "ensemble.stack.num_threads=1")
 
 
@@ -43,7 +50,7 @@ def _sets(*extra: str) -> list[str]:
 def _configs(folder: Path) -> Path:
     """A pipeline of MODELS whose nets stop after 3 epochs, inheriting the shipped configs."""
     (folder / "models").mkdir(parents=True)
-    for name in ("cap_net", "fusion_lq_orig", "cap_glove", "img_top1_ml"):
+    for name in ("caption_mlp", "fusion_labelquery_origview", "caption_attention_glove", "image_mlp_topblock"):
         cfg = {"inherit": str(REPO / "configs" / "models" / f"{name}.yaml"), "train": {"epochs": 3, "patience": 2}}
         if name in ROUNDS:
             cfg["pseudo"] = {"rounds": ROUNDS[name]}
@@ -103,13 +110,13 @@ def test_the_stackers_saved_fold_models_replay_its_test_probabilities(init):
     assert np.array_equal(stack_predict(saved, test, [sigmoid(z) for z in test]), want)
 
 
-@pytest.mark.parametrize("model", ["fusion_lite0_gpu", "img_ft"])
+@pytest.mark.parametrize("model", ["fusion_crossattention_lite2_finetune_gpu", "image_mlp_finetune"])
 def test_export_refuses_what_a_bundle_cannot_replay_naming_the_model(model):
     from capfuse.config import load_config
 
     settings = resolve_model(load_config(REPO / "configs" / "models" / f"{model}.yaml", []))
-    if model == "fusion_lite0_gpu" and not settings.finetune:
-        pytest.skip("fusion_lite0_gpu no longer fine-tunes")
+    if model == "fusion_crossattention_lite2_finetune_gpu" and not settings.finetune:
+        pytest.skip("fusion_crossattention_lite2_finetune_gpu no longer fine-tunes")
     with pytest.raises(ExportError, match=model):
         check_exportable(model, settings)
 
@@ -162,7 +169,12 @@ def test_an_exported_bundle_reproduces_the_pipelines_submission_from_the_test_fo
         assert record["second_level"]["candidate"] == candidates.strip("[]")
         # The default's `ensemble.rounds: last`: a model's last round stands in its place.
         assert set(record["models"]) == (set(MODELS) - set(ROUNDS)) | {f"{m}@r{r}" for m, r in ROUNDS.items()}
-        assert record["image_fallback"]["model"] in {"cap_lr", "cap_net", "cap_glove", "cap_net@r1"}
+        assert record["image_fallback"]["model"] in {
+            "caption_linear",
+            "caption_mlp",
+            "caption_attention_glove",
+            "caption_mlp@r1",
+        }
         assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == sorted(
             [*record["files"], "bundle.json"]
         )
@@ -224,8 +236,8 @@ def test_an_exported_bundle_reproduces_the_pipelines_submission_from_the_test_fo
     pd.testing.assert_frame_equal(got.set_index("ImageID"), want.set_index("ImageID").loc[got["ImageID"]])
 
     # An altered file is refused before anything is predicted.
-    victim = next(bundle.glob("models/cap_lr/fold0/coef.npy"))
+    victim = next(bundle.glob("models/caption_linear/fold0/coef.npy"))
     victim.write_bytes(victim.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(BundleError, match="coef.npy"):
         Predictor.load(bundle)
-    assert yaml.safe_load((bundle / "models" / "cap_lr" / "config.yaml").read_text())["kind"] == "linear"
+    assert yaml.safe_load((bundle / "models" / "caption_linear" / "config.yaml").read_text())["kind"] == "linear"

@@ -41,7 +41,7 @@ def _oof_and_labels(run) -> tuple[dict, np.ndarray, np.ndarray]:
     ds = load_dataset(paths, cfg, quiet=True)
     cols = [str(c) for c in ds.class_ids]
     oof = {}
-    for model in ("cap_lr", "img_lr"):
+    for model in ("caption_linear", "image_linear"):
         frame = pd.read_csv(paths.model_dir(model) / "oof_logits.csv", dtype={"ImageID": str}).set_index("ImageID")
         oof[model] = sigmoid(frame.loc[ds.train_ids, cols].to_numpy(np.float32))
     return oof, ds.Y, ds.folds()
@@ -51,33 +51,33 @@ def test_fast_predicts_from_the_caption_models_first_fold_without_embedding_an_i
     bundle = tmp_path / "bundle"
     assert main(["export", *_common(run), "--out", str(bundle)]) == 0
     fast = read_json(bundle / "bundle.json")["fast"]
-    assert fast["second_level"] == {"candidate": "best_single", "models": ["cap_lr"], "model": "cap_lr"}
-    # Its stored figures are the nested score of cap_lr's OOF at a global threshold, as computed here.
+    assert fast["second_level"] == {"candidate": "best_single", "models": ["caption_linear"], "model": "caption_linear"}
+    # Its stored figures are the nested score of caption_linear's OOF at a global threshold, as computed here.
     oof, Y, folds = _oof_and_labels(run)
     rule = {"min_labels": fast["thresholds"]["min_labels"], "max_labels": fast["thresholds"]["max_labels"]}
-    assert fast["nested_mean_f1"] == round(nested_global_f1(Y, oof["cap_lr"], folds, rule), 5)
-    assert fast["thresholds"]["values"] == fit_global_threshold(Y, oof["cap_lr"], **rule)[0]
+    assert fast["nested_mean_f1"] == round(nested_global_f1(Y, oof["caption_linear"], folds, rule), 5)
+    assert fast["thresholds"]["values"] == fit_global_threshold(Y, oof["caption_linear"], **rule)[0]
 
     work = tmp_path / "work"
     predictor = Predictor.load(bundle, work_dir=work, fast=True)
-    assert list(predictor.models) == ["cap_lr"] and predictor.folds["cap_lr"] == 1
+    assert list(predictor.models) == ["caption_linear"] and predictor.folds["caption_linear"] == 1
     pred = predictor.predict_folder(run.data)
-    # cap_lr's fold 0 alone, replayed from the run's own files, gives the same logits.
+    # caption_linear's fold 0 alone, replayed from the run's own files, gives the same logits.
     captions = [r.caption for r in read_split(run.data / "test.csv", "test")[0]]
-    settings = predictor.models["cap_lr"]
+    settings = predictor.models["caption_linear"]
     fold0 = MODELS.create("linear", cfg=settings, seed=settings.seed).predict_saved(
-        run.root / "runs" / "tiny" / "cap_lr" / "fold0", image=None, captions=captions
+        run.root / "runs" / "tiny" / "caption_linear" / "fold0", image=None, captions=captions
     )
-    assert np.array_equal(pred.logits["cap_lr"], fold0)
+    assert np.array_equal(pred.logits["caption_linear"], fold0)
     assert not list(work.rglob("*.onnx")) and not list(work.rglob("*pooled.npy")), "an image was embedded"
-    assert pred.probs.dtype == np.float64 and np.allclose(pred.probs, sigmoid(pred.logits["cap_lr"]), atol=1e-6)
+    assert pred.probs.dtype == np.float64 and np.allclose(pred.probs, sigmoid(pred.logits["caption_linear"]), atol=1e-6)
     assert all(len(labels) >= 1 for labels in pred.labels)
 
     out = tmp_path / "predictions"
     args = ["predict", "--bundle", str(bundle), "--data", str(run.data), "--out", str(out), "--fast"]
     assert main([*args, "--cache", str(work)]) == 0
     manifest = read_json(out / "tiny-latest.json")
-    assert manifest["fast"] is True and manifest["folds"] == {"cap_lr": 1}
+    assert manifest["fast"] is True and manifest["folds"] == {"caption_linear": 1}
     sub = read_submission(out / "tiny-latest.csv")
     assert list(sub["ImageID"]) == pred.ids
     assert [s.split() for s in sub["Labels"]] == [[str(c) for c in labels] for labels in pred.labels]

@@ -63,6 +63,6 @@ def test_export_refuses_thresholds_tuned_on_other_probabilities(tiny_run, tmp_pa
 @pytest.mark.slow
 def test_export_of_a_model_whose_metrics_are_gone_is_one_line_naming_it(tiny_run, tmp_path, caplog):
     run = tiny_run.copy(tmp_path / "project")
-    (run.root / "runs" / "tiny" / "cap_lr" / "metrics.json").unlink()
+    (run.root / "runs" / "tiny" / "caption_linear" / "metrics.json").unlink()
     assert main(["export", *_args(run, "--out", str(tmp_path / "out"))]) == 2
-    assert "cap_lr's training did not finish" in caplog.text and "Traceback" not in caplog.text
+    assert "caption_linear's training did not finish" in caplog.text and "Traceback" not in caplog.text

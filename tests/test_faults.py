@@ -40,7 +40,7 @@ ARGS = [
     "--set",
     "ensemble.stack.num_threads=1",
     "--set",
-    "models=[cap_lr,img_lr,cap_net]",
+    "models=[caption_linear,image_linear,caption_mlp]",
     "--set",
     "train.epochs=4",
 ]
@@ -125,8 +125,8 @@ def fresh_copy(reference_root: Path, dest: Path) -> Path:
 # (where the run dies, the artefact whose rename it does not live to see, which such rename)
 KILL_POINTS = [
     ("while embedding", "*/runs/tiny/cache/*.npy", 1),
-    ("inside a fold of the net, after its second epoch", "*/runs/tiny/cap_net/fold1/last.pt", 2),
-    ("between two models", "*/runs/tiny/img_lr/metrics.json", 1),
+    ("inside a fold of the net, after its second epoch", "*/runs/tiny/caption_mlp/fold1/last.pt", 2),
+    ("between two models", "*/runs/tiny/image_linear/metrics.json", 1),
     ("inside the stack stage", "*/runs/tiny/ensemble/*", 1),
 ]
 
@@ -150,7 +150,7 @@ def test_two_concurrent_runs_never_mix_their_outputs(reference):
     # In the reference project itself (it ends as it began): one model is trained again while a
     # second run starts on the same dataset.
     root, ref_sub = reference
-    shutil.rmtree(root / "runs" / "tiny" / "cap_net")
+    shutil.rmtree(root / "runs" / "tiny" / "caption_mlp")
     release = root / "release"
     first = capfuse(
         root,
@@ -159,12 +159,12 @@ def test_two_concurrent_runs_never_mix_their_outputs(reference):
         "data/tiny",
         *ARGS,
         wait=False,
-        env={"PAUSE_AT": "*/runs/tiny/cap_net/fold0/last.pt", "PAUSE_UNTIL": str(release)},
+        env={"PAUSE_AT": "*/runs/tiny/caption_mlp/fold0/last.pt", "PAUSE_UNTIL": str(release)},
     )
     try:
         lock = root / "runs" / "tiny" / ".lock"
         deadline = time.time() + 300
-        while not (root / "runs" / "tiny" / "cap_net" / "fold0").exists():  # the first run is mid-training
+        while not (root / "runs" / "tiny" / "caption_mlp" / "fold0").exists():  # the first run is mid-training
             assert first.poll() is None and time.time() < deadline, first.communicate()[0]
             time.sleep(0.1)
         assert lock.read_text().startswith(f"{first.pid}\n")

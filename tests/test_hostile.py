@@ -302,19 +302,19 @@ def test_a_bomb_in_train_is_quarantined_and_in_test_is_flagged(tmp_path):
 
 
 def test_the_pixel_limit_comes_from_the_config(tmp_path):
-    from capfuse.config import load_config
+    from capfuse.config import load_config, resolve
     from capfuse.data.dataset import load_dataset
     from capfuse.paths import Paths
 
     cfg = load_config(REPO / "configs" / "pipeline.yaml")
-    assert 10_000_000 <= cfg["data"]["max_pixels"] < Image.MAX_IMAGE_PIXELS
+    assert 10_000_000 <= resolve(cfg).data.max_pixels < Image.MAX_IMAGE_PIXELS
     data = tmp_path / "ds"
     (data / "data").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(data / "data" / "ok.jpg")
     _png(data / "data" / "bomb.png", 500, 400)
     (data / "train.csv").write_text("ImageID,Labels,Caption\nok.jpg,1,a\nbomb.png,2,b\n")
     (data / "test.csv").write_text("ImageID,Caption\nok.jpg,c\n")
-    cfg["data"]["max_pixels"] = 100_000
+    cfg.setdefault("data", {})["max_pixels"] = 100_000
     ds = load_dataset(Paths(data_dir=data, root=tmp_path), cfg, quiet=True)
     assert list(ds.val.quarantine["codes"]) == ["image_too_large"]
 

@@ -25,10 +25,10 @@ from capfuse.training.cv import model_inputs
 from capfuse.training.jobs import Engine, job_threads, open_jobs, run_job, run_jobs
 from capfuse.training.selection import select_models
 
-MODELS = ("cap_lr", "img_net")
+MODELS = ("caption_linear", "image_mlp")
 # Every run of this file: the tiny run's settings, a torch model among them, few epochs, and one
 # thread per fold: torch's sums depend on the thread count, and the runs compared must share it.
-SETS = ("folds.k=3", "models=[cap_lr,img_lr,img_net]", "train.epochs=3")
+SETS = ("folds.k=3", "models=[caption_linear,image_linear,image_mlp]", "train.epochs=3")
 ARGS = (*(a for s in SETS for a in ("--set", s)), "--threads", "1", "--only", *MODELS)
 
 
@@ -81,8 +81,8 @@ def test_a_killed_worker_is_replaced_and_the_run_equals_the_serial_one(serial, f
     marker = tmp_path / "killed-once"
 
     def dies_once(job, threads):
-        # The first attempt at img_net fold 1 kills its own worker process mid-job.
-        if job.name == "img_net" and job.fold == 1 and not marker.exists():
+        # The first attempt at image_mlp fold 1 kills its own worker process mid-job.
+        if job.name == "image_mlp" and job.fold == 1 and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return run_job(job, threads)
@@ -98,7 +98,7 @@ def test_a_killed_worker_is_replaced_and_the_run_equals_the_serial_one(serial, f
         jobs += open_jobs(paths, cfg, name, plain, common, out_dir=paths.model_dir(name), with_extra=False)
     run_jobs(jobs, Engine(scheduler=cluster.scheduler_address, threads=1), fn=dies_once)
     assert marker.exists()
-    assert (fresh.root / "runs" / "tiny" / "img_net" / "fold1" / "done.json").exists()
+    assert (fresh.root / "runs" / "tiny" / "image_mlp" / "fold1" / "done.json").exists()
     # The serial stage finds every fold done and only assembles them.
     assert train(fresh.root, fresh.data, fresh.config) == 0
     assert logits(fresh.root) == logits(serial.root)
@@ -110,6 +110,6 @@ def test_threads_per_job_split_the_cores():
 
 def test_an_unreachable_scheduler_is_named(monkeypatch, serial):
     monkeypatch.setattr(jobs_module, "CONNECT_TIMEOUT_S", 1)
-    job = jobs_module.FoldJob(serial.data, serial.root, {}, "cap_lr", {}, 0, serial.root)
+    job = jobs_module.FoldJob(serial.data, serial.root, {}, "caption_linear", {}, 0, serial.root)
     with pytest.raises(ValueError, match="tcp://127.0.0.1:9"):
         run_jobs([job], Engine(scheduler="tcp://127.0.0.1:9"))

@@ -46,7 +46,7 @@ def test_a_model_name_must_be_plain(tmp_path, name):
 
 def test_plain_model_names_stay_in_the_runs_folder(tmp_path):
     paths = Paths(data_dir=tmp_path / "data" / "tiny", root=tmp_path)
-    for name in ("fusion_lite0", "fusion_lite0@r1", "img-net.v2"):
+    for name in ("fusion_crossattention", "fusion_crossattention@r1", "img-net.v2"):
         assert paths.model_dir(name) == tmp_path / "runs" / "tiny" / name
 
 
@@ -121,21 +121,21 @@ def test_a_model_name_with_a_path_never_reaches_another_folder(tmp_path, synthet
 
 
 def test_a_folder_without_our_fingerprint_is_never_removed(tmp_path, synthetic):
-    out = tmp_path / "runs" / "tiny" / "img_lr"
+    out = tmp_path / "runs" / "tiny" / "image_linear"
     out.mkdir(parents=True)
     (out / "precious.txt").write_text("the user's")
     with pytest.raises(ValueError, match="not written by capfuse"):
-        train_model("img_lr", LINEAR, out_dir=out, **synthetic)
+        train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     assert (out / "precious.txt").read_text() == "the user's"
 
 
 def test_a_fingerprint_file_of_another_shape_is_not_ours(tmp_path, synthetic):
-    out = tmp_path / "runs" / "tiny" / "img_lr"
+    out = tmp_path / "runs" / "tiny" / "image_linear"
     out.mkdir(parents=True)
     (out / "fingerprint.json").write_text(json.dumps({"fingerprint": "0" * 64, "tool": "someone else's"}))
     (out / "precious.txt").write_text("keep")
     with pytest.raises(ValueError, match="not written by capfuse"):
-        train_model("img_lr", LINEAR, out_dir=out, **synthetic)
+        train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     assert (out / "precious.txt").exists()
 
 
@@ -146,22 +146,22 @@ def test_a_symlinked_run_folder_is_not_followed(tmp_path, synthetic):
     (target / "precious.txt").write_text("keep")
     runs = tmp_path / "runs" / "tiny"
     runs.mkdir(parents=True)
-    (runs / "img_lr").symlink_to(target)
+    (runs / "image_linear").symlink_to(target)
     with pytest.raises(ValueError, match="outside"):
-        train_model("img_lr", LINEAR, out_dir=runs / "img_lr", **synthetic)
+        train_model("image_linear", LINEAR, out_dir=runs / "image_linear", **synthetic)
     assert sorted(p.name for p in target.iterdir()) == ["fingerprint.json", "precious.txt"]
 
 
 @pytest.mark.parametrize("fmt", ["current", "before"])
 def test_a_changed_config_still_starts_over_in_our_own_folder(tmp_path, synthetic, fmt):
-    out = tmp_path / "runs" / "tiny" / "img_lr"
-    train_model("img_lr", LINEAR, out_dir=out, **synthetic)
+    out = tmp_path / "runs" / "tiny" / "image_linear"
+    train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     record = json.loads((out / "fingerprint.json").read_text())
     assert record["capfuse"] >= 1  # marks the file, and so the folder, as ours
     if fmt == "before":  # a run folder written before the marker: the fingerprint alone
         (out / "fingerprint.json").write_text(json.dumps({"fingerprint": record["fingerprint"]}))
     (out / "stale.txt").write_text("from the old config")
-    train_model("img_lr", {**LINEAR, "C": 0.25}, out_dir=out, **synthetic)
+    train_model("image_linear", {**LINEAR, "C": 0.25}, out_dir=out, **synthetic)
     assert not (out / "stale.txt").exists()
     assert [json.loads(line)["fold"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1]
 
@@ -175,8 +175,8 @@ def _logged_folds(out: Path) -> list[int]:
 
 @pytest.mark.parametrize("stale", ["other fingerprint", "no fingerprint"])
 def test_a_fold_done_under_another_fingerprint_is_trained_again(tmp_path, synthetic, stale):
-    out = tmp_path / "runs" / "tiny" / "img_lr"
-    train_model("img_lr", LINEAR, out_dir=out, **synthetic)
+    out = tmp_path / "runs" / "tiny" / "image_linear"
+    train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     fp = json.loads((out / "fingerprint.json").read_text())["fingerprint"]
     done = [json.loads((out / f"fold{k}" / "done.json").read_text()) for k in range(K)]
     assert [d["fingerprint"] for d in done] == [fp] * K
@@ -188,16 +188,16 @@ def test_a_fold_done_under_another_fingerprint_is_trained_again(tmp_path, synthe
         del other["fingerprint"]
     (out / "fold1" / "done.json").write_text(json.dumps(other))
     np.save(out / "fold1" / "val_logits.npy", np.zeros_like(np.load(out / "fold1" / "val_logits.npy")))
-    train_model("img_lr", LINEAR, out_dir=out, **synthetic)
+    train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     assert _logged_folds(out) == [0, 1, 1]  # fold 0 skipped, fold 1 trained again
     assert json.loads((out / "fold1" / "done.json").read_text())["fingerprint"] == fp
     assert np.abs(np.load(out / "fold1" / "val_logits.npy")).sum() > 0
 
 
 def test_folds_of_the_run_itself_are_still_skipped(tmp_path, synthetic):
-    out = tmp_path / "runs" / "tiny" / "img_lr"
-    train_model("img_lr", LINEAR, out_dir=out, **synthetic)
-    train_model("img_lr", LINEAR, out_dir=out, **synthetic)
+    out = tmp_path / "runs" / "tiny" / "image_linear"
+    train_model("image_linear", LINEAR, out_dir=out, **synthetic)
+    train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     assert _logged_folds(out) == [0, 1]
 
 
@@ -352,39 +352,58 @@ def test_under_torchrun_only_rank_0_takes_the_lock(tmp_path, monkeypatch, caplog
 
 TRAINED = {
     name: {"cv_mean_f1": 0.5}
-    for name in ["cap_lr", "img_lr", "img_lr@r1", "img_lr@r2", "img_lr_v2", "old_model", "old_model@r1", "img_lr@rx"]
+    for name in [
+        "caption_linear",
+        "image_linear",
+        "image_linear@r1",
+        "image_linear@r2",
+        "image_linear_v2",
+        "old_model",
+        "old_model@r1",
+        "image_linear@rx",
+    ]
 }
 
 
 def test_all_stacks_the_configs_models_and_their_rounds_only(caplog):
     caplog.set_level("INFO", logger="capfuse")
-    names = choose_base_models({"models": ["img_lr", "cap_lr"], "ensemble": {"models": "all"}}, TRAINED)
-    assert names == ["cap_lr", "img_lr", "img_lr@r1", "img_lr@r2"]
-    for other in ("img_lr_v2", "old_model", "old_model@r1", "img_lr@rx"):
+    names = choose_base_models({"models": ["image_linear", "caption_linear"], "ensemble": {"models": "all"}}, TRAINED)
+    assert names == ["caption_linear", "image_linear", "image_linear@r1", "image_linear@r2"]
+    for other in ("image_linear_v2", "old_model", "old_model@r1", "image_linear@rx"):
         assert other in caplog.text  # listed as left out
 
 
 def test_a_model_config_given_directly_stacks_itself():
-    assert choose_base_models({"kind": "linear", "name": "img_lr"}, TRAINED) == ["img_lr", "img_lr@r1", "img_lr@r2"]
+    assert choose_base_models({"kind": "linear", "name": "image_linear"}, TRAINED) == [
+        "image_linear",
+        "image_linear@r1",
+        "image_linear@r2",
+    ]
 
 
 def test_other_trained_models_join_when_named():
-    cfg = {"models": ["img_lr", "cap_lr"], "ensemble": {"models": ["img_lr", "old_model"]}}
-    assert choose_base_models(cfg, TRAINED) == ["img_lr", "old_model"]
+    cfg = {"models": ["image_linear", "caption_linear"], "ensemble": {"models": ["image_linear", "old_model"]}}
+    assert choose_base_models(cfg, TRAINED) == ["image_linear", "old_model"]
 
 
 def test_a_partly_trained_config_stacks_its_trained_part_and_says_so(caplog):
-    assert choose_base_models({"models": ["img_lr", "fusion_lq"]}, TRAINED) == ["img_lr", "img_lr@r1", "img_lr@r2"]
-    assert "fusion_lq" in caplog.text and "not trained yet" in caplog.text
+    assert choose_base_models({"models": ["image_linear", "fusion_labelquery"]}, TRAINED) == [
+        "image_linear",
+        "image_linear@r1",
+        "image_linear@r2",
+    ]
+    assert "fusion_labelquery" in caplog.text and "not trained yet" in caplog.text
     with pytest.raises(FileNotFoundError, match="make train"):
-        choose_base_models({"models": ["fusion_lq"]}, TRAINED)  # not one of them trained: nothing of ours to stack
+        choose_base_models(
+            {"models": ["fusion_labelquery"]}, TRAINED
+        )  # not one of them trained: nothing of ours to stack
 
 
 def test_a_model_left_in_the_runs_folder_stays_out_of_the_submission(tiny_run, tmp_path):
     run = tiny_run.copy(tmp_path / "project")
     runs = run.root / "runs" / "tiny"
     # Another config's model, trained earlier on the same dataset and folds, that looks best.
-    shutil.copytree(runs / "cap_lr", runs / "foreign")
+    shutil.copytree(runs / "caption_linear", runs / "foreign")
     metrics = json.loads((runs / "foreign" / "metrics.json").read_text())
     (runs / "foreign" / "metrics.json").write_text(json.dumps({**metrics, "model": "foreign", "cv_mean_f1": 0.99}))
     args = [
@@ -395,14 +414,14 @@ def test_a_model_left_in_the_runs_folder_stays_out_of_the_submission(tiny_run, t
         "--set",
         "ensemble.stack.num_threads=1",
         "--set",
-        "models=[cap_lr,img_lr]",
+        "models=[caption_linear,image_linear]",
     ]  # tiny_run's pipeline
     assert (
         main(["infer", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet", *args])
         == 0
     )
     manifest = json.loads((run.root / "submissions" / "tiny-latest.json").read_text())
-    assert sorted(manifest["models"]) == ["cap_lr", "img_lr"]
+    assert sorted(manifest["models"]) == ["caption_linear", "image_linear"]
 
 
 # -- 5. `make clean` with an odd DATA ------------------------------------------------------------
@@ -479,9 +498,9 @@ def test_capfuse_faulty_keeps_a_foreign_folder_and_replaces_its_own(tmp_path, ca
 
 
 def test_last_rounds_stack_each_models_final_round_in_its_place():
-    cfg = {"models": ["img_lr", "cap_lr"], "ensemble": {"models": "all", "rounds": "last"}}
-    assert choose_base_models(cfg, {**TRAINED, "img_lr@r10": {}}) == ["cap_lr", "img_lr@r10"]
-    assert choose_base_models(cfg, TRAINED) == ["cap_lr", "img_lr@r2"]
+    cfg = {"models": ["image_linear", "caption_linear"], "ensemble": {"models": "all", "rounds": "last"}}
+    assert choose_base_models(cfg, {**TRAINED, "image_linear@r10": {}}) == ["caption_linear", "image_linear@r10"]
+    assert choose_base_models(cfg, TRAINED) == ["caption_linear", "image_linear@r2"]
     with pytest.raises(ValueError, match="ensemble.rounds"):
         choose_base_models({**cfg, "ensemble": {"rounds": "best"}}, TRAINED)
 

@@ -95,12 +95,20 @@ def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     assert (board[["params", "file_mb", "train_minutes"]] > 0).all().all() and (board["ms_per_image"] >= 0).all()
 
     # A second run reuses every finished fold and gives the same logits.
-    before = np.load(root / "runs" / "tiny" / "fused_lr" / "fold0" / "val_logits.npy")
-    (root / "runs" / "tiny" / "fused_lr" / "fold2" / "done.json").unlink()  # as if fold 2 was interrupted
+    before = np.load(root / "runs" / "tiny" / "fusion_linear_multilevel" / "fold0" / "val_logits.npy")
+    (
+        root / "runs" / "tiny" / "fusion_linear_multilevel" / "fold2" / "done.json"
+    ).unlink()  # as if fold 2 was interrupted
     assert run(root, data, "train", "--set", "folds.k=3") == 0
-    log = [line for line in (root / "runs" / "tiny" / "fused_lr" / "log.jsonl").read_text().splitlines() if line]
+    log = [
+        line
+        for line in (root / "runs" / "tiny" / "fusion_linear_multilevel" / "log.jsonl").read_text().splitlines()
+        if line
+    ]
     assert [eval_fold(line) for line in log] == [0, 1, 2, 2]  # only fold 2 was trained again
-    np.testing.assert_array_equal(before, np.load(root / "runs" / "tiny" / "fused_lr" / "fold0" / "val_logits.npy"))
+    np.testing.assert_array_equal(
+        before, np.load(root / "runs" / "tiny" / "fusion_linear_multilevel" / "fold0" / "val_logits.npy")
+    )
 
 
 def eval_fold(line: str) -> int:

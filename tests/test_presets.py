@@ -34,7 +34,8 @@ def test_default_preset_is_the_pipeline():
 def test_fast_preset_needs_one_view_of_one_backbone():
     # Its time budget holds because one backbone pass feeds every image model.
     models = models_of("fast")
-    encoders = {m["image_encoder"]["name"] for m in models.values() if "image_encoder" in m}
+    settings = [resolve_model(m) for m in models.values()]
+    encoders = {s.image_encoder.cache_spec() for s in settings if "image" in s.inputs}
     assert len(encoders) == 1
     assert all(flip_views(m) == ("orig",) for m in models.values())
 

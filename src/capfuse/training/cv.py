@@ -27,6 +27,7 @@ from capfuse.encoders.cost import light_report
 from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import gap_at_k, mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
+from capfuse.training.fingerprint import run_fingerprint
 from capfuse.training.pseudo import PseudoSource, folds_sha, pseudo_counts, pseudo_targets
 from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_npy, write_text
@@ -34,27 +35,16 @@ from capfuse.utils.log import log
 from capfuse.utils.numeric import sigmoid
 from capfuse.utils.runs import (
     FINGERPRINT_FILE,
+    FINGERPRINT_SCHEME,
     check_inside,
     check_name,
     fingerprint_record,
     read_fingerprint,
+    read_scheme,
     remove_run,
 )
 from capfuse.utils.seed import seed_everything
 from capfuse.utils.timing import timed
-
-
-def _fingerprint(model_cfg: dict, data_fp: str, folds: np.ndarray) -> str:
-    # The unlabelled folder's path is not the model's business: the rows it adds are in
-    # ``data_fp`` (ids, captions, image checksums) for the models that read them, and a model
-    # without pseudo-label rounds must not retrain because a folder was named. Likewise the
-    # class names' source: the names reach the models that read them through ``data_fp``.
-    data = {k: v for k, v in (model_cfg.get("data") or {}).items() if k not in ("unlabelled", "class_names")}
-    model_cfg = {**model_cfg, "data": data} if "data" in model_cfg else model_cfg
-    h = hashlib.sha256(json.dumps(model_cfg, sort_keys=True, default=str).encode())
-    h.update(data_fp.encode())
-    h.update(np.asarray(folds, dtype=np.int64).tobytes())
-    return h.hexdigest()
 
 
 def model_inputs(ds, folds: np.ndarray, feats: dict) -> dict:
@@ -92,7 +82,7 @@ def _plan(name: str, model_cfg: dict, out_dir: Path, inputs: dict) -> _Run:
     data_fingerprint, pseudo_from = inputs["data_fingerprint"], inputs.get("pseudo_from")
     labelled = inputs.get("labelled")
     # Resolved once, here, and handed down; the dict itself stays as it is: it is what the run
-    # folder's fingerprint and config.yaml hold.
+    # folder's config.yaml holds (its fingerprint hashes the resolved settings).
     settings = cfglib.resolve_model(model_cfg)
     model = MODELS.create(settings.kind, cfg=settings, seed=settings.seed)
     if pseudo_from is not None and settings.kind != "net":
@@ -122,7 +112,7 @@ def _plan(name: str, model_cfg: dict, out_dir: Path, inputs: dict) -> _Run:
         out_dir=out_dir,
         settings=settings,
         model=model,
-        fp=_fingerprint(model_cfg, data_fingerprint, folds),
+        fp=run_fingerprint(model_cfg, data_fingerprint, folds),
         folds_checksum=folds_sha(folds),
         labelled=labelled,
         unlabelled=unlabelled,
@@ -137,7 +127,14 @@ def _open(run: _Run, model_cfg: dict) -> None:
     # whichever stage (train, pseudo rounds, ratios, ablate) called it.
     remove_stale_tmp(out_dir)
     if out_dir.exists() and read_fingerprint(out_dir) != run.fp and not _empty_dir(out_dir):
-        log.info("%s: config, data or folds changed since the last run; starting over", run.name)
+        if read_scheme(out_dir) not in (None, FINGERPRINT_SCHEME):
+            log.info(
+                "%s: run folder fingerprinted from the raw YAML before fingerprints hashed the resolved config; "
+                "retraining it once",
+                run.name,
+            )
+        else:
+            log.info("%s: config, data or folds changed since the last run; starting over", run.name)
         remove_run(out_dir, out_dir.parent)  # refuses a folder without our fingerprint.json
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / FINGERPRINT_FILE, fingerprint_record(run.fp))
@@ -253,7 +250,7 @@ def train_model(
         "cv_mean_f1": round(float(best_f1), 5),
         "cv_mean_f1_at_0.5": round(float(mean_sample_f1(Y, apply_threshold(probs, 0.5))), 5),
         "cv_map": round(float(mean_average_precision(Y, probs)), 5),
-        # Paper (d)'s ranking metrics: GAP@10 pools each image's top 10, GAP every (image, class) pair.
+        # MuMIC's ranking metrics: GAP@10 pools each image's top 10, GAP every (image, class) pair.
         "cv_gap_at_10": round(float(gap_at_k(Y, probs, 10)), 5),
         "cv_gap": round(float(gap_at_k(Y, probs, None)), 5),
         "threshold": round(float(threshold), 3),

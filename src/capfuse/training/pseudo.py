@@ -6,7 +6,7 @@ labels, so fold k's OOF predictions stay honest. Every fold's pseudo-labels carr
 record (round, fold, producing model and the fold it held out, the fold file's checksum) that
 is checked before training: a producer that trained on fold k is refused.
 
-Selection follows paper (b): cut-offs per class, not one global cut. Class c expects about
+Selection is class-aware, as in semantic-aware alignment: cut-offs per class, not one global cut. Class c expects about
 ``prior_c * n_pool`` positives in the pool, with ``prior_c`` its rate in the producer's
 training rows; the ``pos_keep`` most confident of those become positives, the ``neg_keep``
 least likely of the expected negatives become negatives, and every entry in between is masked
@@ -155,7 +155,7 @@ def pseudo_quality(targets: np.ndarray, mask: np.ndarray, truth: np.ndarray) -> 
 
 
 def label_subset(Y: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
-    """Which train rows keep their labels in label-ratio mode (paper b): a stratified ``ratio``.
+    """Which train rows keep their labels in label-ratio mode (the low-label setting): a stratified ``ratio``.
 
     Multilabel-stratified (iterative stratification), so each class keeps about ``ratio`` of its
     positives; a class that would lose all of them gets one row back, so every class present in
@@ -243,7 +243,7 @@ def rank_blend(probs: np.ndarray, graph: np.ndarray, weight: float) -> np.ndarra
 class PseudoSource:
     """Where a pseudo-label round takes its labels from: the previous round's run of the model."""
 
-    producer: str  # the previous round's model name, e.g. fusion_lite0 or fusion_lite0@r1
+    producer: str  # the previous round's model name, e.g. fusion_crossattention or fusion_crossattention@r1
     producer_dir: Path
     settings: PseudoSettings
     round: int
@@ -283,7 +283,7 @@ def pseudo_targets(
     logits = np.load(fold_dir / "test_logits.npy")
     align = None
     if src.settings.scores == "align":
-        # Paper (b): the label-query head's alignment scores rank the pool; the producer's
+        # Semantic alignment: the label-query head's alignment scores rank the pool; the producer's
         # probabilities still give the soft targets and the cut-offs reported.
         if not (fold_dir / "test_align.npy").exists():
             raise ValueError(

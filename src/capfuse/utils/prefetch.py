@@ -1,7 +1,7 @@
 """Make the next batches in a background thread while the current one trains.
 
 End-to-end fine-tuning decodes every image of every batch. Made in the training thread, the
-decoding and the accelerator take turns: on one H200 with 16 cores, ``fusion_lite0_gpu`` on the
+decoding and the accelerator take turns: on one H200 with 16 cores, ``fusion_crossattention_lite2_finetune_gpu`` on the
 demo left the GPU idle most of the time (nvidia-smi). A batch made ahead overlaps the two, as a DataLoader's workers
 would, without moving the decoding (already spread over ``finetune_options.loader_threads``) into
 other processes.

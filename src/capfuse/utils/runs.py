@@ -20,6 +20,13 @@ FINGERPRINT_FILE = "fingerprint.json"
 # The ``capfuse`` key of fingerprint.json: it marks the file as ours and says its layout.
 # Format 0 (no key, ``{"fingerprint": <sha256>}`` alone) is what runs before it wrote.
 FINGERPRINT_FORMAT = 1
+# What the fingerprint hashes of a run's config (the ``scheme`` key of fingerprint.json):
+# "resolved" hashes the resolved, typed settings (capfuse.training.cv.fingerprint_config), so
+# a default written out in a YAML file or left to the schema gives the same fingerprint. A file
+# without the key is of the scheme before it, "raw", which hashed the merged YAML dict as
+# spelt; such a run folder is retrained once.
+FINGERPRINT_SCHEME = "resolved"
+RAW_SCHEME = "raw"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -57,11 +64,11 @@ def check_inside(path: Path, home: Path) -> None:
 
 def fingerprint_record(fingerprint: str) -> dict:
     """The content of a run folder's ``fingerprint.json``."""
-    return {"capfuse": FINGERPRINT_FORMAT, "fingerprint": fingerprint}
+    return {"capfuse": FINGERPRINT_FORMAT, "scheme": FINGERPRINT_SCHEME, "fingerprint": fingerprint}
 
 
-def read_fingerprint(folder: Path) -> str | None:
-    """The fingerprint of a capfuse run folder; None when ``folder`` holds no fingerprint.json of ours."""
+def _our_record(folder: Path) -> dict | None:
+    """A run folder's fingerprint.json when capfuse wrote it; None otherwise."""
     path = Path(folder) / FINGERPRINT_FILE
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -75,8 +82,21 @@ def read_fingerprint(folder: Path) -> str | None:
     version = record.get("capfuse")
     if version is None:
         # Format 0 held the fingerprint and nothing else; anything more is someone else's file.
-        return fp if set(record) == {"fingerprint"} else None
-    return fp if isinstance(version, int) and not isinstance(version, bool) and version >= 1 else None
+        return record if set(record) == {"fingerprint"} else None
+    return record if isinstance(version, int) and not isinstance(version, bool) and version >= 1 else None
+
+
+def read_fingerprint(folder: Path) -> str | None:
+    """The fingerprint of a capfuse run folder; None when ``folder`` holds no fingerprint.json of ours."""
+    record = _our_record(folder)
+    return None if record is None else record["fingerprint"]
+
+
+def read_scheme(folder: Path) -> str | None:
+    """What a capfuse run folder's fingerprint hashed (``FINGERPRINT_SCHEME`` or ``RAW_SCHEME``);
+    None when ``folder`` holds no fingerprint.json of ours."""
+    record = _our_record(folder)
+    return None if record is None else str(record.get("scheme", RAW_SCHEME))
 
 
 def remove_run(folder: Path, home: Path) -> None:
