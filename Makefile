@@ -23,8 +23,17 @@ SCHEDULER ?=                         ## Dask scheduler (tcp://host:8786) that ru
 STORAGE ?=                           ## Optuna RDB URL for the threshold study (default: sqlite in runs/<dataset>/ensemble/)
 ABLATION ?= configs/ablation.yaml   ## make ablate: the variants (configs/early_stop.yaml: the stopping rules)
 UNLABELLED ?=                        ## extra folder of unlabelled images for pseudo-label rounds (`make unlabelled` writes a demo one)
+RESULTS ?= results                   ## where make all/infer/ablate/bench/ratios/zeroshot write their results files (empty: none; never for tiny or faulty)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
+
+# The make command behind a results file ("make bench-scale PRESET=fast"), read before the
+# lines below turn the variables' origin into `override`; a recursive make keeps the outer one.
+# Only these variables are named: ARGS and STORAGE may hold anything, a password included.
+ifeq ($(origin CAPFUSE_MAKE),undefined)
+CAPFUSE_MAKE := $(strip make $(MAKECMDGOALS) $(foreach v,DATA PRESET CONFIG ABLATION JOBS GPUS,$(if $(filter command line,$(origin $(v))),$(v)=$(strip $($(v))))))
+endif
+export CAPFUSE_MAKE
 
 # A `## comment` after a value leaves trailing spaces in it; strip them.
 override DATA   := $(strip $(DATA))
@@ -48,6 +57,7 @@ override STORAGE := $(value STORAGE)
 export STORAGE
 override UNLABELLED := $(strip $(UNLABELLED))
 override ABLATION := $(strip $(ABLATION))
+override RESULTS := $(strip $(RESULTS))
 
 DATASET := $(notdir $(patsubst %/,%,$(DATA)))
 BIN     := $(VENV)/bin
@@ -55,9 +65,11 @@ STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
 # Where train's (model, fold) jobs run; under torchrun (GPUS>1) the CLI refuses JOBS>1 and SCHEDULER.
 ENGINE  := $(if $(filter-out 1,$(JOBS)),--jobs $(JOBS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+# Results files (results/README.md) record real measurements only: not the test-sized datasets.
+RESULTS_ARG := $(if $(filter-out tiny faulty,$(DATASET)),$(if $(RESULTS),--results $(RESULTS)))
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
 
-.PHONY: help venv docs docs-serve data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all export predict test lint format checksums bench bench-scale clean clean-all
+.PHONY: help venv docs docs-serve data unlabelled faulty validate folds embed train ratios ablate stack thresholds infer all export predict test lint format checksums bench bench-scale results clean clean-all
 
 help: ## show this help
 	@echo "capfuse: multi-label classification of captioned images"
@@ -112,11 +124,11 @@ else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m capfuse.cli train $(COMMON) $(ENGINE)
 endif
 
-ratios: data ## label-ratio mode: runs/<dataset>/label_ratios.csv, CV at 5/10/20/100 % labels with and without pseudo-labels
-	$(RUN) ratios $(COMMON)
+ratios: data ## label-ratio mode: runs/<dataset>/label_ratios.csv (and results/ratios/), CV at 5/10/20/100 % labels with and without pseudo-labels
+	$(RUN) ratios $(COMMON) $(RESULTS_ARG)
 
-ablate: folds train ## the ablation table: runs/<dataset>/ablation.{csv,md} (configs/ablation.yaml)
-	$(RUN) ablate --data $(DATA) --config $(ABLATION) $(if $(filter 1,$(STRICT)),--strict) $(ARGS)
+ablate: folds train ## the ablation table: runs/<dataset>/ablation.{csv,md} and results/ablation/ (configs/ablation.yaml)
+	$(RUN) ablate --data $(DATA) --config $(ABLATION) $(if $(filter 1,$(STRICT)),--strict) $(ARGS) $(RESULTS_ARG)
 
 stack: data ## blends and a LightGBM stacker on the OOF logits; keeps the best (runs/<dataset>/ensemble/)
 	$(RUN) stack $(COMMON)
@@ -124,8 +136,8 @@ stack: data ## blends and a LightGBM stacker on the OOF logits; keeps the best (
 thresholds: data ## global and per-class Optuna thresholds on the kept OOF, in-sample and nested scores
 	$(RUN) thresholds $(COMMON) $${STORAGE:+--storage "$$STORAGE"}
 
-infer: data ## stack + thresholds + submissions/<dataset>-latest.csv with a manifest
-	$(RUN) infer $(COMMON) $${STORAGE:+--storage "$$STORAGE"}
+infer: data ## stack + thresholds + submissions/<dataset>-latest.csv with a manifest; the run's results file in results/runs/
+	$(RUN) infer $(COMMON) $${STORAGE:+--storage "$$STORAGE"} $(RESULTS_ARG)
 
 all: folds train infer ## folds + train + infer, end to end
 
@@ -211,10 +223,13 @@ checksums: $(STAMP) ## sha256 of a finished run's outputs (after `make all`): co
 bench-scale: ## the competition size: `make data` + `make all` on data/large (30,000 train / 10,000 test images)
 	$(MAKE) data DATA=data/large
 	$(MAKE) all DATA=data/large
-	@echo "stage timings: runs/large/timings.csv"
+	@echo "stage timings: runs/large/timings.csv; the run's results file: $(or $(RESULTS),(RESULTS is empty: none))/runs/"
 
-bench: $(STAMP) ## speed benchmarks (see README)
-	$(RUN) bench $(ARGS)
+bench: $(STAMP) ## speed benchmarks; every figure also in results/bench/
+	$(RUN) bench $(ARGS) $(if $(RESULTS),--results $(RESULTS))
+
+results: $(STAMP) ## README.md's presets table from results/runs/ (`capfuse results collect --run runs/<dataset>` files an older run)
+	$(RUN) results render --results $(or $(RESULTS),results)
 
 # DATA reaches the shell through the environment, never pasted into the command line: an
 # empty, `.`, `..` or spaced name would otherwise make `rm -rf runs/$(DATASET)` remove every
@@ -245,7 +260,7 @@ clean-all: export CLEAN_VENV := $(VENV)
 clean-all: clean-all-check clean ## also remove the virtual environment (if this Makefile built it) and every run
 	rm -rf -- runs "$$CLEAN_VENV"
 
-# -- open vocabulary (paper c) and embeddings (paper d) ------------------------------------------
+# -- open vocabulary (MKT-style) and embeddings for search (MuMIC-style) ---------------------------
 QUERY ?=                             ## make search: a text query, e.g. QUERY="a dog on a bus"
 IMAGE ?=                             ## make search: an ImageID of DATA or an image file
 override QUERY := $(value QUERY)
@@ -257,7 +272,7 @@ ZSCOMMON := --data $(DATA) --config configs/zeroshot.yaml $(if $(filter 1,$(STRI
 
 # An up-to-date run (same config, data, folds) is not redone; ARGS=--force retrains it.
 zeroshot: folds ## open vocabulary: N classes held out, runs/<dataset>/zeroshot.csv (ZSL/GZSL vs random), runs/<dataset>/zeroshot/
-	$(RUN) zeroshot $(ZSCOMMON)
+	$(RUN) zeroshot $(ZSCOMMON) $(RESULTS_ARG)
 
 embeddings: zeroshot ## export image embeddings + ids of the zero-shot space to runs/<dataset>/embeddings/
 	$(RUN) embeddings $(ZSCOMMON)
@@ -280,3 +295,8 @@ override SEEDS := $(strip $(SEEDS))
 
 names-ablation: folds ## a label-query model and zero-shot with classes.csv, discovered and "class N" names: runs/<dataset>/names/ablation.md
 	$(RUN) names --ablation $(COMMON) $(if $(ZSFOLDS),--zeroshot-folds $(ZSFOLDS)) $(if $(SEEDS),--seeds $(SEEDS))
+
+NAME ?=                              ## make config: a model, a preset or a config file (empty: list every model)
+.PHONY: config
+config: $(STAMP) ## print NAME's resolved config, each value with its file, --set or default (ARGS="--set k=v"); no NAME: every model
+	$(RUN) config $(if $(strip $(NAME)),show $(NAME),list) $(ARGS)

@@ -6,11 +6,11 @@
     capfuse embed    --data DIR --config configs/pipeline.yaml [--only NAME ...]
     capfuse train    --data DIR --config configs/pipeline.yaml [--only NAME ...] [--jobs N | --scheduler ADDRESS] [--threads T]
     capfuse ratios   --data DIR --config configs/pipeline.yaml
-    capfuse ablate   --data DIR --config configs/ablation.yaml
+    capfuse ablate   --data DIR --config configs/ablation.yaml [--results results]
     capfuse stack    --data DIR --config configs/pipeline.yaml
     capfuse thresholds --data DIR --config configs/pipeline.yaml [--storage URL]
-    capfuse infer    --data DIR --config configs/pipeline.yaml [--storage URL]
-    capfuse all      --data DIR --config configs/pipeline.yaml
+    capfuse infer    --data DIR --config configs/pipeline.yaml [--storage URL] [--results results]
+    capfuse all      --data DIR --config configs/pipeline.yaml [--results results]
     capfuse zeroshot --data DIR [--config configs/zeroshot.yaml] [--force]
     capfuse zeroshot-score --images DIR --labels "cat,dog,red bus" [--model runs/<dataset>/zeroshot] [--out CSV]
     capfuse embeddings --data DIR [--model zeroshot|backbone]
@@ -18,6 +18,9 @@
     capfuse report   --data DIR --config configs/pipeline.yaml
     capfuse export   --data DIR --config configs/pipeline.yaml [--out bundles/NAME]
     capfuse predict  --bundle bundles/NAME --data DIR [--captions CSV] [--out predictions]
+    capfuse config   show NAME [--set KEY=VALUE ...] | list [--markdown]
+    capfuse results collect --run runs/<dataset> [--preset NAME] [--results results]
+    capfuse results render [--results results] [--readme README.md] [--check]
 
 Paths, devices and flags are resolved here and passed down; nothing is computed at import. The
 options themselves are defined in `capfuse.cli_options`.
@@ -26,6 +29,7 @@ options themselves are defined in `capfuse.cli_options`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import sys
@@ -67,11 +71,15 @@ def _context(args):
 class Command:
     handler: str  # "module:function"; called as f(args, paths, cfg, quiet), or f(args) without a dataset
     dataset: bool = True  # resolves --data/--config and holds runs/<dataset>/.lock while it runs
+    # "module:function" called like the handler once the command's timings are written to
+    # runs/<dataset>/timings.csv: what reads a whole run's time (its results file) runs there.
+    after: str | None = None
 
 
 COMMANDS: dict[str, Command] = {
     "data": Command("capfuse.stages.data:cli_data", dataset=False),
     "faulty": Command("capfuse.stages.data:cli_faulty", dataset=False),
+    "config": Command("capfuse.stages.config:cli", dataset=False),
     "validate": Command("capfuse.stages.validate:cli"),
     "folds": Command("capfuse.stages.folds:cli"),
     "embed": Command("capfuse.stages.embed:cli"),
@@ -80,7 +88,7 @@ COMMANDS: dict[str, Command] = {
     "ablate": Command("capfuse.stages.ablate:cli"),
     "stack": Command("capfuse.stages.ensemble:cli_stack"),
     "thresholds": Command("capfuse.stages.ensemble:cli_thresholds"),
-    "infer": Command("capfuse.stages.infer:cli"),
+    "infer": Command("capfuse.stages.infer:cli", after="capfuse.stages.infer:write_results_file"),
     "export": Command("capfuse.stages.export:cli"),
     "predict": Command("capfuse.stages.predict:cli", dataset=False),
     "report": Command("capfuse.stages.report:cli"),
@@ -89,13 +97,18 @@ COMMANDS: dict[str, Command] = {
     "zeroshot-score": Command("capfuse.stages.zeroshot:cli_score", dataset=False),
     "embeddings": Command("capfuse.stages.embeddings:cli_embeddings"),
     "search": Command("capfuse.stages.embeddings:cli_search"),
+    "results": Command("capfuse.stages.results:cli", dataset=False),
 }
 # Commands that run several stages in one process, under one lock, in this order.
 SEQUENCES: dict[str, tuple[str, ...]] = {"all": ("folds", "train", "infer")}
 
 
 def _handler(name: str) -> Callable[..., int]:
-    module, function = COMMANDS[name].handler.split(":")
+    return _function(COMMANDS[name].handler)
+
+
+def _function(spec: str) -> Callable:
+    module, function = spec.split(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -112,8 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         return _dispatch(args)
-    except (DataError, ConfigError, FileNotFoundError, ValueError, RunLocked, DiskFullError) as exc:
+    except ConfigError as exc:
+        # One log line per problem (a bad value, an unknown key, an override that does not
+        # parse): each names its key and file, and no traceback buries them.
+        for problem in str(exc).splitlines():
+            log.error("%s", problem)
+        return 2
+    except (DataError, FileNotFoundError, ValueError, RunLocked, DiskFullError) as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk wherever it strikes (a log, a model file, a sqlite study): one line. Every
+        # artefact is written atomically, so what finished is whole and a rerun resumes after it.
+        log.error(
+            "no space left on the device while writing %s: free some space and run the same command again "
+            "(finished artefacts are kept, the rest is redone)",
+            exc.filename or "a file",
+        )
         return 2
 
 
@@ -154,9 +184,12 @@ def _dispatch(args) -> int:
                     return code
         if timings.rows:
             log.info("where the time went (%s):\n%s", paths.runs / TIMINGS_FILE, timings.table())
+        for step in steps:
+            if COMMANDS[step].after and int(os.environ.get("RANK", "0")) == 0:
+                _function(COMMANDS[step].after)(args, paths, cfg, quiet)
     return 0
 
 
-# -- open vocabulary (paper c) and embeddings (paper d) ------------------------------------------
+# -- open vocabulary (MKT-style) and embeddings for search (MuMIC-style) ---------------------------
 if __name__ == "__main__":
     sys.exit(main())

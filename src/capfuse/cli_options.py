@@ -61,6 +61,16 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _results_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="also write the measured table as a results file under DIR, e.g. results (the Makefile's "
+        "RESULTS); default: $CAPFUSE_RESULTS, else none, so test runs never write one",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capfuse", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -84,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-captions", action="store_true", help="the unlabelled images come without captions")
     p.add_argument("--log-level", default="INFO")
+
+    _add_config_command(sub)
 
     # Listed for --help only: main() hands `capfuse bench ...` to capfuse.stages.bench, options and all.
     sub.add_parser(
@@ -116,9 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ratios", help="label-ratio mode: CV at p %% of the labels, without and with pseudo-label rounds"
     )
     _common(p)
+    _results_option(p)
 
     p = sub.add_parser("ablate", help="train the ablation variants and write runs/<dataset>/ablation.{csv,md}")
     _common(p)
+    _results_option(p)
     p.set_defaults(config="configs/ablation.yaml")
 
     storage_help = (
@@ -135,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="stack, thresholds and the checked submission with its manifest")
     _common(p)
     p.add_argument("--storage", default=None, help=storage_help)
+    _results_option(p)
 
     p = sub.add_parser("export", help="a finished run as a self-contained bundle folder for `capfuse predict`")
     _common(p)
@@ -174,10 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", help="folds, train and infer in one go")
     _common(p)
     p.add_argument("--storage", default=None, help=storage_help)
+    _results_option(p)
     _engine_options(p)
     _add_zeroshot_commands(sub)
     _add_names_command(sub)
+    _add_results_command(sub)
     return parser
+
+
+def _add_config_command(sub) -> None:
+    p = sub.add_parser("config", help="a config resolved, each value with its origin (show), or every model (list)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show", help="every value of a model, preset or config file, with the file, --set or default it came from"
+    )
+    show.add_argument("name", help="a model name, a preset name (fast, default, best) or a config file")
+    show.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=0.001 (repeatable)",
+    )
+    listing = actions.add_parser("list", help="every model config: kind, inputs, what it is, which presets use it")
+    listing.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    for q in (show, listing):
+        q.add_argument("--configs", default="configs", help="the config folder (default: configs)")
+        q.add_argument("--log-level", default="WARNING")
 
 
 ZEROSHOT_CONFIG = "configs/zeroshot.yaml"
@@ -192,6 +231,7 @@ def _add_zeroshot_commands(sub) -> None:
     _common(p)
     p.set_defaults(config=ZEROSHOT_CONFIG)
     p.add_argument("--force", action="store_true", help="retrain even when the run is up to date")
+    _results_option(p)
 
     p = sub.add_parser("zeroshot-score", help="score any label names on any folder of images")
     p.add_argument("--images", required=True, help="folder of image files")
@@ -256,3 +296,28 @@ def _int_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+
+
+def _add_results_command(sub) -> None:
+    p = sub.add_parser(
+        "results", help="results files: collect a finished run's (runs/), render the README's presets table"
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = actions.add_parser(
+        "collect",
+        help="write results/runs/ for a run already finished (its commit from its manifest, this host's machine)",
+    )
+    c.add_argument("--run", required=True, help="the finished run folder, runs/<dataset>")
+    c.add_argument(
+        "--preset", default=None, help="the preset it ran (default: the preset that trains exactly its models)"
+    )
+    c.add_argument(
+        "--manifest", default=None, help="the run's manifest (default: submissions/<dataset>-latest.json beside runs/)"
+    )
+    c.add_argument("--results", default="results", help="the results folder (default: results)")
+    c.add_argument("--log-level", default="INFO")
+    r = actions.add_parser("render", help="rewrite README.md's presets table from results/runs/")
+    r.add_argument("--results", default="results", help="the results folder (default: results)")
+    r.add_argument("--readme", default="README.md", help="the file holding the presets block (default: README.md)")
+    r.add_argument("--check", action="store_true", help="write nothing; exit 1 when the block is out of date")
+    r.add_argument("--log-level", default="INFO")

@@ -36,6 +36,8 @@ from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_s
 from capfuse.features.store import FeatureStore
 from capfuse.metrics import gap_at_k
 from capfuse.report.tables import markdown
+from capfuse.results.measured import write_measured
+from capfuse.results.tables import results_dir
 from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.pseudo import PseudoSettings
 from capfuse.training.rounds import pseudo_rounds
@@ -232,6 +234,20 @@ def markdown_table(table: pd.DataFrame) -> str:
     return markdown(table[cols], floatfmt=".3f")
 
 
+ABLATION_NOTE = (
+    "`score`: CV is a variant's out-of-fold mean F1 at its own global threshold; nested CV "
+    "(second level, thresholds) fits every part without the scored fold's labels. `delta`: "
+    "against the reference variant (second-level rows: against the best single model)."
+)
+
+
 def cli(args, paths, cfg: dict, quiet: bool) -> int:
-    print(run_ablate(paths, cfg, Path(args.config), quiet=quiet).to_string(index=False))
+    table = run_ablate(paths, cfg, Path(args.config), quiet=quiet)
+    print(table.to_string(index=False))
+    results = results_dir(getattr(args, "results", None))
+    if results is not None:
+        spec = cfglib.resolve(cfg).ablation
+        facts = {"dataset": paths.dataset, "config": args.config, "reference": spec.reference}
+        name = f"{spec.output}-{paths.dataset}"
+        write_measured(results, "ablation", table, root=paths.root, name=name, facts=facts, notes=[ABLATION_NOTE])
     return 0

@@ -24,9 +24,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from capfuse.bench.embedding import bench_embed
+from capfuse.bench.figures import figure_rows
 from capfuse.bench.finetune import bench_finetune, print_finetune
 from capfuse.bench.jobs import bench_jobs, print_jobs
 from capfuse.bench.predict import bench_predict, export_for_bench, print_predict
@@ -34,6 +36,8 @@ from capfuse.bench.second_level import bench_stack_thresholds
 from capfuse.bench.top_stage import bench_top_stage, print_top_stage
 from capfuse.bench.training import report_training
 from capfuse.config.schema import ImageEncoderSpec
+from capfuse.results.measured import write_measured
+from capfuse.results.tables import results_dir
 from capfuse.utils.log import setup_logging
 
 
@@ -60,36 +64,79 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/demo", help="predict: the test folder (and run) to predict")
     parser.add_argument("--config", default="configs/pipeline.yaml", help="predict: the run's config, to export it")
     parser.add_argument(
-        "--model", default=None, help="jobs: the model trained serially and as jobs (fusion_logit_orig); finetune: one"
+        "--model",
+        default=None,
+        help="jobs: the model trained serially and as jobs (fusion_logit_multilevel_origview); finetune: one",
     )
     parser.add_argument("--jobs", type=int, default=2, help="jobs: how many at once against one")
+    parser.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="also write every figure as a results file under DIR/bench/ (the Makefile passes results; "
+        "default: $CAPFUSE_RESULTS, else none)",
+    )
     args = parser.parse_args(argv)
     setup_logging("WARNING")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows: list[dict] = []  # every figure measured, for the results file
     if args.only in (None, "embed"):
         r = bench_embed(args.images, args.encoder, args.size, args.batch_size, rounds=args.rounds)
         print_embed(r)
+        rows += figure_rows("embed", r)
     if args.only in (None, "stack"):
-        bench_second_level(args.rows, args.models)
+        rows += figure_rows("stack", bench_second_level(args.rows, args.models))
     if args.only in (None, "top-stage"):
-        print_top_stage(bench_top_stage(args.encoder, args.size, rounds=args.rounds))
+        r = bench_top_stage(args.encoder, args.size, rounds=args.rounds)
+        print_top_stage(r)
+        rows += figure_rows("top-stage", r)
     if args.only in (None, "predict"):
         with tempfile.TemporaryDirectory(prefix="capfuse-bench-bundle-") as tmp:
             bundle = Path(args.bundle) if args.bundle else None
             if bundle is None:
                 bundle = export_for_bench(Path(args.data), Path(args.config), Path(tmp) / "bundle")
-            print_predict(bench_predict(bundle, Path(args.data)))
+            r = bench_predict(bundle, Path(args.data))
+            print_predict(r)
+            rows += figure_rows("predict", r)
     if args.only == "jobs":  # trains a model 2 x rounds times: only when asked
-        model = args.model or "fusion_logit_orig"
-        print_jobs(bench_jobs(Path(args.data), Path(args.config), model, jobs=args.jobs, rounds=args.rounds))
+        model = args.model or "fusion_logit_multilevel_origview"
+        r = bench_jobs(Path(args.data), Path(args.config), model, jobs=args.jobs, rounds=args.rounds)
+        print_jobs(r)
+        rows += figure_rows("jobs", r)
     if args.only == "finetune":  # trains one fold 2 x rounds times: only when asked
         r = bench_finetune(
             Path(args.data), Path(args.config), model=args.model, epochs=args.epochs or 1, rounds=args.rounds
         )
         print_finetune(r)
+        rows += figure_rows("finetune", r)
     if args.only == "training":  # net models at competition size: minutes each, so only when asked
-        report_training(args.rows, args.epochs)
+        rows += figure_rows("training", report_training(args.rows, args.epochs))
+    results = results_dir(args.results)
+    if results is not None and rows:
+        write_results_file(results, args, pd.DataFrame(rows))
     return 0
+
+
+# The options each benchmark reads: the set-up its results file records.
+OPTIONS_USED = {
+    "embed": ("images", "encoder", "size", "batch_size", "rounds"),
+    "stack": ("rows", "models"),
+    "top-stage": ("encoder", "size", "rounds"),
+    "predict": ("data", "config", "bundle"),
+    "jobs": ("data", "config", "model", "jobs", "rounds"),
+    "finetune": ("data", "config", "model", "epochs", "rounds"),
+    "training": ("rows", "epochs"),
+}
+
+
+def write_results_file(results: Path, args: argparse.Namespace, table: pd.DataFrame) -> None:
+    """``results/bench/<date>_<benchmark or all>_<machine>_<commit7>.{csv,md}``; a failure to
+    write it is one warning line, the figures stay printed above."""
+    ran = list(dict.fromkeys(table["benchmark"]))
+    facts = {"benchmarks": ", ".join(ran)}
+    facts |= {k: getattr(args, k) for name in ran for k in OPTIONS_USED.get(name, ())}
+    note = "Medians of alternating timed rounds; a loaded machine gives lower absolute figures, ratios move less."
+    write_measured(results, "bench", table, root=Path.cwd(), name=args.only or "all", facts=facts, notes=[note])
 
 
 def print_embed(r: dict) -> None:

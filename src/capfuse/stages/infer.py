@@ -30,6 +30,9 @@ from capfuse.ensemble.second_level import (
     trained_models,
 )
 from capfuse.metrics import summary as metric_summary
+from capfuse.results.machine import machine_record
+from capfuse.results.runs import plain_commit, preset_of, write_run_results
+from capfuse.results.tables import command_line, results_dir, write_safely
 from capfuse.submission import predictions_to_frame, write_submission
 from capfuse.utils.io import read_json, sha256_file
 from capfuse.utils.log import log, stage
@@ -222,6 +225,25 @@ def summary_table(paths) -> str:
             + pd.DataFrame(rows).to_string(index=False)
         )
     return "\n\n".join(parts)
+
+
+def write_results_file(args, paths, cfg: dict, quiet: bool) -> None:
+    """The run's ``results/runs/`` file, once the command has ended and its timings are in
+    ``runs/<dataset>/timings.csv`` (the CLI calls it then: ``Command.after``). Only where
+    ``--results`` or ``$CAPFUSE_RESULTS`` says, and never failing the run it describes."""
+    root = results_dir(getattr(args, "results", None))
+    if root is None:
+        return
+
+    def write():
+        manifest = read_json(paths.submissions / f"{paths.dataset}-latest.json")
+        config = Path(args.config)
+        presets = paths.root / "configs" / "presets"
+        preset = preset_of(manifest.get("models") or {}, presets, config) or config.stem
+        machine = machine_record(paths.root, commit=plain_commit(manifest.get("git_commit"))).fields()
+        return write_run_results(root, paths.runs, manifest, preset=preset, machine=machine, command=command_line())
+
+    write_safely(root / "runs", write)
 
 
 def cli(args, paths, cfg: dict, quiet: bool) -> int:

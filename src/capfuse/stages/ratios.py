@@ -1,4 +1,4 @@
-"""Label-ratio mode (paper b's setting): keep p % of the training labels and treat the rest as unlabelled.
+"""Label-ratio mode (the low-label setting): keep p % of the training labels and treat the rest as unlabelled.
 
 For each p and model, the model trains on the labelled rows of the other folds only and is
 scored on every row of the held-out fold, the same rows at every p, so the numbers compare.
@@ -17,6 +17,8 @@ import pandas as pd
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import load_dataset
 from capfuse.features.store import FeatureStore
+from capfuse.results.measured import write_measured
+from capfuse.results.tables import results_dir
 from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.pseudo import PseudoSettings, label_subset
 from capfuse.training.rounds import pseudo_rounds
@@ -105,5 +107,10 @@ def _round(per_round: pd.DataFrame, r: int, column: str = "cv_mean_f1"):
 
 
 def cli(args, paths, cfg: dict, quiet: bool) -> int:
-    print(run_ratios(paths, cfg, Path(args.config), quiet=quiet).to_string(index=False))
+    table = run_ratios(paths, cfg, Path(args.config), quiet=quiet)
+    print(table.to_string(index=False))
+    results = results_dir(getattr(args, "results", None))
+    if results is not None and not table.empty:
+        facts = {"dataset": paths.dataset, "config": args.config, "seed": resolve(cfg).seed}
+        write_measured(results, "ratios", table, root=paths.root, name=paths.dataset, facts=facts)
     return 0

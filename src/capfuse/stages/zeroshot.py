@@ -1,4 +1,4 @@
-"""The zeroshot stage (paper c): held-out classes, ZSL/GZSL scores, and the deployed projector.
+"""The zeroshot stage (MKT-style open vocabulary): held-out classes, ZSL/GZSL scores, and the deployed projector.
 
 ``run_zeroshot`` holds N classes out as unseen: their labels never reach training, their
 captions do (a caption is the teacher, not a label). For every evaluation fold of
@@ -25,6 +25,8 @@ import pandas as pd
 from capfuse.data.dataset import load_dataset
 from capfuse.data.names import DISCOVERY_VERSION
 from capfuse.paths import Paths
+from capfuse.results.measured import write_measured
+from capfuse.results.tables import results_dir
 from capfuse.utils.io import read_json, sha256_file, write_csv, write_text
 from capfuse.utils.log import log, stage
 from capfuse.zeroshot.cv import cross_fitted, evaluation_setup, label_text
@@ -194,6 +196,10 @@ def run_zeroshot_score(
 def cli(args, paths, cfg: dict, quiet: bool) -> int:
     table = run_zeroshot(paths, cfg, force=args.force, quiet=quiet)
     print(table.to_string(index=False, float_format="%.4f"))
+    results = results_dir(getattr(args, "results", None))
+    if results is not None:
+        facts = {"dataset": paths.dataset, "config": args.config}
+        write_measured(results, "zeroshot", table, root=paths.root, name=paths.dataset, facts=facts)
     return 0
 
 
