@@ -1,4 +1,4 @@
-"""Paper (b)'s parts (label-query head, semantic alignment, context task) and their wiring.
+"""Label-query alignment's parts (label-query head, semantic alignment, context task) and their wiring.
 
 Each part is a config switch: it runs forward and backward, its parameters get gradients,
 switching it on changes the output, the context map reads only a fold's training rows, and

@@ -1,4 +1,4 @@
-"""Embeddings (paper d): the export round-trips its ids, search finds the query first, and
+"""Embeddings for search: the export round-trips its ids, search finds the query first, and
 images outside the cache are embedded exactly as the cache embeds them."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""What "light" means in numbers (paper a): parameters, checkpoint size, inference ms per image.
+"""What "light" means in numbers: parameters, checkpoint size, inference ms per image.
 
 Measured for the whole predictor a user would deploy, encoders included: a frozen backbone
 still runs for every test image. Times are torch eager on this machine's CPU, batch 32, after

@@ -20,7 +20,7 @@ class FoldOutput:
     test_logits: np.ndarray  # [n_test, C]
     info: dict
     extra_logits: np.ndarray | None = None  # [n_extra, C]: unlabelled train rows (label-ratio mode)
-    # Paper (b)'s alignment scores of the label-query head for the test and extra rows, which
+    # The semantic-alignment scores of the label-query head for the test and extra rows, which
     # pseudo-label rounds may rank by (``pseudo.scores: align``): {"test": [n_test, C], "extra": ...}.
     align: dict | None = None
 

@@ -7,7 +7,7 @@ coordinate (L-BFGS's stopping test) is the per-class test sklearn applies. What 
 cost: one pass over the design matrix serves every class (an ``[N, D] x [D, C]`` product instead
 of C matrix-vector products), and the image block stays a dense float32 array for BLAS instead
 of a CSR copy beside the TF-IDF columns. At 24,000 rows that is the difference between minutes
-and seconds per fold (README, "Competition size").
+and seconds per fold (`make bench-scale` times it: docs/performance.md).
 
 A design is a dense block (standardised image features), a sparse block (TF-IDF rows), or both
 side by side; ``logits`` is the one product that both training and a saved model's prediction

@@ -71,7 +71,7 @@ def _warn_fp32_top_stage(encoder: str) -> None:
         "%s's top stage trains in fp32 on this CPU (no native bf16, or finetune_options.amp off): "
         "two to three times the time per step of a CPU with AVX512-BF16 or AMX "
         "(`capfuse bench --only top-stage` prints both); at 30,000 rows the default preset does not "
-        'hold its hour here (README, "A trained top stage under the fusion")',
+        'hold its hour here (docs/performance.md, "Presets")',
         encoder,
     )
 
@@ -93,7 +93,7 @@ class NetModel:
         # Cached mode only: the backbone's top stages train from the cached map entering them.
         self.train_blocks = 0 if self.finetune else self.config.image_encoder.train_blocks
         self.light: dict = {}
-        # What paper (b)'s parts need to build, set by ``prepare``: the class prompts' text
+        # What the label-query parts need to build, set by ``prepare``: the class prompts' text
         # embeddings (once per model) and the fold's class -> context map (once per fold).
         self.build_extras: dict = {}
         self._class_text: np.ndarray | None = None

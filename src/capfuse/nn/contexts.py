@@ -1,4 +1,4 @@
-"""Label contexts for paper (b)'s auxiliary task: classes grouped by how often they co-occur.
+"""Label contexts for the context auxiliary task of label-query alignment: classes grouped by how often they co-occur.
 
 The groups come from spectral clustering of the co-occurrence matrix of the rows a fold trains
 on (never its held-out rows: their labels must not shape the model that predicts them). A

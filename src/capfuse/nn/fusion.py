@@ -1,4 +1,4 @@
-"""The fusion model of paper (a), built from a config, with every part switchable for ablation.
+"""The fusion model (learned logit fusion and cross-attention), built from a config, every part switchable for ablation.
 
 * branch heads: image (pooled MLP or attention over the token grid) and caption (pooled MLP or
   attention over word tokens), each with its own logits;
@@ -10,7 +10,7 @@
   predicts it best;
 * with both fusion parts off and two inputs: early fusion (concatenated pooled features, one MLP).
 
-Paper (b)'s parts, each off unless its config says so:
+Label-query pooling with semantic alignment and its context task, each off unless its config says so:
 
 * ``fusion.label_query`` (``true`` or a mapping of ``LabelQueryHead``'s options, plus
   ``caption_tokens``): one query per class, started from the class prompt's text embedding,
@@ -46,7 +46,7 @@ from capfuse.nn.losses import BCELoss, alignment_loss
 from capfuse.nn.pooling import masked_mean
 
 # Every setting (and its default) is a field of capfuse.config.schema.NetModelSettings: fusion,
-# fusion.label_query (LabelQuerySettings), aux (AuxSettings), image_head/caption_head. Paper (b)'s
+# fusion.label_query (LabelQuerySettings), aux (AuxSettings), image_head/caption_head. The label-query
 # parts are off by default, so a config without them keeps its resolved form (and its run
 # fingerprint).
 

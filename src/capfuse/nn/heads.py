@@ -5,7 +5,7 @@ fusion, the logits are the branch's own prediction (logit fusion weighs them). I
 through LayerNorm first because cached features arrive on very different scales (float16 CNN
 activations vs. transformer states).
 
-``LabelQueryHead`` (paper b) is not a branch head of this registry: it needs the class prompts'
+``LabelQueryHead`` (label-query pooling) is not a branch head of this registry: it needs the class prompts'
 text embeddings and yields one feature per label; ``CapFuseNet`` builds it from
 ``fusion.label_query``.
 """
@@ -101,13 +101,13 @@ class AttnHead(nn.Module):
 
 
 class LabelQueryHead(nn.Module):
-    """Paper (b)'s label-specific features: one query per class pools the image tokens.
+    """Label-query pooling: label-specific features, one query per class pooling the image tokens.
 
     Each class's query starts from the projection of its prompt's text embedding ("a photo of
     a {name}."), attends to the image's token grid (and, with ``cap_dim``, the caption's tokens
     as well), and yields a feature for that label alone. The feature is projected back into the
     text space; the logit of class c is the scaled cosine between its feature and class c's text
-    embedding plus a per-class bias. The scale is MuMIC's (d) temperature, learned: a sigmoid of
+    embedding plus a per-class bias. The scale is MuMIC's tempered-sigmoid temperature, learned: a sigmoid of
     ``cos / T``. ``forward`` returns a dict: ``features [B, C, d_model]``, ``text_features [B, C, D_text]``
     (unit norm, for the alignment loss ``capfuse.nn.losses.alignment_loss``), ``align [B, C]`` (each
     label feature's cosine with its own text: the alignment score) and ``logits [B, C]``.
@@ -145,9 +145,8 @@ class LabelQueryHead(nn.Module):
         if self.use_captions:
             self.cap_proj = token_projection(cap_dim, d_model, norm_affine) if project_inputs else nn.Identity()
         self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
-        # No feed-forward block after the attention: paper (b) pools. On the demo a 2x-wide FFN
-        # cost 1.76x fusion_lite0's CPU step instead of 1.67x and gained nothing (CV mean F1
-        # 0.832 vs 0.829, mAP 0.846 vs 0.849).
+        # No feed-forward block after the attention: label-query pooling only pools. A wider FFN
+        # made each CPU step slower and gained nothing in the ablation.
         self.norm = nn.LayerNorm(d_model)
         self.to_text = nn.Linear(d_model, text_dim)
         log_scale = torch.tensor(-math.log(temperature))

@@ -5,11 +5,11 @@
 nothing to the loss or its gradient. Every loss takes ``label_smoothing`` (y -> y(1-e) + e/2).
 
 * ``bce``: binary cross-entropy.
-* ``weighted_bce``: paper (a)'s class weights from the log of inverse class frequency.
+* ``weighted_bce``: log-inverse-frequency class weights (the light fusion model's weighting).
 * ``focal``: Lin et al. (2017).
 * ``asl``: asymmetric loss, Ridnik et al. (2021): easy negatives are down-weighted and the
   probability of negatives is shifted by a margin, which suits many-negatives multi-label data.
-* ``tempered_bce``: MuMIC (d): BCE on sigmoid(logit / T), weighted towards hard entries.
+* ``tempered_bce``: MuMIC's hardness-aware tempered sigmoid: BCE on sigmoid(logit / T), weighted towards hard entries.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class TemperedBCELoss(MultiLabelLoss):
 def alignment_loss(
     label_text_feats: torch.Tensor, class_text: torch.Tensor, weight: torch.Tensor, temperature: float = 0.1
 ) -> torch.Tensor:
-    """Paper (b)'s one-to-one semantic alignment of label-specific features with label texts.
+    """Semantic alignment: one-to-one alignment of label-specific features with their label texts.
 
     ``label_text_feats [B, C, D]``: the feature class c's query pooled for each sample, in the
     text space; ``class_text [C, D]``: the class prompts' embeddings. Each label feature is

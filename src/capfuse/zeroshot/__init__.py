@@ -1,4 +1,4 @@
-"""Open-vocabulary labels (paper c, MKT's light analogue) and an embedding space to search (paper d).
+"""Open-vocabulary labels (a light analogue of MKT) and an embedding space to search (as in MuMIC).
 
 No CLIP weights can be installed here, so the vision-language teacher is the competition's own
 captions: a small projector maps a frozen backbone's cached image features into the MiniLM
@@ -13,13 +13,13 @@ Optional parts, each a config switch (``zeroshot.projector`` and ``zeroshot.loss
 * ``projector.kind``: ``linear`` or ``mlp`` (one hidden layer);
 * ``projector.tokens``: MKT's local stream beside the global one: a learned query attends over
   the cached token grid and its output joins the pooled vector;
-* ``loss.label_weight``: a multi-label term, MuMIC's (paper d) tempered, hardness-aware sigmoid
+* ``loss.label_weight``: a multi-label term, MuMIC's tempered, hardness-aware sigmoid
   BCE on ``scale * cos(image, prompt_c) + bias``, for the SEEN classes only: it pulls images
   towards the prompts of the labels they carry. The unseen classes' columns are never passed in.
 
 Evaluation follows MKT: ZSL ranks only the unseen classes on the images that carry at least one
 of them; GZSL ranks every class on every evaluation image; both with mAP, F1@3, F1@5 and GAP@10.
-The trained space is also exported and searched by text or by image (paper d's retrieval).
+The trained space is also exported and searched by text or by image (MuMIC's retrieval).
 
 Modules:
 

@@ -1,4 +1,4 @@
-"""The projector and its losses: cached image features into the caption space (papers c and d).
+"""The projector and its losses: cached image features into the caption space (MKT-style, with MuMIC's loss).
 
 ``ImageProjector`` maps a frozen backbone's pooled vector (and, with MKT's local stream, its
 token grid) to a unit vector in the caption encoder's space; ``clip_loss`` is CLIP's symmetric

@@ -1,4 +1,4 @@
-"""Exported image embeddings (paper d): an array of unit vectors, its ids, and nearest neighbours.
+"""Exported image embeddings for search: an array of unit vectors, its ids, and nearest neighbours.
 
 An export is three files in ``runs/<dataset>/embeddings/``: ``<model>.npy`` (float32 ``[N, E]``,
 L2-normalised, so a dot product is a cosine), ``<model>_ids.csv`` (``row,ImageID,split,Caption``,
