@@ -308,6 +308,8 @@ def _fit_fold(
             write_npy(fold_dir / "pseudo_targets.npy", pseudo.targets)
             write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
     extra = ({"pseudo": pseudo} if pseudo else {}) | ({"extra_rows": run.unlabelled} if len(run.unlabelled) else {})
+    if write:
+        _claim_resume_state(fold_dir, run.fp, f"{name} fold {fold}")
     with timed("fold", model=name, fold=fold):
         result = run.model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
     if write:
@@ -315,6 +317,25 @@ def _fit_fold(
         _write_fold(
             fold_dir, run.out_dir / "log.jsonl", result, Y, tr, va, fold, seed, time.perf_counter() - t0, name, run.fp
         )
+
+
+RESUME_FILE = "resume.json"  # the fingerprint that the fold's last.pt (its mid-training state) belongs to
+
+
+def _claim_resume_state(fold_dir: Path, fp: str, what: str) -> None:
+    """Keep ``last.pt`` only if it was saved under this run's fingerprint, then mark the fold as
+    this run's. A fold left half-trained by an older config (or written by a job of an older
+    run that outlived it) would otherwise resume from weights another config trained."""
+    last = fold_dir / "last.pt"
+    try:
+        owner = read_json(fold_dir / RESUME_FILE).get("fingerprint")
+    except (FileNotFoundError, ValueError, AttributeError):
+        owner = None
+    if last.exists() and owner != fp:
+        last.unlink()
+        log.info("%s: its last.pt was saved under another fingerprint; training the fold from the start", what)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    write_json(fold_dir / RESUME_FILE, {"fingerprint": fp})
 
 
 def _empty_dir(path: Path) -> bool:
