@@ -48,7 +48,10 @@ override FORCE  := $(strip $(FORCE))
 override VENV   := $(strip $(VENV))
 override GPUS   := $(strip $(GPUS))
 override JOBS   := $(strip $(JOBS))
-override SCHEDULER := $(strip $(SCHEDULER))
+# SCHEDULER, BUNDLE and OUT reach the program through the environment, as STORAGE does: a `;`,
+# a quote or `$(...)` in them is part of the value, never run by the shell.
+override SCHEDULER := $(strip $(value SCHEDULER))
+export SCHEDULER
 # STORAGE (it may hold a password), QUERY and IMAGE reach the program through the environment
 # as "$$VAR", never pasted into a recipe: quotes, `$(...)` or backticks in them would be run by
 # the shell, and make would echo the password. $(value) takes the text as given, so make does
@@ -64,7 +67,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse
 # Where train's (model, fold) jobs run; under torchrun (GPUS>1) the CLI refuses JOBS>1 and SCHEDULER.
-ENGINE  := $(if $(filter-out 1,$(JOBS)),--jobs $(JOBS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+ENGINE  := $(if $(filter-out 1,$(JOBS)),--jobs $(JOBS)) $${SCHEDULER:+--scheduler "$$SCHEDULER"}
 # Results files (results/README.md) record real measurements only: not the test-sized datasets.
 RESULTS_ARG := $(if $(filter-out tiny faulty,$(DATASET)),$(if $(RESULTS),--results $(RESULTS)))
 COMMON  := --data $(DATA) --config $(CONFIG) $(if $(filter 1,$(STRICT)),--strict) $(if $(UNLABELLED),--set data.unlabelled=$(UNLABELLED)) $(ARGS)
@@ -144,16 +147,17 @@ all: folds train infer ## folds + train + infer, end to end
 BUNDLE  ?=                           ## make predict: a bundle folder that make export wrote
 OUT     ?=                           ## make export: the bundle folder (default bundles/<dataset>-<timestamp>); make predict: the output folder (default predictions)
 TOPK    ?=                           ## make export: keep only the best K second-level models (drop-one nested CV), blend refitted on OOF
-override BUNDLE := $(strip $(BUNDLE))
-override OUT := $(strip $(OUT))
+override BUNDLE := $(strip $(value BUNDLE))
+override OUT := $(strip $(value OUT))
+export BUNDLE OUT
 override TOPK := $(strip $(TOPK))
 
 export: data ## a finished run (make all) as a self-contained bundle folder: models, second level, thresholds, bundle.json
-	$(RUN) export $(COMMON) $(if $(OUT),--out $(OUT)) $(if $(TOPK),--top-k $(TOPK))
+	$(RUN) export $(COMMON) $${OUT:+--out "$$OUT"} $(if $(TOPK),--top-k $(TOPK))
 
 predict: $(STAMP) ## predict DATA (test.csv + data/) with BUNDLE, offline, no training data: <OUT>/<dataset>-latest.csv and -latest-probs.csv
-	@test -n "$(BUNDLE)" || { echo "make predict needs BUNDLE=<folder written by make export>"; exit 2; }
-	$(RUN) predict --bundle $(BUNDLE) --data $(DATA) $(if $(OUT),--out $(OUT)) $(ARGS)
+	@test -n "$$BUNDLE" || { echo "make predict needs BUNDLE=<folder written by make export>"; exit 2; }
+	$(RUN) predict --bundle "$$BUNDLE" --data $(DATA) $${OUT:+--out "$$OUT"} $(ARGS)
 
 # The wheels a machine without internet (a Kaggle notebook) installs capfuse from; `pip download`
 # needs the same Python and platform as that machine: PIPARGS names them when this one

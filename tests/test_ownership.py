@@ -537,3 +537,51 @@ def test_make_clean_all_removes_the_venv_it_built_and_every_run(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not venv.exists() and not (project / "runs").exists()
     assert (tmp_path / "outside.txt").read_text() == "keep"
+
+
+# -- values that reach the shell -----------------------------------------------------------------
+
+
+def _fake_project(base: Path) -> tuple[Path, Path]:
+    """A project folder whose venv's `capfuse` records its arguments, one per line."""
+    project, venv = base / "project", base / "venv"
+    (venv / "bin").mkdir(parents=True)
+    project.mkdir()
+    for name in ("requirements.txt", "requirements-weights.txt", "requirements-dev.txt", "pyproject.toml"):
+        (project / name).write_text("")
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    tool = venv / "bin" / "capfuse"
+    tool.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{base}/args.txt"\n')
+    tool.chmod(0o755)
+    (venv / ".installed").touch()  # newer than the requirements files: no install
+    return project, venv
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+@pytest.mark.parametrize(
+    ("target", "variables", "expected"),
+    [
+        (
+            "predict",
+            {"BUNDLE": "b;touch pwned", "OUT": "o $(touch pwned)"},
+            ["--bundle", "b;touch pwned", "--out", "o $(touch pwned)"],
+        ),
+        ("export", {"OUT": "x`touch pwned`"}, ["--out", "x`touch pwned`"]),
+        ("train", {"SCHEDULER": "tcp://x;touch pwned"}, ["--scheduler", "tcp://x;touch pwned"]),
+    ],
+)
+def test_values_reach_the_program_whole_and_the_shell_never_runs_them(tmp_path, target, variables, expected):
+    project, venv = _fake_project(tmp_path)
+    (project / "data" / "own").mkdir(parents=True)
+    (project / "data" / "own" / "train.csv").write_text("ImageID,Labels,Caption\n")
+    args = [f"{k}={v}" for k, v in variables.items()]
+    done = subprocess.run(
+        ["make", "-f", str(REPO / "Makefile"), "-C", str(project), target, "DATA=data/own", f"VENV={venv}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    got = (tmp_path / "args.txt").read_text().splitlines()
+    assert all(any(g == e for g in got) for e in expected), got
+    assert not (project / "pwned").exists() and not (REPO / "pwned").exists()
