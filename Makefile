@@ -204,7 +204,7 @@ test: lint ## lint, then the test suite (tiny datasets, tiny models; as root, in
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 	    || echo "chromium could not be installed: the browser test skips (and fails when CI=true)"; \
 	fi
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 docs: $(DEVSTAMP) ## the documentation site in site/ (mkdocs build --strict: a broken link or a missing page fails)
 	$(BIN)/mkdocs build --strict --site-dir site
