@@ -63,6 +63,9 @@ class Machine:
     threads: int  # torch.get_num_threads()
     cores: int  # logical cores (os.cpu_count())
     ram_gb: float  # total memory, GiB
+    # The 1-, 5- and 15-minute load averages when the file was written: above the core count, other
+    # work shared the machine, and the times in the file are longer than it alone would take.
+    load_avg: str
     gpu: str  # "NVIDIA H200 x1", or "none"
     gpu_memory_gb: float | None  # the first GPU's memory, GiB
     gpu_driver: str  # the NVIDIA driver (with nvidia-ml-py, the `gpu` extra), else the CUDA runtime torch was built for
@@ -162,6 +165,13 @@ def _gpu() -> tuple[str, float | None, str]:
     return name, memory, driver
 
 
+def _load_avg() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not every platform keeps one
+        return ""
+
+
 def _ram_gb() -> float:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -198,6 +208,7 @@ def machine_record(root: Path, *, commit: str | None = None, env: dict[str, str]
         threads=torch.get_num_threads(),
         cores=os.cpu_count() or 0,
         ram_gb=_ram_gb(),
+        load_avg=_load_avg(),
         gpu=gpu,
         gpu_memory_gb=gpu_memory,
         gpu_driver=gpu_driver,

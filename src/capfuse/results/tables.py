@@ -44,6 +44,7 @@ MACHINE_LABELS = {
     "threads": "torch threads",
     "cores": "logical cores",
     "ram_gb": "RAM (GiB)",
+    "load_avg": "load average (1 / 5 / 15 min) when written",
     "gpu": "GPU",
     "gpu_memory_gb": "GPU memory (GiB)",
     "gpu_driver": "GPU driver",
