@@ -62,7 +62,11 @@ override UNLABELLED := $(strip $(UNLABELLED))
 override ABLATION := $(strip $(ABLATION))
 override RESULTS := $(strip $(RESULTS))
 
-DATASET := $(notdir $(patsubst %/,%,$(DATA)))
+# The dataset's name as capfuse derives it: the last part of DATA's folder with symlinks resolved,
+# so that `make clean` and `make checksums` act on the runs/ folder the run wrote.
+# A name that is not plain (., .., empty, several words) stays as given, for `make clean` to refuse.
+RAW_DATASET := $(notdir $(patsubst %/,%,$(DATA)))
+DATASET := $(if $(and $(filter-out . ..,$(RAW_DATASET)),$(if $(word 2,$(DATA)),,1),$(realpath $(DATA))),$(notdir $(realpath $(DATA))),$(RAW_DATASET))
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/capfuse

@@ -585,3 +585,19 @@ def test_values_reach_the_program_whole_and_the_shell_never_runs_them(tmp_path, 
     got = (tmp_path / "args.txt").read_text().splitlines()
     assert all(any(g == e for g in got) for e in expected), got
     assert not (project / "pwned").exists() and not (REPO / "pwned").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_clean_of_a_symlinked_data_folder_removes_the_runs_capfuse_wrote_for_it(tmp_path):
+    project, sentinels = _tree(tmp_path)
+    (project / "data" / "real").mkdir(parents=True)
+    (project / "data" / "link").symlink_to(project / "data" / "real")
+    (project / "runs" / "real").mkdir()
+    (project / "runs" / "real" / "oof.csv").write_text("written for data/link: capfuse names it real")
+    (project / "runs" / "link").mkdir()
+    (project / "runs" / "link" / "keep.txt").write_text("keep")
+    done = make_clean(project, "data/link", tmp_path / "no-venv")
+    assert done.returncode == 0, done.stderr
+    assert not (project / "runs" / "real").exists()
+    assert (project / "runs" / "link" / "keep.txt").read_text() == "keep"
+    assert all(p.read_text() == "keep" for p in sentinels)
