@@ -14,7 +14,7 @@ from capfuse.features.image import ML_LEVELS, FeatureMap, embed_image_views
 from capfuse.features.store import image_outputs, pooled_output
 
 
-def test_multilevel_vector_is_mean_max_and_the_top_stages_inputs(tmp_path):
+def test_multilevel_vector_is_mean_max_and_the_top_stages_inputs(tmp_path, monkeypatch):
     data = tmp_path / "mini"
     make_demo(data, n_train=6, n_test=2, size=64, seed=5)
     ids = sorted(p.name for p in (data / "data").iterdir())
@@ -37,7 +37,14 @@ def test_multilevel_vector_is_mean_max_and_the_top_stages_inputs(tmp_path):
     assert not ml[~ok].any()
     # Its first block is the plain pooled vector, from the same pass.
     np.testing.assert_array_equal(ml[:, : model.num_features], np.asarray(got["pooled"]))
-    # Asked again: served from the cache, not recomputed.
+    # Asked again: served from the cache, not recomputed (a pass over the images would fail here:
+    # equal arrays alone cannot tell a cache hit from a deterministic recompute).
+    import capfuse.features.image as image_features
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the images were embedded again instead of read from the cache")
+
+    monkeypatch.setattr(image_features, "_run_jobs", no_pass)
     again = embed_image_views(data, ids, ok, [(spec, "orig", ("pooled_ml",))], tmp_path / "cache", quiet=True)
     np.testing.assert_array_equal(np.asarray(again[(spec, "orig")]["pooled_ml"]), np.asarray(got["pooled_ml"]))
 
