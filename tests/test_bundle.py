@@ -115,8 +115,7 @@ def test_export_refuses_what_a_bundle_cannot_replay_naming_the_model(model):
     from capfuse.config import load_config
 
     settings = resolve_model(load_config(REPO / "configs" / "models" / f"{model}.yaml", []))
-    if model == "fusion_crossattention_lite2_finetune_gpu" and not settings.finetune:
-        pytest.skip("fusion_crossattention_lite2_finetune_gpu no longer fine-tunes")
+    assert settings.finetune, f"{model} is the catalogue's fine-tuning config and must stay one"
     with pytest.raises(ExportError, match=model):
         check_exportable(model, settings)
 
