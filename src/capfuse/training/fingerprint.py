@@ -9,27 +9,26 @@ default in a YAML file or leaving it to the schema is the same run.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
 
 import numpy as np
 
 from capfuse import config as cfglib
+from capfuse.config.show import settings_dict
 
 
 def _plain(value):
-    """Settings as JSON-ready data: dataclasses and mappings as dicts, sequences as lists, and
-    every number as a float, so ``5`` and ``5.0`` in a YAML file hash alike."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "model_dump"):  # a pydantic model
-        return _plain(value.model_dump())
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+    """Settings as JSON-ready data (``capfuse.config.show.settings_dict``) with every number as a
+    float, so ``5`` and ``5.0`` in a YAML file hash alike."""
+    return _floats(settings_dict(value))
+
+
+def _floats(value):
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return value
