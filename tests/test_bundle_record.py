@@ -114,3 +114,16 @@ def test_an_encoder_no_package_carries_is_refused_unless_the_hub_is_allowed(bund
     with pytest.raises(BundleError, match="'resnet50' is not carried by a package"):
         Predictor.load(bundle)
     assert Predictor.load(bundle, allow_hub=True).models[name].image_encoder.name == "resnet50"
+
+
+def test_weights_from_the_hub_are_refused_even_for_a_packaged_encoder(bundle):
+    record = read_json(bundle / BUNDLE_FILE)
+    name = next(n for n, info in record["models"].items() if "image" in info["inputs"])
+    config = bundle / record["models"][name]["config"]
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    cfg.setdefault("image_encoder", {})["weights"] = "hub"  # timm's download, though a package carries Lite0
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    rel = config.relative_to(bundle).as_posix()
+    _rewrite(bundle, lambda r: r["files"].update({rel: sha256_file(config)}))
+    with pytest.raises(BundleError, match="would download it from a model hub"):
+        Predictor.load(bundle)

@@ -137,18 +137,18 @@ def read_record(folder: Path, *, verify: bool = True) -> dict:
 
 
 def check_offline(name: str, settings, where: Path) -> None:
-    """Refuse a model whose encoders no installed package carries: predicting would download them."""
+    """Refuse a model whose encoders no installed package carries, or whose config asks for the
+    hub's weights (``weights: hub``) even of one a package carries: predicting would download them."""
+    encoders = []
     if "image" in settings.inputs:
-        spec = settings.image_encoder
-        if spec.weights != "none" and spec.name not in ENCODERS.names():
-            raise BundleError(
-                f"{where}: {name}'s image encoder {spec.name!r} is not carried by a package, so predicting would "
-                "download it from a model hub; pass allow_hub=True to let it"
-            )
+        encoders.append(("image", settings.image_encoder, settings.image_encoder.name in ENCODERS.names()))
     caption = getattr(settings, "caption_encoder", None)
     if caption is not None and "caption" in settings.inputs and settings.kind == "net":
-        if caption.weights != "none" and caption.name not in ENCODERS.names() and not Path(caption.name).is_dir():
+        encoders.append(("caption", caption, caption.name in ENCODERS.names() or Path(caption.name).is_dir()))
+    for what, spec, carried in encoders:
+        if spec.weights == "hub" or (spec.weights != "none" and not carried):
+            why = "asks for the hub's weights (weights: hub)" if carried else "is not carried by a package"
             raise BundleError(
-                f"{where}: {name}'s caption encoder {caption.name!r} is not carried by a package, so predicting "
-                "would download it from a model hub; pass allow_hub=True to let it"
+                f"{where}: {name}'s {what} encoder {spec.name!r} {why}, so predicting would download it from a "
+                "model hub; pass allow_hub=True to let it"
             )
