@@ -23,6 +23,8 @@ SCHEDULER ?=                         ## Dask scheduler (tcp://host:8786) that ru
 STORAGE ?=                           ## Optuna RDB URL for the threshold study (default: sqlite in runs/<dataset>/ensemble/)
 ABLATION ?= configs/ablation.yaml   ## make ablate: the variants (configs/early_stop.yaml: the stopping rules)
 UNLABELLED ?=                        ## extra folder of unlabelled images for pseudo-label rounds (`make unlabelled` writes a demo one)
+TIME_LIMIT ?=                        ## make all: finish within this (60m, 1h30m, 90s); a probe plans the models and epochs that fit (runs/<dataset>/plan.json)
+PLAN    ?=                           ## make all: replay a budgeted run's plan.json without the clock (same models, epochs and rounds)
 RESULTS ?= results                   ## where make all/infer/ablate/bench/ratios/zeroshot write their results files (empty: none; never for tiny or faulty)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
@@ -37,6 +39,11 @@ export CAPFUSE_MAKE
 
 # A `## comment` after a value leaves trailing spaces in it; strip them.
 override DATA   := $(strip $(DATA))
+# make splits a value at its spaces, so a DATA path with one would reach every recipe as two
+# paths. Stop before any recipe runs; the CLI itself takes any path.
+ifneq ($(word 2,$(DATA)),)
+$(error DATA='$(DATA)' holds a space, which make cannot pass through its recipes: nothing is run and nothing removed. Link it to a plain name (ln -s '$(DATA)' data/mydata, then DATA=data/mydata) or call the CLI directly (capfuse all --data '$(DATA)'))
+endif
 override CONFIG := $(strip $(CONFIG))
 ifneq ($(strip $(PRESET)),)
 ifeq ($(wildcard configs/presets/$(strip $(PRESET)).yaml),)
@@ -58,6 +65,15 @@ export SCHEDULER
 # not expand a `$(...)` in it either.
 override STORAGE := $(value STORAGE)
 export STORAGE
+# TIME_LIMIT and PLAN reach the program through the environment too.
+override TIME_LIMIT := $(strip $(value TIME_LIMIT))
+override PLAN := $(strip $(value PLAN))
+export TIME_LIMIT PLAN
+ifneq ($(TIME_LIMIT)$(PLAN),)
+ifneq ($(filter-out 0 1,$(GPUS)),)
+$(error TIME_LIMIT/PLAN plan one process against its clock; with GPUS=$(GPUS) run without them)
+endif
+endif
 override UNLABELLED := $(strip $(UNLABELLED))
 override ABLATION := $(strip $(ABLATION))
 override RESULTS := $(strip $(RESULTS))
@@ -85,7 +101,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (make VAR=value):"
-	@grep -hE '^[A-Z]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z]+) +\?= *([^#]*)## (.*)/  \1|\2|\3/' | awk -F'|' '{gsub(/^ +| +$$/, "", $$2); printf "%-14s %-26s %s\n", $$1, $$2, $$3}'
+	@grep -hE '^[A-Z_]+ +\?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) +\?= *([^#]*)## (.*)/  \1|\2|\3/' | awk -F'|' '{gsub(/^ +| +$$/, "", $$2); printf "%-14s %-26s %s\n", $$1, $$2, $$3}'
 
 $(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -103,9 +119,9 @@ $(DEVSTAMP): $(STAMP) requirements-dev.txt
 
 venv: $(STAMP) ## create the virtual environment (done automatically by every target)
 
-data: $(STAMP) ## generate the bundled demo dataset in DATA (data/demo, or data/tiny for the test-sized one)
+data: $(STAMP) ## generate the bundled demo dataset in DATA (data/demo; data/tiny test-sized; data/shifted test drawn unlike train)
 	@case "$(DATASET)" in \
-	  demo|tiny|large) $(RUN) data --data $(DATA) --preset $(if $(filter demo,$(DATASET)),default,$(DATASET)) ;; \
+	  demo|tiny|large|shifted) $(RUN) data --data $(DATA) --preset $(if $(filter demo,$(DATASET)),default,$(DATASET)) ;; \
 	  *) test -f $(DATA)/train.csv || { echo "$(DATA)/train.csv not found: DATA must be a COMP5329-layout folder"; exit 2; } ;; \
 	esac
 
@@ -146,7 +162,13 @@ thresholds: data ## global and per-class Optuna thresholds on the kept OOF, in-s
 infer: data ## stack + thresholds + submissions/<dataset>-latest.csv with a manifest; the run's results file in results/runs/
 	$(RUN) infer $(COMMON) $${STORAGE:+--storage "$$STORAGE"} $(RESULTS_ARG)
 
-all: folds train infer ## folds + train + infer, end to end
+ifeq ($(TIME_LIMIT)$(PLAN),)
+all: folds train infer ## folds + train + infer, end to end (TIME_LIMIT=60m: within a budget)
+else
+# A budget counts from the start of one process: folds, train and infer run as one `capfuse all`.
+all: data
+	$(RUN) all $(COMMON) $(ENGINE) $${STORAGE:+--storage "$$STORAGE"} $${TIME_LIMIT:+--time-limit "$$TIME_LIMIT"} $${PLAN:+--plan "$$PLAN"} $(RESULTS_ARG)
+endif
 
 BUNDLE  ?=                           ## make predict: a bundle folder that make export wrote
 OUT     ?=                           ## make export: the bundle folder (default bundles/<dataset>-<timestamp>); make predict: the output folder (default predictions)

@@ -88,3 +88,39 @@ def tiny_run_full(tiny_run, tmp_path_factory) -> TinyRun:
     run = tiny_run.copy(tmp_path_factory.mktemp("tiny_run_full") / "project")
     write_optional_tables(run.root / "runs" / "tiny")
     return run
+
+
+def export_args(run: TinyRun, out: Path) -> list[str]:
+    common = ["--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet"]
+    return ["export", *common, *TINY_RUN_ARGS, "--out", str(out)]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
+    """``capfuse export`` of the tiny run, made once per session (from a copy: export logs its
+    timings into runs/). Treat it as read-only; copy it to alter it."""
+    from capfuse.cli import main
+
+    run = tiny_run.copy(tmp_path_factory.mktemp("tiny_bundle") / "project")
+    out = run.root.parent / "bundle"
+    assert main(export_args(run, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_onnx(tiny_run, tmp_path_factory) -> Path:
+    """One folder of encoder ONNX exports for every prediction of the session, seeded with the
+    tiny run's own: an export is keyed by the encoder, its size and its weights' checksum, so a
+    prediction finds the graph it needs instead of exporting it again."""
+    folder = tmp_path_factory.mktemp("shared") / "onnx"
+    shutil.copytree(tiny_run.root / "runs" / tiny_run.data.name / "cache" / "onnx", folder)
+    return folder
+
+
+@pytest.fixture
+def predict_work(shared_onnx, tmp_path) -> Path:
+    """A fresh ``--cache`` / ``work_dir`` for a prediction whose encoder exports are the session's."""
+    work = tmp_path / "work"
+    (work / "cache").mkdir(parents=True)
+    (work / "cache" / "onnx").symlink_to(shared_onnx, target_is_directory=True)
+    return work

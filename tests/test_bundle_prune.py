@@ -83,7 +83,7 @@ def test_fast_predicts_from_the_caption_models_first_fold_without_embedding_an_i
     assert [s.split() for s in sub["Labels"]] == [[str(c) for c in labels] for labels in pred.labels]
 
 
-def test_top_k_keeps_the_best_models_by_nested_contribution_refitted_on_oof(run, tmp_path, capsys):
+def test_top_k_keeps_the_best_models_by_nested_contribution_refitted_on_oof(run, tmp_path, capsys, predict_work):
     kept = read_json(run.root / "runs" / "tiny" / "ensemble" / "kept" / "kept.json")
     if len(kept["models"]) < 2:
         pytest.skip(f"the tiny run's second level kept one model ({kept['candidate']}): nothing to prune")
@@ -107,6 +107,6 @@ def test_top_k_keeps_the_best_models_by_nested_contribution_refitted_on_oof(run,
     assert record["pruning"]["full_mb"] == float(sizes[1]) and abs(after - float(sizes[2])) < 0.01
 
     # The pruned bundle predicts the test folder: every row, in test.csv's order, none empty.
-    pred = Predictor.load(bundle, work_dir=tmp_path / "work").predict_folder(run.data)
+    pred = Predictor.load(bundle, work_dir=predict_work).predict_folder(run.data)
     want = pd.read_csv(run.root / "submissions" / "tiny-latest.csv", dtype=str)
     assert pred.ids == list(want["ImageID"]) and all(len(labels) >= 1 for labels in pred.labels)

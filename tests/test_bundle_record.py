@@ -12,24 +12,13 @@ import yaml
 
 from capfuse.bundle import BundleError, Predictor
 from capfuse.bundle.record import BUNDLE_FILE, seal
-from capfuse.cli import main
 from capfuse.utils.io import read_json, sha256_file, write_json
-from conftest import TINY_RUN_ARGS
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory) -> Path:
-    run = tiny_run.copy(tmp_path_factory.mktemp("record") / "project")
-    out = run.root.parent / "bundle"
-    common = ["--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet"]
-    assert main(["export", *common, *TINY_RUN_ARGS, "--out", str(out)]) == 0
-    return out
 
 
 @pytest.fixture
-def bundle(exported, tmp_path) -> Path:
-    """A private copy to alter."""
-    return Path(shutil.copytree(exported, tmp_path / "bundle"))
+def bundle(tiny_bundle, tmp_path) -> Path:
+    """A private copy of the session's bundle, to alter."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
 
 
 def _rewrite(bundle: Path, change, *, reseal: bool = True) -> None:

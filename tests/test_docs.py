@@ -183,3 +183,40 @@ def test_the_prose_check_can_fail():
     assert not DECIMAL.findall(_prose("arXiv:2412.18842, [a link](https://x.org/v1.2)"))
     assert PAPER_LETTER.search("as in paper (b)") and PAPER_LETTER.search("papers (c) and (d)")
     assert not PAPER_LETTER.search("wallpaper, papered over")
+
+
+# -- the tests the pages name --------------------------------------------------------------------
+# `tests/test_x.py` or `tests/test_x.py::test_name`, as the Guarantees page names its proofs.
+NAMED_TEST = re.compile(r"\btests/([\w/]+\.py)(?:::(\w+))?")
+
+
+def _missing_tests(text: str) -> list[str]:
+    missing = []
+    for file, name in sorted(set(NAMED_TEST.findall(text))):
+        path = REPO / "tests" / file
+        if not path.is_file():
+            missing.append(f"tests/{file}")
+        elif name and not re.search(rf"^(async )?def {name}\(", path.read_text(encoding="utf-8"), re.MULTILINE):
+            missing.append(f"tests/{file}::{name}")
+    return missing
+
+
+def test_every_test_the_docs_name_exists():
+    for source in (README, *_pages()):
+        missing = _missing_tests(source.read_text(encoding="utf-8"))
+        assert not missing, f"{source.relative_to(REPO)} names tests that do not exist: {missing}"
+
+
+def test_the_guarantees_page_names_a_test_for_every_row():
+    page = (DOCS / "guarantees.md").read_text(encoding="utf-8")
+    rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| event")]
+    rows = [row for row in rows if not row.startswith(("| promise", "|---"))]
+    assert rows and all(NAMED_TEST.search(row) for row in rows), [r for r in rows if not NAMED_TEST.search(r)]
+
+
+def test_the_named_test_check_can_fail():
+    assert _missing_tests("see `tests/test_docs.py::test_the_named_test_check_can_fail`") == []
+    assert _missing_tests("`tests/test_docs.py::test_that_is_not_there`") == [
+        "tests/test_docs.py::test_that_is_not_there"
+    ]
+    assert _missing_tests("`tests/test_nowhere.py`") == ["tests/test_nowhere.py"]

@@ -1,6 +1,8 @@
 """Static int8 graphs: they still see what the fp32 graph sees, they are a cache key of their own,
 and fp32 is one switch away."""
 
+import importlib.util
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +30,18 @@ def photos(size: int) -> np.ndarray:
     return np.stack([load_array(folder / name, size) for name in PHOTOS])
 
 
+def _needs(*modules: str) -> None:
+    """Skip without the optional OpenVINO route, except under CI=true: there `make test` has
+    installed it (requirements-dev.txt), so a missing one is a broken install, not a choice."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    why = f"{', '.join(missing)} not installed (pip install -r requirements-dev.txt)"
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        pytest.fail(f"{why}: the OpenVINO int8 path the docs describe cannot be checked")
+    pytest.skip(f"{why}; fails instead of skipping when CI=true")
+
+
 class Logits(torch.nn.Module):
     """uint8 NHWC pixels to ImageNet logits, normalisation inside (as the cached graphs do)."""
 
@@ -44,8 +58,7 @@ class Logits(torch.nn.Module):
 def test_int8_graph_keeps_the_photos_features_and_classes(backend, tmp_path):
     """On real photos the int8 graph's pooled vectors point where fp32's do, and the cat stays a cat."""
     if backend == "openvino":
-        pytest.importorskip("openvino")
-        pytest.importorskip("nncf")
+        _needs("openvino", "nncf")
     model, _ = create_backbone("tf_efficientnet_lite0", weights="package", num_classes=1000)
     model.eval()
     pre = preprocess_for(model)

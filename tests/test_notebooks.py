@@ -1,4 +1,7 @@
-"""Every notebook runs headless on a real tiny run, shows its figures, and holds no logic."""
+"""Every notebook runs headless on a real tiny run, shows its figures, and holds no logic.
+
+05-fit trains with ``capfuse.fit``, which writes into its run, so it runs on a private copy of the
+tiny run with the tiny run's overrides (resuming its finished models), never on the shared one."""
 
 from __future__ import annotations
 
@@ -9,29 +12,19 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from capfuse.cli import main
 from conftest import TINY_RUN_ARGS
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+FIT = "05-fit"
 
 
 def _code(nb) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code"]
 
 
-def test_the_four_notebooks_exist():
-    names = ["01-eda.ipynb", "02-oof-analysis.ipynb", "03-ablation.ipynb", "04-predict.ipynb"]
+def test_the_five_notebooks_exist():
+    names = ["01-eda.ipynb", "02-oof-analysis.ipynb", "03-ablation.ipynb", "04-predict.ipynb", f"{FIT}.ipynb"]
     assert [p.name for p in NOTEBOOKS] == names
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_run_full, tmp_path_factory) -> Path:
-    """A bundle of the tiny run, for 04-predict (exported from a copy: export logs into runs/)."""
-    run = tiny_run_full.copy(tmp_path_factory.mktemp("bundle") / "project")
-    out = run.root.parent / "bundle"
-    args = ["export", "--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet"]
-    assert main([*args, *TINY_RUN_ARGS, "--out", str(out)]) == 0
-    return out
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -56,11 +49,13 @@ def test_notebook_holds_no_logic(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_on_a_tiny_run(path, tiny_run_full, tiny_bundle, monkeypatch):
-    monkeypatch.setenv("CAPFUSE_DATA", str(tiny_run_full.data))
+def test_notebook_runs_on_a_tiny_run(path, tiny_run_full, tiny_bundle, monkeypatch, tmp_path):
+    run = tiny_run_full.copy(tmp_path / "project") if path.stem == FIT else tiny_run_full
+    monkeypatch.setenv("CAPFUSE_DATA", str(run.data))
     monkeypatch.setenv("CAPFUSE_BUNDLE", str(tiny_bundle))
-    monkeypatch.setenv("CAPFUSE_ROOT", str(tiny_run_full.root))
-    monkeypatch.setenv("CAPFUSE_CONFIG", str(tiny_run_full.config))
+    monkeypatch.setenv("CAPFUSE_ROOT", str(run.root))
+    monkeypatch.setenv("CAPFUSE_CONFIG", str(run.config))
+    monkeypatch.setenv("CAPFUSE_SET", " ".join(TINY_RUN_ARGS[1::2]))
     monkeypatch.setenv("CAPFUSE_QUIET", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
@@ -77,3 +72,14 @@ def test_notebook_runs_on_a_tiny_run(path, tiny_run_full, tiny_bundle, monkeypat
         assert any("image/png" in d for d in kinds), f"{path.name}: no image from\n{cell.source}"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    if path.stem == FIT:
+        # Its checks came out true: the Predictor replays the submission, the saved bundle the Predictor.
+        checks = [
+            c
+            for c in nb.cells
+            if c.cell_type == "code" and c.source.splitlines()[-1].endswith(("equals(submitted)", "== few.labels"))
+        ]
+        assert len(checks) == 2
+        for cell in checks:
+            assert [o["data"]["text/plain"] for o in cell.outputs if o.output_type == "execute_result"] == ["True"]
+        assert (run.root / "bundles" / "tiny-fit" / "bundle.json").is_file()

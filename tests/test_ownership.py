@@ -27,6 +27,7 @@ from capfuse.cli import main
 from capfuse.ensemble.second_level import choose_base_models
 from capfuse.paths import Paths
 from capfuse.training.cv import train_model
+from capfuse.utils.lock import RunLocked
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "configs" / "pipeline.yaml"
@@ -199,6 +200,29 @@ def test_folds_of_the_run_itself_are_still_skipped(tmp_path, synthetic):
     train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     train_model("image_linear", LINEAR, out_dir=out, **synthetic)
     assert _logged_folds(out) == [0, 1]
+
+
+def test_a_fold_another_process_is_writing_is_never_shared(tmp_path, synthetic):
+    """A (model, fold) job that outlived its run (a Dask worker keeps going after the client is
+    stopped) holds its fold's lock; a rerun that reaches the same fold stops with the holder's
+    name instead of writing into the same folder."""
+    out = tmp_path / "runs" / "tiny" / "image_linear"
+    train_model("image_linear", LINEAR, out_dir=out, **synthetic)
+    (out / "fold1" / "done.json").unlink()  # fold 1 unfinished: its job is still at work
+    before = sorted(p.name for p in (out / "fold1").iterdir())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out / ".fold1.lock"), "60"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=rf"this fold is being trained by another process \(PID {holder.pid}"):
+            train_model("image_linear", LINEAR, out_dir=out, **synthetic)
+        assert sorted(p.name for p in (out / "fold1").iterdir()) == before  # nothing written into it
+    finally:
+        holder.kill()
+        holder.wait()
+    train_model("image_linear", LINEAR, out_dir=out, **synthetic)  # the holder gone, the run finishes
+    assert _logged_folds(out) == [0, 1, 1]
 
 
 # -- 2. one run at a time per dataset ------------------------------------------------------------
@@ -462,6 +486,42 @@ def test_make_clean_refuses_a_dataset_name_that_is_not_plain(tmp_path, data):
     assert done.returncode == 2 and "nothing removed" in done.stderr
     assert all(p.read_text() == "keep" for p in sentinels)
     assert (project / "runs" / "x" / "oof.csv").exists() and not (project / "pwned").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+@pytest.mark.parametrize("target", ["all", "train", "infer", "export", "checksums", "clean", "data"])
+def test_every_target_stops_on_a_data_path_with_a_space(tmp_path, target):
+    """make would hand each recipe the two halves of the path; every target stops first, with
+    one line that says how to run it anyway, and runs nothing (a fake capfuse records any call)."""
+    project, sentinels = _tree(tmp_path)
+    spaced = project / "my data"
+    spaced.mkdir()
+    (spaced / "train.csv").write_text("ImageID,Labels,Caption\n")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake-capfuse"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    fake.chmod(0o755)
+    done = subprocess.run(
+        [
+            "make",
+            "-f",
+            str(REPO / "Makefile"),
+            "-C",
+            str(project),
+            target,
+            f"DATA={spaced}",
+            f"RUN={fake}",
+            "-o",
+            str(tmp_path / "no-venv" / ".installed"),
+            f"VENV={tmp_path / 'no-venv'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "holds a space" in done.stderr and "capfuse all --data" in done.stderr
+    assert not calls.exists() and all(p.read_text() == "keep" for p in sentinels)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")

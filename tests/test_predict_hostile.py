@@ -23,7 +23,6 @@ from capfuse.models import MODELS
 from capfuse.submission import read_submission
 from capfuse.utils.io import read_json
 from capfuse.utils.numeric import sigmoid
-from conftest import TINY_RUN_ARGS
 
 # Paths opened while a test sets _OPENED to a list; an audit hook cannot be removed, so it stays
 # installed and records only then.
@@ -66,13 +65,9 @@ def _hostile_folder(tiny: Path, dest: Path) -> tuple[Path, pd.DataFrame]:
     return dest, table
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_run, tmp_path_factory) -> Path:
-    run = tiny_run.copy(tmp_path_factory.mktemp("hostile") / "project")  # export logs its timings in runs/
-    out = run.root.parent / "bundle"
-    common = ["--data", str(run.data), "--root", str(run.root), "--config", str(run.config), "--quiet"]
-    assert main(["export", *common, *TINY_RUN_ARGS, "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def bundle(tiny_bundle) -> Path:
+    return tiny_bundle
 
 
 def _fallback_labels(bundle: Path, tiny_run_root: Path, captions: list[str]) -> list[list[str]]:
@@ -94,14 +89,16 @@ def _fallback_labels(bundle: Path, tiny_run_root: Path, captions: list[str]) -> 
 
 
 def test_predict_on_a_hostile_folder_keeps_every_row_flags_the_faults_and_opens_no_escaping_path(
-    tiny_run, bundle, tmp_path
+    tiny_run, bundle, tmp_path, predict_work
 ):
     global _OPENED
     folder, table = _hostile_folder(tiny_run.data, tmp_path / "new" / "unseen")
     out = tmp_path / "predictions"
     _OPENED = []
     try:
-        code = main(["predict", "--bundle", str(bundle), "--data", str(folder), "--out", str(out)])
+        code = main(
+            ["predict", "--bundle", str(bundle), "--data", str(folder), "--out", str(out), "--cache", str(predict_work)]
+        )
     finally:
         opened, _OPENED = _OPENED, None
     assert code == 0
@@ -137,10 +134,10 @@ def test_predict_on_a_hostile_folder_keeps_every_row_flags_the_faults_and_opens_
 # -- a work folder (`--cache`) shared by predictions ----------------------------------------------
 
 
-def test_predicting_images_leaves_what_the_user_keeps_in_the_work_folder(bundle, tiny_run, tmp_path):
+def test_predicting_images_leaves_what_the_user_keeps_in_the_work_folder(bundle, tiny_run, predict_work):
     from capfuse.bundle import Predictor
 
-    work = tmp_path / "work"
+    work = predict_work
     mine = [work / "inputs" / "data" / "holiday.jpg", work / "notes.txt"]
     for path in mine:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,13 +149,13 @@ def test_predicting_images_leaves_what_the_user_keeps_in_the_work_folder(bundle,
     assert not list(work.glob(".inputs-*"))  # its own staging folder went
 
 
-def test_predictions_sharing_a_work_folder_take_turns(bundle, tiny_run, tmp_path):
+def test_predictions_sharing_a_work_folder_take_turns(bundle, tiny_run, predict_work):
     import threading
 
     from capfuse.bundle import Predictor
     from capfuse.utils.lock import dataset_lock
 
-    work = tmp_path / "work"
+    work = predict_work
     predictor = Predictor.load(bundle, work_dir=work)
     reading, done = threading.Event(), threading.Event()
     features = predictor._features

@@ -16,6 +16,7 @@
     capfuse embeddings --data DIR [--model zeroshot|backbone]
     capfuse search   --data DIR (--image ID_OR_PATH | --text "a dog on a bus") [--k 8]
     capfuse report   --data DIR --config configs/pipeline.yaml
+    capfuse shift    --data DIR --config configs/pipeline.yaml
     capfuse export   --data DIR --config configs/pipeline.yaml [--out bundles/NAME]
     capfuse predict  --bundle bundles/NAME --data DIR [--captions CSV] [--out predictions]
     capfuse config   show NAME [--set KEY=VALUE ...] | list [--markdown]
@@ -33,6 +34,7 @@ import errno
 import importlib
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("capfuse.stages.export:cli"),
     "predict": Command("capfuse.stages.predict:cli", dataset=False),
     "report": Command("capfuse.stages.report:cli"),
+    "shift": Command("capfuse.stages.shift:cli"),
     "names": Command("capfuse.stages.names:cli"),
     "zeroshot": Command("capfuse.stages.zeroshot:cli"),
     "zeroshot-score": Command("capfuse.stages.zeroshot:cli_score", dataset=False),
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
         # A full disk wherever it strikes (a log, a model file, a sqlite study): one line. Every
         # artefact is written atomically, so what finished is whole and a rerun resumes after it.
@@ -165,13 +168,18 @@ def _locked(paths, args):
     return dataset_lock(paths.runs, wait=args.wait, what=f"capfuse {args.command} --data {args.data}")
 
 
-def _dispatch(args) -> int:
+def dispatch(args, then: Callable[..., None] | None = None) -> int:
+    """Run the command ``args`` holds (a namespace of `build_parser`) and return its exit code;
+    errors are raised, for `main` to turn into one line. ``then(paths, cfg, quiet, timings)``
+    runs last, still under the dataset's lock: ``capfuse.fit`` exports the run it trained there."""
     steps = SEQUENCES.get(args.command, (args.command,))
     if not COMMANDS[steps[0]].dataset:
         return _handler(steps[0])(args)
     # The stages first: the components they build (losses, heads, ...) register their parameters
     # with the config schema, so the config is checked against them as it loads.
     handlers = [_handler(step) for step in steps]
+    # A time budget (--time-limit) counts from here: the folds and the config's loading too.
+    args.started = time.monotonic()
     paths, cfg, quiet = _context(args)
     with _locked(paths, args):
         # Where the time went: runs/<dataset>/timings.csv gains the command's rows (rank 0 only:
@@ -187,7 +195,12 @@ def _dispatch(args) -> int:
         for step in steps:
             if COMMANDS[step].after and int(os.environ.get("RANK", "0")) == 0:
                 _function(COMMANDS[step].after)(args, paths, cfg, quiet)
+        if then is not None:
+            then(paths, cfg, quiet, timings)
     return 0
+
+
+_dispatch = dispatch  # what `main` calls: one name to replace when a test fakes the whole command
 
 
 # -- open vocabulary (MKT-style) and embeddings for search (MuMIC-style) ---------------------------

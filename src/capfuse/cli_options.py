@@ -61,6 +61,25 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _budget_options(p: argparse.ArgumentParser) -> None:
+    """A time budget for the whole command (capfuse.budget)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--time-limit",
+        default=None,
+        metavar="DURATION",
+        help="finish the whole command within DURATION (60m, 1h30m, 90s): a short probe plans which "
+        "models and epochs fit, the plan is re-checked against the clock, runs/<dataset>/plan.json "
+        "records it",
+    )
+    g.add_argument(
+        "--plan",
+        default=None,
+        metavar="FILE",
+        help="replay a budgeted run's plan.json without the clock: the same models, epochs and rounds",
+    )
+
+
 def _results_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--results",
@@ -80,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default=None,
-        choices=["default", "tiny", "large"],
-        help="size preset (default: tiny for a folder named 'tiny', else default)",
+        choices=["default", "tiny", "large", "shifted"],
+        help="size preset (default: tiny for a folder named 'tiny', else default); shifted: the default's size "
+        "with test objects drawn in looks training never shows",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
@@ -186,11 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the self-contained HTML run report runs/<dataset>/report/index.html")
     _common(p)
 
+    p = sub.add_parser(
+        "shift",
+        help="train/test shift: adversarial validation and novelty, runs/<dataset>/shift.json (infer does it too)",
+    )
+    _common(p)
+
     p = sub.add_parser("all", help="folds, train and infer in one go")
     _common(p)
     p.add_argument("--storage", default=None, help=storage_help)
     _results_option(p)
     _engine_options(p)
+    _budget_options(p)
     _add_zeroshot_commands(sub)
     _add_names_command(sub)
     _add_results_command(sub)

@@ -6,10 +6,13 @@ every base model (fold logits summed in float64, divided, stored as float32, as 
 writes ``test_logits.csv``), the kept second-level candidate (probabilities stored as float32,
 as ``test_probs.csv`` is), the thresholds and the never-empty rule, and the caption fallback
 for rows without a usable image. It reads no training row and no ``runs/`` folder.
+
+``save`` copies the bundle a predictor loaded to a folder of the caller's, sealed as it was.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ import pandas as pd
 import yaml
 
 from capfuse.bundle.inputs import Rows, read_test_folder, stage_inputs
-from capfuse.bundle.record import BUNDLE_FILE, BundleError, check_offline, read_record
+from capfuse.bundle.record import BUNDLE_FILE, SEAL, BundleError, check_offline, inside, read_record
 from capfuse.config.schema import resolve_model
 from capfuse.data.logits import logits_frame
 from capfuse.ensemble.blend import apply_weights, mean_blend
@@ -32,6 +35,7 @@ from capfuse.features.text import caption_features
 from capfuse.models import MODELS
 from capfuse.models.cached import CachedViews
 from capfuse.submission import predictions_to_frame
+from capfuse.utils.io import current_umask, read_json
 from capfuse.utils.lock import dataset_lock
 from capfuse.utils.numeric import sigmoid
 
@@ -112,6 +116,9 @@ class Predictor:
             raise ValueError(f"folds must be at least 1, got {folds}")
         self.folds = {n: min(folds or info["folds"], info["folds"]) for n, info in record["models"].items()}
         self.fast = fast
+        # The stage timings of the run that `capfuse.fit` trained it in (``.table()`` is the stage
+        # table); None for a bundle loaded from disk, whose run is not known.
+        self.timings = None
         self.models = {}
         for name in names:
             info = record["models"][name]
@@ -143,6 +150,50 @@ class Predictor:
             for name, settings in predictor.models.items():
                 check_offline(name, settings, folder / BUNDLE_FILE)
         return predictor
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the bundle to the folder ``path``, every file checked against its sha256 on the way,
+        and return it; ``Predictor.load(path)`` then predicts exactly as this predictor does.
+
+        The copy is renamed into place whole, so a failed save leaves nothing half written.
+        ``path`` may be missing, an empty folder, or a bundle (nothing else in it), which is
+        replaced; any other folder is refused. A folder that already holds this bundle is kept."""
+        out = Path(path)
+        held = _bundle_in(out)
+        if held is not None and held.get(SEAL) == self.record.get(SEAL):
+            return out
+        if out.is_symlink() or (out.exists() and held is None and (not out.is_dir() or any(out.iterdir()))):
+            raise BundleError(f"{out} exists and is not a bundle: save into a new or empty folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        old = None
+        try:
+            for rel in [*self.record["files"], BUNDLE_FILE]:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(inside(self.folder, rel, f"{self.folder / BUNDLE_FILE}: files"), tmp / rel)
+            if read_record(tmp, verify=True).get(SEAL) != self.record.get(SEAL):
+                raise BundleError(f"{self.folder}: its bundle.json changed since it was loaded; load it again")
+            os.chmod(tmp, 0o777 & ~current_umask())
+            if held is not None:
+                # rename(2) replaces an empty folder only: the old bundle steps aside first.
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+                os.replace(out, old)
+            os.replace(tmp, out)
+        finally:
+            for leftover in (tmp, old):
+                if leftover is not None and leftover.exists():
+                    shutil.rmtree(leftover)
+        return out
+
+    def _check_unchanged(self) -> None:
+        """A bundle replaced since it was loaded would pair this record's thresholds and blend
+        with another run's weight files, read at predict time: refuse instead."""
+        try:
+            seal = read_json(self.folder / BUNDLE_FILE).get(SEAL)
+        except (OSError, ValueError, AttributeError):
+            seal = None
+        if seal != self.record.get(SEAL):
+            raise BundleError(f"{self.folder}: the bundle was replaced or removed since it was loaded; load it again")
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -274,6 +325,7 @@ class Predictor:
         # One writer at a time in a work folder (``--cache``): the encoders' exports and feature
         # arrays there are written under names that do not depend on the rows, so a second
         # prediction at once would read the first one's half-written features. It waits its turn.
+        self._check_unchanged()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with dataset_lock(self.work_dir, wait=True, what="capfuse predict"):
             feats = self._features(rows)
@@ -303,3 +355,13 @@ class Predictor:
             logits=logits,
             flags=rows.flags,
         )
+
+
+def _bundle_in(folder: Path) -> dict | None:
+    """``folder``'s sealed record when it holds a whole bundle and nothing else; None otherwise."""
+    if folder.is_symlink() or not (folder / BUNDLE_FILE).is_file():
+        return None
+    try:
+        return read_record(folder, verify=True)
+    except BundleError:
+        return None

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from capfuse.models.base import FoldOutput
 from capfuse.models.settings import TrainSettings, cosine_with_warmup, inner_split, schedule_epochs, val_score
 from capfuse.nn.calibration import calibrate_net
+from capfuse.utils import deadline
 from capfuse.utils.io import atomic_path
 from capfuse.utils.log import log, progress
 from capfuse.utils.prefetch import prefetched
@@ -141,6 +142,11 @@ def train_epochs(
         log.info("  resumed %s at epoch %d (best %.4f at epoch %d)", fold_dir.name, start_epoch, best, best_epoch)
 
     t0 = time.perf_counter()
+    # A budgeted run stops a fold at a step boundary once its deadline passes (the caller drops
+    # the whole model). Under DDP the ranks' clocks could disagree by a step and one rank would
+    # wait for the others forever, so the deadline applies to single-process training only.
+    budgeted = deadline.remaining() is not None and world == 1
+    timing: dict = {"step_seconds": [], "epoch_seconds": []}
     completed = start_epoch
     first = start_epoch if bad < s.patience else n_epochs  # a resumed fold that had already stopped
     for epoch in progress(range(first, n_epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
@@ -153,11 +159,14 @@ def train_epochs(
             order, flips = order[:keep][rank::world], flips[:keep][rank::world]
         net.train()
         losses = []
+        epoch_start = time.perf_counter()
         slices = [
             (order[i : i + s.batch_size], flips[i : i + s.batch_size]) for i in range(0, len(order), s.batch_size)
         ]
         for b, ((rows, _), batch) in enumerate(zip(slices, prefetched(make_batch, slices, prefetch), strict=True)):
             losses.append(train_step(batch, targets_for(rows, epoch)))
+            if budgeted:
+                deadline.check(f"{fold_dir.parent.name} {fold_dir.name}")
             if (b + 1) % s.accumulate == 0 or b == len(slices) - 1:
                 if scaler is not None:
                     scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
@@ -175,6 +184,9 @@ def train_epochs(
                 step += 1
                 if ema is not None:
                     ema.update_parameters(_unwrap(net))
+        # Where an epoch's time goes, for a time budget's rehearsal (capfuse.budget.probe): the
+        # steps grow with the rows, the stopping rows' scores and the checkpoints much less.
+        timing["step_seconds"].append(round(time.perf_counter() - epoch_start, 4))
         if ema is not None:  # the stopping rows, and the checkpoint below, read the average
             _swap_weights(_unwrap(net), ema.module)
         if stop_rows is None:  # no stopping rows: the last epoch is the model
@@ -217,6 +229,7 @@ def train_epochs(
                 }
                 | ({"ema": ema.state_dict()} if ema is not None else {}),
             )
+        timing["epoch_seconds"].append(round(time.perf_counter() - epoch_start, 4))
         completed = epoch + 1
         if bad >= s.patience:
             break
@@ -233,8 +246,10 @@ def train_epochs(
             _save_safetensors(fold_dir / "best.safetensors", _unwrap(net).state_dict())
     empty = np.zeros((0, Y.shape[1]), np.float32)
     # The first and only time the held-out rows meet the model: after every choice is made.
+    predict_start = time.perf_counter()
     val_logits = predict(va) if is_main and len(va) else empty
     test_logits = predict(test_rows) if is_main and len(test_rows) else empty
+    timing["predict_seconds"] = round(time.perf_counter() - predict_start, 4)
     if is_main and last.exists():
         os.remove(last)  # the fold is finished; best.safetensors is what later stages need
     info = {
@@ -245,6 +260,7 @@ def train_epochs(
         "n_stop": int(0 if stop_rows is None else len(stop_rows)),
         "batch_size": int(s.batch_size),
         "train_seconds": round(time.perf_counter() - t0, 1),
+        **timing,
     }
     if stop_rows is not None:
         info["best_stop_mean_f1"] = round(float(best), 5)

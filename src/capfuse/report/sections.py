@@ -14,10 +14,12 @@ from capfuse.data.names import names_frame
 from capfuse.report import html as H
 from capfuse.report import plots, views
 from capfuse.report.run import Run
+from capfuse.report.shift import shift_section
 
 SECTION_IDS = (
     "data",
     "folds",
+    "shift",
     "models",
     "per-class",
     "thresholds",
@@ -246,6 +248,7 @@ def submission_section(run: Run) -> H.Section:
 BUILDERS = (
     data_section,
     folds_section,
+    shift_section,
     models_section,
     per_class_section,
     thresholds_section,

@@ -34,6 +34,8 @@ def read_runs(results_root: Path) -> pd.DataFrame:
         if df.empty or not {"kind", "preset", "dataset", "slug", "date"} <= set(df.columns):
             continue
         first = df.iloc[0]
+        if pd.notna(first.get("time_limit_s", None)):
+            continue  # a budgeted run: what fits a budget, not what the preset costs (docs: time budget)
         total = df[df["kind"] == "total"]
         second = df[df["kind"] == "second_level"]
         rows.append(

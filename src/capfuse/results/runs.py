@@ -160,6 +160,21 @@ def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFram
             "map": cv.get("map"),
         }
     )
+    plan = manifest.get("plan") or {}
+    for m in plan.get("models") or []:
+        # A budgeted run: each model's fate in the plan, its predicted and measured minutes.
+        epochs = f", {m['epochs']} epochs" if m.get("epochs") else ""
+        predicted = m.get("predicted_s")
+        rows.append(
+            {
+                "kind": "plan",
+                "name": m["name"],
+                "detail": f"{m['status']}{epochs}"
+                + (f"; predicted {predicted / 60:.2f} min" if predicted is not None else "")
+                + (f"; {m['why']}" if m.get("why") else ""),
+                "minutes": round(m["measured_s"] / 60, 3) if m.get("measured_s") is not None else None,
+            }
+        )
     timings_csv = run_dir / "timings.csv"
     if timings_csv.exists():
         rows += stage_rows(run_timings(pd.read_csv(timings_csv)))
@@ -171,6 +186,8 @@ def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFram
         "folds": manifest.get("k"),
         "submission": manifest.get("timestamp"),
     }
+    if plan:
+        facts["time_limit_s"] = plan.get("time_limit_s")
     return pd.DataFrame(rows, columns=COLUMNS), facts
 
 
@@ -221,7 +238,8 @@ def write_run_results(
         "runs",
         frame,
         machine,
-        name=f"{dataset}-{preset}",
+        # A budgeted run is filed apart from the preset's own: "large-default-budget3600s".
+        name=f"{dataset}-{preset}" + (f"-budget{facts['time_limit_s']:.0f}s" if facts.get("time_limit_s") else ""),
         command=command,
         facts=facts,
         title=title,

@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from capfuse import __version__
+from capfuse.budget import PLAN_FILE, Plan
+from capfuse.config import deep_merge
+from capfuse.config.schema import resolve
 from capfuse.data.dataset import load_dataset
 from capfuse.data.logits import read_logits
 from capfuse.data.names import DISCOVERED_FILE
@@ -33,6 +36,7 @@ from capfuse.metrics import summary as metric_summary
 from capfuse.results.machine import machine_record
 from capfuse.results.runs import plain_commit, preset_of, write_run_results
 from capfuse.results.tables import command_line, results_dir, write_safely
+from capfuse.shift import shift_report
 from capfuse.submission import predictions_to_frame, write_submission
 from capfuse.utils.io import read_json, sha256_file
 from capfuse.utils.log import log, stage
@@ -108,12 +112,22 @@ CV_NOTE = {
 
 
 def run_infer(
-    paths, cfg: dict, *, quiet: bool | None = None, timestamp: str | None = None, storage: str | None = None
+    paths,
+    cfg: dict,
+    *,
+    quiet: bool | None = None,
+    timestamp: str | None = None,
+    storage: str | None = None,
+    plan: Plan | None = None,
 ) -> dict:
-    """stack → thresholds → the checked submission and its manifest."""
+    """stack → thresholds → the checked submission and its manifest; with a budget's ``plan``,
+    the second level stacks the models the plan kept and finished, nothing else."""
+    if plan is not None:
+        cfg = deep_merge(cfg, {"ensemble": {"models": plan.ensemble_names(resolve(cfg).ensemble.rounds)}})
     ds = load_dataset(paths, cfg, quiet=quiet)
     stacked = fit_stack(paths, cfg, ds)
     cut = fit_thresholds(paths, cfg, ds, storage=storage)
+    shift = shift_report(paths, cfg, ds, quiet=quiet)  # runs/<dataset>/shift.json; the manifest gets its summary
     with stage("submit", paths.dataset):
         folds = ds.folds()
         # The caption fallback draws from this config's models and those it stacks, never from
@@ -168,7 +182,25 @@ def run_infer(
             "test_rows_without_image": int((~image_ok).sum()),
             "image_fallback": fallback,
             "train_rows_quarantined": int(len(ds.val.quarantine)),
+            "shift": shift,
         }
+        if plan is not None:
+            manifest["plan"] = {
+                "time_limit_s": plan.time_limit_s,
+                "file": str(paths.runs / PLAN_FILE),
+                "models": [
+                    {
+                        "name": m.name,
+                        "status": m.status,
+                        "epochs": m.epochs,
+                        "rounds": m.rounds_done,
+                        "predicted_s": m.predicted_s,
+                        "measured_s": m.measured_s,
+                        "why": m.why,
+                    }
+                    for m in plan.models
+                ],
+            }
         if ds.names is not None and ds.names.source != "file":
             # No classes.csv: say which names the label-reading models and the report used.
             manifest["class_names"] = {
@@ -247,7 +279,10 @@ def write_results_file(args, paths, cfg: dict, quiet: bool) -> None:
 
 
 def cli(args, paths, cfg: dict, quiet: bool) -> int:
-    result = run_infer(paths, cfg, quiet=quiet, storage=args.storage)
+    # A budgeted `capfuse all` (--time-limit or --plan): the train step wrote the plan it kept to.
+    budgeted = getattr(args, "time_limit", None) is not None or getattr(args, "plan", None) is not None
+    plan = Plan.read(paths.runs / PLAN_FILE) if budgeted else None
+    result = run_infer(paths, cfg, quiet=quiet, storage=args.storage, plan=plan)
     m = result["manifest"]
     print("\n" + summary_table(paths))
     print(
@@ -257,4 +292,5 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
         f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
         f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})"
     )
+    print(f"Shift: {m['shift']['warning'] or 'none beyond what random splits show'} ({m['shift']['file']})")
     return 0

@@ -7,19 +7,25 @@ then finds every fold done and assembles each model's OOF and test logits.
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
+from capfuse.budget import PLAN_FILE, Budget, Plan, parse_duration
+from capfuse.budget.guard import rounds_trained
 from capfuse.config.schema import resolve_model
 from capfuse.data.dataset import load_dataset
 from capfuse.features.store import FeatureStore
+from capfuse.results.machine import machine_record
 from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.jobs import Engine, fold_threads, open_jobs, run_jobs
 from capfuse.training.leaderboard import update_leaderboard
 from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.selection import select_models
+from capfuse.utils.deadline import OutOfTime, deadline
 from capfuse.utils.dist import init_distributed, rank_world
 from capfuse.utils.log import log, stage
 
@@ -32,6 +38,7 @@ def run_train(
     only: list[str] | None = None,
     quiet: bool | None = None,
     engine: Engine | None = None,
+    budget: Budget | None = None,
 ) -> pd.DataFrame:
     engine = engine or Engine()
     models = select_models(cfg, config_path, only)
@@ -40,6 +47,16 @@ def run_train(
         folds = ds.folds()
         store = FeatureStore(ds, quiet, models)
         job_quiet = quiet is not False  # a worker's log has no use for progress bars
+        if budget is not None:
+            # The plan's models, in order, with its epochs and rounds; the others are not trained.
+            models = budget.plan_models(
+                ds,
+                cfg,
+                models,
+                features=partial(_features, store),
+                inputs=lambda m: _rehearsal_inputs(ds, folds, _features(store, m)),
+                model_dir=paths.model_dir,
+            )
         if engine.parallel:
             # Every model's features are cached before any job starts: jobs read them, never
             # compute them. The loop below then finds them in the store and the folds done.
@@ -55,43 +72,77 @@ def run_train(
         serial_threads = None if engine.parallel else engine.threads
         board = None
         for name, model_cfg in models.items():
-            with stage(f"train {name}", model_cfg["kind"]):
-                settings = resolve_model(model_cfg).pseudo
-                common = model_inputs(ds, folds, _features(store, model_cfg))
-                # Round 0 is the plain model: its pseudo settings concern later rounds only and
-                # must not change its fingerprint.
-                plain = _plain(model_cfg)
-                with fold_threads(serial_threads):
-                    metrics = train_model(name, plain, out_dir=paths.model_dir(name), **common)
-                if not metrics:
-                    continue  # a non-zero torchrun rank: rank 0 writes the artefacts
-                board = update_leaderboard(paths.runs / "leaderboard.csv", metrics)
-                log.info(
-                    "%s: CV mean F1 %.4f (threshold %.2f), mAP %.4f",
-                    name,
-                    metrics["cv_mean_f1"],
-                    metrics["threshold"],
-                    metrics["cv_map"],
+            if budget is not None:
+                model_cfg = budget.before_model(name, model_cfg)  # the plan's epochs and rounds, re-checked
+                if model_cfg is None:
+                    continue
+            since = time.time()
+            try:
+                with deadline(budget.hard_deadline() if budget else None):
+                    board = _train_one(
+                        paths, ds, folds, store, name, model_cfg, cfg, engine, serial_threads, job_quiet, board
+                    )
+            except OutOfTime as exc:
+                if budget is None:
+                    raise
+                round0 = (paths.model_dir(name) / "metrics.json").exists() and (
+                    paths.model_dir(name) / "metrics.json"
+                ).stat().st_mtime >= since
+                rounds = resolve_model(model_cfg).pseudo.rounds
+                budget.cut(name, rounds_trained(paths.model_dir, name, rounds, since) if round0 else -1, exc)
+                continue
+            if budget is not None:
+                budget.finished(
+                    name, rounds_trained(paths.model_dir, name, resolve_model(model_cfg).pseudo.rounds, since)
                 )
-                if settings.rounds:
-                    # Each round's folds run as jobs too, once the round before it is assembled.
-                    with fold_threads(serial_threads):
-                        rounds_board, _ = pseudo_rounds(
-                            paths,
-                            ds,
-                            name,
-                            model_cfg,
-                            metrics,
-                            settings,
-                            common,
-                            before_round=partial(_round_jobs, paths, cfg, common, engine, job_quiet)
-                            if engine.parallel
-                            else None,
-                        )
-                    board = rounds_board if rounds_board is not None else board
+        if budget is not None:
+            log.info("the plan and what it cost (%s):\n%s", budget.plan_path, budget.summary())
         if board is not None:
             log.info("leaderboard (%s):\n%s", paths.runs / "leaderboard.csv", board.to_string(index=False))
         return board
+
+
+def _train_one(paths, ds, folds, store, name, model_cfg, cfg, engine, serial_threads, job_quiet, board):
+    """One model over every fold, and its pseudo-label rounds; the updated leaderboard."""
+    with stage(f"train {name}", model_cfg["kind"]):
+        settings = resolve_model(model_cfg).pseudo
+        common = model_inputs(ds, folds, _features(store, model_cfg))
+        # Round 0 is the plain model: its pseudo settings concern later rounds only and
+        # must not change its fingerprint.
+        plain = _plain(model_cfg)
+        with fold_threads(serial_threads):
+            metrics = train_model(name, plain, out_dir=paths.model_dir(name), **common)
+        if not metrics:
+            return board  # a non-zero torchrun rank: rank 0 writes the artefacts
+        board = update_leaderboard(paths.runs / "leaderboard.csv", metrics)
+        log.info(
+            "%s: CV mean F1 %.4f (threshold %.2f), mAP %.4f",
+            name,
+            metrics["cv_mean_f1"],
+            metrics["threshold"],
+            metrics["cv_map"],
+        )
+        if settings.rounds:
+            # Each round's folds run as jobs too, once the round before it is assembled.
+            with fold_threads(serial_threads):
+                rounds_board, _ = pseudo_rounds(
+                    paths,
+                    ds,
+                    name,
+                    model_cfg,
+                    metrics,
+                    settings,
+                    common,
+                    before_round=partial(_round_jobs, paths, cfg, common, engine, job_quiet)
+                    if engine.parallel
+                    else None,
+                )
+            board = rounds_board if rounds_board is not None else board
+    return board
+
+
+def _rehearsal_inputs(ds, folds, feats: dict) -> dict:
+    return {"feats": feats, "Y": ds.Y, "folds": folds, "n_test": len(ds.test_ids)}
 
 
 def _plain(model_cfg: dict) -> dict:
@@ -129,5 +180,29 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
             f"--jobs {engine.jobs} / --scheduler cannot run under torchrun (GPUS>1): DDP already "
             "spreads each fold over the GPUs; use GPUS=1 with JOBS or SCHEDULER, or GPUS>1 alone"
         )
-    run_train(paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet, engine=engine)
+    budget = _budget(args, paths, engine)
+    run_train(
+        paths, cfg, Path(args.config), only=getattr(args, "only", None), quiet=quiet, engine=engine, budget=budget
+    )
     return 0
+
+
+def _budget(args, paths, engine: Engine) -> Budget | None:
+    """``--time-limit`` (plan and keep to it) or ``--plan`` (replay one), for ``capfuse all``."""
+    limit, plan = getattr(args, "time_limit", None), getattr(args, "plan", None)
+    if limit is None and plan is None:
+        return None
+    if limit is not None and (engine.parallel or rank_world()[1] > 1):
+        raise ValueError(
+            "--time-limit plans one process's training against its clock; with --jobs, --scheduler or "
+            "GPUS>1 run without it (or replay a plan with --plan, which needs no clock)"
+        )
+    replay = Plan.read(Path(plan)) if plan is not None else None
+    machine = asdict(machine_record(paths.root))
+    return Budget(
+        limit_s=parse_duration(limit) if limit is not None else None,
+        started=getattr(args, "started", time.monotonic()),
+        plan_path=paths.runs / PLAN_FILE,
+        replay=replay,
+        machine={k: machine[k] for k in ("cpu", "isa", "isa_cap", "threads", "gpu", "bf16_native") if k in machine},
+    )

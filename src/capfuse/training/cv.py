@@ -31,6 +31,7 @@ from capfuse.training.fingerprint import run_fingerprint
 from capfuse.training.pseudo import PseudoSource, folds_sha, pseudo_counts, pseudo_targets
 from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_npy, write_text
+from capfuse.utils.lock import fold_lock
 from capfuse.utils.log import log
 from capfuse.utils.numeric import sigmoid
 from capfuse.utils.runs import (
@@ -264,7 +265,19 @@ def train_model(
     return metrics
 
 
-def _fit_fold(
+def _fit_fold(run: _Run, fold: int, *, write: bool, **inputs) -> None:
+    """Train one fold; when ``write`` (rank 0), under the fold's lock: one writer per fold folder."""
+    if not write:
+        _fit_fold_unlocked(run, fold, write=False, **inputs)
+        return
+    lock = run.out_dir / f".fold{fold}.lock"
+    with fold_lock(lock, what=f"capfuse: {run.name} fold {fold}"):
+        if _fold_fingerprint(run.out_dir / f"fold{fold}") == run.fp:
+            return  # a writer that held the lock before this one finished the fold
+        _fit_fold_unlocked(run, fold, write=True, **inputs)
+
+
+def _fit_fold_unlocked(
     run: _Run,
     fold: int,
     *,

@@ -187,12 +187,13 @@ def _reserve(fd: int, offset: int, nbytes: int, path: Path) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.ftruncate(fd, offset + nbytes)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
         free = shutil.disk_usage(path.parent).free
+        limit = " (or past this process's file-size limit, ulimit -f)" if exc.errno == errno.EFBIG else ""
         raise DiskFullError(
             exc.errno,
-            f"{_artefact(path)}: no room on the disk for this array: it needs "
+            f"{_artefact(path)}: no room on the disk{limit} for this array: it needs "
             f"{_size(nbytes)}, and {path.parent} has {_size(free)} free; free some "
             "space or put runs/ on a larger disk",
         ) from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,22 +43,54 @@ def dataset_lock(runs: Path, *, wait: bool = False, what: str = "") -> Iterator[
     runs = Path(runs)
     runs.mkdir(parents=True, exist_ok=True)
     path = runs / LOCK_FILE
+    with _locked(
+        path,
+        wait=wait,
+        what=what,
+        taken=lambda: (
+            f"{path}: another capfuse run ({holder(path)}) is writing to {runs}; "
+            "wait for it to finish, or pass --wait to start when it does"
+        ),
+    ):
+        yield path
+
+
+@contextlib.contextmanager
+def fold_lock(path: Path, *, what: str = "") -> Iterator[Path]:
+    """Hold the lock file ``path`` of one (model, fold) for the block: one writer per fold folder,
+    whichever process or machine runs it. A (model, fold) job still running from an interrupted
+    run (a Dask worker does not stop when the client does) keeps it, and a second writer of the
+    same fold stops with ``RunLocked`` naming it instead of writing into the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(
+        path,
+        wait=False,
+        what=f"{what} on {socket.gethostname()}",
+        taken=lambda: (
+            f"{path.parent.name}/{path.name}: this fold is being trained by another process "
+            f"({holder(path)}), perhaps a job of an interrupted run still running on a worker; stop it "
+            "(or let it finish), then run again"
+        ),
+    ):
+        yield path
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: bool, what: str, taken) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
-                raise RunLocked(
-                    f"{path}: another capfuse run ({holder(path)}) is writing to {runs}; "
-                    "wait for it to finish, or pass --wait to start when it does"
-                ) from None
+                raise RunLocked(taken()) from None
             log.info("%s is held by %s; waiting for it to finish", path, holder(path))
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{what}\n".encode(), 0)
         try:
-            yield path
+            yield
         finally:
             # The file stays (removing it would let a waiter lock an unlinked file while a
             # newcomer locks a new one); emptied, it names no holder.

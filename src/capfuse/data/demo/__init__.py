@@ -29,6 +29,7 @@ above it:
 
 * ``scenes``: presets, classes, scene types and label sampling; ``GENERATOR_VERSION``;
 * ``objects``: what each class looks like (shapes, palettes, textures) and the rendering knobs;
+* ``shifted``: the shifted preset's looks, train and test drawing each class differently;
 * ``background``: the backdrop of a scene (gradients, lighting, scene elements, distractors);
 * ``drawing``: one object, and the whole image of a sample;
 * ``captions``: the caption grammar;

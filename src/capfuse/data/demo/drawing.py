@@ -22,6 +22,7 @@ from capfuse.data.demo.objects import (
     STYLES,
 )
 from capfuse.data.demo.scenes import choice, jitter_colour, weighted
+from capfuse.data.demo.shifted import INK, Look
 
 
 def _texture(rng: np.random.Generator, kind: str, w: int, h: int, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
@@ -84,11 +85,15 @@ def _draw_primitive(
         raise ValueError(f"unknown primitive {kind!r}")
 
 
-def render_object(rng: np.random.Generator, cls: str, w: int, h: int) -> Image.Image:
-    """One instance of ``cls`` as an RGBA image of (w, h), facing right, not yet rotated."""
+def render_object(rng: np.random.Generator, cls: str, w: int, h: int, look: Look | None = None) -> Image.Image:
+    """One instance of ``cls`` as an RGBA image of (w, h), facing right, not yet rotated.
+
+    ``look`` (the shifted set, ``capfuse.data.demo.shifted``) narrows the variants and palettes
+    drawn from and may ink a contour; without it the draws are the demo's, byte for byte.
+    """
     style = STYLES[cls]
-    variant = choice(rng, SHAPES[cls])
-    palette = choice(rng, style["palettes"])
+    variant = choice(rng, SHAPES[cls] if look is None else look.shapes(SHAPES[cls]))
+    palette = choice(rng, style["palettes"] if look is None else look.palettes(style["palettes"]))
     cj = RENDER["colour_jitter"]
     body = np.asarray(jitter_colour(rng, palette[0], cj), dtype=np.float32)
     body2 = jitter_colour(rng, palette[1], cj)
@@ -111,6 +116,11 @@ def render_object(rng: np.random.Generator, cls: str, w: int, h: int) -> Image.I
     if mask.any():
         fill = _texture(rng, tex_kind, w, h, body, tex2)
         arr[..., :3][mask] = fill[mask].astype(np.uint8)
+    if look is not None and look.outline:
+        # A dark ring just outside the silhouette: an inked drawing style train never shows.
+        alpha = Image.fromarray(arr[..., 3])
+        grown = np.asarray(alpha.filter(ImageFilter.MaxFilter(3 if min(w, h) < 48 else 5)))
+        arr[(grown > 0) & (arr[..., 3] == 0)] = (*INK, 255)
     return Image.fromarray(arr, "RGBA")
 
 
@@ -121,9 +131,10 @@ def _instances(rng: np.random.Generator, cls: str) -> int:
 
 
 def render_scene(
-    rng: np.random.Generator, scene: str, labels: list[str], size: int
+    rng: np.random.Generator, scene: str, labels: list[str], size: int, look: Look | None = None
 ) -> tuple[Image.Image, dict[str, tuple[int, float]]]:
-    """The image, and per class (instance count, area fraction of its largest instance)."""
+    """The image, and per class (instance count, area fraction of its largest instance);
+    ``look``: how the objects are drawn (``render_object``)."""
     S = size
     img, draw, hz = render_background(rng, scene, S)
 
@@ -170,7 +181,7 @@ def render_scene(
         info[cls] = (n, best)
     placed.sort(key=lambda p: p[0])
     for _, cls, w, h, cx, cy, angle, flip in placed:
-        obj = render_object(rng, cls, w, h)
+        obj = render_object(rng, cls, w, h, look)
         if flip:
             obj = obj.transpose(Image.FLIP_LEFT_RIGHT)
         if abs(angle) > 1:

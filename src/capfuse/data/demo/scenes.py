@@ -27,6 +27,9 @@ PRESETS: dict[str, dict] = {
     # COMP5329-sized (30k/10k, stored as 640x480 JPEGs like its photos) for throughput checks at
     # competition size; generation scales linearly.
     "large": dict(n_train=30000, n_test=10000, size=256, photo=(640, 480)),
+    # The default's size with test objects drawn in shapes, colours and a style that training
+    # never shows (capfuse.data.demo.shifted): the development set for train/test shift.
+    "shifted": dict(n_train=2000, n_test=800, size=256, shift="disjoint"),
 }
 
 # COCO ids and names for ids 1..19; 12 was never used by COCO and never occurs in COMP5329, so

@@ -34,24 +34,31 @@ from capfuse.data.demo.scenes import (
     forced_class,
     sample_labels,
 )
+from capfuse.data.demo.shifted import split_look
 from capfuse.utils.io import read_json, write_json, write_text
 from capfuse.utils.lock import folder_abandoned, hold_folder
 
 STAMP_NAME = ".demo.json"
 
 
-def generate_sample(seed: int, split: str, index: int, size: int) -> tuple[Image.Image, list[int], str]:
-    """Sample ``index`` of ``split``: image, label ids (ascending), caption. Pure in its arguments."""
+def generate_sample(
+    seed: int, split: str, index: int, size: int, shift: str | None = None
+) -> tuple[Image.Image, list[int], str]:
+    """Sample ``index`` of ``split``: image, label ids (ascending), caption. Pure in its arguments.
+
+    ``shift`` (the shifted preset): each split draws the objects in its own looks
+    (``capfuse.data.demo.shifted``); the labels and scene are the same draws as without it.
+    """
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
     scene, labels = sample_labels(rng, forced_class(split, index))
-    img, info = render_scene(rng, scene, labels, size)
+    img, info = render_scene(rng, scene, labels, size, split_look(shift, split))
     caption = make_caption(rng, scene, info)
     return img, sorted(CLASS_ID[c] for c in labels), caption
 
 
-def _work(task: tuple[int, str, int, int, str, tuple[int, int] | None]) -> tuple[list[int], str]:
-    seed, split, index, size, path, photo = task
-    img, labels, caption = generate_sample(seed, split, index, size)
+def _work(task: tuple[int, str, int, int, str, tuple[int, int] | None, str | None]) -> tuple[list[int], str]:
+    seed, split, index, size, path, photo, shift = task
+    img, labels, caption = generate_sample(seed, split, index, size, shift)
     if photo is not None:
         # Rendered square, stored at the photo size: the decoder then pays for COMP5329's
         # 640x480 pixels, which is what throughput figures at competition size must include.
@@ -90,10 +97,12 @@ def staging_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _params(n_train: int, n_test: int, size: int, seed: int, photo: tuple[int, int] | None = None) -> dict:
+def _params(
+    n_train: int, n_test: int, size: int, seed: int, photo: tuple[int, int] | None = None, shift: str | None = None
+) -> dict:
     params = dict(generator_version=GENERATOR_VERSION, n_train=n_train, n_test=n_test, size=size, seed=seed)
-    # Only when set, so that the stamps of datasets written before the option still match.
-    return params | ({"photo": list(photo)} if photo is not None else {})
+    # Only when set, so that the stamps of datasets written before the options still match.
+    return params | ({"photo": list(photo)} if photo is not None else {}) | ({"shift": shift} if shift else {})
 
 
 def _summary(params: dict, train_labels: list[list[int]], captions: list[str], seconds: float) -> dict:
@@ -123,10 +132,13 @@ def make_demo(
     workers: int | None = None,
     force: bool = False,
     photo: tuple[int, int] | None = None,
+    shift: str | None = None,
 ) -> dict:
     """Write the demo dataset into ``out_dir`` (COMP5329 layout) and return a summary.
 
     ``photo`` (width, height): scenes are rendered at ``size`` and stored resized to it.
+    ``shift`` (``"disjoint"``: the shifted preset): train and test draw the objects in disjoint
+    looks (``capfuse.data.demo.shifted``).
 
     A stamp (``.demo.json``) records the parameters; when it matches, nothing is regenerated
     (``skipped`` is True in the summary) unless ``force``. A folder that exists without a stamp
@@ -138,7 +150,8 @@ def make_demo(
         )
     start = time.perf_counter()
     out = Path(out_dir)
-    params = _params(n_train, n_test, size, seed, photo)
+    split_look(shift, "test")  # an unknown shift fails here, before any work
+    params = _params(n_train, n_test, size, seed, photo, shift)
     stamp = out / STAMP_NAME
     if out.exists() and not force:
         if stamp.exists():
@@ -151,8 +164,10 @@ def make_demo(
 
     workers = max(1, int(workers or os.cpu_count() or 1))
     with staging_folder(out) as tmp:
-        tasks = [(seed, "train", i, size, str(tmp / "data" / f"{i}.jpg"), photo) for i in range(n_train)]
-        tasks += [(seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg"), photo) for i in range(n_test)]
+        tasks = [(seed, "train", i, size, str(tmp / "data" / f"{i}.jpg"), photo, shift) for i in range(n_train)]
+        tasks += [
+            (seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg"), photo, shift) for i in range(n_test)
+        ]
         if workers == 1 or len(tasks) < 16:
             results = [_work(t) for t in tasks]
         else:
@@ -213,7 +228,7 @@ def make_unlabelled(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists; remove it first")
     with staging_folder(out) as tmp:
-        tasks = [(seed, "unlabelled", i, size, str(tmp / "data" / f"u{i}.jpg"), None) for i in range(n)]
+        tasks = [(seed, "unlabelled", i, size, str(tmp / "data" / f"u{i}.jpg"), None, None) for i in range(n)]
         workers = max(1, int(workers or os.cpu_count() or 1))
         with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, n)) as pool:
             results = pool.map(_work, tasks, chunksize=max(1, min(32, n // (4 * workers))))

@@ -1,0 +1,259 @@
+"""The train stage's side of a budget: plan the run, then keep to it against the clock.
+
+``Budget.plan_models`` caches the features of the models whose encoders fit (in the config's
+order, at most half of what is left, so training keeps the other half), rehearses every model
+on them, and keeps each model, in the config's order, whose predicted time fits what is left
+after the models before it and the second level's reserve; a net model that does not fit with
+its epochs is kept with fewer (never under ``MIN_EPOCH_SHARE`` of them). ``before_model``
+plans each model again against the clock when its turn comes, with what the models before it
+left: a planned model that no longer fits gets fewer epochs or is dropped, and one dropped or
+capped at first gets its epochs back when early stopping left the time. A model that the clock
+stops mid-fold (``OutOfTime``) is dropped whole; a pseudo-label round stopped so keeps the
+rounds before it. A replayed plan (``--plan``) sets the same models, epochs and
+rounds and opens no deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from capfuse.budget import probe
+from capfuse.budget.duration import format_duration
+from capfuse.budget.plan import ModelPlan, Plan
+from capfuse.config import deep_merge
+from capfuse.config.schema import resolve_model
+from capfuse.utils.log import log, stage
+
+MIN_EPOCH_SHARE = 0.25  # a capped net model keeps at least this share of its configured epochs
+EMBED_SHARE = 0.5  # the encoders may take at most this share of the time left before them
+RESERVE_MARGIN = 1.25  # the second level's prediction times this, plus RESERVE_FLOOR_S
+RESERVE_FLOOR_S = 15.0
+
+
+class Budget:
+    def __init__(
+        self, *, limit_s: float | None, started: float, plan_path: Path, replay: Plan | None = None, machine=None
+    ):
+        self.limit_s = limit_s if replay is None else replay.time_limit_s
+        self.started = started  # time.monotonic() when the command began: the folds count too
+        self.plan_path = plan_path
+        self.replay = replay
+        self.machine = machine or {}
+        self.plan: Plan | None = None
+        self._t0: dict[str, float] = {}
+
+    # -- the clock -------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        """Seconds left for training: the budget less what has run and the second level's reserve."""
+        return self.limit_s - self.elapsed() - self._reserve()
+
+    def _reserve(self) -> float:
+        return 0.0 if self.plan is None else self.plan.reserve_s * RESERVE_MARGIN + RESERVE_FLOOR_S
+
+    def hard_deadline(self) -> float | None:
+        """The instant (monotonic) training must stop by; None when replaying a plan."""
+        return None if self.replay is not None else self.started + self.limit_s - self._reserve()
+
+    # -- planning --------------------------------------------------------------------------------
+    def plan_models(
+        self,
+        ds,
+        cfg: dict,
+        models: dict[str, dict],
+        features: Callable[[dict], dict],
+        inputs: Callable[[dict], dict],
+        model_dir: Callable[[str], Path] | None = None,
+    ) -> dict[str, dict]:
+        """The models to train, in order, with the plan's changes to their configs. ``model_dir``:
+        where a model's folds of earlier runs lie, whose epoch counts say how soon early stopping
+        ends it on this dataset."""
+        if self.replay is not None:
+            return self._replayed(models)
+        folds_s = self.elapsed()  # the folds step and loading, before the plan
+        with stage("plan", f"time limit {format_duration(self.limit_s)}"):
+            t0 = time.monotonic()
+            folds = ds.folds()
+            k = int(folds.max()) + 1
+            n_train, n_test = len(ds.train_ids), len(ds.test_ids)
+            n_fit = n_train - n_train // k
+            embed, rates = probe.embed_costs(ds, models)
+            reserve = probe.second_level_seconds(cfg, n_train, n_test, len(ds.class_ids), len(models), k)
+            probe_s = time.monotonic() - t0
+            self.plan = Plan(
+                time_limit_s=self.limit_s,
+                reserve_s=round(reserve, 1),
+                folds_s=round(folds_s, 1),
+                probe_s=0.0,
+                models=[],
+                probe={"rates": rates},
+                machine=self.machine,
+            )
+            # The encoders first: a model whose features would take more than its share is dropped
+            # before any image is decoded for it.
+            committed = 0.0
+            for name, model_cfg in models.items():
+                m = resolve_model(model_cfg)
+                entry = ModelPlan(
+                    name=name,
+                    kind=m.kind,
+                    max_epochs=m.train.epochs if m.kind == "net" else None,
+                    rounds=m.pseudo.rounds,
+                    embed_s=round(embed[name], 1),
+                )
+                if embed[name] > 0 and committed + embed[name] > EMBED_SHARE * self.left():
+                    entry.status = "dropped"
+                    entry.why = f"its features would take {embed[name]:.0f} s, over the encoders' share"
+                else:
+                    committed += embed[name]
+                self.plan.models.append(entry)
+            self.write()
+        kept = {m.name: models[m.name] for m in self.plan.models if m.status == "planned"}
+        with stage("embed", ", ".join(kept)):
+            for model_cfg in kept.values():
+                features(model_cfg)
+        with stage("rehearse", f"{len(kept)} models on {probe.REHEARSAL_ROWS} rows"):
+            t1 = time.monotonic()
+            for name, model_cfg in kept.items():
+                rate = probe.rehearse(model_cfg, **inputs(model_cfg))
+                seen = probe.epochs_seen(model_dir(name)) if model_dir is not None else None
+                if seen is not None:
+                    rate["epochs_seen"] = seen
+                self.plan.probe.setdefault("models", {})[name] = {k: round(v, 6) for k, v in rate.items()}
+            self.plan.probe_s = round(probe_s + time.monotonic() - t1, 1)
+        self._sizes = (n_fit, k, n_train, n_test)
+        left = self.left()
+        for name, model_cfg in kept.items():
+            entry = self.plan.model(name)
+            self._fit(entry, model_cfg, left)
+            if entry.status == "planned":
+                left -= entry.train_s
+        self.write()
+        log.info("the plan (%s):\n%s", self.plan_path, self.plan.table())
+        # The models dropped here for their training time are looked at again when their turn
+        # comes: the models before them may finish early (early stopping) and leave the time.
+        return kept
+
+    def _fit(self, entry: ModelPlan, model_cfg: dict, left: float) -> None:
+        """Keep ``entry`` as it is, with fewer epochs or rounds, or drop it: whichever fits ``left``."""
+        n_fit, k, n_train, n_test = self._sizes
+        rate = self.plan.probe["models"][entry.name]
+        pool = n_train + n_test
+        entry.status, entry.why, entry.epochs = "planned", "", None
+        entry.rounds = resolve_model(model_cfg).pseudo.rounds
+
+        def total(epochs: int | None, rounds: int) -> float:
+            # Early stopping ended this model's folds of earlier runs after ``epochs_seen`` epochs
+            # on average: the prediction takes that, never more than the plan allows.
+            cap = epochs if epochs is not None else entry.max_epochs
+            if cap is not None and "epochs_seen" in rate:
+                cap = min(cap, math.ceil(rate["epochs_seen"]))
+            fold = probe.fold_seconds(model_cfg, rate, n_fit, n_train - n_fit + n_test, cap)
+            # A round also trains on the pseudo-labelled test rows.
+            return k * fold * (1 + rounds * pool / n_train)
+
+        options: list[tuple[int | None, int]] = [(None, entry.rounds)]
+        if entry.rounds:
+            options.append((None, 0))
+        if entry.kind == "net" and entry.max_epochs:
+            low = max(1, math.ceil(MIN_EPOCH_SHARE * entry.max_epochs))
+            for rounds in sorted({entry.rounds, 0}, reverse=True):
+                per_epoch = total(1, rounds) - total(0, rounds)
+                fixed = total(0, rounds)
+                fit = int((left - fixed) // per_epoch) if per_epoch > 0 else entry.max_epochs
+                if low <= fit < entry.max_epochs:
+                    options.append((fit, rounds))
+        for epochs, rounds in options:
+            need = total(epochs, rounds)
+            if need <= left:
+                entry.epochs, entry.rounds, entry.train_s = epochs, rounds, round(need, 1)
+                if epochs is not None or rounds < (resolve_model(model_cfg).pseudo.rounds):
+                    entry.why = "fewer epochs or rounds to fit the budget"
+                return
+        entry.status, entry.train_s = "dropped", round(total(None, entry.rounds), 1)
+        entry.why = f"predicted {entry.train_s:.0f} s, {max(0.0, left):.0f} s left"
+
+    def _replayed(self, models: dict[str, dict]) -> dict[str, dict]:
+        plan = self.replay
+        unknown = sorted({m.name for m in plan.models} - set(models))
+        if unknown:
+            raise ValueError(f"the plan names models this config does not train: {unknown}")
+        self.plan = plan
+        for m in plan.models:
+            if m.status == "done":
+                m.status = "planned"
+            m.measured_s = None
+        self.write()
+        log.info("replaying the plan: %s", ", ".join(m.name for m in plan.kept()))
+        return {m.name: models[m.name] for m in plan.kept()}
+
+    @staticmethod
+    def apply(model_cfg: dict, entry: ModelPlan) -> dict:
+        out = deep_merge(model_cfg, entry.overrides())
+        if entry.rounds != resolve_model(model_cfg).pseudo.rounds:
+            out = deep_merge(out, {"pseudo": {"rounds": entry.rounds}})
+        return out
+
+    # -- while training --------------------------------------------------------------------------
+    def before_model(self, name: str, model_cfg: dict) -> dict | None:
+        """``name``'s config as the plan trains it now, or None when it does not fit the clock.
+
+        The time it may take is what is left before the deadline less the predictions of the
+        planned models after it: a model the plan kept keeps its place, and one it dropped, or
+        capped, gets back what the models before it left unused."""
+        entry = self.plan.model(name)
+        self._t0[name] = time.monotonic()
+        if self.replay is None:
+            later = self.plan.models[self.plan.models.index(entry) + 1 :]
+            left = self.hard_deadline() - time.monotonic() - sum(m.train_s for m in later if m.status == "planned")
+            was = (entry.status, entry.epochs, entry.rounds)
+            self._fit(entry, model_cfg, left)
+            if (entry.status, entry.epochs, entry.rounds) != was:
+                log.info("time budget: %s now %s%s", name, entry.status, f" ({entry.why})" if entry.why else "")
+            self.write()
+            if entry.status != "planned":
+                return None
+        return self.apply(model_cfg, entry)
+
+    def finished(self, name: str, rounds_done: int) -> None:
+        entry = self.plan.model(name)
+        entry.status, entry.rounds_done = "done", rounds_done
+        entry.measured_s = round(time.monotonic() - self._t0[name], 1)
+        self.write()
+
+    def cut(self, name: str, rounds_done: int, exc: Exception) -> None:
+        """The clock stopped ``name``: its round 0 stays if it finished, otherwise it is dropped whole."""
+        entry = self.plan.model(name)
+        entry.measured_s = round(time.monotonic() - self._t0[name], 1)
+        if rounds_done >= 0:
+            entry.status, entry.rounds_done, entry.rounds = "done", rounds_done, rounds_done
+            entry.why = f"round {rounds_done + 1} stopped by the deadline; the earlier rounds are kept"
+        else:
+            entry.status = "cut"
+            entry.why = "stopped by the deadline; dropped whole (no fold is kept)"
+        log.warning("time budget: %s %s", name, entry.why)
+        self.write()
+
+    def write(self) -> None:
+        if self.plan is not None:
+            self.plan.write(self.plan_path)
+
+    def summary(self) -> str:
+        return self.plan.table() if self.plan else ""
+
+
+def rounds_trained(model_dir: Callable[[str], Path], name: str, rounds: int, since: float) -> int:
+    """How many of ``name``'s pseudo-label rounds finished in this run (their metrics written
+    after ``since``, a ``time.time()``)."""
+    done = 0
+    for r in range(1, rounds + 1):
+        metrics = model_dir(f"{name}@r{r}") / "metrics.json"
+        if not (metrics.exists() and metrics.stat().st_mtime >= since):
+            break
+        done = r
+    return done

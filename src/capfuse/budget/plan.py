@@ -1,0 +1,112 @@
+"""The plan of a budgeted run: which models, how many epochs, what each is predicted to cost,
+and, as the run goes, what each cost and what was dropped and why.
+
+Written to ``runs/<dataset>/plan.json`` before training starts and after every model; the
+submission manifest carries it. ``--plan FILE`` replays a finished plan without the clock: the
+same models with the same epochs and rounds, the dropped ones left out, so the submission is
+the same bytes on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from capfuse.budget.duration import format_duration
+from capfuse.utils.io import write_json
+
+PLAN_FILE = "plan.json"
+FORMAT = 1
+
+
+@dataclass
+class ModelPlan:
+    name: str
+    kind: str
+    epochs: int | None = None  # the epoch cap the plan sets; None: the config's own
+    max_epochs: int | None = None  # the config's own, for the table
+    rounds: int = 0  # pseudo-label rounds the plan allows (at most the config's)
+    embed_s: float = 0.0  # predicted: caching the features no earlier model caches
+    train_s: float = 0.0  # predicted: every fold, and the rounds
+    status: str = "planned"  # planned | dropped | cut | done
+    why: str = ""
+    rounds_done: int = 0  # rounds the run trained (a round stops early when CV stops rising)
+    measured_s: float | None = None
+
+    @property
+    def predicted_s(self) -> float:
+        return self.embed_s + self.train_s
+
+    def overrides(self) -> dict:
+        """What the plan changes in the model's config."""
+        out: dict = {}
+        if self.epochs is not None:
+            out["train"] = {"epochs": self.epochs}
+        return out
+
+
+@dataclass
+class Plan:
+    time_limit_s: float
+    reserve_s: float  # predicted: the second level, thresholds and the submission
+    folds_s: float  # measured: the folds step before the plan
+    probe_s: float  # measured: the probe itself
+    models: list[ModelPlan]
+    probe: dict = field(default_factory=dict)  # the measured rates the predictions come from
+    machine: dict = field(default_factory=dict)
+    format: int = FORMAT
+
+    def kept(self) -> list[ModelPlan]:
+        return [m for m in self.models if m.status in ("planned", "done")]
+
+    def model(self, name: str) -> ModelPlan:
+        return next(m for m in self.models if m.name == name)
+
+    def ensemble_names(self, rounds_rule: str) -> list[str]:
+        """The second level's base models: each kept model, or its last round (``rounds: last``),
+        or it and every round it trained (``rounds: all``)."""
+        names: list[str] = []
+        for m in self.kept():
+            chain = [m.name, *(f"{m.name}@r{r}" for r in range(1, m.rounds_done + 1))]
+            names += chain[-1:] if rounds_rule == "last" else chain
+        return sorted(names)
+
+    def write(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> Plan:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            if raw.get("format") != FORMAT:
+                raise ValueError(f"format {raw.get('format')!r}, this capfuse reads {FORMAT}")
+            known = {f.name for f in fields(ModelPlan)}
+            models = [ModelPlan(**{k: v for k, v in m.items() if k in known}) for m in raw["models"]]
+            top = {f.name for f in fields(cls)} - {"models"}
+            return cls(models=models, **{k: v for k, v in raw.items() if k in top})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a capfuse plan ({exc})") from exc
+
+    def table(self) -> str:
+        """Predicted (and, once run, measured) seconds per stage and model."""
+        lines = [f"{'step':<44} {'plan':>8} {'epochs':>7} {'predicted':>10} {'measured':>9}  note"]
+
+        def line(step, status, epochs, pred, meas, note=""):
+            p = f"{pred:10.0f}" if pred is not None else f"{'':>10}"
+            m = f"{meas:9.0f}" if meas is not None else f"{'':>9}"
+            lines.append(f"{step[:44]:<44} {status:>8} {epochs:>7} {p} {m}  {note}".rstrip())
+
+        line("folds", "done", "", None, self.folds_s)
+        line("probe", "done", "", None, self.probe_s)
+        for m in self.models:
+            epochs = "" if m.kind != "net" else f"{m.epochs or m.max_epochs}" + ("*" if m.epochs else "")
+            rounds = f" +{m.rounds} round" + ("s" if m.rounds > 1 else "") if m.rounds else ""
+            line(f"train {m.name}{rounds}", m.status, epochs, m.predicted_s, m.measured_s, m.why)
+        line("second level and submission", "", "", self.reserve_s, None)
+        planned = self.folds_s + self.probe_s + sum(m.predicted_s for m in self.kept()) + self.reserve_s
+        lines.append(
+            f"{'total planned':<44} {'':>8} {'':>7} {planned:10.0f} {'':>9}  "
+            f"budget {format_duration(self.time_limit_s)} ({self.time_limit_s:.0f} s); * epochs capped by the plan"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""What this machine pays for the passes a config needs, measured in well under a minute.
+
+- **Encoders**: one forward pass of each image backbone at its input size on a batch (torch
+  eager, the configured precision's path is faster, so this errs long), plus decoding a sample
+  of the dataset's own images; one pass of each caption encoder. Times the rows a cache lacks.
+- **Models**: a rehearsal of each model on its real cached features: one epoch of a net model
+  on a sample of fold 0's training rows (its real shapes, precision and threads), or a linear
+  model's whole fit on that sample, predicting the fold's held-out rows and every test row.
+  Scaled by rows and epochs: a fold's prediction; times the folds and the pseudo-label rounds.
+- **Second level**: the stack stage's candidates and the threshold study on synthetic logits of
+  the run's shape at a few hundred rows, scaled by rows and trials.
+
+Every prediction is linear in rows, which errs long for fixed costs; the plan is re-checked
+against the clock before each model, and the trainer stops at the deadline whatever the probe said.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from capfuse.config.schema import resolve, resolve_model
+from capfuse.encoders.cost import caption_encoder_cost, image_encoder_cost
+from capfuse.ensemble.second_level import build_candidates, threshold_rule
+from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
+from capfuse.features.image import cache_files as image_cache_files
+from capfuse.features.store import flip_views, uses_cache
+from capfuse.features.text import cache_files as text_cache_files
+from capfuse.models import MODELS
+
+REHEARSAL_ROWS = 512  # training rows a rehearsal fits on
+PREDICT_ROWS = 128  # held-out and test rows it predicts
+SECOND_LEVEL_ROWS = 800  # synthetic rows the second level is timed on (and a quarter of them)
+SECOND_LEVEL_TRIALS = 10
+
+
+def decode_ms(data_dir: Path, ids: list[str], size: int, n: int = 12) -> float:
+    """Milliseconds to open, convert and resize one of the dataset's own images."""
+    from PIL import Image  # noqa: PLC0415 (only a probe decodes here)
+
+    sample = ids[:: max(1, len(ids) // n)][:n]
+    t0 = time.perf_counter()
+    for image_id in sample:
+        with Image.open(Path(data_dir) / "data" / image_id) as im:
+            im.convert("RGB").resize((size, size))
+    return 1000.0 * (time.perf_counter() - t0) / max(1, len(sample))
+
+
+def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, float], dict]:
+    """Predicted seconds to cache what each model reads and no model before it in ``models``
+    caches (0 for what the cache already holds), and the measured rates behind them."""
+    n_rows = len(ds.train_ids) + len(ds.test_ids)
+    cache = ds.paths.cache
+    seen: set = set()
+    rates: dict = {}
+    out: dict[str, float] = {}
+    decode: dict[int, float] = {}
+    for name, model_cfg in models.items():
+        m = resolve_model(model_cfg)
+        cost = 0.0
+        if "image" in m.inputs and uses_cache(m):
+            spec = m.image_encoder.cache_spec()
+            size = spec.size or 224
+            for view in flip_views(m):
+                key = ("image", spec.name, size, view)
+                if key in seen or image_cache_files(cache, spec, size, view)["meta"].exists():
+                    seen.add(key)
+                    continue
+                seen.add(key)
+                if size not in decode:
+                    decode[size] = decode_ms(ds.paths.data_dir, ds.train_ids, size)
+                _, forward = image_encoder_cost(spec.name, size)
+                per_row = decode[size] + forward
+                rates[f"image {spec.name} {size}px {view} ms/row"] = round(per_row, 2)
+                cost += per_row * n_rows / 1000.0
+        if "caption" in m.inputs and m.kind == "net":
+            spec = m.caption_encoder
+            key = ("caption", spec.name, spec.max_len)
+            if key not in seen:
+                seen.add(key)
+                cached = text_cache_files(cache, spec, "all")["meta"].exists() or spec.name == "glove"
+                if not cached:
+                    _, ms = caption_encoder_cost(spec.name, spec.max_len)
+                    rates[f"caption {spec.name} {spec.max_len} tokens ms/row"] = round(ms, 2)
+                    cost += ms * n_rows / 1000.0
+        out[name] = cost
+    return out, rates
+
+
+def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_test: int) -> dict:
+    """Short fits of the model on samples of fold 0's rows, split into what grows with the rows
+    and what does not.
+
+    A net model trains two epochs on ``REHEARSAL_ROWS`` rows: the second epoch's steps give the
+    seconds per row and epoch (the first pays the kernels' warm-up), the rest of that epoch (the
+    stopping rows' score, the checkpoints) a cost per epoch, the final predictions a cost per
+    predicted row, and what remains (building the model, preparing the fold) a cost per fold. A
+    linear model fits twice, on a quarter of the sample and on all of it: the line through the
+    two times gives its cost per fold and per row.
+    """
+    settings = resolve_model(model_cfg)
+    is_net = settings.kind == "net"
+    if is_net:
+        train = {**(model_cfg.get("train") or {}), "epochs": 2, "early_stop": "none", "calibrate": False}
+        model_cfg = {**model_cfg, "train": train}
+        settings = resolve_model(model_cfg)
+    # A few of the test rows stand for all of them: predicting 10,000 would be most of the probe.
+    n_probe_test = min(n_test, PREDICT_ROWS)
+    feats = fewer_test_rows(feats, n_probe_test)
+    rng = np.random.default_rng(0)
+    tr_all, va_all = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
+    tr = np.sort(rng.choice(tr_all, min(REHEARSAL_ROWS, len(tr_all)), replace=False))
+    va = np.sort(rng.choice(va_all, min(PREDICT_ROWS, len(va_all)), replace=False))
+
+    def fit(rows: np.ndarray) -> tuple[float, dict]:
+        model = MODELS.create(settings.kind, cfg=settings, seed=settings.seed)
+        with tempfile.TemporaryDirectory(prefix="capfuse-probe-") as tmp:
+            t0 = time.perf_counter()
+            out = model.fit_fold(feats, Y, rows, va, fold_dir=Path(tmp) / "fold0")
+            return time.perf_counter() - t0, out.info
+
+    if is_net:
+        total, info = fit(tr)
+        steps, epochs = info["step_seconds"], info["epoch_seconds"]
+        predict = info["predict_seconds"]
+        return {
+            "fold_s": max(0.0, total - sum(epochs) - predict),
+            "epoch_s": max(0.0, epochs[-1] - steps[-1]),
+            "row_epoch_s": steps[-1] / len(tr),
+            "predict_row_s": predict / max(1, len(va) + n_probe_test),
+        }
+    small = tr[:: max(1, len(tr) // max(1, len(tr) // 4))][: max(1, len(tr) // 4)]
+    t_small, _ = fit(small)
+    t_all, _ = fit(tr)
+    per_row = max(0.0, (t_all - t_small) / max(1, len(tr) - len(small)))
+    return {"fold_s": max(0.0, t_all - per_row * len(tr)), "epoch_s": 0.0, "row_epoch_s": per_row, "predict_row_s": 0.0}
+
+
+def epochs_seen(model_dir: Path) -> float | None:
+    """The mean epochs a model's folds ran in earlier runs on this dataset (their ``done.json``),
+    or None when none finished: the best guess of where early stopping ends it here."""
+    runs = []
+    for done in sorted(Path(model_dir).glob("fold*/done.json")):
+        try:
+            runs.append(int(json.loads(done.read_text(encoding="utf-8"))["epochs_run"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return float(np.mean(runs)) if runs else None
+
+
+def fewer_test_rows(feats: dict, n: int) -> dict:
+    """``feats`` as if the test set had its first ``n`` rows only: the arrays that hold test rows
+    apart (``*_test``, ``test_*``) are cut, and the ones indexed train-then-test simply end earlier."""
+    out = dict(feats, n_test=n)
+    for key, value in feats.items():
+        if (key.endswith("_test") or key.startswith("test_")) and hasattr(value, "shape"):
+            out[key] = value[:n]
+    return out
+
+
+def fold_seconds(model_cfg: dict, rate: dict, n_fit: int, n_predict: int, epochs: int | None = None) -> float:
+    """One fold of the model from its rehearsal: ``epochs`` (default the config's) over ``n_fit``
+    rows, then ``n_predict`` rows predicted (the held-out fold and the test set)."""
+    settings = resolve_model(model_cfg)
+    if settings.kind != "net":
+        return rate["fold_s"] + rate["row_epoch_s"] * n_fit
+    e = epochs if epochs is not None else settings.train.epochs
+    # refit trains the stopping run and then the whole fold again for the chosen epochs.
+    passes = 2.0 if settings.train.early_stop == "refit" else 1.0
+    per_epoch = rate["row_epoch_s"] * n_fit + rate["epoch_s"]
+    return rate["fold_s"] + per_epoch * e * passes + rate["predict_row_s"] * n_predict
+
+
+def second_level_seconds(cfg: dict, n_rows: int, n_test: int, n_classes: int, n_models: int, k: int) -> float:
+    """The stack stage's candidates and the threshold study, timed on synthetic logits at two
+    sizes and extended along the line through them to ``n_rows`` (and to the config's trials)."""
+    sizes = (SECOND_LEVEL_ROWS // 4, SECOND_LEVEL_ROWS)
+    times = [_second_level_once(cfg, n, n_classes, max(1, n_models), k) for n in sizes]
+    trials = max(SECOND_LEVEL_TRIALS, resolve(cfg).threshold.trials) / SECOND_LEVEL_TRIALS
+
+    def at(n: float) -> float:
+        (s1, t1), (s2, t2) = times
+        slope = max(0.0, (s2 - s1) / (sizes[1] - sizes[0])), max(0.0, (t2 - t1) / (sizes[1] - sizes[0]))
+        fixed = max(0.0, s2 - slope[0] * sizes[1]), max(0.0, t2 - slope[1] * sizes[1])
+        return fixed[0] + slope[0] * n + (fixed[1] + slope[1] * n) * trials
+
+    return at(n_rows)  # the test rows are only predicted: a small share of the time
+
+
+def _second_level_once(cfg: dict, n: int, n_classes: int, n_models: int, k: int) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    Y = (rng.random((n, n_classes)) < 0.15).astype(np.uint8)
+    Y[Y.sum(1) == 0, 0] = 1
+    logits = [(Y * 2.0 - 1.0 + rng.normal(0, 1.5, Y.shape)).astype(np.float32) for _ in range(n_models)]
+    test = [a[: max(1, n // 3)] for a in logits]
+    folds = np.arange(n) % k
+    rule = threshold_rule(cfg)
+    t0 = time.perf_counter()
+    cands = build_candidates(Y, logits, test, folds, [f"m{i}" for i in range(n_models)], cfg, rule)
+    stack_s = time.perf_counter() - t0
+    probs = next(iter(cands.values()))["oof"]
+    t0 = time.perf_counter()
+    full = fit_class_thresholds(Y, probs, **rule, n_trials=SECOND_LEVEL_TRIALS, seed=0)
+    nested_threshold_score(Y, probs, folds, **rule, n_trials=SECOND_LEVEL_TRIALS, seed=0, full=full)
+    return stack_s, time.perf_counter() - t0

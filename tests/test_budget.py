@@ -1,0 +1,171 @@
+"""A time budget (``capfuse all --time-limit``): the plan, its replay, and the clock.
+
+- durations parse, and bad ones are one clear error;
+- the planner keeps what fits, caps a net model's epochs where that makes it fit, and drops
+  the rest, in the config's order;
+- a budget large enough trains exactly the config: the submission is byte-identical to an
+  unbudgeted run's, and ``--plan`` replays a budgeted run byte for byte;
+- a probe that predicts far too little still ends inside the budget: the clock stops the model
+  that overruns, it is dropped whole, and every kept model has out-of-fold logits for every row.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pandas as pd
+import pytest
+
+import capfuse.budget.guard as guard_mod
+from capfuse.budget import ModelPlan, Plan, parse_duration
+from capfuse.budget.guard import Budget
+from capfuse.cli import main
+from capfuse.data.csvio import read_split
+from conftest import TINY_RUN_ARGS
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("60m", 3600), ("1h30m", 5400), ("90s", 90), ("3600", 3600), (" 2h ", 7200), ("1.5m", 90), (45, 45)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5m", "60x", "m", "1h1h", "sixty", "1m30"])
+def test_bad_durations_are_one_clear_error(text):
+    with pytest.raises(ValueError, match="time limit"):
+        parse_duration(text)
+
+
+def _budget(left: float, rates: dict) -> Budget:
+    b = Budget(limit_s=10_000, started=time.monotonic(), plan_path=None)
+    b.plan = Plan(time_limit_s=10_000, reserve_s=0, folds_s=0, probe_s=0, models=[], probe={"models": rates})
+    b._sizes = (800, 5, 1000, 400)  # rows fitted per fold, folds, train rows, test rows
+    return b
+
+
+NET = {"kind": "net", "inputs": ["caption"], "train": {"epochs": 20}}
+LINEAR = {"kind": "linear", "inputs": ["caption"]}
+
+
+def test_the_planner_keeps_caps_or_drops_what_the_time_allows():
+    # A net model: 0.001 s per row and epoch over 800 rows, 0.5 s per epoch more, 1 s a fold to
+    # build, 0.001 s per predicted row (200 held out + 400 test) -> 5 * (1 + 20 * 1.3 + 0.6) = 138 s.
+    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
+    rates = {"net": net, "lin": {"fold_s": 0.2, "epoch_s": 0.0, "row_epoch_s": 0.001, "predict_row_s": 0.0}}
+    b = _budget(0, rates)
+    entry = ModelPlan(name="net", kind="net", max_epochs=20)
+    b._fit(entry, NET, left=140.0)
+    assert (entry.status, entry.epochs, entry.train_s) == ("planned", None, 138.0)
+    b._fit(entry, NET, left=80.0)  # 5 * (1.6 + 1.3 E) <= 80 -> E = 11
+    assert (entry.status, entry.epochs) == ("planned", 11)
+    assert entry.train_s <= 80.0 and "fewer epochs" in entry.why
+    b._fit(entry, NET, left=30.0)  # 3 epochs is under a quarter of 20: dropped, not starved
+    assert entry.status == "dropped" and "left" in entry.why
+    b._fit(entry, NET, left=1000.0)  # more time later: the whole model again
+    assert (entry.status, entry.epochs, entry.why) == ("planned", None, "")
+    lin = ModelPlan(name="lin", kind="linear")
+    b._fit(lin, LINEAR, left=5.0)  # 5 * (0.2 + 0.8) = 5 s
+    assert (lin.status, lin.train_s) == ("planned", 5.0)
+    b._fit(lin, LINEAR, left=4.0)
+    assert lin.status == "dropped"
+
+
+def test_a_plan_round_trips_and_names_the_second_levels_models(tmp_path):
+    plan = Plan(
+        time_limit_s=60,
+        reserve_s=5,
+        folds_s=1,
+        probe_s=2,
+        models=[
+            ModelPlan(name="a", kind="linear", status="done"),
+            ModelPlan(name="b", kind="net", rounds=2, rounds_done=1, status="done"),
+            ModelPlan(name="c", kind="net", status="dropped", why="predicted 99 s, 3 s left"),
+            ModelPlan(name="d", kind="net", status="cut"),
+        ],
+    )
+    plan.write(tmp_path / "plan.json")
+    again = Plan.read(tmp_path / "plan.json")
+    assert again == plan
+    assert again.ensemble_names("all") == ["a", "b", "b@r1"]
+    assert again.ensemble_names("last") == ["a", "b@r1"]
+    assert "dropped" in again.table() and "predicted 99 s" in again.table()
+    (tmp_path / "bad.json").write_text('{"format": 99}')
+    with pytest.raises(ValueError, match="bad.json: not a capfuse plan"):
+        Plan.read(tmp_path / "bad.json")
+
+
+def _all(project, data, *args) -> int:
+    return main(["all", "--data", str(data), "--root", str(project), "--quiet", *TINY_RUN_ARGS, *args])
+
+
+def _copy_inputs(tiny_run, dest):
+    """A fresh project on the tiny run's data and folds: nothing trained yet."""
+    (dest / "data").mkdir(parents=True)
+    shutil.copytree(tiny_run.data, dest / "data" / "tiny")
+    shutil.copytree(tiny_run.root / "folds", dest / "folds")
+    return dest / "data" / "tiny"
+
+
+def test_a_large_budget_trains_the_config_and_a_plan_replays_byte_for_byte(tiny_run, tmp_path):
+    data = _copy_inputs(tiny_run, tmp_path / "budgeted")
+    assert _all(tmp_path / "budgeted", data, "--config", str(tiny_run.config), "--time-limit", "2h") == 0
+    runs = tmp_path / "budgeted" / "runs" / "tiny"
+    plan = Plan.read(runs / "plan.json")
+    assert [m.status for m in plan.models] == ["done", "done"]
+    sub = (tmp_path / "budgeted" / "submissions" / "tiny-latest.csv").read_bytes()
+    # The same models, epochs and folds as the unbudgeted run: the same submission.
+    assert sub == (tiny_run.root / "submissions" / "tiny-latest.csv").read_bytes()
+
+    data2 = _copy_inputs(tiny_run, tmp_path / "replayed")
+    assert _all(tmp_path / "replayed", data2, "--config", str(tiny_run.config), "--plan", str(runs / "plan.json")) == 0
+    assert (tmp_path / "replayed" / "submissions" / "tiny-latest.csv").read_bytes() == sub
+    manifest = json.loads((tmp_path / "replayed" / "submissions" / "tiny-latest.json").read_text())
+    assert [m["status"] for m in manifest["plan"]["models"]] == ["done", "done"]
+
+
+def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run, tmp_path, monkeypatch):
+    # The probe says every fold costs nothing, so the plan keeps a net model that in truth
+    # trains for minutes (many epochs, no early stop); the clock must stop it.
+    monkeypatch.setattr(
+        guard_mod.probe,
+        "rehearse",
+        lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
+    )
+    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
+    monkeypatch.setattr(guard_mod.probe, "second_level_seconds", lambda *a, **k: 2.0)
+    data = _copy_inputs(tiny_run, tmp_path / "p")
+    limit = 40.0
+    start = time.monotonic()
+    code = _all(
+        tmp_path / "p",
+        data,
+        "--config",
+        str(tiny_run.config),
+        "--set",
+        "models=[caption_linear,caption_mlp]",
+        "--set",
+        "train.epochs=100000",
+        "--set",
+        "train.early_stop=none",
+        "--set",
+        "train.calibrate=false",
+        "--time-limit",
+        f"{limit:.0f}s",
+    )
+    took = time.monotonic() - start
+    assert code == 0
+    assert took <= limit * 1.05, f"the budgeted run took {took:.1f} s for a {limit:.0f} s budget"
+    runs = tmp_path / "p" / "runs" / "tiny"
+    plan = Plan.read(runs / "plan.json")
+    status = {m.name: m.status for m in plan.models}
+    assert status == {"caption_linear": "done", "caption_mlp": "cut"}
+    assert "deadline" in plan.model("caption_mlp").why
+    oof = pd.read_csv(runs / "caption_linear" / "oof_logits.csv")
+    rows, _ = read_split(data / "train.csv", "train")
+    assert len(oof) == len(rows) and not oof.isna().any().any()
+    manifest = json.loads((tmp_path / "p" / "submissions" / "tiny-latest.json").read_text())
+    assert list(manifest["models"]) == ["caption_linear"]  # the second level used what finished
