@@ -20,7 +20,7 @@ import pytest
 
 import capfuse.budget.guard as guard_mod
 from capfuse.budget import ModelPlan, Plan, parse_duration
-from capfuse.budget.guard import Budget
+from capfuse.budget.guard import Budget, plan_trials
 from capfuse.cli import main
 from capfuse.data.csvio import read_split
 from conftest import TINY_RUN_ARGS
@@ -74,6 +74,13 @@ def test_the_planner_keeps_caps_or_drops_what_the_time_allows():
     assert lin.status == "dropped"
 
 
+def test_the_threshold_study_gets_fewer_trials_only_when_the_second_level_would_crowd_the_budget():
+    assert plan_trials(300, stack_s=10, per_trial=0.1, limit_s=3600) == 300  # 40 s of 3600
+    assert plan_trials(300, stack_s=100, per_trial=2.0, limit_s=1200) == 100  # (300 - 100) / 2
+    assert plan_trials(300, stack_s=100, per_trial=20.0, limit_s=1200) == 50  # never under 50
+    assert plan_trials(300, stack_s=0, per_trial=0.0, limit_s=60) == 300
+
+
 def test_a_plan_round_trips_and_names_the_second_levels_models(tmp_path):
     plan = Plan(
         time_limit_s=60,
@@ -103,10 +110,14 @@ def _all(project, data, *args) -> int:
 
 
 def _copy_inputs(tiny_run, dest):
-    """A fresh project on the tiny run's data and folds: nothing trained yet."""
+    """A fresh project on the tiny run's data, folds and encoder cache: nothing trained yet.
+
+    The data folder is a link to the tiny run's own, so that its images are the same files and
+    the copied cache serves them: no test here pays for the encoders again."""
     (dest / "data").mkdir(parents=True)
-    shutil.copytree(tiny_run.data, dest / "data" / "tiny")
+    (dest / "data" / "tiny").symlink_to(tiny_run.data, target_is_directory=True)
     shutil.copytree(tiny_run.root / "folds", dest / "folds")
+    shutil.copytree(tiny_run.root / "runs" / "tiny" / "cache", dest / "runs" / "tiny" / "cache")
     return dest / "data" / "tiny"
 
 
@@ -136,7 +147,7 @@ def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run,
         lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
     )
     monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
-    monkeypatch.setattr(guard_mod.probe, "second_level_seconds", lambda *a, **k: 2.0)
+    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (2.0, 0.0))
     data = _copy_inputs(tiny_run, tmp_path / "p")
     limit = 40.0
     start = time.monotonic()

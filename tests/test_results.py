@@ -461,3 +461,29 @@ def test_render_leaves_out_runs_of_other_configs(tmp_path):
     write_runs_file(results, "pipeline", "large", "h200x1", "2026-12-01T08:00:00Z", 12.0, 0.9)
     table = presets_table(results, tmp_path)
     assert "h200x1" not in table and "pipeline" not in table and "0.9000" not in table
+
+
+@pytest.mark.parametrize(
+    ("env", "capped"),
+    [
+        ({}, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, True),
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, False),
+        ({"ATEN_CPU_CAPABILITY": "avx512"}, False),
+    ],
+)
+def test_an_imitated_cpu_without_bf16_trains_in_fp32_like_the_real_one(monkeypatch, env, capped):
+    """Under a cap that keeps bf16 out of reach, capfuse must not autocast to bf16: a real AVX2
+    CPU trains in fp32, and bf16 emulated in AVX2 kernels is a path no real machine takes."""
+    from capfuse.models import finetune
+    from capfuse.utils.isa import bf16_capped
+
+    for var in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert bf16_capped(env) is capped
+    monkeypatch.setattr(finetune.torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert finetune.cpu_has_bf16() is (not capped)

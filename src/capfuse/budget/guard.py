@@ -24,13 +24,24 @@ from capfuse.budget import probe
 from capfuse.budget.duration import format_duration
 from capfuse.budget.plan import ModelPlan, Plan
 from capfuse.config import deep_merge
-from capfuse.config.schema import resolve_model
+from capfuse.config.schema import resolve, resolve_model
 from capfuse.utils.log import log, stage
 
 MIN_EPOCH_SHARE = 0.25  # a capped net model keeps at least this share of its configured epochs
 EMBED_SHARE = 0.5  # the encoders may take at most this share of the time left before them
 RESERVE_MARGIN = 1.25  # the second level's prediction times this, plus RESERVE_FLOOR_S
 RESERVE_FLOOR_S = 15.0
+RESERVE_SHARE = 0.25  # the second level may take this share of the budget; fewer threshold trials past it
+MIN_TRIALS = 50  # never fewer threshold-study trials (the coordinate-ascent polish follows them)
+
+
+def plan_trials(trials: int, stack_s: float, per_trial: float, limit_s: float) -> int:
+    """The threshold study's trials: the config's, or fewer (never under ``MIN_TRIALS``) when the
+    second level would take more than ``RESERVE_SHARE`` of the budget with them."""
+    room = RESERVE_SHARE * limit_s - stack_s
+    if per_trial <= 0 or stack_s + per_trial * trials <= RESERVE_SHARE * limit_s:
+        return trials
+    return int(min(trials, max(MIN_TRIALS, room // per_trial)))
 
 
 class Budget:
@@ -83,7 +94,9 @@ class Budget:
             n_train, n_test = len(ds.train_ids), len(ds.test_ids)
             n_fit = n_train - n_train // k
             embed, rates = probe.embed_costs(ds, models)
-            reserve = probe.second_level_seconds(cfg, n_train, n_test, len(ds.class_ids), len(models), k)
+            stack_s, per_trial = probe.second_level_costs(cfg, n_train, len(ds.class_ids), len(models), k)
+            trials = plan_trials(resolve(cfg).threshold.trials, stack_s, per_trial, self.limit_s)
+            reserve = stack_s + per_trial * trials
             probe_s = time.monotonic() - t0
             self.plan = Plan(
                 time_limit_s=self.limit_s,
@@ -91,7 +104,8 @@ class Budget:
                 folds_s=round(folds_s, 1),
                 probe_s=0.0,
                 models=[],
-                probe={"rates": rates},
+                probe={"rates": rates, "stack_s": round(stack_s, 1), "threshold_trial_s": round(per_trial, 4)},
+                threshold_trials=trials if trials != resolve(cfg).threshold.trials else None,
                 machine=self.machine,
             )
             # The encoders first: a model whose features would take more than its share is dropped

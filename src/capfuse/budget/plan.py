@@ -54,6 +54,7 @@ class Plan:
     probe_s: float  # measured: the probe itself
     models: list[ModelPlan]
     probe: dict = field(default_factory=dict)  # the measured rates the predictions come from
+    threshold_trials: int | None = None  # fewer threshold-study trials than the config's, to fit
     machine: dict = field(default_factory=dict)
     format: int = FORMAT
 
@@ -103,7 +104,8 @@ class Plan:
             epochs = "" if m.kind != "net" else f"{m.epochs or m.max_epochs}" + ("*" if m.epochs else "")
             rounds = f" +{m.rounds} round" + ("s" if m.rounds > 1 else "") if m.rounds else ""
             line(f"train {m.name}{rounds}", m.status, epochs, m.predicted_s, m.measured_s, m.why)
-        line("second level and submission", "", "", self.reserve_s, None)
+        trials = f"{self.threshold_trials} threshold trials" if self.threshold_trials else ""
+        line("second level and submission", "", "", self.reserve_s, None, trials)
         planned = self.folds_s + self.probe_s + sum(m.predicted_s for m in self.kept()) + self.reserve_s
         lines.append(
             f"{'total planned':<44} {'':>8} {'':>7} {planned:10.0f} {'':>9}  "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capfuse.config.schema import resolve, resolve_model
+from capfuse.config.schema import resolve_model
 from capfuse.encoders.cost import caption_encoder_cost, image_encoder_cost
 from capfuse.ensemble.second_level import build_candidates, threshold_rule
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
@@ -175,20 +175,18 @@ def fold_seconds(model_cfg: dict, rate: dict, n_fit: int, n_predict: int, epochs
     return rate["fold_s"] + per_epoch * e * passes + rate["predict_row_s"] * n_predict
 
 
-def second_level_seconds(cfg: dict, n_rows: int, n_test: int, n_classes: int, n_models: int, k: int) -> float:
-    """The stack stage's candidates and the threshold study, timed on synthetic logits at two
-    sizes and extended along the line through them to ``n_rows`` (and to the config's trials)."""
+def second_level_costs(cfg: dict, n_rows: int, n_classes: int, n_models: int, k: int) -> tuple[float, float]:
+    """(seconds of the stack stage's candidates, seconds per threshold-study trial) at ``n_rows``,
+    timed on synthetic logits at two sizes and extended along the line through them (the test
+    rows are only predicted there: a small share of the time)."""
     sizes = (SECOND_LEVEL_ROWS // 4, SECOND_LEVEL_ROWS)
-    times = [_second_level_once(cfg, n, n_classes, max(1, n_models), k) for n in sizes]
-    trials = max(SECOND_LEVEL_TRIALS, resolve(cfg).threshold.trials) / SECOND_LEVEL_TRIALS
+    (s1, t1), (s2, t2) = (_second_level_once(cfg, n, n_classes, max(1, n_models), k) for n in sizes)
 
-    def at(n: float) -> float:
-        (s1, t1), (s2, t2) = times
-        slope = max(0.0, (s2 - s1) / (sizes[1] - sizes[0])), max(0.0, (t2 - t1) / (sizes[1] - sizes[0]))
-        fixed = max(0.0, s2 - slope[0] * sizes[1]), max(0.0, t2 - slope[1] * sizes[1])
-        return fixed[0] + slope[0] * n + (fixed[1] + slope[1] * n) * trials
+    def at(n: float, a: float, b: float) -> float:
+        slope = max(0.0, (b - a) / (sizes[1] - sizes[0]))
+        return max(0.0, b - slope * sizes[1]) + slope * n
 
-    return at(n_rows)  # the test rows are only predicted: a small share of the time
+    return at(n_rows, s1, s2), at(n_rows, t1, t2) / SECOND_LEVEL_TRIALS
 
 
 def _second_level_once(cfg: dict, n: int, n_classes: int, n_models: int, k: int) -> tuple[float, float]:

@@ -36,6 +36,7 @@ from capfuse.models.base import FoldOutput
 from capfuse.nn.losses import class_frequencies
 from capfuse.nn.pooling import masked_mean
 from capfuse.utils.dist import init_distributed, rank_world
+from capfuse.utils.isa import bf16_capped
 from capfuse.utils.prefetch import prefetched
 
 
@@ -116,6 +117,8 @@ def layerwise_groups(net: FinetuneNet, encoder_lr_mult: float, layer_decay: floa
 def cpu_has_bf16() -> bool:
     """Does this CPU compute bf16 natively (AVX512-BF16 or AMX)? Elsewhere torch emulates it,
     slower than fp32."""
+    if bf16_capped(os.environ):
+        return False  # an imitated AVX2 (or AVX-512 without bf16) machine trains as the real one
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 

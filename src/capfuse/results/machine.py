@@ -25,25 +25,10 @@ from pathlib import Path
 import torch
 
 from capfuse import __version__
+from capfuse.utils.isa import ISA_WORDS, cap_level
 
 CPUINFO = Path("/proc/cpuinfo")
 CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-
-# The instruction-set words, weakest first; a level is an index into this tuple. "avx512-bf16"
-# is the one that matters most here: only there does bf16 autocast compute natively on a CPU.
-ISA_WORDS = ("other", "avx2", "avx512", "avx512-bf16")
-# What each cap lets torch or oneDNN use at most, as a level of ISA_WORDS. ATen's "avx512"
-# kernels do not stop oneDNN's bf16 ones, so it caps nothing on the words' scale.
-_ATEN_CAPS = {"default": 0, "avx2": 1, "avx512": 3}
-_ONEDNN_CAPS = {
-    "SSE41": 0,
-    "AVX": 0,
-    "AVX2": 1,
-    "AVX2_VNNI": 1,
-    "AVX2_VNNI_2": 1,
-    "AVX512_CORE": 2,
-    "AVX512_CORE_VNNI": 2,
-}  # any other value (AVX512_CORE_BF16, the AMX and AVX10 ones, ALL, DEFAULT) leaves bf16 in reach
 
 # Words a CPU or GPU name starts with that say who made it, not what it is.
 _VENDOR_WORDS = {"amd", "intel", "nvidia", "tesla", "geforce", "quadro", "radeon", "apple", "genuine", "authentic"}
@@ -107,18 +92,6 @@ def hardware_level(flags: set[str]) -> int:
     if "avx2" in flags:
         return 1
     return 0
-
-
-def cap_level(env: dict[str, str]) -> int | None:
-    """The lowest level the cap variables in ``env`` allow; None when neither is set."""
-    levels = []
-    aten = env.get("ATEN_CPU_CAPABILITY")
-    if aten is not None:
-        levels.append(_ATEN_CAPS.get(aten.strip().lower(), len(ISA_WORDS) - 1))
-    onednn = env.get("ONEDNN_MAX_CPU_ISA")
-    if onednn is not None:
-        levels.append(_ONEDNN_CAPS.get(onednn.strip().upper(), len(ISA_WORDS) - 1))
-    return min(levels) if levels else None
 
 
 def isa_word(flags: set[str], env: dict[str, str]) -> str:

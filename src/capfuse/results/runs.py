@@ -28,6 +28,7 @@ BEFORE_INFER = ("folds", "embed", "train")
 # `make stack` or `make thresholds` is redone by `infer` itself.
 REDONE_BY_INFER = ("validate", "stack", "thresholds")
 ENDS_A_RUN = ("infer", "all")
+HELD_OUT_FILE = "held_out.json"  # runs/<dataset>/: the submission on a demo's answers (capfuse.results.floor)
 COLUMNS = ["kind", "name", "detail", "mean_f1", "nested_mean_f1", "map", "minutes", "peak_rss_mb"]
 
 
@@ -160,6 +161,18 @@ def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFram
             "map": cv.get("map"),
         }
     )
+    held = run_dir / HELD_OUT_FILE
+    if held.exists():
+        r = read_json(held)
+        rows.append(
+            {
+                "kind": "held_out",
+                "name": "submission",
+                "detail": f"on {dataset}'s test_labels.csv; class prior {r['class_prior']:.4f}, "
+                f"caption TF-IDF {r['caption_tfidf']:.4f}",
+                "mean_f1": r["submission"],
+            }
+        )
     plan = manifest.get("plan") or {}
     for m in plan.get("models") or []:
         # A budgeted run: each model's fate in the plan, its predicted and measured minutes.

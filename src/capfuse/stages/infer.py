@@ -33,12 +33,13 @@ from capfuse.ensemble.second_level import (
     trained_models,
 )
 from capfuse.metrics import summary as metric_summary
+from capfuse.results.floor import floor_line, held_out
 from capfuse.results.machine import machine_record
-from capfuse.results.runs import plain_commit, preset_of, write_run_results
+from capfuse.results.runs import HELD_OUT_FILE, plain_commit, preset_of, write_run_results
 from capfuse.results.tables import command_line, results_dir, write_safely
 from capfuse.shift import shift_report
 from capfuse.submission import predictions_to_frame, write_submission
-from capfuse.utils.io import read_json, sha256_file
+from capfuse.utils.io import read_json, sha256_file, write_json
 from capfuse.utils.log import log, stage
 from capfuse.utils.numeric import sigmoid
 
@@ -124,6 +125,8 @@ def run_infer(
     the second level stacks the models the plan kept and finished, nothing else."""
     if plan is not None:
         cfg = deep_merge(cfg, {"ensemble": {"models": plan.ensemble_names(resolve(cfg).ensemble.rounds)}})
+        if plan.threshold_trials is not None:
+            cfg = deep_merge(cfg, {"threshold": {"trials": plan.threshold_trials}})
     ds = load_dataset(paths, cfg, quiet=quiet)
     stacked = fit_stack(paths, cfg, ds)
     cut = fit_thresholds(paths, cfg, ds, storage=storage)
@@ -187,6 +190,7 @@ def run_infer(
         if plan is not None:
             manifest["plan"] = {
                 "time_limit_s": plan.time_limit_s,
+                "threshold_trials": plan.threshold_trials,
                 "file": str(paths.runs / PLAN_FILE),
                 "models": [
                     {
@@ -222,6 +226,13 @@ def run_infer(
         )
         for path in written.values():
             log.info("wrote %s", path)
+        # A demo dataset ships its answers: is the submission right, not only well formed?
+        floor = held_out(paths.data_dir, written["latest_csv"], paths.folds_file)
+        if floor is not None:
+            write_json(paths.runs / HELD_OUT_FILE, floor)
+            (log.info if floor["passes"] else log.warning)("%s", floor_line(floor))
+        else:
+            (paths.runs / HELD_OUT_FILE).unlink(missing_ok=True)  # an earlier run's, of other answers
         return {"manifest": manifest, "paths": {k: str(v) for k, v in written.items()}}
 
 
