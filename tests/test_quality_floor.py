@@ -15,8 +15,11 @@ import json
 import pandas as pd
 import pytest
 
+from capfuse.config import load_config
 from capfuse.data.csvio import read_split
+from capfuse.data.dataset import load_dataset
 from capfuse.metrics import mean_sample_f1
+from capfuse.paths import Paths
 from capfuse.results.floor import MARGIN, TFIDF_SLACK, binary, held_out, permuted, prior_baseline, tfidf_baseline
 from capfuse.submission import read_submission
 
@@ -71,7 +74,6 @@ def test_the_run_states_its_floor_and_it_is_what_the_test_computes(tiny_run, sco
     assert written["submission"] == pytest.approx(mean_sample_f1(truth, pred), abs=1e-5)
     assert written["class_prior"] == pytest.approx(prior, abs=1e-5)
     assert written["caption_tfidf"] == pytest.approx(tfidf, abs=1e-5)
-    again = held_out(
-        tiny_run.data, tiny_run.root / "submissions" / "tiny-latest.csv", tiny_run.root / "folds" / "tiny.csv"
-    )
+    paths = Paths(data_dir=tiny_run.data, root=tiny_run.root)
+    again = held_out(load_dataset(paths, load_config(tiny_run.config)), paths.submissions / "tiny-latest.csv")
     assert again == written

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from capfuse.data.csvio import read_split
 from capfuse.metrics import mean_sample_f1
 from capfuse.submission import read_submission
 
@@ -99,35 +98,44 @@ def permuted(pred: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def held_out(data_dir: Path, submission_csv: Path, folds_csv: Path) -> dict | None:
+def held_out(ds, submission_csv: Path) -> dict | None:
     """The submission's held-out mean F1 beside the two baselines, and whether it clears its
-    floor; None when the dataset ships no answers."""
-    data_dir = Path(data_dir)
-    if not (data_dir / ANSWERS).exists():
+    floor; None when the dataset ships no answers.
+
+    ``ds``: the validated dataset (``capfuse.data.dataset``), so the baselines learn from the same
+    training rows the pipeline kept. Answers for rows the test set lacks, and class ids the
+    training rows never use, are left out; a test row without an answer is not scored.
+    """
+    path = Path(ds.paths.data_dir) / ANSWERS
+    if not path.exists():
         return None
-    rows, _ = read_split(data_dir / "train.csv", "train")
-    test_rows, _ = read_split(data_dir / "test.csv", "test")
-    classes = sorted({c for r in rows for c in (r.labels or [])})
-    train = binary([" ".join(map(str, r.labels or [])) for r in rows], classes)
-    answers = pd.read_csv(data_dir / ANSWERS, dtype=str, keep_default_na=False).set_index("ImageID")
+    classes = list(ds.class_ids)
+    answers = pd.read_csv(path, dtype=str, keep_default_na=False)
+    answers["ImageID"] = answers["ImageID"].str.strip()
+    answers = answers.drop_duplicates("ImageID").set_index("ImageID")
+    ids = [i for i in ds.test_ids if i in answers.index]
+    if not ids:
+        return None
+
+    def known(text: str) -> str:
+        return " ".join(t for t in str(text).split() if t.isdigit() and int(t) in classes)
+
+    truth = binary([known(t) for t in answers.loc[ids, "Labels"]], classes)
     sub = read_submission(submission_csv).set_index("ImageID")
-    ids = [r.image_id for r in test_rows]
-    truth = binary(list(answers.loc[ids, "Labels"]), classes)
-    pred = binary(list(sub.loc[ids, "Labels"]), classes)
-    folds = pd.read_csv(folds_csv, dtype={"ImageID": str}).set_index("ImageID")
+    pred = binary([known(t) for t in sub.loc[ids, "Labels"]], classes)
+    train = np.asarray(ds.Y, np.uint8)
+    test_captions = dict(zip(ds.test_ids, ds.val.test["Caption"].astype(str)))
     tfidf = tfidf_baseline(
-        [r.caption for r in rows],
-        train,
-        folds.loc[[r.image_id for r in rows], "fold"].to_numpy(),
-        [r.caption for r in test_rows],
+        list(ds.val.train["Caption"].astype(str)), train, ds.folds(), [test_captions[i] for i in ids]
     )
     out = {
+        "rows": len(ids),
         "submission": mean_sample_f1(truth, pred),
         "class_prior": prior_baseline(train, truth),
         "caption_tfidf": mean_sample_f1(truth, tfidf),
         "margin": MARGIN,
         "tfidf_slack": TFIDF_SLACK,
-        "permuted": {how: mean_sample_f1(truth, wrong) for how, wrong in permuted(pred).items()},
+        "permuted": {how: round(mean_sample_f1(truth, wrong), 5) for how, wrong in permuted(pred).items()},
     }
     out["passes"] = bool(
         out["submission"] >= out["class_prior"] + MARGIN and out["submission"] >= out["caption_tfidf"] - TFIDF_SLACK

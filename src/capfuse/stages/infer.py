@@ -227,7 +227,7 @@ def run_infer(
         for path in written.values():
             log.info("wrote %s", path)
         # A demo dataset ships its answers: is the submission right, not only well formed?
-        floor = held_out(paths.data_dir, written["latest_csv"], paths.folds_file)
+        floor = held_out(ds, written["latest_csv"])
         if floor is not None:
             write_json(paths.runs / HELD_OUT_FILE, floor)
             (log.info if floor["passes"] else log.warning)("%s", floor_line(floor))
