@@ -282,7 +282,9 @@ def write_results_file(args, paths, cfg: dict, quiet: bool) -> None:
         manifest = read_json(paths.submissions / f"{paths.dataset}-latest.json")
         config = Path(args.config)
         presets = paths.root / "configs" / "presets"
-        preset = preset_of(manifest.get("models") or {}, presets, config) or config.stem
+        # A budgeted run is its preset's even when the plan dropped some of its models.
+        planned = [m["name"] for m in (manifest.get("plan") or {}).get("models", [])]
+        preset = preset_of(planned or manifest.get("models") or {}, presets, config) or config.stem
         machine = machine_record(paths.root, commit=plain_commit(manifest.get("git_commit"))).fields()
         return write_run_results(root, paths.runs, manifest, preset=preset, machine=machine, command=command_line())
 
