@@ -487,3 +487,20 @@ def test_an_imitated_cpu_without_bf16_trains_in_fp32_like_the_real_one(monkeypat
     assert bf16_capped(env) is capped
     monkeypatch.setattr(finetune.torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert finetune.cpu_has_bf16() is (not capped)
+
+
+def test_two_runs_of_one_command_in_a_row_are_two_runs():
+    """`make all` twice: the second run's figures are its own, not the sum of both."""
+    from capfuse.results.runs import run_timings
+
+    def rows(invocation: str, seconds: float) -> list[dict]:
+        return [
+            {"command": "all", "stage": stage, "depth": 0, "wall_s": seconds, "invocation": invocation}
+            for stage in ("folds", "train", "stack")
+        ]
+
+    timings = pd.DataFrame(rows("2026-12-05T03:59:39.1", 100.0) + rows("2026-12-05T04:14:27.2", 7.0))
+    last = run_timings(timings)
+    assert list(last["wall_s"]) == [7.0, 7.0, 7.0]
+    older = timings.drop(columns="invocation")  # a file from before the column: split by command name only
+    assert len(run_timings(older)) == 6

@@ -45,8 +45,12 @@ def plain_commit(commit: str | None) -> str:
 
 
 def _segments(timings: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Consecutive rows of one command name, in file order."""
-    marks = (timings["command"] != timings["command"].shift()).cumsum()
+    """Consecutive rows of one invocation of a command, in file order (files written before
+    the ``invocation`` column split at a change of command name only)."""
+    key = timings["command"].astype(str)
+    if "invocation" in timings:
+        key = key + "|" + timings["invocation"].fillna("").astype(str)
+    marks = (key != key.shift()).cumsum()
     return [(str(part["command"].iloc[0]), part) for _, part in timings.groupby(marks, sort=False)]
 
 

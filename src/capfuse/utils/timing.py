@@ -13,6 +13,7 @@ peak counted too), so the first row that reaches a new peak shows it and later r
 from __future__ import annotations
 
 import contextvars
+import os
 import logging
 import resource
 import sys
@@ -26,7 +27,7 @@ import pandas as pd
 
 from capfuse.utils.io import write_csv
 
-COLUMNS = ("command", "started", "stage", "model", "fold", "depth", "wall_s", "cpu_s", "peak_rss_mb")
+COLUMNS = ("command", "started", "stage", "model", "fold", "depth", "wall_s", "cpu_s", "peak_rss_mb", "invocation")
 _ACTIVE: contextvars.ContextVar[Timings | None] = contextvars.ContextVar("capfuse_timings", default=None)
 
 
@@ -53,6 +54,8 @@ class Row:
     wall_s: float
     cpu_s: float
     peak_rss_mb: float
+    # When the command began: two runs of one command in a row are two invocations, not one.
+    invocation: str = ""
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Timings:
     command: str
     rows: list[Row] = field(default_factory=list)
     depth: int = 0
+    invocation: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S") + f".{os.getpid()}")
 
     @contextmanager
     def timed(self, stage: str, *, model: str = "", fold: int | None = None) -> Iterator[None]:
@@ -81,6 +85,7 @@ class Timings:
                 round(time.perf_counter() - wall, 2),
                 round(_cpu_seconds() - cpu, 2),
                 round(_peak_rss_mb(), 1),
+                self.invocation,
             )
             self.rows.insert(at, row)
 
