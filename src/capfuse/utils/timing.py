@@ -13,8 +13,8 @@ peak counted too), so the first row that reaches a new peak shows it and later r
 from __future__ import annotations
 
 import contextvars
-import os
 import logging
+import os
 import resource
 import sys
 import time
