@@ -32,7 +32,10 @@ from capfuse.features.store import flip_views, uses_cache
 from capfuse.features.text import cache_files as text_cache_files
 from capfuse.models import MODELS
 
-REHEARSAL_ROWS = 512  # training rows a rehearsal fits on
+REHEARSAL_ROWS = 512  # training rows a net model's rehearsal fits on
+# A linear model's fit grows faster than its rows (more solver iterations on more rows): the
+# line is drawn through a quarter of this sample and all of it, nearer the run's own sizes.
+LINEAR_ROWS = 2048
 PREDICT_ROWS = 128  # held-out and test rows it predicts
 SECOND_LEVEL_ROWS = 800  # synthetic rows the second level is timed on (and a quarter of them)
 SECOND_LEVEL_TRIALS = 10
@@ -99,7 +102,7 @@ def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_t
     seconds per row and epoch (the first pays the kernels' warm-up), the rest of that epoch (the
     stopping rows' score, the checkpoints) a cost per epoch, the final predictions a cost per
     predicted row, and what remains (building the model, preparing the fold) a cost per fold. A
-    linear model fits twice, on a quarter of the sample and on all of it: the line through the
+    linear model fits twice, on ``LINEAR_ROWS`` rows and a quarter of them: the line through the
     two times gives its cost per fold and per row.
     """
     settings = resolve_model(model_cfg)
@@ -113,7 +116,8 @@ def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_t
     feats = fewer_test_rows(feats, n_probe_test)
     rng = np.random.default_rng(0)
     tr_all, va_all = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
-    tr = np.sort(rng.choice(tr_all, min(REHEARSAL_ROWS, len(tr_all)), replace=False))
+    sample = REHEARSAL_ROWS if is_net else LINEAR_ROWS
+    tr = np.sort(rng.choice(tr_all, min(sample, len(tr_all)), replace=False))
     va = np.sort(rng.choice(va_all, min(PREDICT_ROWS, len(va_all)), replace=False))
 
     def fit(rows: np.ndarray) -> tuple[float, dict]:
