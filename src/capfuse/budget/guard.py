@@ -241,7 +241,8 @@ class Budget:
         self.write()
 
     def cut(self, name: str, rounds_done: int, exc: Exception) -> None:
-        """The clock stopped ``name``: its round 0 stays if it finished, otherwise it is dropped whole."""
+        """The clock stopped ``name``: the rounds it finished stay (``rounds_done`` from
+        ``rounds_trained``); without round 0 it is dropped whole."""
         entry = self.plan.model(name)
         entry.measured_s = round(time.monotonic() - self._t0[name], 1)
         if rounds_done >= 0:
@@ -263,10 +264,10 @@ class Budget:
 
 def rounds_trained(model_dir: Callable[[str], Path], name: str, rounds: int, since: float) -> int:
     """How many of ``name``'s pseudo-label rounds finished in this run (their metrics written
-    after ``since``, a ``time.time()``)."""
-    done = 0
-    for r in range(1, rounds + 1):
-        metrics = model_dir(f"{name}@r{r}") / "metrics.json"
+    after ``since``, a ``time.time()``); -1 when not even round 0, the model itself, did."""
+    done = -1
+    for r, folder in enumerate([name, *(f"{name}@r{k}" for k in range(1, rounds + 1))]):
+        metrics = model_dir(folder) / "metrics.json"
         if not (metrics.exists() and metrics.stat().st_mtime >= since):
             break
         done = r

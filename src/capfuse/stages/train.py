@@ -77,6 +77,7 @@ def run_train(
                 if model_cfg is None:
                     continue
             since = time.time()
+            settings = resolve_model(model_cfg)
             try:
                 with deadline(budget.hard_deadline() if budget else None):
                     board = _train_one(
@@ -85,16 +86,10 @@ def run_train(
             except OutOfTime as exc:
                 if budget is None:
                     raise
-                round0 = (paths.model_dir(name) / "metrics.json").exists() and (
-                    paths.model_dir(name) / "metrics.json"
-                ).stat().st_mtime >= since
-                rounds = resolve_model(model_cfg).pseudo.rounds
-                budget.cut(name, rounds_trained(paths.model_dir, name, rounds, since) if round0 else -1, exc)
+                budget.cut(name, rounds_trained(paths.model_dir, name, settings.pseudo.rounds, since), exc)
                 continue
             if budget is not None:
-                budget.finished(
-                    name, rounds_trained(paths.model_dir, name, resolve_model(model_cfg).pseudo.rounds, since)
-                )
+                budget.finished(name, max(0, rounds_trained(paths.model_dir, name, settings.pseudo.rounds, since)))
         if budget is not None:
             log.info("the plan and what it cost (%s):\n%s", budget.plan_path, budget.summary())
         if board is not None:
