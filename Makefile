@@ -33,7 +33,7 @@ VENV    ?= .venv
 # lines below turn the variables' origin into `override`; a recursive make keeps the outer one.
 # Only these variables are named: ARGS and STORAGE may hold anything, a password included.
 ifeq ($(origin CAPFUSE_MAKE),undefined)
-CAPFUSE_MAKE := $(strip make $(MAKECMDGOALS) $(foreach v,DATA PRESET CONFIG ABLATION JOBS GPUS,$(if $(filter command line,$(origin $(v))),$(v)=$(strip $($(v))))))
+CAPFUSE_MAKE := $(strip make $(MAKECMDGOALS) $(foreach v,DATA PRESET CONFIG ABLATION JOBS GPUS TIME_LIMIT PLAN,$(if $(filter command line,$(origin $(v))),$(v)=$(strip $($(v))))))
 endif
 export CAPFUSE_MAKE
 

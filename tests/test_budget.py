@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,7 +24,10 @@ from capfuse.budget import ModelPlan, Plan, parse_duration
 from capfuse.budget.guard import Budget, plan_trials
 from capfuse.cli import main
 from capfuse.data.csvio import read_split
+from capfuse.training.cv import _accepted
 from conftest import TINY_RUN_ARGS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +76,34 @@ def test_the_planner_keeps_caps_or_drops_what_the_time_allows():
     assert (lin.status, lin.train_s) == ("planned", 5.0)
     b._fit(lin, LINEAR, left=4.0)
     assert lin.status == "dropped"
+
+
+def test_where_early_stopping_ended_one_model_predicts_the_next(tmp_path):
+    # Before any net model ran, a model is predicted with every epoch of its schedule; once one
+    # has stopped after half its epochs on every fold, the next is predicted with half of its own.
+    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
+    b = _budget(0, {"first": net, "next": net})
+    b._cfgs = {"first": NET, "next": NET}
+    b.plan_path = tmp_path / "plan.json"
+    first = ModelPlan(name="first", kind="net", max_epochs=20)
+    nxt = ModelPlan(name="next", kind="net", max_epochs=20)
+    b.plan.models = [first, nxt]
+    b._fit(nxt, NET, left=1000.0)
+    assert nxt.train_s == 138.0  # 5 * (1 + 20 * 1.3 + 0.6)
+    for k in range(5):
+        fold = tmp_path / "first" / f"fold{k}"
+        fold.mkdir(parents=True)
+        (fold / "done.json").write_text(json.dumps({"fold": k, "epochs_run": 10}))
+    b._model_dir = lambda name: tmp_path / name
+    b._t0["first"] = time.monotonic()
+    b.finished("first", 0)
+    assert b._later(first) == 73.0  # 5 * (1 + 10 * 1.3 + 0.6)
+    # A fold its allowance stopped says nothing of early stopping: it is a stop to replay.
+    (tmp_path / "first" / "fold0" / "done.json").write_text(
+        json.dumps({"fold": 0, "epochs_run": 2, "stopped_by": "time"})
+    )
+    b.finished("first", 0)
+    assert b.plan.model("first").stops == {"first/fold0": 2}
 
 
 def test_the_threshold_study_gets_fewer_trials_only_when_the_second_level_would_crowd_the_budget():
@@ -180,3 +212,68 @@ def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run,
     assert len(oof) == len(rows) and not oof.isna().any().any()
     manifest = json.loads((tmp_path / "p" / "submissions" / "tiny-latest.json").read_text())
     assert list(manifest["models"]) == ["caption_linear"]  # the second level used what finished
+
+
+ENDLESS = ("--set", "models=[caption_linear,endless_mlp]")
+
+
+def _slow_config(root: Path) -> Path:
+    """A pipeline of the caption linear model and a caption MLP that early stopping never ends
+    (endless epochs and patience): only its share of the budget can."""
+    configs = REPO / "configs"
+    (root / "configs" / "models").mkdir(parents=True)
+    (root / "configs" / "models" / "caption_linear.yaml").write_text(
+        f"inherit: {configs / 'models' / 'caption_linear.yaml'}\n"
+    )
+    (root / "configs" / "models" / "endless_mlp.yaml").write_text(
+        f"inherit: {configs / 'models' / 'caption_mlp.yaml'}\n"
+        "train: {epochs: 100000, patience: 100000, calibrate: false}\n"
+    )
+    pipeline = root / "configs" / "pipeline.yaml"
+    pipeline.write_text(f"inherit: {configs / 'pipeline.yaml'}\nmodels: [caption_linear, endless_mlp]\n")
+    return pipeline
+
+
+def test_a_model_that_overruns_its_share_stops_cleanly_and_the_plan_replays_it(tiny_run, tmp_path, monkeypatch):
+    # The probe says training costs nothing, so the plan keeps the endless MLP with every epoch:
+    # each fold must stop at its share of the allowance, keeping its best epoch and every row.
+    monkeypatch.setattr(
+        guard_mod.probe,
+        "rehearse",
+        lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
+    )
+    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
+    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (2.0, 0.0))
+    config = _slow_config(tmp_path / "cfg")
+    data = _copy_inputs(tiny_run, tmp_path / "p")
+    limit = 30.0
+    start = time.monotonic()
+    code = _all(tmp_path / "p", data, "--config", str(config), *ENDLESS, "--time-limit", f"{limit:.0f}s")
+    took = time.monotonic() - start
+    assert code == 0
+    assert took <= limit * 1.05, f"the budgeted run took {took:.1f} s for a {limit:.0f} s budget"
+    runs = tmp_path / "p" / "runs" / "tiny"
+    plan = Plan.read(runs / "plan.json")
+    assert {m.name: m.status for m in plan.models} == {"caption_linear": "done", "endless_mlp": "done"}
+    stops = plan.model("endless_mlp").stops
+    assert sorted(stops) == [f"endless_mlp/fold{k}" for k in range(3)]
+    for key, epochs in stops.items():
+        record = json.loads((runs / key / "done.json").read_text())
+        assert record["stopped_by"] == "time" and record["epochs_run"] == epochs >= 1
+        assert record["fingerprint"].endswith(f"+stop{epochs}")
+    oof = pd.read_csv(runs / "endless_mlp" / "oof_logits.csv")
+    rows, _ = read_split(data / "train.csv", "train")
+    assert len(oof) == len(rows) and not oof.isna().any().any()
+    manifest = json.loads((tmp_path / "p" / "submissions" / "tiny-latest.json").read_text())
+    assert sorted(manifest["models"]) == ["caption_linear", "endless_mlp"]
+    sub = (tmp_path / "p" / "submissions" / "tiny-latest.csv").read_bytes()
+
+    # Replayed: the same folds stop at the same epochs, without a clock: the same submission.
+    data2 = _copy_inputs(tiny_run, tmp_path / "r")
+    assert _all(tmp_path / "r", data2, "--config", str(config), *ENDLESS, "--plan", str(runs / "plan.json")) == 0
+    assert (tmp_path / "r" / "submissions" / "tiny-latest.csv").read_bytes() == sub
+    # A stopped fold is the budget's: a run without one trains it again rather than take it.
+    replayed = tmp_path / "r" / "runs" / "tiny" / "endless_mlp"
+    fp = json.loads((replayed / "fingerprint.json").read_text())["fingerprint"]
+    done = json.loads((replayed / "fold0" / "done.json").read_text())["fingerprint"]
+    assert done != fp and _accepted(done, fp, replayed / "fold0") == done

@@ -11,6 +11,14 @@ capped at first gets its epochs back when early stopping left the time. A model 
 stops mid-fold (``OutOfTime``) is dropped whole; a pseudo-label round stopped so keeps the
 rounds before it. A replayed plan (``--plan``) sets the same models, epochs and
 rounds and opens no deadline.
+
+The probe cannot know where early stopping will end a model, so before any net model has run
+the plan counts all its epochs: an upper bound. Each net model that finishes says what share of
+its epochs early stopping let it run, and the models after it are predicted with the largest
+such share (or with their own folds of earlier runs on the dataset). A prediction that proves
+short costs no fold: each model trains under an allowance (``allowance``), the deadline less what
+the planned models after it are predicted to need, and a fold that would overrun its share of it
+stops cleanly after an epoch, keeping its best one (``capfuse.utils.deadline``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ EMBED_SHARE = 0.5  # the encoders may take at most this share of the time left b
 RESERVE_MARGIN = 1.25  # the second level's prediction times this, plus RESERVE_FLOOR_S
 RESERVE_FLOOR_S = 15.0
 RESERVE_SHARE = 0.25  # the second level may take this share of the budget; fewer threshold trials past it
+ALLOWANCE_SHARE = 0.9  # a model's allowance: this share of the time the plan leaves it before the deadline
 MIN_TRIALS = 50  # never fewer threshold-study trials (the coordinate-ascent polish follows them)
 
 
@@ -55,6 +64,9 @@ class Budget:
         self.machine = machine or {}
         self.plan: Plan | None = None
         self._t0: dict[str, float] = {}
+        self._cfgs: dict[str, dict] = {}
+        self._model_dir: Callable[[str], Path] | None = None
+        self._shares: list[float] = []  # share of its epochs each finished net model ran
 
     # -- the clock -------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -84,8 +96,10 @@ class Budget:
         """The models to train, in order, with the plan's changes to their configs. ``model_dir``:
         where a model's folds of earlier runs lie, whose epoch counts say how soon early stopping
         ends it on this dataset."""
+        self._model_dir = model_dir
         if self.replay is not None:
             return self._replayed(models)
+        self._cfgs = dict(models)
         folds_s = self.elapsed()  # the folds step and loading, before the plan
         with stage("plan", f"time limit {format_duration(self.limit_s)}"):
             t0 = time.monotonic()
@@ -116,7 +130,7 @@ class Budget:
                 entry = ModelPlan(
                     name=name,
                     kind=m.kind,
-                    max_epochs=m.train.epochs if m.kind == "net" else None,
+                    max_epochs=probe.span(model_cfg, n_fit),
                     rounds=m.pseudo.rounds,
                     embed_s=round(embed[name], 1),
                 )
@@ -153,23 +167,45 @@ class Budget:
         # comes: the models before them may finish early (early stopping) and leave the time.
         return kept
 
-    def _fit(self, entry: ModelPlan, model_cfg: dict, left: float) -> None:
-        """Keep ``entry`` as it is, with fewer epochs or rounds, or drop it: whichever fits ``left``."""
+    def _expected_epochs(self, entry: ModelPlan) -> float | None:
+        """Where early stopping is expected to end ``entry``'s folds: its folds of earlier runs on
+        this dataset, else the largest share of their epochs that this run's finished net models
+        ran, times its own; None (every epoch) before either is known."""
+        rate = self.plan.probe["models"][entry.name]
+        if "epochs_seen" in rate:
+            return rate["epochs_seen"]
+        if entry.max_epochs and self._shares:
+            return min(1.0, max(self._shares)) * entry.max_epochs
+        return None
+
+    def _predict(self, entry: ModelPlan, model_cfg: dict, epochs: int | None, rounds: int) -> float:
+        """Predicted seconds of ``entry`` with an epoch cap (None: its own) and ``rounds``."""
         n_fit, k, n_train, n_test = self._sizes
         rate = self.plan.probe["models"][entry.name]
-        pool = n_train + n_test
+        cap = epochs if epochs is not None else entry.max_epochs
+        expected = self._expected_epochs(entry)
+        if cap is not None and expected is not None:
+            cap = min(cap, max(1, math.ceil(expected)))
+        fold = probe.fold_seconds(model_cfg, rate, n_fit, n_train - n_fit + n_test, cap)
+        # A round also trains on the pseudo-labelled test rows.
+        return k * fold * (1 + rounds * (n_train + n_test) / n_train)
+
+    def _later(self, entry: ModelPlan) -> float:
+        """Predicted seconds of the planned models after ``entry``, refreshed with what is known now."""
+        total = 0.0
+        for m in self.plan.models[self.plan.models.index(entry) + 1 :]:
+            if m.status == "planned":
+                m.train_s = round(self._predict(m, self._cfgs[m.name], m.epochs, m.rounds), 1)
+                total += m.train_s
+        return total
+
+    def _fit(self, entry: ModelPlan, model_cfg: dict, left: float) -> None:
+        """Keep ``entry`` as it is, with fewer epochs or rounds, or drop it: whichever fits ``left``."""
         entry.status, entry.why, entry.epochs = "planned", "", None
         entry.rounds = resolve_model(model_cfg).pseudo.rounds
 
         def total(epochs: int | None, rounds: int) -> float:
-            # Early stopping ended this model's folds of earlier runs after ``epochs_seen`` epochs
-            # on average: the prediction takes that, never more than the plan allows.
-            cap = epochs if epochs is not None else entry.max_epochs
-            if cap is not None and "epochs_seen" in rate:
-                cap = min(cap, math.ceil(rate["epochs_seen"]))
-            fold = probe.fold_seconds(model_cfg, rate, n_fit, n_train - n_fit + n_test, cap)
-            # A round also trains on the pseudo-labelled test rows.
-            return k * fold * (1 + rounds * pool / n_train)
+            return self._predict(entry, model_cfg, epochs, rounds)
 
         options: list[tuple[int | None, int]] = [(None, entry.rounds)]
         if entry.rounds:
@@ -223,8 +259,7 @@ class Budget:
         entry = self.plan.model(name)
         self._t0[name] = time.monotonic()
         if self.replay is None:
-            later = self.plan.models[self.plan.models.index(entry) + 1 :]
-            left = self.hard_deadline() - time.monotonic() - sum(m.train_s for m in later if m.status == "planned")
+            left = self.hard_deadline() - time.monotonic() - self._later(entry)
             was = (entry.status, entry.epochs, entry.rounds)
             self._fit(entry, model_cfg, left)
             if (entry.status, entry.epochs, entry.rounds) != was:
@@ -234,11 +269,44 @@ class Budget:
                 return None
         return self.apply(model_cfg, entry)
 
+    def allowance(self, name: str) -> tuple[float | None, int]:
+        """(the instant ``name`` should end by, the folds it trains): the deadline less the
+        predictions of the planned models after it; (None, 1) when replaying a plan."""
+        if self.replay is not None:
+            return None, 1
+        entry = self.plan.model(name)
+        now = time.monotonic()
+        # The allowance ends short of the deadline: a fold's last epoch, its predictions and its
+        # files come after the check that stops it, and a loaded machine runs an epoch slower.
+        room = max(0.0, self.hard_deadline() - self._later(entry) - now)
+        return now + ALLOWANCE_SHARE * room, self._sizes[1] * (1 + entry.rounds)
+
+    def stops(self, name: str) -> dict[str, int] | None:
+        """A replayed plan's clean stops of ``name``'s folds; None when not replaying."""
+        return self.plan.model(name).stops if self.replay is not None else None
+
     def finished(self, name: str, rounds_done: int) -> None:
         entry = self.plan.model(name)
         entry.status, entry.rounds_done = "done", rounds_done
         entry.measured_s = round(time.monotonic() - self._t0[name], 1)
+        self._record_folds(entry, rounds_done)
         self.write()
+
+    def _record_folds(self, entry: ModelPlan, rounds_done: int) -> None:
+        """The clean stops of the kept rounds' folds, and the share of its epochs the model's
+        own folds ran where early stopping, not the clock, ended them."""
+        if self._model_dir is None or self.replay is not None:
+            return
+        span = entry.epochs or entry.max_epochs
+        shares = []
+        for r, folder in enumerate([entry.name, *(f"{entry.name}@r{k}" for k in range(1, rounds_done + 1))]):
+            for record in probe.fold_records(self._model_dir(folder)):
+                if record.get("stopped_by") == "time":
+                    entry.stops[f"{folder}/fold{record['fold']}"] = int(record["epochs_run"])
+                elif r == 0 and span and "epochs_run" in record:
+                    shares.append(int(record["epochs_run"]) / span)
+        if entry.kind == "net" and shares:
+            self._shares.append(sum(shares) / len(shares))
 
     def cut(self, name: str, rounds_done: int, exc: Exception) -> None:
         """The clock stopped ``name``: the rounds it finished stay (``rounds_done`` from
@@ -248,6 +316,7 @@ class Budget:
         if rounds_done >= 0:
             entry.status, entry.rounds_done, entry.rounds = "done", rounds_done, rounds_done
             entry.why = f"round {rounds_done + 1} stopped by the deadline; the earlier rounds are kept"
+            self._record_folds(entry, rounds_done)
         else:
             entry.status = "cut"
             entry.why = "stopped by the deadline; dropped whole (no fold is kept)"

@@ -25,7 +25,7 @@ class ModelPlan:
     name: str
     kind: str
     epochs: int | None = None  # the epoch cap the plan sets; None: the config's own
-    max_epochs: int | None = None  # the config's own, for the table
+    max_epochs: int | None = None  # the schedule's span at this size: train.epochs, or fewer under train.max_steps
     rounds: int = 0  # pseudo-label rounds the plan allows (at most the config's)
     embed_s: float = 0.0  # predicted: caching the features no earlier model caches
     train_s: float = 0.0  # predicted: every fold, and the rounds
@@ -33,6 +33,9 @@ class ModelPlan:
     why: str = ""
     rounds_done: int = 0  # rounds the run trained (a round stops early when CV stops rising)
     measured_s: float | None = None
+    # Folds the model's allowance stopped cleanly, and after how many epochs:
+    # {"<model folder>/fold<k>": epochs}; a replay stops them there.
+    stops: dict[str, int] = field(default_factory=dict)
 
     @property
     def predicted_s(self) -> float:
@@ -103,7 +106,11 @@ class Plan:
         for m in self.models:
             epochs = "" if m.kind != "net" else f"{m.epochs or m.max_epochs}" + ("*" if m.epochs else "")
             rounds = f" +{m.rounds} round" + ("s" if m.rounds > 1 else "") if m.rounds else ""
-            line(f"train {m.name}{rounds}", m.status, epochs, m.predicted_s, m.measured_s, m.why)
+            note = m.why
+            if m.stops:
+                n = len(m.stops)
+                note = "; ".join(filter(None, [note, f"{n} fold{'s' if n > 1 else ''} stopped by its time share"]))
+            line(f"train {m.name}{rounds}", m.status, epochs, m.predicted_s, m.measured_s, note)
         trials = f"{self.threshold_trials} threshold trials" if self.threshold_trials else ""
         line("second level and submission", "", "", self.reserve_s, None, trials)
         planned = self.folds_s + self.probe_s + sum(m.predicted_s for m in self.kept()) + self.reserve_s

@@ -17,6 +17,7 @@ against the clock before each model, and the trainer stops at the deadline whate
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from capfuse.features.image import cache_files as image_cache_files
 from capfuse.features.store import flip_views, uses_cache
 from capfuse.features.text import cache_files as text_cache_files
 from capfuse.models import MODELS
+from capfuse.models.settings import for_rows, schedule_epochs
 
 REHEARSAL_ROWS = 512  # training rows a net model's rehearsal fits on
 # A linear model's fit grows faster than its rows (more solver iterations on more rows): the
@@ -144,15 +146,27 @@ def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_t
     return {"fold_s": max(0.0, t_all - per_row * len(tr)), "epoch_s": 0.0, "row_epoch_s": per_row, "predict_row_s": 0.0}
 
 
-def epochs_seen(model_dir: Path) -> float | None:
-    """The mean epochs a model's folds ran in earlier runs on this dataset (their ``done.json``),
-    or None when none finished: the best guess of where early stopping ends it here."""
-    runs = []
+def fold_records(model_dir: Path) -> list[dict]:
+    """The ``done.json`` of each finished fold in ``model_dir`` (unreadable ones left out)."""
+    out = []
     for done in sorted(Path(model_dir).glob("fold*/done.json")):
         try:
-            runs.append(int(json.loads(done.read_text(encoding="utf-8"))["epochs_run"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            record = json.loads(done.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
+        if isinstance(record, dict) and "fold" in record:
+            out.append(record)
+    return out
+
+
+def epochs_seen(model_dir: Path) -> float | None:
+    """The mean epochs a model's folds ran in earlier runs on this dataset, where early stopping
+    (not a time budget) ended them; None when none did: the best guess of where it ends here."""
+    runs = [
+        int(r["epochs_run"])
+        for r in fold_records(model_dir)
+        if isinstance(r.get("epochs_run"), int) and r.get("stopped_by") != "time"
+    ]
     return float(np.mean(runs)) if runs else None
 
 
@@ -166,16 +180,38 @@ def fewer_test_rows(feats: dict, n: int) -> dict:
     return out
 
 
+def _split_rows(settings, n_fit: int) -> tuple[int, int]:
+    """(rows a net model's epochs train on, rows early stopping scores after each) of a fold
+    with ``n_fit`` training rows."""
+    t = settings.train
+    n_stop = int(round(n_fit * t.inner_frac)) if t.early_stop != "none" else 0
+    return n_fit - n_stop, n_stop
+
+
+def span(model_cfg: dict, n_fit: int) -> int | None:
+    """The epochs a net model's schedule spans on folds of ``n_fit`` training rows: its
+    ``train.epochs``, or fewer where ``train.max_steps`` caps the steps; None for a linear model."""
+    settings = resolve_model(model_cfg)
+    if settings.kind != "net":
+        return None
+    # A large fold of a cached-feature model trains with a larger batch (models.settings.for_rows).
+    t = settings.train if settings.finetune else for_rows(settings.train, n_fit)
+    rows, _ = _split_rows(settings, n_fit)
+    return schedule_epochs(t, max(1, math.ceil(rows / t.batch_size / t.accumulate)))
+
+
 def fold_seconds(model_cfg: dict, rate: dict, n_fit: int, n_predict: int, epochs: int | None = None) -> float:
-    """One fold of the model from its rehearsal: ``epochs`` (default the config's) over ``n_fit``
-    rows, then ``n_predict`` rows predicted (the held-out fold and the test set)."""
+    """One fold of the model from its rehearsal: ``epochs`` (default its schedule's span) over
+    the fold's ``n_fit`` training rows less the stopping rows, each epoch ending with the stopping
+    rows predicted, then ``n_predict`` rows predicted (the held-out fold and the test set)."""
     settings = resolve_model(model_cfg)
     if settings.kind != "net":
         return rate["fold_s"] + rate["row_epoch_s"] * n_fit
-    e = epochs if epochs is not None else settings.train.epochs
+    e = epochs if epochs is not None else span(model_cfg, n_fit)
+    rows, n_stop = _split_rows(settings, n_fit)
     # refit trains the stopping run and then the whole fold again for the chosen epochs.
     passes = 2.0 if settings.train.early_stop == "refit" else 1.0
-    per_epoch = rate["row_epoch_s"] * n_fit + rate["epoch_s"]
+    per_epoch = rate["row_epoch_s"] * rows + rate["epoch_s"] + rate["predict_row_s"] * n_stop
     return rate["fold_s"] + per_epoch * e * passes + rate["predict_row_s"] * n_predict
 
 

@@ -148,6 +148,14 @@ def train_epochs(
     budgeted = deadline.remaining() is not None and world == 1
     timing: dict = {"step_seconds": [], "epoch_seconds": []}
     completed = start_epoch
+    # A budget's clean stop (capfuse.utils.deadline): with early stopping on and one process, a
+    # fold ends after the epoch whose successor would overrun its share of the model's allowance,
+    # keeping its best epoch like early stopping does; a replayed plan stops it at the same epoch.
+    clean_stop = stop_rows is not None and world == 1
+    replayed = deadline.replayed_stop(deadline.stop_key(fold_dir)) if clean_stop else None
+    if replayed is not None:
+        n_epochs = min(n_epochs, replayed)
+    stopped_by_time = False
     first = start_epoch if bad < s.patience else n_epochs  # a resumed fold that had already stopped
     for epoch in progress(range(first, n_epochs), f"{fold_dir.name} epochs", quiet=None if is_main else True):
         # One generator per (seed, epoch): the order is reproducible and resumes identically.
@@ -233,6 +241,12 @@ def train_epochs(
         completed = epoch + 1
         if bad >= s.patience:
             break
+        if replayed is not None and completed >= replayed:
+            stopped_by_time = True
+        elif clean_stop and completed < n_epochs and _past_share(timing["epoch_seconds"][-1]):
+            stopped_by_time = True
+            log.info("  %s: stopped after epoch %d by its share of the time budget", fold_dir.name, completed)
+            break
 
     if world > 1:
         torch.distributed.barrier()  # rank 0 has written best.safetensors
@@ -264,6 +278,8 @@ def train_epochs(
     }
     if stop_rows is not None:
         info["best_stop_mean_f1"] = round(float(best), 5)
+    if stopped_by_time:
+        info["stopped_by"] = "time"
     if calibration is not None:
         info["logit_scale"], info["logit_shift"] = (round(v, 5) for v in calibration)
     extra = predict(extra_rows) if is_main and extra_rows is not None and len(extra_rows) else None
@@ -271,6 +287,13 @@ def train_epochs(
 
 
 @torch.no_grad()
+def _past_share(epoch_seconds: float) -> bool:
+    """Might one more epoch end past the fold's share of the allowance? It is counted half as long
+    again as the last one: the fold's predictions follow it, and a loaded machine slows it."""
+    end = deadline.fold_end()
+    return end is not None and time.monotonic() + 1.5 * epoch_seconds > end
+
+
 def _swap_weights(net: torch.nn.Module, other: torch.nn.Module) -> None:
     """Exchange the values of two modules of one architecture, parameters and buffers, in place
     (the optimiser and ``predict`` keep their references to ``net``'s tensors)."""

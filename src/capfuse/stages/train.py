@@ -25,7 +25,7 @@ from capfuse.training.jobs import Engine, fold_threads, open_jobs, run_jobs
 from capfuse.training.leaderboard import update_leaderboard
 from capfuse.training.rounds import pseudo_rounds
 from capfuse.training.selection import select_models
-from capfuse.utils.deadline import OutOfTime, deadline
+from capfuse.utils.deadline import OutOfTime, allowance, deadline, stops
 from capfuse.utils.dist import init_distributed, rank_world
 from capfuse.utils.log import log, stage
 
@@ -78,8 +78,13 @@ def run_train(
                     continue
             since = time.time()
             settings = resolve_model(model_cfg)
+            at, folds_to_train = budget.allowance(name) if budget else (None, 1)
             try:
-                with deadline(budget.hard_deadline() if budget else None):
+                with (
+                    deadline(budget.hard_deadline() if budget else None),
+                    allowance(at, folds_to_train),
+                    stops(budget.stops(name) if budget else None),
+                ):
                     board = _train_one(
                         paths, ds, folds, store, name, model_cfg, cfg, engine, serial_threads, job_quiet, board
                     )

@@ -29,6 +29,7 @@ from capfuse.metrics import gap_at_k, mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
 from capfuse.training.fingerprint import run_fingerprint
 from capfuse.training.pseudo import PseudoSource, folds_sha, pseudo_counts, pseudo_targets
+from capfuse.utils import deadline
 from capfuse.utils.dist import barrier, rank_world
 from capfuse.utils.io import read_json, remove_stale_tmp, write_csv, write_json, write_npy, write_text
 from capfuse.utils.lock import fold_lock
@@ -213,7 +214,7 @@ def train_model(
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"
         va = np.flatnonzero(folds == fold)  # every row of the fold is scored, labelled for training or not
-        done = _fold_fingerprint(fold_dir)
+        done = _accepted(_fold_fingerprint(fold_dir), fp, fold_dir)
         if done is not None and done != fp:
             # A fold of another config, data or folds (or from before done.json recorded its
             # fingerprint) is not this run's result: it is trained again, its done.json removed
@@ -272,7 +273,8 @@ def _fit_fold(run: _Run, fold: int, *, write: bool, **inputs) -> None:
         return
     lock = run.out_dir / f".fold{fold}.lock"
     with fold_lock(lock, what=f"capfuse: {run.name} fold {fold}"):
-        if _fold_fingerprint(run.out_dir / f"fold{fold}") == run.fp:
+        fold_dir = run.out_dir / f"fold{fold}"
+        if _accepted(_fold_fingerprint(fold_dir), run.fp, fold_dir) == run.fp:
             return  # a writer that held the lock before this one finished the fold
         _fit_fold_unlocked(run, fold, write=True, **inputs)
 
@@ -323,7 +325,7 @@ def _fit_fold_unlocked(
     extra = ({"pseudo": pseudo} if pseudo else {}) | ({"extra_rows": run.unlabelled} if len(run.unlabelled) else {})
     if write:
         _claim_resume_state(fold_dir, run.fp, f"{name} fold {fold}")
-    with timed("fold", model=name, fold=fold):
+    with timed("fold", model=name, fold=fold), deadline.fold_share():
         result = run.model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
     if write:
         result.info["folds_sha256"] = run.folds_checksum
@@ -349,6 +351,21 @@ def _claim_resume_state(fold_dir: Path, fp: str, what: str) -> None:
         log.info("%s: its last.pt was saved under another fingerprint; training the fold from the start", what)
     fold_dir.mkdir(parents=True, exist_ok=True)
     write_json(fold_dir / RESUME_FILE, {"fingerprint": fp})
+
+
+def _accepted(done: str | None, fp: str, fold_dir: Path) -> str | None:
+    """``fp`` when the finished fold's fingerprint ``done`` is this run's: the same, or the same
+    with the clean stop of a time budget (``deadline.stop_suffix``) that this run allows: the
+    stop a replayed plan names, or any while a budget's deadline is open. A stopped fold is not
+    a run's without a budget: it trains again. Otherwise ``done`` as it is."""
+    if done is None or done == fp:
+        return done
+    replayed = deadline.replayed_stop(deadline.stop_key(fold_dir))
+    if replayed is not None:
+        return fp if done == fp + deadline.stop_suffix(replayed) else done
+    if deadline.remaining() is not None and done.startswith(fp + "+stop"):
+        return fp
+    return done
 
 
 def _empty_dir(path: Path) -> bool:
@@ -385,7 +402,8 @@ def _write_fold(
         "val_mean_f1@0.5": float(mean_sample_f1(Y[va], val_pred)),
         "seconds": round(seconds, 2),
         **result.info,
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint
+        + (deadline.stop_suffix(result.info["epochs_run"]) if result.info.get("stopped_by") == "time" else ""),
     }
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
