@@ -168,6 +168,7 @@ def test_a_large_budget_trains_the_config_and_a_plan_replays_byte_for_byte(tiny_
     assert (tmp_path / "replayed" / "submissions" / "tiny-latest.csv").read_bytes() == sub
     manifest = json.loads((tmp_path / "replayed" / "submissions" / "tiny-latest.json").read_text())
     assert [m["status"] for m in manifest["plan"]["models"]] == ["done", "done"]
+    assert 0 < manifest["plan"]["command_s"] < 7200  # the whole command, as the budget counts it
 
 
 def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run, tmp_path, monkeypatch):

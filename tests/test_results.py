@@ -335,6 +335,31 @@ def test_render_takes_the_newest_file_per_preset_and_says_not_measured(tmp_path)
     assert old.name not in table
 
 
+def test_a_budgeted_run_is_a_row_of_its_own_timed_by_its_whole_command(tmp_path):
+    results = tmp_path / "results"
+    plain = write_runs_file(results, "default", "large", "epyc-avx512bf16-2t", "2026-12-01T08:00:00Z", 48.25, 0.879)
+    frame = pd.DataFrame(
+        [
+            {"kind": "second_level", "name": "stack", "nested_mean_f1": 0.8711},
+            {"kind": "total", "name": "all stages", "minutes": 17.0, "peak_rss_mb": 2048.0},
+            {"kind": "total", "name": "command", "minutes": 19.5},
+        ]
+    )
+    facts = {"dataset": "large", "preset": "default", "train_rows": 30000, "test_rows": 10000, "time_limit_s": 1200.0}
+    machine = fake_machine(date="2026-12-02T08:00:00Z", slug="epyc-avx512bf16-2t")
+    budgeted = write_results(
+        results, "runs", frame, machine, name="large-default-budget1200s", command="capfuse infer", facts=facts
+    ).md
+    table = presets_table(results, tmp_path)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| `")}
+    # The preset's own row keeps the run without a budget; the budget has its row, timed by the
+    # whole command (what the budget counts), not by its stages' sum.
+    assert "48 min 15 s" in lines["`default`"] and "0.8790" in lines["`default`"]
+    row = lines["`default`, `TIME_LIMIT=20m`"]
+    assert "19 min 30 s" in row and "17 min" not in row and "0.8711" in row
+    assert f"]({Path('results/runs') / plain.name})" in table and budgeted.name in table
+
+
 def test_render_with_no_results_files_says_not_measured_everywhere(tmp_path):
     table = presets_table(tmp_path / "results", tmp_path)
     rows = [line for line in table.splitlines() if line.startswith("| `")]

@@ -2,7 +2,8 @@
 
 One row per preset: the time of ``make all`` on the competition-sized copy (dataset ``large``,
 one column per machine found), and the nested CV of the submitted pipeline on the demo and on
-that copy. Each cell is the newest file of its (preset, dataset, machine), and a footnote under
+that copy. Then one row per (preset, ``TIME_LIMIT``) measured: the whole command's time under
+that budget on each machine, and the nested CV of what the budget kept. Each cell is the newest file of its (preset, dataset, machine), and a footnote under
 the table links every file a cell came from; a cell with no file says ``not measured``. The
 README holds the table between two markers, and a test checks that it equals what this module
 renders, so the README cannot drift from the files.
@@ -34,9 +35,10 @@ def read_runs(results_root: Path) -> pd.DataFrame:
         if df.empty or not {"kind", "preset", "dataset", "slug", "date"} <= set(df.columns):
             continue
         first = df.iloc[0]
-        if pd.notna(first.get("time_limit_s", None)):
-            continue  # a budgeted run: what fits a budget, not what the preset costs (docs: time budget)
-        total = df[df["kind"] == "total"]
+        # A budgeted run's time is its whole command (what the budget counts), where recorded.
+        limit = first.get("time_limit_s", None)
+        command = df[(df["kind"] == "total") & (df["name"] == "command")]
+        total = command if pd.notna(limit) and len(command) else df[(df["kind"] == "total") & (df["name"] != "command")]
         second = df[df["kind"] == "second_level"]
         rows.append(
             {
@@ -54,6 +56,8 @@ def read_runs(results_root: Path) -> pd.DataFrame:
                 "minutes": float(total["minutes"].iloc[0]) if len(total) else None,
                 "peak_rss_mb": float(total["peak_rss_mb"].iloc[0]) if len(total) else None,
                 "nested": float(second["nested_mean_f1"].iloc[0]) if len(second) else None,
+                "time_limit_s": float(limit) if pd.notna(limit) else None,
+                "stages_only": pd.notna(limit) and not len(command),
             }
         )
     return pd.DataFrame(rows)
@@ -62,7 +66,7 @@ def read_runs(results_root: Path) -> pd.DataFrame:
 def _newest(runs: pd.DataFrame, **where) -> pd.Series | None:
     hit = runs
     for key, value in where.items():
-        hit = hit[hit[key] == value]
+        hit = hit[hit[key].isna()] if value is None else hit[hit[key] == value]
     if hit.empty:
         return None
     return hit.sort_values(["date", "file"]).iloc[-1]
@@ -71,6 +75,13 @@ def _newest(runs: pd.DataFrame, **where) -> pd.Series | None:
 def _duration(minutes: float) -> str:
     seconds = round(minutes * 60)
     return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def _limit(seconds: float) -> str:
+    """A budget as ``TIME_LIMIT=`` takes it: 20m, 1h, 1h30m, 90s."""
+    s = int(round(seconds))
+    h, m, sec = s // 3600, s % 3600 // 60, s % 60
+    return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec or not (h or m) else "")
 
 
 def _rows_text(runs: pd.DataFrame) -> str:
@@ -104,17 +115,31 @@ def presets_table(results_root: Path, link_from: Path) -> str:
     header += [f"`make all` on `{TIMED}`{rows_text}, {s}" for s in slugs] or [f"`make all` on `{TIMED}`"]
     header += list(SCORED.values())
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for preset in PRESETS:
-        cells = [f"`{preset}`"]
+    budgets = (
+        []
+        if empty
+        else sorted(
+            {(p, t) for p, t in zip(runs["preset"], runs["time_limit_s"], strict=True) if pd.notna(t)},
+            key=lambda pt: (PRESETS.index(pt[0]), pt[1]),
+        )
+    )
+    for preset, limit in [(p, None) for p in PRESETS] + budgets:
+        cells = [f"`{preset}`" + ("" if limit is None else f", `TIME_LIMIT={_limit(limit)}`")]
         for slug in slugs or [None]:
-            row = None if empty or slug is None else _newest(runs, preset=preset, dataset=TIMED, slug=slug)
+            row = (
+                None
+                if empty or slug is None
+                else _newest(runs, preset=preset, dataset=TIMED, slug=slug, time_limit_s=limit)
+            )
             if row is None or row["minutes"] is None or pd.isna(row["minutes"]):
                 cells.append(NOT_MEASURED)
             else:
                 memory = "" if pd.isna(row["peak_rss_mb"]) else f", {row['peak_rss_mb'] / 1024:.1f} GB"
-                cells.append(cite(row, _duration(row["minutes"]) + memory))
+                # A budgeted run from before the whole command was recorded: its stages' sum only.
+                partial = " (stages only)" if row.get("stages_only") == True else ""  # noqa: E712 (a numpy bool)
+                cells.append(cite(row, _duration(row["minutes"]) + partial + memory))
         for dataset in SCORED:
-            row = None if empty else _newest(runs, preset=preset, dataset=dataset)
+            row = None if empty else _newest(runs, preset=preset, dataset=dataset, time_limit_s=limit)
             if row is None or row["nested"] is None or pd.isna(row["nested"]):
                 cells.append(NOT_MEASURED)
             else:

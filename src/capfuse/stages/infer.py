@@ -9,6 +9,7 @@ test row is ever dropped.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,7 @@ def run_infer(
     timestamp: str | None = None,
     storage: str | None = None,
     plan: Plan | None = None,
+    started: float | None = None,
 ) -> dict:
     """stack → thresholds → the checked submission and its manifest; with a budget's ``plan``,
     the second level stacks the models the plan kept and finished, nothing else."""
@@ -190,6 +192,8 @@ def run_infer(
         if plan is not None:
             manifest["plan"] = {
                 "time_limit_s": plan.time_limit_s,
+                # The whole command so far (``started``: when `capfuse all` began), which the budget counts.
+                "command_s": None if started is None else round(time.monotonic() - started, 1),
                 "threshold_trials": plan.threshold_trials,
                 "file": str(paths.runs / PLAN_FILE),
                 "models": [
@@ -295,7 +299,7 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
     # A budgeted `capfuse all` (--time-limit or --plan): the train step wrote the plan it kept to.
     budgeted = getattr(args, "time_limit", None) is not None or getattr(args, "plan", None) is not None
     plan = Plan.read(paths.runs / PLAN_FILE) if budgeted else None
-    result = run_infer(paths, cfg, quiet=quiet, storage=args.storage, plan=plan)
+    result = run_infer(paths, cfg, quiet=quiet, storage=args.storage, plan=plan, started=getattr(args, "started", None))
     m = result["manifest"]
     print("\n" + summary_table(paths))
     print(
