@@ -171,56 +171,13 @@ def test_a_large_budget_trains_the_config_and_a_plan_replays_byte_for_byte(tiny_
     assert 0 < manifest["plan"]["command_s"] < 7200  # the whole command, as the budget counts it
 
 
-def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run, tmp_path, monkeypatch):
-    # The probe says every fold costs nothing, so the plan keeps a net model that in truth
-    # trains for minutes (many epochs, no early stop); the clock must stop it.
-    monkeypatch.setattr(
-        guard_mod.probe,
-        "rehearse",
-        lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
-    )
-    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
-    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (2.0, 0.0))
-    data = _copy_inputs(tiny_run, tmp_path / "p")
-    limit = 40.0
-    start = time.monotonic()
-    code = _all(
-        tmp_path / "p",
-        data,
-        "--config",
-        str(tiny_run.config),
-        "--set",
-        "models=[caption_linear,caption_mlp]",
-        "--set",
-        "train.epochs=100000",
-        "--set",
-        "train.early_stop=none",
-        "--set",
-        "train.calibrate=false",
-        "--time-limit",
-        f"{limit:.0f}s",
-    )
-    took = time.monotonic() - start
-    assert code == 0
-    assert took <= limit * 1.05, f"the budgeted run took {took:.1f} s for a {limit:.0f} s budget"
-    runs = tmp_path / "p" / "runs" / "tiny"
-    plan = Plan.read(runs / "plan.json")
-    status = {m.name: m.status for m in plan.models}
-    assert status == {"caption_linear": "done", "caption_mlp": "cut"}
-    assert "deadline" in plan.model("caption_mlp").why
-    oof = pd.read_csv(runs / "caption_linear" / "oof_logits.csv")
-    rows, _ = read_split(data / "train.csv", "train")
-    assert len(oof) == len(rows) and not oof.isna().any().any()
-    manifest = json.loads((tmp_path / "p" / "submissions" / "tiny-latest.json").read_text())
-    assert list(manifest["models"]) == ["caption_linear"]  # the second level used what finished
-
-
-ENDLESS = ("--set", "models=[caption_linear,endless_mlp]")
+ENDLESS = ("--set", "models=[caption_linear,endless_mlp,unstoppable_mlp]")
 
 
 def _slow_config(root: Path) -> Path:
-    """A pipeline of the caption linear model and a caption MLP that early stopping never ends
-    (endless epochs and patience): only its share of the budget can."""
+    """A pipeline of the caption linear model, a caption MLP that early stopping never ends
+    (endless epochs and patience: only its share of the budget can), and one without early
+    stopping (no best epoch to keep: only the deadline can stop it, and then it is dropped)."""
     configs = REPO / "configs"
     (root / "configs" / "models").mkdir(parents=True)
     (root / "configs" / "models" / "caption_linear.yaml").write_text(
@@ -230,24 +187,35 @@ def _slow_config(root: Path) -> Path:
         f"inherit: {configs / 'models' / 'caption_mlp.yaml'}\n"
         "train: {epochs: 100000, patience: 100000, calibrate: false}\n"
     )
+    (root / "configs" / "models" / "unstoppable_mlp.yaml").write_text(
+        f"inherit: {configs / 'models' / 'caption_mlp.yaml'}\n"
+        "train: {epochs: 100000, early_stop: none, calibrate: false}\n"
+    )
     pipeline = root / "configs" / "pipeline.yaml"
-    pipeline.write_text(f"inherit: {configs / 'pipeline.yaml'}\nmodels: [caption_linear, endless_mlp]\n")
+    pipeline.write_text(
+        f"inherit: {configs / 'pipeline.yaml'}\nmodels: [caption_linear, endless_mlp, unstoppable_mlp]\n"
+    )
     return pipeline
 
 
-def test_a_model_that_overruns_its_share_stops_cleanly_and_the_plan_replays_it(tiny_run, tmp_path, monkeypatch):
-    # The probe says training costs nothing, so the plan keeps the endless MLP with every epoch:
-    # each fold must stop at its share of the allowance, keeping its best epoch and every row.
+def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run, tmp_path, monkeypatch):
+    # The probe says training costs (next to) nothing, so the plan keeps both MLPs with every epoch: the
+    # endless one's folds must stop at their share of its allowance, keeping their best epoch and
+    # every row; the unstoppable one must be stopped by the deadline and dropped whole.
     monkeypatch.setattr(
         guard_mod.probe,
         "rehearse",
-        lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
+        # The unstoppable MLP is said to cost half a second a fold, which the endless one's allowance leaves it.
+        lambda model_cfg, **k: (
+            dict.fromkeys(("epoch_s", "row_epoch_s", "predict_row_s"), 0.0)
+            | {"fold_s": 0.5 if model_cfg["name"] == "unstoppable_mlp" else 0.0}
+        ),
     )
     monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
     monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (2.0, 0.0))
     config = _slow_config(tmp_path / "cfg")
     data = _copy_inputs(tiny_run, tmp_path / "p")
-    limit = 30.0
+    limit = 40.0
     start = time.monotonic()
     code = _all(tmp_path / "p", data, "--config", str(config), *ENDLESS, "--time-limit", f"{limit:.0f}s")
     took = time.monotonic() - start
@@ -255,7 +223,11 @@ def test_a_model_that_overruns_its_share_stops_cleanly_and_the_plan_replays_it(t
     assert took <= limit * 1.05, f"the budgeted run took {took:.1f} s for a {limit:.0f} s budget"
     runs = tmp_path / "p" / "runs" / "tiny"
     plan = Plan.read(runs / "plan.json")
-    assert {m.name: m.status for m in plan.models} == {"caption_linear": "done", "endless_mlp": "done"}
+    status = {m.name: m.status for m in plan.models}
+    assert status["caption_linear"] == status["endless_mlp"] == "done"
+    # What the endless one left may be too little to start the unstoppable one: dropped then,
+    # else stopped by the deadline mid-fold and dropped whole ("cut"); never half-kept.
+    assert status["unstoppable_mlp"] in ("cut", "dropped")
     stops = plan.model("endless_mlp").stops
     assert sorted(stops) == [f"endless_mlp/fold{k}" for k in range(3)]
     for key, epochs in stops.items():
@@ -266,7 +238,7 @@ def test_a_model_that_overruns_its_share_stops_cleanly_and_the_plan_replays_it(t
     rows, _ = read_split(data / "train.csv", "train")
     assert len(oof) == len(rows) and not oof.isna().any().any()
     manifest = json.loads((tmp_path / "p" / "submissions" / "tiny-latest.json").read_text())
-    assert sorted(manifest["models"]) == ["caption_linear", "endless_mlp"]
+    assert sorted(manifest["models"]) == ["caption_linear", "endless_mlp"]  # the second level used what finished
     sub = (tmp_path / "p" / "submissions" / "tiny-latest.csv").read_bytes()
 
     # Replayed: the same folds stop at the same epochs, without a clock: the same submission.
@@ -278,3 +250,28 @@ def test_a_model_that_overruns_its_share_stops_cleanly_and_the_plan_replays_it(t
     fp = json.loads((replayed / "fingerprint.json").read_text())["fingerprint"]
     done = json.loads((replayed / "fold0" / "done.json").read_text())["fingerprint"]
     assert done != fp and _accepted(done, fp, replayed / "fold0") == done
+
+
+def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_run, tmp_path, monkeypatch):
+    # Nothing to keep from a fold stopped mid-way when there is no best epoch: the deadline stops
+    # the unstoppable MLP at a training step, and the second level sees the models that finished.
+    monkeypatch.setattr(
+        guard_mod.probe,
+        "rehearse",
+        lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
+    )
+    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
+    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (0.0, 0.0))
+    config = _slow_config(tmp_path / "cfg")
+    data = _copy_inputs(tiny_run, tmp_path / "p")
+    limit = 25.0
+    start = time.monotonic()
+    only = ("--set", "models=[caption_linear,unstoppable_mlp]")
+    assert _all(tmp_path / "p", data, "--config", str(config), *only, "--time-limit", f"{limit:.0f}s") == 0
+    took = time.monotonic() - start
+    assert took <= limit * 1.05, f"the budgeted run took {took:.1f} s for a {limit:.0f} s budget"
+    plan = Plan.read(tmp_path / "p" / "runs" / "tiny" / "plan.json")
+    assert {m.name: m.status for m in plan.models} == {"caption_linear": "done", "unstoppable_mlp": "cut"}
+    assert "deadline" in plan.model("unstoppable_mlp").why
+    manifest = json.loads((tmp_path / "p" / "submissions" / "tiny-latest.json").read_text())
+    assert list(manifest["models"]) == ["caption_linear"]
