@@ -21,7 +21,7 @@ import pytest
 
 import capfuse.budget.guard as guard_mod
 from capfuse.budget import ModelPlan, Plan, parse_duration
-from capfuse.budget.guard import Budget, plan_trials
+from capfuse.budget.guard import Budget, plan_second_level, plan_trials
 from capfuse.cli import main
 from capfuse.data.csvio import read_split
 from capfuse.training.cv import _accepted
@@ -111,6 +111,31 @@ def test_the_threshold_study_gets_fewer_trials_only_when_the_second_level_would_
     assert plan_trials(300, stack_s=100, per_trial=2.0, limit_s=1200) == 100  # (300 - 100) / 2
     assert plan_trials(300, stack_s=100, per_trial=20.0, limit_s=1200) == 50  # never under 50
     assert plan_trials(300, stack_s=0, per_trial=0.0, limit_s=60) == 300
+
+
+def test_the_stacker_is_left_out_only_when_the_second_level_would_crowd_the_budget():
+    cands = ("best_single", "weighted_blend", "stack")
+    assert plan_second_level(cands, stack_s=100, lightgbm_s=90, limit_s=3600) == (None, 100)
+    assert plan_second_level(cands, stack_s=1000, lightgbm_s=900, limit_s=1200) == (
+        ("best_single", "weighted_blend"),
+        100,
+    )
+    assert plan_second_level(("stack",), stack_s=1000, lightgbm_s=900, limit_s=1200) == (None, 1000)
+
+
+def test_when_no_model_fits_the_cheapest_is_trained_without_a_deadline(tmp_path):
+    b = _budget(0, {})
+    b.plan_path = tmp_path / "plan.json"
+    b.plan.models = [
+        ModelPlan(name="a", kind="net", status="dropped", train_s=50.0),
+        ModelPlan(name="b", kind="linear", status="dropped", train_s=5.0),
+    ]
+    b._keep_one({"a": NET, "b": LINEAR})
+    assert [m.status for m in b.plan.models] == ["dropped", "planned"]
+    assert "past the budget" in b.plan.model("b").why
+    assert b.hard_deadline() is None and b.allowance("b") == (None, 1)
+    b._t0 = {}
+    assert b.before_model("a", NET) is None and b.before_model("b", LINEAR) == LINEAR
 
 
 def test_a_plan_round_trips_and_names_the_second_levels_models(tmp_path):
@@ -212,7 +237,7 @@ def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run,
         ),
     )
     monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
-    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (2.0, 0.0))
+    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (2.0, 0.0, 0.0))
     config = _slow_config(tmp_path / "cfg")
     data = _copy_inputs(tiny_run, tmp_path / "p")
     limit = 40.0
@@ -261,7 +286,7 @@ def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_ru
         lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
     )
     monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
-    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (0.0, 0.0))
+    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (0.0, 0.0, 0.0))
     config = _slow_config(tmp_path / "cfg")
     data = _copy_inputs(tiny_run, tmp_path / "p")
     limit = 25.0

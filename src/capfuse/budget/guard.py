@@ -44,6 +44,17 @@ ALLOWANCE_SHARE = 0.9  # a model's allowance: this share of the time the plan le
 MIN_TRIALS = 50  # never fewer threshold-study trials (the coordinate-ascent polish follows them)
 
 
+def plan_second_level(
+    candidates: tuple[str, ...], stack_s: float, lightgbm_s: float, limit_s: float
+) -> tuple[tuple[str, ...] | None, float]:
+    """(the candidates, None for the config's own; their predicted seconds): the LightGBM stacker
+    is left out when the candidates would take more than ``RESERVE_SHARE`` of the budget with it
+    and the blends remain, as AutoGluon leaves out stacking when time is short."""
+    if stack_s <= RESERVE_SHARE * limit_s or "stack" not in candidates or len(candidates) < 2:
+        return None, stack_s
+    return tuple(c for c in candidates if c != "stack"), max(0.0, stack_s - lightgbm_s)
+
+
 def plan_trials(trials: int, stack_s: float, per_trial: float, limit_s: float) -> int:
     """The threshold study's trials: the config's, or fewer (never under ``MIN_TRIALS``) when the
     second level would take more than ``RESERVE_SHARE`` of the budget with them."""
@@ -67,6 +78,7 @@ class Budget:
         self._cfgs: dict[str, dict] = {}
         self._model_dir: Callable[[str], Path] | None = None
         self._shares: list[float] = []  # share of its epochs each finished net model ran
+        self.keep_anyway: str | None = None  # the model kept although nothing fitted (no deadline for it)
 
     # -- the clock -------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -80,8 +92,11 @@ class Budget:
         return 0.0 if self.plan is None else self.plan.reserve_s * RESERVE_MARGIN + RESERVE_FLOOR_S
 
     def hard_deadline(self) -> float | None:
-        """The instant (monotonic) training must stop by; None when replaying a plan."""
-        return None if self.replay is not None else self.started + self.limit_s - self._reserve()
+        """The instant (monotonic) training must stop by; None when replaying a plan or training
+        the one model kept although none fitted (a deadline would leave the run without any)."""
+        if self.replay is not None or self.keep_anyway is not None:
+            return None
+        return self.started + self.limit_s - self._reserve()
 
     # -- planning --------------------------------------------------------------------------------
     def plan_models(
@@ -108,7 +123,8 @@ class Budget:
             n_train, n_test = len(ds.train_ids), len(ds.test_ids)
             n_fit = n_train - n_train // k
             embed, rates = probe.embed_costs(ds, models)
-            stack_s, per_trial = probe.second_level_costs(cfg, n_train, len(ds.class_ids), len(models), k)
+            stack_s, lightgbm_s, per_trial = probe.second_level_costs(cfg, n_train, len(ds.class_ids), len(models), k)
+            candidates, stack_s = plan_second_level(resolve(cfg).ensemble.candidates, stack_s, lightgbm_s, self.limit_s)
             trials = plan_trials(resolve(cfg).threshold.trials, stack_s, per_trial, self.limit_s)
             reserve = stack_s + per_trial * trials
             probe_s = time.monotonic() - t0
@@ -118,8 +134,14 @@ class Budget:
                 folds_s=round(folds_s, 1),
                 probe_s=0.0,
                 models=[],
-                probe={"rates": rates, "stack_s": round(stack_s, 1), "threshold_trial_s": round(per_trial, 4)},
+                probe={
+                    "rates": rates,
+                    "stack_s": round(stack_s, 1),
+                    "lightgbm_s": round(lightgbm_s, 1),
+                    "threshold_trial_s": round(per_trial, 4),
+                },
                 threshold_trials=trials if trials != resolve(cfg).threshold.trials else None,
+                candidates=list(candidates) if candidates is not None else None,
                 machine=self.machine,
             )
             # The encoders first: a model whose features would take more than its share is dropped
@@ -161,6 +183,7 @@ class Budget:
             self._fit(entry, model_cfg, left)
             if entry.status == "planned":
                 left -= entry.train_s
+        self._keep_one(kept)
         self.write()
         log.info("the plan (%s):\n%s", self.plan_path, self.plan.table())
         # The models dropped here for their training time are looked at again when their turn
@@ -228,6 +251,23 @@ class Budget:
         entry.status, entry.train_s = "dropped", round(total(None, entry.rounds), 1)
         entry.why = f"predicted {entry.train_s:.0f} s, {max(0.0, left):.0f} s left"
 
+    def _keep_one(self, kept: dict[str, dict]) -> None:
+        """A submission needs a model: when none fits, the one predicted cheapest is kept anyway,
+        with a warning that the run will end past the budget."""
+        if not kept or any(m.status == "planned" for m in self.plan.models):
+            return
+        cheapest = min((self.plan.model(n) for n in kept), key=lambda m: m.train_s)
+        cheapest.status = "planned"
+        cheapest.why = "no model fits the budget: the cheapest is trained anyway, past the budget"
+        self.keep_anyway = cheapest.name
+        log.warning(
+            "time budget: %s leaves no time for any model; training the cheapest, %s (predicted %.0f s), "
+            "so the run will end past the budget",
+            format_duration(self.limit_s),
+            cheapest.name,
+            cheapest.train_s,
+        )
+
     def _replayed(self, models: dict[str, dict]) -> dict[str, dict]:
         plan = self.replay
         unknown = sorted({m.name for m in plan.models} - set(models))
@@ -258,6 +298,8 @@ class Budget:
         capped, gets back what the models before it left unused."""
         entry = self.plan.model(name)
         self._t0[name] = time.monotonic()
+        if self.keep_anyway is not None:  # nothing fitted: the cheapest model alone, without a clock
+            return self.apply(model_cfg, entry) if name == self.keep_anyway else None
         if self.replay is None:
             left = self.hard_deadline() - time.monotonic() - self._later(entry)
             was = (entry.status, entry.epochs, entry.rounds)
@@ -272,7 +314,7 @@ class Budget:
     def allowance(self, name: str) -> tuple[float | None, int]:
         """(the instant ``name`` should end by, the folds it trains): the deadline less the
         predictions of the planned models after it; (None, 1) when replaying a plan."""
-        if self.replay is not None:
+        if self.hard_deadline() is None:
             return None, 1
         entry = self.plan.model(name)
         now = time.monotonic()

@@ -58,6 +58,7 @@ class Plan:
     models: list[ModelPlan]
     probe: dict = field(default_factory=dict)  # the measured rates the predictions come from
     threshold_trials: int | None = None  # fewer threshold-study trials than the config's, to fit
+    candidates: list[str] | None = None  # the second level's candidates, when the plan leaves the stacker out
     machine: dict = field(default_factory=dict)
     format: int = FORMAT
 
@@ -111,8 +112,9 @@ class Plan:
                 n = len(m.stops)
                 note = "; ".join(filter(None, [note, f"{n} fold{'s' if n > 1 else ''} stopped by its time share"]))
             line(f"train {m.name}{rounds}", m.status, epochs, m.predicted_s, m.measured_s, note)
-        trials = f"{self.threshold_trials} threshold trials" if self.threshold_trials else ""
-        line("second level and submission", "", "", self.reserve_s, None, trials)
+        notes = [f"{self.threshold_trials} threshold trials" if self.threshold_trials else ""]
+        notes.append(f"candidates {', '.join(self.candidates)} (no stacker)" if self.candidates else "")
+        line("second level and submission", "", "", self.reserve_s, None, "; ".join(filter(None, notes)))
         planned = self.folds_s + self.probe_s + sum(m.predicted_s for m in self.kept()) + self.reserve_s
         lines.append(
             f"{'total planned':<44} {'':>8} {'':>7} {planned:10.0f} {'':>9}  "

@@ -129,6 +129,8 @@ def run_infer(
         cfg = deep_merge(cfg, {"ensemble": {"models": plan.ensemble_names(resolve(cfg).ensemble.rounds)}})
         if plan.threshold_trials is not None:
             cfg = deep_merge(cfg, {"threshold": {"trials": plan.threshold_trials}})
+        if plan.candidates is not None:
+            cfg = deep_merge(cfg, {"ensemble": {"candidates": list(plan.candidates)}})
     ds = load_dataset(paths, cfg, quiet=quiet)
     stacked = fit_stack(paths, cfg, ds)
     cut = fit_thresholds(paths, cfg, ds, storage=storage)
@@ -195,6 +197,7 @@ def run_infer(
                 # The whole command so far (``started``: when `capfuse all` began), which the budget counts.
                 "command_s": None if started is None else round(time.monotonic() - started, 1),
                 "threshold_trials": plan.threshold_trials,
+                "candidates": plan.candidates,
                 "file": str(paths.runs / PLAN_FILE),
                 "models": [
                     {
