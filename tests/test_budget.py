@@ -24,7 +24,7 @@ from capfuse.budget import ModelPlan, Plan, parse_duration
 from capfuse.budget.guard import Budget, plan_second_level, plan_trials
 from capfuse.cli import main
 from capfuse.data.csvio import read_split
-from capfuse.training.cv import _accepted
+from capfuse.training.fold_state import accepted
 from conftest import TINY_RUN_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,7 +274,7 @@ def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run,
     replayed = tmp_path / "r" / "runs" / "tiny" / "endless_mlp"
     fp = json.loads((replayed / "fingerprint.json").read_text())["fingerprint"]
     done = json.loads((replayed / "fold0" / "done.json").read_text())["fingerprint"]
-    assert done != fp and _accepted(done, fp, replayed / "fold0") == done
+    assert done != fp and accepted(done, fp, replayed / "fold0") == done
 
 
 def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_run, tmp_path, monkeypatch):

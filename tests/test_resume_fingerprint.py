@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from capfuse.training.cv import RESUME_FILE, _claim_resume_state
+from capfuse.training.fold_state import RESUME_FILE, claim_resume_state
 from capfuse.utils.io import read_json, write_json
 
 
@@ -21,18 +21,18 @@ def _fold(tmp_path, owner: str | None):
 def test_last_pt_of_another_fingerprint_is_not_resumed(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="capfuse")
     fold = _fold(tmp_path, "old-config")
-    _claim_resume_state(fold, "new-config", "m fold 0")
+    claim_resume_state(fold, "new-config", "m fold 0")
     assert not (fold / "last.pt").exists() and "another fingerprint" in caplog.text
     assert read_json(fold / RESUME_FILE)["fingerprint"] == "new-config"
 
 
 def test_last_pt_without_an_owner_is_not_resumed(tmp_path):
     fold = _fold(tmp_path, None)
-    _claim_resume_state(fold, "new-config", "m fold 0")
+    claim_resume_state(fold, "new-config", "m fold 0")
     assert not (fold / "last.pt").exists()
 
 
 def test_last_pt_of_this_run_is_resumed(tmp_path):
     fold = _fold(tmp_path, "same")
-    _claim_resume_state(fold, "same", "m fold 0")
+    claim_resume_state(fold, "same", "m fold 0")
     assert (fold / "last.pt").read_bytes() == b"weights of some config"

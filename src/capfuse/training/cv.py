@@ -28,6 +28,7 @@ from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
 from capfuse.metrics import gap_at_k, mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
 from capfuse.training.fingerprint import run_fingerprint
+from capfuse.training.fold_state import accepted, claim_resume_state, fold_fingerprint
 from capfuse.training.pseudo import PseudoSource, folds_sha, pseudo_counts, pseudo_targets
 from capfuse.utils import deadline
 from capfuse.utils.dist import barrier, rank_world
@@ -154,7 +155,7 @@ def open_run(name: str, model_cfg: dict, *, out_dir: Path, **inputs) -> list[int
     _open(run, model_cfg)
     pending = []
     for fold in range(int(inputs["folds"].max()) + 1):
-        done = _fold_fingerprint(out_dir / f"fold{fold}")
+        done = fold_fingerprint(out_dir / f"fold{fold}")
         if done is not None and done != run.fp:
             (out_dir / f"fold{fold}" / "done.json").unlink()
         if done != run.fp:
@@ -172,7 +173,7 @@ def train_fold(name: str, model_cfg: dict, fold: int, *, out_dir: Path, **inputs
     run = _plan(name, model_cfg, out_dir, inputs)
     if read_fingerprint(out_dir) != run.fp:
         raise RuntimeError(f"{name} fold {fold}: {out_dir} is not open for this run (open_run first)")
-    if _fold_fingerprint(out_dir / f"fold{fold}") == run.fp:
+    if fold_fingerprint(out_dir / f"fold{fold}") == run.fp:
         return False
     _fit_fold(run, fold, **{key: inputs[key] for key in ("feats", "Y", "folds", "train_ids", "test_ids")}, write=True)
     return True
@@ -214,7 +215,7 @@ def train_model(
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"
         va = np.flatnonzero(folds == fold)  # every row of the fold is scored, labelled for training or not
-        done = _accepted(_fold_fingerprint(fold_dir), fp, fold_dir)
+        done = accepted(fold_fingerprint(fold_dir), fp, fold_dir)
         if done is not None and done != fp:
             # A fold of another config, data or folds (or from before done.json recorded its
             # fingerprint) is not this run's result: it is trained again, its done.json removed
@@ -274,7 +275,7 @@ def _fit_fold(run: _Run, fold: int, *, write: bool, **inputs) -> None:
     lock = run.out_dir / f".fold{fold}.lock"
     with fold_lock(lock, what=f"capfuse: {run.name} fold {fold}"):
         fold_dir = run.out_dir / f"fold{fold}"
-        if _accepted(_fold_fingerprint(fold_dir), run.fp, fold_dir) == run.fp:
+        if accepted(fold_fingerprint(fold_dir), run.fp, fold_dir) == run.fp:
             return  # a writer that held the lock before this one finished the fold
         _fit_fold_unlocked(run, fold, write=True, **inputs)
 
@@ -324,7 +325,7 @@ def _fit_fold_unlocked(
             write_npy(fold_dir / "pseudo_mask.npy", pseudo.mask)
     extra = ({"pseudo": pseudo} if pseudo else {}) | ({"extra_rows": run.unlabelled} if len(run.unlabelled) else {})
     if write:
-        _claim_resume_state(fold_dir, run.fp, f"{name} fold {fold}")
+        claim_resume_state(fold_dir, run.fp, f"{name} fold {fold}")
     with timed("fold", model=name, fold=fold), deadline.fold_share():
         result = run.model.fit_fold(feats, Y, tr, va, fold_dir=fold_dir, **extra)
     if write:
@@ -334,52 +335,8 @@ def _fit_fold_unlocked(
         )
 
 
-RESUME_FILE = "resume.json"  # the fingerprint that the fold's last.pt (its mid-training state) belongs to
-
-
-def _claim_resume_state(fold_dir: Path, fp: str, what: str) -> None:
-    """Keep ``last.pt`` only if it was saved under this run's fingerprint, then mark the fold as
-    this run's. A fold left half-trained by an older config (or written by a job of an older
-    run that outlived it) would otherwise resume from weights another config trained."""
-    last = fold_dir / "last.pt"
-    try:
-        owner = read_json(fold_dir / RESUME_FILE).get("fingerprint")
-    except (FileNotFoundError, ValueError, AttributeError):
-        owner = None
-    if last.exists() and owner != fp:
-        last.unlink()
-        log.info("%s: its last.pt was saved under another fingerprint; training the fold from the start", what)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    write_json(fold_dir / RESUME_FILE, {"fingerprint": fp})
-
-
-def _accepted(done: str | None, fp: str, fold_dir: Path) -> str | None:
-    """``fp`` when the finished fold's fingerprint ``done`` is this run's: the same, or the same
-    with the clean stop of a time budget (``deadline.stop_suffix``) that this run allows: the
-    stop a replayed plan names, or any while a budget's deadline is open. A stopped fold is not
-    a run's without a budget: it trains again. Otherwise ``done`` as it is."""
-    if done is None or done == fp:
-        return done
-    replayed = deadline.replayed_stop(deadline.stop_key(fold_dir))
-    if replayed is not None:
-        return fp if done == fp + deadline.stop_suffix(replayed) else done
-    if deadline.remaining() is not None and done.startswith(fp + "+stop"):
-        return fp
-    return done
-
-
 def _empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
-
-
-def _fold_fingerprint(fold_dir: Path) -> str | None:
-    """The fingerprint a finished fold was trained under: "" for a done.json without one
-    (written before it was recorded), None when the fold is not finished."""
-    try:
-        record = read_json(fold_dir / "done.json")
-    except FileNotFoundError:
-        return None
-    return str(record.get("fingerprint", "")) if isinstance(record, dict) else ""
 
 
 def _write_fold(
