@@ -13,6 +13,11 @@ fold 0's rows (same images, captions and fold file). What the code promises, and
   the same base logits: ``capfuse stack`` with fold 0's labels shuffled and with them restored
   gives fold 0 the same probabilities and the other folds different ones.
 
+The same holds with the choice among candidates made on the test-like rows
+(``ensemble.shift.use: always``): fold 0's rows of ``oof_probs_nested.csv`` come from the
+candidate chosen on the other folds alone, so fold 0's labels steer neither the candidate nor
+its probabilities there.
+
 The submitted thresholds are tuned on every OOF row (in-sample, as the manifest says), so they
 are not part of the promise.
 """
@@ -102,3 +107,24 @@ def test_fold0_second_level_probabilities_ignore_fold0_labels(tiny_run, shuffled
     assert read_json(own.root / "runs" / "tiny" / "ensemble" / "stack.json")["chosen"] == candidate
     pd.testing.assert_frame_equal(shuffled_labels[0], true_labels[0], check_exact=True, obj=f"{candidate}: fold 0")
     assert not shuffled_labels[1].equals(true_labels[1]), f"{candidate}: the other folds' probabilities did not move"
+
+
+@pytest.mark.slow
+def test_fold0_second_level_probabilities_ignore_fold0_labels_when_chosen_on_test_like_rows(
+    tiny_run, shuffled, tmp_path
+):
+    run, fold0 = shuffled
+    own = TinyRun(tmp_path / "project", tmp_path / "project" / "data" / run.data.name, run.config)
+    shutil.copytree(run.root, own.root, symlinks=True, ignore=shutil.ignore_patterns("cache"))
+    ens = own.root / "runs" / "tiny" / "ensemble"
+    assert (own.root / "runs" / "tiny" / "shift_scores.csv").exists()
+    _run(own, "stack", "--set", "ensemble.shift.use=always")
+    # The nested choice's OOF probabilities (the kept candidate's own are in oof_probs.csv).
+    shuffled_labels = _by_fold(ens / "oof_probs_nested.csv", fold0)
+    shutil.copy(tiny_run.data / "train.csv", own.data / "train.csv")  # fold 0's true labels again
+    _run(own, "stack", "--set", "ensemble.shift.use=always")
+    true_labels = _by_fold(ens / "oof_probs_nested.csv", fold0)
+    choice = read_json(ens / "stack.json")["choice"]
+    assert choice["score"] == "like_nested_mean_f1" and len(choice["per_fold"]) == 3
+    pd.testing.assert_frame_equal(shuffled_labels[0], true_labels[0], check_exact=True, obj="fold 0")
+    assert not shuffled_labels[1].equals(true_labels[1]), "the other folds' probabilities did not move"

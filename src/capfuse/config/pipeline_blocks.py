@@ -62,6 +62,13 @@ class FoldsSettings:
     # prediction for the thresholds and the second level to be fitted on.
     k: Annotated[int, Strict(), Ge(2)] = 5
     seed: Seed = 42  # fixed, so folds/<dataset>.csv is the same on every machine
+    # auto: near-duplicate training images (found from the first cached image model's vectors)
+    # stay in one fold (docs/shift.md, "Grouped folds"). none: folds over rows, as random K-fold.
+    groups: Literal["auto", "none"] = "none"
+    # auto links two images closer than this share of the median distance of a training image to
+    # its 10th nearest other one. On the demo, which holds no copies, even the closest pair sits a
+    # little above it; most photos cropped by a few percent and re-encoded sit below it.
+    group_ratio: Annotated[float, Strict(), Gt(0), Lt(1)] = 0.35
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,29 @@ class ThresholdSettings:
 
 CANDIDATES = ("best_single", "mean_blend", "weighted_blend", "stack")
 ENSEMBLE_ROUNDS = ("all", "last")
+SHIFT_CHOICE = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class EnsembleShiftSettings:
+    """``ensemble.shift:``: the second level under a train/test shift (docs/shift.md)."""
+
+    # auto: candidates are chosen on the test-like rows only when the shift report warns, so a
+    # run without a shift keeps the choice by all rows; always or never force it either way.
+    use: Literal[SHIFT_CHOICE] = "auto"
+    # The test-like rows: this share of the training rows, the highest by shift_scores.csv. A
+    # quarter keeps 500 rows of 2,000, enough for a mean F1 to be compared, while staying in
+    # the tail the adversarial classifier tells apart; on data/shifted a tenth, a quarter and a
+    # half rank the base models' falls alike, and the bootstrap noise of a fall nearly halves
+    # from a tenth to a quarter.
+    share: Share = 0.25
+    # A base model is capped when its mean F1 falls from all rows to the test-like rows by this
+    # much more than the median fall of the others: above the bootstrap standard error of that
+    # excess for every base model of data/shifted at a quarter, so noise alone rarely caps one.
+    tolerance: NonNegative = 0.01
+    # The largest blend weight a capped model may keep (the stacker also stops splitting on its
+    # columns): half, so it can still lead a blend but never be the whole of it.
+    cap: Share = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +130,7 @@ class EnsembleSettings:
     # LightGBM parameters of the stacker (defaults: capfuse.ensemble.stack.DEFAULT_PARAMS), plus
     # ``num_rounds`` and ``init`` (blend or constant); checked by name against that module.
     stack: Mapping = field(default_factory=dict, metadata={"check": "stack"})
+    shift: EnsembleShiftSettings = block(EnsembleShiftSettings)
 
 
 @dataclass(frozen=True)

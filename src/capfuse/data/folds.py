@@ -3,7 +3,9 @@
 One fold file shared by all models is what lets their out-of-fold predictions line up, so that
 thresholds and the stacker are fitted on predictions no model made for its own training rows.
 Iterative stratification (Sechidis et al., 2011, via ``iterative-stratification``) keeps each
-class's share close to equal across folds, which plain K-fold does not for rare classes.
+class's share close to equal across folds, which plain K-fold does not for rare classes. With
+groups of near-duplicate rows (``capfuse.data.groups``), ``make_group_folds`` keeps each group
+in one fold, and the file gains a ``group`` column that records it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
+from capfuse.data.groups import group_folds
 from capfuse.utils.io import write_csv
+
+GROUP = "group"  # the fold file's column of group ids, present when the folds were grouped
 
 
 class FoldsError(ValueError):
@@ -44,13 +49,7 @@ def _preview(items: Sequence, n: int = 5) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def make_folds(image_ids: Sequence[str], Y: np.ndarray, k: int = 5, seed: int = 42) -> pd.DataFrame:
-    """Assign each image to one of ``k`` folds; columns ``ImageID, fold`` in input order.
-
-    Deterministic for a given ``seed``: the splitter shuffles with it (``shuffle=True`` is what
-    makes ``random_state`` take effect) and also breaks its internal ties with it.
-    """
-
+def _checked(image_ids: Sequence[str], Y: np.ndarray, k: int) -> tuple[list[str], np.ndarray, int]:
     ids = [str(i) for i in image_ids]
     if isinstance(k, bool) or int(k) != k or k < 2:
         raise ValueError(f"k must be an integer >= 2, got {k!r}")
@@ -60,7 +59,17 @@ def make_folds(image_ids: Sequence[str], Y: np.ndarray, k: int = 5, seed: int = 
     dup = _duplicates(ids)
     if dup:
         raise ValueError(f"duplicate image ids: {_preview(dup)}")
-    Y = _label_matrix(Y, len(ids))
+    return ids, _label_matrix(Y, len(ids)), k
+
+
+def make_folds(image_ids: Sequence[str], Y: np.ndarray, k: int = 5, seed: int = 42) -> pd.DataFrame:
+    """Assign each image to one of ``k`` folds; columns ``ImageID, fold`` in input order.
+
+    Deterministic for a given ``seed``: the splitter shuffles with it (``shuffle=True`` is what
+    makes ``random_state`` take effect) and also breaks its internal ties with it.
+    """
+
+    ids, Y, k = _checked(image_ids, Y, k)
     if Y.shape[1] == 1:
         # The splitter wants a multilabel indicator (>= 2 columns); with one class, stratifying on
         # (positive, negative) is the same thing.
@@ -71,6 +80,34 @@ def make_folds(image_ids: Sequence[str], Y: np.ndarray, k: int = 5, seed: int = 
         fold[val] = f
     assert (fold >= 0).all(), "every row is held out exactly once"
     return pd.DataFrame({"ImageID": ids, "fold": fold})
+
+
+def make_group_folds(
+    image_ids: Sequence[str], Y: np.ndarray, groups: np.ndarray, k: int = 5, seed: int = 42
+) -> pd.DataFrame:
+    """Folds that keep each group of rows in one fold; columns ``ImageID, fold, group``.
+
+    ``groups``: a group id per row (integers from 0, see ``capfuse.data.groups``). With every
+    group a single row, the folds are ``make_folds``' own, row for row, so grouping costs data
+    without near-duplicates nothing. Each group must hold at most 1/k of the rows
+    (``groups.split_large`` dissolves larger ones) or some fold could not be filled.
+    """
+    ids, Y, k = _checked(image_ids, Y, k)
+    groups = np.asarray(groups)
+    if groups.shape != (len(ids),) or not np.issubdtype(groups.dtype, np.integer) or (groups < 0).any():
+        raise ValueError(f"groups must be one non-negative integer per row ({len(ids)}), got shape {groups.shape}")
+    sizes = np.bincount(groups)
+    if (sizes <= 1).all():
+        return make_folds(ids, Y, k=k, seed=seed).assign(**{GROUP: groups.astype(np.int64)})
+    if sizes.max() * k > len(ids):
+        raise ValueError(
+            f"a group of {sizes.max()} rows is more than 1/{k} of the {len(ids)} rows: it cannot fit a fold"
+        )
+    fold = group_folds(Y, groups, k, int(seed))
+    empty = sorted(set(range(k)) - set(fold.tolist()))
+    if empty:
+        raise ValueError(f"grouping left folds {empty} empty: {len(np.unique(groups))} groups for {k} folds")
+    return pd.DataFrame({"ImageID": ids, "fold": fold, GROUP: groups.astype(np.int64)})
 
 
 def fold_class_counts(folds: pd.DataFrame, Y: np.ndarray, class_ids: Sequence[int]) -> pd.DataFrame:
@@ -156,8 +193,19 @@ def read_folds(path: str | os.PathLike, image_ids: Sequence[str], k: int | None 
     return np.array([fold_of[i] for i in ids], dtype=np.int64)
 
 
+def read_groups(path: str | os.PathLike) -> pd.Series | None:
+    """The fold file's group of each id (a Series indexed by ImageID), or None for ungrouped folds."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if GROUP not in df.columns:
+        return None
+    bad = [(r + 2, v) for r, v in enumerate(df[GROUP]) if not _INT.match(v)]  # +2: header is line 1
+    if bad:
+        raise FoldsError(f"{path}: group values that are not integers at lines {_preview(bad)}")
+    return pd.Series(df[GROUP].astype(np.int64).to_numpy(), index=df["ImageID"], name=GROUP)
+
+
 def write_folds(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``ImageID, fold`` atomically (other columns are dropped)."""
+    """Write ``ImageID, fold`` (and ``group`` when present) atomically; other columns are dropped."""
     missing = [c for c in ("ImageID", "fold") if c not in df.columns]
     if missing:
         raise ValueError(f"folds frame lacks column(s) {missing}")
@@ -165,4 +213,9 @@ def write_folds(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     if dup:
         raise ValueError(f"folds frame lists ids more than once: {_preview(dup)}")
     out = pd.DataFrame({"ImageID": df["ImageID"].astype(str), "fold": df["fold"].astype(np.int64)})
+    if GROUP in df.columns:
+        out[GROUP] = df[GROUP].astype(np.int64)
+        spans = out.groupby(GROUP)["fold"].nunique()
+        if (spans > 1).any():
+            raise ValueError(f"groups {_preview(spans.index[spans > 1].tolist())} span more than one fold")
     return write_csv(path, out)

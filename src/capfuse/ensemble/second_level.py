@@ -10,10 +10,12 @@ captions or base checkpoints) and builds four candidates on the same folds:
 * ``stack``: LightGBM per class over every model's logits for every class, nested the same way.
 
 Each is scored by OOF mean F1 at its own best global threshold; the best is kept and the file
-says which and why. ``thresholds`` then tunes per-class cut-offs with Optuna on the kept OOF
-probabilities, compares them with one global threshold, and estimates both honestly by nested
-CV (tune on K-1 folds, score on the held-out one). Per-class thresholds are used only when their
-nested score beats the global one's.
+says which and why. When the shift report warns, the training rows most like the test choose
+instead, and a base model whose score falls there is capped (``capfuse.ensemble.choice``).
+``thresholds`` then tunes per-class cut-offs with Optuna on the kept OOF probabilities,
+compares them with one global threshold, and estimates both honestly by nested CV (tune on K-1
+folds, score on the held-out one). Per-class thresholds are used only when their nested score
+beats the global one's.
 """
 
 from __future__ import annotations
@@ -27,22 +29,17 @@ import numpy as np
 import pandas as pd
 
 from capfuse.config.check import register_parameters
-from capfuse.config.schema import CANDIDATES, resolve
+from capfuse.config.schema import resolve
 from capfuse.data.dataset import Dataset
 from capfuse.data.logits import logits_frame, read_aligned, read_logits
-from capfuse.ensemble.blend import (
-    apply_weights,
-    fit_weighted_blend,
-    mean_blend,
-    nested_blend_oof,
-)
-from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
-from capfuse.ensemble.stack import DEFAULT_PARAMS, DEFAULT_ROUNDS, stack_features, stack_oof_and_test
+from capfuse.ensemble.candidates import build_candidates as build_candidates
+from capfuse.ensemble.candidates import nested_global_f1 as nested_global_f1
+from capfuse.ensemble.choice import choose_candidate
+from capfuse.ensemble.stack import DEFAULT_PARAMS
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
-from capfuse.metrics import mean_average_precision, mean_sample_f1
+from capfuse.ensemble.under_shift import Shift
 from capfuse.utils.io import read_json, remove_stale_tmp, sha256_file, write_csv, write_json, write_text
 from capfuse.utils.log import log, mask_url, stage
-from capfuse.utils.numeric import sigmoid
 
 # ``ensemble.stack``: the stacker's LightGBM parameters (defaults: DEFAULT_PARAMS), its number of
 # rounds (DEFAULT_ROUNDS) and how it starts (``init``: blend or constant); the config is checked
@@ -140,93 +137,16 @@ def load_base_logits(paths, ds: Dataset, names: list[str], folds: np.ndarray) ->
     return oof, test
 
 
-def nested_global_f1(Y: np.ndarray, probs: np.ndarray, folds: np.ndarray, rule: dict) -> float:
-    """Mean F1 with one global threshold fitted on the other folds and applied to each held-out fold."""
-    pred = np.zeros_like(Y, dtype=np.uint8)
-    for k in np.unique(folds):
-        tr, te = folds != k, folds == k
-        t, _ = fit_global_threshold(Y[tr], probs[tr], **rule)
-        pred[te] = apply_threshold(probs[te], t, **rule)
-    return float(mean_sample_f1(Y, pred))
+def fit_stack(paths, cfg: dict, ds: Dataset, shift: Shift | None = None) -> dict:
+    """Write ``runs/<dataset>/ensemble/``: candidates.csv, oof_probs.csv, test_probs.csv, stack.json.
 
-
-def _score(Y: np.ndarray, probs: np.ndarray, folds: np.ndarray, rule: dict) -> dict:
-    threshold, f1 = fit_global_threshold(Y, probs, **rule)
-    return {
-        "cv_mean_f1": round(float(f1), 5),
-        "nested_mean_f1": round(nested_global_f1(Y, probs, folds, rule), 5),
-        "cv_map": round(float(mean_average_precision(Y, probs)), 5),
-        "threshold": round(float(threshold), 4),
-    }
-
-
-def build_candidates(
-    Y, oof_logits: list, test_logits: list, folds: np.ndarray, names: list[str], cfg: dict, rule: dict
-) -> dict[str, dict]:
-    """Each candidate's honest OOF probabilities, test probabilities, score and how it was made."""
-
-    ens = resolve(cfg).ensemble
-    wanted = ens.candidates
-    unknown = sorted(set(wanted) - set(CANDIDATES))
-    if unknown:
-        raise ValueError(f"unknown ensemble candidates {unknown}; known: {list(CANDIDATES)}")
-    oof_p = [sigmoid(z) for z in oof_logits]
-    test_p = [sigmoid(z) for z in test_logits]
-    out: dict[str, dict] = {}
-    singles = {n: _score(Y, p, folds, rule) for n, p in zip(names, oof_p)}
-    best = max(singles, key=lambda n: singles[n]["cv_mean_f1"])
-    if "best_single" in wanted:
-        i = names.index(best)
-        out["best_single"] = {"oof": oof_p[i], "test": test_p[i], "detail": {"model": best}, "score": singles[best]}
-    if len(names) > 1:
-        if "mean_blend" in wanted:
-            out["mean_blend"] = {"oof": mean_blend(oof_p), "test": mean_blend(test_p), "detail": {"models": names}}
-        if "weighted_blend" in wanted:
-            weights = fit_weighted_blend(Y, oof_p)
-            out["weighted_blend"] = {
-                "oof": nested_blend_oof(Y, oof_p, folds),
-                "test": apply_weights(test_p, weights),
-                "detail": {"weights": {n: round(float(w), 4) for n, w in zip(names, weights)}},
-                "saved": {"weights": weights.tolist()},
-            }
-        if "stack" in wanted:
-            params = dict(ens.stack)
-            rounds = int(params.pop("num_rounds", DEFAULT_ROUNDS))
-            init = params.pop("init", "blend")
-            if init not in ("blend", "constant"):
-                raise ValueError(f"ensemble.stack.init must be blend or constant, got {init!r}")
-            base = {"base_probs": oof_p, "base_probs_test": test_p} if init == "blend" else {}
-            fold_models: list = []
-            oof_s, test_s = stack_oof_and_test(
-                stack_features(oof_logits),
-                Y,
-                folds,
-                stack_features(test_logits),
-                params,
-                num_rounds=rounds,
-                saved=fold_models,
-                **base,
-            )
-            out["stack"] = {
-                "oof": oof_s,
-                "test": test_s,
-                "detail": {
-                    "lightgbm": params or "defaults",
-                    "num_rounds": rounds,
-                    "init": init,
-                    "features": "every model's logits for every class, per-class mean and spread, "
-                    "per-model max/sum/count of probabilities",
-                },
-                "saved": {"folds": fold_models},
-            }
-    for cand in out.values():
-        if "score" not in cand:
-            cand["score"] = _score(Y, cand["oof"], folds, rule)
-    return out
-
-
-def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
-    """Write ``runs/<dataset>/ensemble/``: candidates.csv, oof_probs.csv, test_probs.csv, stack.json."""
+    ``shift``: the shift report's verdict and test-likeness scores; with a warning (or
+    ``ensemble.shift.use: always``) the candidate is chosen on the most test-like training rows
+    (``capfuse.ensemble.choice``), else exactly as without it. A choice so made is nested, and
+    its OOF probabilities (each fold's rows from the candidate chosen without them) go to
+    ``oof_probs_nested.csv``, which the thresholds' nested score reads; ``oof_probs.csv`` stays
+    the kept candidate's, which the thresholds are fitted on, as they are applied to its test
+    probabilities."""
     with stage("stack", paths.dataset):
         remove_stale_tmp(ensemble_dir(paths))  # what a killed stack or thresholds run left
         folds = ds.folds()
@@ -234,27 +154,19 @@ def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
         names = choose_base_models(cfg, trained)
         oof_logits, test_logits = load_base_logits(paths, ds, names, folds)
         rule = threshold_rule(cfg)
-        cands = build_candidates(ds.Y, oof_logits, test_logits, folds, names, cfg, rule)
-        # Judged by the nested score: the global threshold too is fitted on other folds than it
-        # is scored on, so a candidate cannot win by fitting its own OOF noise.
-        chosen = max(cands, key=lambda c: (cands[c]["score"]["nested_mean_f1"], cands[c]["score"]["cv_mean_f1"]))
+        picked = choose_candidate(ds.Y, oof_logits, test_logits, folds, names, cfg, rule, shift)
+        cands, chosen, why = picked.candidates, picked.chosen, picked.why
         table = pd.DataFrame([{"candidate": c, **v["score"], "chosen": c == chosen} for c, v in cands.items()])
-        table = table.sort_values("nested_mean_f1", ascending=False).reset_index(drop=True)
-        runner_up = table[table["candidate"] != chosen].head(1)
-        why = (
-            f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score']['nested_mean_f1']:.4f}"
-            + (
-                f" vs {runner_up['nested_mean_f1'].iloc[0]:.4f} for {runner_up['candidate'].iloc[0]}"
-                if len(runner_up)
-                else ""
-            )
-            + "); fitted candidates are scored on their nested OOF, so none saw the labels it is scored on"
-        )
+        table = table.sort_values(picked.score, ascending=False).reset_index(drop=True)
         out = ensemble_dir(paths)
         write_csv(out / "candidates.csv", table)
         write_csv(
             out / "oof_probs.csv", logits_frame(ds.train_ids, cands[chosen]["oof"], ds.class_ids, {"fold": folds})
         )
+        if picked.oof is cands[chosen]["oof"]:
+            (out / NESTED_CHOICE_FILE).unlink(missing_ok=True)  # an earlier choice's, under a shift
+        else:
+            write_csv(out / NESTED_CHOICE_FILE, logits_frame(ds.train_ids, picked.oof, ds.class_ids, {"fold": folds}))
         write_csv(out / "test_probs.csv", logits_frame(ds.test_ids, cands[chosen]["test"], ds.class_ids))
         summary = {
             "chosen": chosen,
@@ -267,6 +179,8 @@ def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
                 n: inputs_hash([o], [t], folds, [n]) for n, o, t in zip(names, oof_logits, test_logits)
             },
         }
+        if picked.choice is not None:
+            summary["choice"] = picked.choice
         write_json(out / "stack.json", summary)
         write_kept(out / KEPT_DIR, chosen, names, cands[chosen])
         log.info("second level (%d base models):\n%s", len(names), table.to_string(index=False))
@@ -275,6 +189,7 @@ def fit_stack(paths, cfg: dict, ds: Dataset) -> dict:
 
 
 KEPT_DIR = "kept"  # the kept candidate as data a bundle can replay (capfuse.bundle)
+NESTED_CHOICE_FILE = "oof_probs_nested.csv"  # under a shift: the OOF of the nested choice (fit_stack)
 
 
 def write_kept(folder: Path, chosen: str, names: list[str], cand: dict) -> None:
@@ -338,7 +253,11 @@ def fit_thresholds(paths, cfg: dict, ds: Dataset, *, storage: str | None = None)
         result = fit_class_thresholds(
             ds.Y, probs, **rule, n_trials=trials, seed=seed, storage=storage, study_name=study_name
         )
-        nested = nested_threshold_score(ds.Y, probs, folds, **rule, n_trials=trials, seed=seed, full=result)
+        # Under a shift the candidate was chosen per fold without that fold's labels: the nested
+        # score is that whole procedure's, while the thresholds fit the kept candidate.
+        honest = out / NESTED_CHOICE_FILE
+        scored = read_probs(honest, ds.train_ids, ds.class_ids) if honest.exists() else probs
+        nested = nested_threshold_score(ds.Y, scored, folds, **rule, n_trials=trials, seed=seed, full=result)
         per_class = tcfg.per_class
         use_class = per_class is True or (per_class == "auto" and nested["nested"] > nested["global_nested"])
         summary = {
@@ -371,6 +290,7 @@ def fit_thresholds(paths, cfg: dict, ds: Dataset, *, storage: str | None = None)
             "candidate": read_json(out / "stack.json")["chosen"] if (out / "stack.json").exists() else None,
             # What the thresholds were tuned on: an export refuses them beside other probabilities.
             "oof_probs_sha256": sha256_file(out / "oof_probs.csv"),
+            **({"nested_on": NESTED_CHOICE_FILE} if honest.exists() else {}),
         }
         write_json(out / "thresholds.json", summary)
         g, c = summary["global"], summary["per_class"]

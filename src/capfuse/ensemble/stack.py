@@ -13,7 +13,7 @@ mean of the k fold models, the same models that made the OOF.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -88,6 +88,25 @@ def stack_feature_names(n_models: int, n_classes: int, model_names: Sequence[str
     return names
 
 
+def model_columns(model: int, n_models: int, n_classes: int) -> np.ndarray:
+    """The columns of ``stack_features`` that hold one model's own outputs (its logits and its
+    three per-model statistics; the per-class mean and spread pool every model)."""
+    logits = model * n_classes + np.arange(n_classes)
+    stats = n_models * n_classes + 2 * n_classes + model + n_models * np.arange(3)
+    return np.concatenate([logits, stats])
+
+
+def _guarded(prm: dict, caps: np.ndarray | None, n_features: int, n_classes: int) -> dict:
+    """``prm`` with LightGBM's ``feature_contri`` at 0 on every capped model's own columns, so
+    the trees never split on them; unchanged when no model is capped."""
+    if caps is None or (caps >= 1.0).all():
+        return prm
+    contri = np.ones(n_features)
+    for m in np.flatnonzero(caps < 1.0):
+        contri[model_columns(int(m), len(caps), n_classes)] = 0.0
+    return {**prm, "feature_contri": contri.tolist()}
+
+
 def stack_params(**overrides) -> dict:
     """``DEFAULT_PARAMS`` with ``overrides`` (e.g. ``num_threads=8``)."""
     return {**DEFAULT_PARAMS, **overrides}
@@ -127,6 +146,7 @@ def stack_oof_and_test(
     base_probs: Sequence[np.ndarray] | None = None,
     base_probs_test: Sequence[np.ndarray] | None = None,
     saved: list | None = None,
+    caps: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Nested OOF probabilities ``[N, C]`` and, with ``X_test``, the fold models' mean test probabilities.
 
@@ -142,6 +162,10 @@ def stack_oof_and_test(
 
     ``saved``, a list, receives per fold what ``stack_predict`` needs to score new rows: the
     blend weights and, per class, the booster as LightGBM's text or the constant it predicts.
+
+    ``caps(rows)`` (``capfuse.ensemble.under_shift``): each model's largest weight for a fit on
+    ``rows`` (a bool mask), from those rows alone; within fold k, a capped model's blend weight
+    is bounded and the trees do not split on its own columns.
     """
     import lightgbm as lgb  # noqa: PLC0415 (features and names need no LightGBM)
 
@@ -162,8 +186,10 @@ def stack_oof_and_test(
         base = base_test = None
         fold_models: list[dict] = []
         weights = None
+        bound = None if caps is None else caps(tr)
+        fold_prm = _guarded(prm, bound, X.shape[1], c)
         if base_probs is not None:
-            weights = fit_weighted_blend(y[tr], [p[tr] for p in base_probs])
+            weights = fit_weighted_blend(y[tr], [p[tr] for p in base_probs], max_weight=bound)
             base = _logit(apply_weights(base_probs, weights))
             if X_test is not None:
                 base_test = _logit(apply_weights(base_probs_test, weights))
@@ -184,7 +210,7 @@ def stack_oof_and_test(
                 ds.set_label(yj.astype(np.float32))
             if base is not None:
                 ds.set_init_score(base[tr, j])
-            booster = lgb.train(prm, ds, num_boost_round=num_rounds)
+            booster = lgb.train(fold_prm, ds, num_boost_round=num_rounds)
             if saved is not None:
                 fold_models.append({"booster": booster.model_to_string()})
             if base is None:

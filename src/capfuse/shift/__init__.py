@@ -10,9 +10,10 @@ that assumption on the cached inputs instead of trusting it:
   training images (leave-one-out);
 * ``report``: what ``runs/<dataset>/shift.json`` holds, the manifest's summary, the log block
   and the warning line;
-* ``run``: the inputs read from a run and the files written (``shift_report``).
+* ``run``: the inputs read from a run and the files written (``shift_report``), and the files
+  read back for the second level (``read_shift``).
 """
 
-from capfuse.shift.run import REPORT_FILE, SCORES_FILE, shift_report
+from capfuse.shift.run import REPORT_FILE, SCORES_FILE, read_shift, shift_report
 
-__all__ = ["REPORT_FILE", "SCORES_FILE", "shift_report"]
+__all__ = ["REPORT_FILE", "SCORES_FILE", "read_shift", "shift_report"]

@@ -18,12 +18,13 @@ from threadpoolctl import threadpool_limits
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.ensemble.second_level import config_models
+from capfuse.ensemble.under_shift import Shift
 from capfuse.features.store import FeatureStore, image_outputs, pooled_output, uses_cache
 from capfuse.features.tfidf import fit_tfidf
 from capfuse.shift import report as R
 from capfuse.shift.adversarial import FIT_ROWS, adversarial, n_dims, reduce
 from capfuse.shift.novelty import novelty as nn_novelty
-from capfuse.utils.io import write_csv, write_json
+from capfuse.utils.io import read_json, write_csv, write_json
 from capfuse.utils.log import log, stage
 
 REPORT_FILE = "shift.json"
@@ -173,3 +174,23 @@ def shift_report(
             log.info("shift: no input tells test from training rows better than random splits of training do")
         rel = json_path.relative_to(paths.root) if json_path.is_relative_to(paths.root) else json_path
         return R.summary(report, str(rel))
+
+
+def read_shift(paths, ds: Dataset) -> Shift | None:
+    """The dataset's last shift report as the second level reads it: the warning and every
+    training row's test-likeness. None without a report, or when its rows are not ``ds``'s
+    (a report of other data: the stage measures again)."""
+    report_file, scores_file = paths.runs / REPORT_FILE, paths.runs / SCORES_FILE
+    if not report_file.is_file():
+        return None
+    report = read_json(report_file)
+    if report.get("rows", {}).get("train") != len(ds.train_ids):
+        return None
+    scores = None
+    if scores_file.is_file():
+        frame = pd.read_csv(scores_file, dtype={"ImageID": str}, keep_default_na=False)
+        if frame["ImageID"].tolist() != list(ds.train_ids):
+            return None
+        scores = frame["score"].to_numpy(np.float64)
+    rel = scores_file.relative_to(paths.root) if scores_file.is_relative_to(paths.root) else scores_file
+    return Shift(scores, bool(report.get("warning")), str(rel))

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from capfuse.data.dataset import load_dataset
 from capfuse.ensemble.second_level import fit_stack, fit_thresholds
+from capfuse.shift import read_shift, shift_report
 
 
 def run_stack(paths, cfg: dict, *, quiet: bool | None = None) -> dict:
-    """Blends and a LightGBM stacker on the base models' OOF logits; keeps the best."""
-    return fit_stack(paths, cfg, load_dataset(paths, cfg, quiet=quiet))
+    """Blends and a LightGBM stacker on the base models' OOF logits; keeps the best. The choice
+    reads the dataset's shift report (``runs/<dataset>/shift.json``), measured first when missing
+    (seconds, from the vectors training cached)."""
+    ds = load_dataset(paths, cfg, quiet=quiet)
+    shift = read_shift(paths, ds)
+    if shift is None:
+        shift_report(paths, cfg, ds, quiet=quiet)
+        shift = read_shift(paths, ds)
+    return fit_stack(paths, cfg, ds, shift)
 
 
 def run_thresholds(paths, cfg: dict, *, storage: str | None = None, quiet: bool | None = None) -> dict:

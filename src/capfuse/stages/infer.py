@@ -33,14 +33,16 @@ from capfuse.ensemble.second_level import (
     thresholds_vector,
     trained_models,
 )
+from capfuse.ensemble.under_shift import most_test_like
 from capfuse.metrics import summary as metric_summary
 from capfuse.results.floor import floor_line, held_out
+from capfuse.results.held_out_models import MODELS_FILE, model_scores
 from capfuse.results.machine import machine_record
 from capfuse.results.runs import HELD_OUT_FILE, plain_commit, preset_of, write_run_results
 from capfuse.results.tables import command_line, results_dir, write_safely
-from capfuse.shift import shift_report
+from capfuse.shift import read_shift, shift_report
 from capfuse.submission import predictions_to_frame, write_submission
-from capfuse.utils.io import read_json, sha256_file, write_json
+from capfuse.utils.io import read_json, sha256_file, write_csv, write_json
 from capfuse.utils.log import log, stage
 from capfuse.utils.numeric import sigmoid
 
@@ -102,11 +104,13 @@ CV_NOTE = {
         "pseudo-label rounds: fold k's student learns from pseudo-labels of the fold-k producer, which never saw "
         "fold k; class cut-offs use the training rows' priors",
         "second level: blend weights and the LightGBM stacker for fold k are fitted on the other folds' OOF rows",
+        "second level under a shift warning: the candidate for fold k's rows is chosen on the test-like rows of "
+        "the other folds alone (second_level.choice)",
         "thresholds: the global and per-class thresholds scored on fold k are tuned on the other K-1 folds",
     ],
     "not_nested": [
-        "the choice among second-level candidates and between global and per-class thresholds: the best "
-        "nested score among a handful of options, so it is slightly optimistic",
+        "the choice among second-level candidates without a shift warning, and between global and per-class "
+        "thresholds: the best nested score among a handful of options, so it is slightly optimistic",
         "when pseudo-label rounds stop (pseudo.min_gain compares CV across rounds)",
         "configs and hyperparameters, chosen by people looking at CV figures",
     ],
@@ -132,9 +136,12 @@ def run_infer(
         if plan.candidates is not None:
             cfg = deep_merge(cfg, {"ensemble": {"candidates": list(plan.candidates)}})
     ds = load_dataset(paths, cfg, quiet=quiet)
-    stacked = fit_stack(paths, cfg, ds)
+    # The shift report first (runs/<dataset>/shift.json; the manifest gets its summary): under a
+    # shift the second level chooses on the training rows most like the test.
+    shift = shift_report(paths, cfg, ds, quiet=quiet)
+    shift_view = read_shift(paths, ds)
+    stacked = fit_stack(paths, cfg, ds, shift_view)
     cut = fit_thresholds(paths, cfg, ds, storage=storage)
-    shift = shift_report(paths, cfg, ds, quiet=quiet)  # runs/<dataset>/shift.json; the manifest gets its summary
     with stage("submit", paths.dataset):
         folds = ds.folds()
         # The caption fallback draws from this config's models and those it stacks, never from
@@ -171,7 +178,13 @@ def run_infer(
             "folds_sha256": sha256_file(paths.folds_file),
             "k": int(folds.max()) + 1,
             "models": stacked["base_models"],
-            "second_level": {"kept": stacked["chosen"], "why": stacked["why"], "candidates": stacked["candidates"]},
+            "second_level": {
+                "kept": stacked["chosen"],
+                "why": stacked["why"],
+                "candidates": stacked["candidates"],
+                # Which score chose (all rows, or the test-like rows under a shift) and why.
+                **({"choice": stacked["choice"]} if "choice" in stacked else {}),
+            },
             "threshold": {
                 "kind": chosen,
                 "why": cut["why"],
@@ -238,8 +251,15 @@ def run_infer(
         if floor is not None:
             write_json(paths.runs / HELD_OUT_FILE, floor)
             (log.info if floor["passes"] else log.warning)("%s", floor_line(floor))
+            scores = None if shift_view is None else shift_view.scores
+            like = None if scores is None else most_test_like(scores, resolve(cfg).ensemble.shift.share)
+            table = model_scores(ds, paths, list(stacked["base_models"]), like, rule)
+            if table is not None:
+                write_csv(paths.runs / MODELS_FILE, table)
+                log.info("base models on the held-out answers (%s):\n%s", MODELS_FILE, table.to_string(index=False))
         else:
-            (paths.runs / HELD_OUT_FILE).unlink(missing_ok=True)  # an earlier run's, of other answers
+            for stale in (HELD_OUT_FILE, MODELS_FILE):  # an earlier run's, of other answers
+                (paths.runs / stale).unlink(missing_ok=True)
         return {"manifest": manifest, "paths": {k: str(v) for k, v in written.items()}}
 
 
