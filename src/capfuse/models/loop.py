@@ -286,7 +286,6 @@ def train_epochs(
     return FoldOutput(val_logits, test_logits, info, extra)
 
 
-@torch.no_grad()
 def _past_share(epoch_seconds: float) -> bool:
     """Might one more epoch end past the fold's share of the allowance? It is counted half as long
     again as the last one: the fold's predictions follow it, and a loaded machine slows it."""
@@ -294,6 +293,7 @@ def _past_share(epoch_seconds: float) -> bool:
     return end is not None and time.monotonic() + 1.5 * epoch_seconds > end
 
 
+@torch.no_grad()
 def _swap_weights(net: torch.nn.Module, other: torch.nn.Module) -> None:
     """Exchange the values of two modules of one architecture, parameters and buffers, in place
     (the optimiser and ``predict`` keep their references to ``net``'s tensors)."""
