@@ -165,6 +165,7 @@ class LossSettings:
 
 
 EARLY_STOP = ("inner", "refit", "none")
+MIXES = ("none", "mixup", "cutmix")
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,18 @@ class TrainSettings:
     ema_halflife: NonNegative = 0.0
     accumulate: Count = 1  # gradient accumulation steps (finetune mode, large effective batches)
     flip_p: Probability = 0.5  # chance a training sample uses its flipped view
+    # Augmentation of the cached map a trained top stage reads (capfuse.models.augment), for
+    # test images unlike the training ones (docs/shift.md): the chance a training sample's map
+    # is cropped, and the smallest crop's side as a share of the map's (it is resized back).
+    # Off by default; configs/shift_robust.yaml measures each on shifted data and on the demo.
+    crop_p: Probability = 0.0
+    crop_scale: Share = 0.6  # on Lite0's 7 x 7 map: windows of 4 to 7 cells a side
+    # Mixing of training samples with a partner from the batch: mixup (every input and the
+    # targets, class by class) or cutmix (a box of the partner's cached map; the caption's
+    # vectors and the targets mix by the box's share). none: off.
+    mix: Literal[MIXES] = "none"
+    mix_p: Probability = 0.5  # chance a sample is mixed: half the batch still trains on itself
+    mix_alpha: Positive = 0.4  # Beta(alpha, alpha) of the share kept: small alphas keep most samples near themselves
     tta: Bool = True  # average original and flipped views for OOF and test logits
     eval_batch_size: Count = 256
     # The loss, ``{name: <loss>, <its parameters>}``; by default BCE with log-inverse-frequency

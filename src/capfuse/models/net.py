@@ -6,7 +6,8 @@ Two modes share the loop (optimiser, schedule, early stopping, checkpoints, resu
   computed once by the embed step (pooled vectors, token grids, caption tokens, for the
   original and the flipped image). Only the head or fusion module trains, in seconds per
   epoch on two cores. Flip augmentation comes free: each training sample draws one of the two
-  cached views.
+  cached views; crops of a trained top stage's cached map and mixing of samples are optional
+  (``capfuse.models.augment``).
 * **finetune** (``finetune: true``, meant for ``device: cuda``): the image backbone and the
   caption encoder are part of the model and train end to end on decoded images, with
   bf16/fp16 autocast, gradient accumulation, a cosine schedule with warm-up, layer-wise
@@ -42,6 +43,7 @@ from capfuse.encoders.image import BackboneTop
 from capfuse.encoders.registry import build_caption, build_image, caption_entry
 from capfuse.encoders.text import label_text_embeddings
 from capfuse.models import MODELS
+from capfuse.models.augment import MIX_KEY, Augment, check_augmentation, mix_targets
 from capfuse.models.base import FoldOutput
 from capfuse.models.cached import CachedViews
 from capfuse.models.finetune import amp_dtype_for, fit_fold_finetune
@@ -85,6 +87,7 @@ class NetModel:
 
     def __init__(self, cfg: dict | NetModelSettings, seed: int) -> None:
         self.config = net_settings(cfg)
+        check_augmentation(self.config)
         self.inputs = list(self.config.inputs)
         self.settings = self.config.train
         self.seed = seed
@@ -286,6 +289,8 @@ class NetModel:
             _warn_fp32_top_stage(self.config.image_encoder.name)
 
         keys = net.input_keys()
+        # Crops and mixing of the training batches (train.crop_p, train.mix); off, batches pass untouched.
+        augment = Augment.from_settings(self.settings, self.seed)
 
         def forward_batch(batch: dict) -> dict:
             return net({k: v.to(self.device) for k, v in batch.items()})
@@ -294,14 +299,14 @@ class NetModel:
             return self.predict_rows(net, views, rows, Y.shape[1], key)
 
         def train_step(batch: dict, targets: dict) -> float:
-            batch.update(targets)
+            batch.update(mix_targets(targets, batch.pop(MIX_KEY, None)))
             loss = forward_batch(batch)["loss"]
             loss.backward()
             return float(loss.detach())
 
         loop = dict(
             predict=predict,
-            make_batch=lambda rows, flip: views.batch(rows, flip, keys),
+            make_batch=lambda rows, flip: augment(views.batch(rows, flip, keys), rows),
             train_step=train_step,
             pseudo=pseudo,
         )

@@ -47,8 +47,9 @@ def warning_text(results: list[Adversarial], dataset: str) -> str | None:
         f"train/test shift: a classifier tells test rows from training rows ({worst.name} vectors: AUC "
         f"{worst.test.auc:.3f}, 95 % CI {worst.test.low:.3f}-{worst.test.high:.3f}; random splits of the training "
         f"rows reach at most {worst.null_high:.3f}). Random K-fold CV is then likely optimistic for this test set: "
-        "expect the test score below the CV and nested-CV figures. Consider grouped folds (`folds.groups: auto`) "
-        f"and scoring second-level candidates on the most test-like training rows (runs/{dataset}/shift_scores.csv)."
+        "expect the test score below the CV and nested-CV figures. The second level chooses on the most test-like "
+        f"training rows (runs/{dataset}/shift_scores.csv, ensemble.shift); where images recur, use grouped folds "
+        "(folds.groups: auto)."
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_s
 from capfuse.features.store import FeatureStore
 from capfuse.metrics import gap_at_k
 from capfuse.report.tables import markdown
+from capfuse.results.held_out_models import model_scores
 from capfuse.results.measured import write_measured
 from capfuse.results.tables import results_dir
 from capfuse.training.cv import model_inputs, train_model
@@ -112,7 +114,7 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         folds = ds.folds()
         store = FeatureStore(ds, quiet, {v["name"]: v["model"] for v in variants})
         root = paths.runs / "ablation"
-        rows, trained = [], {}
+        rows, trained, dirs = [], {}, {}
         for v in variants:
             model_cfg = {k: val for k, val in v["model"].items() if k != "pseudo"}
             feats = store.for_model(model_cfg)
@@ -141,6 +143,8 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
                     )
                     last = report[report["class"].astype(str) == "all"].sort_values("round").iloc[-1]
                     metrics = read_json(root / str(last["model"]) / "metrics.json")
+                    base_dir = root / str(last["model"])
+            dirs[v["name"]] = base_dir
             rows.append(
                 {
                     "variant": v["name"],
@@ -156,9 +160,12 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         table = pd.DataFrame(rows)
         ref = table.loc[table["variant"] == reference, "mean_f1"]
         table["delta"] = (table["mean_f1"] - ref.iloc[0]).round(5) if len(ref) else np.nan
+        held = held_out_scores(ds, dirs, threshold_rule(cfg))
+        if held:  # the dataset ships its answers: each variant scored on them as well
+            table["held_out"] = table["variant"].map(held)
         if spec.second_level:
             table = pd.concat([table, second_level_rows(paths, ds, cfg)], ignore_index=True)
-        table = table[COLUMNS]
+        table = table[COLUMNS + (["held_out"] if held else [])]
         # ``ablation.output`` names the table, so a side study (configs/early_stop.yaml) keeps
         # the main ablation table intact.
         out = check_name(spec.output, f"{config_path}: ablation.output")
@@ -228,16 +235,27 @@ def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
     return out
 
 
+def held_out_scores(ds, dirs: dict[str, Path], rule: dict) -> dict[str, float]:
+    """Each variant's held-out mean F1 on the dataset's answers (``test_labels.csv``) from its test
+    logits, at the global threshold its OOF logits choose (never one tuned on the answers); empty
+    when the dataset ships no answers. ``dirs``: each variant's run folder."""
+    where = SimpleNamespace(model_dir=dirs.__getitem__)
+    scores = model_scores(ds, where, list(dirs), None, rule)
+    return {} if scores is None else dict(zip(scores["model"], scores["held_out_mean_f1"], strict=True))
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """The table as GitHub markdown, for the README and the report."""
     cols = ["variant", "group", "change", "score", "mean_f1", "delta", "map", "gap_at_10", "minutes"]
-    return markdown(table[cols], floatfmt=".3f")
+    return markdown(table[cols + [c for c in ("held_out",) if c in table]], floatfmt=".3f")
 
 
 ABLATION_NOTE = (
     "`score`: CV is a variant's out-of-fold mean F1 at its own global threshold; nested CV "
     "(second level, thresholds) fits every part without the scored fold's labels. `delta`: "
-    "against the reference variant (second-level rows: against the best single model)."
+    "against the reference variant (second-level rows: against the best single model). "
+    "`held_out` (a dataset that ships test_labels.csv): the variant's mean F1 on the test answers, "
+    "at the global threshold chosen on its OOF rows."
 )
 
 
