@@ -196,6 +196,22 @@ def test_a_large_budget_trains_the_config_and_a_plan_replays_byte_for_byte(tiny_
     assert 0 < manifest["plan"]["command_s"] < 7200  # the whole command, as the budget counts it
 
 
+def _probe_says_next_to_nothing(monkeypatch, fold_s: dict | None = None, second_level_s: float = 0.0) -> None:
+    """A probe that predicts no time for encoders or epochs; ``fold_s``: a fixed cost per fold
+    for the models it names; the second level costs ``second_level_s``."""
+    fold_s = fold_s or {}
+    monkeypatch.setattr(
+        guard_mod.probe,
+        "rehearse",
+        lambda model_cfg, **k: (
+            dict.fromkeys(("epoch_s", "row_epoch_s", "predict_row_s"), 0.0)
+            | {"fold_s": fold_s.get(model_cfg["name"], 0.0)}
+        ),
+    )
+    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
+    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (second_level_s, 0.0, 0.0))
+
+
 ENDLESS = ("--set", "models=[caption_linear,endless_mlp,unstoppable_mlp]")
 
 
@@ -227,17 +243,8 @@ def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run,
     # The probe says training costs (next to) nothing, so the plan keeps both MLPs with every epoch: the
     # endless one's folds must stop at their share of its allowance, keeping their best epoch and
     # every row; the unstoppable one must be stopped by the deadline and dropped whole.
-    monkeypatch.setattr(
-        guard_mod.probe,
-        "rehearse",
-        # The unstoppable MLP is said to cost half a second a fold, which the endless one's allowance leaves it.
-        lambda model_cfg, **k: (
-            dict.fromkeys(("epoch_s", "row_epoch_s", "predict_row_s"), 0.0)
-            | {"fold_s": 0.5 if model_cfg["name"] == "unstoppable_mlp" else 0.0}
-        ),
-    )
-    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
-    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (2.0, 0.0, 0.0))
+    # The unstoppable MLP is said to cost half a second a fold, which the endless one's allowance leaves it.
+    _probe_says_next_to_nothing(monkeypatch, fold_s={"unstoppable_mlp": 0.5}, second_level_s=2.0)
     config = _slow_config(tmp_path / "cfg")
     data = _copy_inputs(tiny_run, tmp_path / "p")
     limit = 40.0
@@ -280,13 +287,7 @@ def test_a_probe_that_predicts_too_little_still_ends_inside_the_budget(tiny_run,
 def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_run, tmp_path, monkeypatch):
     # Nothing to keep from a fold stopped mid-way when there is no best epoch: the deadline stops
     # the unstoppable MLP at a training step, and the second level sees the models that finished.
-    monkeypatch.setattr(
-        guard_mod.probe,
-        "rehearse",
-        lambda *a, **k: dict.fromkeys(("fold_s", "epoch_s", "row_epoch_s", "predict_row_s"), 0.0),
-    )
-    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
-    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (0.0, 0.0, 0.0))
+    _probe_says_next_to_nothing(monkeypatch)
     config = _slow_config(tmp_path / "cfg")
     data = _copy_inputs(tiny_run, tmp_path / "p")
     limit = 25.0

@@ -136,7 +136,7 @@ def presets_table(results_root: Path, link_from: Path) -> str:
             else:
                 memory = "" if pd.isna(row["peak_rss_mb"]) else f", {row['peak_rss_mb'] / 1024:.1f} GB"
                 # A budgeted run from before the whole command was recorded: its stages' sum only.
-                partial = " (stages only)" if row.get("stages_only") == True else ""  # noqa: E712 (a numpy bool)
+                partial = " (stages only)" if bool(row["stages_only"]) else ""
                 cells.append(cite(row, _duration(row["minutes"]) + partial + memory))
         for dataset in SCORED:
             row = None if empty else _newest(runs, preset=preset, dataset=dataset, time_limit_s=limit)
