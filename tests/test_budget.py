@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -104,6 +105,78 @@ def test_where_early_stopping_ended_one_model_predicts_the_next(tmp_path):
     )
     b.finished("first", 0)
     assert b.plan.model("first").stops == {"first/fold0": 2}
+
+
+def test_a_model_that_took_twice_its_prediction_doubles_the_later_ones_of_its_kind(tmp_path):
+    # The probe's rates were off by 2x for the linear models: a linear model that trained all
+    # five folds here in twice its predicted time makes the next linear model's prediction
+    # double; a net model's stays the probe's. A resumed model (older folds) teaches nothing.
+    lin = {"fold_s": 0.2, "epoch_s": 0.0, "row_epoch_s": 0.001, "predict_row_s": 0.0}
+    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
+    b = _budget(0, {"a": {**lin, "fold_s": 1.2}, "b": lin, "n": net})
+    b._cfgs = {"a": LINEAR, "b": LINEAR, "n": NET}
+    b.plan_path = tmp_path / "plan.json"
+    a, nxt, n = ModelPlan("a", "linear"), ModelPlan("b", "linear"), ModelPlan("n", "net", max_epochs=20)
+    b.plan.models = [a, nxt, n]
+    b._model_dir = lambda name: tmp_path / name
+    assert (b._later(a), nxt.train_s, n.train_s) == (143.0, 5.0, 138.0)
+    b._wall0["a"] = time.time() - 1
+    for k in range(5):
+        (tmp_path / "a" / f"fold{k}").mkdir(parents=True)
+        (tmp_path / "a" / f"fold{k}" / "done.json").write_text(json.dumps({"fold": k}))
+    b._t0["a"] = time.monotonic() - 20.0  # predicted 5 * (1.2 + 0.8) = 10 s, took 20
+    b.finished("a", 0)
+    assert b.plan.probe["measured_over_predicted"] == {"a": pytest.approx(2.0, abs=0.02)}
+    b._later(a)
+    assert nxt.train_s == pytest.approx(10.0, abs=0.1) and n.train_s == 138.0
+    # A model whose folds are older than its turn (resumed) or too cheap to time teaches nothing.
+    b._wall0["a"] = time.time() + 60
+    b.finished("a", 0)
+    assert len(b.lessons.ratios["linear"]) == 1
+
+
+def test_a_net_rehearsal_keeps_the_fastest_epoch_after_the_warm_up(monkeypatch):
+    # The first epoch pays the warm-up and a burst of other work slows one of the others: the
+    # rates come from the fastest epoch after the first, so one busy moment does not drop a model.
+    from types import SimpleNamespace
+
+    from capfuse.budget import probe
+
+    seen = {}
+
+    class Rehearsed:
+        def fit_fold(self, feats, Y, tr, va, fold_dir):
+            seen["epochs"], seen["rows"] = resolved.train.epochs, len(tr)
+            info = {"step_seconds": [5.0, 1.0, 3.0], "epoch_seconds": [6.0, 1.5, 3.2], "predict_seconds": 0.0}
+            return SimpleNamespace(info=info)
+
+    resolved = None
+
+    def create(kind, cfg, seed):
+        nonlocal resolved
+        resolved = cfg
+        return Rehearsed()
+
+    monkeypatch.setattr(probe, "MODELS", SimpleNamespace(create=create))
+    folds = np.arange(1000) % 5
+    rate = probe.rehearse(NET, feats={"n_test": 10}, Y=np.zeros((1000, 3)), folds=folds, n_test=10)
+    assert seen == {"epochs": probe.REHEARSAL_EPOCHS, "rows": probe.REHEARSAL_ROWS}
+    assert rate["row_epoch_s"] == pytest.approx(1.0 / probe.REHEARSAL_ROWS)
+    assert rate["epoch_s"] == pytest.approx(0.2)  # 3.2 - 3.0, not the busy or the first epoch's
+
+
+def test_learned_ratios_are_medians_held_within_bounds(tmp_path):
+    from capfuse.budget.lessons import MIN_LEARN_S, RATE_BOUNDS, Lessons, trained_here
+
+    lessons = Lessons()
+    assert lessons.ratio("net") == 1.0
+    assert lessons.learn_ratio("net", 100.0, MIN_LEARN_S / 2) is None  # too small to say anything
+    for measured in (30.0, 10.0, 20.0):
+        lessons.learn_ratio("net", measured, 10.0)
+    assert lessons.ratio("net") == 2.0 and lessons.ratio("linear") == 1.0
+    lessons.learn_ratio("linear", 1000.0, 10.0)
+    assert lessons.ratio("linear") == RATE_BOUNDS[1]
+    assert not trained_here([{"fold": 0}], tmp_path, 2, 0.0)  # a fold missing
 
 
 def test_the_threshold_study_gets_fewer_trials_only_when_the_second_level_would_crowd_the_budget():

@@ -2,8 +2,9 @@
 
 A short probe measures what this machine pays for the passes a config needs (``probe``); the
 planner keeps the models that fit, in the config's order, with fewer epochs where that makes one
-fit (``planner``); the train stage follows the plan, re-checks it against the clock before each
-model and drops a model whole when it would overrun (``guard``); the plan, with what was dropped
+fit, and the train stage follows the plan, re-checks it against the clock before each model and
+stops a model cleanly, or drops it whole, when it would overrun (``guard``); each finished model
+teaches the predictions of the later ones (``lessons``); the plan, with what was dropped
 and why, is written to ``runs/<dataset>/plan.json`` (``plan``), and ``--plan FILE`` replays it
 without the clock, byte for byte.
 """

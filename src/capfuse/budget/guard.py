@@ -12,10 +12,8 @@ stops mid-fold (``OutOfTime``) is dropped whole; a pseudo-label round stopped so
 rounds before it. A replayed plan (``--plan``) sets the same models, epochs and
 rounds and opens no deadline.
 
-The probe cannot know where early stopping will end a model, so before any net model has run
-the plan counts all its epochs: an upper bound. Each net model that finishes says what share of
-its epochs early stopping let it run, and the models after it are predicted with the largest
-such share (or with their own folds of earlier runs on the dataset). A prediction that proves
+Each finished model teaches the predictions of the later ones where early stopping ends a
+model and how far the probe's rates are off (``lessons``). A prediction that proves
 short costs no fold: each model trains under an allowance (``allowance``), the deadline less what
 the planned models after it are predicted to need, and a fold that would overrun its share of it
 stops cleanly after an epoch, keeping its best one (``capfuse.utils.deadline``).
@@ -30,6 +28,7 @@ from pathlib import Path
 
 from capfuse.budget import probe
 from capfuse.budget.duration import format_duration
+from capfuse.budget.lessons import Lessons, trained_here
 from capfuse.budget.plan import ModelPlan, Plan
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
@@ -77,7 +76,8 @@ class Budget:
         self._t0: dict[str, float] = {}
         self._cfgs: dict[str, dict] = {}
         self._model_dir: Callable[[str], Path] | None = None
-        self._shares: list[float] = []  # share of its epochs each finished net model ran
+        self.lessons = Lessons()  # what the finished models taught the later predictions
+        self._wall0: dict[str, float] = {}  # time.time() when each model's turn came (its folds' files are newer)
         self.keep_anyway: str | None = None  # the model kept although nothing fitted (no deadline for it)
 
     # -- the clock -------------------------------------------------------------------------------
@@ -190,28 +190,41 @@ class Budget:
         # comes: the models before them may finish early (early stopping) and leave the time.
         return kept
 
-    def _expected_epochs(self, entry: ModelPlan) -> float | None:
-        """Where early stopping is expected to end ``entry``'s folds: its folds of earlier runs on
-        this dataset, else the largest share of their epochs that this run's finished net models
-        ran, times its own; None (every epoch) before either is known."""
-        rate = self.plan.probe["models"][entry.name]
-        if "epochs_seen" in rate:
-            return rate["epochs_seen"]
-        if entry.max_epochs and self._shares:
-            return min(1.0, max(self._shares)) * entry.max_epochs
-        return None
-
-    def _predict(self, entry: ModelPlan, model_cfg: dict, epochs: int | None, rounds: int) -> float:
-        """Predicted seconds of ``entry`` with an epoch cap (None: its own) and ``rounds``."""
+    def _predict(
+        self, entry: ModelPlan, model_cfg: dict, epochs: float | None, rounds: int, learned: bool = True
+    ) -> float:
+        """Predicted seconds of ``entry`` with an epoch cap (None: its own) and ``rounds``;
+        ``learned``: with what the finished models taught (where early stopping ends, how far
+        the probe's rates are off), else from the probe alone."""
         n_fit, k, n_train, n_test = self._sizes
         rate = self.plan.probe["models"][entry.name]
         cap = epochs if epochs is not None else entry.max_epochs
-        expected = self._expected_epochs(entry)
+        expected = self.lessons.expected_epochs(rate, entry.max_epochs) if learned else None
         if cap is not None and expected is not None:
             cap = min(cap, max(1, math.ceil(expected)))
         fold = probe.fold_seconds(model_cfg, rate, n_fit, n_train - n_fit + n_test, cap)
         # A round also trains on the pseudo-labelled test rows.
-        return k * fold * (1 + rounds * (n_train + n_test) / n_train)
+        seconds = k * fold * (1 + rounds * (n_train + n_test) / n_train)
+        return seconds * (self.lessons.ratio(entry.kind) if learned else 1.0)
+
+    def _learn_ratio(self, entry: ModelPlan, rounds_done: int) -> None:
+        """Teach the later predictions how far the probe was off for ``entry`` (``Lessons``)."""
+        since = self._wall0.get(entry.name)
+        if self._model_dir is None or since is None or not entry.measured_s or entry.stops:
+            return
+        records = probe.fold_records(self._model_dir(entry.name))
+        if not trained_here(records, self._model_dir(entry.name), self._sizes[1], since):
+            return
+        epochs = None
+        if entry.kind == "net":
+            runs = [r["epochs_run"] for r in records if isinstance(r.get("epochs_run"), int)]
+            if len(runs) != len(records):
+                return
+            epochs = sum(runs) / len(runs)
+        predicted = self._predict(entry, self._cfgs[entry.name], epochs, rounds_done, learned=False)
+        ratio = self.lessons.learn_ratio(entry.kind, entry.measured_s, predicted)
+        if ratio is not None:
+            self.plan.probe.setdefault("measured_over_predicted", {})[entry.name] = round(ratio, 3)
 
     def _later(self, entry: ModelPlan) -> float:
         """Predicted seconds of the planned models after ``entry``, refreshed with what is known now."""
@@ -298,6 +311,7 @@ class Budget:
         capped, gets back what the models before it left unused."""
         entry = self.plan.model(name)
         self._t0[name] = time.monotonic()
+        self._wall0[name] = time.time()
         if self.keep_anyway is not None:  # nothing fitted: the cheapest model alone, without a clock
             return self.apply(model_cfg, entry) if name == self.keep_anyway else None
         if self.replay is None:
@@ -332,6 +346,8 @@ class Budget:
         entry.status, entry.rounds_done = "done", rounds_done
         entry.measured_s = round(time.monotonic() - self._t0[name], 1)
         self._record_folds(entry, rounds_done)
+        if self.replay is None:
+            self._learn_ratio(entry, rounds_done)
         self.write()
 
     def _record_folds(self, entry: ModelPlan, rounds_done: int) -> None:
@@ -348,7 +364,7 @@ class Budget:
                 elif r == 0 and span and "epochs_run" in record:
                     shares.append(int(record["epochs_run"]) / span)
         if entry.kind == "net" and shares:
-            self._shares.append(sum(shares) / len(shares))
+            self.lessons.shares.append(sum(shares) / len(shares))
 
     def cut(self, name: str, rounds_done: int, exc: Exception) -> None:
         """The clock stopped ``name``: the rounds it finished stay (``rounds_done`` from

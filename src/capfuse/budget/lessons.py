@@ -1,0 +1,67 @@
+"""What a budgeted run learns from its own finished models, for the predictions of the later ones.
+
+The probe cannot know where early stopping will end a model, and its rates come from a short
+rehearsal on a few hundred rows, on a machine that may have been busy for that minute. Each
+model that finishes says both:
+
+- **where early stopping ended it**: the share of its epochs its folds ran. The later net models
+  are predicted with the largest such share (or with their own folds of earlier runs on the
+  dataset, which the probe records as ``epochs_seen``);
+- **how far the probe's rates were off**: its measured seconds over its prediction from the probe
+  alone at the epochs its folds ran. The later models of its kind (net or linear: a rehearsal
+  errs alike for models trained alike) are predicted with the median ratio, held within
+  ``RATE_BOUNDS``. Only a model that trained every fold in this run teaches a ratio: one resumed
+  from earlier folds measured nothing, and one stopped by its time share ran what the clock
+  allowed, not what it costs.
+
+Both only move predictions; what keeps the budget is the clock (``capfuse.utils.deadline``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RATE_BOUNDS = (0.25, 4.0)  # the learned measured/predicted ratio is held within these
+MIN_LEARN_S = 5.0  # a model predicted under this teaches no ratio: its fixed costs would dominate
+
+
+class Lessons:
+    def __init__(self) -> None:
+        self.shares: list[float] = []  # share of its epochs each finished net model ran
+        self.ratios: dict[str, list[float]] = {}  # measured / predicted seconds of finished models, by kind
+
+    def expected_epochs(self, rate: dict, max_epochs: int | None) -> float | None:
+        """Where early stopping is expected to end a net model's folds: its folds of earlier runs
+        on this dataset, else the largest share seen times its own span; None (every epoch)
+        before either is known."""
+        if "epochs_seen" in rate:
+            return rate["epochs_seen"]
+        if max_epochs and self.shares:
+            return min(1.0, max(self.shares)) * max_epochs
+        return None
+
+    def ratio(self, kind: str) -> float:
+        """The median measured/predicted ratio of the finished models of ``kind``, within
+        ``RATE_BOUNDS``; 1 before any."""
+        seen = sorted(self.ratios.get(kind, []))
+        if not seen:
+            return 1.0
+        mid = len(seen) // 2
+        median = seen[mid] if len(seen) % 2 else 0.5 * (seen[mid - 1] + seen[mid])
+        return min(RATE_BOUNDS[1], max(RATE_BOUNDS[0], median))
+
+    def learn_ratio(self, kind: str, measured_s: float, predicted_s: float) -> float | None:
+        """Record a finished model's ratio; None (nothing learned) when its prediction is too
+        small to say anything."""
+        if predicted_s < MIN_LEARN_S or measured_s <= 0:
+            return None
+        ratio = measured_s / predicted_s
+        self.ratios.setdefault(kind, []).append(ratio)
+        return ratio
+
+
+def trained_here(records: list[dict], folder: Path, k: int, since: float) -> bool:
+    """True when all ``k`` folds in ``folder`` were written after ``since`` (a ``time.time()``):
+    the model trained every fold in this run, none resumed from an earlier one."""
+    done = [folder / f"fold{r['fold']}" / "done.json" for r in records]
+    return len(done) == k and all(d.exists() and d.stat().st_mtime >= since for d in done)
