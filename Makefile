@@ -119,9 +119,9 @@ $(DEVSTAMP): $(STAMP) requirements-dev.txt
 
 venv: $(STAMP) ## create the virtual environment (done automatically by every target)
 
-data: $(STAMP) ## generate the bundled demo dataset in DATA (data/demo; data/tiny test-sized; data/shifted test drawn unlike train)
+data: $(STAMP) ## generate the bundled demo dataset in DATA (data/demo; data/tiny test-sized; data/shifted test drawn unlike train; data/recurring shifted with recurring train images)
 	@case "$(DATASET)" in \
-	  demo|tiny|large|shifted) $(RUN) data --data $(DATA) --preset $(if $(filter demo,$(DATASET)),default,$(DATASET)) ;; \
+	  demo|tiny|large|shifted|recurring) $(RUN) data --data $(DATA) --preset $(if $(filter demo,$(DATASET)),default,$(DATASET)) ;; \
 	  *) test -f $(DATA)/train.csv || { echo "$(DATA)/train.csv not found: DATA must be a COMP5329-layout folder"; exit 2; } ;; \
 	esac
 

@@ -31,10 +31,20 @@ class TinyRun:
     data: Path  # the tiny dataset, root/data/tiny
     config: Path
 
-    def copy(self, dest: Path) -> TinyRun:
-        """A private copy to change artefacts in without touching the shared run."""
-        shutil.copytree(self.root, dest, symlinks=True)
-        return TinyRun(dest, dest / self.data.relative_to(self.root), self.config)
+    def copy(self, dest: Path, share_data: bool = False) -> TinyRun:
+        """A private copy to change artefacts in without touching the shared run.
+
+        ``share_data``: the copy's dataset is a link to this run's, so its images are the same
+        files and the copied feature cache serves them (a copied image is a new file to the
+        cache, which embeds it again). Only for a copy whose test leaves the dataset alone."""
+        shared = self.data.relative_to(self.root)
+        ignore = (lambda folder, names: names if Path(folder) == self.data else []) if share_data else None
+        shutil.copytree(self.root, dest, symlinks=True, ignore=ignore)
+        if share_data:
+            link = dest / shared
+            link.unlink() if link.is_symlink() else link.rmdir()  # a copy of a copy holds the link already
+            link.symlink_to(self.data.resolve(), target_is_directory=True)
+        return TinyRun(dest, dest / shared, self.config)
 
 
 @pytest.fixture(scope="session")

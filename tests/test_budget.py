@@ -4,9 +4,12 @@
 - the planner keeps what fits, caps a net model's epochs where that makes it fit, and drops
   the rest, in the config's order;
 - a budget large enough trains exactly the config: the submission is byte-identical to an
-  unbudgeted run's, and ``--plan`` replays a budgeted run byte for byte;
-- a probe that predicts far too little still ends inside the budget: the clock stops the model
-  that overruns, it is dropped whole, and every kept model has out-of-fold logits for every row.
+  unbudgeted run's;
+- a probe that predicts far too little still ends inside the budget: a model with early stopping
+  stops each fold cleanly at its share of the time and keeps every row, one without is dropped
+  whole at the deadline, and ``--plan`` replays the stops byte for byte;
+- what a run learns from its finished models (where early stopping ends, how far the probe's
+  rates are off) moves the predictions of the later ones.
 """
 
 from __future__ import annotations
@@ -251,7 +254,8 @@ def _copy_inputs(tiny_run, dest):
     return dest / "data" / "tiny"
 
 
-def test_a_large_budget_trains_the_config_and_a_plan_replays_byte_for_byte(tiny_run, tmp_path):
+def test_a_large_budget_trains_the_config(tiny_run, tmp_path):
+    # (A plan's replay, byte for byte, is proven with clean stops in the test below.)
     data = _copy_inputs(tiny_run, tmp_path / "budgeted")
     assert _all(tmp_path / "budgeted", data, "--config", str(tiny_run.config), "--time-limit", "2h") == 0
     runs = tmp_path / "budgeted" / "runs" / "tiny"
@@ -260,11 +264,7 @@ def test_a_large_budget_trains_the_config_and_a_plan_replays_byte_for_byte(tiny_
     sub = (tmp_path / "budgeted" / "submissions" / "tiny-latest.csv").read_bytes()
     # The same models, epochs and folds as the unbudgeted run: the same submission.
     assert sub == (tiny_run.root / "submissions" / "tiny-latest.csv").read_bytes()
-
-    data2 = _copy_inputs(tiny_run, tmp_path / "replayed")
-    assert _all(tmp_path / "replayed", data2, "--config", str(tiny_run.config), "--plan", str(runs / "plan.json")) == 0
-    assert (tmp_path / "replayed" / "submissions" / "tiny-latest.csv").read_bytes() == sub
-    manifest = json.loads((tmp_path / "replayed" / "submissions" / "tiny-latest.json").read_text())
+    manifest = json.loads((tmp_path / "budgeted" / "submissions" / "tiny-latest.json").read_text())
     assert [m["status"] for m in manifest["plan"]["models"]] == ["done", "done"]
     assert 0 < manifest["plan"]["command_s"] < 7200  # the whole command, as the budget counts it
 

@@ -209,3 +209,40 @@ def test_photo_size_stores_the_render_resized_and_is_part_of_the_stamp(tmp_path)
     assert (tmp_path / "photo" / "train.csv").read_text() == (tmp_path / "square" / "train.csv").read_text()
     again = make_demo(tmp_path / "photo", n_train=20, n_test=4, size=32, workers=1)
     assert again["skipped"] is False  # the stamp differs without the photo size: regenerated
+
+
+def test_recurring_training_images_are_near_copies_with_their_sources_labels(tmp_path):
+    # The recurring preset: the last third of the training rows show an earlier training image
+    # again (cropped, maybe mirrored, re-exposed) with its labels and a caption of their own; the
+    # test rows never recur, and the other rows are the plain draws.
+    from capfuse.data.demo.writer import recurring_source
+
+    n = 30
+    plain = make_demo(tmp_path / "plain", n_train=n, n_test=6, size=48, workers=1, shift="disjoint")
+    rec = make_demo(tmp_path / "rec", n_train=n, n_test=6, size=48, workers=1, shift="disjoint", recur=1 / 3)
+    assert rec["recur"] == pytest.approx(1 / 3) and "recur" not in plain
+    rows = {r["ImageID"]: r for r in csv.DictReader(open(tmp_path / "rec" / "train.csv", encoding="utf-8"))}
+    sources = {i: recurring_source(0, i, n, 1 / 3) for i in range(n)}
+    assert [i for i, s in sources.items() if s is not None] == list(range(20, 30))
+    assert all(s < 20 for s in sources.values() if s is not None)
+    for name in ("test.csv", "test_labels.csv"):
+        assert (tmp_path / "rec" / name).read_text() == (tmp_path / "plain" / name).read_text()
+
+    def pixels(folder, i):
+        with Image.open(tmp_path / folder / "data" / f"{i}.jpg") as im:
+            return np.asarray(im.convert("L").resize((16, 16)), np.float32)
+
+    for i, source in sources.items():
+        if source is None:
+            assert (tmp_path / "rec" / "data" / f"{i}.jpg").read_bytes() == (
+                tmp_path / "plain" / "data" / f"{i}.jpg"
+            ).read_bytes()
+            continue
+        assert rows[f"{i}.jpg"]["Labels"] == rows[f"{source}.jpg"]["Labels"]
+        copy, src = pixels("rec", i), pixels("rec", source)
+        # Closer to its source (or its mirror) than to any other training image.
+        near = min(np.abs(copy - src).mean(), np.abs(copy - src[:, ::-1]).mean())
+        others = [np.abs(copy - pixels("rec", j)).mean() for j in range(20) if j != source]
+        assert near < min(others), (i, source)
+    with pytest.raises(ValueError, match="recur"):
+        make_demo(tmp_path / "bad", n_train=n, n_test=6, size=48, workers=1, recur=1.0)

@@ -117,8 +117,10 @@ def reference(tmp_path_factory) -> tuple[Path, bytes]:
 
 
 def fresh_copy(reference_root: Path, dest: Path) -> Path:
-    """The reference's dataset (and nothing it computed) in a new project folder."""
+    """The reference's dataset and its encoders' ONNX exports (keyed by encoder, size and
+    weights, not by the data) in a new project folder: nothing else it computed."""
     shutil.copytree(reference_root / "data", dest / "data")
+    shutil.copytree(reference_root / "runs" / "tiny" / "cache" / "onnx", dest / "runs" / "tiny" / "cache" / "onnx")
     return dest
 
 

@@ -45,7 +45,7 @@ def logits(project: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def serial(tiny_run, tmp_path_factory):
     """The tiny run with MODELS trained serially: the reference, and a project to copy."""
-    run = tiny_run.copy(tmp_path_factory.mktemp("jobs") / "serial")
+    run = tiny_run.copy(tmp_path_factory.mktemp("jobs") / "serial", share_data=True)
     assert train(run.root, run.data, run.config) == 0
     return run
 
@@ -53,7 +53,7 @@ def serial(tiny_run, tmp_path_factory):
 @pytest.fixture
 def fresh(serial, tmp_path):
     """A copy of the serial project without MODELS' runs (features stay cached)."""
-    run = serial.copy(tmp_path / "project")
+    run = serial.copy(tmp_path / "project", share_data=True)
     for m in MODELS:
         shutil.rmtree(run.root / "runs" / "tiny" / m)
     return run

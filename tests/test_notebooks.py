@@ -1,7 +1,8 @@
 """Every notebook runs headless on a real tiny run, shows its figures, and holds no logic.
 
 05-fit trains with ``capfuse.fit``, which writes into its run, so it runs on a private copy of the
-tiny run with the tiny run's overrides (resuming its finished models), never on the shared one."""
+tiny run (its images shared, so the feature cache serves them) with the tiny run's overrides,
+resuming its finished models; never on the shared run."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_notebook_holds_no_logic(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_on_a_tiny_run(path, tiny_run_full, tiny_bundle, monkeypatch, tmp_path):
-    run = tiny_run_full.copy(tmp_path / "project") if path.stem == FIT else tiny_run_full
+    run = tiny_run_full.copy(tmp_path / "project", share_data=True) if path.stem == FIT else tiny_run_full
     monkeypatch.setenv("CAPFUSE_DATA", str(run.data))
     monkeypatch.setenv("CAPFUSE_BUNDLE", str(tiny_bundle))
     monkeypatch.setenv("CAPFUSE_ROOT", str(run.root))

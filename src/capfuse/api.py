@@ -35,7 +35,13 @@ RUN_BUNDLE = "bundle"  # runs/<dataset>/bundle/: the finished run as a bundle, w
 # differ only there, so a bundle that differs elsewhere describes another run.
 EXPORT_MOMENT = ("created", SEAL)
 # The Makefile's `data` target: these dataset names are the demo generator's, at these sizes.
-DEMO_PRESETS = {"demo": "default", "tiny": "tiny", "large": "large"}
+DEMO_PRESETS = {
+    "demo": "default",
+    "tiny": "tiny",
+    "large": "large",
+    "shifted": "shifted",
+    "recurring": "recurring",
+}
 
 
 def fit(

@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default=None,
-        choices=["default", "tiny", "large", "shifted"],
+        choices=["default", "tiny", "large", "shifted", "recurring"],
         help="size preset (default: tiny for a folder named 'tiny', else default); shifted: the default's size "
-        "with test objects drawn in looks training never shows",
+        "with test objects drawn in looks training never shows; recurring: shifted, with a third of the "
+        "training images near-copies of the others",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")

@@ -30,6 +30,10 @@ PRESETS: dict[str, dict] = {
     # The default's size with test objects drawn in shapes, colours and a style that training
     # never shows (capfuse.data.demo.shifted): the development set for train/test shift.
     "shifted": dict(n_train=2000, n_test=800, size=256, shift="disjoint"),
+    # The shifted set whose training images recur: a third of them are near-copies of the others
+    # (capfuse.data.demo.writer.near_copy), so random folds share instances between training and
+    # held-out rows, and grouped folds (folds.groups: auto) have groups to find.
+    "recurring": dict(n_train=2000, n_test=800, size=256, shift="disjoint", recur=1 / 3),
 }
 
 # COCO ids and names for ids 1..19; 12 was never used by COCO and never occurs in COMP5329, so

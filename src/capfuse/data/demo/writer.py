@@ -39,6 +39,7 @@ from capfuse.utils.io import read_json, write_json, write_text
 from capfuse.utils.lock import folder_abandoned, hold_folder
 
 STAMP_NAME = ".demo.json"
+RECUR_CODE = 7  # the seed stream of the near-copies (apart from every split's own)
 
 
 def generate_sample(
@@ -56,9 +57,39 @@ def generate_sample(
     return img, sorted(CLASS_ID[c] for c in labels), caption
 
 
-def _work(task: tuple[int, str, int, int, str, tuple[int, int] | None, str | None]) -> tuple[list[int], str]:
-    seed, split, index, size, path, photo, shift = task
-    img, labels, caption = generate_sample(seed, split, index, size, shift)
+def recurring_source(seed: int, index: int, n_train: int, recur: float) -> int | None:
+    """The earlier training image that training image ``index`` shows again, or None: with
+    ``recur`` > 0 the last ``recur`` share of the training rows are near-copies of the others."""
+    n_source = n_train - int(round(recur * n_train))
+    if recur <= 0 or index < n_source or n_source < 1:
+        return None
+    return int(np.random.default_rng([seed, RECUR_CODE, index]).integers(n_source))
+
+
+def near_copy(seed: int, index: int, source: int, size: int, shift: str | None) -> tuple[Image.Image, list[int], str]:
+    """Training image ``source`` seen again, as a second photo of the same objects would show
+    them: the same drawing under a small crop, mirror and exposure change, with a caption of its
+    own from the same grammar; its labels are the source's."""
+    rng = np.random.default_rng([seed, SPLIT_CODE["train"], source])
+    scene, labels = sample_labels(rng, forced_class("train", source))
+    img, info = render_scene(rng, scene, labels, size, split_look(shift, "train"))
+    own = np.random.default_rng([seed, RECUR_CODE, index, 1])
+    side = int(round(size * own.uniform(0.85, 0.95)))
+    x, y = (int(v) for v in own.integers(0, size - side + 1, 2))
+    img = img.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)
+    if own.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    gain = own.uniform(0.85, 1.15)
+    img = Image.fromarray(np.clip(np.asarray(img, np.float32) * gain, 0, 255).astype(np.uint8))
+    return img, sorted(CLASS_ID[c] for c in labels), make_caption(own, scene, info)
+
+
+def _work(task: tuple) -> tuple[list[int], str]:
+    seed, split, index, size, path, photo, shift, source = task
+    if source is None:
+        img, labels, caption = generate_sample(seed, split, index, size, shift)
+    else:
+        img, labels, caption = near_copy(seed, index, source, size, shift)
     if photo is not None:
         # Rendered square, stored at the photo size: the decoder then pays for COMP5329's
         # 640x480 pixels, which is what throughput figures at competition size must include.
@@ -98,11 +129,18 @@ def staging_folder(out: Path) -> Iterator[Path]:
 
 
 def _params(
-    n_train: int, n_test: int, size: int, seed: int, photo: tuple[int, int] | None = None, shift: str | None = None
+    n_train: int,
+    n_test: int,
+    size: int,
+    seed: int,
+    photo: tuple[int, int] | None = None,
+    shift: str | None = None,
+    recur: float = 0.0,
 ) -> dict:
     params = dict(generator_version=GENERATOR_VERSION, n_train=n_train, n_test=n_test, size=size, seed=seed)
     # Only when set, so that the stamps of datasets written before the options still match.
-    return params | ({"photo": list(photo)} if photo is not None else {}) | ({"shift": shift} if shift else {})
+    optional = {"photo": list(photo) if photo is not None else None, "shift": shift or None, "recur": recur or None}
+    return params | {k: v for k, v in optional.items() if v is not None}
 
 
 def _summary(params: dict, train_labels: list[list[int]], captions: list[str], seconds: float) -> dict:
@@ -133,25 +171,29 @@ def make_demo(
     force: bool = False,
     photo: tuple[int, int] | None = None,
     shift: str | None = None,
+    recur: float = 0.0,
 ) -> dict:
     """Write the demo dataset into ``out_dir`` (COMP5329 layout) and return a summary.
 
     ``photo`` (width, height): scenes are rendered at ``size`` and stored resized to it.
     ``shift`` (``"disjoint"``: the shifted preset): train and test draw the objects in disjoint
-    looks (``capfuse.data.demo.shifted``).
+    looks (``capfuse.data.demo.shifted``). ``recur`` (the recurring preset): this share of the
+    training images are near-copies of the other training images (``near_copy``), as photos of
+    the same objects recur in a real set; the test images never recur.
 
     A stamp (``.demo.json``) records the parameters; when it matches, nothing is regenerated
     (``skipped`` is True in the summary) unless ``force``. A folder that exists without a stamp
     is not ours, so it is never overwritten unless ``force``.
     """
-    if n_train < 1 or n_test < 0 or size < 16 or seed < 0:
+    if n_train < 1 or n_test < 0 or size < 16 or seed < 0 or not 0.0 <= recur < 1.0:
         raise ValueError(
-            f"need n_train >= 1, n_test >= 0, size >= 16, seed >= 0 (got {n_train}, {n_test}, {size}, {seed})"
+            "need n_train >= 1, n_test >= 0, size >= 16, seed >= 0, 0 <= recur < 1 "
+            f"(got {n_train}, {n_test}, {size}, {seed}, {recur})"
         )
     start = time.perf_counter()
     out = Path(out_dir)
     split_look(shift, "test")  # an unknown shift fails here, before any work
-    params = _params(n_train, n_test, size, seed, photo, shift)
+    params = _params(n_train, n_test, size, seed, photo, shift, recur)
     stamp = out / STAMP_NAME
     if out.exists() and not force:
         if stamp.exists():
@@ -164,9 +206,13 @@ def make_demo(
 
     workers = max(1, int(workers or os.cpu_count() or 1))
     with staging_folder(out) as tmp:
-        tasks = [(seed, "train", i, size, str(tmp / "data" / f"{i}.jpg"), photo, shift) for i in range(n_train)]
+        tasks = [
+            (seed, "train", i, size, str(tmp / "data" / f"{i}.jpg"), photo, shift, recurring_source(seed, i, n_train, recur))
+            for i in range(n_train)
+        ]
         tasks += [
-            (seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg"), photo, shift) for i in range(n_test)
+            (seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg"), photo, shift, None)
+            for i in range(n_test)
         ]
         if workers == 1 or len(tasks) < 16:
             results = [_work(t) for t in tasks]
@@ -228,7 +274,7 @@ def make_unlabelled(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists; remove it first")
     with staging_folder(out) as tmp:
-        tasks = [(seed, "unlabelled", i, size, str(tmp / "data" / f"u{i}.jpg"), None, None) for i in range(n)]
+        tasks = [(seed, "unlabelled", i, size, str(tmp / "data" / f"u{i}.jpg"), None, None, None) for i in range(n)]
         workers = max(1, int(workers or os.cpu_count() or 1))
         with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, n)) as pool:
             results = pool.map(_work, tasks, chunksize=max(1, min(32, n // (4 * workers))))
