@@ -298,7 +298,9 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def write_runs_file(root: Path, preset: str, dataset: str, slug: str, date: str, minutes: float, nested: float) -> Path:
+def write_runs_file(
+    root: Path, preset: str, dataset: str, slug: str, date: str, minutes: float, nested: float, overrides: str = ""
+) -> Path:
     frame = pd.DataFrame(
         [
             {"kind": "second_level", "name": "stack", "nested_mean_f1": nested},
@@ -306,6 +308,7 @@ def write_runs_file(root: Path, preset: str, dataset: str, slug: str, date: str,
         ]
     )
     facts = {"dataset": dataset, "preset": preset, "train_rows": 30000, "test_rows": 10000}
+    facts |= {"overrides": overrides} if overrides else {}
     machine = fake_machine(date=date, slug=slug)
     written = write_results(
         root, "runs", frame, machine, name=f"{dataset}-{preset}", command="capfuse infer", facts=facts
@@ -486,6 +489,22 @@ def test_render_leaves_out_runs_of_other_configs(tmp_path):
     write_runs_file(results, "pipeline", "large", "h200x1", "2026-12-01T08:00:00Z", 12.0, 0.9)
     table = presets_table(results, tmp_path)
     assert "h200x1" not in table and "pipeline" not in table and "0.9000" not in table
+
+
+def test_a_run_with_set_values_is_a_variant_filed_apart_and_never_the_presets_figure(tmp_path):
+    from capfuse.results.runs import variant_slug
+
+    assert variant_slug(["folds.groups=auto"]) == "folds.groups-auto"
+    assert variant_slug(["folds.k=3", "train.mix=mixup"]) == "folds.k-3-train.mix-mixup"
+    long = variant_slug([f"models.m{i}.train.epochs=9" for i in range(9)])
+    assert len(long) <= 60 and long != variant_slug([f"models.m{i}.train.epochs=8" for i in range(9)])
+    results = tmp_path / "results"
+    write_runs_file(results, "default", "demo", "epyc-avx512bf16-2t", "2026-12-01T08:00:00Z", 9.0, 0.85)
+    write_runs_file(
+        results, "default", "demo", "epyc-avx512bf16-2t", "2026-12-02T08:00:00Z", 9.0, 0.99, "folds.groups=auto"
+    )
+    table = presets_table(results, tmp_path)
+    assert "0.8500" in table and "0.9900" not in table  # the newer file is a variant, not the preset
 
 
 @pytest.mark.parametrize(

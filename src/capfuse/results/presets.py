@@ -58,6 +58,8 @@ def read_runs(results_root: Path) -> pd.DataFrame:
                 "nested": float(second["nested_mean_f1"].iloc[0]) if len(second) else None,
                 "time_limit_s": float(limit) if pd.notna(limit) else None,
                 "stages_only": pd.notna(limit) and not len(command),
+                # A run with --set values is a variant of its preset, not the preset.
+                "variant": pd.notna(first.get("overrides", None)) and str(first.get("overrides", "")).strip() != "",
             }
         )
     return pd.DataFrame(rows)
@@ -100,7 +102,8 @@ def presets_table(results_root: Path, link_from: Path) -> str:
     the folder ``link_from`` (the README's)."""
     runs = read_runs(results_root)
     if not runs.empty:
-        runs = runs[runs["preset"].isin(PRESETS)]  # a run of another config is not a preset's figure
+        # A run of another config, or with --set values, is not a preset's figure.
+        runs = runs[runs["preset"].isin(PRESETS) & ~runs["variant"]]
     empty = runs.empty
     slugs = [] if empty else sorted(set(runs.loc[runs["dataset"] == TIMED, "slug"]))
     sources: list[Path] = []

@@ -13,6 +13,9 @@ end of ``capfuse infer`` and ``capfuse results collect`` on a run made long befo
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -226,6 +229,15 @@ NOTES = (
 )
 
 
+def variant_slug(overrides: list[str]) -> str:
+    """A file-name part that says a run's ``--set`` values: ``folds.groups=auto`` ->
+    ``folds.groups-auto``; past 60 characters, their start and a checksum of them all."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(overrides)).strip("-")
+    if len(slug) <= 60:
+        return slug
+    return f"{slug[:51].rstrip('-')}-{hashlib.sha256(slug.encode()).hexdigest()[:8]}"
+
+
 def run_date(manifest: dict) -> str | None:
     """The submission's UTC time (``20261122-143015``) as ISO 8601, the date a collected run is filed under."""
     stamp = str(manifest.get("timestamp") or "")
@@ -243,15 +255,20 @@ def write_run_results(
     machine: dict,
     command: str,
     collected: bool = False,
+    overrides: list[str] | None = None,
 ) -> Written:
     """``results/runs/<date>_<dataset>-<preset>_<machine>_<commit7>.{csv,md}`` of a finished run.
 
     ``machine``: this host's record (fields and slug). Its commit is replaced by the manifest's,
     the commit the run was made at. ``collected``: written after the fact (``capfuse results
     collect``): the file is dated by the run's submission and says that the machine fields were
-    read on the collecting host, which need not be the one that ran it.
+    read on the collecting host, which need not be the one that ran it. ``overrides``: the run's
+    ``--set`` values; such a run is a variant of its preset, filed apart under a name that says
+    them and left out of the presets table.
     """
     frame, facts = run_results(run_dir, manifest, preset)
+    if overrides:
+        facts["overrides"] = " ".join(overrides)
     machine = {**machine, "commit": plain_commit(manifest.get("git_commit"))}
     if collected:
         facts["machine_fields"] = f"read when collected on this host at {machine['date']}, not by the run itself"
@@ -266,7 +283,9 @@ def write_run_results(
         frame,
         machine,
         # A budgeted run is filed apart from the preset's own: "large-default-budget3600s".
-        name=f"{dataset}-{preset}" + (f"-budget{facts['time_limit_s']:.0f}s" if facts.get("time_limit_s") else ""),
+        name=f"{dataset}-{preset}"
+        + (f"-budget{facts['time_limit_s']:.0f}s" if facts.get("time_limit_s") else "")
+        + (f"-{variant_slug(overrides)}" if overrides else ""),
         command=command,
         facts=facts,
         title=title,

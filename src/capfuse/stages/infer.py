@@ -313,7 +313,10 @@ def write_results_file(args, paths, cfg: dict, quiet: bool) -> None:
         planned = [m["name"] for m in (manifest.get("plan") or {}).get("models", [])]
         preset = preset_of(planned or manifest.get("models") or {}, presets, config) or config.stem
         machine = machine_record(paths.root, commit=plain_commit(manifest.get("git_commit"))).fields()
-        return write_run_results(root, paths.runs, manifest, preset=preset, machine=machine, command=command_line())
+        overrides = list(getattr(args, "overrides", None) or [])
+        return write_run_results(
+            root, paths.runs, manifest, preset=preset, machine=machine, command=command_line(), overrides=overrides
+        )
 
     write_safely(root / "runs", write)
 
