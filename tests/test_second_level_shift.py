@@ -174,3 +174,18 @@ def test_infer_writes_each_base_models_held_out_score_beside_its_cv(tiny_run):
         pred = apply_threshold(probs, row.threshold, **RULE)
         assert row.held_out_mean_f1 == pytest.approx(mean_sample_f1(truth, pred), abs=1e-5)
         assert row.cv_minus_held_out == pytest.approx(row.cv_mean_f1 - row.held_out_mean_f1, abs=2e-5)
+
+
+def test_a_model_that_reads_no_shifted_input_is_never_capped():
+    # Only the images shift: a caption model falls on the test-like rows because they are
+    # harder rows, not because it learnt what the test lacks; it keeps its whole weight, and the
+    # image model that falls as far is capped.
+    drops = np.array([0.05, 0.01, 0.012, 0.05])
+    exposed = [True, True, True, False]
+    assert weight_caps(drops, tolerance=0.01, cap=0.5).tolist() == [0.5, 1.0, 1.0, 0.5]
+    assert weight_caps(drops, tolerance=0.01, cap=0.5, exposed=exposed).tolist() == [0.5, 1.0, 1.0, 1.0]
+    images = Shift(None, True, "s.csv", frozenset({"image", "both"}))
+    assert images.exposed(needs_image=True) and not images.exposed(needs_image=False)
+    assert Shift(None, True, "s.csv", frozenset({"caption", "both"})).exposed(needs_image=True)
+    assert Shift(None, True, "s.csv", frozenset({"both"})).exposed(needs_image=False)
+    assert Shift(None, True, "s.csv").exposed(needs_image=False)  # a report that does not say: all may be

@@ -163,7 +163,7 @@ def base_model_drops(Y, oof_logits: list, names: list[str], like: np.ndarray, ru
     threshold on all rows), the fall, and the cap the guard gives it on all rows."""
     probs = [sigmoid(z) for z in oof_logits]
     drops = score_drops(Y, probs, like, rule)
-    caps = None if guard is None else weight_caps(drops, guard.tolerance, guard.cap)
+    caps = None if guard is None else weight_caps(drops, guard.tolerance, guard.cap, guard.exposed)
     out = {}
     for m, (n, p) in enumerate(zip(names, probs)):
         t, f1 = fit_global_threshold(Y, p, **rule)
@@ -172,6 +172,7 @@ def base_model_drops(Y, oof_logits: list, names: list[str], like: np.ndarray, ru
             "test_like_mean_f1": round(float(f1 - drops[m]), 5),
             "fall": round(float(drops[m]), 5),
             "max_weight": None if caps is None else float(caps[m]),
+            "reads_shifted_input": None if guard is None or guard.exposed is None else bool(guard.exposed[m]),
         }
     return out
 

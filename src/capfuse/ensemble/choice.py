@@ -45,8 +45,11 @@ def _runner_up(cands: dict, chosen: str, score: str) -> str:
     return f" vs {rest[score].iloc[0]:.4f} for {rest['candidate'].iloc[0]}" if len(rest) else ""
 
 
-def choose_candidate(Y, oof_logits, test_logits, folds, names, cfg: dict, rule: dict, shift: Shift | None) -> Picked:
-    """Build the candidates and keep one; see the module's docstring for the rule."""
+def choose_candidate(
+    Y, oof_logits, test_logits, folds, names, cfg: dict, rule: dict, shift: Shift | None, exposed=None
+) -> Picked:
+    """Build the candidates and keep one; see the module's docstring for the rule. ``exposed``:
+    per base model, whether it reads an input the report found shifted (None: all do)."""
     settings = resolve(cfg).ensemble.shift
     like = None if shift is None or shift.scores is None else most_test_like(shift.scores, settings.share)
     warned = shift is not None and shift.warned
@@ -59,7 +62,7 @@ def choose_candidate(Y, oof_logits, test_logits, folds, names, cfg: dict, rule: 
             )
         log.warning("the shift report warns but scored no training row: candidates are chosen on all rows")
         active = False
-    guard = Guard(rule, settings.tolerance, settings.cap) if active else None
+    guard = Guard(rule, settings.tolerance, settings.cap, None if exposed is None else tuple(exposed)) if active else None
     cands = build_candidates(Y, oof_logits, test_logits, folds, names, cfg, rule, like=like, guard=guard)
     test_like = None
     if like is not None:

@@ -154,7 +154,9 @@ def fit_stack(paths, cfg: dict, ds: Dataset, shift: Shift | None = None) -> dict
         names = choose_base_models(cfg, trained)
         oof_logits, test_logits = load_base_logits(paths, ds, names, folds)
         rule = threshold_rule(cfg)
-        picked = choose_candidate(ds.Y, oof_logits, test_logits, folds, names, cfg, rule, shift)
+        # A model reading no input the report found shifted is never capped (ensemble.under_shift).
+        exposed = None if shift is None else [shift.exposed(bool(trained[n].get("needs_image", True))) for n in names]
+        picked = choose_candidate(ds.Y, oof_logits, test_logits, folds, names, cfg, rule, shift, exposed)
         cands, chosen, why = picked.candidates, picked.chosen, picked.why
         table = pd.DataFrame([{"candidate": c, **v["score"], "chosen": c == chosen} for c, v in cands.items()])
         table = table.sort_values(picked.score, ascending=False).reset_index(drop=True)

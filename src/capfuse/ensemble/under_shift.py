@@ -11,7 +11,10 @@ all rows may be the one that leans hardest on what the test lacks. Two things an
 * a *weight cap*: a base model whose mean F1 falls from all rows to the test-like rows by more
   than the others' falls (by ``tolerance``) may hold at most ``cap`` of a blend, and the
   stacker may not split on its columns. The falls are measured on the rows a fit learns from,
-  so a fold's cap never reads the labels of the fold it predicts.
+  so a fold's cap never reads the labels of the fold it predicts. Only a model that reads an
+  input the report found shifted may be capped (``exposed``): a caption model on a set whose
+  images alone shift can fall on the test-like rows because they are harder rows, not because
+  it learnt what the test lacks, and its held-out score stays its CV.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ class Shift:
     scores: np.ndarray | None  # every training row's test-likeness, in the dataset's order; None: not measured
     warned: bool  # the report's warning fired
     source: str  # the file the scores come from, for stack.json
+    shifted_inputs: frozenset[str] | None = None  # "image", "caption", "both" where shifted; None: not known
+
+    def exposed(self, needs_image: bool) -> bool:
+        """Whether a model that reads the image (``needs_image``) or the caption alone reads an
+        input the report found shifted; True where the report does not say."""
+        if self.shifted_inputs is None or "caption" in self.shifted_inputs:
+            return True
+        if "image" in self.shifted_inputs:
+            return needs_image
+        return bool(self.shifted_inputs)  # only the pair tells the splits apart: every model reads part of it
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class Guard:
     rule: dict  # min_labels, max_labels
     tolerance: float
     cap: float
+    exposed: tuple[bool, ...] | None = None  # per base model: may be capped (reads a shifted input); None: all
 
     def caps_for(
         self, Y: np.ndarray, probs: Sequence[np.ndarray], like: np.ndarray
@@ -49,7 +63,7 @@ class Guard:
 
         def caps(rows: np.ndarray) -> np.ndarray:
             drops = score_drops(Y[rows], [p[rows] for p in probs], like[rows], self.rule)
-            return weight_caps(drops, self.tolerance, self.cap)
+            return weight_caps(drops, self.tolerance, self.cap, self.exposed)
 
         return caps
 
@@ -85,16 +99,17 @@ def score_drops(Y: np.ndarray, probs: Sequence[np.ndarray], like: np.ndarray, ru
     return out
 
 
-def weight_caps(drops: np.ndarray, tolerance: float, cap: float) -> np.ndarray:
+def weight_caps(drops: np.ndarray, tolerance: float, cap: float, exposed: Sequence[bool] | None = None) -> np.ndarray:
     """Each model's largest blend weight: ``cap`` where its fall exceeds the median fall of the
-    other models by more than ``tolerance``, else 1. The model that falls least is never capped,
-    so the caps always leave room for weights that sum to one."""
+    other models by more than ``tolerance``, else 1; only models ``exposed`` to the shift (all
+    when None) are capped. The model that falls least is never capped, so the caps always leave
+    room for weights that sum to one."""
     d = np.asarray(drops, dtype=np.float64)
     caps = np.ones(len(d))
     if len(d) < 2:
         return caps
     for m in range(len(d)):
-        if d[m] - np.median(np.delete(d, m)) > tolerance:
+        if (exposed is None or exposed[m]) and d[m] - np.median(np.delete(d, m)) > tolerance:
             caps[m] = cap
     return caps
 

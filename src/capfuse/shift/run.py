@@ -193,4 +193,6 @@ def read_shift(paths, ds: Dataset) -> Shift | None:
             return None
         scores = frame["score"].to_numpy(np.float64)
     rel = scores_file.relative_to(paths.root) if scores_file.is_relative_to(paths.root) else scores_file
-    return Shift(scores, bool(report.get("warning")), str(rel))
+    inputs = report.get("inputs")
+    shifted = None if not isinstance(inputs, list) else frozenset(i["input"] for i in inputs if i.get("shifted"))
+    return Shift(scores, bool(report.get("warning")), str(rel), shifted)
