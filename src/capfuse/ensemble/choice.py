@@ -62,7 +62,9 @@ def choose_candidate(
             )
         log.warning("the shift report warns but scored no training row: candidates are chosen on all rows")
         active = False
-    guard = Guard(rule, settings.tolerance, settings.cap, None if exposed is None else tuple(exposed)) if active else None
+    guard = (
+        Guard(rule, settings.tolerance, settings.cap, None if exposed is None else tuple(exposed)) if active else None
+    )
     cands = build_candidates(Y, oof_logits, test_logits, folds, names, cfg, rule, like=like, guard=guard)
     test_like = None
     if like is not None:

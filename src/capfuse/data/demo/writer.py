@@ -207,12 +207,20 @@ def make_demo(
     workers = max(1, int(workers or os.cpu_count() or 1))
     with staging_folder(out) as tmp:
         tasks = [
-            (seed, "train", i, size, str(tmp / "data" / f"{i}.jpg"), photo, shift, recurring_source(seed, i, n_train, recur))
+            (
+                seed,
+                "train",
+                i,
+                size,
+                str(tmp / "data" / f"{i}.jpg"),
+                photo,
+                shift,
+                recurring_source(seed, i, n_train, recur),
+            )
             for i in range(n_train)
         ]
         tasks += [
-            (seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg"), photo, shift, None)
-            for i in range(n_test)
+            (seed, "test", i, size, str(tmp / "data" / f"{n_train + i}.jpg"), photo, shift, None) for i in range(n_test)
         ]
         if workers == 1 or len(tasks) < 16:
             results = [_work(t) for t in tasks]
