@@ -9,14 +9,14 @@ plans each model again against the clock when its turn comes, with what the mode
 left: a planned model that no longer fits gets fewer epochs or is dropped, and one dropped or
 capped at first gets its epochs back when early stopping left the time. A model that the clock
 stops mid-fold (``OutOfTime``) is dropped whole; a pseudo-label round stopped so keeps the
-rounds before it. A replayed plan (``--plan``) sets the same models, epochs and
-rounds and opens no deadline.
+rounds before it. A replayed plan (``--plan``) sets the same models, epochs and rounds and
+opens no deadline.
 
-Each finished model teaches the predictions of the later ones where early stopping ends a
-model and how far the probe's rates are off (``lessons``). A prediction that proves
-short costs no fold: each model trains under an allowance (``allowance``), the deadline less what
-the planned models after it are predicted to need, and a fold that would overrun its share of it
-stops cleanly after an epoch, keeping its best one (``capfuse.utils.deadline``).
+Each finished model teaches the later predictions where early stopping ends a model and how far
+the probe's rates are off (``lessons``). A prediction that proves short costs no fold: each model
+trains under an allowance (``allowance``), the deadline less what the planned models after it
+are predicted to need, and a fold that would overrun its share of it stops cleanly after an
+epoch, keeping its best one (``capfuse.utils.deadline``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from capfuse.budget import probe
 from capfuse.budget.duration import format_duration
-from capfuse.budget.lessons import Lessons, trained_here
+from capfuse.budget.lessons import Lessons, mean_epochs_run, trained_here
 from capfuse.budget.plan import ModelPlan, Plan
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
@@ -215,12 +215,9 @@ class Budget:
         records = probe.fold_records(self._model_dir(entry.name))
         if not trained_here(records, self._model_dir(entry.name), self._sizes[1], since):
             return
-        epochs = None
-        if entry.kind == "net":
-            runs = [r["epochs_run"] for r in records if isinstance(r.get("epochs_run"), int)]
-            if len(runs) != len(records):
-                return
-            epochs = sum(runs) / len(runs)
+        epochs = mean_epochs_run(records) if entry.kind == "net" else None
+        if entry.kind == "net" and epochs is None:
+            return
         predicted = self._predict(entry, self._cfgs[entry.name], epochs, rounds_done, learned=False)
         ratio = self.lessons.learn_ratio(entry.kind, entry.measured_s, predicted)
         if ratio is not None:

@@ -65,3 +65,9 @@ def trained_here(records: list[dict], folder: Path, k: int, since: float) -> boo
     the model trained every fold in this run, none resumed from an earlier one."""
     done = [folder / f"fold{r['fold']}" / "done.json" for r in records]
     return len(done) == k and all(d.exists() and d.stat().st_mtime >= since for d in done)
+
+
+def mean_epochs_run(records: list[dict]) -> float | None:
+    """The mean epochs a net model's folds ran; None when a fold's record does not say."""
+    runs = [r["epochs_run"] for r in records if isinstance(r.get("epochs_run"), int)]
+    return sum(runs) / len(runs) if runs and len(runs) == len(records) else None
