@@ -50,11 +50,17 @@ def generate_sample(
     ``shift`` (the shifted preset): each split draws the objects in its own looks
     (``capfuse.data.demo.shifted``); the labels and scene are the same draws as without it.
     """
+    rng, scene, labels, img, info = _draw(seed, split, index, size, shift)
+    return img, sorted(CLASS_ID[c] for c in labels), make_caption(rng, scene, info)
+
+
+def _draw(seed: int, split: str, index: int, size: int, shift: str | None) -> tuple:
+    """Sample ``index``'s scene, labels and image, and the generator it drew them from (the
+    caption is drawn from it next)."""
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
     scene, labels = sample_labels(rng, forced_class(split, index))
     img, info = render_scene(rng, scene, labels, size, split_look(shift, split))
-    caption = make_caption(rng, scene, info)
-    return img, sorted(CLASS_ID[c] for c in labels), caption
+    return rng, scene, labels, img, info
 
 
 def recurring_source(seed: int, index: int, n_train: int, recur: float) -> int | None:
@@ -70,9 +76,7 @@ def near_copy(seed: int, index: int, source: int, size: int, shift: str | None) 
     """Training image ``source`` seen again, as a second photo of the same objects would show
     them: the same drawing under a small crop, mirror and exposure change, with a caption of its
     own from the same grammar; its labels are the source's."""
-    rng = np.random.default_rng([seed, SPLIT_CODE["train"], source])
-    scene, labels = sample_labels(rng, forced_class("train", source))
-    img, info = render_scene(rng, scene, labels, size, split_look(shift, "train"))
+    _, scene, labels, img, info = _draw(seed, "train", source, size, shift)
     own = np.random.default_rng([seed, RECUR_CODE, index, 1])
     side = int(round(size * own.uniform(0.85, 0.95)))
     x, y = (int(v) for v in own.integers(0, size - side + 1, 2))
