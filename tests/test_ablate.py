@@ -140,3 +140,47 @@ def test_ablate_writes_one_table_and_leaves_the_pipeline_alone(tmp_path):
         == pd.read_json(runs / "ablation" / "caption_mlp@r1" / "metrics.json", typ="series")["cv_mean_f1"]
     )
     assert "| cap_bce | loss |" in (runs / "ablation.md").read_text()
+
+
+@pytest.mark.slow
+def test_seeds_train_apart_and_give_a_mean_and_its_spread(tmp_path):
+    data = tmp_path / "data" / "tiny"
+    make_demo(data, **PRESETS["tiny"], seed=0)
+    cfg = _configs(
+        tmp_path,
+        [
+            {"name": "caption_mlp", "group": "reference", "change": "caption MLP"},
+            {
+                "name": "cap_bce",
+                "base": "caption_mlp",
+                "change": "plain BCE",
+                "set": {"train": {"loss": {"name": "bce"}}},
+            },
+        ],
+    )
+    common = ["--data", str(data), "--root", str(tmp_path), "--quiet", "--set", "folds.k=3", "--config", str(cfg)]
+    assert main(["folds", *common]) == 0
+    assert main(["train", *common]) == 0
+    runs = tmp_path / "runs" / "tiny"
+    before = (runs / "caption_mlp" / "oof_logits.csv").read_bytes()
+    args = ["--set", "ablation.seeds=2", "--set", "ablation.second_level=false"]
+    assert main(["ablate", *common, *args]) == 0
+
+    table = pd.read_csv(runs / "ablation.csv").set_index("variant")
+    assert list(table.index) == ["caption_mlp", "cap_bce"] and (table["seeds"] == 2).all()
+    # The first seed is the pipeline's own model, reused; the second trains apart with its own seed.
+    assert (runs / "caption_mlp" / "oof_logits.csv").read_bytes() == before
+    for name in ("caption_mlp", "cap_bce"):
+        first = runs / name if name == "caption_mlp" else runs / "ablation" / name
+        scores = [
+            pd.read_json(d / "metrics.json", typ="series")["cv_mean_f1"]
+            for d in (first, runs / "ablation" / f"{name}@s1042")
+        ]
+        assert scores[0] != scores[1], "the second seed trained the same model again"
+        assert table.loc[name, "mean_f1"] == pytest.approx(sum(scores) / 2, abs=1e-5)
+        assert table.loc[name, "sd"] == pytest.approx(abs(scores[0] - scores[1]) / 2**0.5, abs=1e-5)
+    assert table.loc["cap_bce", "delta"] == pytest.approx(
+        table.loc["cap_bce", "mean_f1"] - table.loc["caption_mlp", "mean_f1"], abs=1e-5
+    )
+    header = [c.strip() for c in (runs / "ablation.md").read_text().splitlines()[0].split("|")]
+    assert {"sd", "seeds"} <= set(header)

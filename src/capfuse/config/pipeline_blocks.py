@@ -188,6 +188,9 @@ class AblationSettings:
     reference: Name | None = None  # ``delta`` is each variant's CV mean F1 minus this one's
     second_level: Bool = True  # blends, stacker and threshold rows
     output: Name = "ablation"  # runs/<dataset>/<output>.{csv,md}
+    # Each variant trains with this many seeds (seed, seed + 1000, ...): a row gives their mean
+    # and its spread, so a difference can be read against what a seed alone moves.
+    seeds: Count = 1
     variants: tuple[AblationVariant, ...] = field(default=(), metadata={"check": "variants"})
 
 

@@ -119,42 +119,23 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
             model_cfg = {k: val for k, val in v["model"].items() if k != "pseudo"}
             feats = store.for_model(model_cfg)
             common = model_inputs(ds, folds, feats)
-            base_name = model_cfg["name"]
-            base_dir = paths.model_dir(base_name) if v["shared"] else root / base_name
-            with stage(f"ablate {v['name']}", v["change"]):
-                metrics = trained.get(base_name) or train_model(base_name, model_cfg, out_dir=base_dir, **common)
-                trained[base_name] = metrics
-                if v["pseudo"] is not None:
-                    # The rounds' producer is the variant's base model wherever it was trained;
-                    # the rounds themselves stay out of the pipeline's folders. The variant
-                    # scores its last round: a round that did not help is part of its cost.
-                    _, report = pseudo_rounds(
-                        paths,
-                        ds,
-                        base_name,
-                        model_cfg,
-                        metrics,
-                        v["pseudo"],
-                        common,
-                        out_root=root,
-                        producer_root=base_dir.parent,
-                        report=root / f"{v['name']}_rounds.csv",
-                        leaderboard=False,
-                    )
-                    last = report[report["class"].astype(str) == "all"].sort_values("round").iloc[-1]
-                    metrics = read_json(root / str(last["model"]) / "metrics.json")
-                    base_dir = root / str(last["model"])
-            dirs[v["name"]] = base_dir
+            runs = []
+            for seed in seeds_of(model_cfg, spec.seeds):
+                metrics, run_dir = train_variant(paths, ds, v, model_cfg, seed, common, trained, root)
+                dirs[f"{v['name']}@{seed}"] = run_dir
+                runs.append(metrics)
             rows.append(
                 {
                     "variant": v["name"],
                     "group": v["group"],
                     "change": v["change"],
                     "score": "CV",
-                    "mean_f1": metrics["cv_mean_f1"],
-                    "map": metrics["cv_map"],
-                    "gap_at_10": metrics.get("cv_gap_at_10"),
-                    "minutes": metrics["train_minutes"],
+                    "mean_f1": mean_of(runs, "cv_mean_f1"),
+                    "sd": sd_of([m["cv_mean_f1"] for m in runs]),
+                    "map": mean_of(runs, "cv_map"),
+                    "gap_at_10": mean_of(runs, "cv_gap_at_10"),
+                    "minutes": mean_of(runs, "train_minutes"),
+                    "seeds": len(runs),
                 }
             )
         table = pd.DataFrame(rows)
@@ -162,10 +143,16 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         table["delta"] = (table["mean_f1"] - ref.iloc[0]).round(5) if len(ref) else np.nan
         held = held_out_scores(ds, dirs, threshold_rule(cfg))
         if held:  # the dataset ships its answers: each variant scored on them as well
-            table["held_out"] = table["variant"].map(held)
+            per_variant = {
+                v["name"]: [s for k, s in held.items() if k.rsplit("@", 1)[0] == v["name"]] for v in variants
+            }
+            table["held_out"] = table["variant"].map(lambda n: round(float(np.mean(per_variant[n])), 5))
+            table["held_out_sd"] = table["variant"].map(lambda n: sd_of(per_variant[n]))
         if spec.second_level:
             table = pd.concat([table, second_level_rows(paths, ds, cfg)], ignore_index=True)
-        table = table[COLUMNS + (["held_out"] if held else [])]
+        spread = ["sd", "seeds"] if spec.seeds > 1 else []
+        held_cols = (["held_out"] + (["held_out_sd"] if spec.seeds > 1 else [])) if held else []
+        table = table[COLUMNS + spread + held_cols]
         # ``ablation.output`` names the table, so a side study (configs/early_stop.yaml) keeps
         # the main ablation table intact.
         out = check_name(spec.output, f"{config_path}: ablation.output")
@@ -173,6 +160,63 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         write_text(paths.runs / f"{out}.md", markdown_table(table))
         log.info("%s (%s):\n%s", out, paths.runs / f"{out}.csv", table.to_string(index=False))
         return table
+
+
+SEED_STEP = 1000  # fold k trains with seed + k: seeds this far apart never share a fold's seed
+
+
+def seeds_of(model_cfg: dict, n: int) -> list[int]:
+    """The seeds a variant trains with: its own, then ``n - 1`` more ``SEED_STEP`` apart."""
+    first = cfglib.resolve_model(model_cfg).seed
+    return [first + i * SEED_STEP for i in range(n)]
+
+
+def train_variant(paths, ds, v: dict, model_cfg: dict, seed: int, common: dict, trained: dict, root: Path):
+    """One variant at one seed, trained or found trained: (its metrics, its run folder).
+
+    The first seed is the variant as configured (a pipeline model's own folder where it is one);
+    every further seed trains apart, in ``ablation/<model>@s<seed>``, so no seed of an ablation
+    ever replaces a model the submission was made from.
+    """
+    base_name = model_cfg["name"]
+    extra = seed != cfglib.resolve_model(model_cfg).seed
+    if extra:
+        base_name = f"{base_name}@s{seed}"
+        model_cfg = {**model_cfg, "name": base_name, "seed": seed}
+    base_dir = paths.model_dir(base_name) if v["shared"] and not extra else root / base_name
+    with stage(f"ablate {v['name']}" + (f" (seed {seed})" if extra else ""), v["change"]):
+        metrics = trained.get(base_name) or train_model(base_name, model_cfg, out_dir=base_dir, **common)
+        trained[base_name] = metrics
+        if v["pseudo"] is None:
+            return metrics, base_dir
+        # The rounds' producer is the variant's base model wherever it was trained; the rounds
+        # themselves stay out of the pipeline's folders. The variant scores its last round: a
+        # round that did not help is part of its cost.
+        _, report = pseudo_rounds(
+            paths,
+            ds,
+            base_name,
+            model_cfg,
+            metrics,
+            v["pseudo"],
+            common,
+            out_root=root,
+            producer_root=base_dir.parent,
+            report=root / f"{v['name']}{'@s' + str(seed) if extra else ''}_rounds.csv",
+            leaderboard=False,
+        )
+        last = report[report["class"].astype(str) == "all"].sort_values("round").iloc[-1]
+        return read_json(root / str(last["model"]) / "metrics.json"), root / str(last["model"])
+
+
+def mean_of(runs: list[dict], key: str) -> float | None:
+    values = [m[key] for m in runs if m.get(key) is not None]
+    return round(float(np.mean(values)), 5) if values else None
+
+
+def sd_of(values: list[float]) -> float:
+    """The seeds' sample standard deviation (0 for one seed: no spread is measured)."""
+    return round(float(np.std(values, ddof=1)), 5) if len(values) > 1 else 0.0
 
 
 def second_level_rows(paths, ds, cfg: dict) -> pd.DataFrame:
@@ -246,8 +290,9 @@ def held_out_scores(ds, dirs: dict[str, Path], rule: dict) -> dict[str, float]:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """The table as GitHub markdown, for the README and the report."""
-    cols = ["variant", "group", "change", "score", "mean_f1", "delta", "map", "gap_at_10", "minutes"]
-    return markdown(table[cols + [c for c in ("held_out",) if c in table]], floatfmt=".3f")
+    cols = ["variant", "group", "change", "score", "mean_f1", "sd", "delta", "map", "gap_at_10", "minutes", "seeds"]
+    cols += ["held_out", "held_out_sd"]
+    return markdown(table[[c for c in cols if c in table]], floatfmt=".3f")
 
 
 ABLATION_NOTE = (
@@ -255,7 +300,8 @@ ABLATION_NOTE = (
     "(second level, thresholds) fits every part without the scored fold's labels. `delta`: "
     "against the reference variant (second-level rows: against the best single model). "
     "`held_out` (a dataset that ships test_labels.csv): the variant's mean F1 on the test answers, "
-    "at the global threshold chosen on its OOF rows."
+    "at the global threshold chosen on its OOF rows. With `ablation.seeds` above 1, each variant "
+    "row is the mean over its seeds, `sd` and `held_out_sd` their standard deviation."
 )
 
 
