@@ -58,6 +58,30 @@ def test_planted_duplicates_are_found_and_nothing_else():
     assert (alone.sizes == 1).all()
 
 
+def mirror(x: np.ndarray) -> np.ndarray:
+    """A stand-in for a mirror image's vector: the dimensions swapped in pairs (its own inverse)."""
+    return x.reshape(len(x), -1, 2)[:, :, ::-1].reshape(len(x), -1)
+
+
+def test_a_mirrored_copy_is_found_through_the_mirror_view():
+    """Copies stored mirrored are far from their sources as they are, and near once mirrored back."""
+    vectors, truth, _, _ = rows()
+    flipped_copy = np.zeros(len(truth), bool)
+    for g in np.unique(truth):
+        members = np.flatnonzero(truth == g)
+        flipped_copy[members[1::2]] = True  # every second copy of a group is stored mirrored
+    stored = np.where(flipped_copy[:, None], mirror(vectors), vectors)
+    plain = find_groups(stored, ratio=0.35, seed=0)
+    assert not same_partition(plain.labels, truth), "without the mirror view the flipped copies should stay apart"
+    both = find_groups(stored, ratio=0.35, seed=0, mirrored=mirror(stored))
+    assert same_partition(both.labels, truth)
+    # Mirroring adds no link between images that are not copies.
+    alone = np.random.default_rng(1).normal(size=(300, 48))
+    assert (find_groups(alone, ratio=0.35, seed=0, mirrored=mirror(alone)).sizes == 1).all()
+    with pytest.raises(ValueError, match="mirrored must match"):
+        find_groups(stored, ratio=0.35, mirrored=stored[:10])
+
+
 def test_rows_without_an_image_stay_alone():
     vectors, truth, _, _ = rows()
     vectors[:20] = 0.0  # zero vectors of unusable images would all match each other

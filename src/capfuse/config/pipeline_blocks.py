@@ -69,6 +69,10 @@ class FoldsSettings:
     # its 10th nearest other one. On the demo, which holds no copies, even the closest pair sits a
     # little above it; most photos cropped by a few percent and re-encoded sit below it.
     group_ratio: Annotated[float, Strict(), Gt(0), Lt(1)] = 0.35
+    # auto also measures each image against the others' mirror images, so a copy stored flipped
+    # joins its source's group. The flipped view is cached where a model reads it (flip TTA);
+    # elsewhere it costs one more pass over the images.
+    group_mirror: Bool = True
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ photo), random folds put its copies on both sides of a fold: the held-out copy i
 model that learnt its twin, and CV overstates the score on a test set of new instances.
 
 ``find_groups`` links two training images when their vectors are much closer than images
-usually are to their near neighbours, and takes the connected components of those links.
+usually are to their near neighbours, and takes the connected components of those links. Given
+the vectors of the mirrored images as well, a pair is as close as the nearer of an image and the
+other's mirror image, so a copy that was flipped is found like one that was not.
 ``group_folds`` then folds whole groups, keeping each class's share of positives close to 1/k
 in every fold. Both are pure functions of arrays; the folds stage reads the vectors.
 """
@@ -61,17 +63,20 @@ class Groups:
         )
 
 
-def _unit_projection(vectors: np.ndarray, seed: int) -> np.ndarray:
-    """Rows centred, on their top principal directions, scaled to unit length (float32)."""
+def _unit_projection(vectors: np.ndarray, seed: int, *others: np.ndarray) -> list[np.ndarray]:
+    """Rows centred, on their top principal directions, scaled to unit length (float32); each of
+    ``others`` (the mirrored view) through the same centre and directions, so distances across
+    the two compare with distances within one."""
     x = np.asarray(vectors, np.float32)
-    x = x - x.mean(0)
+    centre = x.mean(0)
+    out = [x - centre] + [np.asarray(o, np.float32) - centre for o in others]
     dims = min(DIMS, x.shape[1], len(x))
     if dims < x.shape[1]:
         rng = np.random.default_rng(seed)
         fit_rows = np.sort(rng.choice(len(x), min(FIT_ROWS, len(x)), replace=False))
-        pca = PCA(dims, svd_solver="randomized", iterated_power=3, random_state=seed).fit(x[fit_rows])
-        x = pca.transform(x).astype(np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        pca = PCA(dims, svd_solver="randomized", iterated_power=3, random_state=seed).fit(out[0][fit_rows])
+        out = [pca.transform(o).astype(np.float32) for o in out]
+    return [o / np.maximum(np.linalg.norm(o, axis=1, keepdims=True), 1e-12) for o in out]
 
 
 def _kth_distance(z: np.ndarray, queries: np.ndarray, kth: int) -> np.ndarray:
@@ -85,11 +90,16 @@ def _kth_distance(z: np.ndarray, queries: np.ndarray, kth: int) -> np.ndarray:
     return out
 
 
-def _links(z: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) of rows closer than ``max_distance``."""
+def _links(z: np.ndarray, max_distance: float, mirrored: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows closer than ``max_distance``; with ``mirrored`` (each row's mirror
+    image), the nearer of i to j, i to j's mirror and i's mirror to j."""
     left, right = [], []
     for start in range(0, len(z), CHUNK):
-        sim = z[start : start + CHUNK] @ z.T
+        block = slice(start, start + CHUNK)
+        sim = z[block] @ z.T
+        if mirrored is not None:
+            np.maximum(sim, z[block] @ mirrored.T, out=sim)
+            np.maximum(sim, mirrored[block] @ z.T, out=sim)
         i, j = np.nonzero(sim > 1.0 - max_distance)
         i = i + start
         keep = i < j
@@ -106,29 +116,40 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
-def find_groups(vectors: np.ndarray, usable: np.ndarray | None = None, *, ratio: float, seed: int = 0) -> Groups:
+def find_groups(
+    vectors: np.ndarray,
+    usable: np.ndarray | None = None,
+    *,
+    ratio: float,
+    seed: int = 0,
+    mirrored: np.ndarray | None = None,
+) -> Groups:
     """Connected components of the near-duplicate links between rows of ``vectors``.
 
     Two rows are linked when their cosine distance is below ``ratio`` times the median distance
     of a row to its ``KTH`` nearest other row (``folds.group_ratio``): a yardstick read from the
     data itself, so the rule holds for any encoder's vectors. ``usable``: rows with a real
     vector (False: no usable image, a zero row that would match every other); those stay groups
-    of one.
+    of one. ``mirrored``: the same rows' vectors of the mirrored images (the yardstick stays the
+    unmirrored one's), so a flipped copy links to its source.
     """
     n = len(vectors)
     usable = np.ones(n, bool) if usable is None else np.asarray(usable, bool)
     if usable.shape != (n,):
         raise ValueError(f"usable must hold one flag per row ({n}), got shape {usable.shape}")
+    if mirrored is not None and np.shape(mirrored) != np.shape(vectors):
+        raise ValueError(f"mirrored must match vectors' shape {np.shape(vectors)}, got {np.shape(mirrored)}")
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
     rows = np.flatnonzero(usable)
     if len(rows) <= KTH:  # too few rows to measure the yardstick: no groups
         return Groups(np.arange(n, dtype=np.int64), ratio, 0.0)
-    z = _unit_projection(np.asarray(vectors)[rows], seed)
+    views = [np.asarray(mirrored)[rows]] if mirrored is not None else []
+    z, *flipped = _unit_projection(np.asarray(vectors)[rows], seed, *views)
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(len(z), min(REFERENCE_ROWS, len(z)), replace=False))
     median = float(np.median(_kth_distance(z, queries, KTH)))
-    i, j = _links(z, ratio * median)
+    i, j = _links(z, ratio * median, flipped[0] if flipped else None)
     graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(len(rows), len(rows)))
     _, component = connected_components(graph, directed=False)
     labels = np.arange(n, dtype=np.int64) + len(rows)  # unusable rows: ids no component takes

@@ -30,10 +30,13 @@ from capfuse.utils.io import write_csv
 from capfuse.utils.log import log, stage
 
 
-def image_vectors(paths, cfg: dict, ds: Dataset, models: dict[str, dict], quiet: bool | None) -> np.ndarray:
+def image_vectors(
+    paths, cfg: dict, ds: Dataset, models: dict[str, dict], quiet: bool | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The training rows' image vectors that the shift report measures (the config's first
-    cached-image model's pooled vector), embedded now when the cache lacks them. The store
-    knows every model of the config, so that one pass over the images caches what they all read."""
+    cached-image model's pooled vector), and those of the mirrored images (None with
+    ``folds.group_mirror: false``), embedded now when the cache lacks them. The store knows every
+    model of the config, so that one pass over the images caches what they all read."""
     # Imported here: the feature store brings torch and timm (seconds to import), which row folds,
     # the default, never need.
     from capfuse.features.store import FeatureStore, pooled_output  # noqa: PLC0415
@@ -42,16 +45,25 @@ def image_vectors(paths, cfg: dict, ds: Dataset, models: dict[str, dict], quiet:
     name, model_cfg = image_model(paths, cfg, models)
     m = resolve_model(model_cfg)
     output = pooled_output(m)
-    log.info("folds: grouping near-duplicates by the %s %s vector (%s)", m.image_encoder.name, output, name)
-    vectors, _ = FeatureStore(ds, quiet, models).image(m.image_encoder.cache_spec(), output)
-    return vectors[: len(ds.train_ids)]
+    mirror = resolve(cfg).folds.group_mirror
+    views = ("orig", "hflip") if mirror else ("orig",)
+    log.info(
+        "folds: grouping near-duplicates by the %s %s vector (%s)%s",
+        m.image_encoder.name,
+        output,
+        name,
+        ", each image also against the others' mirror images" if mirror else "",
+    )
+    got = FeatureStore(ds, quiet, models).image_views(m.image_encoder.cache_spec(), (output,), views)
+    n = len(ds.train_ids)
+    return got["orig"][output][:n], got["hflip"][output][:n] if mirror else None
 
 
-def grouped_folds(settings: FoldsSettings, ds: Dataset, vectors: np.ndarray) -> pd.DataFrame:
-    """Folds over the near-duplicate groups of ``vectors``; groups too large for a fold are
-    dissolved into single rows, with one warning line."""
+def grouped_folds(settings: FoldsSettings, ds: Dataset, vectors: np.ndarray, mirrored: np.ndarray | None = None):
+    """Folds over the near-duplicate groups of ``vectors`` (and ``mirrored``, the mirror images'
+    vectors); groups too large for a fold are dissolved into single rows, with one warning line."""
     n, k = len(ds.train_ids), settings.k
-    found = find_groups(vectors, ds.image_ok[:n], ratio=settings.group_ratio, seed=settings.seed)
+    found = find_groups(vectors, ds.image_ok[:n], ratio=settings.group_ratio, seed=settings.seed, mirrored=mirrored)
     log.info("folds: %s", found.summary())
     labels, dissolved = split_large(found.labels, n // k)
     if dissolved:
@@ -100,7 +112,7 @@ def run_folds(
             df = pd.DataFrame({"ImageID": ds.train_ids, "fold": folds})
         else:
             if settings.groups == "auto":
-                df = grouped_folds(settings, ds, image_vectors(paths, cfg, ds, models or {}, quiet))
+                df = grouped_folds(settings, ds, *image_vectors(paths, cfg, ds, models or {}, quiet))
             else:
                 df = make_folds(ds.train_ids, ds.Y, k=k, seed=seed)
             write_folds(df, target)
