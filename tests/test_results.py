@@ -17,8 +17,9 @@ import pytest
 
 from capfuse.results import markdown_for
 from capfuse.results.presets import BEGIN, END, NOT_MEASURED, current_block, presets_block, presets_table
-from capfuse.results.runs import run_timings, write_run_results
+from capfuse.results.runs import run_timings, score_on_test_like_rows, write_run_results
 from capfuse.results.tables import file_stem, results_dir, write_results, write_safely
+from capfuse.stages.infer import line_on_test_like_rows
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -190,6 +191,28 @@ def test_a_runs_file_holds_the_figures_of_the_finished_run(tmp_path):
     md = written.md.read_text()
     for text in ("AMD EPYC", "avx512-bf16", "torch threads", "capfuse infer", "weighted_blend", "0.8432"):
         assert text in md
+
+
+def test_under_a_shift_warning_the_runs_file_and_the_summary_give_the_test_like_score(tmp_path):
+    run = make_run(tmp_path)
+    manifest = json.loads((tmp_path / "submissions" / "demo-latest.json").read_text())
+    level = {
+        "kept": "weighted_blend",
+        "candidates": {"weighted_blend": {"nested_mean_f1": 0.8432, "like_nested_mean_f1": 0.8123}},
+        "choice": {"score": "like_nested_mean_f1", "test_like": {"rows": 500, "share": 0.25}},
+    }
+    quiet = {**manifest, "second_level": level, "shift": {"warning": None}}
+    warned = {**quiet, "shift": {"warning": "train/test shift: ..."}}
+    assert (
+        score_on_test_like_rows(quiet) is None and line_on_test_like_rows(quiet) is None
+    )  # no warning: no such figure
+    assert score_on_test_like_rows(warned) == (500, 0.8123)
+    assert "500 training rows most like the test: 0.8123 nested" in line_on_test_like_rows(warned)
+    kw = {"preset": "default", "machine": fake_machine(), "command": "capfuse infer"}
+    df = pd.read_csv(write_run_results(tmp_path / "results", run, warned, **kw).csv).set_index(["kind", "name"])
+    assert df.loc[("test_like", "weighted_blend"), "nested_mean_f1"] == 0.8123
+    # The second level's own nested figure stays the one the presets table reads.
+    assert df.loc[("second_level", "weighted_blend"), "nested_mean_f1"] == manifest["cv_nested_mean_f1"]
 
 
 def test_the_run_is_found_in_timings_written_by_capfuse_all():

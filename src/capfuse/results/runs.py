@@ -147,6 +147,18 @@ def preset_of(models: Iterable[str], presets_dir: Path, config: Path | None = No
     return None
 
 
+def score_on_test_like_rows(manifest: dict) -> tuple[int, float] | None:
+    """(rows, score): under a shift warning, the kept second level's nested mean F1 on the
+    training rows most like the test, the CV figure nearer what the test will show (still above
+    it where the test holds looks that no training row has); None without a warning or score."""
+    level = manifest.get("second_level") or {}
+    rows = ((level.get("choice") or {}).get("test_like") or {}).get("rows")
+    score = (level.get("candidates") or {}).get(level.get("kept"), {}).get("like_nested_mean_f1")
+    if not (manifest.get("shift") or {}).get("warning") or score is None or not rows:
+        return None
+    return int(rows), float(score)
+
+
 def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFrame, dict]:
     """The ``runs`` table of the finished run in ``run_dir`` and the facts of its header."""
     dataset = run_dir.name
@@ -167,6 +179,16 @@ def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFram
             "map": cv.get("map"),
         }
     )
+    like = score_on_test_like_rows(manifest)
+    if like is not None:
+        rows.append(
+            {
+                "kind": "test_like",
+                "name": second.get("kept"),
+                "detail": f"the {like[0]:,} training rows most like the test (shift warned)",
+                "nested_mean_f1": like[1],
+            }
+        )
     held = run_dir / HELD_OUT_FILE
     if held.exists():
         r = read_json(held)

@@ -38,7 +38,7 @@ from capfuse.metrics import summary as metric_summary
 from capfuse.results.floor import floor_line, held_out
 from capfuse.results.held_out_models import MODELS_FILE, model_scores
 from capfuse.results.machine import machine_record
-from capfuse.results.runs import HELD_OUT_FILE, plain_commit, preset_of, write_run_results
+from capfuse.results.runs import HELD_OUT_FILE, plain_commit, preset_of, score_on_test_like_rows, write_run_results
 from capfuse.results.tables import command_line, results_dir, write_safely
 from capfuse.shift import read_shift, shift_report
 from capfuse.submission import predictions_to_frame, write_submission
@@ -336,5 +336,17 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
         f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
         f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})"
     )
+    like = line_on_test_like_rows(m)
+    if like:
+        print(like)
     print(f"Shift: {m['shift']['warning'] or 'none beyond what random splits show'} ({m['shift']['file']})")
     return 0
+
+
+def line_on_test_like_rows(manifest: dict) -> str | None:
+    """Under a shift, the kept candidate's nested score on the training rows most like the test."""
+    found = score_on_test_like_rows(manifest)
+    if found is None:
+        return None
+    rows, score = found
+    return f"  on the {rows:,} training rows most like the test: {score:.4f} nested (read this one under the shift)"
