@@ -261,6 +261,8 @@ def test_a_large_budget_trains_the_config(tiny_run, tmp_path):
     runs = tmp_path / "budgeted" / "runs" / "tiny"
     plan = Plan.read(runs / "plan.json")
     assert [m.status for m in plan.models] == ["done", "done"]
+    # The reserve holds the shift report's predicted fits beside the second level's.
+    assert 0 < plan.probe["shift_s"] and plan.reserve_s >= plan.probe["stack_s"] + plan.probe["shift_s"] - 0.1
     sub = (tmp_path / "budgeted" / "submissions" / "tiny-latest.csv").read_bytes()
     # The same models, epochs and folds as the unbudgeted run: the same submission.
     assert sub == (tiny_run.root / "submissions" / "tiny-latest.csv").read_bytes()
@@ -283,6 +285,7 @@ def _probe_says_next_to_nothing(monkeypatch, fold_s: dict | None = None, second_
     )
     monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
     monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (second_level_s, 0.0, 0.0))
+    monkeypatch.setattr(guard_mod.probe, "shift_seconds", lambda n_rows: 0.0)
 
 
 ENDLESS = ("--set", "models=[caption_linear,endless_mlp,unstoppable_mlp]")
@@ -374,3 +377,8 @@ def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_ru
     assert "deadline" in plan.model("unstoppable_mlp").why
     manifest = json.loads((tmp_path / "p" / "submissions" / "tiny-latest.json").read_text())
     assert list(manifest["models"]) == ["caption_linear"]
+
+
+def test_the_shift_reports_prediction_grows_with_the_rows():
+    small, large = guard_mod.probe.shift_seconds(1_000), guard_mod.probe.shift_seconds(40_000)
+    assert 0 <= small < large

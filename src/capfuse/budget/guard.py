@@ -126,7 +126,8 @@ class Budget:
             stack_s, lightgbm_s, per_trial = probe.second_level_costs(cfg, n_train, len(ds.class_ids), len(models), k)
             candidates, stack_s = plan_second_level(resolve(cfg).ensemble.candidates, stack_s, lightgbm_s, self.limit_s)
             trials = plan_trials(resolve(cfg).threshold.trials, stack_s, per_trial, self.limit_s)
-            reserve = stack_s + per_trial * trials
+            shift_s = probe.shift_seconds(n_train + n_test)
+            reserve = stack_s + per_trial * trials + shift_s
             probe_s = time.monotonic() - t0
             self.plan = Plan(
                 time_limit_s=self.limit_s,
@@ -139,6 +140,7 @@ class Budget:
                     "stack_s": round(stack_s, 1),
                     "lightgbm_s": round(lightgbm_s, 1),
                     "threshold_trial_s": round(per_trial, 4),
+                    "shift_s": round(shift_s, 1),
                 },
                 threshold_trials=trials if trials != resolve(cfg).threshold.trials else None,
                 candidates=list(candidates) if candidates is not None else None,

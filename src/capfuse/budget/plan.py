@@ -52,7 +52,7 @@ class ModelPlan:
 @dataclass
 class Plan:
     time_limit_s: float
-    reserve_s: float  # predicted: the second level, thresholds and the submission
+    reserve_s: float  # predicted: the shift report, the second level, thresholds and the submission
     folds_s: float  # measured: the folds step before the plan
     probe_s: float  # measured: the probe itself
     models: list[ModelPlan]

@@ -8,7 +8,8 @@
   model's whole fit on that sample, predicting the fold's held-out rows and every test row.
   Scaled by rows and epochs: a fold's prediction; times the folds and the pseudo-label rounds.
 - **Second level**: the stack stage's candidates and the threshold study on synthetic logits of
-  the run's shape at a few hundred rows, scaled by rows and trials.
+  the run's shape at a few hundred rows, scaled by rows and trials; and the shift report's
+  adversarial fits on synthetic vectors of its projected width, scaled by rows.
 
 Every prediction is linear in rows, which errs long for fixed costs; the plan is re-checked
 against the clock before each model, and the trainer stops at the deadline whatever the probe said.
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
@@ -34,6 +36,8 @@ from capfuse.features.store import flip_views, uses_cache
 from capfuse.features.text import cache_files as text_cache_files
 from capfuse.models import MODELS
 from capfuse.models.settings import for_rows, schedule_epochs
+from capfuse.shift.adversarial import DIMS as SHIFT_DIMS
+from capfuse.shift.adversarial import adversarial
 
 REHEARSAL_ROWS = 512  # training rows a net model's rehearsal fits on
 REHEARSAL_EPOCHS = 3  # the first warms the kernels up; the faster of the other two is kept
@@ -43,6 +47,7 @@ LINEAR_ROWS = 2048
 PREDICT_ROWS = 128  # held-out and test rows it predicts
 SECOND_LEVEL_ROWS = 800  # synthetic rows the second level is timed on (and a quarter of them)
 SECOND_LEVEL_TRIALS = 10
+SHIFT_ROWS = 2000  # synthetic train + test rows the shift report is timed on (and a quarter of them)
 
 
 def decode_ms(data_dir: Path, ids: list[str], size: int, n: int = 12) -> float:
@@ -265,3 +270,23 @@ def _second_level_once(cfg: dict, n: int, n_classes: int, n_models: int, k: int)
     full = fit_class_thresholds(Y, probs, **rule, n_trials=SECOND_LEVEL_TRIALS, seed=0)
     nested_threshold_score(Y, probs, folds, **rule, n_trials=SECOND_LEVEL_TRIALS, seed=0, full=full)
     return stack_s, lightgbm_s, time.perf_counter() - t0
+
+
+def shift_seconds(n_rows: int) -> float:
+    """Seconds of the shift report at ``n_rows`` (training and test rows together): its
+    adversarial fits (image, caption and both side by side, each out of fold with its null
+    splits) on synthetic vectors of the projected width, at two sizes, along the line through
+    them. One BLAS thread, as the report runs them."""
+    sizes = (SHIFT_ROWS // 4, SHIFT_ROWS)
+    times = []
+    rng = np.random.default_rng(0)
+    with threadpool_limits(1):
+        for n in sizes:
+            z = rng.normal(size=(n, SHIFT_DIMS)).astype(np.float32)
+            n_train = n * 3 // 4
+            t0 = time.perf_counter()
+            for x in (z, z, np.hstack([z, z])):
+                adversarial("probe", x, n_train, x.shape[1])
+            times.append(time.perf_counter() - t0)
+    slope = max(0.0, (times[1] - times[0]) / (sizes[1] - sizes[0]))
+    return max(0.0, times[1] - slope * sizes[1]) + slope * n_rows
