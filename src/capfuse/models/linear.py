@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from capfuse.config.check import resolve_checked
 from capfuse.config.schema import LinearModelSettings
@@ -101,7 +102,12 @@ class LinearModel:
         intercept = np.zeros(C, dtype=np.float64)
         info = {"n_features": X_tr.n_cols}
         if fitted and self.solver == "joint":
-            fit = fit_ovr(X_tr, Y[tr][:, fitted], self.C, self.max_iter)
+            # One BLAS thread: the fit's products are [N, D] x [D, K] with K the few classes, which
+            # BLAS splits badly: on two cores one thread fits faster than two, idle or loaded
+            # (`capfuse bench --only linear`). The logits below keep the default threads, as a saved
+            # model's prediction does, so both compute them alike.
+            with threadpool_limits(1, user_api="blas"):
+                fit = fit_ovr(X_tr, Y[tr][:, fitted], self.C, self.max_iter)
             coef[fitted], intercept[fitted] = fit.coef, fit.intercept
             info.update(lbfgs_iterations=fit.iterations, converged=fit.converged)
         elif fitted:
