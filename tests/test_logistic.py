@@ -96,3 +96,17 @@ def test_plain_token_norm_keeps_no_scale_and_no_input_gradient():
     plain.loss_fn = BCELoss()
     plain(batch)["loss"].backward()
     assert plain.xattn.img_proj[1].weight.grad is not None
+
+
+def test_the_linear_benchmark_times_every_thread_count_over_the_same_iterations():
+    """``capfuse bench --only linear`` on a small design: one time per BLAS thread count, each
+    compared with one thread's, and every figure reaches the results table."""
+    from capfuse.bench.figures import figure_rows
+    from capfuse.bench.linear import bench_linear, print_linear
+
+    r = bench_linear(rows=300, rounds=1, iterations=2)
+    assert "1 BLAS threads" in r["fit_s"] and all(s > 0 for s in r["fit_s"].values())
+    assert set(r["speedup"]) == {f"{k.split()[0]} BLAS threads over 1" for k in r["fit_s"] if k != "1 BLAS threads"}
+    figures = {row["figure"]: row["unit"] for row in figure_rows("linear", r)}
+    assert figures["fit_s.1 BLAS threads"] == "s"
+    print_linear(r)

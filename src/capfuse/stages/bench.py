@@ -15,7 +15,8 @@ a bundle exported from ``runs/demo`` (trained first when there is no finished ru
 (``capfuse.bench.jobs``). ``--only finetune`` times one fold of a ``finetune: true`` model with
 and without batches decoded ahead (``capfuse.bench.finetune``; a GPU config, on a GPU).
 ``top-stage`` times the training step of Lite0's top stage on its cached input, fp32 and bf16,
-NCHW and channels_last (``capfuse.bench.top_stage``).
+NCHW and channels_last (``capfuse.bench.top_stage``). ``linear`` times the linear models'
+logistic fit at competition size by BLAS threads (``capfuse.bench.linear``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from capfuse.bench.embedding import bench_embed
 from capfuse.bench.figures import figure_rows
 from capfuse.bench.finetune import bench_finetune, print_finetune
 from capfuse.bench.jobs import bench_jobs, print_jobs
+from capfuse.bench.linear import bench_linear, print_linear
 from capfuse.bench.predict import bench_predict, export_for_bench, print_predict
 from capfuse.bench.second_level import bench_stack_thresholds
 from capfuse.bench.top_stage import bench_top_stage, print_top_stage
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per variant (medians)")
     parser.add_argument(
         "--only",
-        choices=["embed", "stack", "training", "predict", "jobs", "finetune", "top-stage"],
+        choices=["embed", "stack", "linear", "training", "predict", "jobs", "finetune", "top-stage"],
         default=None,
         help="run one benchmark only",
     )
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += figure_rows("embed", r)
     if args.only in (None, "stack"):
         rows += figure_rows("stack", bench_second_level(args.rows, args.models))
+    if args.only in (None, "linear"):
+        r = bench_linear(rounds=args.rounds)
+        print_linear(r)
+        rows += figure_rows("linear", r)
     if args.only in (None, "top-stage"):
         r = bench_top_stage(args.encoder, args.size, rounds=args.rounds)
         print_top_stage(r)
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 OPTIONS_USED = {
     "embed": ("images", "encoder", "size", "batch_size", "rounds"),
     "stack": ("rows", "models"),
+    "linear": ("rounds",),
     "top-stage": ("encoder", "size", "rounds"),
     "predict": ("data", "config", "bundle"),
     "jobs": ("data", "config", "model", "jobs", "rounds"),
