@@ -382,3 +382,25 @@ def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_ru
 def test_the_shift_reports_prediction_grows_with_the_rows():
     small, large = guard_mod.probe.shift_seconds(1_000), guard_mod.probe.shift_seconds(40_000)
     assert 0 <= small < large
+
+
+def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_run, tmp_path):
+    """A cold cache: the probe runs the embed step's own pass on a sample (both views of a
+    flip-TTA model) and keeps nothing but the exported graph, which the run then reuses."""
+    from capfuse.config import load_config
+    from capfuse.data.dataset import load_dataset
+    from capfuse.paths import Paths
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tiny").symlink_to(tiny_run.data, target_is_directory=True)
+    paths = Paths(tmp_path / "data" / "tiny", tmp_path)
+    ds = load_dataset(paths, load_config(tiny_run.config), quiet=True)
+    model = load_config(REPO / "configs" / "models" / "image_mlp.yaml") | {"name": "flipped"}
+    model["train"] = {**model.get("train", {}), "tta": True}
+    costs, rates = guard_mod.probe.embed_costs(ds, {"flipped": model})
+    per_view = {k.split()[-2]: v for k, v in rates.items() if k.startswith("image")}
+    assert set(per_view) == {"orig", "hflip"} and per_view["orig"] > 0 and per_view["hflip"] >= 0
+    n_rows = len(ds.train_ids) + len(ds.test_ids)
+    assert costs["flipped"] == pytest.approx(sum(per_view.values()) * n_rows / 1000, rel=0.05)
+    cache = paths.cache
+    assert sorted(p.name for p in cache.iterdir()) == ["onnx"] and any((cache / "onnx").iterdir())

@@ -1,8 +1,9 @@
 """What this machine pays for the passes a config needs, measured in well under a minute.
 
-- **Encoders**: one forward pass of each image backbone at its input size on a batch (torch
-  eager, the configured precision's path is faster, so this errs long), plus decoding a sample
-  of the dataset's own images; one pass of each caption encoder. Times the rows a cache lacks.
+- **Encoders**: the embed step's own pass over a sample of the dataset's images (decoding, the
+  configured runtime, every view and output the models read), at two sample sizes; one pass of
+  each caption encoder (torch eager: the ONNX path is faster, so this errs long). Times the rows
+  a cache lacks.
 - **Models**: a rehearsal of each model on its real cached features: one epoch of a net model
   on a sample of fold 0's training rows (its real shapes, precision and threads), or a linear
   model's whole fit on that sample, predicting the fold's held-out rows and every test row.
@@ -28,11 +29,12 @@ from threadpoolctl import threadpool_limits
 
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
-from capfuse.encoders.cost import caption_encoder_cost, image_encoder_cost
+from capfuse.encoders.cost import caption_encoder_cost
 from capfuse.ensemble.second_level import build_candidates, threshold_rule
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.features.image import cache_files as image_cache_files
-from capfuse.features.store import flip_views, uses_cache
+from capfuse.features.image import embed_image_views
+from capfuse.features.store import flip_views, image_outputs, uses_cache
 from capfuse.features.text import cache_files as text_cache_files
 from capfuse.models import MODELS
 from capfuse.models.settings import for_rows, schedule_epochs
@@ -45,21 +47,53 @@ REHEARSAL_EPOCHS = 3  # the first warms the kernels up; the faster of the other 
 # line is drawn through a quarter of this sample and all of it, nearer the run's own sizes.
 LINEAR_ROWS = 2048
 PREDICT_ROWS = 128  # held-out and test rows it predicts
+PASS_IMAGES = (32, 128)  # images of the embed pass's two timed samples
 SECOND_LEVEL_ROWS = 800  # synthetic rows the second level is timed on (and a quarter of them)
 SECOND_LEVEL_TRIALS = 10
 SHIFT_ROWS = 2000  # synthetic train + test rows the shift report is timed on (and a quarter of them)
 
 
-def decode_ms(data_dir: Path, ids: list[str], size: int, n: int = 12) -> float:
-    """Milliseconds to open, convert and resize one of the dataset's own images."""
-    from PIL import Image  # noqa: PLC0415 (only a probe decodes here)
+def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) -> dict[str, float]:
+    """Milliseconds per image of the embed step's own pass over ``views`` of the dataset's
+    images: the first view pays decoding and its forward pass, each later view (a flip of the
+    same decoded batch) its forward pass only.
 
-    sample = ids[:: max(1, len(ids) // n)][:n]
-    t0 = time.perf_counter()
-    for image_id in sample:
-        with Image.open(Path(data_dir) / "data" / image_id) as im:
-            im.convert("RGB").resize((size, size))
-    return 1000.0 * (time.perf_counter() - t0) / max(1, len(sample))
+    The pass is the real one (``embed_image_views``: the configured runtime, the decoder thread
+    beside it, the arrays written) on a sample of the training images, into a throw-away cache
+    whose export folder is the run's, so the graph exported here serves the run. Timed at two
+    sample sizes after a warm-up: the slope is the cost per image, without the fixed cost of
+    building the runner that each pass pays.
+    """
+    ids = [i for i, ok in zip(ds.train_ids, ds.image_ok[: len(ds.train_ids)]) if ok]
+    small, large = PASS_IMAGES
+    sample = ids[:: max(1, len(ids) // large)][:large]
+    if len(sample) < large:
+        small = max(1, len(sample) // 4)
+    exports = ds.paths.cache / "onnx"
+    exports.mkdir(parents=True, exist_ok=True)
+
+    def seconds(n: int, views_now: tuple[str, ...]) -> float:
+        with tempfile.TemporaryDirectory(prefix="capfuse-probe-") as tmp:
+            (Path(tmp) / "onnx").symlink_to(exports.resolve(), target_is_directory=True)
+            t0 = time.perf_counter()
+            embed_image_views(
+                ds.paths.data_dir,
+                sample[:n],
+                np.ones(n, bool),
+                [(spec, view, outputs) for view in views_now],
+                Path(tmp),
+                quiet=True,
+            )
+            return time.perf_counter() - t0
+
+    seconds(small, ("orig",))  # warm-up: the export (kept for the run), the session, the kernels
+    span = max(1, len(sample) - small)
+    first = max(0.0, seconds(len(sample), ("orig",)) - seconds(small, ("orig",))) / span
+    out = {"orig": 1000.0 * first}
+    if len(views) > 1:
+        every = max(0.0, seconds(len(sample), views) - seconds(small, views)) / span
+        out |= {view: 1000.0 * max(0.0, every - first) / (len(views) - 1) for view in views if view != "orig"}
+    return out
 
 
 def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, float], dict]:
@@ -70,7 +104,16 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, float], dict]:
     seen: set = set()
     rates: dict = {}
     out: dict[str, float] = {}
-    decode: dict[int, float] = {}
+    # What the models read from each encoder, as the feature store asks for it: every output
+    # and view in one pass.
+    wanted: dict = {}
+    for model_cfg in models.values():
+        m = resolve_model(model_cfg)
+        if "image" in m.inputs and uses_cache(m):
+            outs, views = wanted.setdefault(m.image_encoder.cache_spec(), (set(), set()))
+            outs.update(image_outputs(m))
+            views.update(flip_views(m))
+    passes: dict = {}
     for name, model_cfg in models.items():
         m = resolve_model(model_cfg)
         cost = 0.0
@@ -83,10 +126,12 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, float], dict]:
                     seen.add(key)
                     continue
                 seen.add(key)
-                if size not in decode:
-                    decode[size] = decode_ms(ds.paths.data_dir, ds.train_ids, size)
-                _, forward = image_encoder_cost(spec.name, size)
-                per_row = decode[size] + forward
+                if spec not in passes:
+                    outs, views = wanted[spec]
+                    passes[spec] = image_pass_ms(
+                        ds, spec, tuple(sorted(outs)), tuple(sorted(views, key="orig hflip".find))
+                    )
+                per_row = passes[spec][view]
                 rates[f"image {spec.name} {size}px {view} ms/row"] = round(per_row, 2)
                 cost += per_row * n_rows / 1000.0
         if "caption" in m.inputs and m.kind == "net":
