@@ -404,3 +404,25 @@ def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_
     assert costs["flipped"] == pytest.approx(sum(per_view.values()) * n_rows / 1000, rel=0.05)
     cache = paths.cache
     assert sorted(p.name for p in cache.iterdir()) == ["onnx"] and any((cache / "onnx").iterdir())
+
+
+def test_the_choice_not_to_nest_is_made_on_the_clock_once_and_replayed(tmp_path):
+    from types import SimpleNamespace
+
+    from capfuse.paths import Paths
+    from capfuse.stages.infer import _unnested_under_budget
+
+    paths = Paths(tmp_path / "data" / "d", tmp_path)
+    paths.runs.mkdir(parents=True)
+    ds = SimpleNamespace(folds=lambda: np.arange(10) % 5)
+    warned = SimpleNamespace(warned=True)
+    plan = Plan(time_limit_s=100, reserve_s=0, folds_s=0, probe_s=0, models=[], probe={"stack_s": 30.0})
+    started = time.monotonic()
+    # A warning, 100 s of budget, 150 s predicted for the nested choice: not nested, and the plan says why.
+    why = _unnested_under_budget(paths, {}, ds, plan, warned, started, replaying=False)
+    assert why is not None and Plan.read(paths.runs / "plan.json").shift_choice == why
+    # No warning: nothing to skip.
+    assert _unnested_under_budget(paths, {}, ds, plan, SimpleNamespace(warned=False), started, replaying=False) is None
+    # A replay reads the plan's answer, whatever its clock says.
+    plan.shift_choice = why
+    assert _unnested_under_budget(paths, {}, ds, plan, warned, started - 1e6, replaying=True) == why

@@ -121,6 +121,41 @@ def test_under_a_warning_the_choice_is_made_on_the_test_like_rows_and_says_so():
     assert [f["fold"] for f in picked.choice["per_fold"]] == [0, 1, 2, 3]
 
 
+def test_a_budget_without_time_to_nest_keeps_the_caps_and_chooses_on_all_rows():
+    y, logits, folds, scores, _ = _shifted_oof()
+    cfg = _cfg("auto", ("best_single", "weighted_blend"))
+    shift = Shift(scores, True, "shift_scores.csv")
+    why = "no time to nest"
+    picked = choose_candidate(y, logits, logits, folds, NAMES, cfg, RULE, shift, unnested=why)
+    cands = picked.candidates
+    assert picked.score == "nested_mean_f1" and picked.choice["why"] == why and why in picked.why
+    assert "per_fold" not in picked.choice and picked.oof is cands[picked.chosen]["oof"]  # nothing nested
+    assert cands["weighted_blend"]["detail"]["capped"] == {"instances": 0.5}  # the caps stay
+    best = max(cands, key=lambda c: (cands[c]["score"]["nested_mean_f1"], cands[c]["score"]["cv_mean_f1"]))
+    assert picked.chosen == best
+    # Without a warning there is nothing to skip: the same choice as with no reason given.
+    quiet = Shift(scores, False, "shift_scores.csv")
+    plain = choose_candidate(y, logits, logits, folds, NAMES, cfg, RULE, quiet)
+    assert choose_candidate(y, logits, logits, folds, NAMES, cfg, RULE, quiet, unnested=why).chosen == plain.chosen
+
+
+def test_the_budget_skips_nesting_only_when_its_prediction_does_not_fit():
+    from capfuse.budget import Plan
+    from capfuse.budget.plan import nested_choice_skipped
+
+    plan = Plan(
+        time_limit_s=600,
+        reserve_s=0,
+        folds_s=0,
+        probe_s=0,
+        models=[],
+        probe={"stack_s": 20.0, "threshold_trial_s": 0.1},
+    )
+    assert nested_choice_skipped(plan, folds=5, trials=100, left_s=111) is None  # 5 x 20 s + 100 x 0.1 s
+    why = nested_choice_skipped(plan, folds=5, trials=100, left_s=109)
+    assert why is not None and "110 s" in why and "109 s left" in why
+
+
 def test_the_nested_choice_ignores_the_labels_of_the_fold_it_scores():
     held = 1
     y, logits, folds, scores, _ = _shifted_oof(seed=1, n=300, c=3, k=3)

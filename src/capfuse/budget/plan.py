@@ -59,6 +59,9 @@ class Plan:
     probe: dict = field(default_factory=dict)  # the measured rates the predictions come from
     threshold_trials: int | None = None  # fewer threshold-study trials than the config's, to fit
     candidates: list[str] | None = None  # the second level's candidates, when the plan leaves the stacker out
+    # Why the second level did not nest its choice on the test-like rows under a shift (None: it
+    # did, or no shift asked it to); infer writes it, and a replay makes the same choice.
+    shift_choice: str | None = None
     machine: dict = field(default_factory=dict)
     format: int = FORMAT
 
@@ -121,3 +124,16 @@ class Plan:
             f"budget {format_duration(self.time_limit_s)} ({self.time_limit_s:.0f} s); * epochs capped by the plan"
         )
         return "\n".join(lines)
+
+
+def nested_choice_skipped(plan: Plan, *, folds: int, trials: int, left_s: float) -> str | None:
+    """Why a choice on the test-like rows, nested, would not fit the ``left_s`` seconds the budget
+    has left (None: it fits). Nesting builds the candidates once more per fold, on the other
+    folds' rows: about ``folds`` times the stack stage the probe predicted, then the thresholds."""
+    need = float(plan.probe.get("stack_s", 0.0)) * folds + float(plan.probe.get("threshold_trial_s", 0.0)) * trials
+    if need <= left_s:
+        return None
+    return (
+        f"the choice on the test-like rows, nested, was predicted at {need:.0f} s and the budget had "
+        f"{max(0.0, left_s):.0f} s left: chosen on all rows (the caps stay)"
+    )

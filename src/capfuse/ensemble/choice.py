@@ -46,10 +46,21 @@ def _runner_up(cands: dict, chosen: str, score: str) -> str:
 
 
 def choose_candidate(
-    Y, oof_logits, test_logits, folds, names, cfg: dict, rule: dict, shift: Shift | None, exposed=None
+    Y,
+    oof_logits,
+    test_logits,
+    folds,
+    names,
+    cfg: dict,
+    rule: dict,
+    shift: Shift | None,
+    exposed=None,
+    unnested: str | None = None,
 ) -> Picked:
     """Build the candidates and keep one; see the module's docstring for the rule. ``exposed``:
-    per base model, whether it reads an input the report found shifted (None: all do)."""
+    per base model, whether it reads an input the report found shifted (None: all do).
+    ``unnested``: why a choice on the test-like rows cannot be nested (a time budget's): the
+    candidates keep their caps and the choice is the best nested score on all rows."""
     settings = resolve(cfg).ensemble.shift
     like = None if shift is None or shift.scores is None else most_test_like(shift.scores, settings.share)
     warned = shift is not None and shift.warned
@@ -74,6 +85,16 @@ def choose_candidate(
             "from": shift.source,
             "base_models": base_model_drops(Y, oof_logits, names, like, rule, guard),
         }
+    if active and unnested:
+        chosen = max(cands, key=lambda c: (cands[c]["score"][ALL_ROWS], cands[c]["score"]["cv_mean_f1"]))
+        log.warning("second level: %s", unnested)
+        why = (
+            f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score'][ALL_ROWS]:.4f}"
+            + _runner_up(cands, chosen, ALL_ROWS)
+            + f"): {unnested}"
+        )
+        choice = {"score": ALL_ROWS, "why": unnested, "test_like": test_like}
+        return Picked(cands, chosen, why, ALL_ROWS, cands[chosen]["oof"], choice)
     if not active:
         # Exactly the choice without a shift report: the best nested score on all rows. Nested,
         # because the global threshold too is fitted on other folds than it is scored on, so a

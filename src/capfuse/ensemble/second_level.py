@@ -137,7 +137,7 @@ def load_base_logits(paths, ds: Dataset, names: list[str], folds: np.ndarray) ->
     return oof, test
 
 
-def fit_stack(paths, cfg: dict, ds: Dataset, shift: Shift | None = None) -> dict:
+def fit_stack(paths, cfg: dict, ds: Dataset, shift: Shift | None = None, unnested: str | None = None) -> dict:
     """Write ``runs/<dataset>/ensemble/``: candidates.csv, oof_probs.csv, test_probs.csv, stack.json.
 
     ``shift``: the shift report's verdict and test-likeness scores; with a warning (or
@@ -146,7 +146,8 @@ def fit_stack(paths, cfg: dict, ds: Dataset, shift: Shift | None = None) -> dict
     its OOF probabilities (each fold's rows from the candidate chosen without them) go to
     ``oof_probs_nested.csv``, which the thresholds' nested score reads; ``oof_probs.csv`` stays
     the kept candidate's, which the thresholds are fitted on, as they are applied to its test
-    probabilities."""
+    probabilities. ``unnested``: why the choice on the test-like rows is not nested (a time
+    budget's), see ``capfuse.ensemble.choice``."""
     with stage("stack", paths.dataset):
         remove_stale_tmp(ensemble_dir(paths))  # what a killed stack or thresholds run left
         folds = ds.folds()
@@ -156,7 +157,7 @@ def fit_stack(paths, cfg: dict, ds: Dataset, shift: Shift | None = None) -> dict
         rule = threshold_rule(cfg)
         # A model reading no input the report found shifted is never capped (ensemble.under_shift).
         exposed = None if shift is None else [shift.exposed(bool(trained[n].get("needs_image", True))) for n in names]
-        picked = choose_candidate(ds.Y, oof_logits, test_logits, folds, names, cfg, rule, shift, exposed)
+        picked = choose_candidate(ds.Y, oof_logits, test_logits, folds, names, cfg, rule, shift, exposed, unnested)
         cands, chosen, why = picked.candidates, picked.chosen, picked.why
         table = pd.DataFrame([{"candidate": c, **v["score"], "chosen": c == chosen} for c, v in cands.items()])
         table = table.sort_values(picked.score, ascending=False).reset_index(drop=True)

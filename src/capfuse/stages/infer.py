@@ -17,6 +17,7 @@ import pandas as pd
 
 from capfuse import __version__
 from capfuse.budget import PLAN_FILE, Plan
+from capfuse.budget.plan import nested_choice_skipped
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve
 from capfuse.data.dataset import load_dataset
@@ -127,6 +128,7 @@ def run_infer(
     storage: str | None = None,
     plan: Plan | None = None,
     started: float | None = None,
+    replaying: bool = False,
 ) -> dict:
     """stack → thresholds → the checked submission and its manifest; with a budget's ``plan``,
     the second level stacks the models the plan kept and finished, nothing else."""
@@ -141,7 +143,8 @@ def run_infer(
     # shift the second level chooses on the training rows most like the test.
     shift = shift_report(paths, cfg, ds, quiet=quiet)
     shift_view = read_shift(paths, ds)
-    stacked = fit_stack(paths, cfg, ds, shift_view)
+    unnested = None if plan is None else _unnested_under_budget(paths, cfg, ds, plan, shift_view, started, replaying)
+    stacked = fit_stack(paths, cfg, ds, shift_view, unnested)
     cut = fit_thresholds(paths, cfg, ds, storage=storage)
     with stage("submit", paths.dataset):
         folds = ds.folds()
@@ -212,6 +215,7 @@ def run_infer(
                 "command_s": None if started is None else round(time.monotonic() - started, 1),
                 "threshold_trials": plan.threshold_trials,
                 "candidates": plan.candidates,
+                "shift_choice": plan.shift_choice,
                 "file": str(paths.runs / PLAN_FILE),
                 "models": [
                     {
@@ -262,6 +266,26 @@ def run_infer(
             for stale in (HELD_OUT_FILE, MODELS_FILE):  # an earlier run's, of other answers
                 (paths.runs / stale).unlink(missing_ok=True)
         return {"manifest": manifest, "paths": {k: str(v) for k, v in written.items()}}
+
+
+def _unnested_under_budget(paths, cfg: dict, ds, plan: Plan, shift_view, started, replaying: bool) -> str | None:
+    """Why the second level may not nest its choice on the test-like rows in what the budget has
+    left (None: it may). Decided on the clock once and kept in the plan; a replay reads it."""
+    if replaying:
+        return plan.shift_choice
+    settings = resolve(cfg).ensemble.shift
+    warned = shift_view is not None and shift_view.warned
+    active = settings.use == "always" or (settings.use == "auto" and warned)
+    why = None
+    if active and started is not None:
+        left = started + plan.time_limit_s - time.monotonic()
+        why = nested_choice_skipped(
+            plan, folds=int(ds.folds().max()) + 1, trials=resolve(cfg).threshold.trials, left_s=left
+        )
+    if why != plan.shift_choice:
+        plan.shift_choice = why
+        plan.write(paths.runs / PLAN_FILE)
+    return why
 
 
 def summary_table(paths) -> str:
@@ -326,7 +350,15 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
     # A budgeted `capfuse all` (--time-limit or --plan): the train step wrote the plan it kept to.
     budgeted = getattr(args, "time_limit", None) is not None or getattr(args, "plan", None) is not None
     plan = Plan.read(paths.runs / PLAN_FILE) if budgeted else None
-    result = run_infer(paths, cfg, quiet=quiet, storage=args.storage, plan=plan, started=getattr(args, "started", None))
+    result = run_infer(
+        paths,
+        cfg,
+        quiet=quiet,
+        storage=args.storage,
+        plan=plan,
+        started=getattr(args, "started", None),
+        replaying=getattr(args, "plan", None) is not None,
+    )
     m = result["manifest"]
     print("\n" + summary_table(paths))
     print(
