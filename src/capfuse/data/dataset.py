@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,14 @@ class Dataset:
     # as the validator read them, before ``data.class_names`` existed.
     names: ClassNames | None = None
 
-    @property
+    # Read from the tables once: iterating a table's column costs milliseconds, and loops index
+    # these per row (10,000 test rows read once each would take minutes). The tables never change
+    # after loading; no caller changes the lists.
+    @cached_property
     def train_ids(self) -> list[str]:
         return list(self.val.train["ImageID"])
 
-    @property
+    @cached_property
     def test_ids(self) -> list[str]:
         return list(self.val.test["ImageID"])
 

@@ -35,12 +35,11 @@ def model_scores(ds, paths, names: list[str], like: np.ndarray | None, rule: dic
     classes = list(ds.class_ids)
     answers = pd.read_csv(path, dtype=str, keep_default_na=False)
     answers = answers.assign(ImageID=answers["ImageID"].str.strip()).drop_duplicates("ImageID").set_index("ImageID")
-    test_ids = ds.test_ids  # a list built from the table on every access: read it once
-    rows = [i for i, image in enumerate(test_ids) if image in answers.index]
+    rows = [i for i, image in enumerate(ds.test_ids) if image in answers.index]
     if not rows:
         return None
     known = [" ".join(t for t in str(s).split() if t.isdigit() and int(t) in classes) for s in answers["Labels"]]
-    truth = binary(pd.Series(known, index=answers.index).loc[[test_ids[i] for i in rows]].tolist(), classes)
+    truth = binary(pd.Series(known, index=answers.index).loc[[ds.test_ids[i] for i in rows]].tolist(), classes)
     out = []
     for name in names:
         oof = sigmoid(read_logits(paths.model_dir(name) / "oof_logits.csv", ds.train_ids, classes))

@@ -74,8 +74,7 @@ def _caption_fallback(
     its scores there mean nothing. The caption model gets its own threshold, fitted on its own
     OOF predictions. With no caption model trained, the class priors decide (top class only).
     """
-    test_ids = ds.test_ids  # a list built from the table on every access: read it once
-    ids = [test_ids[i] for i in np.flatnonzero(rows)]
+    ids = [ds.test_ids[i] for i in np.flatnonzero(rows)]
     caption_models = [m for m in trained if not trained[m]["needs_image"]]
     if caption_models:
         name = max(caption_models, key=lambda m: trained[m]["cv_mean_f1"])
