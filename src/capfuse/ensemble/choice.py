@@ -45,6 +45,19 @@ def _runner_up(cands: dict, chosen: str, score: str) -> str:
     return f" vs {rest[score].iloc[0]:.4f} for {rest['candidate'].iloc[0]}" if len(rest) else ""
 
 
+def _best_on_all_rows(cands: dict, reason: str) -> tuple[str, str]:
+    """The candidate with the best nested score on all rows, and why. Nested, because the global
+    threshold too is fitted on other folds than it is scored on, so a candidate cannot win by
+    fitting its own OOF noise."""
+    chosen = max(cands, key=lambda c: (cands[c]["score"][ALL_ROWS], cands[c]["score"]["cv_mean_f1"]))
+    why = (
+        f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score'][ALL_ROWS]:.4f}"
+        + _runner_up(cands, chosen, ALL_ROWS)
+        + f"); {reason}"
+    )
+    return chosen, why
+
+
 def choose_candidate(
     Y,
     oof_logits,
@@ -86,24 +99,13 @@ def choose_candidate(
             "base_models": base_model_drops(Y, oof_logits, names, like, rule, guard),
         }
     if active and unnested:
-        chosen = max(cands, key=lambda c: (cands[c]["score"][ALL_ROWS], cands[c]["score"]["cv_mean_f1"]))
         log.warning("second level: %s", unnested)
-        why = (
-            f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score'][ALL_ROWS]:.4f}"
-            + _runner_up(cands, chosen, ALL_ROWS)
-            + f"): {unnested}"
-        )
+        chosen, why = _best_on_all_rows(cands, unnested)
         choice = {"score": ALL_ROWS, "why": unnested, "test_like": test_like}
         return Picked(cands, chosen, why, ALL_ROWS, cands[chosen]["oof"], choice)
     if not active:
-        # Exactly the choice without a shift report: the best nested score on all rows. Nested,
-        # because the global threshold too is fitted on other folds than it is scored on, so a
-        # candidate cannot win by fitting its own OOF noise.
-        chosen = max(cands, key=lambda c: (cands[c]["score"][ALL_ROWS], cands[c]["score"]["cv_mean_f1"]))
-        why = (
-            f"{chosen} has the best nested out-of-fold mean F1 ({cands[chosen]['score'][ALL_ROWS]:.4f}"
-            + _runner_up(cands, chosen, ALL_ROWS)
-            + "); fitted candidates are scored on their nested OOF, so none saw the labels it is scored on"
+        chosen, why = _best_on_all_rows(
+            cands, "fitted candidates are scored on their nested OOF, so none saw the labels it is scored on"
         )
         choice = None
         if test_like is not None:
