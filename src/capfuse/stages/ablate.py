@@ -114,7 +114,7 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         folds = ds.folds()
         store = FeatureStore(ds, quiet, {v["name"]: v["model"] for v in variants})
         root = paths.runs / "ablation"
-        rows, trained, dirs = [], {}, {}
+        rows, trained, dirs, runs_of = [], {}, {}, {}
         for v in variants:
             model_cfg = {k: val for k, val in v["model"].items() if k != "pseudo"}
             feats = store.for_model(model_cfg)
@@ -123,6 +123,7 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
             for seed in seeds_of(model_cfg, spec.seeds):
                 metrics, run_dir = train_variant(paths, ds, v, model_cfg, seed, common, trained, root)
                 dirs[f"{v['name']}@{seed}"] = run_dir
+                runs_of.setdefault(v["name"], []).append(f"{v['name']}@{seed}")
                 runs.append(metrics)
             rows.append(
                 {
@@ -143,9 +144,7 @@ def run_ablate(paths, cfg: dict, config_path: Path, *, quiet: bool | None = None
         table["delta"] = (table["mean_f1"] - ref.iloc[0]).round(5) if len(ref) else np.nan
         held = held_out_scores(ds, dirs, threshold_rule(cfg))
         if held:  # the dataset ships its answers: each variant scored on them as well
-            per_variant = {
-                v["name"]: [s for k, s in held.items() if k.rsplit("@", 1)[0] == v["name"]] for v in variants
-            }
+            per_variant = {name: [held[key] for key in keys] for name, keys in runs_of.items()}
             table["held_out"] = table["variant"].map(lambda n: round(float(np.mean(per_variant[n])), 5))
             table["held_out_sd"] = table["variant"].map(lambda n: sd_of(per_variant[n]))
         if spec.second_level:
