@@ -128,9 +128,8 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, float], dict]:
                 seen.add(key)
                 if spec not in passes:
                     outs, views = wanted[spec]
-                    passes[spec] = image_pass_ms(
-                        ds, spec, tuple(sorted(outs)), tuple(sorted(views, key="orig hflip".find))
-                    )
+                    ordered = tuple(v for v in ("orig", "hflip") if v in views)  # the plain view first
+                    passes[spec] = image_pass_ms(ds, spec, tuple(sorted(outs)), ordered)
                 per_row = passes[spec][view]
                 rates[f"image {spec.name} {size}px {view} ms/row"] = round(per_row, 2)
                 cost += per_row * n_rows / 1000.0
