@@ -168,6 +168,42 @@ def test_a_net_rehearsal_keeps_the_fastest_epoch_after_the_warm_up(monkeypatch):
     assert rate["epoch_s"] == pytest.approx(0.2)  # 3.2 - 3.0, not the busy or the first epoch's
 
 
+def test_a_linear_rehearsal_predicts_a_fold_from_the_solvers_iterations(monkeypatch):
+    # A fit costs a fixed part plus one pass over the rows per L-BFGS iteration, and larger samples
+    # need more iterations: the two rehearsal fits give both rates, and a 24,000-row fold is
+    # predicted from them, where the line through the two times alone falls short by half.
+    from types import SimpleNamespace
+
+    from capfuse.budget import probe
+
+    clock = {"now": 0.0}
+
+    def iterations(n: int) -> int:
+        return round(10 * n**0.3)
+
+    def cost(n: int) -> float:
+        return 0.4 + 8e-6 * n * iterations(n)
+
+    class Rehearsed:
+        def fit_fold(self, feats, Y, tr, va, fold_dir):
+            clock["now"] += cost(len(tr))
+            return SimpleNamespace(info={"lbfgs_iterations": iterations(len(tr))})
+
+    monkeypatch.setattr(probe, "MODELS", SimpleNamespace(create=lambda kind, cfg, seed: Rehearsed()))
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: clock["now"])
+    cfg = {"kind": "linear", "inputs": ["image"], "max_iter": 300}
+    folds = np.arange(30_000) % 5
+    rate = probe.rehearse(cfg, feats={"n_test": 10}, Y=np.zeros((30_000, 3)), folds=folds, n_test=10)
+    assert probe.fold_seconds(cfg, rate, 24_000, 0) == pytest.approx(cost(24_000), rel=0.02)
+    straight = cost(probe.LINEAR_ROWS) + (cost(probe.LINEAR_ROWS) - cost(probe.LINEAR_ROWS // 4)) / (
+        0.75 * probe.LINEAR_ROWS
+    ) * (24_000 - probe.LINEAR_ROWS)
+    assert straight < 0.6 * cost(24_000)
+    # The solver's own cap bounds the iterations however far the rows are extended.
+    capped = probe.fold_seconds({**cfg, "max_iter": 50}, rate, 1_000_000, 0)
+    assert capped == pytest.approx(rate["fold_s"] + rate["row_iter_s"] * 1_000_000 * 50)
+
+
 def test_learned_ratios_are_medians_held_within_bounds(tmp_path):
     from capfuse.budget.lessons import MIN_LEARN_S, RATE_BOUNDS, Lessons, trained_here
 
@@ -285,7 +321,7 @@ def _probe_says_next_to_nothing(monkeypatch, fold_s: dict | None = None, second_
     )
     monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
     monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (second_level_s, 0.0, 0.0))
-    monkeypatch.setattr(guard_mod.probe, "shift_seconds", lambda n_rows: 0.0)
+    monkeypatch.setattr(guard_mod.probe, "shift_seconds", lambda n_train, n_test: 0.0)
 
 
 ENDLESS = ("--set", "models=[caption_linear,endless_mlp,unstoppable_mlp]")
@@ -380,7 +416,7 @@ def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_ru
 
 
 def test_the_shift_reports_prediction_grows_with_the_rows():
-    small, large = guard_mod.probe.shift_seconds(1_000), guard_mod.probe.shift_seconds(40_000)
+    small, large = guard_mod.probe.shift_seconds(750, 250), guard_mod.probe.shift_seconds(30_000, 10_000)
     assert 0 <= small < large
 
 

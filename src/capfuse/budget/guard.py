@@ -126,7 +126,7 @@ class Budget:
             stack_s, lightgbm_s, per_trial = probe.second_level_costs(cfg, n_train, len(ds.class_ids), len(models), k)
             candidates, stack_s = plan_second_level(resolve(cfg).ensemble.candidates, stack_s, lightgbm_s, self.limit_s)
             trials = plan_trials(resolve(cfg).threshold.trials, stack_s, per_trial, self.limit_s)
-            shift_s = probe.shift_seconds(n_train + n_test)
+            shift_s = probe.shift_seconds(n_train, n_test)
             reserve = stack_s + per_trial * trials + shift_s
             probe_s = time.monotonic() - t0
             self.plan = Plan(
@@ -140,7 +140,7 @@ class Budget:
                     "stack_s": round(stack_s, 1),
                     "lightgbm_s": round(lightgbm_s, 1),
                     "threshold_trial_s": round(per_trial, 4),
-                    "shift_s": round(shift_s, 1),
+                    "shift_s": round(shift_s, 2),
                 },
                 threshold_trials=trials if trials != resolve(cfg).threshold.trials else None,
                 candidates=list(candidates) if candidates is not None else None,
@@ -176,7 +176,7 @@ class Budget:
                 seen = probe.epochs_seen(model_dir(name)) if model_dir is not None else None
                 if seen is not None:
                     rate["epochs_seen"] = seen
-                self.plan.probe.setdefault("models", {})[name] = {k: round(v, 6) for k, v in rate.items()}
+                self.plan.probe.setdefault("models", {})[name] = {k: float(f"{v:.6g}") for k, v in rate.items()}
             self.plan.probe_s = round(probe_s + time.monotonic() - t1, 1)
         self._sizes = (n_fit, k, n_train, n_test)
         left = self.left()
