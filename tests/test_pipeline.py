@@ -58,6 +58,10 @@ def test_all_writes_a_valid_submission_and_resumes(tiny, capsys):
     manifest = read_json(root / "submissions" / "tiny-latest.json")
     assert manifest["k"] == 3 and manifest["models"] and manifest["data_checksum"]
     assert 0.0 < manifest["cv"]["mean_f1"] <= 1.0 and 0.0 < manifest["cv_nested_mean_f1"] <= 1.0
+    expected = manifest["expected_test"]  # the confidence-based estimate of the test score
+    drop = expected["confidence_oof"] - expected["confidence_test"]
+    assert expected["mean_f1"] == pytest.approx(manifest["cv_nested_mean_f1"] - drop, abs=2e-5)
+    assert "expected on the test rows from the models' confidence there" in out
     assert "in-sample" in out and "nested" in out  # the final summary table
     stacked = read_json(root / "runs" / "tiny" / "ensemble" / "stack.json")
     assert manifest["second_level"]["kept"] == stacked["chosen"] in stacked["candidates"]

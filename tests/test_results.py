@@ -19,6 +19,7 @@ from capfuse.results import markdown_for
 from capfuse.results.presets import BEGIN, END, NOT_MEASURED, current_block, presets_block, presets_table
 from capfuse.results.runs import run_timings, score_on_test_like_rows, write_run_results
 from capfuse.results.tables import file_stem, results_dir, write_results, write_safely
+from capfuse.shift.confidence import estimate_line
 from capfuse.stages.infer import line_on_test_like_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,6 +214,21 @@ def test_under_a_shift_warning_the_runs_file_and_the_summary_give_the_test_like_
     assert df.loc[("test_like", "weighted_blend"), "nested_mean_f1"] == 0.8123
     # The second level's own nested figure stays the one the presets table reads.
     assert df.loc[("second_level", "weighted_blend"), "nested_mean_f1"] == manifest["cv_nested_mean_f1"]
+
+
+def test_the_confidence_estimate_of_the_test_score_is_a_row_and_a_line(tmp_path):
+    run = make_run(tmp_path)
+    manifest = json.loads((tmp_path / "submissions" / "demo-latest.json").read_text())
+    expected = {"mean_f1": 0.8321, "nested_mean_f1": 0.8432, "confidence_oof": 0.83, "confidence_test": 0.8189}
+    assert estimate_line(manifest) is None  # a manifest without one: no line, no row
+    found = {**manifest, "expected_test": expected, "shift": {"warning": None}}
+    assert "0.8321" in estimate_line(found) and "under the shift" not in estimate_line(found)
+    warned = {**found, "shift": {"warning": "train/test shift: ..."}}
+    assert "read this one under the shift" in estimate_line(warned)
+    kw = {"preset": "default", "machine": fake_machine(), "command": "capfuse infer"}
+    df = pd.read_csv(write_run_results(tmp_path / "results", run, warned, **kw).csv).set_index("kind")
+    assert df.loc["expected_test", "nested_mean_f1"] == 0.8321
+    assert "0.8189 on the test rows" in df.loc["expected_test", "detail"]
 
 
 def test_the_run_is_found_in_timings_written_by_capfuse_all():

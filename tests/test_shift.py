@@ -151,6 +151,9 @@ def test_the_report_section_shows_tables_thumbnails_and_the_warning(tiny_run, tm
     assert body.count('src="data:image/jpeg;base64,') == 3 * R.TOP_ROWS
     assert "AUC" in body and "shift_scores.csv" in body
     assert 'id="shift-warning"' not in body
+    # The confidence-based estimate of the test score, from the run's manifest.
+    manifest = json.loads((tiny_run.root / "submissions" / "tiny-latest.json").read_text())
+    assert f"Expected mean F1 on the test rows: {manifest['expected_test']['mean_f1']:.4f}" in body
     # A run that warns shows the warning, its `code` rendered as code.
     copy = tiny_run.copy(tmp_path / "project")
     path = copy.root / "runs" / "tiny" / "shift.json"

@@ -70,6 +70,18 @@ def shift_section(run: Run) -> H.Section:
         s.add(H.rich(rep["warning"]).replace('<p class="note">', '<p class="missing" id="shift-warning">', 1))
     else:
         s.add(H.text("No input tells test from training rows better than random splits of the training rows do."))
+    sub = run.submission()
+    expected = (sub[1] if sub else {}).get("expected_test")
+    if expected:
+        s.add(
+            H.text(
+                f"Expected mean F1 on the test rows: {expected['mean_f1']:.4f}, the nested CV "
+                f"({expected['nested_mean_f1']:.4f}) less the fall in the models' confidence from the out-of-fold "
+                f"rows ({expected['confidence_oof']:.4f}) to the test rows ({expected['confidence_test']:.4f}), "
+                "each row's confidence being the F1 its label set would expect from its own probabilities. "
+                "No test label is read; under a shift this is the figure to read, not the CV."
+            )
+        )
     if rep["inputs"]:
         rows = [
             {

@@ -189,6 +189,17 @@ def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFram
                 "nested_mean_f1": like[1],
             }
         )
+    expected = manifest.get("expected_test")
+    if expected:
+        rows.append(
+            {
+                "kind": "expected_test",
+                "name": second.get("kept"),
+                "detail": f"nested CV less the fall in the models' confidence, {expected['confidence_oof']:.4f} on the "
+                f"OOF rows to {expected['confidence_test']:.4f} on the test rows (no test label read)",
+                "nested_mean_f1": expected["mean_f1"],
+            }
+        )
     held = run_dir / HELD_OUT_FILE
     if held.exists():
         r = read_json(held)

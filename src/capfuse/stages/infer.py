@@ -42,6 +42,7 @@ from capfuse.results.machine import machine_record
 from capfuse.results.runs import HELD_OUT_FILE, plain_commit, preset_of, score_on_test_like_rows, write_run_results
 from capfuse.results.tables import command_line, results_dir, write_safely
 from capfuse.shift import read_shift, shift_report
+from capfuse.shift.confidence import confidence_estimate, estimate_line
 from capfuse.submission import predictions_to_frame, write_submission
 from capfuse.utils.io import read_json, sha256_file, write_csv, write_json
 from capfuse.utils.log import log, stage
@@ -201,6 +202,8 @@ def run_infer(
             "cv_in_sample_mean_f1": cut[chosen]["in_sample"],
             "cv_nested_mean_f1": cut[chosen]["nested"],
             "cv_note": CV_NOTE,
+            # Label-free: the test rows' probabilities and decisions, none of their labels.
+            "expected_test": confidence_estimate(cut[chosen]["nested"], oof_p, oof_pred, test_p, binary),
             "test_rows": len(ds.test_ids),
             "test_rows_without_image": int((~image_ok).sum()),
             "image_fallback": fallback,
@@ -367,9 +370,9 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
         f"CV mean F1 of the submitted pipeline: {m['cv']['mean_f1']:.4f} in-sample, "
         f"{m['cv_nested_mean_f1']:.4f} nested  (mAP {m['cv']['map']:.4f})"
     )
-    like = line_on_test_like_rows(m)
-    if like:
-        print(like)
+    for line in (line_on_test_like_rows(m), estimate_line(m)):
+        if line:
+            print(line)
     print(f"Shift: {m['shift']['warning'] or 'none beyond what random splits show'} ({m['shift']['file']})")
     return 0
 
