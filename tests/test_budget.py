@@ -166,6 +166,13 @@ def test_a_net_rehearsal_keeps_the_fastest_epoch_after_the_warm_up(monkeypatch):
     assert seen == {"epochs": probe.REHEARSAL_EPOCHS, "rows": probe.REHEARSAL_ROWS}
     assert rate["row_epoch_s"] == pytest.approx(1.0 / probe.REHEARSAL_ROWS)
     assert rate["epoch_s"] == pytest.approx(0.2)  # 3.2 - 3.0, not the busy or the first epoch's
+    assert resolved.train.batch_size == 128  # a small fold trains with the config's own batch
+
+    # A competition-size fold trains with a larger batch (models.settings.for_rows), whose cost
+    # per row the rehearsal must see: it trains with that batch, on at least two of them.
+    folds = np.arange(30_000) % 5
+    probe.rehearse(NET, feats={"n_test": 10}, Y=np.zeros((30_000, 3)), folds=folds, n_test=10)
+    assert resolved.train.batch_size == 512 and seen["rows"] == 1024
 
 
 def test_a_linear_rehearsal_predicts_a_fold_from_the_solvers_iterations(monkeypatch):
@@ -202,6 +209,28 @@ def test_a_linear_rehearsal_predicts_a_fold_from_the_solvers_iterations(monkeypa
     # The solver's own cap bounds the iterations however far the rows are extended.
     capped = probe.fold_seconds({**cfg, "max_iter": 50}, rate, 1_000_000, 0)
     assert capped == pytest.approx(rate["fold_s"] + rate["row_iter_s"] * 1_000_000 * 50)
+
+
+def test_a_ratio_teaches_only_the_models_of_its_family(tmp_path):
+    # Heads on cached vectors are over-predicted by their small rehearsal where a trained top
+    # stage is under-predicted: a heads model that took a quarter of its prediction shrinks the
+    # next heads model's prediction, and leaves the top stage's as the probe said.
+    from capfuse.budget.lessons import family
+
+    top = {"kind": "net", "inputs": ["image"], "image_encoder": {"train_blocks": 1}, "train": {"epochs": 20}}
+    assert (family(LINEAR), family(NET), family(top)) == ("linear", "net/heads", "net/top-stage")
+    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
+    b = _budget(0, {"h": net, "h2": net, "t": net})
+    b._cfgs = {"h": NET, "h2": NET, "t": top}
+    b.plan_path = tmp_path / "plan.json"
+    h, h2 = ModelPlan("h", "net", max_epochs=20), ModelPlan("h2", "net", max_epochs=20)
+    t = ModelPlan("t", "net", max_epochs=20)
+    b.plan.models = [h, h2, t]
+    b._later(h)
+    before = (h2.train_s, t.train_s)
+    b.lessons.learn_ratio(family(NET), 10.0, 40.0)
+    b._later(h)
+    assert h2.train_s == pytest.approx(before[0] / 4, rel=0.01) and t.train_s == before[1]
 
 
 def test_learned_ratios_are_medians_held_within_bounds(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from capfuse.budget import probe
 from capfuse.budget.duration import format_duration
-from capfuse.budget.lessons import Lessons, mean_epochs_run, trained_here
+from capfuse.budget.lessons import Lessons, family, mean_epochs_run, trained_here
 from capfuse.budget.plan import ModelPlan, Plan
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
@@ -207,7 +207,7 @@ class Budget:
         fold = probe.fold_seconds(model_cfg, rate, n_fit, n_train - n_fit + n_test, cap)
         # A round also trains on the pseudo-labelled test rows.
         seconds = k * fold * (1 + rounds * (n_train + n_test) / n_train)
-        return seconds * (self.lessons.ratio(entry.kind) if learned else 1.0)
+        return seconds * (self.lessons.ratio(family(model_cfg)) if learned else 1.0)
 
     def _learn_ratio(self, entry: ModelPlan, rounds_done: int) -> None:
         """Teach the later predictions how far the probe was off for ``entry`` (``Lessons``)."""
@@ -221,7 +221,7 @@ class Budget:
         if entry.kind == "net" and epochs is None:
             return
         predicted = self._predict(entry, self._cfgs[entry.name], epochs, rounds_done, learned=False)
-        ratio = self.lessons.learn_ratio(entry.kind, entry.measured_s, predicted)
+        ratio = self.lessons.learn_ratio(family(self._cfgs[entry.name]), entry.measured_s, predicted)
         if ratio is not None:
             self.plan.probe.setdefault("measured_over_predicted", {})[entry.name] = round(ratio, 3)
 

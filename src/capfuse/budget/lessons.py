@@ -8,7 +8,7 @@ model that finishes says both:
   are predicted with the largest such share (or with their own folds of earlier runs on the
   dataset, which the probe records as ``epochs_seen``);
 - **how far the probe's rates were off**: its measured seconds over its prediction from the probe
-  alone at the epochs its folds ran. The later models of its kind (net or linear: a rehearsal
+  alone at the epochs its folds ran. The later models of its family (``family``: a rehearsal
   errs alike for models trained alike) are predicted with the median ratio, held within
   ``RATE_BOUNDS``. Only a model that trained every fold in this run teaches a ratio: one resumed
   from earlier folds measured nothing, and one stopped by its time share ran what the clock
@@ -20,6 +20,8 @@ Both only move predictions; what keeps the budget is the clock (``capfuse.utils.
 from __future__ import annotations
 
 from pathlib import Path
+
+from capfuse.config.schema import resolve_model
 
 RATE_BOUNDS = (0.25, 4.0)  # the learned measured/predicted ratio is held within these
 MIN_LEARN_S = 5.0  # a model predicted under this teaches no ratio: its fixed costs would dominate
@@ -71,3 +73,17 @@ def mean_epochs_run(records: list[dict]) -> float | None:
     """The mean epochs a net model's folds ran; None when a fold's record does not say."""
     runs = [r["epochs_run"] for r in records if isinstance(r.get("epochs_run"), int)]
     return sum(runs) / len(runs) if runs and len(runs) == len(records) else None
+
+
+def family(model_cfg: dict) -> str:
+    """The models whose rehearsals err alike, whose ratios teach each other: linear fits; net
+    heads on cached vectors; net models that train a top stage of the backbone on its cached maps
+    (convolutions over maps, whose cost the small sample understates where the heads' is
+    overstated: a heads' ratio would shrink a top stage's prediction the wrong way); and
+    end-to-end fine-tuning."""
+    m = resolve_model(model_cfg)
+    if m.kind != "net":
+        return m.kind
+    if m.finetune:
+        return "net/finetune"
+    return "net/top-stage" if m.image_encoder.train_blocks > 0 else "net/heads"

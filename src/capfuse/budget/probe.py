@@ -156,7 +156,8 @@ def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_t
     """Short fits of the model on samples of fold 0's rows, split into what grows with the rows
     and what does not.
 
-    A net model trains ``REHEARSAL_EPOCHS`` epochs on ``REHEARSAL_ROWS`` rows. The first pays the
+    A net model trains ``REHEARSAL_EPOCHS`` epochs on ``REHEARSAL_ROWS`` rows (at least two
+    batches of the size its run's folds train with). The first pays the
     kernels' warm-up; of the later ones the fastest stands for the machine (a burst of other work
     slows an epoch and never speeds one up, the rule of ``timeit``): its steps give the seconds
     per row and epoch, the rest of it (the stopping rows' score, the checkpoints) a cost per
@@ -168,21 +169,30 @@ def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_t
     """
     settings = resolve_model(model_cfg)
     is_net = settings.kind == "net"
+    tr_all, va_all = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
+    sample = REHEARSAL_ROWS if is_net else LINEAR_ROWS
     if is_net:
+        # The batch a fold of the run trains with: a large fold of a cached-feature model trains
+        # with a larger one (models.settings.for_rows), which costs more per row than the small
+        # sample's own batch (activations that no longer fit the caches); at least two steps of it.
+        t = settings.train
+        real = t if settings.finetune else for_rows(t, len(tr_all))
         train = {
             **(model_cfg.get("train") or {}),
             "epochs": REHEARSAL_EPOCHS,
             "early_stop": "none",
             "calibrate": False,
+            "batch_size": real.batch_size,
+            "lr": real.lr,
+            "batch_grow_rows": 0,
         }
         model_cfg = {**model_cfg, "train": train}
         settings = resolve_model(model_cfg)
+        sample = max(sample, 2 * real.batch_size * real.accumulate)
     # A few of the test rows stand for all of them: predicting 10,000 would be most of the probe.
     n_probe_test = min(n_test, PREDICT_ROWS)
     feats = fewer_test_rows(feats, n_probe_test)
     rng = np.random.default_rng(0)
-    tr_all, va_all = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
-    sample = REHEARSAL_ROWS if is_net else LINEAR_ROWS
     tr = np.sort(rng.choice(tr_all, min(sample, len(tr_all)), replace=False))
     va = np.sort(rng.choice(va_all, min(PREDICT_ROWS, len(va_all)), replace=False))
 
