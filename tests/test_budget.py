@@ -286,7 +286,7 @@ def test_a_plan_round_trips_and_names_the_second_levels_models(tmp_path):
         folds_s=1,
         probe_s=2,
         models=[
-            ModelPlan(name="a", kind="linear", status="done"),
+            ModelPlan(name="a", kind="linear", status="done", embed_s=300.0, train_s=40.0, measured_s=42.0),
             ModelPlan(name="b", kind="net", rounds=2, rounds_done=1, status="done"),
             ModelPlan(name="c", kind="net", status="dropped", why="predicted 99 s, 3 s left"),
             ModelPlan(name="d", kind="net", status="cut"),
@@ -298,6 +298,13 @@ def test_a_plan_round_trips_and_names_the_second_levels_models(tmp_path):
     assert again.ensemble_names("all") == ["a", "b", "b@r1"]
     assert again.ensemble_names("last") == ["a", "b@r1"]
     assert "dropped" in again.table() and "predicted 99 s" in again.table()
+    # The encoders have their own line, predicted beside measured; a model's line is its training.
+    plan.embed_measured_s = 310.0
+    lines = {
+        line.split()[1] if line.startswith("train") else line.split()[0]: line for line in plan.table().splitlines()
+    }
+    assert lines["embed"].split()[-2:] == ["300", "310"]
+    assert lines["a"].split()[-2:] == ["40", "42"]
     (tmp_path / "bad.json").write_text('{"format": 99}')
     with pytest.raises(ValueError, match="bad.json: not a capfuse plan"):
         Plan.read(tmp_path / "bad.json")
@@ -334,6 +341,8 @@ def test_a_large_budget_trains_the_config(tiny_run, tmp_path):
     manifest = json.loads((tmp_path / "budgeted" / "submissions" / "tiny-latest.json").read_text())
     assert [m["status"] for m in manifest["plan"]["models"]] == ["done", "done"]
     assert 0 < manifest["plan"]["command_s"] < 7200  # the whole command, as the budget counts it
+    # The cache was warm: nothing to embed, predicted or measured beyond the store's reading.
+    assert manifest["plan"]["embed"]["predicted_s"] == 0 and manifest["plan"]["embed"]["measured_s"] is not None
 
 
 def _probe_says_next_to_nothing(monkeypatch, fold_s: dict | None = None, second_level_s: float = 0.0) -> None:

@@ -7,10 +7,9 @@ after the models before it and the second level's reserve; a net model that does
 its epochs is kept with fewer (never under ``MIN_EPOCH_SHARE`` of them). ``before_model``
 plans each model again against the clock when its turn comes, with what the models before it
 left: a planned model that no longer fits gets fewer epochs or is dropped, and one dropped or
-capped at first gets its epochs back when early stopping left the time. A model that the clock
-stops mid-fold (``OutOfTime``) is dropped whole; a pseudo-label round stopped so keeps the
-rounds before it. A replayed plan (``--plan``) sets the same models, epochs and rounds and
-opens no deadline.
+capped at first gets its epochs back when early stopping left the time. A model the clock stops
+mid-fold (``OutOfTime``) is dropped whole, a round stopped so keeps the rounds before it. A
+replayed plan (``--plan``) sets the same models, epochs and rounds, and opens no deadline.
 
 Each finished model teaches the later predictions where early stopping ends a model and how far
 the probe's rates are off (``lessons``). A prediction that proves short costs no fold: each model
@@ -167,8 +166,10 @@ class Budget:
             self.write()
         kept = {m.name: models[m.name] for m in self.plan.models if m.status == "planned"}
         with stage("embed", ", ".join(kept)):
+            t_embed = time.monotonic()
             for model_cfg in kept.values():
                 features(model_cfg)
+            self.plan.embed_measured_s = round(time.monotonic() - t_embed, 1)
         with stage("rehearse", f"{len(kept)} models on {probe.REHEARSAL_ROWS} rows"):
             t1 = time.monotonic()
             for name, model_cfg in kept.items():
@@ -389,8 +390,7 @@ class Budget:
 
 
 def rounds_trained(model_dir: Callable[[str], Path], name: str, rounds: int, since: float) -> int:
-    """How many of ``name``'s pseudo-label rounds finished in this run (their metrics written
-    after ``since``, a ``time.time()``); -1 when not even round 0, the model itself, did."""
+    """How many of ``name``'s rounds finished in this run (metrics written after ``since``); -1: not round 0 either."""
     done = -1
     for r, folder in enumerate([name, *(f"{name}@r{k}" for k in range(1, rounds + 1))]):
         metrics = model_dir(folder) / "metrics.json"

@@ -39,6 +39,7 @@ class ModelPlan:
 
     @property
     def predicted_s(self) -> float:
+        """Its features and its training together: what the plan sets aside for it."""
         return self.embed_s + self.train_s
 
     def overrides(self) -> dict:
@@ -62,8 +63,13 @@ class Plan:
     # Why the second level did not nest its choice on the test-like rows under a shift (None: it
     # did, or no shift asked it to); infer writes it, and a replay makes the same choice.
     shift_choice: str | None = None
+    embed_measured_s: float | None = None  # measured: caching the kept models' features, all at once
     machine: dict = field(default_factory=dict)
     format: int = FORMAT
+
+    def embed_s(self) -> float:
+        """Predicted: caching the kept models' features."""
+        return sum(m.embed_s for m in self.kept())
 
     def kept(self) -> list[ModelPlan]:
         return [m for m in self.models if m.status in ("planned", "done")]
@@ -107,6 +113,9 @@ class Plan:
 
         line("folds", "done", "", None, self.folds_s)
         line("probe", "done", "", None, self.probe_s)
+        # The encoders run once for every kept model, before any trains: one line for them, and
+        # each model's line its training alone, so that each prediction meets its own measurement.
+        line("embed (the kept models' features)", "", "", self.embed_s(), self.embed_measured_s)
         for m in self.models:
             epochs = "" if m.kind != "net" else f"{m.epochs or m.max_epochs}" + ("*" if m.epochs else "")
             rounds = f" +{m.rounds} round" + ("s" if m.rounds > 1 else "") if m.rounds else ""
@@ -114,7 +123,7 @@ class Plan:
             if m.stops:
                 n = len(m.stops)
                 note = "; ".join(filter(None, [note, f"{n} fold{'s' if n > 1 else ''} stopped by its time share"]))
-            line(f"train {m.name}{rounds}", m.status, epochs, m.predicted_s, m.measured_s, note)
+            line(f"train {m.name}{rounds}", m.status, epochs, m.train_s, m.measured_s, note)
         notes = [f"{self.threshold_trials} threshold trials" if self.threshold_trials else ""]
         notes.append(f"candidates {', '.join(self.candidates)} (no stacker)" if self.candidates else "")
         line("second level and submission", "", "", self.reserve_s, None, "; ".join(filter(None, notes)))

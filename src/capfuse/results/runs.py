@@ -213,6 +213,16 @@ def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFram
             }
         )
     plan = manifest.get("plan") or {}
+    embed = plan.get("embed") or {}
+    if embed.get("predicted_s"):
+        rows.append(
+            {
+                "kind": "plan",
+                "name": "embed",
+                "detail": f"the kept models' features; predicted {embed['predicted_s'] / 60:.2f} min",
+                "minutes": round(embed["measured_s"] / 60, 3) if embed.get("measured_s") is not None else None,
+            }
+        )
     for m in plan.get("models") or []:
         # A budgeted run: each model's fate in the plan, its predicted and measured minutes.
         epochs = f", {m['epochs']} epochs" if m.get("epochs") else ""

@@ -218,6 +218,7 @@ def run_infer(
                 "threshold_trials": plan.threshold_trials,
                 "candidates": plan.candidates,
                 "shift_choice": plan.shift_choice,
+                "embed": {"predicted_s": round(plan.embed_s(), 1), "measured_s": plan.embed_measured_s},
                 "file": str(paths.runs / PLAN_FILE),
                 "models": [
                     {
@@ -225,7 +226,7 @@ def run_infer(
                         "status": m.status,
                         "epochs": m.epochs,
                         "rounds": m.rounds_done,
-                        "predicted_s": m.predicted_s,
+                        "predicted_s": m.train_s,  # its training: the encoders have a line of their own
                         "measured_s": m.measured_s,
                         "why": m.why,
                     }
