@@ -357,7 +357,7 @@ def _probe_says_next_to_nothing(monkeypatch, fold_s: dict | None = None, second_
             | {"fold_s": fold_s.get(model_cfg["name"], 0.0)}
         ),
     )
-    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: 0.0 for m in models}, {}))
+    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: {} for m in models}, {}))
     monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (second_level_s, 0.0, 0.0))
     monkeypatch.setattr(guard_mod.probe, "shift_seconds", lambda n_train, n_test: 0.0)
 
@@ -453,6 +453,19 @@ def test_a_model_without_early_stopping_is_dropped_whole_at_the_deadline(tiny_ru
     assert list(manifest["models"]) == ["caption_linear"]
 
 
+def test_features_shared_by_models_are_paid_once_and_never_by_a_dropped_model():
+    from capfuse.budget import probe
+
+    orig, flip, caption = ("image", "lite0", 224, "orig"), ("image", "lite0", 224, "hflip"), ("caption", "minilm", 24)
+    needs = {"a": {orig: 400.0}, "b": {orig: 400.0, flip: 100.0}, "c": {caption: 50.0}, "d": {}}
+    # Room for both views: the second model adds only its flipped view.
+    assert probe.keep_encoders(needs, 600) == {"a": (400, True), "b": (100, True), "c": (50, True), "d": (0, True)}
+    # No room for the plain view: the first model is dropped, and the second, which reads the same
+    # view, pays for it in full and is dropped too (it would otherwise be planned at 100 s and
+    # embed 500); the caption model and the one reading nothing new stay.
+    assert probe.keep_encoders(needs, 300) == {"a": (400, False), "b": (500, False), "c": (50, True), "d": (0, True)}
+
+
 def test_the_shift_reports_prediction_grows_with_the_rows():
     small, large = guard_mod.probe.shift_seconds(750, 250), guard_mod.probe.shift_seconds(30_000, 10_000)
     assert 0 <= small < large
@@ -475,7 +488,7 @@ def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_
     per_view = {k.split()[-2]: v for k, v in rates.items() if k.startswith("image")}
     assert set(per_view) == {"orig", "hflip"} and per_view["orig"] > 0 and per_view["hflip"] >= 0
     n_rows = len(ds.train_ids) + len(ds.test_ids)
-    assert costs["flipped"] == pytest.approx(sum(per_view.values()) * n_rows / 1000, rel=0.05)
+    assert sum(costs["flipped"].values()) == pytest.approx(sum(per_view.values()) * n_rows / 1000, rel=0.05)
     cache = paths.cache
     assert sorted(p.name for p in cache.iterdir()) == ["onnx"] and any((cache / "onnx").iterdir())
 

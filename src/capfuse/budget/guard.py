@@ -27,7 +27,7 @@ from pathlib import Path
 
 from capfuse.budget import probe
 from capfuse.budget.duration import format_duration
-from capfuse.budget.lessons import Lessons, family, mean_epochs_run, trained_here
+from capfuse.budget.lessons import Lessons, epochs_seen, family, fold_records, mean_epochs_run, trained_here
 from capfuse.budget.plan import ModelPlan, Plan
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
@@ -145,23 +145,22 @@ class Budget:
                 candidates=list(candidates) if candidates is not None else None,
                 machine=self.machine,
             )
-            # The encoders first: a model whose features would take more than its share is dropped
-            # before any image is decoded for it.
-            committed = 0.0
+            # The encoders first: a model whose features would take the encoders past their share
+            # is dropped before any image is decoded for it.
+            encoders = probe.keep_encoders(embed, EMBED_SHARE * self.left())
             for name, model_cfg in models.items():
                 m = resolve_model(model_cfg)
+                cost, fits = encoders[name]
                 entry = ModelPlan(
                     name=name,
                     kind=m.kind,
                     max_epochs=probe.span(model_cfg, n_fit),
                     rounds=m.pseudo.rounds,
-                    embed_s=round(embed[name], 1),
+                    embed_s=round(cost, 1),
                 )
-                if embed[name] > 0 and committed + embed[name] > EMBED_SHARE * self.left():
+                if not fits:
                     entry.status = "dropped"
-                    entry.why = f"its features would take {embed[name]:.0f} s, over the encoders' share"
-                else:
-                    committed += embed[name]
+                    entry.why = f"its features would take {cost:.0f} s, over the encoders' share"
                 self.plan.models.append(entry)
             self.write()
         kept = {m.name: models[m.name] for m in self.plan.models if m.status == "planned"}
@@ -174,7 +173,7 @@ class Budget:
             t1 = time.monotonic()
             for name, model_cfg in kept.items():
                 rate = probe.rehearse(model_cfg, **inputs(model_cfg))
-                seen = probe.epochs_seen(model_dir(name)) if model_dir is not None else None
+                seen = epochs_seen(model_dir(name)) if model_dir is not None else None
                 if seen is not None:
                     rate["epochs_seen"] = seen
                 self.plan.probe.setdefault("models", {})[name] = {k: float(f"{v:.6g}") for k, v in rate.items()}
@@ -215,7 +214,7 @@ class Budget:
         since = self._wall0.get(entry.name)
         if self._model_dir is None or since is None or not entry.measured_s or entry.stops:
             return
-        records = probe.fold_records(self._model_dir(entry.name))
+        records = fold_records(self._model_dir(entry.name))
         if not trained_here(records, self._model_dir(entry.name), self._sizes[1], since):
             return
         epochs = mean_epochs_run(records) if entry.kind == "net" else None
@@ -358,7 +357,7 @@ class Budget:
         span = entry.epochs or entry.max_epochs
         shares = []
         for r, folder in enumerate([entry.name, *(f"{entry.name}@r{k}" for k in range(1, rounds_done + 1))]):
-            for record in probe.fold_records(self._model_dir(folder)):
+            for record in fold_records(self._model_dir(folder)):
                 if record.get("stopped_by") == "time":
                     entry.stops[f"{folder}/fold{record['fold']}"] = int(record["epochs_run"])
                 elif r == 0 and span and "epochs_run" in record:

@@ -19,6 +19,7 @@ Both only move predictions; what keeps the budget is the clock (``capfuse.utils.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from capfuse.config.schema import resolve_model
@@ -87,3 +88,27 @@ def family(model_cfg: dict) -> str:
     if m.finetune:
         return "net/finetune"
     return "net/top-stage" if m.image_encoder.train_blocks > 0 else "net/heads"
+
+
+def fold_records(model_dir: Path) -> list[dict]:
+    """The ``done.json`` of each finished fold in ``model_dir`` (unreadable ones left out)."""
+    out = []
+    for done in sorted(Path(model_dir).glob("fold*/done.json")):
+        try:
+            record = json.loads(done.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and "fold" in record:
+            out.append(record)
+    return out
+
+
+def epochs_seen(model_dir: Path) -> float | None:
+    """The mean epochs a model's folds ran in earlier runs on this dataset, where early stopping
+    (not a time budget) ended them; None when none did: the best guess of where it ends here."""
+    runs = [
+        int(r["epochs_run"])
+        for r in fold_records(model_dir)
+        if isinstance(r.get("epochs_run"), int) and r.get("stopped_by") != "time"
+    ]
+    return sum(runs) / len(runs) if runs else None

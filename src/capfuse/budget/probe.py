@@ -18,7 +18,6 @@ against the clock before each model, and the trainer stops at the deadline whate
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -101,14 +100,14 @@ def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) ->
     return out
 
 
-def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, float], dict]:
-    """Predicted seconds to cache what each model reads and no model before it in ``models``
-    caches (0 for what the cache already holds), and the measured rates behind them."""
+def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict]:
+    """Per model, the predicted seconds of each cache entry it reads that the cache lacks (an
+    image view of an encoder, a caption encoder's vectors; 0 entries for what is cached), and
+    the measured rates behind them. Models that read one entry share it: ``keep_encoders``
+    counts it once, for the first model kept that reads it."""
     n_rows = len(ds.train_ids) + len(ds.test_ids)
     cache = ds.paths.cache
-    seen: set = set()
     rates: dict = {}
-    out: dict[str, float] = {}
     # What the models read from each encoder, as the feature store asks for it: every output
     # and view in one pass.
     wanted: dict = {}
@@ -119,37 +118,51 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, float], dict]:
             outs.update(image_outputs(m))
             views.update(flip_views(m))
     passes: dict = {}
+    captions: dict = {}
+    out: dict[str, dict] = {}
     for name, model_cfg in models.items():
         m = resolve_model(model_cfg)
-        cost = 0.0
+        needs: dict = {}
         if "image" in m.inputs and uses_cache(m):
             spec = m.image_encoder.cache_spec()
             size = spec.size or 224
             for view in flip_views(m):
-                key = ("image", spec.name, size, view)
-                if key in seen or image_cache_files(cache, spec, size, view)["meta"].exists():
-                    seen.add(key)
+                if image_cache_files(cache, spec, size, view)["meta"].exists():
                     continue
-                seen.add(key)
                 if spec not in passes:
                     outs, views = wanted[spec]
                     ordered = tuple(v for v in ("orig", "hflip") if v in views)  # the plain view first
                     passes[spec] = image_pass_ms(ds, spec, tuple(sorted(outs)), ordered)
                 per_row = passes[spec][view]
                 rates[f"image {spec.name} {size}px {view} ms/row"] = round(per_row, 2)
-                cost += per_row * n_rows / 1000.0
+                needs[("image", spec.name, size, view)] = per_row * n_rows / 1000.0
         if "caption" in m.inputs and m.kind == "net":
             spec = m.caption_encoder
             key = ("caption", spec.name, spec.max_len)
-            if key not in seen:
-                seen.add(key)
-                cached = text_cache_files(cache, spec, "all")["meta"].exists() or spec.name == "glove"
-                if not cached:
-                    _, ms = caption_encoder_cost(spec.name, spec.max_len)
-                    rates[f"caption {spec.name} {spec.max_len} tokens ms/row"] = round(ms, 2)
-                    cost += ms * n_rows / 1000.0
-        out[name] = cost
+            cached = text_cache_files(cache, spec, "all")["meta"].exists() or spec.name == "glove"
+            if not cached:
+                if key not in captions:
+                    _, captions[key] = caption_encoder_cost(spec.name, spec.max_len)
+                rates[f"caption {spec.name} {spec.max_len} tokens ms/row"] = round(captions[key], 2)
+                needs[key] = captions[key] * n_rows / 1000.0
+        out[name] = needs
     return out, rates
+
+
+def keep_encoders(needs: dict[str, dict], share_s: float) -> dict[str, tuple[float, bool]]:
+    """Per model, in order: the seconds its features add to those of the models kept before it,
+    and whether the encoders' total stays within ``share_s`` with them. A dropped model's entries
+    are not counted as cached: the next model that reads them pays for them."""
+    committed: dict = {}
+    out = {}
+    for name, keys in needs.items():
+        extra = {k: v for k, v in keys.items() if k not in committed}
+        cost = sum(extra.values())
+        fits = cost <= 0 or sum(committed.values()) + cost <= share_s
+        if fits:
+            committed.update(extra)
+        out[name] = (cost, fits)
+    return out
 
 
 def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_test: int) -> dict:
@@ -242,30 +255,6 @@ def rehearse(model_cfg: dict, feats: dict, Y: np.ndarray, folds: np.ndarray, n_t
         "iteration_rows": float(len(tr)),
         "iteration_power": min(1.0, max(0.0, math.log(it_all / it_small) / math.log(len(tr) / len(small)))),
     }
-
-
-def fold_records(model_dir: Path) -> list[dict]:
-    """The ``done.json`` of each finished fold in ``model_dir`` (unreadable ones left out)."""
-    out = []
-    for done in sorted(Path(model_dir).glob("fold*/done.json")):
-        try:
-            record = json.loads(done.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and "fold" in record:
-            out.append(record)
-    return out
-
-
-def epochs_seen(model_dir: Path) -> float | None:
-    """The mean epochs a model's folds ran in earlier runs on this dataset, where early stopping
-    (not a time budget) ended them; None when none did: the best guess of where it ends here."""
-    runs = [
-        int(r["epochs_run"])
-        for r in fold_records(model_dir)
-        if isinstance(r.get("epochs_run"), int) and r.get("stopped_by") != "time"
-    ]
-    return float(np.mean(runs)) if runs else None
 
 
 def fewer_test_rows(feats: dict, n: int) -> dict:
