@@ -34,7 +34,7 @@ from capfuse.config.schema import resolve, resolve_model
 from capfuse.utils.log import log, stage
 
 MIN_EPOCH_SHARE = 0.25  # a capped net model keeps at least this share of its configured epochs
-EMBED_SHARE = 0.5  # the encoders may take at most this share of the time left before them
+EMBED_SHARE = 0.75  # the encoders' most of what is left before them: models need features before any epoch
 RESERVE_MARGIN = 1.25  # the second level's prediction times this, plus RESERVE_FLOOR_S
 RESERVE_FLOOR_S = 15.0
 RESERVE_SHARE = 0.25  # the second level may take this share of the budget; fewer threshold trials past it
