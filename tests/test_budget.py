@@ -466,6 +466,30 @@ def test_features_shared_by_models_are_paid_once_and_never_by_a_dropped_model():
     assert probe.keep_encoders(needs, 300) == {"a": (400, False), "b": (500, False), "c": (50, True), "d": (0, True)}
 
 
+def test_a_budget_embeds_only_the_views_its_kept_models_read(tiny_run, tmp_path, monkeypatch):
+    # The store is built for every model of the config; once the plan drops the flip-TTA model for
+    # its encoders' time, the pass must not compute the flipped view for it anyway.
+    from types import SimpleNamespace
+
+    import capfuse.stages.train as train_stage
+    from capfuse.config import load_config
+    from capfuse.data.dataset import load_dataset
+    from capfuse.features.store import FeatureStore
+    from capfuse.paths import Paths
+
+    ds = load_dataset(Paths(tiny_run.data, tiny_run.root), load_config(tiny_run.config), quiet=True)
+    base = load_config(REPO / "configs" / "models" / "image_mlp.yaml")
+    plain = {**base, "train": {**base.get("train", {}), "tta": False, "flip_p": 0.0}}
+    flipped = {**base, "train": {**base.get("train", {}), "tta": True}}
+    configs = {"plain": plain, "flipped": flipped}
+    store = FeatureStore(ds, True, configs)
+    assert {v for views in store.wanted_views.values() for v in views} == {"orig", "hflip"}
+    plan = SimpleNamespace(models=[ModelPlan("plain", "net"), ModelPlan("flipped", "net", status="dropped")])
+    monkeypatch.setattr(train_stage, "_features", lambda store, model_cfg: {})
+    train_stage._planned_features(store, SimpleNamespace(plan=plan), configs, plain)
+    assert {v for views in store.wanted_views.values() for v in views} == {"orig"}
+
+
 def test_the_shift_reports_prediction_grows_with_the_rows():
     small, large = guard_mod.probe.shift_seconds(750, 250), guard_mod.probe.shift_seconds(30_000, 10_000)
     assert 0 <= small < large

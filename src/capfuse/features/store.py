@@ -115,20 +115,24 @@ class FeatureStore:
         remove_stale_tmp(ds.paths.cache)
         self._image: dict = {}
         self._caption: dict = {}
-        # Every output and view any model needs from an encoder, so that one pass over the
-        # images (each decoded once) serves every backbone and view.
-        self.wanted: dict[ImageEncoderSpec, set[str]] = {}
-        self.wanted_views: dict[ImageEncoderSpec, set[str]] = {}
-        for model_cfg in (models or {}).values():
-            m = resolve_model(model_cfg)
-            if "image" in m.inputs and uses_cache(m):
-                self.wanted.setdefault(m.image_encoder.cache_spec(), set()).update(image_outputs(m))
-                self.wanted_views.setdefault(m.image_encoder.cache_spec(), set()).update(flip_views(m))
+        self.want(models or {})
         # int8 graphs are calibrated on the training images, the same graph for every split and
         # for an unlabelled folder, so their features stay comparable.
         self.calibration = CalibrationImages.spread(
             ds.paths.data_dir, [i for i, ok in zip(ds.train_ids, ds.image_ok[: len(ds.train_ids)]) if ok]
         )
+
+    def want(self, models: dict[str, dict | ModelSettings]) -> None:
+        """Embed, from now on, every output and view ``models`` read from each encoder, so that one
+        pass over the images (each decoded once) serves every backbone and view. A time budget
+        narrows it to the models it kept: no pass computes a view that only a dropped model reads."""
+        self.wanted: dict[ImageEncoderSpec, set[str]] = {}
+        self.wanted_views: dict[ImageEncoderSpec, set[str]] = {}
+        for model_cfg in models.values():
+            m = resolve_model(model_cfg)
+            if "image" in m.inputs and uses_cache(m):
+                self.wanted.setdefault(m.image_encoder.cache_spec(), set()).update(image_outputs(m))
+                self.wanted_views.setdefault(m.image_encoder.cache_spec(), set()).update(flip_views(m))
 
     def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(outputs) | self.wanted.get(spec, set())))

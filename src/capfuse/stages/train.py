@@ -53,7 +53,7 @@ def run_train(
                 ds,
                 cfg,
                 models,
-                features=partial(_features, store),
+                features=partial(_planned_features, store, budget, dict(models)),
                 inputs=lambda m: _rehearsal_inputs(ds, folds, _features(store, m)),
                 model_dir=paths.model_dir,
             )
@@ -147,6 +147,13 @@ def _rehearsal_inputs(ds, folds, feats: dict) -> dict:
 
 def _plain(model_cfg: dict) -> dict:
     return {k: v for k, v in model_cfg.items() if k != "pseudo"}
+
+
+def _planned_features(store: FeatureStore, budget: Budget, configs: dict, model_cfg: dict) -> dict:
+    """A budgeted run's features: the store embeds what the plan's kept models read, not what the
+    models it dropped for their encoders' time would have read."""
+    store.want({m.name: configs[m.name] for m in budget.plan.models if m.status == "planned"})
+    return _features(store, model_cfg)
 
 
 def _features(store: FeatureStore, model_cfg: dict) -> dict:
