@@ -156,7 +156,7 @@ class Budget:
                     kind=m.kind,
                     max_epochs=probe.span(model_cfg, n_fit),
                     rounds=m.pseudo.rounds,
-                    embed_s=round(cost, 1),
+                    embed_s=round(cost, 1) if fits else 0.0,  # what it caches in this run
                 )
                 if not fits:
                     entry.status = "dropped"

@@ -27,7 +27,7 @@ class ModelPlan:
     epochs: int | None = None  # the epoch cap the plan sets; None: the config's own
     max_epochs: int | None = None  # the schedule's span at this size: train.epochs, or fewer under train.max_steps
     rounds: int = 0  # pseudo-label rounds the plan allows (at most the config's)
-    embed_s: float = 0.0  # predicted: caching the features no earlier model caches
+    embed_s: float = 0.0  # predicted: caching the features no earlier model caches (0: dropped for them)
     train_s: float = 0.0  # predicted: every fold, and the rounds
     status: str = "planned"  # planned | dropped | cut | done
     why: str = ""
@@ -68,8 +68,9 @@ class Plan:
     format: int = FORMAT
 
     def embed_s(self) -> float:
-        """Predicted: caching the kept models' features."""
-        return sum(m.embed_s for m in self.kept())
+        """Predicted: caching the features of the models not dropped for them (a model dropped
+        later, for its training time, had its features cached all the same)."""
+        return sum(m.embed_s for m in self.models)
 
     def kept(self) -> list[ModelPlan]:
         return [m for m in self.models if m.status in ("planned", "done")]
@@ -127,7 +128,7 @@ class Plan:
         notes = [f"{self.threshold_trials} threshold trials" if self.threshold_trials else ""]
         notes.append(f"candidates {', '.join(self.candidates)} (no stacker)" if self.candidates else "")
         line("second level and submission", "", "", self.reserve_s, None, "; ".join(filter(None, notes)))
-        planned = self.folds_s + self.probe_s + sum(m.predicted_s for m in self.kept()) + self.reserve_s
+        planned = self.folds_s + self.probe_s + self.embed_s() + sum(m.train_s for m in self.kept()) + self.reserve_s
         lines.append(
             f"{'total planned':<44} {'':>8} {'':>7} {planned:10.0f} {'':>9}  "
             f"budget {format_duration(self.time_limit_s)} ({self.time_limit_s:.0f} s); * epochs capped by the plan"
