@@ -33,7 +33,7 @@ from capfuse.ensemble.second_level import build_candidates, threshold_rule
 from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.features.image import cache_files as image_cache_files
 from capfuse.features.image import embed_image_views
-from capfuse.features.store import flip_views, image_outputs, uses_cache
+from capfuse.features.store import encoder_reads, flip_views, uses_cache
 from capfuse.features.text import cache_files as text_cache_files
 from capfuse.models import MODELS
 from capfuse.models.settings import for_rows, schedule_epochs
@@ -110,13 +110,7 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict]:
     rates: dict = {}
     # What the models read from each encoder, as the feature store asks for it: every output
     # and view in one pass.
-    wanted: dict = {}
-    for model_cfg in models.values():
-        m = resolve_model(model_cfg)
-        if "image" in m.inputs and uses_cache(m):
-            outs, views = wanted.setdefault(m.image_encoder.cache_spec(), (set(), set()))
-            outs.update(image_outputs(m))
-            views.update(flip_views(m))
+    wanted = encoder_reads(models)
     passes: dict = {}
     captions: dict = {}
     out: dict[str, dict] = {}

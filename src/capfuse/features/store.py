@@ -61,6 +61,18 @@ def flip_views(model_cfg: dict | ModelSettings) -> tuple[str, ...]:
     return ("orig",)
 
 
+def encoder_reads(models: dict[str, dict | ModelSettings]) -> dict[ImageEncoderSpec, tuple[set[str], set[str]]]:
+    """Per cached image encoder, the outputs and the views ``models`` read from it."""
+    out: dict = {}
+    for model_cfg in models.values():
+        m = resolve_model(model_cfg)
+        if "image" in m.inputs and uses_cache(m):
+            outputs, views = out.setdefault(m.image_encoder.cache_spec(), (set(), set()))
+            outputs.update(image_outputs(m))
+            views.update(flip_views(m))
+    return out
+
+
 def _embed_images(data_dir, ids, ok, requests: list, cache, **kw) -> dict:
     """``embed_image_views``, as a row of the command's timings (a cache hit shows as seconds)."""
     what = ", ".join(f"{spec.name}@{spec.size or 'native'} {view}" for spec, view, _ in requests)
@@ -126,13 +138,9 @@ class FeatureStore:
         """Embed, from now on, every output and view ``models`` read from each encoder, so that one
         pass over the images (each decoded once) serves every backbone and view. A time budget
         narrows it to the models it kept: no pass computes a view that only a dropped model reads."""
-        self.wanted: dict[ImageEncoderSpec, set[str]] = {}
-        self.wanted_views: dict[ImageEncoderSpec, set[str]] = {}
-        for model_cfg in models.values():
-            m = resolve_model(model_cfg)
-            if "image" in m.inputs and uses_cache(m):
-                self.wanted.setdefault(m.image_encoder.cache_spec(), set()).update(image_outputs(m))
-                self.wanted_views.setdefault(m.image_encoder.cache_spec(), set()).update(flip_views(m))
+        read = encoder_reads(models)
+        self.wanted = {spec: outputs for spec, (outputs, _) in read.items()}
+        self.wanted_views = {spec: views for spec, (_, views) in read.items()}
 
     def _outputs(self, spec: ImageEncoderSpec, outputs: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(outputs) | self.wanted.get(spec, set())))
