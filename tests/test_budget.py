@@ -248,10 +248,51 @@ def test_learned_ratios_are_medians_held_within_bounds(tmp_path):
 
 
 def test_the_threshold_study_gets_fewer_trials_only_when_the_second_level_would_crowd_the_budget():
-    assert plan_trials(300, stack_s=10, per_trial=0.1, limit_s=3600) == 300  # 40 s of 3600
-    assert plan_trials(300, stack_s=100, per_trial=2.0, limit_s=1200) == 100  # (300 - 100) / 2
-    assert plan_trials(300, stack_s=100, per_trial=20.0, limit_s=1200) == 50  # never under 50
-    assert plan_trials(300, stack_s=0, per_trial=0.0, limit_s=60) == 300
+    linear = {"fixed_s": 0.0, "trial_s": 0.1, "growth_s": 0.0}
+    assert plan_trials(300, stack_s=10, study=linear, limit_s=3600) == 300  # 40 s of 3600
+    steep = dict(linear, trial_s=2.0)
+    assert plan_trials(300, stack_s=100, study=steep, limit_s=1200) == 110  # 10 + (300 - 100) / 2
+    assert plan_trials(300, stack_s=100, study=dict(linear, trial_s=20.0), limit_s=1200) == 50  # never under 50
+    assert plan_trials(300, stack_s=100, study=dict(steep, fixed_s=50.0), limit_s=1200) == 85  # 10 + 150 / 2
+    free = dict(linear, trial_s=0.0)
+    assert plan_trials(300, stack_s=0, study=free, limit_s=60) == 300
+
+
+def test_a_study_is_predicted_from_its_fixed_part_and_each_further_trial():
+    from capfuse.budget.plan import STUDY_TRIALS, study_seconds, trials_within
+
+    cost = {"fixed_s": 5.0, "trial_s": 0.05, "growth_s": 0.0002}
+    assert study_seconds(cost, STUDY_TRIALS) == 5.0  # the fixed part is paid once, not per trial
+    t300 = study_seconds(cost, 300)
+    assert t300 == pytest.approx(5.0 + 0.05 * 290 + 0.0002 * (300**2 - 100) / 2)
+    assert trials_within(cost, t300, 300) == 300 and trials_within(cost, t300 - 0.01, 300) == 299
+    assert trials_within(cost, 4.0, 300) == 0
+
+
+def test_the_reserve_probe_predicts_the_threshold_study_within_a_factor(tmp_path):
+    """Timed at 200 and 800 rows, the whole study at 3,000 rows and 100 trials (stored, as the
+    thresholds stage stores it, and nested) is predicted within a factor of two: scaling the
+    10-trial study by its trials predicted five times the real study at 30,000 rows."""
+    from capfuse.budget.plan import study_seconds
+    from capfuse.budget.reserve import _synthetic, study_cost
+    from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
+
+    def sample(n, seed=0):
+        y, (logits,) = _synthetic(n, 6, 1, seed=seed)
+        return y, 1 / (1 + np.exp(-logits.astype(np.float64)))
+
+    n, k, trials = 3000, 5, 100
+    cost = study_cost(
+        [sample(200), sample(800)], {"min_labels": 1, "max_labels": None}, n, k, workdir=tmp_path / "runs"
+    )
+    assert list((tmp_path / "runs").iterdir()) == []  # its stored studies are removed
+    Y, probs = sample(n, seed=1)
+    t0 = time.perf_counter()
+    url = f"sqlite:///{tmp_path / 'real.db'}"
+    full = fit_class_thresholds(Y, probs, n_trials=trials, seed=0, storage=url, study_name="real")
+    nested_threshold_score(Y, probs, np.arange(n) % k, n_trials=trials, seed=0, full=full)
+    real = time.perf_counter() - t0
+    assert real / 2 < study_seconds(cost, trials) < real * 2, (cost, real)
 
 
 def test_the_stacker_is_left_out_only_when_the_second_level_would_crowd_the_budget():
@@ -359,8 +400,9 @@ def _probe_says_next_to_nothing(monkeypatch, fold_s: dict | None = None, second_
         ),
     )
     monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: {} for m in models}, {}))
-    monkeypatch.setattr(guard_mod.probe, "second_level_costs", lambda *a, **k: (second_level_s, 0.0, 0.0))
-    monkeypatch.setattr(guard_mod.probe, "shift_seconds", lambda n_train, n_test: 0.0)
+    free = {"fixed_s": 0.0, "trial_s": 0.0, "growth_s": 0.0}
+    monkeypatch.setattr(guard_mod.reserve, "second_level_costs", lambda *a, **k: (second_level_s, 0.0, free))
+    monkeypatch.setattr(guard_mod.reserve, "shift_seconds", lambda n_train, n_test: 0.0)
 
 
 ENDLESS = ("--set", "models=[caption_linear,endless_mlp,unstoppable_mlp]")
@@ -492,7 +534,7 @@ def test_a_budget_embeds_only_the_views_its_kept_models_read(tiny_run, tmp_path,
 
 
 def test_the_shift_reports_prediction_grows_with_the_rows():
-    small, large = guard_mod.probe.shift_seconds(750, 250), guard_mod.probe.shift_seconds(30_000, 10_000)
+    small, large = guard_mod.reserve.shift_seconds(750, 250), guard_mod.reserve.shift_seconds(30_000, 10_000)
     assert 0 <= small < large
 
 

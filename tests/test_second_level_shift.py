@@ -149,9 +149,9 @@ def test_the_budget_skips_nesting_only_when_its_prediction_does_not_fit():
         folds_s=0,
         probe_s=0,
         models=[],
-        probe={"stack_s": 20.0, "threshold_trial_s": 0.1},
+        probe={"stack_s": 20.0, "threshold_study": {"fixed_s": 1.0, "trial_s": 0.1, "growth_s": 0.0}},
     )
-    assert nested_choice_skipped(plan, folds=5, trials=100, left_s=111) is None  # 5 x 20 s + 100 x 0.1 s
+    assert nested_choice_skipped(plan, folds=5, trials=100, left_s=110) is None  # 5 x 20 s + 1 s + 90 x 0.1 s
     why = nested_choice_skipped(plan, folds=5, trials=100, left_s=109)
     assert why is not None and "110 s" in why and "109 s left" in why
 

@@ -1,7 +1,7 @@
 """The train stage's side of a budget: plan the run, then keep to it against the clock.
 
 ``Budget.plan_models`` caches the features of the models whose encoders fit (in the config's
-order, at most half of what is left, so training keeps the other half), rehearses every model
+order, at most ``EMBED_SHARE`` of what is left, so training keeps the rest), rehearses every model
 on them, and keeps each model, in the config's order, whose predicted time fits what is left
 after the models before it and the second level's reserve; a net model that does not fit with
 its epochs is kept with fewer (never under ``MIN_EPOCH_SHARE`` of them). ``before_model``
@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from capfuse.budget import probe
+from capfuse.budget import probe, reserve
 from capfuse.budget.duration import format_duration
 from capfuse.budget.lessons import Lessons, epochs_seen, family, fold_records, mean_epochs_run, trained_here
-from capfuse.budget.plan import ModelPlan, Plan
+from capfuse.budget.plan import ModelPlan, Plan, study_seconds, trials_within
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.utils.log import log, stage
@@ -53,13 +53,14 @@ def plan_second_level(
     return tuple(c for c in candidates if c != "stack"), max(0.0, stack_s - lightgbm_s)
 
 
-def plan_trials(trials: int, stack_s: float, per_trial: float, limit_s: float) -> int:
+def plan_trials(trials: int, stack_s: float, study: dict, limit_s: float) -> int:
     """The threshold study's trials: the config's, or fewer (never under ``MIN_TRIALS``) when the
-    second level would take more than ``RESERVE_SHARE`` of the budget with them."""
+    second level would take more than ``RESERVE_SHARE`` of the budget with them. ``study``: the
+    probe's cost of the study (``reserve.study_seconds``)."""
     room = RESERVE_SHARE * limit_s - stack_s
-    if per_trial <= 0 or stack_s + per_trial * trials <= RESERVE_SHARE * limit_s:
+    if study_seconds(study, trials) <= room:
         return trials
-    return int(min(trials, max(MIN_TRIALS, room // per_trial)))
+    return max(min(trials, MIN_TRIALS), trials_within(study, room, trials))
 
 
 class Budget:
@@ -122,15 +123,17 @@ class Budget:
             n_train, n_test = len(ds.train_ids), len(ds.test_ids)
             n_fit = n_train - n_train // k
             embed, rates = probe.embed_costs(ds, models)
-            stack_s, lightgbm_s, per_trial = probe.second_level_costs(cfg, n_train, len(ds.class_ids), len(models), k)
+            stack_s, lightgbm_s, study = reserve.second_level_costs(
+                cfg, n_train, len(ds.class_ids), len(models), k, workdir=self.plan_path.parent
+            )
             candidates, stack_s = plan_second_level(resolve(cfg).ensemble.candidates, stack_s, lightgbm_s, self.limit_s)
-            trials = plan_trials(resolve(cfg).threshold.trials, stack_s, per_trial, self.limit_s)
-            shift_s = probe.shift_seconds(n_train, n_test)
-            reserve = stack_s + per_trial * trials + shift_s
+            trials = plan_trials(resolve(cfg).threshold.trials, stack_s, study, self.limit_s)
+            shift_s = reserve.shift_seconds(n_train, n_test)
+            reserve_s = stack_s + study_seconds(study, trials) + shift_s
             probe_s = time.monotonic() - t0
             self.plan = Plan(
                 time_limit_s=self.limit_s,
-                reserve_s=round(reserve, 1),
+                reserve_s=round(reserve_s, 1),
                 folds_s=round(folds_s, 1),
                 probe_s=0.0,
                 models=[],
@@ -138,7 +141,7 @@ class Budget:
                     "rates": rates,
                     "stack_s": round(stack_s, 1),
                     "lightgbm_s": round(lightgbm_s, 1),
-                    "threshold_trial_s": round(per_trial, 4),
+                    "threshold_study": study,
                     "shift_s": round(shift_s, 2),
                 },
                 threshold_trials=trials if trials != resolve(cfg).threshold.trials else None,

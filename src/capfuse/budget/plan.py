@@ -16,6 +16,8 @@ from pathlib import Path
 from capfuse.budget.duration import format_duration
 from capfuse.utils.io import write_json
 
+STUDY_TRIALS = 10  # the threshold study's trials timed whole by the probe: its fixed part
+
 PLAN_FILE = "plan.json"
 FORMAT = 1
 
@@ -136,11 +138,32 @@ class Plan:
         return "\n".join(lines)
 
 
+def study_seconds(cost: dict, trials: int) -> float:
+    """Seconds of the threshold study (on every row and nested) with ``trials`` trials, from the
+    probe's ``cost``: its fixed part, a cost per trial and the growth of that cost per trial."""
+    extra = max(0, trials - STUDY_TRIALS)
+    grown = (trials**2 - STUDY_TRIALS**2) / 2 if extra else 0.0
+    return cost["fixed_s"] + cost["trial_s"] * extra + cost["growth_s"] * grown
+
+
+def trials_within(cost: dict, room_s: float, trials: int) -> int:
+    """The most trials, up to ``trials``, whose study fits in ``room_s`` seconds (0: none does)."""
+    lo, hi = 0, trials
+    while lo < hi:  # the study's seconds grow with its trials
+        mid = (lo + hi + 1) // 2
+        if study_seconds(cost, mid) <= room_s:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def nested_choice_skipped(plan: Plan, *, folds: int, trials: int, left_s: float) -> str | None:
     """Why a choice on the test-like rows, nested, would not fit the ``left_s`` seconds the budget
     has left (None: it fits). Nesting builds the candidates once more per fold, on the other
     folds' rows: about ``folds`` times the stack stage the probe predicted, then the thresholds."""
-    need = float(plan.probe.get("stack_s", 0.0)) * folds + float(plan.probe.get("threshold_trial_s", 0.0)) * trials
+    study = plan.probe.get("threshold_study")
+    need = float(plan.probe.get("stack_s", 0.0)) * folds + (study_seconds(study, trials) if study else 0.0)
     if need <= left_s:
         return None
     return (

@@ -8,12 +8,12 @@
   on a sample of fold 0's training rows (its real shapes, precision and threads), or a linear
   model's whole fit on that sample, predicting the fold's held-out rows and every test row.
   Scaled by rows and epochs: a fold's prediction; times the folds and the pseudo-label rounds.
-- **Second level**: the stack stage's candidates and the threshold study on synthetic logits of
-  the run's shape at a few hundred rows, scaled by rows and trials; and the shift report's steps
-  on synthetic vectors (projection, adversarial fits, novelty search), each scaled as it grows.
 
-Every prediction is linear in rows, which errs long for fixed costs; the plan is re-checked
-against the clock before each model, and the trainer stops at the deadline whatever the probe said.
+What runs after the models (the shift report, the second level, the threshold study) is predicted
+by ``capfuse.budget.reserve``.
+
+Each prediction is re-checked against the clock before its model, and the trainer stops at the
+deadline whatever the probe said.
 """
 
 from __future__ import annotations
@@ -24,22 +24,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from capfuse.config import deep_merge
-from capfuse.config.schema import resolve, resolve_model
+from capfuse.config.schema import resolve_model
 from capfuse.encoders.cost import caption_encoder_cost
-from capfuse.ensemble.second_level import build_candidates, threshold_rule
-from capfuse.ensemble.thresholds import fit_class_thresholds, nested_threshold_score
 from capfuse.features.image import cache_files as image_cache_files
 from capfuse.features.image import embed_image_views
 from capfuse.features.store import encoder_reads, flip_views, uses_cache
 from capfuse.features.text import cache_files as text_cache_files
 from capfuse.models import MODELS
 from capfuse.models.settings import for_rows, schedule_epochs
-from capfuse.shift.adversarial import adversarial, reduce
-from capfuse.shift.novelty import REFERENCE_ROWS as NOVELTY_REFERENCE_ROWS
-from capfuse.shift.novelty import novelty
 
 REHEARSAL_ROWS = 512  # training rows a net model's rehearsal fits on
 REHEARSAL_EPOCHS = 3  # the first warms the kernels up; the faster of the other two is kept
@@ -48,13 +41,6 @@ REHEARSAL_EPOCHS = 3  # the first warms the kernels up; the faster of the other 
 LINEAR_ROWS = 2048
 PREDICT_ROWS = 128  # held-out and test rows it predicts
 PASS_IMAGES = (32, 128)  # images of the embed pass's two timed samples
-SECOND_LEVEL_ROWS = 800  # synthetic rows the second level is timed on (and a quarter of them)
-SECOND_LEVEL_TRIALS = 10
-SHIFT_ROWS = 2000  # synthetic train + test rows the shift report is timed on (and a quarter of them)
-# Width of the synthetic image vectors the shift report's projection is timed on: the probe runs
-# before the cache exists, and the widest pooled vector a default encoder writes (2,864 values)
-# sets the cost where it matters.
-SHIFT_WIDTH = 2864
 
 
 def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) -> dict[str, float]:
@@ -298,81 +284,3 @@ def fold_seconds(model_cfg: dict, rate: dict, n_fit: int, n_predict: int, epochs
     passes = 2.0 if settings.train.early_stop == "refit" else 1.0
     per_epoch = rate["row_epoch_s"] * rows + rate["epoch_s"] + rate["predict_row_s"] * n_stop
     return rate["fold_s"] + per_epoch * e * passes + rate["predict_row_s"] * n_predict
-
-
-def second_level_costs(cfg: dict, n_rows: int, n_classes: int, n_models: int, k: int) -> tuple[float, float, float]:
-    """(seconds of the stack stage's candidates, of which the LightGBM stacker's, seconds per
-    threshold-study trial) at ``n_rows``, timed on synthetic logits at two sizes and extended
-    along the line through them (the test rows are only predicted there: a small share of the time)."""
-    sizes = (SECOND_LEVEL_ROWS // 4, SECOND_LEVEL_ROWS)
-    runs = [_second_level_once(cfg, n, n_classes, max(1, n_models), k) for n in sizes]
-
-    def at(n: float, a: float, b: float) -> float:
-        slope = max(0.0, (b - a) / (sizes[1] - sizes[0]))
-        return max(0.0, b - slope * sizes[1]) + slope * n
-
-    (s1, g1, t1), (s2, g2, t2) = runs
-    return at(n_rows, s1, s2), at(n_rows, g1, g2), at(n_rows, t1, t2) / SECOND_LEVEL_TRIALS
-
-
-def _second_level_once(cfg: dict, n: int, n_classes: int, n_models: int, k: int) -> tuple[float, float, float]:
-    rng = np.random.default_rng(0)
-    Y = (rng.random((n, n_classes)) < 0.15).astype(np.uint8)
-    Y[Y.sum(1) == 0, 0] = 1
-    logits = [(Y * 2.0 - 1.0 + rng.normal(0, 1.5, Y.shape)).astype(np.float32) for _ in range(n_models)]
-    test = [a[: max(1, n // 3)] for a in logits]
-    folds = np.arange(n) % k
-    rule = threshold_rule(cfg)
-    names = [f"m{i}" for i in range(n_models)]
-    t0 = time.perf_counter()
-    cands = build_candidates(Y, logits, test, folds, names, cfg, rule)
-    stack_s = time.perf_counter() - t0
-    # The same without the LightGBM stacker: the difference is the stacker's, which a tight
-    # budget can leave out (the blends are a fraction of it).
-    wanted = [c for c in resolve(cfg).ensemble.candidates if c != "stack"]
-    lightgbm_s = 0.0
-    if wanted and len(wanted) < len(resolve(cfg).ensemble.candidates):
-        t0 = time.perf_counter()
-        build_candidates(Y, logits, test, folds, names, deep_merge(cfg, {"ensemble": {"candidates": wanted}}), rule)
-        lightgbm_s = max(0.0, stack_s - (time.perf_counter() - t0))
-    probs = next(iter(cands.values()))["oof"]
-    t0 = time.perf_counter()
-    full = fit_class_thresholds(Y, probs, **rule, n_trials=SECOND_LEVEL_TRIALS, seed=0)
-    nested_threshold_score(Y, probs, folds, **rule, n_trials=SECOND_LEVEL_TRIALS, seed=0, full=full)
-    return stack_s, lightgbm_s, time.perf_counter() - t0
-
-
-def shift_seconds(n_train: int, n_test: int) -> float:
-    """Seconds of the shift report at ``n_train`` training and ``n_test`` test rows, from its own
-    steps on synthetic vectors at two sizes (on one BLAS thread, as the report runs them):
-
-    - what grows with the rows (the image vectors' projection at ``SHIFT_WIDTH``, the adversarial
-      fits of image, caption and both side by side, each out of fold with its null splits), along
-      the line through the two sizes;
-    - the novelty search, which compares every test row and a reference sample of training rows
-      with every training row: its cost per pair of rows, times the pairs of the run.
-    """
-    sizes = (SHIFT_ROWS // 4, SHIFT_ROWS)
-    linear, pair_s = [], 0.0
-    rng = np.random.default_rng(0)
-    with threadpool_limits(1):
-        adversarial("warm-up", rng.normal(size=(sizes[0], 8)).astype(np.float32), sizes[0] // 2, 8)
-        for n in sizes:
-            x = rng.normal(size=(n, SHIFT_WIDTH)).astype(np.float32)
-            n_fit = n * 3 // 4
-            t0 = time.perf_counter()
-            z = reduce(x)
-            for part in (z, z, np.hstack([z, z])):
-                adversarial("probe", part, n_fit, part.shape[1])
-            linear.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            novelty(z[:n_fit], z[n_fit:])
-            pair_s = (time.perf_counter() - t0) / _novelty_pairs(n_fit, n - n_fit)
-    slope = max(0.0, (linear[1] - linear[0]) / (sizes[1] - sizes[0]))
-    rows = n_train + n_test
-    return max(0.0, linear[1] - slope * sizes[1]) + slope * rows + pair_s * _novelty_pairs(n_train, n_test)
-
-
-def _novelty_pairs(n_train: int, n_test: int) -> int:
-    """Row pairs the novelty search compares (``capfuse.shift.novelty``)."""
-    return (min(NOVELTY_REFERENCE_ROWS, n_train) + n_test) * n_train
