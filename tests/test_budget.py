@@ -399,7 +399,9 @@ def _probe_says_next_to_nothing(monkeypatch, fold_s: dict | None = None, second_
             | {"fold_s": fold_s.get(model_cfg["name"], 0.0)}
         ),
     )
-    monkeypatch.setattr(guard_mod.probe, "embed_costs", lambda ds, models: ({m: {} for m in models}, {}))
+    monkeypatch.setattr(
+        guard_mod.probe, "embed_costs", lambda ds, models: ({m: {} for m in models}, {}, {"image": {}, "captions": {}})
+    )
     free = {"fixed_s": 0.0, "trial_s": 0.0, "growth_s": 0.0}
     monkeypatch.setattr(guard_mod.reserve, "second_level_costs", lambda *a, **k: (second_level_s, 0.0, free))
     monkeypatch.setattr(guard_mod.reserve, "shift_seconds", lambda n_train, n_test: 0.0)
@@ -509,6 +511,20 @@ def test_features_shared_by_models_are_paid_once_and_never_by_a_dropped_model():
     assert probe.keep_encoders(needs, 300) == {"a": (400, False), "b": (500, False), "c": (50, True), "d": (0, True)}
 
 
+def test_an_encoder_is_paid_for_only_when_a_model_reading_it_can_train_after_it():
+    """The flipped view fits the encoders' share, but the model that reads it would not train in
+    what is left beside it: the view is not embedded, and the caption model after it keeps the time."""
+    from capfuse.budget import probe
+
+    orig, flip, caption = ("image", "e", 224, "orig"), ("image", "e", 224, "hflip"), ("caption", "m", 24)
+    needs = {"a": {orig: 300.0}, "b": {orig: 300.0, flip: 200.0}, "c": {caption: 100.0}}
+    least = {"a": 50.0, "b": 900.0, "c": 20.0}
+    assert probe.keep_encoders(needs, 900, least, left_s=1000) == {"a": (300, True), "b": (200, False), "c": (100, True)}
+    # With room for its training too, it is kept (and without a training estimate, as before).
+    assert probe.keep_encoders(needs, 900, least, left_s=2000)["b"] == (200, True)
+    assert probe.keep_encoders(needs, 900)["b"] == (200, True)
+
+
 def test_a_budget_embeds_only_the_views_its_kept_models_read(tiny_run, tmp_path, monkeypatch):
     # The store is built for every model of the config; once the plan drops the flip-TTA model for
     # its encoders' time, the pass must not compute the flipped view for it anyway.
@@ -540,9 +556,11 @@ def test_the_shift_reports_prediction_grows_with_the_rows():
 
 def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_run, tmp_path):
     """A cold cache: the probe runs the embed step's own pass on a sample (both views of a
-    flip-TTA model) and keeps nothing but the exported graph, which the run then reuses."""
+    flip-TTA model) and keeps nothing but the exported graph, which the run then reuses, and
+    the sample's features, which a rehearsal reads before the run's exist."""
     from capfuse.config import load_config
     from capfuse.data.dataset import load_dataset
+    from capfuse.features.store import FeatureStore, SampleStore
     from capfuse.paths import Paths
 
     (tmp_path / "data").mkdir()
@@ -551,13 +569,25 @@ def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_
     ds = load_dataset(paths, load_config(tiny_run.config), quiet=True)
     model = load_config(REPO / "configs" / "models" / "image_mlp.yaml") | {"name": "flipped"}
     model["train"] = {**model.get("train", {}), "tta": True}
-    costs, rates = guard_mod.probe.embed_costs(ds, {"flipped": model})
+    costs, rates, samples = guard_mod.probe.embed_costs(ds, {"flipped": model})
     per_view = {k.split()[-2]: v for k, v in rates.items() if k.startswith("image")}
     assert set(per_view) == {"orig", "hflip"} and per_view["orig"] > 0 and per_view["hflip"] >= 0
     n_rows = len(ds.train_ids) + len(ds.test_ids)
     assert sum(costs["flipped"].values()) == pytest.approx(sum(per_view.values()) * n_rows / 1000, rel=0.05)
     cache = paths.cache
     assert sorted(p.name for p in cache.iterdir()) == ["onnx"] and any((cache / "onnx").iterdir())
+    # The pass's features stand in for the run's: every row of the dataset reads one of the
+    # sample's rows, with the real shapes, and nothing is embedded for them.
+    assert {view for _, view in samples["image"]} == {"orig", "hflip"}
+    sample = SampleStore(FeatureStore(ds, True, {"flipped": model}), samples["image"], samples["captions"])
+    feats = sample.for_model(model)
+    for view in ("orig", "hflip"):
+        for key, arr in feats["views"][view].items():
+            small = next(a for (_, v), got in samples["image"].items() if v == view for a in got.values() if a.shape[1:] == arr.shape[1:])
+            assert arr.shape[0] == n_rows and np.array_equal(arr[[n_rows - 1]], small[[(n_rows - 1) % len(small)]]), key
+    assert sorted(p.name for p in cache.iterdir()) == ["onnx"]
+    with pytest.raises(LookupError):
+        SampleStore(sample, {}, {}).for_model(model)
 
 
 def test_the_choice_not_to_nest_is_made_on_the_clock_once_and_replayed(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from capfuse.budget import probe, reserve
@@ -107,10 +108,12 @@ class Budget:
         features: Callable[[dict], dict],
         inputs: Callable[[dict], dict],
         model_dir: Callable[[str], Path] | None = None,
+        sample_inputs: Callable[[dict, dict], dict] | None = None,
     ) -> dict[str, dict]:
-        """The models to train, in order, with the plan's changes to their configs. ``model_dir``:
-        where a model's folds of earlier runs lie, whose epoch counts say how soon early stopping
-        ends it on this dataset."""
+        """The models to train, in order, with the plan's changes to their configs. ``inputs``: a
+        model's rehearsal inputs on its features; ``sample_inputs``: on the probe's samples of
+        them (``probe.embed_costs``), before they exist. ``model_dir``: where a model's folds of
+        earlier runs lie, whose epoch counts say how soon early stopping ends it on this dataset."""
         self._model_dir = model_dir
         if self.replay is not None:
             return self._replayed(models)
@@ -122,7 +125,7 @@ class Budget:
             k = int(folds.max()) + 1
             n_train, n_test = len(ds.train_ids), len(ds.test_ids)
             n_fit = n_train - n_train // k
-            embed, rates = probe.embed_costs(ds, models)
+            embed, rates, samples = probe.embed_costs(ds, models)
             stack_s, lightgbm_s, study = reserve.second_level_costs(
                 cfg, n_train, len(ds.class_ids), len(models), k, workdir=self.plan_path.parent
             )
@@ -130,7 +133,6 @@ class Budget:
             trials = plan_trials(resolve(cfg).threshold.trials, stack_s, study, self.limit_s)
             shift_s = reserve.shift_seconds(n_train, n_test)
             reserve_s = stack_s + study_seconds(study, trials) + shift_s
-            probe_s = time.monotonic() - t0
             self.plan = Plan(
                 time_limit_s=self.limit_s,
                 reserve_s=round(reserve_s, 1),
@@ -148,23 +150,30 @@ class Budget:
                 candidates=list(candidates) if candidates is not None else None,
                 machine=self.machine,
             )
-            # The encoders first: a model whose features would take the encoders past their share
-            # is dropped before any image is decoded for it.
-            encoders = probe.keep_encoders(embed, EMBED_SHARE * self.left())
+            self._sizes = (n_fit, k, n_train, n_test)
             for name, model_cfg in models.items():
                 m = resolve_model(model_cfg)
-                cost, fits = encoders[name]
-                entry = ModelPlan(
-                    name=name,
-                    kind=m.kind,
-                    max_epochs=probe.span(model_cfg, n_fit),
-                    rounds=m.pseudo.rounds,
-                    embed_s=round(cost, 1) if fits else 0.0,  # what it caches in this run
+                self.plan.models.append(
+                    ModelPlan(name=name, kind=m.kind, max_epochs=probe.span(model_cfg, n_fit), rounds=m.pseudo.rounds)
                 )
+            # The net models on cached features rehearse on a sample of them before any image is
+            # decoded for the run (a step costs the same on any values), so that an encoder is
+            # paid for only when a model that reads it can train in what is left after it.
+            on_cache = {n: c for n, c in models.items() if family(c) in ("net/heads", "net/top-stage")}
+            least = self._rehearse(on_cache, partial(sample_inputs, samples)) if sample_inputs else {}
+            encoders = probe.keep_encoders(embed, EMBED_SHARE * self.left(), least, self.left())
+            for entry in self.plan.models:
+                cost, fits = encoders[entry.name]
+                entry.embed_s = round(cost, 1) if fits else 0.0  # what it caches in this run
                 if not fits:
                     entry.status = "dropped"
-                    entry.why = f"its features would take {cost:.0f} s, over the encoders' share"
-                self.plan.models.append(entry)
+                    entry.why = (
+                        f"its features would take {cost:.0f} s, and with them its training "
+                        f"({least[entry.name]:.0f} s at the fewest epochs) would not fit"
+                        if entry.name in least
+                        else f"its features would take {cost:.0f} s, over the encoders' share"
+                    )
+            probe_s = time.monotonic() - t0
             self.write()
         kept = {m.name: models[m.name] for m in self.plan.models if m.status == "planned"}
         with stage("embed", ", ".join(kept)):
@@ -172,16 +181,10 @@ class Budget:
             for model_cfg in kept.values():
                 features(model_cfg)
             self.plan.embed_measured_s = round(time.monotonic() - t_embed, 1)
-        with stage("rehearse", f"{len(kept)} models on {probe.REHEARSAL_ROWS} rows"):
+        with stage("rehearse", ", ".join(n for n in kept if n not in self.plan.probe.get("models", {})) or "none left"):
             t1 = time.monotonic()
-            for name, model_cfg in kept.items():
-                rate = probe.rehearse(model_cfg, **inputs(model_cfg))
-                seen = epochs_seen(model_dir(name)) if model_dir is not None else None
-                if seen is not None:
-                    rate["epochs_seen"] = seen
-                self.plan.probe.setdefault("models", {})[name] = {k: float(f"{v:.6g}") for k, v in rate.items()}
+            self._rehearse(kept, inputs)
             self.plan.probe_s = round(probe_s + time.monotonic() - t1, 1)
-        self._sizes = (n_fit, k, n_train, n_test)
         left = self.left()
         for name, model_cfg in kept.items():
             entry = self.plan.model(name)
@@ -194,6 +197,27 @@ class Budget:
         # The models dropped here for their training time are looked at again when their turn
         # comes: the models before them may finish early (early stopping) and leave the time.
         return kept
+
+    def _rehearse(self, models: dict[str, dict], inputs: Callable[[dict], dict]) -> dict[str, float]:
+        """Rehearse each of ``models`` not rehearsed yet on ``inputs`` (a model they cannot serve,
+        ``LookupError``, waits for its own features) and keep its rates in the plan. Returns the
+        least each rehearsed model may train: its fewest epochs, no pseudo-label round."""
+        rates = self.plan.probe.setdefault("models", {})
+        least = {}
+        for name, model_cfg in models.items():
+            if name not in rates:
+                try:
+                    rate = probe.rehearse(model_cfg, **inputs(model_cfg))
+                except LookupError:
+                    continue
+                seen = epochs_seen(self._model_dir(name)) if self._model_dir is not None else None
+                if seen is not None:
+                    rate["epochs_seen"] = seen
+                rates[name] = {k: float(f"{v:.6g}") for k, v in rate.items()}
+            entry = self.plan.model(name)
+            fewest = max(1, math.ceil(MIN_EPOCH_SHARE * entry.max_epochs)) if entry.max_epochs else None
+            least[name] = self._predict(entry, model_cfg, fewest, 0)
+        return least
 
     def _predict(
         self, entry: ModelPlan, model_cfg: dict, epochs: float | None, rounds: int, learned: bool = True

@@ -31,6 +31,7 @@ from capfuse.features.image import cache_files as image_cache_files
 from capfuse.features.image import embed_image_views
 from capfuse.features.store import encoder_reads, flip_views, uses_cache
 from capfuse.features.text import cache_files as text_cache_files
+from capfuse.features.text import caption_features
 from capfuse.models import MODELS
 from capfuse.models.settings import for_rows, schedule_epochs
 
@@ -43,7 +44,7 @@ PREDICT_ROWS = 128  # held-out and test rows it predicts
 PASS_IMAGES = (32, 128)  # images of the embed pass's two timed samples
 
 
-def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) -> dict[str, float]:
+def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) -> tuple[dict[str, float], dict]:
     """Milliseconds per image of the embed step's own pass over ``views`` of the dataset's
     images: the first view pays decoding and its forward pass, each later view (a flip of the
     same decoded batch) its forward pass only.
@@ -62,11 +63,13 @@ def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) ->
     exports = ds.paths.cache / "onnx"
     exports.mkdir(parents=True, exist_ok=True)
 
+    arrays: dict = {}
+
     def seconds(n: int, views_now: tuple[str, ...]) -> float:
         with tempfile.TemporaryDirectory(prefix="capfuse-probe-") as tmp:
             (Path(tmp) / "onnx").symlink_to(exports.resolve(), target_is_directory=True)
             t0 = time.perf_counter()
-            embed_image_views(
+            got = embed_image_views(
                 ds.paths.data_dir,
                 sample[:n],
                 np.ones(n, bool),
@@ -74,7 +77,11 @@ def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) ->
                 Path(tmp),
                 quiet=True,
             )
-            return time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            # The sample's features, kept for the rehearsals before the run's own exist.
+            for (_, view), out in got.items():
+                arrays[view] = {o: np.array(out[o]) for o in outputs}
+            return took
 
     seconds(small, ("orig",))  # warm-up: the export (kept for the run), the session, the kernels
     span = max(1, len(sample) - small)
@@ -83,14 +90,16 @@ def image_pass_ms(ds, spec, outputs: tuple[str, ...], views: tuple[str, ...]) ->
     if len(views) > 1:
         every = max(0.0, seconds(len(sample), views) - seconds(small, views)) / span
         out |= {view: 1000.0 * max(0.0, every - first) / (len(views) - 1) for view in views if view != "orig"}
-    return out
+    return out, arrays
 
 
-def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict]:
+def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict, dict]:
     """Per model, the predicted seconds of each cache entry it reads that the cache lacks (an
-    image view of an encoder, a caption encoder's vectors; 0 entries for what is cached), and
-    the measured rates behind them. Models that read one entry share it: ``keep_encoders``
-    counts it once, for the first model kept that reads it."""
+    image view of an encoder, a caption encoder's vectors; 0 entries for what is cached); the
+    measured rates behind them; and a sample of every entry the net models read (``image``: per
+    (encoder, view), ``captions``: per caption encoder), from the probe's own pass or the cache,
+    for ``capfuse.features.store.SampleStore``. Models that read one entry share it:
+    ``keep_encoders`` counts it once, for the first model kept that reads it."""
     n_rows = len(ds.train_ids) + len(ds.test_ids)
     cache = ds.paths.cache
     rates: dict = {}
@@ -99,6 +108,7 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict]:
     wanted = encoder_reads(models)
     passes: dict = {}
     captions: dict = {}
+    samples: dict = {"image": {}, "captions": {}}
     out: dict[str, dict] = {}
     for name, model_cfg in models.items():
         m = resolve_model(model_cfg)
@@ -106,19 +116,29 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict]:
         if "image" in m.inputs and uses_cache(m):
             spec = m.image_encoder.cache_spec()
             size = spec.size or 224
+            outs, views = wanted[spec]
             for view in flip_views(m):
                 if image_cache_files(cache, spec, size, view)["meta"].exists():
                     continue
                 if spec not in passes:
-                    outs, views = wanted[spec]
                     ordered = tuple(v for v in ("orig", "hflip") if v in views)  # the plain view first
                     passes[spec] = image_pass_ms(ds, spec, tuple(sorted(outs)), ordered)
-                per_row = passes[spec][view]
+                    samples["image"].update({(spec, v): arrays for v, arrays in passes[spec][1].items()})
+                per_row = passes[spec][0][view]
                 rates[f"image {spec.name} {size}px {view} ms/row"] = round(per_row, 2)
                 needs[("image", spec.name, size, view)] = per_row * n_rows / 1000.0
+            for view in flip_views(m):
+                if (spec, view) not in samples["image"]:
+                    files = image_cache_files(cache, spec, size, view, tuple(outs))
+                    if all(files[o].exists() for o in outs):
+                        samples["image"][(spec, view)] = {
+                            o: np.array(np.load(files[o], mmap_mode="r")[: PASS_IMAGES[1]]) for o in outs
+                        }
         if "caption" in m.inputs and m.kind == "net":
             spec = m.caption_encoder
             key = ("caption", spec.name, spec.max_len)
+            if spec not in samples["captions"]:
+                samples["captions"][spec] = caption_sample(ds, spec)
             cached = text_cache_files(cache, spec, "all")["meta"].exists() or spec.name == "glove"
             if not cached:
                 if key not in captions:
@@ -126,21 +146,44 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict]:
                 rates[f"caption {spec.name} {spec.max_len} tokens ms/row"] = round(captions[key], 2)
                 needs[key] = captions[key] * n_rows / 1000.0
         out[name] = needs
-    return out, rates
+    return out, rates, samples
 
 
-def keep_encoders(needs: dict[str, dict], share_s: float) -> dict[str, tuple[float, bool]]:
+def caption_sample(ds, spec) -> dict:
+    """Token states, mask and pooled vectors of a sample of the training captions, as the run's
+    encoder computes them (into a throw-away cache; an exported graph is the run's)."""
+    exports = ds.paths.cache / "onnx"
+    exports.mkdir(parents=True, exist_ok=True)
+    captions = list(ds.val.train["Caption"])[: PASS_IMAGES[1]]
+    with tempfile.TemporaryDirectory(prefix="capfuse-probe-") as tmp:
+        (Path(tmp) / "onnx").symlink_to(exports.resolve(), target_is_directory=True)
+        got = caption_features(captions, spec, Path(tmp), key="probe", quiet=True)
+        return {part: np.array(got[part]) for part in ("tokens", "mask", "pooled")}
+
+
+def keep_encoders(
+    needs: dict[str, dict], share_s: float, train_s: dict[str, float] | None = None, left_s: float = math.inf
+) -> dict[str, tuple[float, bool]]:
     """Per model, in order: the seconds its features add to those of the models kept before it,
-    and whether the encoders' total stays within ``share_s`` with them. A dropped model's entries
-    are not counted as cached: the next model that reads them pays for them."""
+    and whether they are worth paying for: the encoders' total stays within ``share_s`` with
+    them, and the encoders and the kept models' training (``train_s``: the least each model
+    may train, where known) within ``left_s``. A dropped model's entries are not counted as
+    cached: the next model that reads them pays for them."""
+    train_s = train_s or {}
     committed: dict = {}
+    training = 0.0
     out = {}
     for name, keys in needs.items():
         extra = {k: v for k, v in keys.items() if k not in committed}
         cost = sum(extra.values())
-        fits = cost <= 0 or sum(committed.values()) + cost <= share_s
+        need = train_s.get(name, 0.0)
+        embedded = sum(committed.values()) + cost
+        trains = embedded + training + need <= left_s
+        fits = cost <= 0 or (embedded <= share_s and trains)
         if fits:
             committed.update(extra)
+        if fits and trains:  # a model whose training cannot fit holds no time from the others
+            training += need
         out[name] = (cost, fits)
     return out
 

@@ -18,7 +18,7 @@ from capfuse.budget import PLAN_FILE, Budget, Plan, parse_duration
 from capfuse.budget.guard import rounds_trained
 from capfuse.config.schema import resolve_model
 from capfuse.data.dataset import load_dataset
-from capfuse.features.store import FeatureStore
+from capfuse.features.store import FeatureStore, SampleStore
 from capfuse.results.machine import machine_record
 from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.jobs import Engine, fold_threads, open_jobs, run_jobs
@@ -56,6 +56,9 @@ def run_train(
                 features=partial(_planned_features, store, budget, dict(models)),
                 inputs=lambda m: _rehearsal_inputs(ds, folds, _features(store, m)),
                 model_dir=paths.model_dir,
+                sample_inputs=lambda samples, m: _rehearsal_inputs(
+                    ds, folds, SampleStore(store, samples["image"], samples["captions"]).for_model(m)
+                ),
             )
         if engine.parallel:
             # Every model's features are cached before any job starts: jobs read them, never
