@@ -1,9 +1,10 @@
 """The train stage's side of a budget: plan the run, then keep to it against the clock.
 
-``Budget.plan_models`` caches the features of the models whose encoders fit (in the config's
-order, at most ``EMBED_SHARE`` of what is left, so training keeps the rest), rehearses every model
-on them, and keeps each model, in the config's order, whose predicted time fits what is left
-after the models before it and the second level's reserve; a net model that does not fit with
+``Budget.plan_models`` rehearses the net models on the probe's sample of their features, caches
+the features of the models whose encoders fit (in the config's order, at most ``EMBED_SHARE``
+of what is left, and only where the model can still train after them), rehearses the linear
+models on them, and keeps each model, in the config's order, whose predicted time fits what is
+left after the models before it and the second level's reserve; a net model that does not fit with
 its epochs is kept with fewer (never under ``MIN_EPOCH_SHARE`` of them). ``before_model``
 plans each model again against the clock when its turn comes, with what the models before it
 left: a planned model that no longer fits gets fewer epochs or is dropped, and one dropped or
