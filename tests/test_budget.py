@@ -25,7 +25,8 @@ import pytest
 
 import capfuse.budget.guard as guard_mod
 from capfuse.budget import ModelPlan, Plan, parse_duration
-from capfuse.budget.guard import Budget, plan_second_level, plan_trials
+from capfuse.budget.guard import Budget
+from capfuse.budget.reserve import plan_second_level, plan_trials
 from capfuse.cli import main
 from capfuse.data.csvio import read_split
 from capfuse.training.fold_state import accepted
@@ -519,7 +520,11 @@ def test_an_encoder_is_paid_for_only_when_a_model_reading_it_can_train_after_it(
     orig, flip, caption = ("image", "e", 224, "orig"), ("image", "e", 224, "hflip"), ("caption", "m", 24)
     needs = {"a": {orig: 300.0}, "b": {orig: 300.0, flip: 200.0}, "c": {caption: 100.0}}
     least = {"a": 50.0, "b": 900.0, "c": 20.0}
-    assert probe.keep_encoders(needs, 900, least, left_s=1000) == {"a": (300, True), "b": (200, False), "c": (100, True)}
+    assert probe.keep_encoders(needs, 900, least, left_s=1000) == {
+        "a": (300, True),
+        "b": (200, False),
+        "c": (100, True),
+    }
     # With room for its training too, it is kept (and without a training estimate, as before).
     assert probe.keep_encoders(needs, 900, least, left_s=2000)["b"] == (200, True)
     assert probe.keep_encoders(needs, 900)["b"] == (200, True)
@@ -583,7 +588,13 @@ def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_
     feats = sample.for_model(model)
     for view in ("orig", "hflip"):
         for key, arr in feats["views"][view].items():
-            small = next(a for (_, v), got in samples["image"].items() if v == view for a in got.values() if a.shape[1:] == arr.shape[1:])
+            small = next(
+                a
+                for (_, v), got in samples["image"].items()
+                if v == view
+                for a in got.values()
+                if a.shape[1:] == arr.shape[1:]
+            )
             assert arr.shape[0] == n_rows and np.array_equal(arr[[n_rows - 1]], small[[(n_rows - 1) % len(small)]]), key
     assert sorted(p.name for p in cache.iterdir()) == ["onnx"]
     with pytest.raises(LookupError):

@@ -30,7 +30,8 @@ from pathlib import Path
 from capfuse.budget import probe, reserve
 from capfuse.budget.duration import format_duration
 from capfuse.budget.lessons import Lessons, epochs_seen, family, fold_records, mean_epochs_run, trained_here
-from capfuse.budget.plan import ModelPlan, Plan, study_seconds, trials_within
+from capfuse.budget.plan import ModelPlan, Plan, study_seconds
+from capfuse.budget.reserve import plan_second_level, plan_trials
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve, resolve_model
 from capfuse.utils.log import log, stage
@@ -39,30 +40,7 @@ MIN_EPOCH_SHARE = 0.25  # a capped net model keeps at least this share of its co
 EMBED_SHARE = 0.75  # the encoders' most of what is left before them: models need features before any epoch
 RESERVE_MARGIN = 1.25  # the second level's prediction times this, plus RESERVE_FLOOR_S
 RESERVE_FLOOR_S = 15.0
-RESERVE_SHARE = 0.25  # the second level may take this share of the budget; fewer threshold trials past it
 ALLOWANCE_SHARE = 0.9  # a model's allowance: this share of the time the plan leaves it before the deadline
-MIN_TRIALS = 50  # never fewer threshold-study trials (the coordinate-ascent polish follows them)
-
-
-def plan_second_level(
-    candidates: tuple[str, ...], stack_s: float, lightgbm_s: float, limit_s: float
-) -> tuple[tuple[str, ...] | None, float]:
-    """(the candidates, None for the config's own; their predicted seconds): the LightGBM stacker
-    is left out when the candidates would take more than ``RESERVE_SHARE`` of the budget with it
-    and the blends remain, as AutoGluon leaves out stacking when time is short."""
-    if stack_s <= RESERVE_SHARE * limit_s or "stack" not in candidates or len(candidates) < 2:
-        return None, stack_s
-    return tuple(c for c in candidates if c != "stack"), max(0.0, stack_s - lightgbm_s)
-
-
-def plan_trials(trials: int, stack_s: float, study: dict, limit_s: float) -> int:
-    """The threshold study's trials: the config's, or fewer (never under ``MIN_TRIALS``) when the
-    second level would take more than ``RESERVE_SHARE`` of the budget with them. ``study``: the
-    probe's cost of the study (``reserve.study_seconds``)."""
-    room = RESERVE_SHARE * limit_s - stack_s
-    if study_seconds(study, trials) <= room:
-        return trials
-    return max(min(trials, MIN_TRIALS), trials_within(study, room, trials))
 
 
 class Budget:

@@ -1,5 +1,6 @@
 """What runs after the models, predicted before any trains: the shift report, the second level's
-candidates and the threshold study. The budget keeps this reserve free at its end.
+candidates and the threshold study. The budget keeps this reserve free at its end, and where it
+would crowd the budget, leaves the stacker out and gives the study fewer trials.
 
 Each is timed on synthetic data of the run's shape at small sizes and grown to the run's rows by
 how it grows:
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from capfuse.budget.plan import STUDY_TRIALS
+from capfuse.budget.plan import STUDY_TRIALS, study_seconds, trials_within
 from capfuse.config import deep_merge
 from capfuse.config.schema import resolve
 from capfuse.ensemble.second_level import build_candidates, threshold_rule
@@ -38,6 +39,8 @@ from capfuse.shift.adversarial import adversarial, reduce
 from capfuse.shift.novelty import REFERENCE_ROWS as NOVELTY_REFERENCE_ROWS
 from capfuse.shift.novelty import novelty
 
+RESERVE_SHARE = 0.25  # the second level may take this share of the budget; fewer threshold trials past it
+MIN_TRIALS = 50  # never fewer threshold-study trials (the coordinate-ascent polish follows them)
 SECOND_LEVEL_ROWS = 800  # synthetic rows the second level is timed on (and a quarter of them)
 # An in-memory study of these lengths beside the 10-trial one: the sampler's cost per trial at
 # two points of the study, hence how it grows; a stored one of the first length: the storage's.
@@ -52,6 +55,27 @@ SHIFT_ROWS = 2000  # synthetic train + test rows the shift report is timed on (a
 # before the cache exists, and the widest pooled vector a default encoder writes (2,864 values)
 # sets the cost where it matters.
 SHIFT_WIDTH = 2864
+
+
+def plan_second_level(
+    candidates: tuple[str, ...], stack_s: float, lightgbm_s: float, limit_s: float
+) -> tuple[tuple[str, ...] | None, float]:
+    """(the candidates, None for the config's own; their predicted seconds): the LightGBM stacker
+    is left out when the candidates would take more than ``RESERVE_SHARE`` of the budget with it
+    and the blends remain, as AutoGluon leaves out stacking when time is short."""
+    if stack_s <= RESERVE_SHARE * limit_s or "stack" not in candidates or len(candidates) < 2:
+        return None, stack_s
+    return tuple(c for c in candidates if c != "stack"), max(0.0, stack_s - lightgbm_s)
+
+
+def plan_trials(trials: int, stack_s: float, study: dict, limit_s: float) -> int:
+    """The threshold study's trials: the config's, or fewer (never under ``MIN_TRIALS``) when the
+    second level would take more than ``RESERVE_SHARE`` of the budget with them. ``study``: the
+    probe's cost of the study (``reserve.study_seconds``)."""
+    room = RESERVE_SHARE * limit_s - stack_s
+    if study_seconds(study, trials) <= room:
+        return trials
+    return max(min(trials, MIN_TRIALS), trials_within(study, room, trials))
 
 
 def second_level_costs(
