@@ -219,7 +219,8 @@ def test_a_ratio_teaches_only_the_models_of_its_family(tmp_path):
     from capfuse.budget.lessons import family
 
     top = {"kind": "net", "inputs": ["image"], "image_encoder": {"train_blocks": 1}, "train": {"epochs": 20}}
-    assert (family(LINEAR), family(NET), family(top)) == ("linear", "net/heads", "net/top-stage")
+    assert (family(LINEAR), family(NET), family(top)) == ("linear/joint", "net/heads", "net/top-stage")
+    assert family({**LINEAR, "solver": "ovr"}) == "linear/ovr"  # the per-class fits teach only their own kind
     net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
     b = _budget(0, {"h": net, "h2": net, "t": net})
     b._cfgs = {"h": NET, "h2": NET, "t": top}
