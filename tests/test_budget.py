@@ -136,7 +136,7 @@ def test_a_model_that_took_twice_its_prediction_doubles_the_later_ones_of_its_ki
     # A model whose folds are older than its turn (resumed) or too cheap to time teaches nothing.
     b._wall0["a"] = time.time() + 60
     b.finished("a", 0)
-    assert len(b.lessons.ratios["linear"]) == 1
+    assert len(b.lessons.ratios["linear/joint"]) == 1
 
 
 def test_a_net_rehearsal_keeps_the_fastest_epoch_after_the_warm_up(monkeypatch):
@@ -566,7 +566,8 @@ def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_
     the sample's features, which a rehearsal reads before the run's exist."""
     from capfuse.config import load_config
     from capfuse.data.dataset import load_dataset
-    from capfuse.features.store import FeatureStore, SampleStore
+    from capfuse.features.sample import SampleStore
+    from capfuse.features.store import FeatureStore
     from capfuse.paths import Paths
 
     (tmp_path / "data").mkdir()

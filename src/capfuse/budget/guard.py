@@ -145,12 +145,14 @@ class Budget:
                 cost, fits = encoders[entry.name]
                 entry.embed_s = round(cost, 1) if fits else 0.0  # what it caches in this run
                 if not fits:
-                    entry.status = "dropped"
-                    entry.why = (
-                        f"its features would take {cost:.0f} s, and with them its training "
-                        f"({least[entry.name]:.0f} s at the fewest epochs) would not fit"
+                    train = (
+                        f" with its training ({least[entry.name]:.0f} s at the fewest epochs)"
                         if entry.name in least
-                        else f"its features would take {cost:.0f} s, over the encoders' share"
+                        else ""
+                    )
+                    entry.status, entry.why = (
+                        "dropped",
+                        f"its features would take {cost:.0f} s, which{train} would not fit",
                     )
             probe_s = time.monotonic() - t0
             self.write()
@@ -392,14 +394,3 @@ class Budget:
 
     def summary(self) -> str:
         return self.plan.table() if self.plan else ""
-
-
-def rounds_trained(model_dir: Callable[[str], Path], name: str, rounds: int, since: float) -> int:
-    """How many of ``name``'s rounds finished in this run (metrics written after ``since``); -1: not round 0 either."""
-    done = -1
-    for r, folder in enumerate([name, *(f"{name}@r{k}" for k in range(1, rounds + 1))]):
-        metrics = model_dir(folder) / "metrics.json"
-        if not (metrics.exists() and metrics.stat().st_mtime >= since):
-            break
-        done = r
-    return done

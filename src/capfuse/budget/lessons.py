@@ -15,11 +15,13 @@ model that finishes says both:
   allowed, not what it costs.
 
 Both only move predictions; what keeps the budget is the clock (``capfuse.utils.deadline``).
+What ran is read from the models' folders (``fold_records``, ``trained_here``, ``rounds_trained``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from capfuse.config.schema import resolve_model
@@ -117,3 +119,14 @@ def epochs_seen(model_dir: Path) -> float | None:
         if isinstance(r.get("epochs_run"), int) and r.get("stopped_by") != "time"
     ]
     return sum(runs) / len(runs) if runs else None
+
+
+def rounds_trained(model_dir: Callable[[str], Path], name: str, rounds: int, since: float) -> int:
+    """How many of ``name``'s rounds finished in this run (metrics written after ``since``); -1: not round 0 either."""
+    done = -1
+    for r, folder in enumerate([name, *(f"{name}@r{k}" for k in range(1, rounds + 1))]):
+        metrics = model_dir(folder) / "metrics.json"
+        if not (metrics.exists() and metrics.stat().st_mtime >= since):
+            break
+        done = r
+    return done

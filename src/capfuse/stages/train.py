@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from capfuse.budget import PLAN_FILE, Budget, Plan, parse_duration
-from capfuse.budget.guard import rounds_trained
+from capfuse.budget.lessons import rounds_trained
 from capfuse.config.schema import resolve_model
 from capfuse.data.dataset import load_dataset
-from capfuse.features.store import FeatureStore, SampleStore
+from capfuse.features.sample import SampleStore
+from capfuse.features.store import FeatureStore
 from capfuse.results.machine import machine_record
 from capfuse.training.cv import model_inputs, train_model
 from capfuse.training.jobs import Engine, fold_threads, open_jobs, run_jobs
