@@ -603,6 +603,33 @@ def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_
         SampleStore(sample, {}, {}).for_model(model)
 
 
+@pytest.mark.parametrize("both_views_ms, later_ms", [(5.0, 2.0), (9.0, 3.0)])
+def test_a_later_view_costs_at_most_the_first_views_decode_and_forward(tmp_path, monkeypatch, both_views_ms, later_ms):
+    """The flipped view's rate is the difference of two timed passes; where noise makes that
+    difference more than the plain view's whole pass (decode and forward), it is bounded by it."""
+    from types import SimpleNamespace
+
+    from capfuse.budget import probe
+
+    clock = {"t": 0.0}
+    per_image = {1: 3.0, 2: both_views_ms}  # ms a row: the plain pass, and both views at once
+
+    def fake_embed(data_dir, ids, ok, requests, cache, quiet=True):
+        clock["t"] += 0.05 + per_image[len(requests)] * len(ids) / 1000  # a fixed cost and a slope
+        return {(spec, view): {"pooled": np.zeros((len(ids), 2))} for spec, view, _ in requests}
+
+    monkeypatch.setattr(probe, "embed_image_views", fake_embed)
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: clock["t"])
+    ds = SimpleNamespace(
+        train_ids=[f"{i}.jpg" for i in range(400)],
+        image_ok=np.ones(400, bool),
+        paths=SimpleNamespace(cache=tmp_path / "cache", data_dir=tmp_path),
+    )
+    rates, _ = probe.image_pass_ms(ds, "spec", ("pooled",), ("orig", "hflip"))
+    assert rates["orig"] == pytest.approx(3.0)
+    assert rates["hflip"] == pytest.approx(later_ms)  # 2.0 as timed; 6.0 timed is bounded by 3.0
+
+
 def test_the_choice_not_to_nest_is_made_on_the_clock_once_and_replayed(tmp_path):
     from types import SimpleNamespace
 
