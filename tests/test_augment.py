@@ -8,7 +8,7 @@ import torch
 from capfuse import config as cfglib
 from capfuse.config.check import validate
 from capfuse.models import net as net_mod
-from capfuse.models.augment import MIX_KEY, Augment, crop_maps, mix_inputs, mix_targets
+from capfuse.models.augment import MIX_KEY, Augment, crop_maps, mix_inputs, mix_styles, mix_targets
 from capfuse.models.net import NetModel
 from test_net import C, _mid_map_features, config, folds_of, synthetic
 
@@ -39,6 +39,35 @@ def test_a_crop_of_the_whole_map_is_the_map():
     maps = _maps()
     out = crop_maps(maps, np.random.default_rng(0), 1.0, 1.0)
     torch.testing.assert_close(out, maps, atol=1e-5, rtol=0)
+
+
+def test_mixstyle_swaps_channel_statistics_and_keeps_the_content():
+    """Each map takes a mix of its own and a partner's channel mean and spread; its normalised
+    cells (where things are) stay its own; the targets are not touched."""
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(8, 5, 7, 7, generator=g) * torch.rand(8, 5, 1, 1, generator=g) * 3 + torch.randn(
+        8, 5, 1, 1, generator=g
+    )
+    rng = np.random.default_rng(3)
+    out = mix_styles(maps, rng, p=1.0, alpha=0.1)
+    rng = np.random.default_rng(3)
+    rng.random()
+    partner = torch.from_numpy(rng.permutation(8))
+    lam = torch.from_numpy(rng.beta(0.1, 0.1, 8)).float().view(-1, 1)
+    mu, sig = maps.mean((2, 3)), maps.std((2, 3), unbiased=True)
+    torch.testing.assert_close(out.mean((2, 3)), lam * mu + (1 - lam) * mu[partner], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.std((2, 3)), lam * sig + (1 - lam) * sig[partner], atol=1e-3, rtol=1e-3)
+
+    def normalised(x):
+        return (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True)
+
+    torch.testing.assert_close(normalised(out), normalised(maps), atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(out, maps)  # the styles did move
+    # Off for this batch (its draw above p): the maps come back as they were.
+    assert mix_styles(maps, np.random.default_rng(3), p=0.0, alpha=0.1) is maps
+    batch = {"img_mid": maps.clone(), "cap_pooled": torch.ones(8, 4)}
+    got = Augment(seed=1, style_p=1.0)(batch, np.arange(8))
+    assert MIX_KEY not in got and torch.equal(got["cap_pooled"], torch.ones(8, 4))
 
 
 def test_off_by_default_the_batch_is_untouched_and_no_generator_moves():
@@ -162,6 +191,9 @@ def test_an_augmented_top_stage_resumes_exactly(tmp_path, monkeypatch):
         ({"crop_scale": 0.0}, "train.crop_scale = 0.0: must be a number in (0, 1]"),
         ({"crop_p": 1.5}, "train.crop_p = 1.5: must be a number in [0, 1]"),
         ({"mix_alpha": 0.0}, "train.mix_alpha = 0.0: must be a number > 0"),
+        ({"style_p": -0.1}, "train.style_p = -0.1: must be a number in [0, 1]"),
+        ({"style_alpha": 0}, "train.style_alpha = 0: must be a number > 0"),
+        ({"style_p": 0.5}, "train.style_p = 0.5: works on the cached map of a trained top stage"),
         ({"crop_p": 0.5}, "train.crop_p = 0.5: works on the cached map of a trained top stage"),
         ({"mix": "cutmix"}, "train.mix = 'cutmix': works on the cached map of a trained top stage"),
     ],

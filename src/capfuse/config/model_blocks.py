@@ -217,6 +217,12 @@ class TrainSettings:
     mix: Literal[MIXES] = "none"
     mix_p: Probability = 0.5  # chance a sample is mixed: half the batch still trains on itself
     mix_alpha: Positive = 0.4  # Beta(alpha, alpha) of the share kept: small alphas keep most samples near themselves
+    # MixStyle (Zhou et al., ICLR 2021) on the cached map a trained top stage reads: each map's
+    # per-channel mean and spread, its "style", mixed with a batch partner's by a share drawn
+    # from Beta(alpha, alpha); the content (the normalised map) and the targets stay the sample's.
+    # The chance a batch is mixed; 0: off.
+    style_p: Probability = 0.0
+    style_alpha: Positive = 0.1
     tta: Bool = True  # average original and flipped views for OOF and test logits
     eval_batch_size: Count = 256
     # The loss, ``{name: <loss>, <its parameters>}``; by default BCE with log-inverse-frequency

@@ -1,10 +1,12 @@
 """Augmentation of cached training batches: crops of the cached map entering a trained top stage,
-and mixing of samples (mixup, cutmix) with their multi-label targets.
+mixing of its channel statistics (MixStyle), and mixing of samples (mixup, cutmix) with their
+multi-label targets.
 
 The flip is the only augmentation the cache holds a view for; these work on the cached arrays
 themselves, so no image is decoded again. They target the models that learn the training set's
 instances (a trained top stage recognises the drawings it saw rather than their categories):
-a crop moves and rescales the object on the map, a mix shows two samples' evidence at once.
+a crop moves and rescales the object on the map, a style mix gives it another image's colours
+and textures, a mix shows two samples' evidence at once.
 
 Draws are made from a generator seeded by the model's seed and the batch's rows, in their
 order: the loop's order of an epoch is a function of (seed, epoch), so the draws are as well,
@@ -37,16 +39,18 @@ class Augment:
     mix: str = "none"
     mix_p: float = 0.5
     mix_alpha: float = 0.4
+    style_p: float = 0.0
+    style_alpha: float = 0.1
 
     @classmethod
     def from_settings(cls, settings, seed: int) -> Augment:
         """From a ``TrainSettings`` (the ``train:`` block)."""
         s = settings
-        return cls(int(seed), s.crop_p, s.crop_scale, s.mix, s.mix_p, s.mix_alpha)
+        return cls(int(seed), s.crop_p, s.crop_scale, s.mix, s.mix_p, s.mix_alpha, s.style_p, s.style_alpha)
 
     @property
     def active(self) -> bool:
-        return self.crop_p > 0 or (self.mix != "none" and self.mix_p > 0)
+        return self.crop_p > 0 or self.style_p > 0 or (self.mix != "none" and self.mix_p > 0)
 
     def __call__(self, batch: dict[str, torch.Tensor], rows: np.ndarray) -> dict[str, torch.Tensor]:
         """``batch`` (from ``CachedViews.batch``) augmented; ``rows`` are its feature rows in order."""
@@ -55,6 +59,8 @@ class Augment:
         rng = np.random.default_rng([self.seed, _SALT, *np.asarray(rows, np.int64).tolist()])
         if self.crop_p > 0 and MAP_KEY in batch:
             batch[MAP_KEY] = crop_maps(batch[MAP_KEY], rng, self.crop_p, self.crop_scale)
+        if self.style_p > 0 and MAP_KEY in batch:
+            batch[MAP_KEY] = mix_styles(batch[MAP_KEY], rng, self.style_p, self.style_alpha)
         if self.mix != "none" and self.mix_p > 0:
             batch = mix_inputs(batch, rng, self.mix, self.mix_p, self.mix_alpha)
         return batch
@@ -68,7 +74,9 @@ def check_augmentation(config) -> None:
     in the ``train:`` block: an ablation row's ``set`` is checked alone, without its base's encoder.
     """
     t, name = config.train, config.name or "this model"
-    needs_map = [key for key, on in (("crop_p", t.crop_p > 0), ("mix", t.mix == "cutmix")) if on]
+    needs_map = [
+        key for key, on in (("crop_p", t.crop_p > 0), ("mix", t.mix == "cutmix"), ("style_p", t.style_p > 0)) if on
+    ]
     if needs_map and (config.finetune or not config.image_encoder.train_blocks):
         key = needs_map[0]
         raise ValueError(
@@ -103,6 +111,27 @@ def crop_maps(maps: torch.Tensor, rng: np.random.Generator, p: float, min_scale:
     out = maps.clone()
     out[idx] = F.grid_sample(picked, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out
+
+
+def mix_styles(maps: torch.Tensor, rng: np.random.Generator, p: float, alpha: float) -> torch.Tensor:
+    """MixStyle: with chance ``p`` the whole batch, each map's channel statistics (mean and
+    standard deviation over its cells) replaced by a mix of its own and a partner's, the mix's
+    share drawn per sample from Beta(``alpha``, ``alpha``); the normalised map, which carries
+    where things are, stays the sample's. The partner is a random other sample of the batch, as
+    the method does where the training rows carry no domain label."""
+    n = len(maps)
+    use = rng.random() < p
+    partner = rng.permutation(n)
+    lam = rng.beta(alpha, alpha, n)
+    if not use or n < 2:
+        return maps
+    mu = maps.mean(dim=(2, 3), keepdim=True)
+    sig = (maps.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt()
+    share = torch.from_numpy(lam).float().view(-1, 1, 1, 1)
+    idx = torch.from_numpy(partner)
+    mu_mix = share * mu + (1.0 - share) * mu[idx]
+    sig_mix = share * sig + (1.0 - share) * sig[idx]
+    return (maps - mu) / sig * sig_mix + mu_mix
 
 
 def mix_inputs(
