@@ -284,10 +284,17 @@ def test_the_reserve_probe_predicts_the_threshold_study_within_a_factor(tmp_path
         return y, 1 / (1 + np.exp(-logits.astype(np.float64)))
 
     n, k, trials = 3000, 5, 100
+    # What a probe killed outright left (no cleanup runs on SIGKILL), and a folder of the same
+    # prefix that holds something capfuse never writes there.
+    (tmp_path / "runs" / "capfuse-probe-killed").mkdir(parents=True)
+    (tmp_path / "runs" / "capfuse-probe-killed" / "rows200.db").write_bytes(b"")
+    (tmp_path / "runs" / "capfuse-probe-user").mkdir()
+    (tmp_path / "runs" / "capfuse-probe-user" / "notes.txt").write_text("mine")
     cost = study_cost(
         [sample(200), sample(800)], {"min_labels": 1, "max_labels": None}, n, k, workdir=tmp_path / "runs"
     )
-    assert list((tmp_path / "runs").iterdir()) == []  # its stored studies are removed
+    # Its stored studies are removed, and so is what the killed probe left; the other folder stays.
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["capfuse-probe-user"]
     Y, probs = sample(n, seed=1)
     t0 = time.perf_counter()
     url = f"sqlite:///{tmp_path / 'real.db'}"

@@ -39,6 +39,9 @@ from capfuse.shift.adversarial import adversarial, reduce
 from capfuse.shift.novelty import REFERENCE_ROWS as NOVELTY_REFERENCE_ROWS
 from capfuse.shift.novelty import novelty
 
+PROBE_PREFIX = "capfuse-probe-"  # the study's timing folder in the run folder
+PROBE_FILES = (".db", ".db-journal", ".db-wal", ".db-shm")  # what the timing writes there (sqlite)
+
 RESERVE_SHARE = 0.25  # the second level may take this share of the budget; fewer threshold trials past it
 MIN_TRIALS = 50  # never fewer threshold-study trials (the coordinate-ascent polish follows them)
 SECOND_LEVEL_ROWS = 800  # synthetic rows the second level is timed on (and a quarter of them)
@@ -100,7 +103,8 @@ def study_cost(samples: list[tuple[np.ndarray, np.ndarray]], rule: dict, n_rows:
     (Y, p), t0, (t1, t2) = samples[0], STUDY_TRIALS, LONGER_TRIALS
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="capfuse-probe-", dir=workdir) as tmp:
+        _sweep_probe_folders(workdir)
+    with tempfile.TemporaryDirectory(prefix=PROBE_PREFIX, dir=workdir) as tmp:
         _study_once(Y, p, rule, 2, Path(tmp) / "warm-up.db")  # imports, and opens the storage's driver
         fixed = [_fixed_once(y, q, rule, k, Path(tmp) / f"rows{len(y)}.db") for y, q in samples]
         stored = _study_once(Y, p, rule, t1, Path(tmp) / "longer.db")
@@ -118,6 +122,20 @@ def study_cost(samples: list[tuple[np.ndarray, np.ndarray]], rule: dict, n_rows:
         "growth_s": (k + 1) * growth,
     }
     return {key: float(f"{v:.6g}") for key, v in cost.items()}
+
+
+def _sweep_probe_folders(workdir: Path) -> None:
+    """Remove what an earlier probe in ``workdir`` left when it was killed outright (a SIGKILL
+    runs no cleanup): folders of this probe's prefix holding only the sqlite files it writes.
+    The run's lock on the dataset means no other probe is using one; anything else in such a
+    folder is not capfuse's, and the folder stays."""
+    for folder in workdir.glob(f"{PROBE_PREFIX}*"):
+        files = list(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else None
+        if files is None or not all(f.is_file() and f.name.endswith(PROBE_FILES) for f in files):
+            continue
+        for f in files:
+            f.unlink()
+        folder.rmdir()
 
 
 def _line(n: float, sizes: tuple[int, int], times: list[float]) -> float:
