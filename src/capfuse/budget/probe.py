@@ -153,7 +153,8 @@ def embed_costs(ds, models: dict[str, dict]) -> tuple[dict[str, dict], dict, dic
             spec = m.caption_encoder
             key = ("caption", spec.name, spec.max_len)
             files = text_cache_files(cache, spec, "all")
-            cached = files["meta"].exists() or spec.name == "glove"
+            # A lookup encoder (GloVe) is computed in memory by the run, never cached: nothing to pay.
+            cached = files["meta"].exists() or caption_entry(spec.name).lookup is not None
             if spec not in samples["captions"] and cached and all(files[p].exists() for p in CAPTION_PARTS):
                 # A cached encoder is not loaded again: its first rows are the sample.
                 samples["captions"][spec] = {

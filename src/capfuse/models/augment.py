@@ -117,9 +117,11 @@ def mix_styles(maps: torch.Tensor, rng: np.random.Generator, p: float, alpha: fl
     """MixStyle: with chance ``p`` the whole batch, each map's channel statistics (mean and
     standard deviation over its cells) replaced by a mix of its own and a partner's, the mix's
     share drawn per sample from Beta(``alpha``, ``alpha``); the normalised map, which carries
-    where things are, stays the sample's. The partner is a random other sample of the batch, as
-    the method does where the training rows carry no domain label."""
+    where things are, stays the sample's. The partner comes from a random permutation of the
+    batch, as the method does where the training rows carry no domain label (a sample drawn as
+    its own partner keeps its style)."""
     n = len(maps)
+    # Drawn whether or not the batch mixes, so the draws after these (mixing) do not depend on it.
     use = rng.random() < p
     partner = rng.permutation(n)
     lam = rng.beta(alpha, alpha, n)
