@@ -123,7 +123,18 @@ def test_the_machine_record_of_this_machine_has_every_field():
     ("flags", "env", "word"),
     [
         ({"avx2", "avx512f", "avx512_bf16"}, {}, "avx512-bf16"),
-        ({"avx2", "avx512f", "amx_bf16"}, {}, "avx512-bf16"),
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, {}, "amx-bf16"),
+        (
+            {"avx2", "avx512f", "avx512_bf16", "amx_bf16"},
+            {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+            "avx512-bf16 (capped)",
+        ),
+        (
+            {"avx2", "avx512f", "avx512_bf16", "amx_bf16"},
+            {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"},
+            "amx-bf16 (capped)",
+        ),
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, {"ATEN_CPU_CAPABILITY": "avx2"}, "avx2 (capped)"),
         ({"avx2", "avx512f"}, {}, "avx512"),
         ({"avx2"}, {}, "avx2"),
         ({"neon"}, {}, "other"),

@@ -41,7 +41,7 @@ class Machine:
     commit: str  # the project's `git rev-parse HEAD`, "+dirty" when tracked files differ from it
     date: str  # UTC, ISO 8601 to the second
     cpu: str  # the model name in /proc/cpuinfo
-    isa: str  # "avx512-bf16" / "avx512" / "avx2" / "other", "(capped)" under a cap variable
+    isa: str  # "amx-bf16" / "avx512-bf16" / "avx512" / "avx2" / "other", "(capped)" under a cap variable
     torch_isa: str  # torch.backends.cpu.get_cpu_capability(): what ATen's kernels dispatch to
     isa_cap: str  # the cap variables set, "NAME=value" joined by spaces; "" when none is
     bf16_native: bool  # capfuse's own choice: does finetune_options.amp autocast to bf16 on this CPU
@@ -85,8 +85,10 @@ def cpuinfo_fields(text: str) -> tuple[str, set[str]]:
 
 def hardware_level(flags: set[str]) -> int:
     """The CPU's own level on ISA_WORDS, from its cpuinfo flags."""
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        return 3
+    if "amx_bf16" in flags:
+        return ISA_WORDS.index("amx-bf16")
+    if "avx512_bf16" in flags:
+        return ISA_WORDS.index("avx512-bf16")
     if "avx512f" in flags:
         return 2
     if "avx2" in flags:
@@ -95,7 +97,7 @@ def hardware_level(flags: set[str]) -> int:
 
 
 def isa_word(flags: set[str], env: dict[str, str]) -> str:
-    """``avx512-bf16`` / ``avx512`` / ``avx2`` / ``other``; under a cap variable, the capped
+    """``amx-bf16`` / ``avx512-bf16`` / ``avx512`` / ``avx2`` / ``other``; under a cap variable, the capped
     level and ``(capped)``, e.g. ``avx2 (capped)`` on an AVX-512 CPU with ATEN_CPU_CAPABILITY=avx2."""
     level = hardware_level(flags)
     cap = cap_level(env)

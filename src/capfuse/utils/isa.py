@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 # The instruction-set words, weakest first; a level is an index into this tuple. "avx512-bf16"
-# is the one that matters most here: only there does bf16 autocast compute natively on a CPU.
-ISA_WORDS = ("other", "avx2", "avx512", "avx512-bf16")
+# is the one that matters most here: from there on bf16 autocast computes natively on a CPU.
+# "amx-bf16" (Intel's tile unit, Sapphire Rapids and later) multiplies bf16 matrices on a unit
+# of its own, at another speed, so a results file from such a CPU must not read like one without.
+ISA_WORDS = ("other", "avx2", "avx512", "avx512-bf16", "amx-bf16")
 # What each cap lets torch or oneDNN use at most, as a level of ISA_WORDS. ATen's "avx512"
 # kernels do not stop oneDNN's bf16 ones, so it caps nothing on the words' scale.
-_ATEN_CAPS = {"default": 0, "avx2": 1, "avx512": 3}
+_ATEN_CAPS = {"default": 0, "avx2": 1, "avx512": len(ISA_WORDS) - 1}
 _ONEDNN_CAPS = {
     "SSE41": 0,
     "AVX": 0,
@@ -25,7 +27,10 @@ _ONEDNN_CAPS = {
     "AVX2_VNNI_2": 1,
     "AVX512_CORE": 2,
     "AVX512_CORE_VNNI": 2,
-}  # any other value (AVX512_CORE_BF16, the AMX and AVX10 ones, ALL, DEFAULT) leaves bf16 in reach
+    "AVX512_CORE_BF16": 3,
+    "AVX512_CORE_FP16": 3,
+    "AVX10_1_512": 3,
+}  # any other value (the AMX ones, ALL, DEFAULT) leaves the whole CPU in reach
 
 
 def cap_level(env: Mapping[str, str]) -> int | None:
