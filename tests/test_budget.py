@@ -235,6 +235,21 @@ def test_a_ratio_teaches_only_the_models_of_its_family(tmp_path):
     assert h2.train_s == pytest.approx(before[0] / 4, rel=0.01) and t.train_s == before[1]
 
 
+def test_where_early_stopping_ended_a_model_teaches_only_its_family():
+    # Heads on cached vectors stopped at a third of their epochs; a trained top stage is still
+    # planned at its whole span until a model of its own family has said where it stops.
+    from capfuse.budget.lessons import Lessons
+
+    lessons = Lessons()
+    assert lessons.expected_epochs({}, 30, "net/heads") is None  # nothing finished yet: every epoch
+    lessons.shares.setdefault("net/heads", []).append(1 / 3)
+    assert lessons.expected_epochs({}, 30, "net/heads") == pytest.approx(10)
+    assert lessons.expected_epochs({}, 6, "net/top-stage") is None
+    lessons.shares.setdefault("net/top-stage", []).append(0.5)
+    assert lessons.expected_epochs({}, 6, "net/top-stage") == pytest.approx(3)
+    assert lessons.expected_epochs({"epochs_seen": 5.0}, 6, "net/top-stage") == 5.0  # its own earlier folds lead
+
+
 def test_learned_ratios_are_medians_held_within_bounds(tmp_path):
     from capfuse.budget.lessons import MIN_LEARN_S, RATE_BOUNDS, Lessons, trained_here
 

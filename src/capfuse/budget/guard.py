@@ -209,7 +209,7 @@ class Budget:
         n_fit, k, n_train, n_test = self._sizes
         rate = self.plan.probe["models"][entry.name]
         cap = epochs if epochs is not None else entry.max_epochs
-        expected = self.lessons.expected_epochs(rate, entry.max_epochs) if learned else None
+        expected = self.lessons.expected_epochs(rate, entry.max_epochs, family(model_cfg)) if learned else None
         if cap is not None and expected is not None:
             cap = min(cap, max(1, math.ceil(expected)))
         fold = probe.fold_seconds(model_cfg, rate, n_fit, n_train - n_fit + n_test, cap)
@@ -371,7 +371,7 @@ class Budget:
                 elif r == 0 and span and "epochs_run" in record:
                     shares.append(int(record["epochs_run"]) / span)
         if entry.kind == "net" and shares:
-            self.lessons.shares.append(sum(shares) / len(shares))
+            self.lessons.shares.setdefault(family(self._cfgs[entry.name]), []).append(sum(shares) / len(shares))
 
     def cut(self, name: str, rounds_done: int, exc: Exception) -> None:
         """The clock stopped ``name``: the rounds it finished stay (``rounds_done`` from
