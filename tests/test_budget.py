@@ -250,6 +250,24 @@ def test_where_early_stopping_ended_a_model_teaches_only_its_family():
     assert lessons.expected_epochs({"epochs_seen": 5.0}, 6, "net/top-stage") == 5.0  # its own earlier folds lead
 
 
+def test_the_plan_shortens_only_the_family_whose_model_stopped_early(tmp_path):
+    from capfuse.budget.lessons import family
+
+    top = {"kind": "net", "inputs": ["image"], "image_encoder": {"train_blocks": 1}, "train": {"epochs": 20}}
+    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
+    b = _budget(0, {"h": net, "h2": net, "t": net})
+    b._cfgs = {"h": NET, "h2": NET, "t": top}
+    b.plan_path = tmp_path / "plan.json"
+    h, h2 = ModelPlan("h", "net", max_epochs=20), ModelPlan("h2", "net", max_epochs=20)
+    t = ModelPlan("t", "net", max_epochs=20)
+    b.plan.models = [h, h2, t]
+    b._later(h)
+    before = (h2.train_s, t.train_s)
+    b.lessons.shares.setdefault(family(NET), []).append(0.25)  # h stopped at a quarter of its epochs
+    b._later(h)
+    assert h2.train_s < 0.5 * before[0] and t.train_s == before[1]
+
+
 def test_learned_ratios_are_medians_held_within_bounds(tmp_path):
     from capfuse.budget.lessons import MIN_LEARN_S, RATE_BOUNDS, Lessons, trained_here
 

@@ -6,9 +6,9 @@ model that finishes says both:
 
 - **where early stopping ended it**: the share of its epochs its folds ran. The later net models
   of its family are predicted with the largest such share (or with their own folds of earlier
-  runs on the dataset, which the probe records as ``epochs_seen``): heads on cached vectors stop
-  early at about half their epochs at 30,000 rows, where a trained top stage ran on until its
-  time share stopped it, so a heads model's share planned the top stage at half what it ran;
+  runs on the dataset, which the probe records as ``epochs_seen``): heads on cached vectors may
+  stop at half their epochs where a trained top stage at 30,000 rows runs every epoch it is
+  given, so a heads model's share would plan a top stage at half the epochs it runs;
 - **how far the probe's rates were off**: its measured seconds over its prediction from the probe
   alone at the epochs its folds ran. The later models of its family (``family``: a rehearsal
   errs alike for models trained alike) are predicted with the median ratio, held within
