@@ -212,23 +212,32 @@ def test_a_linear_rehearsal_predicts_a_fold_from_the_solvers_iterations(monkeypa
     assert capped == pytest.approx(rate["fold_s"] + rate["row_iter_s"] * 1_000_000 * 50)
 
 
+TOP = {"kind": "net", "inputs": ["image"], "image_encoder": {"train_blocks": 1}, "train": {"epochs": 20}}
+
+
+def _two_heads_and_a_top_stage(tmp_path):
+    """A budget planning two heads models (h, h2) and a top stage (t), alike in their probe's
+    rates, with h's later models predicted once: (budget, h, h2, t)."""
+    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
+    b = _budget(0, {"h": net, "h2": net, "t": net})
+    b._cfgs = {"h": NET, "h2": NET, "t": TOP}
+    b.plan_path = tmp_path / "plan.json"
+    h, h2 = ModelPlan("h", "net", max_epochs=20), ModelPlan("h2", "net", max_epochs=20)
+    t = ModelPlan("t", "net", max_epochs=20)
+    b.plan.models = [h, h2, t]
+    b._later(h)
+    return b, h, h2, t
+
+
 def test_a_ratio_teaches_only_the_models_of_its_family(tmp_path):
     # Heads on cached vectors are over-predicted by their small rehearsal where a trained top
     # stage is under-predicted: a heads model that took a quarter of its prediction shrinks the
     # next heads model's prediction, and leaves the top stage's as the probe said.
     from capfuse.budget.lessons import family
 
-    top = {"kind": "net", "inputs": ["image"], "image_encoder": {"train_blocks": 1}, "train": {"epochs": 20}}
-    assert (family(LINEAR), family(NET), family(top)) == ("linear/joint", "net/heads", "net/top-stage")
+    assert (family(LINEAR), family(NET), family(TOP)) == ("linear/joint", "net/heads", "net/top-stage")
     assert family({**LINEAR, "solver": "ovr"}) == "linear/ovr"  # the per-class fits teach only their own kind
-    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
-    b = _budget(0, {"h": net, "h2": net, "t": net})
-    b._cfgs = {"h": NET, "h2": NET, "t": top}
-    b.plan_path = tmp_path / "plan.json"
-    h, h2 = ModelPlan("h", "net", max_epochs=20), ModelPlan("h2", "net", max_epochs=20)
-    t = ModelPlan("t", "net", max_epochs=20)
-    b.plan.models = [h, h2, t]
-    b._later(h)
+    b, h, h2, t = _two_heads_and_a_top_stage(tmp_path)
     before = (h2.train_s, t.train_s)
     b.lessons.learn_ratio(family(NET), 10.0, 40.0)
     b._later(h)
@@ -253,15 +262,7 @@ def test_where_early_stopping_ended_a_model_teaches_only_its_family():
 def test_the_plan_shortens_only_the_family_whose_model_stopped_early(tmp_path):
     from capfuse.budget.lessons import family
 
-    top = {"kind": "net", "inputs": ["image"], "image_encoder": {"train_blocks": 1}, "train": {"epochs": 20}}
-    net = {"fold_s": 1.0, "epoch_s": 0.5, "row_epoch_s": 0.001, "predict_row_s": 0.001}
-    b = _budget(0, {"h": net, "h2": net, "t": net})
-    b._cfgs = {"h": NET, "h2": NET, "t": top}
-    b.plan_path = tmp_path / "plan.json"
-    h, h2 = ModelPlan("h", "net", max_epochs=20), ModelPlan("h2", "net", max_epochs=20)
-    t = ModelPlan("t", "net", max_epochs=20)
-    b.plan.models = [h, h2, t]
-    b._later(h)
+    b, h, h2, t = _two_heads_and_a_top_stage(tmp_path)
     before = (h2.train_s, t.train_s)
     b.lessons.shares.setdefault(family(NET), []).append(0.25)  # h stopped at a quarter of its epochs
     b._later(h)

@@ -83,17 +83,13 @@ def cpuinfo_fields(text: str) -> tuple[str, set[str]]:
     return model, flags
 
 
+# The cpuinfo flag that says a CPU reaches a word of ISA_WORDS, strongest first.
+_FLAG_WORDS = (("amx_bf16", "amx-bf16"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
 def hardware_level(flags: set[str]) -> int:
     """The CPU's own level on ISA_WORDS, from its cpuinfo flags."""
-    if "amx_bf16" in flags:
-        return ISA_WORDS.index("amx-bf16")
-    if "avx512_bf16" in flags:
-        return ISA_WORDS.index("avx512-bf16")
-    if "avx512f" in flags:
-        return 2
-    if "avx2" in flags:
-        return 1
-    return 0
+    return next((ISA_WORDS.index(word) for flag, word in _FLAG_WORDS if flag in flags), 0)
 
 
 def isa_word(flags: set[str], env: dict[str, str]) -> str:
