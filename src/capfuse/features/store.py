@@ -17,6 +17,7 @@ import numpy as np
 from capfuse.config.schema import ModelSettings, resolve_model
 from capfuse.data.dataset import Dataset
 from capfuse.data.names import DISCOVERY_VERSION
+from capfuse.features.align import align_views
 from capfuse.features.image import (
     CalibrationImages,
     ImageEncoderSpec,
@@ -293,6 +294,8 @@ class FeatureStore:
             feats.update(self.for_net(m, parts))
             if with_extra and self.ds.extra is not None:
                 self.extra_rows(m, feats, parts)
+            if "image" in inputs and m.image_encoder.align == "test":
+                feats["alignment"] = align_views(feats["views"], n_train, feats["test_image_ok"])
         elif m.kind == "net":
             feats.update(
                 data_dir=self.ds.paths.data_dir,
@@ -307,6 +310,10 @@ class FeatureStore:
         else:
             if "image" in inputs:
                 arr, checksum = self.image(m.image_encoder.cache_spec(), pooled_output(m))
+                if m.image_encoder.align == "test":
+                    views = {"orig": {"img_pooled": arr}}
+                    feats["alignment"] = align_views(views, n_train, feats["test_image_ok"])
+                    arr = np.asarray(views["orig"]["img_pooled"])
                 feats["image_train"], feats["image_test"] = arr[:n_train], arr[n_train:]
                 parts.append(checksum)
             if "caption" in inputs:

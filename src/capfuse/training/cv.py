@@ -25,6 +25,7 @@ from capfuse import config as cfglib
 from capfuse.data.logits import logits_frame
 from capfuse.encoders.cost import light_report
 from capfuse.ensemble.decision import apply_threshold, fit_global_threshold
+from capfuse.features.align import ALIGNMENT_FILE
 from capfuse.metrics import gap_at_k, mean_average_precision, mean_sample_f1
 from capfuse.models import MODELS
 from capfuse.training.fingerprint import run_fingerprint
@@ -123,7 +124,7 @@ def _plan(name: str, model_cfg: dict, out_dir: Path, inputs: dict) -> _Run:
     )
 
 
-def _open(run: _Run, model_cfg: dict) -> None:
+def _open(run: _Run, model_cfg: dict, feats: dict) -> None:
     """Make the run folder this run's: a folder of another fingerprint goes first."""
     out_dir = run.out_dir
     # The run folder is this function's to write, so what a killed run of it left goes here,
@@ -142,6 +143,9 @@ def _open(run: _Run, model_cfg: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / FINGERPRINT_FILE, fingerprint_record(run.fp))
     write_text(out_dir / "config.yaml", cfglib.dump(model_cfg))
+    if "alignment" in feats:
+        # The channel statistics the test rows were aligned by: a bundle aligns new rows by them.
+        write_json(out_dir / ALIGNMENT_FILE, feats["alignment"])
 
 
 def open_run(name: str, model_cfg: dict, *, out_dir: Path, **inputs) -> list[int]:
@@ -152,7 +156,7 @@ def open_run(name: str, model_cfg: dict, *, out_dir: Path, **inputs) -> list[int
     A fold's ``done.json`` of another fingerprint is removed here, as ``train_model`` removes it.
     """
     run = _plan(name, model_cfg, out_dir, inputs)
-    _open(run, model_cfg)
+    _open(run, model_cfg, inputs["feats"])
     pending = []
     for fold in range(int(inputs["folds"].max()) + 1):
         done = fold_fingerprint(out_dir / f"fold{fold}")
@@ -207,7 +211,7 @@ def train_model(
     rank, world = rank_world()
     is_main = rank == 0
     if is_main:
-        _open(run, model_cfg)
+        _open(run, model_cfg, inputs["feats"])
     barrier()
 
     oof = np.full((len(train_ids), len(class_ids)), np.nan, dtype=np.float32)
