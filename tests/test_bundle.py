@@ -31,6 +31,8 @@ PIPELINE = REPO / "configs" / "pipeline.yaml"
 # contexts); and the best preset's other kinds: GloVe captions and a pseudo-label round
 # (caption_mlp@r1), and a net over Lite0's trained top stage (image_mlp_topblock: the map entering it).
 # The nets run 3 epochs (configs written by ``_configs``): exactness does not need a good model.
+# Two read their test rows' image features aligned (``image_encoder.align: test``), a linear
+# model and the trained top stage: a bundle must align the rows it predicts as the run did.
 MODELS = [
     "caption_linear",
     "fusion_linear_multilevel",
@@ -40,6 +42,7 @@ MODELS = [
     "image_mlp_topblock",
 ]
 ROUNDS = {"caption_mlp": 1}
+ALIGNED = ("fusion_linear_multilevel", "image_mlp_topblock")
 SETS = ("folds.k=3", "threshold.trials=5", "ensemble.stack.num_threads=1")
 
 
@@ -50,8 +53,13 @@ def _sets(*extra: str) -> list[str]:
 def _configs(folder: Path) -> Path:
     """A pipeline of MODELS whose nets stop after 3 epochs, inheriting the shipped configs."""
     (folder / "models").mkdir(parents=True)
-    for name in ("caption_mlp", "fusion_labelquery_origview", "caption_attention_glove", "image_mlp_topblock"):
-        cfg = {"inherit": str(REPO / "configs" / "models" / f"{name}.yaml"), "train": {"epochs": 3, "patience": 2}}
+    nets = ("caption_mlp", "fusion_labelquery_origview", "caption_attention_glove", "image_mlp_topblock")
+    for name in (*nets, "fusion_linear_multilevel"):
+        cfg = {"inherit": str(REPO / "configs" / "models" / f"{name}.yaml")}
+        if name in nets:
+            cfg["train"] = {"epochs": 3, "patience": 2}
+        if name in ALIGNED:
+            cfg["image_encoder"] = {"align": "test"}
         if name in ROUNDS:
             cfg["pseudo"] = {"rounds": ROUNDS[name]}
         (folder / "models" / f"{name}.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
@@ -148,7 +156,10 @@ def _check_exact(root: Path, sub_csv: Path, probs_csv: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_exported_bundle_reproduces_the_pipelines_submission_from_the_test_folder_alone(tmp_path):
+def test_an_exported_bundle_reproduces_the_pipelines_submission_from_the_test_folder_alone(tmp_path, monkeypatch):
+    from capfuse.features import align
+
+    monkeypatch.setattr(align, "MIN_ROWS", 10)  # the tiny set's 39 usable test images are aligned
     root = tmp_path / "project"
     data = root / "data" / "tiny"
     make_demo(data, **PRESETS["tiny"], seed=0)
@@ -177,6 +188,8 @@ def test_an_exported_bundle_reproduces_the_pipelines_submission_from_the_test_fo
         assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == sorted(
             [*record["files"], "bundle.json"]
         )
+        for name in ALIGNED:
+            assert read_json(bundle / "models" / name / "alignment.json")["orig"]
         # The training data and the run folder out of reach: predicting must not need them.
         hidden = root.with_name("hidden")
         root.rename(hidden)
