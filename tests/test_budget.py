@@ -639,6 +639,12 @@ def test_the_encoder_probe_times_the_embed_pass_and_leaves_only_its_export(tiny_
                 if a.shape[1:] == arr.shape[1:]
             )
             assert arr.shape[0] == n_rows and np.array_equal(arr[[n_rows - 1]], small[[(n_rows - 1) % len(small)]]), key
+    # A model that aligns its test rows is rehearsed on the sample as it is: measuring the
+    # statistics of a repeated sample would spend the probe's time on nothing.
+    aligned = sample.for_model(model | {"image_encoder": {**model.get("image_encoder", {}), "align": "test"}})
+    assert "alignment" not in aligned and all(
+        type(arr) is type(feats["views"]["orig"][key]) for key, arr in aligned["views"]["orig"].items()
+    )
     assert sorted(p.name for p in cache.iterdir()) == ["onnx"]
     with pytest.raises(LookupError):
         SampleStore(sample, {}, {}).for_model(model)

@@ -120,6 +120,8 @@ class RowConcat:
 class FeatureStore:
     """Builds each feature block once per run and shares it between models."""
 
+    aligns = True  # ``image_encoder.align: test`` models read their test rows aligned
+
     def __init__(self, ds: Dataset, quiet: bool | None, models: dict[str, dict | ModelSettings] | None = None) -> None:
         self.ds = ds
         self.quiet = quiet
@@ -294,7 +296,7 @@ class FeatureStore:
             feats.update(self.for_net(m, parts))
             if with_extra and self.ds.extra is not None:
                 self.extra_rows(m, feats, parts)
-            if "image" in inputs and m.image_encoder.align == "test":
+            if "image" in inputs and m.image_encoder.align == "test" and self.aligns:
                 feats["alignment"] = align_views(feats["views"], n_train, feats["test_image_ok"])
         elif m.kind == "net":
             feats.update(
