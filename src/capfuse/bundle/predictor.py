@@ -291,22 +291,19 @@ class Predictor:
         total = np.zeros((n, c), dtype=np.float64)
         if m.kind == "net":
             views, dims = self._net_views(m, feats)
-            self._aligned(name, views, rows)
+        elif "image" in m.inputs:  # a linear model reads the plain view's pooled vector
+            views = {"orig": {"img_pooled": feats["images"][(m.image_encoder.cache_spec(), "orig")][pooled_output(m)]}}
+        else:
+            views = {}
+        # Once per model, not per fold: every fold reads the same aligned rows.
+        self._aligned(name, views, rows)
+        image = np.asarray(views["orig"]["img_pooled"]) if m.kind != "net" and views else None
         for fold in range(self.folds[name]):
             fold_dir = self.folder / "models" / name / f"fold{fold}"
             if m.kind == "net":
                 net = model.load_saved(fold_dir, dims, c)
                 total += model.predict_rows(net, CachedViews(views), np.arange(n), c)
             else:
-                image = None
-                if "image" in m.inputs:
-                    views = {
-                        "orig": {
-                            "img_pooled": feats["images"][(m.image_encoder.cache_spec(), "orig")][pooled_output(m)]
-                        }
-                    }
-                    self._aligned(name, views, rows)
-                    image = np.asarray(views["orig"]["img_pooled"])
                 total += model.predict_saved(fold_dir, image=image, captions=rows.captions)
         return (total / self.folds[name]).astype(np.float32)
 
