@@ -25,6 +25,7 @@ ABLATION ?= configs/ablation.yaml   ## make ablate: the variants (configs/early_
 UNLABELLED ?=                        ## extra folder of unlabelled images for pseudo-label rounds (`make unlabelled` writes a demo one)
 TIME_LIMIT ?=                        ## make all: finish within this (60m, 1h30m, 90s); a probe plans the models and epochs that fit (runs/<dataset>/plan.json)
 PLAN    ?=                           ## make all: replay a budgeted run's plan.json without the clock (same models, epochs and rounds)
+TEST_WORKERS ?= 2                    ## make test: pytest processes, one thread each (1: a single process, the machine's threads)
 RESULTS ?= results                   ## where make all/infer/ablate/bench/ratios/zeroshot write their results files (empty: none; never for tiny or faulty)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
@@ -230,7 +231,7 @@ test: lint ## lint, then the test suite (tiny datasets, tiny models; as root, in
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 	    || echo "chromium could not be installed: the browser test skips (and fails when CI=true)"; \
 	fi
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 $(if $(filter-out 1,$(strip $(TEST_WORKERS))),-n $(strip $(TEST_WORKERS)) --dist worksteal)
 
 docs: $(DEVSTAMP) ## the documentation site in site/ (mkdocs build --strict: a broken link or a missing page fails)
 	$(BIN)/mkdocs build --strict --site-dir site

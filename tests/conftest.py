@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# `make test` runs two pytest workers (pytest-xdist). Each one, and every run it starts, takes one
+# thread: two workers of two threads on a 2-core machine spend their time waiting on each other's
+# spinning OpenMP threads. Set before any test imports torch, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "configs" / "pipeline.yaml"
