@@ -292,11 +292,12 @@ class FeatureStore:
         ]
         m = resolve_model(model_cfg)
         inputs = m.inputs
+        aligned = "image" in inputs and m.image_encoder.align == "test" and self.aligns
         if m.kind == "net" and uses_cache(m):
             feats.update(self.for_net(m, parts))
             if with_extra and self.ds.extra is not None:
                 self.extra_rows(m, feats, parts)
-            if "image" in inputs and m.image_encoder.align == "test" and self.aligns:
+            if aligned:
                 feats["alignment"] = align_views(feats["views"], n_train, feats["test_image_ok"])
         elif m.kind == "net":
             feats.update(
@@ -312,7 +313,7 @@ class FeatureStore:
         else:
             if "image" in inputs:
                 arr, checksum = self.image(m.image_encoder.cache_spec(), pooled_output(m))
-                if m.image_encoder.align == "test":
+                if aligned:
                     views = {"orig": {"img_pooled": arr}}
                     feats["alignment"] = align_views(views, n_train, feats["test_image_ok"])
                     arr = np.asarray(views["orig"]["img_pooled"])
