@@ -6,7 +6,9 @@ A page asks for generated content with a placeholder on a line of its own:
   over ``configs/``, so the page lists exactly the configs that exist;
 * ``{{ results:<table> }}``: every results file of one table (a folder under ``results/``:
   ``runs``, ``ablation``, ``bench``), rendered by ``capfuse.results.markdown_for``. Nobody types
-  a measured figure into a page: it comes from a file that names its machine and commit.
+  a measured figure into a page: it comes from a file that names its machine and commit;
+* ``{{ estimates }}``: every scored run's estimates of its test score beside the held-out score,
+  ``capfuse.results.estimates.estimates_markdown`` over ``results/runs/``.
 
 A placeholder that cannot be filled fails the build with one line that says why: a page with a
 hole in it must never be published. The one exception is a table with no results file yet,
@@ -81,6 +83,13 @@ def results(table: str, root: Path) -> str:
         return render(table, Path("results"))
 
 
+def estimates(root: Path) -> str:
+    """The estimates-against-held-out tables of ``root/results/runs``."""
+    render = _function("capfuse.results.estimates", "estimates_markdown", "{{ estimates }}")
+    with _working_dir(root):
+        return render(Path("results"))
+
+
 def render_placeholders(markdown: str, root: Path, where: str) -> str:
     """``markdown`` with every placeholder replaced; ``where`` names the page in errors."""
 
@@ -90,8 +99,11 @@ def render_placeholders(markdown: str, root: Path, where: str) -> str:
             return catalogue(root).strip()
         if name == "results" and arg is not None:
             return results(arg, root).strip()
+        if name == "estimates" and arg is None:
+            return estimates(root).strip()
         raise PluginError(
-            f"unknown placeholder {match[0].strip()!r}; use {{{{ catalogue }}}} or {{{{ results:<table> }}}}"
+            f"unknown placeholder {match[0].strip()!r}; use {{{{ catalogue }}}}, {{{{ estimates }}}} or "
+            "{{ results:<table> }}"
         )
 
     try:

@@ -134,6 +134,23 @@ def test_a_results_table_with_files_is_rendered_by_the_results_module(tmp_path, 
     assert calls == [("runs", Path("results"), tmp_path.resolve())]
 
 
+def test_the_estimates_placeholder_renders_the_scored_runs_from_the_results_files(tmp_path):
+    hooks = _hooks()
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    head = "slug,commit,date,dataset,preset,kind,name,mean_f1,nested_mean_f1\n"
+    common = "cpu-2t,0123456,2026-12-01T10:00:00Z,shifted,default"
+    (runs / "2026-12-01_shifted-default_cpu-2t_0123456.csv").write_text(
+        head
+        + f"{common},second_level,weighted_blend,0.88,0.87\n"
+        + f"{common},expected_test,weighted_blend,,0.845\n"
+        + f"{common},held_out,submission,0.85,\n"
+    )
+    out = hooks.render_placeholders("# Shift\n\n{{ estimates }}\n", tmp_path, "docs/shift.md")
+    assert "| 0.8500 | 0.8700 (+0.0200) |  | 0.8450 (-0.0050) |" in out and "{{" not in out
+    assert "{{ estimates }}" in (DOCS / "shift.md").read_text(encoding="utf-8")
+
+
 # -- README --------------------------------------------------------------------------------------
 
 

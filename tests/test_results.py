@@ -220,6 +220,8 @@ def test_under_a_shift_warning_the_runs_file_and_the_summary_give_the_test_like_
     )  # no warning: no such figure
     assert score_on_test_like_rows(warned) == (500, 0.8123)
     assert "500 training rows most like the test: 0.8123 nested" in line_on_test_like_rows(warned)
+    # One line says which figure to read under a shift: the confidence estimate's, not this one.
+    assert "read this one" not in line_on_test_like_rows(warned)
     kw = {"preset": "default", "machine": fake_machine(), "command": "capfuse infer"}
     df = pd.read_csv(write_run_results(tmp_path / "results", run, warned, **kw).csv).set_index(["kind", "name"])
     assert df.loc[("test_like", "weighted_blend"), "nested_mean_f1"] == 0.8123
