@@ -23,8 +23,15 @@ def _code(nb) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code"]
 
 
-def test_the_five_notebooks_exist():
-    names = ["01-eda.ipynb", "02-oof-analysis.ipynb", "03-ablation.ipynb", "04-predict.ipynb", f"{FIT}.ipynb"]
+def test_the_six_notebooks_exist():
+    names = [
+        "01-eda.ipynb",
+        "02-oof-analysis.ipynb",
+        "03-ablation.ipynb",
+        "04-predict.ipynb",
+        f"{FIT}.ipynb",
+        "06-shift.ipynb",
+    ]
     assert [p.name for p in NOTEBOOKS] == names
 
 

@@ -17,10 +17,9 @@ import pytest
 
 from capfuse.results import markdown_for
 from capfuse.results.presets import BEGIN, END, NOT_MEASURED, current_block, presets_block, presets_table
-from capfuse.results.runs import run_timings, score_on_test_like_rows, write_run_results
+from capfuse.results.runs import run_timings, write_run_results
 from capfuse.results.tables import file_stem, results_dir, write_results, write_safely
-from capfuse.shift.confidence import estimate_line
-from capfuse.stages.infer import line_on_test_like_rows
+from capfuse.shift.confidence import estimate_line, line_on_test_like_rows, score_on_test_like_rows
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

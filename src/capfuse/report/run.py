@@ -27,6 +27,7 @@ from capfuse.ensemble.second_level import (
     thresholds_vector,
 )
 from capfuse.paths import Paths
+from capfuse.shift import REPORT_FILE as SHIFT_REPORT
 from capfuse.submission import read_submission
 from capfuse.utils.io import read_json
 from capfuse.utils.numeric import sigmoid
@@ -164,6 +165,11 @@ class Run:
 
     def thresholds(self) -> dict | None:
         path = self.paths.runs / "ensemble" / "thresholds.json"
+        return read_json(path) if path.exists() else None
+
+    def shift_report(self) -> dict | None:
+        """``runs/<dataset>/shift.json``, or None before ``make infer`` (or ``capfuse shift``)."""
+        path = self.paths.runs / SHIFT_REPORT
         return read_json(path) if path.exists() else None
 
     def table(self, name: str, make_target: str | None = None) -> pd.DataFrame | None:

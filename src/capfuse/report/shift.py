@@ -15,9 +15,8 @@ import pandas as pd
 from PIL import Image
 
 from capfuse.report import html as H
+from capfuse.report import views
 from capfuse.report.run import Run
-from capfuse.shift import REPORT_FILE
-from capfuse.utils.io import read_json
 
 THUMB = 112  # px, the longer side: enough to see what is drawn, small enough for 24 per page
 
@@ -54,10 +53,9 @@ def gallery(run: Run, items: list[tuple[str, str]]) -> str:
 
 def shift_section(run: Run) -> H.Section:
     s = H.Section("shift", "Train/test shift")
-    path = run.paths.runs / REPORT_FILE
-    if not path.exists():
+    rep = run.shift_report()
+    if rep is None:
         return s.add(H.missing("shift report", run.make_hint("infer")))
-    rep = read_json(path)
     s.add(
         H.rich(
             f"From `runs/{run.dataset}/shift.json`: can a classifier tell test rows from training rows? "
@@ -82,21 +80,9 @@ def shift_section(run: Run) -> H.Section:
                 "No test label is read; under a shift this is the figure to read, not the CV."
             )
         )
-    if rep["inputs"]:
-        rows = [
-            {
-                "input": r["input"],
-                "vectors": r["source"],
-                "rows": r["rows"],
-                "AUC": r["auc"],
-                "CI low": r["ci95"][0],
-                "CI high": r["ci95"][1],
-                "null max": r["null_high"],
-                "shift": "yes" if r["shifted"] else "no",
-            }
-            for r in rep["inputs"]
-        ]
-        s.add(H.table(pd.DataFrame(rows), digits=3))
+    inputs = views.shift_inputs(run)
+    if inputs is not None:
+        s.add(H.table(inputs, digits=3))
     novelty = rep["novelty"]
     if novelty is not None:
         s.add(

@@ -14,6 +14,7 @@ from capfuse.metrics import mean_sample_f1
 from capfuse.metrics import per_class_table as _per_class_table
 from capfuse.report import plots, tables
 from capfuse.report.run import Run
+from capfuse.shift.confidence import score_on_test_like_rows
 
 
 # -- data --------------------------------------------------------------------------------
@@ -235,14 +236,130 @@ def submission(run: Run) -> tuple[pd.DataFrame, pd.DataFrame, Figure] | None:
             info[label] = manifest[key]
     if manifest.get("test_rows_without_image"):
         info["test rows predicted without their image"] = manifest["test_rows_without_image"]
-    truth = run.test_truth()
-    if truth is not None and list(sub["ImageID"]) == run.ds.test_ids:
-        pred = np.zeros_like(truth)
-        index = {c: j for j, c in enumerate(run.class_ids)}
-        for r, labels in enumerate(sub["Labels"]):
-            pred[r, [index[int(x)] for x in str(labels).split()]] = 1
-        info["test mean F1 vs test_labels.csv (demo answer key; never trained on)"] = round(
-            mean_sample_f1(truth, pred), 5
-        )
+    held_out = _held_out_f1(run, sub)
+    if held_out is not None:
+        info["test mean F1 vs test_labels.csv (demo answer key; never trained on)"] = held_out
     fig = plots.submission_plot(per_cls, per_row, tables.labels_per_row(run.Y))
     return pd.DataFrame({"": list(info), "value": [str(v) for v in info.values()]}), per_cls, fig
+
+
+def _held_out_f1(run: Run, sub: pd.DataFrame) -> float | None:
+    """The submission's mean F1 against the dataset's ``test_labels.csv``; None without one."""
+    truth = run.test_truth()
+    if truth is None or list(sub["ImageID"]) != run.ds.test_ids:
+        return None
+    pred = np.zeros_like(truth)
+    index = {c: j for j, c in enumerate(run.class_ids)}
+    for r, labels in enumerate(sub["Labels"]):
+        pred[r, [index[int(x)] for x in str(labels).split()]] = 1
+    return round(mean_sample_f1(truth, pred), 5)
+
+
+# -- train/test shift ------------------------------------------------------------------------
+def shift_warning(run: Run) -> str | None:
+    """The shift report's one-line verdict; None before the report exists."""
+    rep = run.shift_report()
+    if rep is None:
+        return None
+    return (
+        rep["warning"]
+        or "No input tells test rows from training rows better than random splits of the training rows do."
+    )
+
+
+def shift_inputs(run: Run) -> pd.DataFrame | None:
+    """Per input (image, caption, both): the adversarial classifier's out-of-fold AUC, its 95 %
+    interval, the highest AUC of random splits of the training rows, and the verdict."""
+    rep = run.shift_report()
+    if rep is None or not rep["inputs"]:
+        return None
+    rows = [
+        {
+            "input": r["input"],
+            "vectors": r["source"],
+            "rows": r["rows"],
+            "AUC": r["auc"],
+            "CI low": r["ci95"][0],
+            "CI high": r["ci95"][1],
+            "null max": r["null_high"],
+            "shift": "yes" if r["shifted"] else "no",
+        }
+        for r in rep["inputs"]
+    ]
+    return pd.DataFrame(rows)
+
+
+def shift_estimates(run: Run) -> pd.DataFrame | None:
+    """The submission's estimates of its test score (nested CV on all rows, on the test-like rows
+    under a warning, from the models' confidence) and, where the dataset ships its answers, the
+    held-out score they estimate with each one's distance to it; None before ``make infer``."""
+    found = run.submission()
+    if found is None:
+        return None
+    sub, manifest = found
+    rows = []
+    if manifest.get("cv_nested_mean_f1") is not None:
+        rows.append(("nested CV, all rows", manifest["cv_nested_mean_f1"]))
+    like = score_on_test_like_rows(manifest)
+    if like is not None:
+        rows.append((f"nested CV, the {like[0]:,} most test-like training rows", like[1]))
+    if manifest.get("expected_test"):
+        rows.append(("expected from the models' confidence on the test rows", manifest["expected_test"]["mean_f1"]))
+    held_out = _held_out_f1(run, sub)
+    table = pd.DataFrame(rows, columns=["estimate", "mean F1"])
+    if held_out is not None:
+        table["minus held-out"] = (table["mean F1"] - held_out).round(5)
+        table.loc[len(table)] = ["held-out: test_labels.csv (never trained on)", held_out, 0.0]
+    return table
+
+
+def held_out_models(run: Run) -> pd.DataFrame | None:
+    """Each base model's CV, test-like CV and held-out score (``held_out_models.csv``, written
+    where the dataset ships its answers); None elsewhere."""
+    return run.table("held_out_models")
+
+
+def shift_novel_figure(run: Run, k: int = 4) -> Figure | None:
+    """The ``k`` test images most unlike any training image, each beside its nearest training image."""
+    rep = run.shift_report()
+    novel = [] if rep is None else rep["test_most_novel"][:k]
+    if not novel:
+        return None
+    test_captions = dict(zip(run.test["ImageID"], run.test["Caption"].astype(str)))
+    train_captions = dict(zip(run.train["ImageID"], run.train["Caption"].astype(str)))
+    items = []
+    for r in novel:
+        test_id, train_id = r["ImageID"], r["nearest_train"]
+        items.append(
+            {
+                "path": run.image_path(test_id),
+                "title": f"test {test_id} (distance {r['distance']:.3f})",
+                "text": test_captions.get(test_id, ""),
+            }
+        )
+        items.append(
+            {
+                "path": run.image_path(train_id),
+                "title": f"its nearest: train {train_id}",
+                "text": train_captions.get(train_id, ""),
+            }
+        )
+    return plots.image_grid(items, "Test images most unlike any training image, each beside its nearest", columns=4)
+
+
+def shift_like_figure(run: Run, k: int = 8) -> Figure | None:
+    """The ``k`` training rows the adversarial classifier finds most like the test."""
+    rep = run.shift_report()
+    like = [] if rep is None else rep["train_most_test_like"][:k]
+    if not like:
+        return None
+    captions = dict(zip(run.train["ImageID"], run.train["Caption"].astype(str)))
+    items = [
+        {
+            "path": run.image_path(r["ImageID"]),
+            "title": f"train {r['ImageID']} (test-likeness {r['test_likeness']:.2f})",
+            "text": captions.get(r["ImageID"], ""),
+        }
+        for r in like
+    ]
+    return plots.image_grid(items, "Training rows most like the test (out-of-fold)", columns=4)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from capfuse.config import load_config
 from capfuse.results.tables import Written, short_commit, write_results
+from capfuse.shift.confidence import score_on_test_like_rows
 from capfuse.utils.io import read_json
 
 # The commands a `make all` runs before `infer`; `capfuse all` runs the three in one process.
@@ -145,18 +146,6 @@ def preset_of(models: Iterable[str], presets_dir: Path, config: Path | None = No
         if isinstance(listed, list) and set(map(str, listed)) == want:
             return path.stem
     return None
-
-
-def score_on_test_like_rows(manifest: dict) -> tuple[int, float] | None:
-    """(rows, score): under a shift warning, the kept second level's nested mean F1 on the
-    training rows most like the test, the CV figure nearer what the test will show (still above
-    it where the test holds looks that no training row has); None without a warning or score."""
-    level = manifest.get("second_level") or {}
-    rows = ((level.get("choice") or {}).get("test_like") or {}).get("rows")
-    score = (level.get("candidates") or {}).get(level.get("kept"), {}).get("like_nested_mean_f1")
-    if not (manifest.get("shift") or {}).get("warning") or score is None or not rows:
-        return None
-    return int(rows), float(score)
 
 
 def run_results(run_dir: Path, manifest: dict, preset: str) -> tuple[pd.DataFrame, dict]:

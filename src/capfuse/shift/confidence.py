@@ -13,6 +13,9 @@ The confidence of a row here is the mean F1 its submitted label set would score 
 were drawn from the submitted probabilities: the metric's own expectation, exact for each row.
 Both sides use the same probabilities and the same decision rule, so a miscalibration common to
 both cancels in the difference. No label of a test row is read.
+
+The manifest's readers live here too: the run's closing lines, its results file and the report
+each give the estimate and, under a warning, the nested score on the most test-like rows.
 """
 
 from __future__ import annotations
@@ -83,4 +86,30 @@ def estimate_line(manifest: dict) -> str | None:
         f"  expected on the test rows from the models' confidence there: {found['mean_f1']:.4f} "
         f"(confidence {found['confidence_oof']:.4f} on the OOF rows, {found['confidence_test']:.4f} on the test rows)"
         + ("  (read this one under the shift)" if warned else "")
+    )
+
+
+def score_on_test_like_rows(manifest: dict) -> tuple[int, float] | None:
+    """(rows, score): under a shift warning, the kept second level's nested mean F1 on the
+    training rows most like the test, the CV figure nearer what the test will show (still above
+    it where the test holds looks that no training row has); None without a warning or score."""
+    level = manifest.get("second_level") or {}
+    rows = ((level.get("choice") or {}).get("test_like") or {}).get("rows")
+    score = (level.get("candidates") or {}).get(level.get("kept"), {}).get("like_nested_mean_f1")
+    if not (manifest.get("shift") or {}).get("warning") or score is None or not rows:
+        return None
+    return int(rows), float(score)
+
+
+def line_on_test_like_rows(manifest: dict) -> str | None:
+    """Under a shift, the kept candidate's nested score on the training rows most like the test:
+    nearer the test than all rows, still above it where the test shows looks no training row has
+    (the confidence estimate below it is the line to read; docs/shift.md measures both)."""
+    found = score_on_test_like_rows(manifest)
+    if found is None:
+        return None
+    rows, score = found
+    return (
+        f"  on the {rows:,} training rows most like the test: {score:.4f} nested "
+        "(still high where the test shows looks no training row has)"
     )

@@ -39,10 +39,10 @@ from capfuse.metrics import summary as metric_summary
 from capfuse.results.floor import floor_line, held_out
 from capfuse.results.held_out_models import MODELS_FILE, model_scores
 from capfuse.results.machine import machine_record
-from capfuse.results.runs import HELD_OUT_FILE, plain_commit, preset_of, score_on_test_like_rows, write_run_results
+from capfuse.results.runs import HELD_OUT_FILE, plain_commit, preset_of, write_run_results
 from capfuse.results.tables import command_line, results_dir, write_safely
 from capfuse.shift import read_shift, shift_report
-from capfuse.shift.confidence import confidence_estimate, estimate_line
+from capfuse.shift.confidence import confidence_estimate, estimate_line, line_on_test_like_rows
 from capfuse.submission import predictions_to_frame, write_submission
 from capfuse.utils.io import read_json, sha256_file, write_csv, write_json
 from capfuse.utils.log import log, stage
@@ -376,17 +376,3 @@ def cli(args, paths, cfg: dict, quiet: bool) -> int:
             print(line)
     print(f"Shift: {m['shift']['warning'] or 'none beyond what random splits show'} ({m['shift']['file']})")
     return 0
-
-
-def line_on_test_like_rows(manifest: dict) -> str | None:
-    """Under a shift, the kept candidate's nested score on the training rows most like the test:
-    nearer the test than all rows, still above it where the test shows looks no training row has
-    (the confidence estimate below it is the line to read; docs/shift.md measures both)."""
-    found = score_on_test_like_rows(manifest)
-    if found is None:
-        return None
-    rows, score = found
-    return (
-        f"  on the {rows:,} training rows most like the test: {score:.4f} nested "
-        "(still high where the test shows looks no training row has)"
-    )
