@@ -79,7 +79,10 @@ def preprocess_for(model: torch.nn.Module, size: int | None = None) -> Preproces
 
 def to_tensor(batch: np.ndarray, pre: Preprocess) -> torch.Tensor:
     """uint8 N×H×W×3 → normalised float N×3×H×W in channels_last memory (faster convs on CPU)."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    arr = np.ascontiguousarray(batch)
+    if not arr.flags.writeable:
+        arr = arr.copy()  # torch will not share a read-only buffer (a decoded image's array can be one)
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     x = (x - mean) / std
