@@ -286,3 +286,32 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     assert im.size == (1280, 4000)
     colours = im.resize((320, 1000)).getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 50, "the screenshot is (almost) a single colour"
+
+
+def _label_matrix(labels, classes) -> np.ndarray:
+    return np.array([[str(c) in str(v).split() for c in classes] for v in labels], dtype=int)
+
+
+def test_the_shift_views_hold_the_runs_own_estimates_and_held_out_score(tiny_run):
+    from capfuse.metrics import mean_sample_f1
+    from capfuse.report import open_run, views
+
+    run = open_run(str(tiny_run.data), str(tiny_run.root), str(tiny_run.config))
+    manifest = read_json(tiny_run.root / "submissions" / "tiny-latest.json")
+    table = views.shift_estimates(run).set_index("estimate")
+    # The tiny dataset ships its answers: the last row is the submission's own held-out score,
+    # recomputed here from the files, and every other row's distance is its figure less that one.
+    answers = pd.read_csv(tiny_run.data / "test_labels.csv", dtype=str, keep_default_na=False).set_index("ImageID")
+    sub = pd.read_csv(tiny_run.root / "submissions" / "tiny-latest.csv", dtype=str, keep_default_na=False)
+    truth = _label_matrix(answers.loc[sub["ImageID"], "Labels"], run.class_ids)
+    held_out = mean_sample_f1(truth, _label_matrix(sub["Labels"], run.class_ids))
+    held = table.loc["held-out: test_labels.csv (never trained on)", "mean F1"]
+    assert held == pytest.approx(held_out, abs=1e-5)
+    nested = table.loc["nested CV, all rows"]
+    assert nested["mean F1"] == manifest["cv_nested_mean_f1"]
+    assert nested["minus held-out"] == pytest.approx(manifest["cv_nested_mean_f1"] - held, abs=1e-5)
+    expected = table.loc["expected from the models' confidence on the test rows", "mean F1"]
+    assert expected == manifest["expected_test"]["mean_f1"]
+    inputs = views.shift_inputs(run)
+    report = read_json(tiny_run.root / "runs" / "tiny" / "shift.json")
+    assert list(inputs["AUC"]) == [r["auc"] for r in report["inputs"]]
