@@ -110,3 +110,11 @@ def test_the_summary_sums_the_distances_apart_for_warned_runs(tmp_path):
     assert quiet["n"] == 1 and quiet["mean signed"] == pytest.approx(-0.01)
     # No warned run without a test-like figure, no unwarned run with one.
     assert ("no shift warning", "nested CV, test-like rows") not in table.index
+
+
+def test_a_file_that_is_not_a_table_is_named_in_the_error(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "2026-12-01_demo-default_cpu-2t_aaaaaaa.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="2026-12-01_demo-default_cpu-2t_aaaaaaa.csv: not a results table"):
+        read_estimates(tmp_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from capfuse.results.tables import markdown_table, short_commit
+from capfuse.results.tables import markdown_table
 
 # (column, the row kind that holds it in a runs file, what the column header says)
 ESTIMATES = (
@@ -40,7 +40,10 @@ def read_estimates(results_root: Path) -> pd.DataFrame:
     confidence estimate, a repeated run's figures once."""
     rows = []
     for csv in sorted((Path(results_root) / "runs").glob("*.csv")):
-        df = pd.read_csv(csv)
+        try:
+            df = pd.read_csv(csv)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{csv}: not a results table ({exc})") from exc
         if df.empty or not {"kind", "dataset", "slug", "date"} <= set(df.columns):
             continue
         truth = _score(df, HELD_OUT, "mean_f1")
@@ -55,8 +58,9 @@ def read_estimates(results_root: Path) -> pd.DataFrame:
             "dataset": str(first["dataset"]),
             "preset": str(first.get("preset", "")) + (f" {overrides}" if overrides else ""),
             "slug": str(first["slug"]),
-            "commit": short_commit(str(first.get("commit", ""))),
-            # The test-like row is written only under a shift warning.
+            # The test-like row is written only under a shift warning (and only where the second
+            # level scored the test-like rows: a warned run with `ensemble.shift.use: never` reads
+            # as unwarned here).
             "warned": _score(df, "test_like", "nested_mean_f1") is not None,
             "held_out": truth,
         }
